@@ -9,7 +9,6 @@ pub mod v1 {
 }
 
 /// Encoded `FileDescriptorSet` for gRPC server reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/switchyard_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/switchyard_descriptor.bin"));
 
 pub use v1::*;

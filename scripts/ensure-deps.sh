@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs what the tests need from outside Cargo, only if it is missing:
+# Debian packages (haproxy for the cluster test, prometheus for promtool) and a Python
+# venv with the official openai and anthropic SDKs for the SDK compatibility tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v haproxy >/dev/null 2>&1 || need_apt+=(haproxy)
+command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing Debian packages: ${need_apt[*]}" >&2
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}") >/dev/null \
+      || echo "warning: could not install ${need_apt[*]}; tests that need them will fail" >&2
+  else
+    echo "warning: missing ${need_apt[*]} and cannot apt-get install as non-root" >&2
+  fi
+fi
+
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import openai, anthropic' 2>/dev/null; then
+  echo "creating .venv with the openai and anthropic SDKs" >&2
+  python3 -m venv .venv
+  .venv/bin/pip install -q --disable-pip-version-check openai anthropic >/dev/null
+fi
