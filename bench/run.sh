@@ -229,7 +229,7 @@ EOF
          | python3 -c 'import json,sys; print(json.load(sys.stdin)["plaintext"])')" \
     || { SKIPPED+="switchyard (keys create failed: $(tail -1 "$WORK/keys.err")); "; return 1; }
   start worker "$SUT_CPU" "$BIN/switchyard-worker" --listen 127.0.0.1:0 --control "http://$grpc" \
-    --state-dir "$WORK/worker" --worker-id bench
+    --state-dir "$WORK/worker" --worker-id bench --drain-timeout 2s
   local http; http="$(wait_listening worker http)" || { SKIPPED+="switchyard (worker did not start); "; return 1; }
   URL[switchyard]="http://$http"; PID[switchyard]=$PID_worker; KEY[switchyard]="$key"; EXTRA[switchyard]=$PID_control
   wait_http "${URL[switchyard]}/v1/chat/completions" 30 "authorization: Bearer $key" \
