@@ -64,7 +64,7 @@ fi
 # 10k slow streams need ~2 fds per stream in a proxy (client + upstream side).
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 FD_LIMIT="$(ulimit -n)"
-MAX_STREAMS=$(( (FD_LIMIT - 500) / 2 ))
+MAX_STREAMS=$(( (FD_LIMIT - 1000) / 2 ))
 NOTES=""
 if (( SLOW_STREAMS > MAX_STREAMS )); then
   NOTES="open-files limit is $FD_LIMIT, so the slow-stream scenario holds $MAX_STREAMS streams, not $SLOW_STREAMS"
