@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_REPLY: &str =
     "This is a canned reply from switchyard-mock, the scriptable upstream used by the \
 Switchyard tests and benchmark. It is long enough that the response has a realistic size, \
-and short enough that it costs nothing to send over loopback.";
+and short enough that it costs nothing to send over loopback. Nothing in it matters except \
+its size, which is close to what a short chat answer weighs.";
 
 /// One script for how to answer a request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -28,7 +28,7 @@ use tracing::debug;
 
 use crate::{
     behavior::{Behavior, Fault},
-    wire::{self, Dialect, Peek, Prepared, StreamKind},
+    wire::{self, Dialect, Peek, Prepared, StreamEvents, StreamKind},
 };
 
 /// How many requests the in-memory log keeps.
@@ -665,37 +665,30 @@ async fn api(state: &State, req: Request<Incoming>) -> Result<Resp, io::Error> {
         _ => None,
     };
     if let Some(kind) = stream_kind {
-        let (events, first_content) = prepared.stream_events(kind, model_out, peek.include_usage());
-        let cut_at = match b.fault {
-            Fault::CutStream { after_chunks } => Some(first_content + after_chunks),
+        let cut_after = match b.fault {
+            Fault::CutStream { after_chunks } => Some(after_chunks),
             _ => None,
         };
         let delay = Duration::from_millis(b.chunk_delay_ms);
-        let n_content = b.stream_chunks;
-        let stream = futures::stream::unfold(
-            (events.into_iter().enumerate(), false),
-            move |(mut it, done)| async move {
-                if done {
-                    return None;
-                }
-                let (i, ev) = it.next()?;
-                if cut_at.is_some_and(|c| i >= c) {
+        let events = StreamEvents::new(prepared.clone(), kind, model_out, peek.include_usage());
+        let stream = futures::stream::unfold((events, false), move |(mut events, done)| async move {
+            if done {
+                return None;
+            }
+            let ev = events.next_event()?;
+            if let Some(cut) = cut_after {
+                if ev.tail || ev.content_index.is_some_and(|i| i >= cut) {
                     // Return Pending once so hyper flushes what it has, then abort.
                     tokio::task::yield_now().await;
-                    return Some((
-                        Err(io::Error::new(
-                            io::ErrorKind::ConnectionAborted,
-                            "mock fault: cut stream",
-                        )),
-                        (it, true),
-                    ));
+                    let err = io::Error::new(io::ErrorKind::ConnectionAborted, "mock fault: cut stream");
+                    return Some((Err(err), (events, true)));
                 }
-                if !delay.is_zero() && i >= first_content && i < first_content + n_content {
-                    tokio::time::sleep(delay).await;
-                }
-                Some((Ok(ev), (it, false)))
-            },
-        );
+            }
+            if ev.content_index.is_some() && !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            Some((Ok(ev.bytes), (events, false)))
+        });
         let mut r = Response::new(MockBody::Stream(Box::pin(stream)));
         let h = r.headers_mut();
         h.insert(

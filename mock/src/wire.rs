@@ -5,6 +5,7 @@
 
 use std::{
     borrow::Cow,
+    sync::Arc,
     time::{SystemTime, UNIX_EPOCH},
 };
 
@@ -176,137 +177,208 @@ impl Prepared {
         }
     }
 
-    /// The reply split into `stream_chunks` pieces (on char boundaries; some may be empty
-    /// when the reply is shorter than the chunk count).
-    fn pieces(&self) -> Vec<String> {
-        let n = self.behavior.stream_chunks;
-        let chars: Vec<char> = self.behavior.reply.chars().collect();
-        (0..n)
-            .map(|i| {
-                chars[i * chars.len() / n..(i + 1) * chars.len() / n]
-                    .iter()
-                    .collect()
-            })
-            .collect()
+    /// Piece `i` of the reply split into `stream_chunks` parts on char boundaries (some may be
+    /// empty when the reply is shorter than the chunk count).
+    fn piece(&self, i: usize) -> &str {
+        let reply = self.behavior.reply.as_str();
+        let n = self.behavior.stream_chunks.max(1);
+        let len = reply.chars().count();
+        let (from, to) = (i * len / n, (i + 1) * len / n);
+        if reply.is_ascii() {
+            return &reply[from..to];
+        }
+        let byte = |c: usize| reply.char_indices().nth(c).map_or(reply.len(), |(b, _)| b);
+        &reply[byte(from)..byte(to)]
     }
 
-    /// SSE events for a streamed response: the events before the content, the content
-    /// events, and the events after. Returned as (events, index of first content event).
-    pub fn stream_events(&self, kind: StreamKind, model: &str, include_usage: bool) -> (Vec<Bytes>, usize) {
-        let pieces = self.pieces();
-        let u = &self.behavior.usage;
-        let mut out = Vec::with_capacity(pieces.len() + 6);
-        let first_content;
-        match kind {
-            StreamKind::Chat => {
-                let chunk = |delta: Value, finish: Value| {
-                    let mut v = json!({
-                        "id": "chatcmpl-mock",
-                        "object": "chat.completion.chunk",
-                        "created": self.created,
-                        "model": model,
-                        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-                    });
-                    if include_usage {
-                        v["usage"] = Value::Null;
-                    }
-                    sse_data(&v)
-                };
-                out.push(chunk(json!({"role": "assistant", "content": ""}), Value::Null));
-                first_content = out.len();
-                for p in &pieces {
-                    out.push(chunk(json!({"content": p}), Value::Null));
-                }
-                out.push(chunk(json!({}), json!("stop")));
-                if include_usage {
-                    out.push(sse_data(&json!({
-                        "id": "chatcmpl-mock",
-                        "object": "chat.completion.chunk",
-                        "created": self.created,
-                        "model": model,
-                        "choices": [],
-                        "usage": openai_usage(u),
-                    })));
-                }
-                out.push(Bytes::from_static(b"data: [DONE]\n\n"));
-            }
-            StreamKind::Completion => {
-                let chunk = |text: &str, finish: Value| {
-                    sse_data(&json!({
-                        "id": "cmpl-mock",
-                        "object": "text_completion",
-                        "created": self.created,
-                        "model": model,
-                        "choices": [{"text": text, "index": 0, "logprobs": null, "finish_reason": finish}],
-                    }))
-                };
-                first_content = 0;
-                for p in &pieces {
-                    out.push(chunk(p, Value::Null));
-                }
-                out.push(chunk("", json!("stop")));
-                if include_usage {
-                    out.push(sse_data(&json!({
-                        "id": "cmpl-mock",
-                        "object": "text_completion",
-                        "created": self.created,
-                        "model": model,
-                        "choices": [],
-                        "usage": openai_usage(u),
-                    })));
-                }
-                out.push(Bytes::from_static(b"data: [DONE]\n\n"));
-            }
-            StreamKind::Messages => {
-                out.push(sse_event(
-                    "message_start",
-                    &json!({
-                        "type": "message_start",
-                        "message": {
-                            "id": "msg_mock",
-                            "type": "message",
-                            "role": "assistant",
-                            "model": model,
-                            "content": [],
-                            "stop_reason": null,
-                            "stop_sequence": null,
-                            "usage": {
-                                "input_tokens": u.prompt_tokens,
-                                "output_tokens": 1,
-                                "cache_read_input_tokens": u.cached_tokens,
-                                "cache_creation_input_tokens": 0,
-                            },
-                        },
-                    }),
-                ));
-                out.push(sse_event(
-                    "content_block_start",
-                    &json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
-                ));
-                out.push(sse_event("ping", &json!({"type": "ping"})));
-                first_content = out.len();
-                for p in &pieces {
-                    out.push(sse_event(
-                        "content_block_delta",
-                        &json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": p}}),
-                    ));
-                }
-                out.push(sse_event(
-                    "content_block_stop",
-                    &json!({"type": "content_block_stop", "index": 0}),
-                ));
-                out.push(sse_event(
-                    "message_delta",
-                    &json!({
-                        "type": "message_delta",
-                        "delta": {"stop_reason": "end_turn", "stop_sequence": null},
-                        "usage": {"output_tokens": u.completion_tokens},
-                    }),
-                ));
-                out.push(sse_event("message_stop", &json!({"type": "message_stop"})));
-            }
+    #[cfg(test)]
+    fn pieces(&self) -> Vec<String> {
+        (0..self.behavior.stream_chunks)
+            .map(|i| self.piece(i).to_string())
+            .collect()
+    }
+}
+
+/// The SSE events of one streamed response, produced one at a time so that thousands of
+/// long streams cost a few hundred bytes each, not their whole transcript.
+#[derive(Debug)]
+pub struct StreamEvents {
+    prepared: Arc<Prepared>,
+    kind: StreamKind,
+    model: String,
+    include_usage: bool,
+    next: usize,
+}
+
+/// What [`StreamEvents::next_event`] yields.
+#[derive(Debug)]
+pub struct Event {
+    pub bytes: Bytes,
+    /// Index of the content chunk (0-based) when this event carries content.
+    pub content_index: Option<usize>,
+    /// The event comes after all content (finish, usage, `[DONE]`, `message_stop`, ...).
+    pub tail: bool,
+}
+
+impl StreamEvents {
+    pub fn new(prepared: Arc<Prepared>, kind: StreamKind, model: &str, include_usage: bool) -> Self {
+        StreamEvents {
+            prepared,
+            kind,
+            model: model.to_string(),
+            include_usage,
+            next: 0,
         }
-        (out, first_content)
+    }
+
+    fn prelude_len(&self) -> usize {
+        match self.kind {
+            StreamKind::Chat => 1,
+            StreamKind::Completion => 0,
+            StreamKind::Messages => 3,
+        }
+    }
+
+    fn tail_len(&self) -> usize {
+        match self.kind {
+            StreamKind::Chat | StreamKind::Completion => 2 + usize::from(self.include_usage),
+            StreamKind::Messages => 3,
+        }
+    }
+
+    fn chat_chunk(&self, delta: Value, finish: Value) -> Bytes {
+        let mut v = json!({
+            "id": "chatcmpl-mock",
+            "object": "chat.completion.chunk",
+            "created": self.prepared.created,
+            "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        });
+        if self.include_usage {
+            v["usage"] = Value::Null;
+        }
+        sse_data(&v)
+    }
+
+    fn completion_chunk(&self, text: &str, finish: Value) -> Bytes {
+        sse_data(&json!({
+            "id": "cmpl-mock",
+            "object": "text_completion",
+            "created": self.prepared.created,
+            "model": self.model,
+            "choices": [{"text": text, "index": 0, "logprobs": null, "finish_reason": finish}],
+        }))
+    }
+
+    fn usage_chunk(&self, id: &str, object: &str) -> Bytes {
+        sse_data(&json!({
+            "id": id,
+            "object": object,
+            "created": self.prepared.created,
+            "model": self.model,
+            "choices": [],
+            "usage": openai_usage(&self.prepared.behavior.usage),
+        }))
+    }
+
+    fn prelude(&self, i: usize) -> Bytes {
+        let u = &self.prepared.behavior.usage;
+        match (self.kind, i) {
+            (StreamKind::Chat, _) => {
+                self.chat_chunk(json!({"role": "assistant", "content": ""}), Value::Null)
+            }
+            (StreamKind::Messages, 0) => sse_event(
+                "message_start",
+                &json!({
+                    "type": "message_start",
+                    "message": {
+                        "id": "msg_mock",
+                        "type": "message",
+                        "role": "assistant",
+                        "model": self.model,
+                        "content": [],
+                        "stop_reason": null,
+                        "stop_sequence": null,
+                        "usage": {
+                            "input_tokens": u.prompt_tokens,
+                            "output_tokens": 1,
+                            "cache_read_input_tokens": u.cached_tokens,
+                            "cache_creation_input_tokens": 0,
+                        },
+                    },
+                }),
+            ),
+            (StreamKind::Messages, 1) => sse_event(
+                "content_block_start",
+                &json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+            ),
+            _ => sse_event("ping", &json!({"type": "ping"})),
+        }
+    }
+
+    fn content(&self, i: usize) -> Bytes {
+        let piece = self.prepared.piece(i);
+        match self.kind {
+            StreamKind::Chat => self.chat_chunk(json!({"content": piece}), Value::Null),
+            StreamKind::Completion => self.completion_chunk(piece, Value::Null),
+            StreamKind::Messages => sse_event(
+                "content_block_delta",
+                &json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}}),
+            ),
+        }
+    }
+
+    fn tail(&self, i: usize) -> Bytes {
+        let done = || Bytes::from_static(b"data: [DONE]\n\n");
+        match (self.kind, i, self.include_usage) {
+            (StreamKind::Chat, 0, _) => self.chat_chunk(json!({}), json!("stop")),
+            (StreamKind::Chat, 1, true) => self.usage_chunk("chatcmpl-mock", "chat.completion.chunk"),
+            (StreamKind::Completion, 0, _) => self.completion_chunk("", json!("stop")),
+            (StreamKind::Completion, 1, true) => self.usage_chunk("cmpl-mock", "text_completion"),
+            (StreamKind::Chat | StreamKind::Completion, _, _) => done(),
+            (StreamKind::Messages, 0, _) => sse_event(
+                "content_block_stop",
+                &json!({"type": "content_block_stop", "index": 0}),
+            ),
+            (StreamKind::Messages, 1, _) => sse_event(
+                "message_delta",
+                &json!({
+                    "type": "message_delta",
+                    "delta": {"stop_reason": "end_turn", "stop_sequence": null},
+                    "usage": {"output_tokens": self.prepared.behavior.usage.completion_tokens},
+                }),
+            ),
+            (StreamKind::Messages, _, _) => sse_event("message_stop", &json!({"type": "message_stop"})),
+        }
+    }
+
+    /// The next event, or `None` after the last one.
+    pub fn next_event(&mut self) -> Option<Event> {
+        let i = self.next;
+        let (p, n) = (self.prelude_len(), self.prepared.behavior.stream_chunks);
+        if i >= p + n + self.tail_len() {
+            return None;
+        }
+        self.next += 1;
+        Some(if i < p {
+            Event {
+                bytes: self.prelude(i),
+                content_index: None,
+                tail: false,
+            }
+        } else if i < p + n {
+            Event {
+                bytes: self.content(i - p),
+                content_index: Some(i - p),
+                tail: false,
+            }
+        } else {
+            Event {
+                bytes: self.tail(i - p - n),
+                content_index: None,
+                tail: true,
+            }
+        })
     }
 }
 
@@ -454,6 +526,38 @@ mod tests {
             assert_eq!(pieces.len(), n);
             assert_eq!(pieces.concat(), crate::behavior::DEFAULT_REPLY);
         }
+    }
+
+    #[test]
+    fn stream_events_have_the_documented_shape() {
+        let p = Arc::new(Prepared::new(Behavior {
+            stream_chunks: 4,
+            ..Behavior::default()
+        }));
+        let collect = |kind, usage| {
+            let mut e = StreamEvents::new(p.clone(), kind, "m", usage);
+            std::iter::from_fn(|| e.next_event()).collect::<Vec<_>>()
+        };
+        // role + 4 + finish + [DONE] (+ usage)
+        assert_eq!(collect(StreamKind::Chat, false).len(), 7);
+        assert_eq!(collect(StreamKind::Chat, true).len(), 8);
+        assert_eq!(collect(StreamKind::Completion, false).len(), 6);
+        let msgs = collect(StreamKind::Messages, false);
+        assert_eq!(msgs.len(), 10);
+        let contents: Vec<usize> = msgs.iter().filter_map(|e| e.content_index).collect();
+        assert_eq!(contents, [0, 1, 2, 3]);
+        assert!(msgs[7..].iter().all(|e| e.tail));
+        assert!(msgs[0].bytes.starts_with(b"event: message_start\ndata: {"));
+    }
+
+    #[test]
+    fn non_ascii_replies_split_on_char_boundaries() {
+        let p = Prepared::new(Behavior {
+            stream_chunks: 3,
+            reply: "héllo wörld ✓".into(),
+            ..Behavior::default()
+        });
+        assert_eq!(p.pieces().concat(), "héllo wörld ✓");
     }
 
     #[test]

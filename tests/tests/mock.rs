@@ -745,3 +745,56 @@ async fn binary_prints_listening_line_and_exits_on_sigterm() {
     let status = p.terminate(Duration::from_secs(10)).await.unwrap();
     assert!(status.success(), "{status:?}\n{}", p.stderr_text());
 }
+
+#[tokio::test]
+async fn cut_stream_past_the_last_chunk_still_cuts_before_the_end() {
+    let m = mock().await;
+    m.set_default(Behavior {
+        fault: Fault::CutStream { after_chunks: 3 },
+        stream_chunks: 3,
+        ..Behavior::default()
+    });
+    let r = post(
+        format!("{}/v1/messages", m.url()),
+        json!({"model": "a", "stream": true}),
+    )
+    .await;
+    let mut s = r.bytes_stream();
+    let mut got = Vec::new();
+    let mut failed = false;
+    while let Some(item) = s.next().await {
+        match item {
+            Ok(b) => got.extend_from_slice(&b),
+            Err(_) => {
+                failed = true;
+                break;
+            }
+        }
+    }
+    assert!(failed, "the stream was not cut");
+    let text = String::from_utf8(got).unwrap();
+    assert_eq!(
+        text.matches("content_block_delta").count(),
+        6,
+        "3 deltas (name + type each)"
+    );
+    assert!(!text.contains("message_stop"));
+}
+
+#[tokio::test]
+async fn no_request_log_still_counts() {
+    let m = MockServer::start(MockOptions {
+        no_request_log: true,
+        ..MockOptions::default()
+    })
+    .await
+    .unwrap();
+    post(
+        format!("{}/chat/completions", m.openai_base()),
+        json!({"model": "a"}),
+    )
+    .await;
+    assert_eq!(m.request_count(), 1);
+    assert_eq!(m.stats().by_model["a"], 1);
+    assert!(m.requests().is_empty());
+}

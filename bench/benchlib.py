@@ -1,0 +1,481 @@
+#!/usr/bin/env python3
+"""Switchyard benchmark helpers (Python 3.11, standard library only).
+
+Subcommands (run.sh drives them; each appends one JSON line per measurement to --out):
+  oha     run oha (the command after `--`), measure the system under test's CPU and peak RSS
+          around it, summarise oha's JSON output
+  stream  time-to-first-byte and total time of sequential streaming requests (raw sockets)
+  slow    hold N concurrent slow streams open and measure the SUT's RSS per open stream
+  table   turn the JSON lines into the Markdown report (medians, ratios vs nginx and direct)
+  tree    print the pids of a process tree (for debugging)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# --- /proc helpers ---------------------------------------------------------------------------
+
+def proc_tree(root: int) -> list[int]:
+    """root and all its descendants (nginx: master + workers)."""
+    children: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{d}/stat").read_text()
+        except OSError:
+            continue
+        # The command name may contain spaces; fields after the last ')' are fixed.
+        ppid = int(stat[stat.rindex(")") + 2:].split()[1])
+        children.setdefault(ppid, []).append(int(d))
+    out, todo = [], [root]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def cpu_snapshot(root: int) -> dict[tuple[int, int], int]:
+    """CPU time in ns of every thread in the tree, from /proc/<pid>/task/<tid>/schedstat
+    (nanosecond precision; /proc/<pid>/stat counts 10 ms ticks, too coarse at 200 req/s)."""
+    out = {}
+    for p in proc_tree(root):
+        try:
+            tids = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for t in tids:
+            try:
+                out[(p, int(t))] = int(Path(f"/proc/{p}/task/{t}/schedstat").read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                try:
+                    f = Path(f"/proc/{p}/task/{t}/stat").read_text()
+                    f = f[f.rindex(")") + 2:].split()
+                    out[(p, int(t))] = (int(f[11]) + int(f[12])) * 1_000_000_000 // CLK_TCK
+                except (OSError, ValueError):
+                    continue
+    return out
+
+
+def cpu_delta(before: dict, after: dict) -> float:
+    """Seconds of CPU between two snapshots. Threads that started in between count whole;
+    threads that exited in between are lost (the SUTs here keep their threads)."""
+    return sum(v - before.get(k, 0) for k, v in after.items()) / 1e9
+
+
+def cpu_seconds(root: int) -> float:
+    """utime + stime of every process in the tree (live and exited threads), in seconds."""
+    total = 0
+    for p in proc_tree(root):
+        try:
+            stat = Path(f"/proc/{p}/stat").read_text()
+        except OSError:
+            continue
+        f = stat[stat.rindex(")") + 2:].split()
+        total += int(f[11]) + int(f[12])  # utime, stime (fields 14 and 15)
+    return total / CLK_TCK
+
+
+def status_kb(root: int, field: str) -> int:
+    """Sum of a /proc/<pid>/status field (VmRSS, VmHWM) over the tree, in KiB."""
+    total = 0
+    for p in proc_tree(root):
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith(field + ":"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total
+
+
+def emit(out: str, rec: dict) -> None:
+    with open(out, "a") as f:
+        f.write(json.dumps(rec) + "\n")
+    print(json.dumps(rec), file=sys.stderr)
+
+
+# --- oha ---------------------------------------------------------------------------------------
+
+def cmd_oha(a: argparse.Namespace) -> None:
+    c0 = cpu_snapshot(a.pid)
+    x0 = cpu_snapshot(a.extra_pid) if a.extra_pid else {}
+    t0 = time.monotonic()
+    res = subprocess.run(a.command, capture_output=True, text=True)
+    wall = time.monotonic() - t0
+    c1 = cpu_snapshot(a.pid)
+    x1 = cpu_snapshot(a.extra_pid) if a.extra_pid else {}
+    cpu = cpu_delta(c0, c1)
+    xcpu = cpu_delta(x0, x1)
+    if res.returncode != 0:
+        sys.exit(f"oha failed ({res.returncode}): {res.stderr.strip()[:500]}")
+    d = json.loads(res.stdout)
+    codes = d.get("statusCodeDistribution", {})
+    ok = sum(n for c, n in codes.items() if c.startswith("2"))
+    errors = sum(n for c, n in codes.items() if not c.startswith("2"))
+    errors += sum(n for e, n in d.get("errorDistribution", {}).items() if "deadline" not in e)
+    lat = d.get("latencyPercentiles", {})
+    ms = lambda k: (lat.get(k) or 0.0) * 1000.0  # noqa: E731
+    rec = {
+        "row": a.row, "scenario": a.scenario, "rep": a.rep,
+        "rps": d["summary"]["requestsPerSec"], "ok": ok, "errors": errors,
+        "p50_ms": ms("p50"), "p99_ms": ms("p99"), "p999_ms": ms("p99.9"),
+        "cpu_us_per_req": cpu * 1e6 / ok if ok else None,
+        "cpu_util": cpu / wall if wall else None,
+        "peak_rss_kb": status_kb(a.pid, "VmHWM"),
+        "body_bytes": d["summary"].get("sizePerRequest"),
+    }
+    if a.extra_pid:
+        # e.g. the control plane: off the request path, reported separately
+        rec["extra_cpu_us_per_req"] = xcpu * 1e6 / ok if ok else None
+    emit(a.out, rec)
+
+
+# --- streaming TTFB --------------------------------------------------------------------------
+
+class Conn:
+    """A minimal HTTP/1.1 keep-alive client that timestamps body bytes as they arrive."""
+
+    def __init__(self, url: str):
+        u = urlsplit(url)
+        self.host, self.port, self.path = u.hostname, u.port or 80, u.path + (f"?{u.query}" if u.query else "")
+        self.sock = None
+        self.buf = b""
+
+    def connect(self):
+        self.sock = socket.create_connection((self.host, self.port))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = b""
+
+    def recv(self) -> bytes:
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("connection closed")
+        return chunk
+
+    def request(self, body: bytes, headers: dict[str, str]) -> dict:
+        if self.sock is None:
+            self.connect()
+        head = f"POST {self.path} HTTP/1.1\r\nhost: {self.host}:{self.port}\r\ncontent-type: application/json\r\n"
+        head += "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        head += f"content-length: {len(body)}\r\n\r\n"
+        t0 = time.perf_counter()
+        self.sock.sendall(head.encode() + body)
+        while b"\r\n\r\n" not in self.buf:
+            self.buf += self.recv()
+        t_head = time.perf_counter()
+        raw_head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        lines = raw_head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        hdrs = {k.strip().lower(): v.strip() for k, v in (l.split(":", 1) for l in lines[1:] if ":" in l)}
+        t_first = None
+        t_first_content = None
+        arrivals: list[float] = []
+        body_out = b""
+        if hdrs.get("transfer-encoding", "").lower() == "chunked":
+            while True:
+                while b"\r\n" not in self.buf:
+                    self.buf += self.recv()
+                size_line, self.buf = self.buf.split(b"\r\n", 1)
+                size = int(size_line.split(b";")[0], 16)
+                while len(self.buf) < size + 2:
+                    self.buf += self.recv()
+                data, self.buf = self.buf[:size], self.buf[size + 2:]
+                if size == 0:
+                    break
+                now = time.perf_counter()
+                if t_first is None:
+                    t_first = now
+                if t_first_content is None and (b'"content":"' in data and b'"content":""' not in data
+                                                or b"text_delta" in data):
+                    t_first_content = now
+                arrivals.append(now)
+                body_out += data
+        else:
+            n = int(hdrs.get("content-length", "0"))
+            while len(self.buf) < n:
+                self.buf += self.recv()
+            body_out, self.buf = self.buf[:n], self.buf[n:]
+            t_first = time.perf_counter()
+        t_end = time.perf_counter()
+        if hdrs.get("connection", "").lower() == "close":
+            self.sock.close()
+            self.sock = None
+        return {
+            "status": status, "headers_ms": (t_head - t0) * 1e3,
+            "ttfb_ms": ((t_first or t_end) - t0) * 1e3,
+            "first_content_ms": ((t_first_content or t_end) - t0) * 1e3,
+            "total_ms": (t_end - t0) * 1e3, "reads": len(arrivals),
+            "events": body_out.count(b"\n\n"), "done": b"[DONE]" in body_out,
+        }
+
+
+def cmd_stream(a: argparse.Namespace) -> None:
+    body = json.dumps({"model": a.model, "stream": True,
+                       "messages": [{"role": "user", "content": "hi"}]}).encode()
+    headers = {"authorization": f"Bearer {a.key}"} if a.key else {}
+    c = Conn(a.url)
+    for _ in range(a.warmup):
+        c.request(body, headers)
+    results = [c.request(body, headers) for _ in range(a.n)]
+    bad = [r for r in results if r["status"] != 200 or not r["done"]]
+    med = lambda k: statistics.median(r[k] for r in results)  # noqa: E731
+    emit(a.out, {
+        "row": a.row, "scenario": a.scenario, "rep": a.rep, "n": a.n, "failed": len(bad),
+        "ttfb_ms": med("ttfb_ms"), "first_content_ms": med("first_content_ms"),
+        "total_ms": med("total_ms"), "headers_ms": med("headers_ms"),
+        "reads": med("reads"), "events": med("events"),
+    })
+
+
+# --- slow streams ---------------------------------------------------------------------------
+
+async def _open_stream(host: str, port: int, req: bytes, sem: asyncio.Semaphore, held: list):
+    async with sem:
+        try:
+            r, w = await asyncio.open_connection(host, port)
+            w.write(req)
+            await w.drain()
+            got = b""
+            while b"\r\n\r\n" not in got or b"data:" not in got:
+                chunk = await asyncio.wait_for(r.read(4096), 30)
+                if not chunk:
+                    return
+                got += chunk
+            if b" 200 " not in got.split(b"\r\n", 1)[0]:
+                w.close()
+                return
+            held.append((r, w))
+        except (OSError, asyncio.TimeoutError):
+            return
+
+
+async def _slow(a: argparse.Namespace) -> dict:
+    u = urlsplit(a.url)
+    body = json.dumps({"model": a.model, "stream": True, "messages": [{"role": "user", "content": "hi"}]})
+    auth = f"authorization: Bearer {a.key}\r\n" if a.key else ""
+    req = (f"POST {u.path} HTTP/1.1\r\nhost: {u.hostname}:{u.port}\r\ncontent-type: application/json\r\n"
+           f"{auth}content-length: {len(body)}\r\n\r\n{body}").encode()
+    rss_idle = status_kb(a.pid, "VmRSS")
+    sem = asyncio.Semaphore(256)
+    held: list = []
+    t0 = time.monotonic()
+    await asyncio.gather(*(_open_stream(u.hostname, u.port, req, sem, held) for _ in range(a.n)))
+    opened = time.monotonic() - t0
+    await asyncio.sleep(a.settle)  # let the SUT reach a steady state with every stream open
+    rss_open = status_kb(a.pid, "VmRSS")
+    for _, w in held:
+        w.close()
+    return {"row": a.row, "scenario": "slow_streams", "rep": a.rep, "requested": a.n, "open": len(held),
+            "open_seconds": opened, "rss_idle_kb": rss_idle, "rss_open_kb": rss_open,
+            "bytes_per_stream": (rss_open - rss_idle) * 1024 / len(held) if held else None}
+
+
+def cmd_slow(a: argparse.Namespace) -> None:
+    emit(a.out, asyncio.run(_slow(a)))
+
+
+# --- report ---------------------------------------------------------------------------------
+
+ROWS = ["direct", "nginx", "switchyard"]
+
+
+def cmd_table(a: argparse.Namespace) -> None:
+    recs = [json.loads(l) for l in Path(a.raw).read_text().splitlines() if l.strip()]
+    machine = json.loads(Path(a.machine).read_text())
+
+    def med(row: str, scen: str, key: str):
+        vals = [r[key] for r in recs if r["row"] == row and r["scenario"] == scen and r.get(key) is not None]
+        return statistics.median(vals) if vals else None
+
+    def reps(row: str, scen: str) -> int:
+        return sum(1 for r in recs if r["row"] == row and r["scenario"] == scen)
+
+    def f(v, nd=2):
+        return "–" if v is None else f"{v:,.{nd}f}"
+
+    def ratio(v, base):
+        return "–" if v is None or not base else f"{v / base:.2f}×"
+
+    rows = [r for r in ROWS if any(x["row"] == r for x in recs)]
+    o = [f"# Switchyard benchmark — {machine['date']}", ""]
+    o += [f"- Machine: {machine['cpu']} · {machine['nproc']} CPUs · kernel {machine['kernel']}",
+          f"- Pinning: system under test on CPU {machine['sut_cpu']}; load generator and mock on CPU "
+          f"{machine['load_cpu']}",
+          f"- Tools: {machine['oha']}, {machine['nginx']}; mode: {machine['mode']}; each figure is the median "
+          f"of {machine['reps']} runs",
+          f"- Notes: {machine.get('notes') or 'none'}", ""]
+    if machine.get("skipped"):
+        o += [f"**Skipped:** {machine['skipped']}", ""]
+
+    def any_of(*scens: str) -> bool:
+        return any(r["scenario"] in scens for r in recs)
+
+    sections = []  # (scenario ids, first line index) so empty sections can be dropped
+    sections.append((("saturation",), len(o)))
+    o += ["## (a) Saturation, non-streaming, 50 connections", "",
+          "| system | req/s | p50 ms | p99 ms | CPU µs/req | vs nginx | vs direct | peak RSS MiB | errors |",
+          "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    ng, di = med("nginx", "saturation", "cpu_us_per_req"), med("direct", "saturation", "cpu_us_per_req")
+    for r in rows:
+        if not reps(r, "saturation"):
+            continue
+        c = med(r, "saturation", "cpu_us_per_req")
+        rss = med(r, "saturation", "peak_rss_kb")
+        o.append(f"| {r} | {f(med(r, 'saturation', 'rps'), 0)} | {f(med(r, 'saturation', 'p50_ms'), 3)} | "
+                 f"{f(med(r, 'saturation', 'p99_ms'), 3)} | {f(c, 1)} | {ratio(c, ng)} | {ratio(c, di)} | "
+                 f"{f(rss / 1024 if rss else None, 1)} | {f(med(r, 'saturation', 'errors'), 0)} |")
+    o += ["", "CPU µs/req is the system under test's own CPU time (schedstat of every thread in its process tree) divided by "
+          "successful responses. The direct row is the mock's own cost.", ""]
+
+    sections.append((("fixed200",), len(o)))
+    o += ["## (b) Fixed rate 200 req/s (latency-corrected)", "",
+          "| system | p50 ms | p99 ms | p99.9 ms | added p50 | added p99 | added p99.9 | CPU µs/req | vs nginx |",
+          "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    base = {k: med("direct", "fixed200", k) for k in ("p50_ms", "p99_ms", "p999_ms")}
+    ngf = med("nginx", "fixed200", "cpu_us_per_req")
+    for r in rows:
+        if not reps(r, "fixed200"):
+            continue
+        v = {k: med(r, "fixed200", k) for k in base}
+        add = {k: (v[k] - base[k]) * 1000 if v[k] is not None and base[k] is not None else None for k in base}
+        c = med(r, "fixed200", "cpu_us_per_req")
+        o.append(f"| {r} | {f(v['p50_ms'], 3)} | {f(v['p99_ms'], 3)} | {f(v['p999_ms'], 3)} | "
+                 f"{f(add['p50_ms'], 0)} µs | {f(add['p99_ms'], 0)} µs | {f(add['p999_ms'], 0)} µs | {f(c, 1)} | "
+                 f"{ratio(c, ngf)} |")
+    o.append("")
+
+    sections.append((("stream_burst", "stream_paced"), len(o)))
+    o += ["## (c) Streaming, 20 chunks", "",
+          "| system | mode | TTFB ms | added TTFB | first content ms | total ms | added total | reads/stream |",
+          "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for scen, label in (("stream_burst", "burst"), ("stream_paced", "paced 5 ms")):
+        bt, btot = med("direct", scen, "ttfb_ms"), med("direct", scen, "total_ms")
+        for r in rows:
+            if not reps(r, scen):
+                continue
+            t, tot = med(r, scen, "ttfb_ms"), med(r, scen, "total_ms")
+            o.append(f"| {r} | {label} | {f(t, 3)} | {f((t - bt) * 1000 if t and bt else None, 0)} µs | "
+                     f"{f(med(r, scen, 'first_content_ms'), 3)} | {f(tot, 3)} | "
+                     f"{f((tot - btot) * 1000 if tot and btot else None, 0)} µs | {f(med(r, scen, 'reads'), 0)} |")
+    o += ["", "TTFB is request sent → first body byte; reads/stream counts separate arrivals (a paced "
+          "stream relayed without buffering shows about one read per chunk).", ""]
+
+    sections.append((("slow_streams",), len(o)))
+    o += ["## (d) Concurrent slow streams", "",
+          "| system | streams open | idle RSS MiB | RSS with streams MiB | bytes per open stream |",
+          "|---|---:|---:|---:|---:|"]
+    for r in rows:
+        if not reps(r, "slow_streams"):
+            continue
+        idle, full = med(r, "slow_streams", "rss_idle_kb"), med(r, "slow_streams", "rss_open_kb")
+        o.append(f"| {r} | {f(med(r, 'slow_streams', 'open'), 0)} | {f(idle / 1024 if idle else None, 1)} | "
+                 f"{f(full / 1024 if full else None, 1)} | {f(med(r, 'slow_streams', 'bytes_per_stream'), 0)} |")
+    o.append("")
+
+    sections.append(((), len(o)))
+    # Drop the sections whose scenario was not run.
+    keep = o[:sections[0][1]]
+    for (scens, start), (_, end) in zip(sections, sections[1:]):
+        if any_of(*scens):
+            keep += o[start:end]
+    o = keep + o[sections[-1][1]:]
+
+    if "switchyard" in rows:
+        sy_cpu = med("switchyard", "saturation", "cpu_us_per_req")
+        sy_p99 = med("switchyard", "fixed200", "p99_ms")
+        sy_ttfb = med("switchyard", "stream_paced", "ttfb_ms")
+        d_ttfb = med("direct", "stream_paced", "ttfb_ms")
+        sy_open = med("switchyard", "slow_streams", "rss_open_kb")
+        sy_idle = med("switchyard", "slow_streams", "rss_idle_kb")
+
+        sy_n = med("switchyard", "slow_streams", "open")
+        sy_bps = med("switchyard", "slow_streams", "bytes_per_stream")
+        # Fewer streams than 10k (QUICK, or a low open-files limit): extrapolate linearly.
+        est10k = sy_idle * 1024 + sy_bps * 10_000 if sy_idle and sy_bps else None
+        streams_cell = "–" if est10k is None else (
+            f"{f(sy_open / 1024, 1)} MiB at {f(sy_n, 0)} streams"
+            + ("" if sy_n and sy_n >= 10_000 else f" (≈ {f(est10k / 2**20, 1)} MiB at 10k)"))
+
+        def verdict(ok):
+            return "–" if ok is None else ("met" if ok else "**missed**")
+        cpu_ratio = sy_cpu / ng if sy_cpu and ng else None
+        add_p99 = (sy_p99 - base["p99_ms"]) * 1000 if sy_p99 and base["p99_ms"] else None
+        add_ttfb = (sy_ttfb - d_ttfb) * 1000 if sy_ttfb and d_ttfb else None
+        o += ["## Budget (issue 7)", "", "| budget | measured | verdict |", "|---|---:|---|",
+              f"| CPU/req ≤ 1.25× nginx | {ratio(sy_cpu, ng)} | {verdict(None if cpu_ratio is None else cpu_ratio <= 1.25)} |",
+              f"| added p99 at 200 req/s ≤ 150 µs | {f(add_p99, 0)} µs | {verdict(None if add_p99 is None else add_p99 <= 150)} |",
+              f"| added TTFB, paced stream ≤ 150 µs | {f(add_ttfb, 0)} µs | {verdict(None if add_ttfb is None else add_ttfb <= 150)} |",
+              f"| idle RSS < 30 MB | {f(sy_idle / 1024 if sy_idle else None, 1)} MiB | {verdict(None if sy_idle is None else sy_idle * 1024 < 30e6)} |",
+              f"| 10k open streams < 150 MB | {streams_cell} | {verdict(None if est10k is None else est10k < 150e6)} |",
+              ""]
+    Path(a.md).write_text("\n".join(o))
+    print("\n".join(o))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="sub", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--out", required=True, help="JSON-lines file to append to")
+    common.add_argument("--row", required=True)
+    common.add_argument("--rep", type=int, default=1)
+
+    s = sub.add_parser("oha", parents=[common])
+    s.add_argument("--pid", type=int, required=True, help="root pid of the system under test")
+    s.add_argument("--extra-pid", type=int)
+    s.add_argument("--scenario", required=True)
+    s.add_argument("command", nargs=argparse.REMAINDER)
+    s.set_defaults(fn=cmd_oha)
+
+    s = sub.add_parser("stream", parents=[common])
+    s.add_argument("--url", required=True)
+    s.add_argument("--key")
+    s.add_argument("--model", default="bench-model")
+    s.add_argument("--scenario", required=True)
+    s.add_argument("-n", type=int, default=100)
+    s.add_argument("--warmup", type=int, default=10)
+    s.set_defaults(fn=cmd_stream)
+
+    s = sub.add_parser("slow", parents=[common])
+    s.add_argument("--url", required=True)
+    s.add_argument("--key")
+    s.add_argument("--model", default="bench-model")
+    s.add_argument("--pid", type=int, required=True)
+    s.add_argument("-n", type=int, default=10000)
+    s.add_argument("--settle", type=float, default=1.0)
+    s.set_defaults(fn=cmd_slow)
+
+    s = sub.add_parser("table")
+    s.add_argument("--raw", required=True)
+    s.add_argument("--machine", required=True)
+    s.add_argument("--md", required=True)
+    s.set_defaults(fn=cmd_table)
+
+    s = sub.add_parser("tree")
+    s.add_argument("pid", type=int)
+    s.set_defaults(fn=lambda a: print(proc_tree(a.pid)))
+
+    a = p.parse_args()
+    if getattr(a, "command", None) and a.command[0] == "--":
+        a.command = a.command[1:]
+    a.fn(a)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,329 @@
+#!/usr/bin/env bash
+# Switchyard benchmark: direct to the mock vs nginx vs the Switchyard worker, side by side.
+# Usage: bench/run.sh            (full run, ~5 min)
+#        QUICK=1 bench/run.sh    (short smoke run, ~1 min)
+# See bench/README.md for what is measured and every knob.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BENCH="$ROOT/bench"
+LIB="$BENCH/benchlib.py"
+
+# --- knobs (env) ---------------------------------------------------------------------------
+QUICK="${QUICK:-0}"
+if [[ "$QUICK" == 1 ]]; then
+  REPS="${REPS:-1}"; SAT_DURATION="${SAT_DURATION:-3s}"; FIXED_DURATION="${FIXED_DURATION:-4s}"
+  STREAM_N="${STREAM_N:-100}"; PACED_N="${PACED_N:-20}"; SLOW_STREAMS="${SLOW_STREAMS:-1000}"
+else
+  REPS="${REPS:-3}"; SAT_DURATION="${SAT_DURATION:-8s}"; FIXED_DURATION="${FIXED_DURATION:-10s}"
+  STREAM_N="${STREAM_N:-300}"; PACED_N="${PACED_N:-60}"; SLOW_STREAMS="${SLOW_STREAMS:-10000}"
+fi
+SAT_CONNECTIONS="${SAT_CONNECTIONS:-50}"
+FIXED_RATE="${FIXED_RATE:-200}"
+ROWS="${ROWS:-direct nginx switchyard}"          # which rows to run
+SCENARIOS="${SCENARIOS:-saturation fixed200 stream slow}"
+SUT_CPU="${SUT_CPU:-1}"                          # system under test
+LOAD_CPU="${LOAD_CPU:-0}"                        # load generator + mock
+TOOLS_DIR="${TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/switchyard-bench}"
+RESULTS_DIR="${RESULTS_DIR:-$BENCH/results}"
+NO_BUILD="${NO_BUILD:-0}"                        # 1: use binaries already in the target dir
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+BIN="${BIN_DIR:-$CARGO_TARGET_DIR/release}"   # BIN_DIR: use binaries built elsewhere
+
+log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/switchyard-bench.XXXXXX")"
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]:-}"; do [[ -n "$p" ]] && kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  [[ "${KEEP_WORK:-0}" == 1 ]] && log "work dir kept: $WORK" || rm -rf "$WORK"
+}
+trap cleanup EXIT
+RAW="$WORK/raw.jsonl"; : > "$RAW"
+SKIPPED=""
+
+# --- tools -------------------------------------------------------------------------------------
+[[ "$(nproc)" -ge 2 ]] || log "warning: fewer than 2 CPUs; pinning SUT and load generator together"
+command -v taskset >/dev/null || die "taskset (util-linux) is required"
+command -v python3 >/dev/null || die "python3 is required"
+export PATH="$TOOLS_DIR/bin:$PATH"
+if ! command -v oha >/dev/null; then
+  log "installing oha into $TOOLS_DIR (cargo install oha --locked)"
+  CARGO_TARGET_DIR="$TOOLS_DIR/target" cargo install oha --locked --root "$TOOLS_DIR" >&2
+fi
+NGINX="$(command -v nginx || true)"; [[ -z "$NGINX" && -x /usr/sbin/nginx ]] && NGINX=/usr/sbin/nginx
+if [[ -z "$NGINX" && " $ROWS " == *" nginx "* ]]; then
+  log "installing nginx from Debian"
+  SUDO=""; [[ "$(id -u)" != 0 ]] && SUDO="sudo"
+  $SUDO apt-get install -y nginx-light >&2 || { $SUDO apt-get update >&2 && $SUDO apt-get install -y nginx-light >&2; }
+  NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
+fi
+
+# 10k slow streams need ~2 fds per stream in a proxy (client + upstream side).
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+FD_LIMIT="$(ulimit -n)"
+MAX_STREAMS=$(( (FD_LIMIT - 1000) / 2 ))
+NOTES=""
+if (( SLOW_STREAMS > MAX_STREAMS )); then
+  NOTES="open-files limit is $FD_LIMIT, so the slow-stream scenario holds $MAX_STREAMS streams, not $SLOW_STREAMS"
+  log "$NOTES"; SLOW_STREAMS=$MAX_STREAMS
+fi
+
+# --- build -------------------------------------------------------------------------------------
+SY_BUILD_OK=1
+if [[ "$NO_BUILD" != 1 ]]; then
+  log "building release binaries in $CARGO_TARGET_DIR"
+  (cd "$ROOT" && cargo build --release -p switchyard-mock >&2) || die "the mock does not build"
+  if [[ " $ROWS " == *" switchyard "* ]]; then
+    (cd "$ROOT" && cargo build --release -p switchyard-worker -p switchyard-control -p switchyard-ctl >&2) \
+      || { SY_BUILD_OK=0; log "Switchyard binaries do not build; the switchyard row will be skipped"; }
+  fi
+fi
+[[ -x "$BIN/switchyard-mock" ]] || die "$BIN/switchyard-mock missing"
+
+# --- process helpers ----------------------------------------------------------------------------
+# start NAME CPU CMD... : run pinned, stdout/stderr to files, remember the pid
+start() {
+  local name=$1 cpu=$2; shift 2
+  taskset -c "$cpu" "$@" >"$WORK/$name.out" 2>"$WORK/$name.err" &
+  local pid=$!
+  PIDS+=("$pid"); eval "PID_${name//-/_}=$pid"
+}
+# wait_listening NAME KEY [SECONDS] : print KEY's address from the `listening k=addr` line
+wait_listening() {
+  local name=$1 key=$2 secs=${3:-30} i pid_var="PID_${1//-/_}"
+  for ((i = 0; i < secs * 10; i++)); do
+    local line; line="$(grep -m1 '^listening ' "$WORK/$name.out" 2>/dev/null || true)"
+    if [[ -n "$line" ]]; then
+      tr ' ' '\n' <<<"$line" | sed -n "s/^$key=//p"; return 0
+    fi
+    kill -0 "${!pid_var}" 2>/dev/null || { log "$name exited: $(tail -5 "$WORK/$name.err")"; return 1; }
+    sleep 0.1
+  done
+  log "$name did not print its listening line: $(tail -5 "$WORK/$name.err")"; return 1
+}
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_http() {  # wait_http URL [SECONDS] [HEADER]: until it answers 200
+  local url=$1 secs=${2:-30} hdr=${3:-x-bench: 1} i
+  for ((i = 0; i < secs * 10; i++)); do
+    python3 - "$url" "$hdr" <<'EOF' && return 0
+import sys, urllib.request
+k, v = sys.argv[2].split(": ", 1)
+req = urllib.request.Request(sys.argv[1], headers={k: v, "content-type": "application/json"},
+                             data=b'{"model":"bench-model","messages":[]}')
+try:
+    sys.exit(0 if urllib.request.urlopen(req, timeout=2).status == 200 else 1)
+except Exception:
+    sys.exit(1)
+EOF
+    sleep 0.1
+  done
+  return 1
+}
+mock_ctl() {  # mock_ctl PATH [JSON]
+  python3 - "$MOCK_URL$1" "${2:-}" <<'EOF'
+import sys, urllib.request
+data = sys.argv[2].encode() if len(sys.argv) > 2 and sys.argv[2] else b""
+urllib.request.urlopen(urllib.request.Request(sys.argv[1], data=data, method="POST"), timeout=5).read()
+EOF
+}
+
+# --- the mock (CPU LOAD_CPU, one thread, no request log) -----------------------------------------
+start mock "$LOAD_CPU" "$BIN/switchyard-mock" --threads 1 --no-request-log --name bench
+MOCK_ADDR="$(wait_listening mock http)" || die "mock did not start"
+MOCK_URL="http://$MOCK_ADDR"
+log "mock on $MOCK_URL"
+
+# --- rows ---------------------------------------------------------------------------------------
+declare -A URL PID KEY EXTRA
+URL[direct]="$MOCK_URL"; PID[direct]=$PID_mock; KEY[direct]=""
+
+start_nginx() {
+  command -v "$NGINX" >/dev/null 2>&1 || [[ -x "$NGINX" ]] || { SKIPPED+="nginx (not installed); "; return 1; }
+  local port; port="$(free_port)"; mkdir -p "$WORK/nginx/logs"
+  # As root, nginx would hand its worker to `nobody`, which cannot use our private temp dir.
+  local user_line=""; [[ "$(id -u)" == 0 ]] && user_line="user root;"
+  cat >"$WORK/nginx/nginx.conf" <<EOF
+$user_line
+worker_processes 1;
+daemon off;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/logs/error.log warn;
+worker_rlimit_nofile $FD_LIMIT;
+events { worker_connections $((FD_LIMIT - 100)); }
+http {
+  access_log off;
+  client_body_temp_path $WORK/nginx/body;
+  proxy_temp_path $WORK/nginx/proxy;
+  fastcgi_temp_path $WORK/nginx/fastcgi;
+  uwsgi_temp_path $WORK/nginx/uwsgi;
+  scgi_temp_path $WORK/nginx/scgi;
+  keepalive_requests 1000000;
+  keepalive_timeout 75s;
+  tcp_nodelay on;
+  upstream mock { server $MOCK_ADDR; keepalive 256; keepalive_requests 1000000; }
+  server {
+    listen 127.0.0.1:$port;
+    location / {
+      proxy_pass http://mock;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+      proxy_request_buffering off;
+      proxy_read_timeout 1h;
+    }
+  }
+}
+EOF
+  start nginx "$SUT_CPU" "$NGINX" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -e "$WORK/nginx/logs/error.log"
+  URL[nginx]="http://127.0.0.1:$port"; PID[nginx]=$PID_nginx; KEY[nginx]=""
+  wait_http "${URL[nginx]}/v1/chat/completions" 10 || { SKIPPED+="nginx (did not start: $(tail -2 "$WORK/nginx/logs/error.log")); "; return 1; }
+}
+
+# Control (SQLite in the work dir) + worker, configured through the `switchyard` CLI.
+start_switchyard() {
+  [[ "$SY_BUILD_OK" == 1 ]] || { SKIPPED+="switchyard (build failed); "; return 1; }
+  for b in switchyard-control switchyard-worker switchyard; do
+    [[ -x "$BIN/$b" ]] || { SKIPPED+="switchyard ($b not built); "; return 1; }
+  done
+  mkdir -p "$WORK/control" "$WORK/worker"
+  start control "$SUT_CPU" "$BIN/switchyard-control" --data-dir "$WORK/control" \
+    --grpc-listen 127.0.0.1:0 --http-listen 127.0.0.1:0
+  local grpc; grpc="$(wait_listening control grpc)" || { SKIPPED+="switchyard (control did not start); "; return 1; }
+  export SWITCHYARD_CONTROL_URL="http://$grpc"
+  export BENCH_UPSTREAM_KEY_A="sk-upstream-a" BENCH_UPSTREAM_KEY_B="sk-upstream-b"
+  cat >"$WORK/switchyard.toml" <<EOF
+# Two providers on the same mock, one model over both backends.
+[[providers]]
+name = "mock-a"
+kind = "openai"
+base_url = "$MOCK_URL/v1"
+[[providers.credentials]]
+name = "a1"
+secret_env = "BENCH_UPSTREAM_KEY_A"
+
+[[providers]]
+name = "mock-b"
+kind = "openai"
+base_url = "$MOCK_URL/v1"
+[[providers.credentials]]
+name = "b1"
+secret_env = "BENCH_UPSTREAM_KEY_B"
+
+[[models]]
+name = "bench-model"
+strategy = "round_robin"
+[[models.backends]]
+provider = "mock-a"
+upstream_model = "mock-model"
+[[models.backends]]
+provider = "mock-b"
+upstream_model = "mock-model"
+EOF
+  "$BIN/switchyard" apply -f "$WORK/switchyard.toml" >"$WORK/apply.out" 2>&1 \
+    || { SKIPPED+="switchyard (apply failed: $(tail -1 "$WORK/apply.out")); "; return 1; }
+  local key
+  key="$("$BIN/switchyard" -o json keys create bench 2>"$WORK/keys.err" \
+         | python3 -c 'import json,sys; print(json.load(sys.stdin)["plaintext"])')" \
+    || { SKIPPED+="switchyard (keys create failed: $(tail -1 "$WORK/keys.err")); "; return 1; }
+  start worker "$SUT_CPU" "$BIN/switchyard-worker" --listen 127.0.0.1:0 --control "http://$grpc" \
+    --state-dir "$WORK/worker" --worker-id bench --drain-timeout 2s
+  local http; http="$(wait_listening worker http)" || { SKIPPED+="switchyard (worker did not start); "; return 1; }
+  URL[switchyard]="http://$http"; PID[switchyard]=$PID_worker; KEY[switchyard]="$key"; EXTRA[switchyard]=$PID_control
+  wait_http "${URL[switchyard]}/v1/chat/completions" 30 "authorization: Bearer $key" \
+    || { SKIPPED+="switchyard (worker never answered 200 on /v1/chat/completions); "; return 1; }
+}
+
+ACTIVE=()
+for row in $ROWS; do
+  case $row in
+    direct) ACTIVE+=(direct) ;;
+    nginx) if start_nginx; then ACTIVE+=(nginx); else log "skipping nginx row: $SKIPPED"; fi ;;
+    switchyard) if start_switchyard; then ACTIVE+=(switchyard); else log "skipping switchyard row: $SKIPPED"; fi ;;
+    *) die "unknown row $row" ;;
+  esac
+done
+log "rows: ${ACTIVE[*]}"
+
+# --- scenarios -------------------------------------------------------------------------------------
+BODY='{"model":"bench-model","messages":[{"role":"user","content":"Say something short."}]}'
+oha_run() {  # oha_run ROW SCENARIO REP OHA-ARGS...
+  local row=$1 scen=$2 rep=$3; shift 3
+  local auth=(); [[ -n "${KEY[$row]}" ]] && auth=(-H "authorization: Bearer ${KEY[$row]}")
+  local extra=(); [[ -n "${EXTRA[$row]:-}" ]] && extra=(--extra-pid "${EXTRA[$row]}")
+  python3 "$LIB" oha --out "$RAW" --row "$row" --rep "$rep" --scenario "$scen" --pid "${PID[$row]}" "${extra[@]}" -- \
+    taskset -c "$LOAD_CPU" oha --no-tui --output-format json -m POST -H 'content-type: application/json' \
+    "${auth[@]}" -d "$BODY" "$@" "${URL[$row]}/v1/chat/completions"
+}
+has() { [[ " $SCENARIOS " == *" $1 "* ]]; }
+
+for row in "${ACTIVE[@]}"; do
+  # Warm up connection pools and caches once per row.
+  taskset -c "$LOAD_CPU" oha --no-tui --output-format quiet -z 1s -c "$SAT_CONNECTIONS" -m POST \
+    -H 'content-type: application/json' ${KEY[$row]:+-H "authorization: Bearer ${KEY[$row]}"} \
+    -d "$BODY" "${URL[$row]}/v1/chat/completions" >/dev/null 2>&1 || true
+done
+
+for rep in $(seq 1 "$REPS"); do
+  for row in "${ACTIVE[@]}"; do
+    if has saturation; then
+      log "rep $rep: $row saturation ($SAT_DURATION, $SAT_CONNECTIONS connections)"
+      oha_run "$row" saturation "$rep" -z "$SAT_DURATION" -c "$SAT_CONNECTIONS"
+    fi
+    if has fixed200; then
+      log "rep $rep: $row fixed $FIXED_RATE req/s ($FIXED_DURATION)"
+      oha_run "$row" fixed200 "$rep" -z "$FIXED_DURATION" -c 20 -q "$FIXED_RATE" --latency-correction
+    fi
+    if has stream; then
+      log "rep $rep: $row streams (20 chunks burst x$STREAM_N, paced 5 ms x$PACED_N)"
+      mock_ctl /_mock/default '{"stream_chunks":20,"chunk_delay_ms":0}'
+      taskset -c "$LOAD_CPU" python3 "$LIB" stream --out "$RAW" --row "$row" --rep "$rep" \
+        --scenario stream_burst --url "${URL[$row]}/v1/chat/completions" ${KEY[$row]:+--key "${KEY[$row]}"} -n "$STREAM_N"
+      mock_ctl /_mock/default '{"stream_chunks":20,"chunk_delay_ms":5}'
+      taskset -c "$LOAD_CPU" python3 "$LIB" stream --out "$RAW" --row "$row" --rep "$rep" \
+        --scenario stream_paced --url "${URL[$row]}/v1/chat/completions" ${KEY[$row]:+--key "${KEY[$row]}"} \
+        -n "$PACED_N" --warmup 3
+      mock_ctl /_mock/reset
+    fi
+  done
+done
+
+# (d) once per row: many concurrent slow streams (a chunk per second for 10 minutes).
+if has slow; then
+  for row in "${ACTIVE[@]}"; do
+    log "$row: $SLOW_STREAMS concurrent slow streams"
+    mock_ctl /_mock/default '{"stream_chunks":600,"chunk_delay_ms":1000}'
+    taskset -c "$LOAD_CPU" python3 "$LIB" slow --out "$RAW" --row "$row" --pid "${PID[$row]}" \
+      --url "${URL[$row]}/v1/chat/completions" ${KEY[$row]:+--key "${KEY[$row]}"} -n "$SLOW_STREAMS" \
+      || log "slow streams failed for $row"
+    mock_ctl /_mock/reset
+    sleep 2  # let the closed streams drain before the next row
+  done
+fi
+
+# --- report -----------------------------------------------------------------------------------------
+mkdir -p "$RESULTS_DIR"
+DATE="$(date -u +%Y-%m-%d)"
+OUT="$RESULTS_DIR/$DATE.md"
+[[ "$QUICK" == 1 ]] && OUT="$RESULTS_DIR/$DATE-quick.md"
+python3 - "$WORK/machine.json" <<EOF
+import json, os, platform, subprocess, sys
+cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "unknown")
+def ver(cmd):
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        return (r.stdout or r.stderr).strip().splitlines()[0]
+    except Exception:
+        return "n/a"
+json.dump({"date": "$DATE", "cpu": cpu, "nproc": os.cpu_count(), "kernel": platform.release(),
+           "sut_cpu": "$SUT_CPU", "load_cpu": "$LOAD_CPU", "oha": ver(["oha", "--version"]),
+           "nginx": ver(["$NGINX", "-v"]) if "$NGINX" else "nginx n/a",
+           "mode": "QUICK" if "$QUICK" == "1" else "full", "reps": $REPS,
+           "notes": "$NOTES", "skipped": "$SKIPPED"}, open(sys.argv[1], "w"))
+EOF
+python3 "$LIB" table --raw "$RAW" --machine "$WORK/machine.json" --md "$OUT" >/dev/null
+cp "$RAW" "${OUT%.md}.jsonl"
+log "wrote $OUT (raw measurements: ${OUT%.md}.jsonl)"
+cat "$OUT"
