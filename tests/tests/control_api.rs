@@ -590,8 +590,9 @@ store_test!(api_keys, |db: TestDb| async move {
     );
 
     // The snapshot carries the SHA-256 of the plaintext.
+    let v = version(&mut a).await?;
     let mut w = Watcher::connect(&p, "w-keys", 0).await?;
-    let s = w.next().await?;
+    let s = w.next_at(v).await?;
     let hashes: BTreeSet<_> = s.keys.iter().map(|k| k.key_hash.clone()).collect();
     use sha2_hex::sha256_hex;
     assert!(hashes.contains(&sha256_hex(&r.plaintext)));
@@ -1037,8 +1038,9 @@ store_test!(secrets_encrypted_at_rest, |db: TestDb| async move {
         let st = a.get_status(pb::GetStatusRequest {}).await?.into_inner();
         assert!(st.secrets_encrypted);
         // The snapshot still carries it in clear.
+        let v = version(&mut a).await?;
         let mut w = Watcher::connect(&p, "w-enc", 0).await?;
-        let s = w.next().await?;
+        let s = w.next_at(v).await?;
         assert_eq!(s.providers[0].credentials[0].secret, secret);
     }
     sqlx::any::install_default_drivers();

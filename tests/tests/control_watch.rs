@@ -26,7 +26,7 @@ store_test!(watch_gets_each_change_and_resumes, |db: TestDb| async move {
 
     // A fresh worker gets the current snapshot at once.
     let mut w = Watcher::connect(&p, "w1", 0).await?;
-    let s = w.next().await?;
+    let s = w.next_at(v1).await?;
     assert_eq!(s.version, v1);
     assert_eq!(s.hash.len(), 64);
     assert_eq!(s.providers.len(), 1);
@@ -226,7 +226,7 @@ store_test!(data_and_version_survive_restart, |db: TestDb| async move {
         .await?
         .into_inner();
     let mut w = Watcher::connect(&p, "survivor", 0).await?;
-    let s = w.next().await?;
+    let s = w.next_at(before.version).await?;
     w.ack(&s).await?;
 
     // SIGTERM: exit 0, and the open watch stream ends cleanly (no error status).

@@ -169,6 +169,16 @@ impl Watcher {
             .context("watch stream ended")
     }
 
+    /// Skip snapshots older than `version` (a commit is published a moment after it returns).
+    pub async fn next_at(&mut self, version: u64) -> Result<pb::Snapshot> {
+        loop {
+            let s = self.next().await?;
+            if s.version >= version {
+                return Ok(s);
+            }
+        }
+    }
+
     /// Nothing arrives within `d` (used only to check that no extra snapshot is sent).
     pub async fn expect_quiet(&mut self, d: Duration) -> Result<()> {
         match tokio::time::timeout(d, self.rx.message()).await {
