@@ -198,6 +198,9 @@ impl Store {
     async fn rekey_secrets(&self) -> Result<(), Error> {
         let _g = self.write_lock.lock().await;
         let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE meta SET value = value WHERE key = 'version'")
+            .execute(&mut *tx)
+            .await?;
         let rows = sqlx::query(
             "SELECT provider, name, secret, key_version FROM credentials WHERE key_version <> $1",
         )
@@ -270,6 +273,13 @@ impl Store {
         let _g = self.write_lock.lock().await;
         let t = Instant::now();
         let mut tx = self.pool.begin().await?;
+        // Take the write lock first: on SQLite a read transaction that later writes
+        // fails with SQLITE_BUSY_SNAPSHOT if another connection (worker state, reports)
+        // wrote in between; on Postgres this row lock also serialises writers across
+        // control processes sharing one database.
+        sqlx::query("UPDATE meta SET value = value WHERE key = 'version'")
+            .execute(&mut *tx)
+            .await?;
         let version = read_version(&mut tx).await?;
         let old = load_state(&mut tx, &self.keyring).await?;
         let mut new = old.clone();
