@@ -480,7 +480,7 @@ impl FileModel {
     }
 
     fn from_proto(m: &pb::Model) -> FileModel {
-        let retry = m.retry.clone().unwrap_or_default();
+        let retry = m.retry.unwrap_or_default();
         FileModel {
             name: m.name.clone(),
             description: non_empty(&m.description),

@@ -52,6 +52,12 @@ pub async fn run(cli: Cli) -> Result<()> {
         // Read and check the file (and its secrets) before connecting: a typo in the file
         // should not depend on the control plane being up.
         Command::Apply(a) => Some(commands::load_document(&a.file)?),
+        Command::Credentials(cli::CredentialsCmd::Add(a)) if !a.secret.is_given() => {
+            return Err(UsageError(
+                "a secret is required: --secret-env VAR, --secret-file PATH or --secret - (stdin)".into(),
+            )
+            .into())
+        }
         _ => None,
     };
     let mut admin = client::Admin::connect(&cli.control, cli.token.as_deref()).await?;

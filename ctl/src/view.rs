@@ -228,7 +228,7 @@ impl From<&pb::Credential> for CredentialView {
 
 impl From<&pb::Model> for ModelView {
     fn from(m: &pb::Model) -> Self {
-        let retry = m.retry.clone().unwrap_or_default();
+        let retry = m.retry.unwrap_or_default();
         ModelView {
             name: m.name.clone(),
             strategy: m.strategy.clone(),
