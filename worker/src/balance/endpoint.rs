@@ -15,7 +15,11 @@ pub struct BreakerConfig {
 
 impl Default for BreakerConfig {
     fn default() -> Self {
-        Self { failure_threshold: 3, base_ejection_ms: 30_000, max_ejection_ms: 600_000 }
+        Self {
+            failure_threshold: 3,
+            base_ejection_ms: 30_000,
+            max_ejection_ms: 600_000,
+        }
     }
 }
 
@@ -66,10 +70,17 @@ impl EndpointState {
     pub fn record_success(&self, _now_ms: u64, ttfb_us: u64) -> Option<Transition> {
         self.failures.store(0, Ordering::Relaxed);
         let old = self.ewma_us.load(Ordering::Relaxed);
-        let new = if old == 0 { ttfb_us } else { (old * 4 + ttfb_us) / 5 };
+        let new = if old == 0 {
+            ttfb_us
+        } else {
+            (old * 4 + ttfb_us) / 5
+        };
         self.ewma_us.store(new.max(1), Ordering::Relaxed);
         if self.ejected_until.swap(0, Ordering::Relaxed) != 0 {
-            return Some(Transition { healthy: true, reason: "request ok".into() });
+            return Some(Transition {
+                healthy: true,
+                reason: "request ok".into(),
+            });
         }
         None
     }
@@ -83,8 +94,13 @@ impl EndpointState {
     }
     pub fn eject(&self, now_ms: u64, reason: &str) -> Option<Transition> {
         *self.last_error.lock() = Some(reason.to_string());
-        let was = self.ejected_until.swap(now_ms + self.cfg.base_ejection_ms, Ordering::Relaxed);
-        (was <= now_ms).then(|| Transition { healthy: false, reason: reason.to_string() })
+        let was = self
+            .ejected_until
+            .swap(now_ms + self.cfg.base_ejection_ms, Ordering::Relaxed);
+        (was <= now_ms).then(|| Transition {
+            healthy: false,
+            reason: reason.to_string(),
+        })
     }
     pub fn cool_down(&self, until_ms: u64) {
         self.cooldown_until.fetch_max(until_ms, Ordering::Relaxed);
@@ -92,8 +108,10 @@ impl EndpointState {
     pub fn set_probe_result(&self, now_ms: u64, healthy: bool, reason: &str) -> Option<Transition> {
         if healthy {
             self.failures.store(0, Ordering::Relaxed);
-            (self.ejected_until.swap(0, Ordering::Relaxed) > now_ms)
-                .then(|| Transition { healthy: true, reason: reason.to_string() })
+            (self.ejected_until.swap(0, Ordering::Relaxed) > now_ms).then(|| Transition {
+                healthy: true,
+                reason: reason.to_string(),
+            })
         } else {
             self.eject(now_ms, reason)
         }

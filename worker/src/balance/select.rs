@@ -72,17 +72,28 @@ pub struct Selector {
 
 impl Selector {
     pub fn new(strategy: Strategy) -> Self {
-        Self { strategy, rr: AtomicUsize::new(0) }
+        Self {
+            strategy,
+            rr: AtomicUsize::new(0),
+        }
     }
     pub fn pick(&self, eps: &[Endpoint], ctx: &PickContext) -> Option<Pick> {
         let ok = |i: usize| !ctx.excluded.contains(&i) && eps[i].state.is_available(ctx.now_ms);
         let tier = (0..eps.len()).filter(|&i| ok(i)).map(|i| eps[i].priority).min()?;
-        let cands: Vec<usize> = (0..eps.len()).filter(|&i| ok(i) && eps[i].priority == tier).collect();
+        let cands: Vec<usize> = (0..eps.len())
+            .filter(|&i| ok(i) && eps[i].priority == tier)
+            .collect();
         if let Some(a) = ctx.affinity {
             let best = cands.iter().max_by_key(|&&i| super::mix64(a ^ eps[i].id_hash))?;
-            return Some(Pick { index: *best, trial: false });
+            return Some(Pick {
+                index: *best,
+                trial: false,
+            });
         }
         let n = self.rr.fetch_add(1, Ordering::Relaxed);
-        Some(Pick { index: cands[n % cands.len()], trial: false })
+        Some(Pick {
+            index: cands[n % cands.len()],
+            trial: false,
+        })
     }
 }
