@@ -1,0 +1,467 @@
+//! OpenAI and Anthropic wire formats: response bodies, SSE event sequences and error bodies.
+//!
+//! Non-stream bodies are pre-serialised per behaviour into a prefix and a suffix around the
+//! model name, so the hot path is one buffer allocation and three copies.
+
+use std::{
+    borrow::Cow,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::behavior::{Behavior, Usage};
+
+/// Which API family a request belongs to; decides error bodies and formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    OpenAi,
+    Anthropic,
+}
+
+/// The few request fields the mock needs; everything else is skipped unparsed.
+#[derive(Debug, Default, Deserialize)]
+pub struct Peek<'a> {
+    #[serde(borrow, default)]
+    pub model: Option<Cow<'a, str>>,
+    #[serde(default)]
+    pub stream: bool,
+    #[serde(default)]
+    pub stream_options: Option<StreamOptions>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct StreamOptions {
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+impl Peek<'_> {
+    pub fn include_usage(&self) -> bool {
+        self.stream_options.as_ref().is_some_and(|o| o.include_usage)
+    }
+}
+
+/// Model name used when a request names none.
+pub const NO_MODEL: &str = "mock-model";
+
+/// A marker that never appears in JSON we generate except where we put it.
+const PLACEHOLDER: &str = "\u{1}switchyard-mock-model\u{1}";
+
+/// A serialised body split around the model name.
+#[derive(Clone, Debug)]
+pub struct Template {
+    prefix: Bytes,
+    suffix: Bytes,
+}
+
+impl Template {
+    fn new(v: &Value) -> Template {
+        let s = v.to_string();
+        let marker = serde_json::to_string(PLACEHOLDER).unwrap_or_default();
+        match s.rfind(&marker) {
+            Some(i) => Template {
+                prefix: Bytes::copy_from_slice(&s.as_bytes()[..i]),
+                suffix: Bytes::copy_from_slice(&s.as_bytes()[i + marker.len()..]),
+            },
+            None => Template {
+                prefix: Bytes::from(s),
+                suffix: Bytes::new(),
+            },
+        }
+    }
+
+    /// The body with `model` (JSON-escaped) filled in.
+    pub fn render(&self, model: &str) -> Bytes {
+        let mut buf = BytesMut::with_capacity(self.prefix.len() + self.suffix.len() + model.len() + 8);
+        buf.put_slice(&self.prefix);
+        write_json_str(&mut buf, model);
+        buf.put_slice(&self.suffix);
+        buf.freeze()
+    }
+}
+
+fn write_json_str(buf: &mut BytesMut, s: &str) {
+    // Model names are plain ASCII in practice; escape only when needed.
+    if s.bytes()
+        .all(|b| b >= 0x20 && b != b'"' && b != b'\\' && b < 0x7f)
+    {
+        buf.put_u8(b'"');
+        buf.put_slice(s.as_bytes());
+        buf.put_u8(b'"');
+    } else {
+        let escaped = serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_string());
+        buf.put_slice(escaped.as_bytes());
+    }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn openai_usage(u: &Usage) -> Value {
+    json!({
+        "prompt_tokens": u.prompt_tokens,
+        "completion_tokens": u.completion_tokens,
+        "total_tokens": u.prompt_tokens + u.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": u.cached_tokens},
+        "completion_tokens_details": {"reasoning_tokens": u.reasoning_tokens},
+    })
+}
+
+fn anthropic_usage(u: &Usage) -> Value {
+    json!({
+        "input_tokens": u.prompt_tokens,
+        "output_tokens": u.completion_tokens,
+        "cache_read_input_tokens": u.cached_tokens,
+        "cache_creation_input_tokens": 0,
+    })
+}
+
+/// A behaviour with its non-stream bodies serialised ahead of time.
+#[derive(Debug)]
+pub struct Prepared {
+    pub behavior: Behavior,
+    pub created: u64,
+    pub chat: Template,
+    pub completion: Template,
+    pub message: Template,
+}
+
+impl Prepared {
+    pub fn new(behavior: Behavior) -> Prepared {
+        let created = now_secs();
+        let b = &behavior;
+        let chat = Template::new(&json!({
+            "id": "chatcmpl-mock",
+            "object": "chat.completion",
+            "created": created,
+            "model": PLACEHOLDER,
+            "choices": [{
+                "index": 0,
+                "message": {"role": "assistant", "content": b.reply},
+                "finish_reason": "stop"
+            }],
+            "usage": openai_usage(&b.usage),
+        }));
+        let completion = Template::new(&json!({
+            "id": "cmpl-mock",
+            "object": "text_completion",
+            "created": created,
+            "model": PLACEHOLDER,
+            "choices": [{"text": b.reply, "index": 0, "logprobs": null, "finish_reason": "stop"}],
+            "usage": openai_usage(&b.usage),
+        }));
+        let message = Template::new(&json!({
+            "id": "msg_mock",
+            "type": "message",
+            "role": "assistant",
+            "model": PLACEHOLDER,
+            "content": [{"type": "text", "text": b.reply}],
+            "stop_reason": "end_turn",
+            "stop_sequence": null,
+            "usage": anthropic_usage(&b.usage),
+        }));
+        Prepared {
+            behavior,
+            created,
+            chat,
+            completion,
+            message,
+        }
+    }
+
+    /// The reply split into `stream_chunks` pieces (on char boundaries; some may be empty
+    /// when the reply is shorter than the chunk count).
+    fn pieces(&self) -> Vec<String> {
+        let n = self.behavior.stream_chunks;
+        let chars: Vec<char> = self.behavior.reply.chars().collect();
+        (0..n)
+            .map(|i| {
+                chars[i * chars.len() / n..(i + 1) * chars.len() / n]
+                    .iter()
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// SSE events for a streamed response: the events before the content, the content
+    /// events, and the events after. Returned as (events, index of first content event).
+    pub fn stream_events(&self, kind: StreamKind, model: &str, include_usage: bool) -> (Vec<Bytes>, usize) {
+        let pieces = self.pieces();
+        let u = &self.behavior.usage;
+        let mut out = Vec::with_capacity(pieces.len() + 6);
+        let first_content;
+        match kind {
+            StreamKind::Chat => {
+                let chunk = |delta: Value, finish: Value| {
+                    let mut v = json!({
+                        "id": "chatcmpl-mock",
+                        "object": "chat.completion.chunk",
+                        "created": self.created,
+                        "model": model,
+                        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                    });
+                    if include_usage {
+                        v["usage"] = Value::Null;
+                    }
+                    sse_data(&v)
+                };
+                out.push(chunk(json!({"role": "assistant", "content": ""}), Value::Null));
+                first_content = out.len();
+                for p in &pieces {
+                    out.push(chunk(json!({"content": p}), Value::Null));
+                }
+                out.push(chunk(json!({}), json!("stop")));
+                if include_usage {
+                    out.push(sse_data(&json!({
+                        "id": "chatcmpl-mock",
+                        "object": "chat.completion.chunk",
+                        "created": self.created,
+                        "model": model,
+                        "choices": [],
+                        "usage": openai_usage(u),
+                    })));
+                }
+                out.push(Bytes::from_static(b"data: [DONE]\n\n"));
+            }
+            StreamKind::Completion => {
+                let chunk = |text: &str, finish: Value| {
+                    sse_data(&json!({
+                        "id": "cmpl-mock",
+                        "object": "text_completion",
+                        "created": self.created,
+                        "model": model,
+                        "choices": [{"text": text, "index": 0, "logprobs": null, "finish_reason": finish}],
+                    }))
+                };
+                first_content = 0;
+                for p in &pieces {
+                    out.push(chunk(p, Value::Null));
+                }
+                out.push(chunk("", json!("stop")));
+                if include_usage {
+                    out.push(sse_data(&json!({
+                        "id": "cmpl-mock",
+                        "object": "text_completion",
+                        "created": self.created,
+                        "model": model,
+                        "choices": [],
+                        "usage": openai_usage(u),
+                    })));
+                }
+                out.push(Bytes::from_static(b"data: [DONE]\n\n"));
+            }
+            StreamKind::Messages => {
+                out.push(sse_event(
+                    "message_start",
+                    &json!({
+                        "type": "message_start",
+                        "message": {
+                            "id": "msg_mock",
+                            "type": "message",
+                            "role": "assistant",
+                            "model": model,
+                            "content": [],
+                            "stop_reason": null,
+                            "stop_sequence": null,
+                            "usage": {
+                                "input_tokens": u.prompt_tokens,
+                                "output_tokens": 1,
+                                "cache_read_input_tokens": u.cached_tokens,
+                                "cache_creation_input_tokens": 0,
+                            },
+                        },
+                    }),
+                ));
+                out.push(sse_event(
+                    "content_block_start",
+                    &json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+                ));
+                out.push(sse_event("ping", &json!({"type": "ping"})));
+                first_content = out.len();
+                for p in &pieces {
+                    out.push(sse_event(
+                        "content_block_delta",
+                        &json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": p}}),
+                    ));
+                }
+                out.push(sse_event(
+                    "content_block_stop",
+                    &json!({"type": "content_block_stop", "index": 0}),
+                ));
+                out.push(sse_event(
+                    "message_delta",
+                    &json!({
+                        "type": "message_delta",
+                        "delta": {"stop_reason": "end_turn", "stop_sequence": null},
+                        "usage": {"output_tokens": u.completion_tokens},
+                    }),
+                ));
+                out.push(sse_event("message_stop", &json!({"type": "message_stop"})));
+            }
+        }
+        (out, first_content)
+    }
+}
+
+/// Which streamed format to produce.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamKind {
+    Chat,
+    Completion,
+    Messages,
+}
+
+fn sse_data(v: &Value) -> Bytes {
+    Bytes::from(format!("data: {v}\n\n"))
+}
+
+fn sse_event(name: &str, v: &Value) -> Bytes {
+    Bytes::from(format!("event: {name}\ndata: {v}\n\n"))
+}
+
+/// An error body in the given dialect for `status`.
+pub fn error_body(dialect: Dialect, status: u16, message: &str) -> Bytes {
+    let v = match dialect {
+        Dialect::OpenAi => {
+            let (ty, code) = match status {
+                400 => ("invalid_request_error", Value::Null),
+                401 => ("invalid_request_error", json!("invalid_api_key")),
+                403 => ("permission_error", Value::Null),
+                404 => ("invalid_request_error", json!("not_found")),
+                429 => ("rate_limit_error", json!("rate_limit_exceeded")),
+                500..=599 => ("server_error", Value::Null),
+                _ => ("invalid_request_error", Value::Null),
+            };
+            json!({"error": {"message": message, "type": ty, "param": null, "code": code}})
+        }
+        Dialect::Anthropic => {
+            let ty = match status {
+                400 => "invalid_request_error",
+                401 => "authentication_error",
+                403 => "permission_error",
+                404 => "not_found_error",
+                413 => "request_too_large",
+                429 => "rate_limit_error",
+                503 | 529 => "overloaded_error",
+                500..=599 => "api_error",
+                _ => "invalid_request_error",
+            };
+            json!({"type": "error", "error": {"type": ty, "message": message}})
+        }
+    };
+    Bytes::from(v.to_string())
+}
+
+/// The `GET /v1/models` body; Anthropic's shape when the request carries `anthropic-version`.
+pub fn models_body(dialect: Dialect, models: &[String], created: u64) -> Bytes {
+    let v = match dialect {
+        Dialect::OpenAi => json!({
+            "object": "list",
+            "data": models.iter().map(|m| json!({
+                "id": m, "object": "model", "created": created, "owned_by": "switchyard-mock"
+            })).collect::<Vec<_>>(),
+        }),
+        Dialect::Anthropic => json!({
+            "data": models.iter().map(|m| json!({
+                "type": "model", "id": m, "display_name": m, "created_at": "2025-01-01T00:00:00Z"
+            })).collect::<Vec<_>>(),
+            "has_more": false,
+            "first_id": models.first(),
+            "last_id": models.last(),
+        }),
+    };
+    Bytes::from(v.to_string())
+}
+
+/// The `POST /v1/embeddings` body: one small vector per input.
+pub fn embeddings_body(body: &[u8], model: &str, usage: &Usage) -> Bytes {
+    let inputs = match serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| v.get("input").cloned())
+    {
+        Some(Value::Array(a)) if !a.is_empty() && !a[0].is_number() => a.len(),
+        _ => 1,
+    };
+    let data: Vec<Value> = (0..inputs)
+        .map(|i| {
+            let f = i as f64;
+            json!({"object": "embedding", "index": i, "embedding": [0.1 + f, -0.2, 0.3, -0.4, 0.5, -0.6, 0.7, -0.8]})
+        })
+        .collect();
+    Bytes::from(
+        json!({
+            "object": "list",
+            "data": data,
+            "model": model,
+            "usage": {"prompt_tokens": usage.prompt_tokens, "total_tokens": usage.prompt_tokens},
+        })
+        .to_string(),
+    )
+}
+
+/// `POST /v1/messages/count_tokens`.
+pub fn count_tokens_body(usage: &Usage) -> Bytes {
+    Bytes::from(json!({"input_tokens": usage.prompt_tokens}).to_string())
+}
+
+/// Any other `POST /v1/*`: says what it saw.
+pub fn echo_body(path: &str, model: &str) -> Bytes {
+    Bytes::from(json!({"object": "mock.echo", "path": path, "model": model}).to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn template_renders_valid_json_with_the_model() {
+        let p = Prepared::new(Behavior::default());
+        let body = p.chat.render("gpt-4o");
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["model"], "gpt-4o");
+        assert_eq!(
+            v["choices"][0]["message"]["content"],
+            crate::behavior::DEFAULT_REPLY
+        );
+        let weird = "a\"b\\c\u{7}";
+        let v: Value = serde_json::from_slice(&p.message.render(weird)).unwrap();
+        assert_eq!(v["model"], weird);
+    }
+
+    #[test]
+    fn default_chat_body_is_about_650_bytes() {
+        let p = Prepared::new(Behavior::default());
+        let n = p.chat.render("gpt-4o-mini").len();
+        assert!((550..=750).contains(&n), "default body is {n} bytes");
+    }
+
+    #[test]
+    fn pieces_reassemble_the_reply() {
+        for n in [1, 3, 5, 20, 500] {
+            let p = Prepared::new(Behavior {
+                stream_chunks: n,
+                ..Behavior::default()
+            });
+            let pieces = p.pieces();
+            assert_eq!(pieces.len(), n);
+            assert_eq!(pieces.concat(), crate::behavior::DEFAULT_REPLY);
+        }
+    }
+
+    #[test]
+    fn peek_reads_model_and_stream_only() {
+        let body = br#"{"messages":[{"role":"user","content":"hi \"x\""}],"model":"m\u0041","stream":true,"stream_options":{"include_usage":true}}"#;
+        let p: Peek = serde_json::from_slice(body).unwrap();
+        assert_eq!(p.model.as_deref(), Some("mA"));
+        assert!(p.stream);
+        assert!(p.include_usage());
+    }
+}
