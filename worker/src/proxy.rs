@@ -537,6 +537,14 @@ async fn forward(
         ));
     }
     let _ = creds_rejected;
+    // Once every backend is out (ejected or excluded and unavailable), the model has no
+    // healthy backend: say so (503) rather than report the last connect error (502).
+    let now = shared.clock.now_ms();
+    if matches!(last_err, Some(ProxyError::Connect(_)))
+        && !route.endpoints.iter().any(|e| e.state.is_available(now))
+    {
+        return Err(ProxyError::NoBackend(model.name.clone()));
+    }
     Err(last_err.unwrap_or_else(|| ProxyError::NoBackend(model.name.clone())))
 }
 
