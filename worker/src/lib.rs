@@ -4,7 +4,7 @@
 //! Request path (one module per stage, in order): `proxy` dispatches and drives the
 //! pipeline → `auth` (client key) → `extract` (model/stream/user, in-place model rewrite)
 //! → routing over `config::Routing` with `balance` (tier → strategy/affinity → backend →
-//! credential) → forward with held-back headers and retries (`budget`) → `relay` (frame
+//! credential) → forward with held-back headers and retries (`balance::RetryBudget`) → `relay` (frame
 //! by frame, timeouts, error events, usage via `account`, the end-of-request log line and
 //! `metrics`). Around them: `convert` (proto snapshot → routing table), `watch` (control
 //! client and last-known-good file), `health` (active probes and `GET /health`),
@@ -16,7 +16,6 @@ pub mod account;
 pub mod auth;
 pub mod balance;
 pub mod body;
-pub mod budget;
 pub mod config;
 pub mod convert;
 pub mod errors;
@@ -35,7 +34,7 @@ use std::{
         atomic::{AtomicBool, Ordering},
         Arc,
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use arc_swap::ArcSwapOption;
@@ -115,15 +114,15 @@ pub enum Error {
     State(#[from] watch::StateError),
 }
 
-/// Monotonic milliseconds since the worker started (never 0), the clock `balance` uses.
+/// The monotonic millisecond clock every `balance` call is given (`balance::now_ms`).
 #[derive(Debug)]
 pub struct Clock {
-    base: Instant,
+    _private: (),
 }
 
 impl Clock {
     pub fn now_ms(&self) -> u64 {
-        self.base.elapsed().as_millis() as u64 + 1
+        balance::now_ms()
     }
 }
 
@@ -139,7 +138,7 @@ pub fn unix_ms() -> i64 {
 pub struct Shared {
     pub routing: ArcSwapOption<config::Routing>,
     pub clock: Clock,
-    pub budget: budget::RetryBudget,
+    pub budget: balance::RetryBudget,
     pub metrics: metrics::Metrics,
     pub usage_sink: Option<Arc<dyn UsageSink>>,
     pub max_body_bytes: usize,
@@ -229,8 +228,8 @@ pub async fn start(cfg: Config) -> Result<Running, Error> {
     let shutdown = CancellationToken::new();
     let shared = Arc::new(Shared {
         routing: ArcSwapOption::empty(),
-        clock: Clock { base: Instant::now() },
-        budget: budget::RetryBudget::default(),
+        clock: Clock { _private: () },
+        budget: balance::RetryBudget::default(),
         metrics: metrics::Metrics::new(),
         usage_sink: cfg.usage_sink.clone(),
         max_body_bytes: cfg.max_body_bytes,

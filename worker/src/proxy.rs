@@ -110,7 +110,7 @@ async fn proxy(shared: Arc<Shared>, req: Request<Incoming>, kind: ProviderKind) 
     };
     let request_id = request_id(req.headers());
     shared.metrics.inflight.inc();
-    shared.budget.deposit();
+    shared.budget.record_request(shared.clock.now_ms());
     let mut fin = Finish {
         shared: shared.clone(),
         request_id: request_id.clone(),
@@ -341,7 +341,7 @@ async fn forward(
             excluded_b.push(bi);
             continue;
         };
-        if attempts > 0 && !shared.budget.try_withdraw(now) {
+        if attempts > 0 && !shared.budget.try_retry(now) {
             warn!(request_id = %fin.request_id, model = %model.name, "retry budget exhausted");
             break;
         }

@@ -21,9 +21,40 @@
 //! - `Selector::new(strategy)`; `Selector::pick(&self, &[Endpoint], &PickContext) -> Option<Pick>`.
 //!   One `Selector` per model (and per provider for credentials), rebuilt on snapshot swap
 //!   (its round-robin counters may reset; that is fine).
+//!
+//! HOW THE REQUEST PATH USES IT, per attempt:
+//! 1. `let pick = selector.pick(&backends, &PickContext { now_ms: now_ms(), excluded: &tried,
+//!    affinity })?` — `None` means "nothing to try": answer 503 (or stop retrying).
+//!    `excluded` holds the indices this request already tried.
+//! 2. `let _guard = backends[pick.index].state.start();` — keep it until the response
+//!    stream ends (an SSE stream is load for minutes, not just until its headers).
+//! 3. When the upstream answers:
+//!    - 2xx (or a client-fault 4xx such as 400/404/422): `record_success(now_ms(), ttfb_us)`,
+//!      with `ttfb_us` the time from sending the request to the response headers.
+//!    - connect error, timeout before headers, 500/502/503/504: `record_failure(now, reason)`.
+//!    - 401/403 on a credential: `eject(now, reason)` on that credential's state.
+//!    - 429: `cool_down(now + retry_after_ms)` on the credential (or backend); not a failure.
+//!
+//!    Every call that returns `Some(Transition)` is a health flip: log it and report it.
+//! 4. Before a retry: `retry_budget.try_retry(now)`; every original request calls
+//!    `retry_budget.record_request(now)` once.
+//!
+//! Credentials use the same machinery: one `Selector` per provider over `Endpoint`s built
+//! from the credentials. Map the provider's credential strategy with
+//! [`Strategy::for_credentials`]: `round_robin` becomes smooth weighted round robin (equal
+//! weights give plain rotation) and `random` becomes weighted random (equal weights give a
+//! uniform choice), so credential weights are always honoured.
+pub mod budget;
 pub mod endpoint;
 pub mod select;
 
+mod rng;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::Instant;
+
+pub use budget::RetryBudget;
 pub use endpoint::{BreakerConfig, EndpointState, HealthView, InflightGuard, Transition};
 pub use select::{Endpoint, Pick, PickContext, Selector, Strategy};
 
@@ -44,4 +75,50 @@ pub fn mix64(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
+}
+
+/// Milliseconds on a process-wide monotonic clock (0 at the first call). Pass this to
+/// every `now_ms` parameter in this module, so that all endpoint states share one time base.
+pub fn now_ms() -> u64 {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    let base = BASE.get_or_init(Instant::now);
+    u64::try_from(base.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Bumped after every change that can make an endpoint more or less available (ejection,
+/// recovery, cooldown, probe result, trial admission). Selectors cache the set of
+/// available endpoints per tier and rebuild it when this moves, so a pick does not have to
+/// read the state of all 1,000 endpoints. Process-wide: changes are rare (failures, 429s,
+/// probes), and a spurious rebuild is only a little wasted work.
+static HEALTH_EPOCH: AtomicU64 = AtomicU64::new(0);
+
+pub(crate) fn health_epoch() -> u64 {
+    HEALTH_EPOCH.load(Ordering::Acquire)
+}
+
+/// Called after the state change has been stored, so a reader that sees the new epoch
+/// also sees the change.
+pub(crate) fn bump_health_epoch() {
+    HEALTH_EPOCH.fetch_add(1, Ordering::AcqRel);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stable_hash_is_stable() {
+        // Pinned: every worker and every build must agree, or affinity breaks.
+        assert_eq!(stable_hash(b""), mix64(0xcbf2_9ce4_8422_2325));
+        assert_eq!(stable_hash(b"backend-a"), 0xd95b_e054_efb5_18ce);
+        assert_ne!(stable_hash(b"backend-a"), stable_hash(b"backend-b"));
+        assert_eq!(mix64(1), 0x5692_161d_100b_05e5);
+    }
+
+    #[test]
+    fn now_ms_is_monotonic() {
+        let a = now_ms();
+        let b = now_ms();
+        assert!(b >= a);
+    }
 }
