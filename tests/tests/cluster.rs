@@ -219,14 +219,24 @@ async fn cluster_behind_haproxy() -> Result<()> {
         String::from_utf8_lossy(&check.stdout),
         String::from_utf8_lossy(&check.stderr)
     );
-    let haproxy = Command::new(haproxy)
+    // haproxy logs server state changes to stderr (deploy/haproxy.cfg: `log stderr`).
+    let hap_log = dir.path().join("haproxy.log");
+    let mut haproxy = Command::new(haproxy)
         .arg("-db")
         .arg("-f")
         .arg(&cfg_path)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&hap_log)?)
         .kill_on_drop(true)
         .spawn()?;
+    let haproxy_up = Instant::now();
+    while tokio::net::TcpStream::connect(("127.0.0.1", lb_port)).await.is_err() {
+        if let Some(status) = haproxy.try_wait()? {
+            bail!("haproxy exited ({status}): {}", std::fs::read_to_string(&hap_log).unwrap_or_default());
+        }
+        assert!(haproxy_up.elapsed() < Duration::from_secs(10), "haproxy does not listen");
+        tokio::time::sleep(Duration::from_millis(20)).await; // poll interval
+    }
 
     let mut c = Cluster {
         dir,
@@ -260,8 +270,12 @@ async fn cluster_behind_haproxy() -> Result<()> {
     ctl(&control, &["credentials", "add", "mock", "--secret-env", "MOCK_KEY"], &[("MOCK_KEY", "sk-upstream-secret-1")])
         .await?;
     ctl(&control, &["models", "add", "m1"], &[]).await?;
+    // Propagation = from running the command that makes m1 servable (CLI process start
+    // included) until all three workers answer for it.
+    let issued = Instant::now();
     ctl(&control, &["backends", "add", "m1", "--provider", "mock", "--upstream-model", "up-1"], &[]).await?;
-    let propagation = wait_served(&http, &three, &key, "m1", Duration::from_secs(10)).await?;
+    wait_served(&http, &three, &key, "m1", Duration::from_secs(10)).await?;
+    let propagation = issued.elapsed();
     eprintln!("FIGURE cluster.propagation_ms={}", propagation.as_millis());
     assert!(propagation < Duration::from_secs(1), "propagation took {propagation:?} (budget 1 s)");
     wait_served(&http, std::slice::from_ref(&c.lb), &key, "m1", Duration::from_secs(10)).await?;
@@ -324,10 +338,15 @@ async fn cluster_behind_haproxy() -> Result<()> {
         tokio::time::sleep(Duration::from_millis(250)).await; // pacing the probe load, not synchronisation
     }
     c.start_control().await?;
+    let restarted = Instant::now();
     ctl(&control, &["models", "add", "m2"], &[]).await?;
     ctl(&control, &["backends", "add", "m2", "--provider", "mock", "--upstream-model", "up-2"], &[]).await?;
     // Workers reconnect with capped exponential backoff (15 s + jitter after 30 s down).
     wait_served(&http, &alive, &key, "m2", Duration::from_secs(30)).await?;
+    eprintln!(
+        "FIGURE cluster.after_control_restart_ms={} (control restarted -> change served by the workers)",
+        restarted.elapsed().as_millis()
+    );
 
     // 5. A fourth worker started later gets the snapshot and takes traffic via HAProxy.
     c.start_worker(3).await?;
