@@ -396,6 +396,11 @@ pub async fn run(a: UpArgs) -> Result<()> {
             "control plane: {e}. The store was encrypted with another master key \
              ({STATE_FILE} replaced?); pass the old one with --master-key"
         ),
+        switchyard_control::Error::Io(io) if io.kind() == std::io::ErrorKind::AddrInUse => anyhow!(
+            "control plane: cannot listen on {}: {io}. Is another Switchyard running? \
+             Pick another address with --grpc-listen",
+            a.grpc_listen
+        ),
         e => anyhow!("control plane: {e}"),
     })?;
     let grpc = dial_addr(control.grpc_addr());
@@ -466,7 +471,7 @@ pub async fn run(a: UpArgs) -> Result<()> {
         Ok(w) => w,
         Err(e) => {
             control.shutdown().await;
-            bail!("worker: {e}");
+            bail!("worker: {e} (pick another address with --listen)");
         }
     };
     if !wait_worker_version(&worker, status.version).await {
