@@ -475,6 +475,8 @@ pub enum KeysCmd {
         /// Key name.
         name: String,
     },
+    /// Change a key's models, expiry, description or enabled state.
+    Update(KeyUpdate),
     /// Revoke a key: it stops working at once but stays listed.
     Revoke {
         /// Key name.
@@ -495,7 +497,7 @@ pub struct KeyCreate {
     /// Models this key may use, comma-separated (default: all).
     #[arg(long, value_delimiter = ',')]
     pub models: Vec<String>,
-    /// Expiry: a duration from now (`30d`) or an RFC 3339 time (`2027-01-01T00:00:00Z`).
+    /// Expiry: a duration from now (`30d`), an RFC 3339 time (`2027-01-01T00:00:00Z`) or `never`.
     #[arg(long, value_parser = parse_expiry)]
     pub expires: Option<Expiry>,
     /// Free text shown in `get` and `list`.
@@ -506,9 +508,31 @@ pub struct KeyCreate {
     pub import_env: Option<String>,
 }
 
+#[derive(Debug, Args)]
+pub struct KeyUpdate {
+    /// Key name.
+    pub name: String,
+    /// Models this key may use, comma-separated; an empty value (`--models ''`) allows all.
+    #[arg(long, value_delimiter = ',', num_args = 0..)]
+    pub models: Option<Vec<String>>,
+    /// New expiry: a duration from now (`30d`), an RFC 3339 time, or `never`.
+    #[arg(long, value_parser = parse_expiry)]
+    pub expires: Option<Expiry>,
+    /// Free text shown in `get` and `list`.
+    #[arg(long)]
+    pub description: Option<String>,
+    /// Let the key work again (not possible once revoked).
+    #[arg(long, conflicts_with = "disable")]
+    pub enable: bool,
+    /// Stop the key working without revoking it.
+    #[arg(long)]
+    pub disable: bool,
+}
+
 /// Parsed `--expires` value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Expiry {
+    Never,
     In(Duration),
     At(std::time::SystemTime),
 }
@@ -594,6 +618,9 @@ pub fn parse_affinity(s: &str) -> Result<AffinityArg, String> {
 }
 
 pub fn parse_expiry(s: &str) -> Result<Expiry, String> {
+    if s == "never" {
+        return Ok(Expiry::Never);
+    }
     if let Ok(d) = humantime::parse_duration(s) {
         return Ok(Expiry::In(d));
     }
@@ -694,6 +721,7 @@ mod tests {
             Expiry::At(_)
         ));
         assert!(parse_expiry("soon").is_err());
+        assert_eq!(parse_expiry("never").unwrap(), Expiry::Never);
         assert!(parse_kv("=v").is_err());
         assert!(parse_on_off("maybe").is_err());
     }
@@ -705,6 +733,31 @@ mod tests {
             panic!("wrong command")
         };
         assert_eq!(k.models, vec!["a", "b"]);
+    }
+
+    #[test]
+    fn keys_update_parses_every_flag() {
+        let cli = parse(&[
+            "keys",
+            "update",
+            "k",
+            "--models",
+            "",
+            "--expires",
+            "never",
+            "--disable",
+        ])
+        .unwrap();
+        let Command::Keys(KeysCmd::Update(u)) = cli.command else {
+            panic!("wrong command")
+        };
+        assert_eq!(u.expires, Some(Expiry::Never));
+        assert!(u.models.is_some() && u.disable);
+        let cli = parse(&["keys", "update", "k", "--expires", "7d"]).unwrap();
+        let Command::Keys(KeysCmd::Update(u)) = cli.command else {
+            panic!("wrong command")
+        };
+        assert!(u.models.is_none());
     }
 
     #[test]

@@ -620,7 +620,40 @@ async fn keys_create_once_list_revoke_remove() {
         .await;
     out.ok();
 
+    env.run(&[
+        "keys",
+        "update",
+        "team-a",
+        "--models",
+        "",
+        "--expires",
+        "never",
+        "--description",
+        "B",
+    ])
+    .await
+    .ok();
+    let k = env.run(&["keys", "get", "team-a", "-o", "json"]).await.json();
+    assert_eq!(k["allowed_models"].as_array().unwrap().len(), 0);
+    assert_eq!(k["expires_at_ms"], 0);
+    assert_eq!(k["description"], "B");
+    env.run(&["keys", "update", "team-a", "--disable"]).await.ok();
+    let table = env.run(&["keys", "list"]).await.ok().to_string();
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("team-a") && l.contains("disabled")),
+        "{table}"
+    );
+    env.run(&["keys", "update", "team-a"]).await.fails(2);
+
     env.run(&["keys", "revoke", "team-a"]).await.ok();
+    let err = env
+        .run(&["keys", "update", "team-a", "--enable"])
+        .await
+        .fails(1)
+        .to_string();
+    assert!(err.contains("revoked"), "{err}");
     let k = env.run(&["keys", "get", "team-a", "-o", "json"]).await.json();
     assert_eq!(k["revoked"], true);
     let table = env.run(&["keys", "list"]).await.ok().to_string();
@@ -894,6 +927,7 @@ async fn help_for_every_command_and_completions() {
         &["keys", "create"],
         &["keys", "list"],
         &["keys", "get"],
+        &["keys", "update"],
         &["keys", "revoke"],
         &["keys", "remove"],
         &["apply"],
