@@ -16,7 +16,6 @@ pub const DEFAULT_CONTROL_URL: &str = "http://127.0.0.1:50051";
 #[command(
     name = "switchyard",
     version,
-    about,
     propagate_version = true,
     after_help = "Examples:\n  switchyard providers add openai --kind openai --base-url https://api.openai.com/v1\n  \
                   switchyard credentials add openai --secret-env OPENAI_API_KEY\n  \
@@ -27,15 +26,21 @@ pub const DEFAULT_CONTROL_URL: &str = "http://127.0.0.1:50051";
 )]
 pub struct Cli {
     /// Control-plane gRPC URL.
-    #[arg(long, global = true, env = "SWITCHYARD_CONTROL_URL", default_value = DEFAULT_CONTROL_URL)]
+    #[arg(long, global = true, help_heading = "Global options", env = "SWITCHYARD_CONTROL_URL", default_value = DEFAULT_CONTROL_URL)]
     pub control: String,
 
     /// Admin token, sent as `authorization: Bearer <token>`.
-    #[arg(long, global = true, env = "SWITCHYARD_ADMIN_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "SWITCHYARD_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
     pub token: Option<String>,
 
     /// Output format. `json` is complete and stable, for scripts.
-    #[arg(short, long, global = true, value_enum, default_value_t = Output::Table)]
+    #[arg(short, long, global = true, help_heading = "Global options", value_enum, default_value_t = Output::Table)]
     pub output: Output,
 
     #[command(subcommand)]
@@ -54,7 +59,7 @@ pub enum Command {
     /// Upstream APIs (OpenAI-compatible or Anthropic) and how to reach them.
     #[command(subcommand)]
     Providers(ProvidersCmd),
-    /// Secrets (API keys, JWTs) that a provider spreads traffic over. Alias: `tokens`.
+    /// Secrets (API keys, JWTs) that a provider spreads traffic over.
     #[command(subcommand, visible_alias = "tokens")]
     Credentials(CredentialsCmd),
     /// Public model names that clients send, with their routing strategy.
@@ -97,12 +102,18 @@ pub enum ProvidersCmd {
     #[command(visible_alias = "ls")]
     List,
     /// Show one provider with its credentials.
-    Get { name: String },
+    Get {
+        /// Provider name.
+        name: String,
+    },
     /// Change the given fields of a provider; others stay as they are.
     Update(ProviderUpdate),
     /// Delete a provider and its credentials (fails while backends use it).
     #[command(visible_alias = "rm")]
-    Remove { name: String },
+    Remove {
+        /// Provider name.
+        name: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -124,6 +135,7 @@ pub struct ProviderAdd {
 
 #[derive(Debug, Args)]
 pub struct ProviderUpdate {
+    /// Provider name.
     pub name: String,
     #[arg(long)]
     pub kind: Option<String>,
@@ -169,6 +181,7 @@ pub struct ProviderCommon {
     /// Free-form metadata, `K=V` (repeatable; on update the given set replaces the old one).
     #[arg(long = "metadata", value_name = "K=V", value_parser = parse_kv)]
     pub metadata: Vec<(String, String)>,
+    /// Free text shown in `get` and `list`.
     #[arg(long)]
     pub description: Option<String>,
     /// Turn active health checks on or off.
@@ -212,16 +225,34 @@ pub enum CredentialsCmd {
     Add(CredentialAdd),
     /// List credentials (secrets redacted), optionally of one provider.
     #[command(visible_alias = "ls")]
-    List { provider: Option<String> },
+    List {
+        /// Only this provider's credentials.
+        provider: Option<String>,
+    },
     /// Change a credential's weight, description or secret (rotation).
     Update(CredentialUpdate),
     /// Put a credential back into rotation.
-    Enable { provider: String, name: String },
+    Enable {
+        /// Provider name.
+        provider: String,
+        /// Credential name.
+        name: String,
+    },
     /// Take a credential out of rotation without deleting it.
-    Disable { provider: String, name: String },
+    Disable {
+        /// Provider name.
+        provider: String,
+        /// Credential name.
+        name: String,
+    },
     /// Delete a credential.
     #[command(visible_alias = "rm")]
-    Remove { provider: String, name: String },
+    Remove {
+        /// Provider name.
+        provider: String,
+        /// Credential name.
+        name: String,
+    },
 }
 
 /// Where a secret comes from. At most one source; `add` requires one.
@@ -247,6 +278,7 @@ impl SecretSource {
 
 #[derive(Debug, Args)]
 pub struct CredentialAdd {
+    /// Provider the credential belongs to.
     pub provider: String,
     /// Name, unique within the provider (default: the first free `key-N`).
     #[arg(long)]
@@ -256,6 +288,7 @@ pub struct CredentialAdd {
     /// Share of traffic relative to the provider's other credentials (default 1).
     #[arg(long)]
     pub weight: Option<u32>,
+    /// Free text shown in `get` and `list`.
     #[arg(long)]
     pub description: Option<String>,
     /// Free-form metadata, `K=V` (repeatable).
@@ -268,12 +301,15 @@ pub struct CredentialAdd {
 
 #[derive(Debug, Args)]
 pub struct CredentialUpdate {
+    /// Provider name.
     pub provider: String,
+    /// Credential name.
     pub name: String,
     #[command(flatten)]
     pub secret: SecretSource,
     #[arg(long)]
     pub weight: Option<u32>,
+    /// Free text shown in `get` and `list`.
     #[arg(long)]
     pub description: Option<String>,
     /// Free-form metadata, `K=V` (repeatable; replaces the old set).
@@ -293,12 +329,18 @@ pub enum ModelsCmd {
     #[command(visible_alias = "ls")]
     List,
     /// Show one model with its backends.
-    Get { name: String },
+    Get {
+        /// Model name.
+        name: String,
+    },
     /// Change the given fields of a model.
     Update(ModelUpdate),
     /// Delete a model and its backends.
     #[command(visible_alias = "rm")]
-    Remove { name: String },
+    Remove {
+        /// Model name.
+        name: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -314,6 +356,7 @@ pub struct ModelAdd {
 
 #[derive(Debug, Args)]
 pub struct ModelUpdate {
+    /// Model name.
     pub name: String,
     #[command(flatten)]
     pub common: ModelCommon,
@@ -338,6 +381,7 @@ pub struct ModelCommon {
     /// Keep related requests on one backend: `none`, `user` (body `user` field) or `header:NAME`.
     #[arg(long, value_parser = parse_affinity)]
     pub affinity: Option<AffinityArg>,
+    /// Free text shown in `get` and `list`.
     #[arg(long)]
     pub description: Option<String>,
     /// Free-form metadata, `K=V` (repeatable; on update the given set replaces the old one).
@@ -358,17 +402,27 @@ pub enum BackendsCmd {
     Add(BackendAdd),
     /// List backends, optionally of one model.
     #[command(visible_alias = "ls")]
-    List { model: Option<String> },
+    List {
+        /// Only this model's backends.
+        model: Option<String>,
+    },
     /// Change the given fields of a backend.
     Update(BackendUpdate),
     /// Delete a backend.
     #[command(visible_alias = "rm")]
-    Remove { model: String, name: String },
+    Remove {
+        /// Model name.
+        model: String,
+        /// Backend name.
+        name: String,
+    },
 }
 
 #[derive(Debug, Args)]
 pub struct BackendAdd {
+    /// The public model this backend serves.
     pub model: String,
+    /// Provider that serves it.
     #[arg(long)]
     pub provider: String,
     /// The model name the provider knows (default: the public model name).
@@ -389,7 +443,9 @@ pub struct BackendAdd {
 
 #[derive(Debug, Args)]
 pub struct BackendUpdate {
+    /// Model name.
     pub model: String,
+    /// Backend name.
     pub name: String,
     #[arg(long)]
     pub provider: Option<String>,
@@ -417,23 +473,36 @@ pub enum KeysCmd {
     #[command(visible_alias = "ls")]
     List,
     /// Show one key.
-    Get { name: String },
+    Get {
+        /// Key name.
+        name: String,
+    },
+    /// Change a key's models, expiry, description or enabled state.
+    Update(KeyUpdate),
     /// Revoke a key: it stops working at once but stays listed.
-    Revoke { name: String },
+    Revoke {
+        /// Key name.
+        name: String,
+    },
     /// Delete a key.
     #[command(visible_alias = "rm")]
-    Remove { name: String },
+    Remove {
+        /// Key name.
+        name: String,
+    },
 }
 
 #[derive(Debug, Args)]
 pub struct KeyCreate {
+    /// Key name (who or what uses it).
     pub name: String,
     /// Models this key may use, comma-separated (default: all).
     #[arg(long, value_delimiter = ',')]
     pub models: Vec<String>,
-    /// Expiry: a duration from now (`30d`) or an RFC 3339 time (`2027-01-01T00:00:00Z`).
+    /// Expiry: a duration from now (`30d`), an RFC 3339 time (`2027-01-01T00:00:00Z`) or `never`.
     #[arg(long, value_parser = parse_expiry)]
     pub expires: Option<Expiry>,
+    /// Free text shown in `get` and `list`.
     #[arg(long)]
     pub description: Option<String>,
     /// Register an existing client token read from this env var instead of generating one.
@@ -441,9 +510,31 @@ pub struct KeyCreate {
     pub import_env: Option<String>,
 }
 
+#[derive(Debug, Args)]
+pub struct KeyUpdate {
+    /// Key name.
+    pub name: String,
+    /// Models this key may use, comma-separated; an empty value (`--models ''`) allows all.
+    #[arg(long, value_delimiter = ',', num_args = 0..)]
+    pub models: Option<Vec<String>>,
+    /// New expiry: a duration from now (`30d`), an RFC 3339 time, or `never`.
+    #[arg(long, value_parser = parse_expiry)]
+    pub expires: Option<Expiry>,
+    /// Free text shown in `get` and `list`.
+    #[arg(long)]
+    pub description: Option<String>,
+    /// Let the key work again (not possible once revoked).
+    #[arg(long, conflicts_with = "disable")]
+    pub enable: bool,
+    /// Stop the key working without revoking it.
+    #[arg(long)]
+    pub disable: bool,
+}
+
 /// Parsed `--expires` value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Expiry {
+    Never,
     In(Duration),
     At(std::time::SystemTime),
 }
@@ -529,6 +620,9 @@ pub fn parse_affinity(s: &str) -> Result<AffinityArg, String> {
 }
 
 pub fn parse_expiry(s: &str) -> Result<Expiry, String> {
+    if s == "never" {
+        return Ok(Expiry::Never);
+    }
     if let Ok(d) = humantime::parse_duration(s) {
         return Ok(Expiry::In(d));
     }
@@ -629,6 +723,7 @@ mod tests {
             Expiry::At(_)
         ));
         assert!(parse_expiry("soon").is_err());
+        assert_eq!(parse_expiry("never").unwrap(), Expiry::Never);
         assert!(parse_kv("=v").is_err());
         assert!(parse_on_off("maybe").is_err());
     }
@@ -640,6 +735,31 @@ mod tests {
             panic!("wrong command")
         };
         assert_eq!(k.models, vec!["a", "b"]);
+    }
+
+    #[test]
+    fn keys_update_parses_every_flag() {
+        let cli = parse(&[
+            "keys",
+            "update",
+            "k",
+            "--models",
+            "",
+            "--expires",
+            "never",
+            "--disable",
+        ])
+        .unwrap();
+        let Command::Keys(KeysCmd::Update(u)) = cli.command else {
+            panic!("wrong command")
+        };
+        assert_eq!(u.expires, Some(Expiry::Never));
+        assert!(u.models.is_some() && u.disable);
+        let cli = parse(&["keys", "update", "k", "--expires", "7d"]).unwrap();
+        let Command::Keys(KeysCmd::Update(u)) = cli.command else {
+            panic!("wrong command")
+        };
+        assert!(u.models.is_none());
     }
 
     #[test]

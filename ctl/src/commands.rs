@@ -864,14 +864,19 @@ fn keys_table(keys: &[KeyView]) -> String {
     )
 }
 
+/// `None` = never (0).
+fn expiry_ms(e: Option<Expiry>) -> i64 {
+    match e {
+        None | Some(Expiry::Never) => 0,
+        Some(Expiry::In(d)) => now_ms() + d.as_millis() as i64,
+        Some(Expiry::At(t)) => system_time_ms(t),
+    }
+}
+
 pub async fn keys(ctx: &Ctx, admin: &mut Admin, cmd: KeysCmd) -> Result<()> {
     match cmd {
         KeysCmd::Create(c) => {
-            let expires_at_ms = match c.expires {
-                None => 0,
-                Some(Expiry::In(d)) => now_ms() + d.as_millis() as i64,
-                Some(Expiry::At(t)) => system_time_ms(t),
-            };
+            let expires_at_ms = expiry_ms(c.expires);
             let import_plaintext = match &c.import_env {
                 None => String::new(),
                 Some(var) => match getenv(var) {
@@ -933,6 +938,44 @@ pub async fn keys(ctx: &Ctx, admin: &mut Admin, cmd: KeysCmd) -> Result<()> {
                 .into_inner();
             let v = KeyView::from(&k);
             ctx.show(&v, || keys_table(std::slice::from_ref(&v)))
+        }
+        KeysCmd::Update(u) => {
+            let mut k = pb::ApiKey {
+                name: u.name,
+                ..Default::default()
+            };
+            let mut mask = Vec::new();
+            if let Some(models) = u.models {
+                k.allowed_models = models.into_iter().filter(|m| !m.is_empty()).collect();
+                mask.push("allowed_models".to_string());
+            }
+            if let Some(e) = u.expires {
+                k.expires_at_ms = expiry_ms(Some(e));
+                mask.push("expires_at_ms".to_string());
+            }
+            if let Some(d) = u.description {
+                k.description = d;
+                mask.push("description".to_string());
+            }
+            if u.enable || u.disable {
+                k.enabled = Some(u.enable);
+                mask.push("enabled".to_string());
+            }
+            if mask.is_empty() {
+                return Err(nothing_to_update("keys"));
+            }
+            let req = pb::UpdateApiKeyRequest {
+                key: Some(k),
+                update_mask: mask.clone(),
+            };
+            let k = admin
+                .client
+                .update_api_key(req)
+                .await
+                .map_err(|s| admin.status(s))?
+                .into_inner();
+            let v = KeyView::from(&k);
+            ctx.show(&v, || format!("updated key {} ({})\n", v.name, mask.join(", ")))
         }
         KeysCmd::Revoke { name } => {
             let k = admin

@@ -57,7 +57,19 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         // Read and check the file (and its secrets) before connecting: a typo in the file
         // should not depend on the control plane being up.
-        Command::Apply(a) => Some(commands::load_document(&a.file)?),
+        Command::Apply(a) => {
+            let doc = commands::load_document(&a.file)?;
+            // An empty file with --prune would silently delete everything: almost always
+            // a wrong path or an empty pipe, never what anyone meant.
+            if a.prune && doc.providers.is_empty() && doc.models.is_empty() && doc.keys.is_empty() {
+                return Err(UsageError(format!(
+                    "{}: the document is empty; refusing to --prune everything",
+                    if a.file == "-" { "<stdin>" } else { &a.file }
+                ))
+                .into());
+            }
+            Some(doc)
+        }
         Command::Credentials(cli::CredentialsCmd::Add(a)) if !a.secret.is_given() => {
             return Err(UsageError(
                 "a secret is required: --secret-env VAR, --secret-file PATH or --secret - (stdin)".into(),

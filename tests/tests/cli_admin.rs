@@ -620,7 +620,40 @@ async fn keys_create_once_list_revoke_remove() {
         .await;
     out.ok();
 
+    env.run(&[
+        "keys",
+        "update",
+        "team-a",
+        "--models",
+        "",
+        "--expires",
+        "never",
+        "--description",
+        "B",
+    ])
+    .await
+    .ok();
+    let k = env.run(&["keys", "get", "team-a", "-o", "json"]).await.json();
+    assert_eq!(k["allowed_models"].as_array().unwrap().len(), 0);
+    assert_eq!(k["expires_at_ms"], 0);
+    assert_eq!(k["description"], "B");
+    env.run(&["keys", "update", "team-a", "--disable"]).await.ok();
+    let table = env.run(&["keys", "list"]).await.ok().to_string();
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("team-a") && l.contains("disabled")),
+        "{table}"
+    );
+    env.run(&["keys", "update", "team-a"]).await.fails(2);
+
     env.run(&["keys", "revoke", "team-a"]).await.ok();
+    let err = env
+        .run(&["keys", "update", "team-a", "--enable"])
+        .await
+        .fails(1)
+        .to_string();
+    assert!(err.contains("revoked"), "{err}");
     let k = env.run(&["keys", "get", "team-a", "-o", "json"]).await.json();
     assert_eq!(k["revoked"], true);
     let table = env.run(&["keys", "list"]).await.ok().to_string();
@@ -676,6 +709,89 @@ async fn status_and_workers() {
     assert!(w["workers"].as_array().unwrap().is_empty());
     let text = env.run(&["workers", "list"]).await.ok().to_string();
     assert!(text.contains("WORKER") && text.contains("APPLIED"), "{text}");
+}
+
+/// A worker stand-in: a real `Watch` stream that acknowledges every snapshot it gets.
+async fn fake_worker(
+    grpc_url: String,
+    id: &str,
+) -> (
+    futures::channel::mpsc::UnboundedSender<switchyard_proto::WatchRequest>,
+    tonic::Streaming<switchyard_proto::Snapshot>,
+) {
+    use switchyard_proto::{watch_request::Msg, worker_api_client::WorkerApiClient, Hello, WatchRequest};
+    let mut client = WorkerApiClient::connect(grpc_url).await.unwrap();
+    let (tx, rx) = futures::channel::mpsc::unbounded();
+    tx.unbounded_send(WatchRequest {
+        msg: Some(Msg::Hello(Hello {
+            worker_id: id.to_string(),
+            address: "127.0.0.1:8080".into(),
+            software_version: "test".into(),
+            ..Default::default()
+        })),
+    })
+    .unwrap();
+    let mut req = tonic::Request::new(rx);
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {WORKER_TOKEN}").parse().unwrap());
+    let stream = client.watch(req).await.unwrap().into_inner();
+    (tx, stream)
+}
+
+#[tokio::test]
+async fn workers_list_and_status_show_sync_state() {
+    use switchyard_proto::{watch_request::Msg, Ack, WatchRequest};
+    let env = Env::start().await.unwrap();
+    env.run(&["models", "add", "m"]).await.ok();
+    let (tx, mut snapshots) = fake_worker(env.url.clone(), "w-1").await;
+    let snap = snapshots.message().await.unwrap().unwrap();
+    tx.unbounded_send(WatchRequest {
+        msg: Some(Msg::Ack(Ack {
+            version: snap.version,
+            hash: snap.hash.clone(),
+        })),
+    })
+    .unwrap();
+
+    let w = switchyard_tests::wait_for(
+        "the worker's ack to show",
+        std::time::Duration::from_secs(10),
+        || async {
+            let j = env.run(&["workers", "list", "-o", "json"]).await.json();
+            Ok((j["workers"][0]["applied_version"] == snap.version).then_some(j))
+        },
+    )
+    .await
+    .unwrap();
+    let w0 = &w["workers"][0];
+    assert_eq!(w0["worker_id"], "w-1");
+    assert_eq!(w0["connected"], true);
+    assert_eq!(w0["in_sync"], true);
+    assert_eq!(w0["address"], "127.0.0.1:8080");
+    assert!(w0["last_seen_ms"].as_i64().unwrap() > 0);
+    let table = env.run(&["workers", "list"]).await.ok().to_string();
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("w-1"))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(row.contains("127.0.0.1:8080") && row.contains(" yes "), "{table}");
+    let s = env.run(&["status", "-o", "json"]).await.json();
+    assert_eq!(
+        (s["workers_in_sync"].clone(), s["workers_connected"].clone()),
+        (1.into(), 1.into())
+    );
+    assert!(env.run(&["status"]).await.ok().contains("1/1 connected"));
+
+    // A change the worker has not acknowledged yet: connected but out of sync.
+    env.run(&["models", "add", "m2"]).await.ok();
+    let newer = snapshots.message().await.unwrap().unwrap();
+    assert!(newer.version > snap.version);
+    let s = env.run(&["status", "-o", "json"]).await.json();
+    assert_eq!(s["workers_in_sync"], 0);
+    let w = env.run(&["workers", "list", "-o", "json"]).await.json();
+    assert_eq!(w["workers"][0]["in_sync"], false);
+    assert_eq!(w["current_version"], newer.version);
+    drop(tx);
 }
 
 #[tokio::test]
@@ -811,6 +927,7 @@ async fn help_for_every_command_and_completions() {
         &["keys", "create"],
         &["keys", "list"],
         &["keys", "get"],
+        &["keys", "update"],
         &["keys", "revoke"],
         &["keys", "remove"],
         &["apply"],

@@ -311,6 +311,12 @@ async fn apply_errors_name_the_file_field_and_change_nothing() {
         .to_string();
     assert!(err.contains("/nonexistent/switchyard.toml"), "{err}");
     env.run(&["apply"]).await.fails(2);
+    let err = env
+        .run_with(&["apply", "-f", "-", "--prune"], &[], Some(""))
+        .await
+        .fails(2)
+        .to_string();
+    assert!(err.contains("refusing to --prune"), "{err}");
 
     assert_eq!(
         env.run(&["export"]).await.ok(),

@@ -10,6 +10,7 @@ use switchyard_tests::{bin_path, DbKind, Proc, TestDb};
 use tokio::{io::AsyncWriteExt, process::Command};
 
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+pub const WORKER_TOKEN: &str = "test-worker-token-0123456789";
 
 /// What one `switchyard` invocation produced.
 #[derive(Debug)]
@@ -65,7 +66,7 @@ impl Env {
             .arg(db.dir.path().join("data"))
             .args(["--database-url", &db.url])
             .args(["--admin-token", ADMIN_TOKEN])
-            .args(["--worker-token", "test-worker-token-0123456789"])
+            .args(["--worker-token", WORKER_TOKEN])
             .env_remove("SWITCHYARD_MASTER_KEY");
         let control = Proc::spawn("control", cmd).await?;
         let url = control.url("grpc");
