@@ -17,7 +17,14 @@ use switchyard_tests::{wait_for, worker::start_worker, DbKind, TestDb};
 const KEY: &str = "sk-sy-control-e2e-key-0123456789";
 
 async fn version_of(c: &reqwest::Client, base: &str) -> Option<u64> {
-    let h: Value = c.get(format!("{base}/health")).send().await.ok()?.json().await.ok()?;
+    let h: Value = c
+        .get(format!("{base}/health"))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
     h["version"].as_u64()
 }
 
@@ -29,26 +36,51 @@ async fn served_by(c: &reqwest::Client, base: &str) -> Result<(u16, String)> {
         .send()
         .await?;
     let status = r.status().as_u16();
-    let name = r.headers().get("x-mock-name").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+    let name = r
+        .headers()
+        .get("x-mock-name")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
     Ok((status, name))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_follows_control_and_survives_it() -> Result<()> {
     let _ = ADMIN_TOKEN;
-    let a_mock = MockServer::start(MockOptions { name: "a".into(), ..Default::default() }).await?;
-    let b_mock = MockServer::start(MockOptions { name: "b".into(), ..Default::default() }).await?;
+    let a_mock = MockServer::start(MockOptions {
+        name: "a".into(),
+        ..Default::default()
+    })
+    .await?;
+    let b_mock = MockServer::start(MockOptions {
+        name: "b".into(),
+        ..Default::default()
+    })
+    .await?;
     let db = TestDb::new(DbKind::Sqlite).await?.unwrap();
     let mut control = spawn_control(&db, &[]).await?;
     let mut adm = admin(&control).await?;
-    adm.create_provider(pb::CreateProviderRequest { provider: Some(provider("p", &a_mock.openai_base())) })
-        .await?;
-    adm.create_credential(pb::CreateCredentialRequest { credential: Some(credential("p", "k1", "sk-up-1")) })
-        .await?;
-    adm.create_model(pb::CreateModelRequest { model: Some(pb::Model { name: "m".into(), ..Default::default() }) })
-        .await?;
+    adm.create_provider(pb::CreateProviderRequest {
+        provider: Some(provider("p", &a_mock.openai_base())),
+    })
+    .await?;
+    adm.create_credential(pb::CreateCredentialRequest {
+        credential: Some(credential("p", "k1", "sk-up-1")),
+    })
+    .await?;
+    adm.create_model(pb::CreateModelRequest {
+        model: Some(pb::Model {
+            name: "m".into(),
+            ..Default::default()
+        }),
+    })
+    .await?;
     adm.create_backend(pb::CreateBackendRequest {
-        backend: Some(pb::Backend { model: "m".into(), provider: "p".into(), ..Default::default() }),
+        backend: Some(pb::Backend {
+            model: "m".into(),
+            provider: "p".into(),
+            ..Default::default()
+        }),
     })
     .await?;
     adm.create_api_key(pb::CreateApiKeyRequest {
@@ -63,16 +95,21 @@ async fn worker_follows_control_and_survives_it() -> Result<()> {
     let mut worker = start_worker(state.path(), &control_url, &["--worker-token", WORKER_TOKEN]).await?;
     let base = worker.url("http");
     let c = reqwest::Client::new();
-    wait_for("worker gets its first snapshot", Duration::from_secs(15), || async {
-        Ok(matches!(served_by(&c, &base).await?, (200, n) if n == "a").then_some(()))
-    })
+    wait_for(
+        "worker gets its first snapshot",
+        Duration::from_secs(15),
+        || async { Ok(matches!(served_by(&c, &base).await?, (200, n) if n == "a").then_some(())) },
+    )
     .await?;
     let ready = c.get(format!("{base}/ready")).send().await?.status();
     assert_eq!(ready, 200);
 
     // The state file is written with mode 0600.
     let file = state.path().join("snapshot.pb");
-    wait_for("state file", Duration::from_secs(5), || async { Ok(file.exists().then_some(())) }).await?;
+    wait_for("state file", Duration::from_secs(5), || async {
+        Ok(file.exists().then_some(()))
+    })
+    .await?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -83,8 +120,11 @@ async fn worker_follows_control_and_survives_it() -> Result<()> {
     let before = version_of(&c, &base).await.unwrap();
     let mut p = provider("p", &b_mock.openai_base());
     p.name = "p".into();
-    adm.update_provider(pb::UpdateProviderRequest { provider: Some(p), update_mask: vec!["base_url".into()] })
-        .await?;
+    adm.update_provider(pb::UpdateProviderRequest {
+        provider: Some(p),
+        update_mask: vec!["base_url".into()],
+    })
+    .await?;
     wait_for("new version applied", Duration::from_secs(15), || async {
         Ok(version_of(&c, &base).await.filter(|v| *v > before))
     })
