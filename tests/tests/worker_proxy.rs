@@ -244,7 +244,9 @@ async fn errors_in_both_dialects() -> Result<()> {
     let oa = format!("{base}/v1/chat/completions");
     let an = format!("{base}/v1/messages");
     let good = json!({"model":"gpt-x","messages":[]}).to_string();
-    let cases: Vec<(&String, Option<&str>, String, u16, &str, &str)> = vec![
+    // (url, key, body, status, openai type, anthropic type)
+    type Case<'a> = (&'a String, Option<&'a str>, String, u16, &'a str, &'a str);
+    let cases: Vec<Case> = vec![
         // (url, key, body, status, openai type, anthropic type)
         (&oa, None, good.clone(), 401, "authentication_error", ""),
         (
@@ -688,7 +690,7 @@ async fn recovery_passive_and_active() -> Result<()> {
     let base = w.url("http");
     mocks[0].set_default(Behavior::error(500));
     let d = distribution(&base, 30, &[]).await;
-    assert!(d.get("a").is_none(), "{d:?}");
+    assert!(!d.contains_key("a"), "{d:?}");
     mocks[0].reset();
     wait_for(
         "a serves again (half-open trial)",
@@ -854,5 +856,50 @@ async fn openai_stream_usage_is_counted_but_invisible_to_the_client() -> Result<
         text.contains("switchyard_tokens_total{model=\"gpt-x\",type=\"completion\"} 96"),
         "{text}"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_latency_and_least_connections() -> Result<()> {
+    // least_latency: most traffic goes to the fast backend.
+    let (mocks, snap) = three("least_latency", [1, 1, 1], [0, 0, 0]).await;
+    mocks[1].set_default(Behavior::latency(30));
+    mocks[2].set_default(Behavior::latency(30));
+    let (w, _d) = start_with_snapshot(&snap, &[]).await?;
+    let d = distribution(&w.url("http"), 60, &[]).await;
+    assert!(
+        d.get("a").copied().unwrap_or(0) > 30,
+        "most traffic to the fast backend: {d:?}"
+    );
+    drop(w);
+
+    // least_connections: while `a` holds two slow requests, new ones avoid it.
+    let (mocks, snap) = three("least_connections", [1, 1, 1], [0, 0, 0]).await;
+    mocks[0].set_default(Behavior::latency(1500));
+    let (w, _d) = start_with_snapshot(&snap, &[]).await?;
+    let base = w.url("http");
+    let mut slow = Vec::new();
+    for _ in 0..2 {
+        let base = base.clone();
+        slow.push(tokio::spawn(async move {
+            chat(
+                &client(),
+                &base,
+                &json!({"model":"m","messages":[]}),
+                &[("x-switchyard-backend", "a")],
+            )
+            .await
+            .status()
+        }));
+    }
+    wait_for("two requests in flight on a", Duration::from_secs(5), || async {
+        Ok((mocks[0].request_count() == 2).then_some(()))
+    })
+    .await?;
+    let d = distribution(&base, 20, &[]).await;
+    assert!(!d.contains_key("a"), "{d:?}");
+    for s in slow {
+        assert_eq!(s.await?, 200);
+    }
     Ok(())
 }
