@@ -296,7 +296,13 @@ impl Body for RelayBody {
 impl Drop for RelayBody {
     fn drop(&mut self) {
         if self.finish.is_some() {
-            self.end(Some(Outcome::ClientAborted));
+            // hyper stops polling once a body with a known length is complete, so a
+            // fully relayed body can be dropped without a final `None`.
+            if self.first.is_none() && self.inner.is_end_stream() {
+                self.end(None);
+            } else {
+                self.end(Some(Outcome::ClientAborted));
+            }
         }
     }
 }
