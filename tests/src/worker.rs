@@ -16,7 +16,10 @@ pub fn provider(name: &str, kind: &str, base_url: &str, creds: &[(&str, &str)]) 
         name: name.into(),
         kind: kind.into(),
         base_url: base_url.into(),
-        health: Some(pb::HealthCheck { enabled: Some(false), ..Default::default() }),
+        health: Some(pb::HealthCheck {
+            enabled: Some(false),
+            ..Default::default()
+        }),
         credentials: creds
             .iter()
             .map(|(n, s)| pb::Credential {
@@ -69,7 +72,12 @@ pub fn key(name: &str, plaintext: &str, allowed_models: &[&str]) -> pb::ApiKey {
     }
 }
 
-pub fn snapshot(version: u64, providers: Vec<pb::Provider>, models: Vec<pb::Model>, keys: Vec<pb::ApiKey>) -> pb::Snapshot {
+pub fn snapshot(
+    version: u64,
+    providers: Vec<pb::Provider>,
+    models: Vec<pb::Model>,
+    keys: Vec<pb::ApiKey>,
+) -> pb::Snapshot {
     pb::Snapshot {
         version,
         hash: format!("test-{version}"),
@@ -98,7 +106,10 @@ pub async fn start_worker(state_dir: &Path, control: &str, extra: &[&str]) -> Re
         .arg("--state-dir")
         .arg(state_dir)
         .args(extra)
-        .env("RUST_LOG", std::env::var("SWITCHYARD_TEST_WORKER_LOG").unwrap_or_else(|_| "info".into()));
+        .env(
+            "RUST_LOG",
+            std::env::var("SWITCHYARD_TEST_WORKER_LOG").unwrap_or_else(|_| "info".into()),
+        );
     Proc::spawn("worker", cmd).await
 }
 

@@ -9,7 +9,10 @@ use switchyard_mock::{MockOptions, MockServer};
 use switchyard_tests::worker::{backend, key, model, provider, snapshot, start_with_snapshot};
 
 fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -33,7 +36,10 @@ async fn python_sdks_work_against_the_worker() -> Result<()> {
             model("gpt-sdk", "round_robin", vec![backend("oa", "oa", "", 1, 0)]),
             model("claude-sdk", "round_robin", vec![backend("an", "an", "", 1, 0)]),
         ],
-        vec![key("main", "sk-sy-sdk-key-0123456789", &[]), key("lim", "sk-sy-sdk-limited-0123456789", &["other"])],
+        vec![
+            key("main", "sk-sy-sdk-key-0123456789", &[]),
+            key("lim", "sk-sy-sdk-limited-0123456789", &["other"]),
+        ],
     );
     let (w, _d) = start_with_snapshot(&snap, &[]).await?;
     let out = tokio::process::Command::new(&python)

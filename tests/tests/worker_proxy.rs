@@ -17,11 +17,19 @@ const KEY: &str = "sk-sy-test-key-0123456789";
 const LIMITED: &str = "sk-sy-limited-key-0123456789";
 
 async fn mock(name: &str) -> MockServer {
-    MockServer::start(MockOptions { name: name.into(), ..Default::default() }).await.unwrap()
+    MockServer::start(MockOptions {
+        name: name.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
 }
 
 fn client() -> reqwest::Client {
-    reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
 }
 
 fn keys() -> Vec<pb::ApiKey> {
@@ -29,7 +37,10 @@ fn keys() -> Vec<pb::ApiKey> {
 }
 
 async fn chat(c: &reqwest::Client, base: &str, body: &Value, headers: &[(&str, &str)]) -> reqwest::Response {
-    let mut rb = c.post(format!("{base}/v1/chat/completions")).bearer_auth(KEY).json(body);
+    let mut rb = c
+        .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth(KEY)
+        .json(body);
     for (k, v) in headers {
         rb = rb.header(*k, *v);
     }
@@ -37,7 +48,10 @@ async fn chat(c: &reqwest::Client, base: &str, body: &Value, headers: &[(&str, &
 }
 
 fn hdr(r: &reqwest::Response, name: &str) -> String {
-    r.headers().get(name).map(|v| v.to_str().unwrap().to_string()).unwrap_or_default()
+    r.headers()
+        .get(name)
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -45,8 +59,17 @@ async fn openai_plain_and_stream_rewrite_model_only() -> Result<()> {
     let m = mock("up").await;
     let snap = snapshot(
         1,
-        vec![provider("oa", "openai", &m.openai_base(), &[("k1", "sk-upstream-1")])],
-        vec![model("gpt-x", "round_robin", vec![backend("oa-b", "oa", "real-x", 1, 0)])],
+        vec![provider(
+            "oa",
+            "openai",
+            &m.openai_base(),
+            &[("k1", "sk-upstream-1")],
+        )],
+        vec![model(
+            "gpt-x",
+            "round_robin",
+            vec![backend("oa-b", "oa", "real-x", 1, 0)],
+        )],
         keys(),
     );
     let (w, _dir) = start_with_snapshot(&snap, &[]).await?;
@@ -76,13 +99,26 @@ async fn openai_plain_and_stream_rewrite_model_only() -> Result<()> {
     let s = &seen[0];
     assert_eq!(s.path, "/v1/chat/completions");
     assert_eq!(s.query.as_deref(), Some("foo=bar&x=1"));
-    assert_eq!(String::from_utf8_lossy(&s.body), raw.replace(r#""gpt-x""#, r#""real-x""#));
+    assert_eq!(
+        String::from_utf8_lossy(&s.body),
+        raw.replace(r#""gpt-x""#, r#""real-x""#)
+    );
     assert_eq!(s.credential.as_deref(), Some("sk-upstream-1"));
     assert_eq!(s.header("openai-organization"), Some("org-1"));
-    assert!(s.headers.iter().all(|(_, v)| !v.contains(KEY)), "client key leaked upstream: {:?}", s.headers);
+    assert!(
+        s.headers.iter().all(|(_, v)| !v.contains(KEY)),
+        "client key leaked upstream: {:?}",
+        s.headers
+    );
 
     // Streaming: relayed as SSE, ends with [DONE].
-    let r = chat(&c, &base, &json!({"model":"gpt-x","stream":true,"messages":[{"role":"user","content":"x"}]}), &[]).await;
+    let r = chat(
+        &c,
+        &base,
+        &json!({"model":"gpt-x","stream":true,"messages":[{"role":"user","content":"x"}]}),
+        &[],
+    )
+    .await;
     assert_eq!(r.status(), 200);
     assert!(hdr(&r, "content-type").starts_with("text/event-stream"));
     assert!(!hdr(&r, "x-request-id").is_empty());
@@ -94,9 +130,21 @@ async fn openai_plain_and_stream_rewrite_model_only() -> Result<()> {
     assert!(last.stream);
 
     // GET /v1/models lists what the key may use.
-    let v: Value = c.get(format!("{base}/v1/models")).bearer_auth(KEY).send().await?.json().await?;
+    let v: Value = c
+        .get(format!("{base}/v1/models"))
+        .bearer_auth(KEY)
+        .send()
+        .await?
+        .json()
+        .await?;
     assert_eq!(v["data"][0]["id"], "gpt-x");
-    let v: Value = c.get(format!("{base}/v1/models")).bearer_auth(LIMITED).send().await?.json().await?;
+    let v: Value = c
+        .get(format!("{base}/v1/models"))
+        .bearer_auth(LIMITED)
+        .send()
+        .await?
+        .json()
+        .await?;
     assert_eq!(v["data"].as_array().unwrap().len(), 0);
     Ok(())
 }
@@ -106,8 +154,17 @@ async fn anthropic_messages_pass_through_headers_and_query() -> Result<()> {
     let m = mock("anth").await;
     let snap = snapshot(
         1,
-        vec![provider("an", "anthropic", &m.url(), &[("k1", "sk-ant-upstream")])],
-        vec![model("claude-x", "round_robin", vec![backend("an", "an", "claude-real", 1, 0)])],
+        vec![provider(
+            "an",
+            "anthropic",
+            &m.url(),
+            &[("k1", "sk-ant-upstream")],
+        )],
+        vec![model(
+            "claude-x",
+            "round_robin",
+            vec![backend("an", "an", "claude-real", 1, 0)],
+        )],
         keys(),
     );
     let (w, _dir) = start_with_snapshot(&snap, &[]).await?;
@@ -187,27 +244,106 @@ async fn errors_in_both_dialects() -> Result<()> {
     let oa = format!("{base}/v1/chat/completions");
     let an = format!("{base}/v1/messages");
     let good = json!({"model":"gpt-x","messages":[]}).to_string();
-    let cases: Vec<(&String, Option<&str>, String, u16, &str, &str)> = vec![
+    // (url, key, body, status, openai type, anthropic type)
+    type Case<'a> = (&'a String, Option<&'a str>, String, u16, &'a str, &'a str);
+    let cases: Vec<Case> = vec![
         // (url, key, body, status, openai type, anthropic type)
         (&oa, None, good.clone(), 401, "authentication_error", ""),
-        (&oa, Some("sk-wrong-key-xxxxxxxxxxxx"), good.clone(), 401, "authentication_error", ""),
+        (
+            &oa,
+            Some("sk-wrong-key-xxxxxxxxxxxx"),
+            good.clone(),
+            401,
+            "authentication_error",
+            "",
+        ),
         (&oa, Some(LIMITED), good.clone(), 403, "permission_error", ""),
-        (&oa, Some(KEY), json!({"model":"nope","messages":[]}).to_string(), 404, "invalid_request_error", ""),
-        (&oa, Some(KEY), "{not json".into(), 400, "invalid_request_error", ""),
-        (&oa, Some(KEY), json!({"messages":[]}).to_string(), 400, "invalid_request_error", ""),
-        (&oa, Some(KEY), json!({"model":"gpt-x","pad":"x".repeat(3000)}).to_string(), 413, "invalid_request_error", ""),
-        (&an, None, json!({"model":"claude-x"}).to_string(), 401, "", "authentication_error"),
-        (&an, Some(LIMITED), json!({"model":"claude-x"}).to_string(), 403, "", "permission_error"),
-        (&an, Some(KEY), json!({"model":"nope"}).to_string(), 404, "", "not_found_error"),
+        (
+            &oa,
+            Some(KEY),
+            json!({"model":"nope","messages":[]}).to_string(),
+            404,
+            "invalid_request_error",
+            "",
+        ),
+        (
+            &oa,
+            Some(KEY),
+            "{not json".into(),
+            400,
+            "invalid_request_error",
+            "",
+        ),
+        (
+            &oa,
+            Some(KEY),
+            json!({"messages":[]}).to_string(),
+            400,
+            "invalid_request_error",
+            "",
+        ),
+        (
+            &oa,
+            Some(KEY),
+            json!({"model":"gpt-x","pad":"x".repeat(3000)}).to_string(),
+            413,
+            "invalid_request_error",
+            "",
+        ),
+        (
+            &an,
+            None,
+            json!({"model":"claude-x"}).to_string(),
+            401,
+            "",
+            "authentication_error",
+        ),
+        (
+            &an,
+            Some(LIMITED),
+            json!({"model":"claude-x"}).to_string(),
+            403,
+            "",
+            "permission_error",
+        ),
+        (
+            &an,
+            Some(KEY),
+            json!({"model":"nope"}).to_string(),
+            404,
+            "",
+            "not_found_error",
+        ),
         (&an, Some(KEY), "[1,2]".into(), 400, "", "invalid_request_error"),
-        (&an, Some(KEY), json!({"model":"claude-x","pad":"x".repeat(3000)}).to_string(), 413, "", "request_too_large"),
+        (
+            &an,
+            Some(KEY),
+            json!({"model":"claude-x","pad":"x".repeat(3000)}).to_string(),
+            413,
+            "",
+            "request_too_large",
+        ),
         // An OpenAI-only model is not found on the Anthropic route.
-        (&an, Some(KEY), json!({"model":"gpt-x"}).to_string(), 404, "", "not_found_error"),
+        (
+            &an,
+            Some(KEY),
+            json!({"model":"gpt-x"}).to_string(),
+            404,
+            "",
+            "not_found_error",
+        ),
     ];
     for (url, k, body, status, oty, aty) in cases {
-        let mut rb = c.post(url).header("content-type", "application/json").body(body.clone());
+        let mut rb = c
+            .post(url)
+            .header("content-type", "application/json")
+            .body(body.clone());
         if let Some(k) = k {
-            rb = if url.ends_with("messages") { rb.header("x-api-key", k) } else { rb.bearer_auth(k) };
+            rb = if url.ends_with("messages") {
+                rb.header("x-api-key", k)
+            } else {
+                rb.bearer_auth(k)
+            };
         }
         let r = rb.send().await?;
         assert_eq!(r.status().as_u16(), status, "{url} {body:.80}");
@@ -239,8 +375,19 @@ async fn no_snapshot_means_not_ready_and_503() -> Result<()> {
     let r = chat(&c, &base, &json!({"model":"x"}), &[]).await;
     assert_eq!(r.status(), 503);
     let v: Value = r.json().await?;
-    assert!(v["error"]["message"].as_str().unwrap().contains("no configuration yet"), "{v}");
-    let r = c.post(format!("{base}/v1/messages")).header("x-api-key", KEY).json(&json!({"model":"x"})).send().await?;
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no configuration yet"),
+        "{v}"
+    );
+    let r = c
+        .post(format!("{base}/v1/messages"))
+        .header("x-api-key", KEY)
+        .json(&json!({"model":"x"}))
+        .send()
+        .await?;
     assert_eq!(r.status(), 503);
     assert_anthropic_error(&r.json().await?, "overloaded_error");
     let h: Value = c.get(format!("{base}/health")).send().await?.json().await?;
@@ -260,7 +407,10 @@ async fn three(strategy: &str, weights: [u32; 3], prios: [i32; 3]) -> (Vec<MockS
         mocks.push(m);
     }
     let mut md = model("m", strategy, backs);
-    md.retry = Some(pb::RetryPolicy { max_retries: Some(2), per_try_timeout_ms: 0 });
+    md.retry = Some(pb::RetryPolicy {
+        max_retries: Some(2),
+        per_try_timeout_ms: 0,
+    });
     (mocks, snapshot(1, provs, vec![md], keys()))
 }
 
@@ -292,7 +442,11 @@ async fn strategies_tiers_and_pinning() -> Result<()> {
     let (_m, snap) = three("weighted_round_robin", [3, 1, 1], [0, 0, 1]).await;
     let (w, _d) = start_with_snapshot(&snap, &[]).await?;
     let d = distribution(&w.url("http"), 400, &[]).await;
-    assert_eq!((d["a"], d["b"], d.get("c").copied().unwrap_or(0)), (300, 100, 0), "{d:?}");
+    assert_eq!(
+        (d["a"], d["b"], d.get("c").copied().unwrap_or(0)),
+        (300, 100, 0),
+        "{d:?}"
+    );
     drop(w);
 
     // weighted random 3:1 within ±5% (of the total) over 1000.
@@ -344,7 +498,11 @@ async fn one_of_three_dies_under_load_no_request_fails() -> Result<()> {
     for t in tasks {
         all.extend(t.await?);
     }
-    assert!(all.iter().all(|&s| s == 200), "failed: {:?}", all.iter().filter(|&&s| s != 200).collect::<Vec<_>>());
+    assert!(
+        all.iter().all(|&s| s == 200),
+        "failed: {:?}",
+        all.iter().filter(|&&s| s != 200).collect::<Vec<_>>()
+    );
     let h: Value = c.get(format!("{base}/health")).send().await?.json().await?;
     assert_eq!(h["status"], "degraded", "{h}");
     Ok(())
@@ -379,7 +537,10 @@ async fn all_down_gives_503_in_dialect_and_hang_gives_504() -> Result<()> {
     let mut p = provider("h", "openai", &m.openai_base(), &[("k", "s")]);
     p.request_timeout_ms = 400;
     let mut md = model("m", "round_robin", vec![backend("h", "h", "", 1, 0)]);
-    md.retry = Some(pb::RetryPolicy { max_retries: Some(0), per_try_timeout_ms: 0 });
+    md.retry = Some(pb::RetryPolicy {
+        max_retries: Some(0),
+        per_try_timeout_ms: 0,
+    });
     let (w, _d) = start_with_snapshot(&snapshot(1, vec![p], vec![md], keys()), &[]).await?;
     let t0 = std::time::Instant::now();
     let r = chat(&c, &w.url("http"), &json!({"model":"m","messages":[]}), &[]).await;
@@ -392,7 +553,10 @@ async fn all_down_gives_503_in_dialect_and_hang_gives_504() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_cut_after_first_byte_ends_with_error_event_and_no_retry() -> Result<()> {
     let m = mock("cut").await;
-    m.set_default(Behavior { fault: Fault::CutStream { after_chunks: 2 }, ..Behavior::default() });
+    m.set_default(Behavior {
+        fault: Fault::CutStream { after_chunks: 2 },
+        ..Behavior::default()
+    });
     let snap = snapshot(
         1,
         vec![
@@ -436,21 +600,33 @@ async fn credentials_rotate_401_ejects_429_cools_down() -> Result<()> {
     let m = mock("up").await;
     let snap = snapshot(
         1,
-        vec![provider("oa", "openai", &m.openai_base(), &[("k1", "sk-one"), ("k2", "sk-two"), ("k3", "sk-bad")])],
+        vec![provider(
+            "oa",
+            "openai",
+            &m.openai_base(),
+            &[("k1", "sk-one"), ("k2", "sk-two"), ("k3", "sk-bad")],
+        )],
         vec![model("m", "round_robin", vec![backend("oa", "oa", "", 1, 0)])],
         keys(),
     );
     let (w, _d) = start_with_snapshot(&snap, &[]).await?;
     let base = w.url("http");
     let c = client();
-    m.set_default(Behavior { reject_credentials: vec!["sk-bad".into()], ..Behavior::default() });
+    m.set_default(Behavior {
+        reject_credentials: vec!["sk-bad".into()],
+        ..Behavior::default()
+    });
     for _ in 0..30 {
         let r = chat(&c, &base, &json!({"model":"m","messages":[]}), &[]).await;
         assert_eq!(r.status(), 200);
         let _ = r.bytes().await;
     }
     let s = m.stats();
-    assert_eq!(s.by_credential.get("sk-bad"), Some(&1), "ejected after its first 401: {s:?}");
+    assert_eq!(
+        s.by_credential.get("sk-bad"),
+        Some(&1),
+        "ejected after its first 401: {s:?}"
+    );
     let (one, two) = (s.by_credential["sk-one"], s.by_credential["sk-two"]);
     assert!(one >= 10 && two >= 10, "rotation: {s:?}");
 
@@ -466,14 +642,21 @@ async fn credentials_rotate_401_ejects_429_cools_down() -> Result<()> {
         assert_eq!(r.status(), 200);
     }
     let s = m.stats();
-    assert_eq!(s.by_credential.get(&cooled), Some(&1), "cooled credential unused: {s:?}");
+    assert_eq!(
+        s.by_credential.get(&cooled),
+        Some(&1),
+        "cooled credential unused: {s:?}"
+    );
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn affinity_is_stable_across_two_workers() -> Result<()> {
     let (_mocks, mut snap) = three("random", [1, 1, 1], [0, 0, 0]).await;
-    snap.models[0].affinity = Some(pb::Affinity { kind: "header".into(), header: "x-session-id".into() });
+    snap.models[0].affinity = Some(pb::Affinity {
+        kind: "header".into(),
+        header: "x-session-id".into(),
+    });
     let (w1, _d1) = start_with_snapshot(&snap, &[]).await?;
     let (w2, _d2) = start_with_snapshot(&snap, &[]).await?;
     let c = client();
@@ -482,7 +665,13 @@ async fn affinity_is_stable_across_two_workers() -> Result<()> {
         let sid = format!("session-{i}");
         let mut seen = Vec::new();
         for base in [w1.url("http"), w2.url("http"), w1.url("http")] {
-            let r = chat(&c, &base, &json!({"model":"m","messages":[]}), &[("x-session-id", &sid)]).await;
+            let r = chat(
+                &c,
+                &base,
+                &json!({"model":"m","messages":[]}),
+                &[("x-session-id", &sid)],
+            )
+            .await;
             assert_eq!(r.status(), 200);
             seen.push(hdr(&r, "x-switchyard-backend"));
         }
@@ -501,15 +690,19 @@ async fn recovery_passive_and_active() -> Result<()> {
     let base = w.url("http");
     mocks[0].set_default(Behavior::error(500));
     let d = distribution(&base, 30, &[]).await;
-    assert!(d.get("a").is_none(), "{d:?}");
+    assert!(!d.contains_key("a"), "{d:?}");
     mocks[0].reset();
-    wait_for("a serves again (half-open trial)", Duration::from_secs(10), || {
-        let base = base.clone();
-        async move {
-            let d = distribution(&base, 6, &[]).await;
-            Ok(d.contains_key("a").then_some(()))
-        }
-    })
+    wait_for(
+        "a serves again (half-open trial)",
+        Duration::from_secs(10),
+        || {
+            let base = base.clone();
+            async move {
+                let d = distribution(&base, 6, &[]).await;
+                Ok(d.contains_key("a").then_some(()))
+            }
+        },
+    )
     .await?;
     drop(w);
 
@@ -525,7 +718,11 @@ async fn recovery_passive_and_active() -> Result<()> {
         healthy_below: 500,
     });
     let q = provider("q", "openai", &other.openai_base(), &[("k", "s")]);
-    let md = model("m", "round_robin", vec![backend("p", "p", "", 1, 0), backend("q", "q", "", 1, 0)]);
+    let md = model(
+        "m",
+        "round_robin",
+        vec![backend("p", "p", "", 1, 0), backend("q", "q", "", 1, 0)],
+    );
     let (w, _d) = start_with_snapshot(&snapshot(1, vec![p, q], vec![md], keys()), &[]).await?;
     let base = w.url("http");
     let c = client();
@@ -539,7 +736,10 @@ async fn recovery_passive_and_active() -> Result<()> {
         }
     })
     .await?;
-    assert!(m.requests().iter().all(|r| r.path == "/v1/models"), "only probes reached p");
+    assert!(
+        m.requests().iter().all(|r| r.path == "/v1/models"),
+        "only probes reached p"
+    );
     let d = distribution(&base, 10, &[]).await;
     assert_eq!(d.get("q"), Some(&10), "{d:?}");
     m.reset();
@@ -573,12 +773,19 @@ async fn metrics_and_graceful_drain() -> Result<()> {
     assert_eq!(r.status(), 200);
     let _ = r.bytes().await;
     let text = c.get(format!("{base}/metrics")).send().await?.text().await?;
-    assert!(text.contains("switchyard_requests_total{model=\"m\",backend=\"oa\",status_class=\"2xx\"} 1"), "{text}");
+    assert!(
+        text.contains("switchyard_requests_total{model=\"m\",backend=\"oa\",status_class=\"2xx\"} 1"),
+        "{text}"
+    );
     assert!(text.contains("switchyard_config_version 7"), "{text}");
     assert!(!text.contains(KEY));
 
     // A slow stream in flight survives SIGTERM; the process then exits 0.
-    m.set_default(Behavior { stream_chunks: 10, chunk_delay_ms: 100, ..Behavior::default() });
+    m.set_default(Behavior {
+        stream_chunks: 10,
+        chunk_delay_ms: 100,
+        ..Behavior::default()
+    });
     let r = chat(&c, &base, &json!({"model":"m","stream":true,"messages":[]}), &[]).await;
     assert_eq!(r.status(), 200);
     w.signal("TERM").await?;
@@ -586,5 +793,113 @@ async fn metrics_and_graceful_drain() -> Result<()> {
     assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
     let status = tokio::time::timeout(Duration::from_secs(10), w.child.wait()).await??;
     assert!(status.success(), "{status:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_stream_usage_is_counted_but_invisible_to_the_client() -> Result<()> {
+    let m = mock("up").await;
+    let snap = snapshot(
+        1,
+        vec![provider("oa", "openai", &m.openai_base(), &[("k", "s")])],
+        vec![model(
+            "gpt-x",
+            "round_robin",
+            vec![backend("oa", "oa", "real-x", 1, 0)],
+        )],
+        keys(),
+    );
+    let (w, _d) = start_with_snapshot(&snap, &[]).await?;
+    let base = w.url("http");
+    let c = client();
+    let direct = c
+        .post(format!("{}/chat/completions", m.openai_base()))
+        .bearer_auth("s")
+        .json(&json!({"model":"real-x","stream":true,"messages":[]}))
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert!(!direct.contains("\"usage\""), "{direct}");
+    let via = chat(
+        &c,
+        &base,
+        &json!({"model":"gpt-x","stream":true,"messages":[]}),
+        &[],
+    )
+    .await
+    .text()
+    .await?;
+    assert_eq!(
+        via, direct,
+        "client stream must be byte-identical to the no-usage stream"
+    );
+    let up = m.requests().pop().unwrap();
+    assert_eq!(up.json().unwrap()["stream_options"]["include_usage"], true);
+    // A client that asked for usage gets it, untouched.
+    let with = chat(
+        &c,
+        &base,
+        &json!({"model":"gpt-x","stream":true,"stream_options":{"include_usage":true},"messages":[]}),
+        &[],
+    )
+    .await
+    .text()
+    .await?;
+    assert!(with.contains("\"prompt_tokens\":12"), "{with}");
+    let text = c.get(format!("{base}/metrics")).send().await?.text().await?;
+    assert!(
+        text.contains("switchyard_tokens_total{model=\"gpt-x\",type=\"prompt\"} 24"),
+        "{text}"
+    );
+    assert!(
+        text.contains("switchyard_tokens_total{model=\"gpt-x\",type=\"completion\"} 96"),
+        "{text}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_latency_and_least_connections() -> Result<()> {
+    // least_latency: most traffic goes to the fast backend.
+    let (mocks, snap) = three("least_latency", [1, 1, 1], [0, 0, 0]).await;
+    mocks[1].set_default(Behavior::latency(30));
+    mocks[2].set_default(Behavior::latency(30));
+    let (w, _d) = start_with_snapshot(&snap, &[]).await?;
+    let d = distribution(&w.url("http"), 60, &[]).await;
+    assert!(
+        d.get("a").copied().unwrap_or(0) > 30,
+        "most traffic to the fast backend: {d:?}"
+    );
+    drop(w);
+
+    // least_connections: while `a` holds two slow requests, new ones avoid it.
+    let (mocks, snap) = three("least_connections", [1, 1, 1], [0, 0, 0]).await;
+    mocks[0].set_default(Behavior::latency(1500));
+    let (w, _d) = start_with_snapshot(&snap, &[]).await?;
+    let base = w.url("http");
+    let mut slow = Vec::new();
+    for _ in 0..2 {
+        let base = base.clone();
+        slow.push(tokio::spawn(async move {
+            chat(
+                &client(),
+                &base,
+                &json!({"model":"m","messages":[]}),
+                &[("x-switchyard-backend", "a")],
+            )
+            .await
+            .status()
+        }));
+    }
+    wait_for("two requests in flight on a", Duration::from_secs(5), || async {
+        Ok((mocks[0].request_count() == 2).then_some(()))
+    })
+    .await?;
+    let d = distribution(&base, 20, &[]).await;
+    assert!(!d.contains_key("a"), "{d:?}");
+    for s in slow {
+        assert_eq!(s.await?, 200);
+    }
     Ok(())
 }

@@ -276,6 +276,14 @@ async fn forward(
         .ok_or_else(|| ProxyError::UnknownModel(model_name.to_string()))?;
     fin.model.clone_from(&model.name);
     let model_range = head.model_range.clone().unwrap_or(0..0);
+    // Ask OpenAI streams for their usage so that they can be accounted; the extra chunk
+    // is removed again in `relay` so the client sees the stream it asked for.
+    let path = parts.uri.path();
+    let inject_usage = kind == ProviderKind::OpenAi
+        && head.stream
+        && head.include_usage != Some(true)
+        && (path == "/v1/chat/completions" || path == "/v1/completions");
+    let usage_edit = inject_usage.then(|| extract::include_usage_edit(&bytes, &head));
 
     let affinity = match &model.affinity {
         Affinity::None => None,
@@ -350,10 +358,16 @@ async fn forward(
         let cred = &provider.credentials[cp.index];
 
         let uri = upstream_uri(&provider.base_url, provider.kind, &parts.uri)?;
-        let body = if model_range.is_empty() {
-            bytes.clone()
-        } else {
-            extract::splice(&bytes, model_range.clone(), &backend.upstream_model_json)
+        let body = match &usage_edit {
+            Some(edit) => {
+                let mut edits = vec![edit.clone()];
+                if !model_range.is_empty() {
+                    edits.push((model_range.clone(), backend.upstream_model_json.to_vec()));
+                }
+                extract::splice_many(&bytes, &mut edits)
+            }
+            None if model_range.is_empty() => bytes.clone(),
+            None => extract::splice(&bytes, model_range.clone(), &backend.upstream_model_json),
         };
         let mut headers = base_headers.clone();
         for (n, v) in &provider.static_headers {
@@ -517,7 +531,20 @@ async fn forward(
             .total_timeout
             .map(|t| tokio::time::Instant::from_std(fin.start + t));
         return Ok(build_response(
-            fin, &routing, bi, route, cp.index, rparts, first, rbody, sse, success, dialect, total, guards,
+            fin,
+            &routing,
+            bi,
+            route,
+            cp.index,
+            rparts,
+            first,
+            rbody,
+            sse,
+            success,
+            dialect,
+            total,
+            inject_usage,
+            guards,
         ));
     }
 
@@ -533,7 +560,8 @@ async fn forward(
             .total_timeout
             .map(|t| tokio::time::Instant::from_std(fin.start + t));
         return Ok(build_response(
-            fin, &routing, k.backend, route, k.cred, rparts, None, rbody, sse, false, dialect, total, guards,
+            fin, &routing, k.backend, route, k.cred, rparts, None, rbody, sse, false, dialect, total, false,
+            guards,
         ));
     }
     let _ = creds_rejected;
@@ -578,6 +606,7 @@ fn build_response(
     success: bool,
     dialect: Dialect,
     total: Option<tokio::time::Instant>,
+    strip_usage: bool,
     guards: [crate::balance::InflightGuard; 2],
 ) -> Response<ProxyBody> {
     let backend = &route.backends[bi];
@@ -611,6 +640,7 @@ fn build_response(
         success,
         f,
         backend.state.clone(),
+        strip_usage,
         guards,
     );
     let mut resp = Response::new(ProxyBody::Relay(Box::new(relay)));

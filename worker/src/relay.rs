@@ -126,6 +126,8 @@ pub struct RelayBody {
     finish: Option<Finish>,
     outcome: Outcome,
     backend_state: Arc<EndpointState>,
+    /// The worker added `include_usage` upstream: remove its traces from what the client sees.
+    strip_usage: bool,
     _guards: [InflightGuard; 2],
 }
 
@@ -141,6 +143,7 @@ impl RelayBody {
         success: bool,
         finish: Finish,
         backend_state: Arc<EndpointState>,
+        strip_usage: bool,
         guards: [InflightGuard; 2],
     ) -> Self {
         let mut scanner = UsageScanner::new(sse, success);
@@ -166,6 +169,7 @@ impl RelayBody {
             finish: Some(finish),
             outcome,
             backend_state,
+            strip_usage: strip_usage && sse,
             _guards: guards,
         }
     }
@@ -179,6 +183,15 @@ impl RelayBody {
             let usage = self.scanner.finish();
             f.done(self.outcome, usage);
         }
+    }
+
+    fn client_view(&self, b: Bytes) -> Bytes {
+        if self.strip_usage {
+            if let Some(v) = crate::extract::strip_usage(&b) {
+                return Bytes::from(v);
+            }
+        }
+        b
     }
 
     /// The stream broke after bytes went out: emit the dialect error event (SSE) or
@@ -213,17 +226,21 @@ impl Body for RelayBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         if let Some(b) = this.first.take() {
-            return Poll::Ready(Some(Ok(Frame::data(b))));
+            return Poll::Ready(Some(Ok(Frame::data(this.client_view(b)))));
         }
         if this.ended {
             return Poll::Ready(None);
         }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                if let Some(d) = frame.data_ref() {
-                    this.scanner.observe(d);
-                    this.last_chunk = Instant::now();
-                }
+                let frame = match frame.into_data() {
+                    Ok(d) => {
+                        this.scanner.observe(&d);
+                        this.last_chunk = Instant::now();
+                        Frame::data(this.client_view(d))
+                    }
+                    Err(f) => f,
+                };
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => this.fail(ProxyError::Upstream(format!("stream interrupted: {e}"))),
@@ -279,7 +296,13 @@ impl Body for RelayBody {
 impl Drop for RelayBody {
     fn drop(&mut self) {
         if self.finish.is_some() {
-            self.end(Some(Outcome::ClientAborted));
+            // hyper stops polling once a body with a known length is complete, so a
+            // fully relayed body can be dropped without a final `None`.
+            if self.first.is_none() && self.inner.is_end_stream() {
+                self.end(None);
+            } else {
+                self.end(Some(Outcome::ClientAborted));
+            }
         }
     }
 }
