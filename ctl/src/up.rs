@@ -211,13 +211,19 @@ async fn ensure_client_key(admin: &mut Admin, state: &UpState) -> Result<()> {
             let k = k.into_inner();
             if k.prefix == wanted_prefix {
                 if k.revoked || k.enabled == Some(false) {
-                    tracing::warn!(key = KEY_NAME, "the client key of `up` is revoked or disabled; the printed key will be refused");
+                    tracing::warn!(
+                        key = KEY_NAME,
+                        "the client key of `up` is revoked or disabled; the printed key will be refused"
+                    );
                 }
                 return Ok(());
             }
             // The store outlived up.json (a new key was generated): replace the old key,
             // whose plaintext nobody has any more.
-            tracing::info!(key = KEY_NAME, "replacing the stored client key with the one in up.json");
+            tracing::info!(
+                key = KEY_NAME,
+                "replacing the stored client key with the one in up.json"
+            );
             admin
                 .client
                 .delete_api_key(pb::DeleteApiKeyRequest {
@@ -248,8 +254,7 @@ fn init_tracing() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,sqlx=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,sqlx=warn".into()),
         )
         .try_init();
 }
@@ -339,12 +344,7 @@ impl Banner<'_> {
 async fn wait_worker_version(worker: &switchyard_worker::Running, version: u64) -> bool {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
-        let v = worker
-            .shared()
-            .routing
-            .load()
-            .as_ref()
-            .map_or(0, |r| r.version);
+        let v = worker.shared().routing.load().as_ref().map_or(0, |r| r.version);
         if v >= version {
             return true;
         }
@@ -422,7 +422,11 @@ pub async fn run(a: UpArgs) -> Result<()> {
             getenv: &|_| None,
         })?;
         let r = apply(&mut admin, document).await?;
-        tracing::info!(changes = r.changes.len(), version = r.version, "demo provider and model registered");
+        tracing::info!(
+            changes = r.changes.len(),
+            version = r.version,
+            "demo provider and model registered"
+        );
         Some(mock)
     } else {
         None
@@ -475,7 +479,10 @@ pub async fn run(a: UpArgs) -> Result<()> {
         }
     };
     if !wait_worker_version(&worker, status.version).await {
-        tracing::warn!(version = status.version, "the worker has not received the current config yet");
+        tracing::warn!(
+            version = status.version,
+            "the worker has not received the current config yet"
+        );
     }
     let worker_addr = dial_addr(worker.http_addr());
 
@@ -525,7 +532,10 @@ mod tests {
         assert!(fresh);
         assert!(a.client_key.starts_with("sk-sy-"));
         assert!(switchyard_control::MasterKey::parse(1, &a.master_key).is_ok());
-        let mode = std::fs::metadata(dir.path().join(STATE_FILE)).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.path().join(STATE_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         let (b, fresh) = UpState::load_or_create(dir.path()).unwrap();
         assert!(!fresh);

@@ -25,7 +25,10 @@ const ADMIN_TOKEN: &str = "cluster-admin-token-0123456789";
 const WORKER_TOKEN: &str = "cluster-worker-token-0123456789";
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// The `command:` array of a service in docker-compose.yml (one-line JSON-style arrays).
@@ -39,7 +42,8 @@ fn compose_command(service: &str) -> Result<Vec<String>> {
         }
         if in_service {
             if let Some(rest) = line.trim_start().strip_prefix("command:") {
-                return serde_json::from_str(rest.trim()).context("compose command is not a JSON-style array");
+                return serde_json::from_str(rest.trim())
+                    .context("compose command is not a JSON-style array");
             }
         }
     }
@@ -129,7 +133,10 @@ impl Cluster {
 
 async fn ctl(control: &str, args: &[&str], env: &[(&str, &str)]) -> Result<String> {
     let mut cmd = Command::new(bin_path("switchyard"));
-    cmd.arg("--control").arg(control).args(args).env("SWITCHYARD_ADMIN_TOKEN", ADMIN_TOKEN);
+    cmd.arg("--control")
+        .arg(control)
+        .args(args)
+        .env("SWITCHYARD_ADMIN_TOKEN", ADMIN_TOKEN);
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -167,7 +174,11 @@ async fn wait_served(
     let start = Instant::now();
     for base in bases {
         wait_for(&format!("{model} served by {base}"), deadline, || async {
-            Ok(chat(http, base, key, model).await.ok().filter(|s| s.is_success()).map(|_| ()))
+            Ok(chat(http, base, key, model)
+                .await
+                .ok()
+                .filter(|s| s.is_success())
+                .map(|_| ()))
         })
         .await?;
     }
@@ -180,7 +191,9 @@ async fn cluster_behind_haproxy() -> Result<()> {
         return Ok(()); // printed SKIPPED (only possible outside CI)
     };
     let haproxy = which("haproxy").ok_or_else(|| {
-        anyhow!("haproxy is not installed; scripts/ensure-deps.sh installs it (the README test command runs it)")
+        anyhow!(
+            "haproxy is not installed; scripts/ensure-deps.sh installs it (the README test command runs it)"
+        )
     })?;
 
     let mock = switchyard_mock::MockServer::start(switchyard_mock::MockOptions::default()).await?;
@@ -208,11 +221,19 @@ async fn cluster_behind_haproxy() -> Result<()> {
             }
         })
         .collect::<String>();
-    assert!(cfg.contains(&format!("bind 127.0.0.1:{lb_port}")), "haproxy.cfg has no `bind :8080` line");
+    assert!(
+        cfg.contains(&format!("bind 127.0.0.1:{lb_port}")),
+        "haproxy.cfg has no `bind :8080` line"
+    );
     let cfg_path = dir.path().join("haproxy.cfg");
     std::fs::write(&cfg_path, cfg)?;
     // Check the config first: a broken deploy/haproxy.cfg must fail here, with haproxy's words.
-    let check = Command::new(&haproxy).arg("-c").arg("-f").arg(&cfg_path).output().await?;
+    let check = Command::new(&haproxy)
+        .arg("-c")
+        .arg("-f")
+        .arg(&cfg_path)
+        .output()
+        .await?;
     assert!(
         check.status.success(),
         "haproxy rejects deploy/haproxy.cfg:\n{}{}",
@@ -230,11 +251,20 @@ async fn cluster_behind_haproxy() -> Result<()> {
         .kill_on_drop(true)
         .spawn()?;
     let haproxy_up = Instant::now();
-    while tokio::net::TcpStream::connect(("127.0.0.1", lb_port)).await.is_err() {
+    while tokio::net::TcpStream::connect(("127.0.0.1", lb_port))
+        .await
+        .is_err()
+    {
         if let Some(status) = haproxy.try_wait()? {
-            bail!("haproxy exited ({status}): {}", std::fs::read_to_string(&hap_log).unwrap_or_default());
+            bail!(
+                "haproxy exited ({status}): {}",
+                std::fs::read_to_string(&hap_log).unwrap_or_default()
+            );
         }
-        assert!(haproxy_up.elapsed() < Duration::from_secs(10), "haproxy does not listen");
+        assert!(
+            haproxy_up.elapsed() < Duration::from_secs(10),
+            "haproxy does not listen"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await; // poll interval
     }
 
@@ -252,33 +282,73 @@ async fn cluster_behind_haproxy() -> Result<()> {
     for i in 0..3 {
         c.start_worker(i).await?;
     }
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?;
     let control = c.control_url();
     let three: Vec<String> = (0..3).map(|i| c.worker_url(i)).collect();
 
     // 1. Config made through the CLI is served by all three workers (and through HAProxy).
     let created: serde_json::Value =
         serde_json::from_str(&ctl(&control, &["keys", "create", "cluster", "-o", "json"], &[]).await?)?;
-    let key = created["plaintext"].as_str().context("no plaintext in `keys create -o json`")?.to_string();
+    let key = created["plaintext"]
+        .as_str()
+        .context("no plaintext in `keys create -o json`")?
+        .to_string();
     assert!(key.starts_with("sk-sy-"), "unexpected key format");
     ctl(
         &control,
-        &["providers", "add", "mock", "--kind", "openai", "--base-url", &mock.openai_base()],
+        &[
+            "providers",
+            "add",
+            "mock",
+            "--kind",
+            "openai",
+            "--base-url",
+            &mock.openai_base(),
+        ],
         &[],
     )
     .await?;
-    ctl(&control, &["credentials", "add", "mock", "--secret-env", "MOCK_KEY"], &[("MOCK_KEY", "sk-upstream-secret-1")])
-        .await?;
+    ctl(
+        &control,
+        &["credentials", "add", "mock", "--secret-env", "MOCK_KEY"],
+        &[("MOCK_KEY", "sk-upstream-secret-1")],
+    )
+    .await?;
     ctl(&control, &["models", "add", "m1"], &[]).await?;
     // Propagation = from running the command that makes m1 servable (CLI process start
     // included) until all three workers answer for it.
     let issued = Instant::now();
-    ctl(&control, &["backends", "add", "m1", "--provider", "mock", "--upstream-model", "up-1"], &[]).await?;
+    ctl(
+        &control,
+        &[
+            "backends",
+            "add",
+            "m1",
+            "--provider",
+            "mock",
+            "--upstream-model",
+            "up-1",
+        ],
+        &[],
+    )
+    .await?;
     wait_served(&http, &three, &key, "m1", Duration::from_secs(10)).await?;
     let propagation = issued.elapsed();
     eprintln!("FIGURE cluster.propagation_ms={}", propagation.as_millis());
-    assert!(propagation < Duration::from_secs(1), "propagation took {propagation:?} (budget 1 s)");
-    wait_served(&http, std::slice::from_ref(&c.lb), &key, "m1", Duration::from_secs(10)).await?;
+    assert!(
+        propagation < Duration::from_secs(1),
+        "propagation took {propagation:?} (budget 1 s)"
+    );
+    wait_served(
+        &http,
+        std::slice::from_ref(&c.lb),
+        &key,
+        "m1",
+        Duration::from_secs(10),
+    )
+    .await?;
 
     // 2. kill -9 one worker under steady load through HAProxy.
     let stop = Arc::new(AtomicBool::new(false));
@@ -287,8 +357,14 @@ async fn cluster_behind_haproxy() -> Result<()> {
     let concurrency = 8;
     let mut load = Vec::new();
     for _ in 0..concurrency {
-        let (stop, ok, failed, http, lb, key) =
-            (stop.clone(), ok.clone(), failed.clone(), http.clone(), c.lb.clone(), key.clone());
+        let (stop, ok, failed, http, lb, key) = (
+            stop.clone(),
+            ok.clone(),
+            failed.clone(),
+            http.clone(),
+            c.lb.clone(),
+            key.clone(),
+        );
         load.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 match chat(&http, &lb, &key, "m1").await {
@@ -304,9 +380,11 @@ async fn cluster_behind_haproxy() -> Result<()> {
     .await?;
     c.workers[0].as_ref().unwrap().signal("KILL").await?;
     let at_kill = ok.load(Ordering::Relaxed);
-    wait_for("load continues after the kill", Duration::from_secs(10), || async {
-        Ok((ok.load(Ordering::Relaxed) > at_kill + 500).then_some(()))
-    })
+    wait_for(
+        "load continues after the kill",
+        Duration::from_secs(10),
+        || async { Ok((ok.load(Ordering::Relaxed) > at_kill + 500).then_some(())) },
+    )
     .await?;
     stop.store(true, Ordering::Relaxed);
     for t in load {
@@ -317,7 +395,10 @@ async fn cluster_behind_haproxy() -> Result<()> {
         "FIGURE cluster.kill9_errors={errors} (of {} requests, {concurrency} in flight at most)",
         ok.load(Ordering::Relaxed) + errors
     );
-    assert!(errors <= concurrency, "{errors} client errors; only the {concurrency} in-flight requests may fail");
+    assert!(
+        errors <= concurrency,
+        "{errors} client errors; only the {concurrency} in-flight requests may fail"
+    );
     c.workers[0] = None;
 
     // 3 + 4. Control down for 30 s: workers keep serving; a worker restarted meanwhile
@@ -340,7 +421,20 @@ async fn cluster_behind_haproxy() -> Result<()> {
     c.start_control().await?;
     let restarted = Instant::now();
     ctl(&control, &["models", "add", "m2"], &[]).await?;
-    ctl(&control, &["backends", "add", "m2", "--provider", "mock", "--upstream-model", "up-2"], &[]).await?;
+    ctl(
+        &control,
+        &[
+            "backends",
+            "add",
+            "m2",
+            "--provider",
+            "mock",
+            "--upstream-model",
+            "up-2",
+        ],
+        &[],
+    )
+    .await?;
     // Workers reconnect with capped exponential backoff (15 s + jitter after 30 s down).
     wait_served(&http, &alive, &key, "m2", Duration::from_secs(30)).await?;
     eprintln!(
@@ -351,7 +445,14 @@ async fn cluster_behind_haproxy() -> Result<()> {
     // 5. A fourth worker started later gets the snapshot and takes traffic via HAProxy.
     c.start_worker(3).await?;
     let four = c.worker_url(3);
-    wait_served(&http, std::slice::from_ref(&four), &key, "m2", Duration::from_secs(10)).await?;
+    wait_served(
+        &http,
+        std::slice::from_ref(&four),
+        &key,
+        "m2",
+        Duration::from_secs(10),
+    )
+    .await?;
     // Requests sent to it directly above are counted too: compare with that baseline.
     let metrics = |base: String| {
         let http = http.clone();
@@ -363,13 +464,17 @@ async fn cluster_behind_haproxy() -> Result<()> {
     let direct = metrics(four.clone()).await?;
     assert!(direct > 0, "worker 4 served requests but its counter is 0");
     let before = mock.request_count();
-    wait_for("worker 4 takes traffic through haproxy", Duration::from_secs(20), || async {
-        for _ in 0..20 {
-            let s = chat(&http, &c.lb, &key, "m2").await?;
-            assert!(s.is_success(), "haproxy answered {s}");
-        }
-        Ok((metrics(four.clone()).await? > direct).then_some(()))
-    })
+    wait_for(
+        "worker 4 takes traffic through haproxy",
+        Duration::from_secs(20),
+        || async {
+            for _ in 0..20 {
+                let s = chat(&http, &c.lb, &key, "m2").await?;
+                assert!(s.is_success(), "haproxy answered {s}");
+            }
+            Ok((metrics(four.clone()).await? > direct).then_some(()))
+        },
+    )
     .await?;
     assert!(mock.request_count() > before);
     Ok(())
@@ -380,10 +485,14 @@ async fn cluster_behind_haproxy() -> Result<()> {
 fn served_requests(metrics: &str) -> Option<u64> {
     let samples: Vec<f64> = metrics
         .lines()
-        .filter(|l| l.starts_with("switchyard_requests_total{") || l.starts_with("switchyard_requests_total "))
+        .filter(|l| {
+            l.starts_with("switchyard_requests_total{") || l.starts_with("switchyard_requests_total ")
+        })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .collect();
-    let declared = metrics.lines().any(|l| l.starts_with("# TYPE switchyard_requests counter"));
+    let declared = metrics
+        .lines()
+        .any(|l| l.starts_with("# TYPE switchyard_requests counter"));
     (declared || !samples.is_empty()).then(|| samples.iter().sum::<f64>() as u64)
 }
 

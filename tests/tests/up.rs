@@ -63,7 +63,9 @@ async fn run_curl(line: &str) -> Result<serde_json::Value> {
 }
 
 fn completion_text(v: &serde_json::Value) -> Option<&str> {
-    v["choices"][0]["message"]["content"].as_str().filter(|s| !s.is_empty())
+    v["choices"][0]["message"]["content"]
+        .as_str()
+        .filter(|s| !s.is_empty())
 }
 
 async fn stop(mut p: Proc) -> Result<()> {
@@ -80,7 +82,10 @@ async fn up_demo_curl_works_and_survives_a_restart() -> Result<()> {
     let p = start_up(&data, &["--demo"], &[]).await?;
     let http = p.addr("http");
     let line = printed_curl(&p).await?;
-    assert!(line.contains(&format!("http://{http}/")), "curl line targets the worker: {line}");
+    assert!(
+        line.contains(&format!("http://{http}/")),
+        "curl line targets the worker: {line}"
+    );
     let answer = run_curl(&line).await?;
     assert!(completion_text(&answer).is_some(), "no completion in {answer}");
     assert_eq!(answer["object"], "chat.completion", "{answer}");
@@ -121,7 +126,10 @@ async fn up_demo_curl_works_and_survives_a_restart() -> Result<()> {
     // A wrong key is refused by the worker.
     let forged = line.replace(&key, "sk-sy-not-the-right-key-000000000000000000");
     let refused = run_curl(&forged).await?;
-    assert!(completion_text(&refused).is_none(), "forged key answered: {refused}");
+    assert!(
+        completion_text(&refused).is_none(),
+        "forged key answered: {refused}"
+    );
 
     stop(p).await?;
 
@@ -131,7 +139,10 @@ async fn up_demo_curl_works_and_survives_a_restart() -> Result<()> {
     assert!(line2.contains(&key), "the key changed across restarts: {line2}");
     assert!(line2.contains(&format!("http://{}/", p.addr("http"))));
     let answer = run_curl(&line2).await?;
-    assert!(completion_text(&answer).is_some(), "no completion after restart: {answer}");
+    assert!(
+        completion_text(&answer).is_some(),
+        "no completion after restart: {answer}"
+    );
     let state2: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(data.join("up.json"))?)?;
     assert_eq!(state, state2, "up.json was rewritten");
     stop(p).await
@@ -179,7 +190,10 @@ upstream_model = "upstream-x"
     // The upstream saw the credential from the file's secret_env, and the upstream model.
     let seen = mock.requests();
     let last = seen.last().context("the mock saw no request")?;
-    assert_eq!(last.header("authorization"), Some("Bearer sk-upstream-from-env-1"));
+    assert_eq!(
+        last.header("authorization"),
+        Some("Bearer sk-upstream-from-env-1")
+    );
     assert_eq!(last.json().unwrap()["model"], "upstream-x");
     stop(p).await?;
 
@@ -190,7 +204,13 @@ upstream_model = "upstream-x"
         .arg("up")
         .arg("--data-dir")
         .arg(dir.path().join("data2"))
-        .args(["--listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0", "--config"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--config",
+        ])
         .arg(&bad)
         .stdin(Stdio::null())
         .output()
