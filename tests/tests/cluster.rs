@@ -354,23 +354,45 @@ async fn cluster_behind_haproxy() -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let ok = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
+    // When each failure happened (ms since the load started) and what it was.
+    let failures = Arc::new(std::sync::Mutex::new(Vec::<(u128, String)>::new()));
+    let load_start = Instant::now();
     let concurrency = 8;
     let mut load = Vec::new();
     for _ in 0..concurrency {
-        let (stop, ok, failed, http, lb, key) = (
+        // One connection per client (like a real app's keep-alive connection): a client
+        // whose connection was pinned to the killed worker loses the request in flight on
+        // it; every other request must succeed.
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .pool_max_idle_per_host(1)
+            .build()?;
+        let (stop, ok, failed, failures, lb, key) = (
             stop.clone(),
             ok.clone(),
             failed.clone(),
-            http.clone(),
+            failures.clone(),
             c.lb.clone(),
             key.clone(),
         );
         load.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 match chat(&http, &lb, &key, "m1").await {
-                    Ok(s) if s.is_success() => ok.fetch_add(1, Ordering::Relaxed),
-                    _ => failed.fetch_add(1, Ordering::Relaxed),
-                };
+                    Ok(s) if s.is_success() => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    other => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        let what = match other {
+                            Ok(s) => format!("status {s}"),
+                            Err(e) => format!("{e:#}"),
+                        };
+                        failures
+                            .lock()
+                            .unwrap()
+                            .push((load_start.elapsed().as_millis(), what));
+                    }
+                }
             }
         }));
     }
@@ -378,6 +400,7 @@ async fn cluster_behind_haproxy() -> Result<()> {
         Ok((ok.load(Ordering::Relaxed) > 200).then_some(()))
     })
     .await?;
+    let kill_at = load_start.elapsed().as_millis();
     c.workers[0].as_ref().unwrap().signal("KILL").await?;
     let at_kill = ok.load(Ordering::Relaxed);
     wait_for(
@@ -395,6 +418,17 @@ async fn cluster_behind_haproxy() -> Result<()> {
         "FIGURE cluster.kill9_errors={errors} (of {} requests, {concurrency} in flight at most)",
         ok.load(Ordering::Relaxed) + errors
     );
+    for (at, what) in failures.lock().unwrap().iter().take(12) {
+        eprintln!(
+            "  client error at kill{:+} ms: {what}",
+            *at as i128 - kill_at as i128
+        );
+    }
+    if errors > concurrency {
+        let log = std::fs::read_to_string(c.dir.path().join("haproxy.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().filter(|l| l.contains("worker1")).collect();
+        eprintln!("haproxy log about worker1:\n{}", lines.join("\n"));
+    }
     assert!(
         errors <= concurrency,
         "{errors} client errors; only the {concurrency} in-flight requests may fail"
