@@ -85,7 +85,9 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    // `Up` (issue 6: run control + worker in one process) is added here by that work.
+    /// Run a whole gateway in one process: control plane (SQLite under --data-dir), one
+    /// worker, and with --demo a mock upstream. Prints the URL, keys and a curl line.
+    Up(crate::up::UpArgs),
 }
 
 // ---------------------------------------------------------------------------

@@ -10,6 +10,7 @@ pub mod commands;
 pub mod doc;
 pub mod secret;
 pub mod table;
+pub mod up;
 pub mod view;
 
 use anyhow::Result;
@@ -41,6 +42,11 @@ pub fn exit_code(e: &anyhow::Error) -> i32 {
 
 /// Run one parsed command to completion.
 pub async fn run(cli: Cli) -> Result<()> {
+    // `up` runs a gateway instead of talking to one.
+    let cli = match cli.command {
+        Command::Up(a) => return up::run(a).await,
+        command => Cli { command, ..cli },
+    };
     let ctx = commands::Ctx { output: cli.output };
     // Commands that need no control plane.
     let document = match &cli.command {
@@ -84,6 +90,6 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Export(a) => commands::export(&ctx, admin, a).await,
         Command::Workers(c) => commands::workers(&ctx, admin, c).await,
         Command::Status => commands::status(&ctx, admin).await,
-        Command::Completions { .. } => Ok(()),
+        Command::Completions { .. } | Command::Up(_) => Ok(()),
     }
 }

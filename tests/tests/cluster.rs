@@ -174,13 +174,6 @@ async fn wait_served(
     Ok(start.elapsed())
 }
 
-fn extract_key(out: &str) -> Result<String> {
-    out.split(|c: char| c.is_whitespace() || c == '"')
-        .find(|w| w.starts_with("sk-sy-"))
-        .map(str::to_string)
-        .ok_or_else(|| anyhow!("no key in output: {out}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cluster_behind_haproxy() -> Result<()> {
     let Some(db) = TestDb::new(DbKind::Postgres).await? else {
@@ -218,14 +211,32 @@ async fn cluster_behind_haproxy() -> Result<()> {
     assert!(cfg.contains(&format!("bind 127.0.0.1:{lb_port}")), "haproxy.cfg has no `bind :8080` line");
     let cfg_path = dir.path().join("haproxy.cfg");
     std::fs::write(&cfg_path, cfg)?;
-    let haproxy = Command::new(haproxy)
+    // Check the config first: a broken deploy/haproxy.cfg must fail here, with haproxy's words.
+    let check = Command::new(&haproxy).arg("-c").arg("-f").arg(&cfg_path).output().await?;
+    assert!(
+        check.status.success(),
+        "haproxy rejects deploy/haproxy.cfg:\n{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    // haproxy logs server state changes to stderr (deploy/haproxy.cfg: `log stderr`).
+    let hap_log = dir.path().join("haproxy.log");
+    let mut haproxy = Command::new(haproxy)
         .arg("-db")
         .arg("-f")
         .arg(&cfg_path)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&hap_log)?)
         .kill_on_drop(true)
         .spawn()?;
+    let haproxy_up = Instant::now();
+    while tokio::net::TcpStream::connect(("127.0.0.1", lb_port)).await.is_err() {
+        if let Some(status) = haproxy.try_wait()? {
+            bail!("haproxy exited ({status}): {}", std::fs::read_to_string(&hap_log).unwrap_or_default());
+        }
+        assert!(haproxy_up.elapsed() < Duration::from_secs(10), "haproxy does not listen");
+        tokio::time::sleep(Duration::from_millis(20)).await; // poll interval
+    }
 
     let mut c = Cluster {
         dir,
@@ -246,7 +257,10 @@ async fn cluster_behind_haproxy() -> Result<()> {
     let three: Vec<String> = (0..3).map(|i| c.worker_url(i)).collect();
 
     // 1. Config made through the CLI is served by all three workers (and through HAProxy).
-    let key = extract_key(&ctl(&control, &["keys", "create", "cluster"], &[]).await?)?;
+    let created: serde_json::Value =
+        serde_json::from_str(&ctl(&control, &["keys", "create", "cluster", "-o", "json"], &[]).await?)?;
+    let key = created["plaintext"].as_str().context("no plaintext in `keys create -o json`")?.to_string();
+    assert!(key.starts_with("sk-sy-"), "unexpected key format");
     ctl(
         &control,
         &["providers", "add", "mock", "--kind", "openai", "--base-url", &mock.openai_base()],
@@ -256,8 +270,12 @@ async fn cluster_behind_haproxy() -> Result<()> {
     ctl(&control, &["credentials", "add", "mock", "--secret-env", "MOCK_KEY"], &[("MOCK_KEY", "sk-upstream-secret-1")])
         .await?;
     ctl(&control, &["models", "add", "m1"], &[]).await?;
+    // Propagation = from running the command that makes m1 servable (CLI process start
+    // included) until all three workers answer for it.
+    let issued = Instant::now();
     ctl(&control, &["backends", "add", "m1", "--provider", "mock", "--upstream-model", "up-1"], &[]).await?;
-    let propagation = wait_served(&http, &three, &key, "m1", Duration::from_secs(10)).await?;
+    wait_served(&http, &three, &key, "m1", Duration::from_secs(10)).await?;
+    let propagation = issued.elapsed();
     eprintln!("FIGURE cluster.propagation_ms={}", propagation.as_millis());
     assert!(propagation < Duration::from_secs(1), "propagation took {propagation:?} (budget 1 s)");
     wait_served(&http, std::slice::from_ref(&c.lb), &key, "m1", Duration::from_secs(10)).await?;
@@ -320,21 +338,37 @@ async fn cluster_behind_haproxy() -> Result<()> {
         tokio::time::sleep(Duration::from_millis(250)).await; // pacing the probe load, not synchronisation
     }
     c.start_control().await?;
+    let restarted = Instant::now();
     ctl(&control, &["models", "add", "m2"], &[]).await?;
     ctl(&control, &["backends", "add", "m2", "--provider", "mock", "--upstream-model", "up-2"], &[]).await?;
-    wait_served(&http, &alive, &key, "m2", Duration::from_secs(20)).await?;
+    // Workers reconnect with capped exponential backoff (15 s + jitter after 30 s down).
+    wait_served(&http, &alive, &key, "m2", Duration::from_secs(30)).await?;
+    eprintln!(
+        "FIGURE cluster.after_control_restart_ms={} (control restarted -> change served by the workers)",
+        restarted.elapsed().as_millis()
+    );
 
     // 5. A fourth worker started later gets the snapshot and takes traffic via HAProxy.
     c.start_worker(3).await?;
     let four = c.worker_url(3);
     wait_served(&http, std::slice::from_ref(&four), &key, "m2", Duration::from_secs(10)).await?;
+    // Requests sent to it directly above are counted too: compare with that baseline.
+    let metrics = |base: String| {
+        let http = http.clone();
+        async move {
+            let text = http.get(format!("{base}/metrics")).send().await?.text().await?;
+            served_requests(&text).ok_or_else(|| anyhow!("no switchyard_requests_total in {base}/metrics"))
+        }
+    };
+    let direct = metrics(four.clone()).await?;
+    assert!(direct > 0, "worker 4 served requests but its counter is 0");
     let before = mock.request_count();
     wait_for("worker 4 takes traffic through haproxy", Duration::from_secs(20), || async {
         for _ in 0..20 {
-            chat(&http, &c.lb, &key, "m2").await?;
+            let s = chat(&http, &c.lb, &key, "m2").await?;
+            assert!(s.is_success(), "haproxy answered {s}");
         }
-        let text = http.get(format!("{four}/metrics")).send().await?.text().await?;
-        Ok(served_requests(&text).filter(|n| *n > 0).map(|_| ()))
+        Ok((metrics(four.clone()).await? > direct).then_some(()))
     })
     .await?;
     assert!(mock.request_count() > before);
@@ -342,13 +376,15 @@ async fn cluster_behind_haproxy() -> Result<()> {
 }
 
 /// Sum of the worker's request counter from its Prometheus text.
+/// `None` if the counter is missing altogether (renamed metric).
 fn served_requests(metrics: &str) -> Option<u64> {
-    let total: f64 = metrics
+    let samples: Vec<f64> = metrics
         .lines()
-        .filter(|l| l.starts_with("switchyard_requests_total"))
+        .filter(|l| l.starts_with("switchyard_requests_total{") || l.starts_with("switchyard_requests_total "))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
-    Some(total as u64)
+        .collect();
+    let declared = metrics.lines().any(|l| l.starts_with("# TYPE switchyard_requests counter"));
+    (declared || !samples.is_empty()).then(|| samples.iter().sum::<f64>() as u64)
 }
 
 fn which(name: &str) -> Option<PathBuf> {

@@ -1,0 +1,203 @@
+//! `switchyard up`: the one-command start. Runs the real binary, takes the curl line it
+//! prints and runs it with `sh`, restarts on the same data dir (same key), and applies a
+//! `--config` file at start.
+#![allow(clippy::unwrap_used)]
+
+use std::{path::Path, process::Stdio, time::Duration};
+
+use anyhow::{bail, Context, Result};
+use switchyard_tests::{bin_path, wait_for, Proc};
+use tokio::process::Command;
+
+async fn start_up(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Result<Proc> {
+    let mut cmd = Command::new(bin_path("switchyard"));
+    cmd.arg("up")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0"])
+        .args(extra)
+        // The test environment must not leak into `up` (it has its own flags).
+        .env_remove("SWITCHYARD_DATA_DIR")
+        .env_remove("SWITCHYARD_DATABASE_URL")
+        .env_remove("SWITCHYARD_MASTER_KEY");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    Proc::spawn("up", cmd).await
+}
+
+/// The `curl ...` line of the banner (the harness keeps later stdout lines in its log).
+async fn printed_curl(p: &Proc) -> Result<String> {
+    wait_for("the curl line", Duration::from_secs(10), || async {
+        Ok(p.stderr_log.lines().into_iter().find_map(|l| {
+            l.strip_prefix("[stdout]")
+                .map(str::trim)
+                .filter(|l| l.starts_with("curl "))
+                .map(str::to_string)
+        }))
+    })
+    .await
+}
+
+fn printed_value(p: &Proc, label: &str) -> Option<String> {
+    p.stderr_log.lines().into_iter().find_map(|l| {
+        let rest = l.strip_prefix("[stdout]")?.trim().strip_prefix(label)?;
+        Some(rest.trim().to_string())
+    })
+}
+
+/// Run the line exactly as a user would paste it; return the parsed JSON answer.
+async fn run_curl(line: &str) -> Result<serde_json::Value> {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(line)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .context("run sh")?;
+    if !out.status.success() {
+        bail!("curl failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("curl printed no JSON: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+fn completion_text(v: &serde_json::Value) -> Option<&str> {
+    v["choices"][0]["message"]["content"].as_str().filter(|s| !s.is_empty())
+}
+
+async fn stop(mut p: Proc) -> Result<()> {
+    let status = p.terminate(Duration::from_secs(20)).await?;
+    assert!(status.success(), "up exited with {status}: {}", p.stderr_text());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_demo_curl_works_and_survives_a_restart() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+
+    let p = start_up(&data, &["--demo"], &[]).await?;
+    let http = p.addr("http");
+    let line = printed_curl(&p).await?;
+    assert!(line.contains(&format!("http://{http}/")), "curl line targets the worker: {line}");
+    let answer = run_curl(&line).await?;
+    assert!(completion_text(&answer).is_some(), "no completion in {answer}");
+    assert_eq!(answer["object"], "chat.completion", "{answer}");
+
+    // The tokens are in up.json, private, and the printed key is that one.
+    let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(data.join("up.json"))?)?;
+    let key = state["client_key"].as_str().unwrap().to_string();
+    assert!(key.starts_with("sk-sy-"));
+    assert!(line.contains(&key));
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(data.join("up.json"))?.permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    assert_eq!(printed_value(&p, "Client API key").as_deref(), Some(key.as_str()));
+    let admin = state["admin_token"].as_str().unwrap().to_string();
+    assert_eq!(printed_value(&p, "Admin token").as_deref(), Some(admin.as_str()));
+
+    // The CLI works against it with the printed settings.
+    let out = Command::new(bin_path("switchyard"))
+        .args(["models", "list", "-o", "json"])
+        .env("SWITCHYARD_CONTROL_URL", p.url("grpc"))
+        .env("SWITCHYARD_ADMIN_TOKEN", &admin)
+        .output()
+        .await?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let models: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(models[0]["name"], "demo", "{models}");
+    // ... and refuses without the token.
+    let out = Command::new(bin_path("switchyard"))
+        .args(["models", "list"])
+        .env("SWITCHYARD_CONTROL_URL", p.url("grpc"))
+        .env_remove("SWITCHYARD_ADMIN_TOKEN")
+        .output()
+        .await?;
+    assert!(!out.status.success());
+
+    // A wrong key is refused by the worker.
+    let forged = line.replace(&key, "sk-sy-not-the-right-key-000000000000000000");
+    let refused = run_curl(&forged).await?;
+    assert!(completion_text(&refused).is_none(), "forged key answered: {refused}");
+
+    stop(p).await?;
+
+    // Restart on the same data dir: same key, new ports, the demo still answers.
+    let p = start_up(&data, &["--demo"], &[]).await?;
+    let line2 = printed_curl(&p).await?;
+    assert!(line2.contains(&key), "the key changed across restarts: {line2}");
+    assert!(line2.contains(&format!("http://{}/", p.addr("http"))));
+    let answer = run_curl(&line2).await?;
+    assert!(completion_text(&answer).is_some(), "no completion after restart: {answer}");
+    let state2: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(data.join("up.json"))?)?;
+    assert_eq!(state, state2, "up.json was rewritten");
+    stop(p).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_applies_a_config_file_at_start() -> Result<()> {
+    let mock = switchyard_mock::MockServer::start(switchyard_mock::MockOptions::default()).await?;
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("switchyard.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+[[providers]]
+name = "team-upstream"
+kind = "openai"
+base_url = "{}"
+
+[[providers.credentials]]
+name = "jwt-1"
+secret_env = "UP_TEST_UPSTREAM_SECRET"
+
+[[models]]
+name = "team-model"
+[[models.backends]]
+provider = "team-upstream"
+upstream_model = "upstream-x"
+"#,
+            mock.openai_base()
+        ),
+    )?;
+    let file_arg = file.display().to_string();
+    let p = start_up(
+        &dir.path().join("data"),
+        &["--config", &file_arg],
+        &[("UP_TEST_UPSTREAM_SECRET", "sk-upstream-from-env-1")],
+    )
+    .await?;
+    // The banner's curl uses the configured model.
+    let line = printed_curl(&p).await?;
+    assert!(line.contains(r#""model":"team-model""#), "{line}");
+    let answer = run_curl(&line).await?;
+    assert!(completion_text(&answer).is_some(), "no completion in {answer}");
+    // The upstream saw the credential from the file's secret_env, and the upstream model.
+    let seen = mock.requests();
+    let last = seen.last().context("the mock saw no request")?;
+    assert_eq!(last.header("authorization"), Some("Bearer sk-upstream-from-env-1"));
+    assert_eq!(last.json().unwrap()["model"], "upstream-x");
+    stop(p).await?;
+
+    // A file that does not apply stops `up` with the file's error, before serving.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[[models]]\nname = \"m\"\nstrategy = \"nope\"\n")?;
+    let out = Command::new(bin_path("switchyard"))
+        .arg("up")
+        .arg("--data-dir")
+        .arg(dir.path().join("data2"))
+        .args(["--listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0", "--config"])
+        .arg(&bad)
+        .stdin(Stdio::null())
+        .output()
+        .await?;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.toml") && err.contains("strategy"), "{err}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("listening "));
+    Ok(())
+}
