@@ -39,6 +39,20 @@
 //! 4. Before a retry: `retry_budget.try_retry(now)`; every original request calls
 //!    `retry_budget.record_request(now)` once.
 //!
+//! Notes for callers:
+//! - Pass the same endpoint slice (the `Vec` kept in the snapshot) on every pick: the
+//!   selector caches a view keyed by the slice's address, and a fresh slice per request
+//!   would rebuild it every time (correct, but O(n) and allocating).
+//! - `Pick::trial` is true for a half-open trial or a panic-mode try. Treat it like any
+//!   other attempt and report its outcome: the success or failure is what closes or
+//!   re-opens the breaker. If its outcome is never reported (the client went away), a new
+//!   trial is admitted after `base_ejection_ms`.
+//! - Pinning (`x-switchyard-backend`) is the caller's: look the name up and check
+//!   `state.is_available(now)`.
+//! - Affinity: flat rendezvous up to 64 endpoints per tier, two-level rendezvous above
+//!   (see `select::tier_clusters`); either way a key moves only when its endpoint becomes
+//!   unavailable. Weights do not bias affinity.
+//!
 //! Credentials use the same machinery: one `Selector` per provider over `Endpoint`s built
 //! from the credentials. Map the provider's credential strategy with
 //! [`Strategy::for_credentials`]: `round_robin` becomes smooth weighted round robin (equal

@@ -151,16 +151,20 @@ const SCHEDULE_WORK_LIMIT: u64 = 1 << 22;
 const SCHEDULE_MAX_LEN: u64 = 1 << 16;
 
 /// Up to this many endpoints in a tier, affinity is plain rendezvous hashing. Above it,
-/// two-level rendezvous (see [`tier_clusters`]) keeps the pick near O(√n).
-const FLAT_AFFINITY_MAX: usize = 64;
+/// clustered rendezvous (see [`tier_clusters`]) keeps the pick at about
+/// `CLUSTER_SIZE` hashes whatever the tier size.
+const FLAT_AFFINITY_MAX: usize = 32;
+const CLUSTER_SIZE: usize = 16;
 const CLUSTER_SALT: u64 = 0x7377_6974_6368_7964;
+/// Draws of a cluster before falling back to rendezvous over the live clusters.
+const CLUSTER_ROLLS: u64 = 16;
 
 /// Above this many candidates, least connections takes the minimum over a rotating window
 /// of `LEAST_CONN_WINDOW` candidates instead of all of them: an exact scan reads every
 /// endpoint's counter (~2.5 µs at 1,000), the window keeps the pick O(1) and still visits
 /// every endpoint as the window rotates.
-const LEAST_CONN_EXACT_MAX: usize = 128;
-const LEAST_CONN_WINDOW: usize = 64;
+const LEAST_CONN_EXACT_MAX: usize = 64;
+const LEAST_CONN_WINDOW: usize = 32;
 
 /// Cached result of filtering, valid for one endpoint slice, one health epoch and a
 /// time window.
@@ -193,33 +197,41 @@ struct Fast {
     schedule: Option<Box<[u32]>>,
 }
 
-/// The clusters of a big tier that have available members (see [`tier_clusters`]).
+/// The clusters of a big tier with their available members (see [`tier_clusters`]).
 struct Clusters {
-    /// `mix64(cluster number ^ CLUSTER_SALT)` per cluster, in cluster order.
-    salts: Box<[u64]>,
-    /// Cluster `c` owns `members[bounds[c]..bounds[c + 1]]`.
+    /// Cluster `c` owns `members[bounds[c]..bounds[c + 1]]` (empty when none of its
+    /// endpoints is available).
     bounds: Box<[u32]>,
-    /// Positions into `Fast::idx`, sorted by id within a cluster.
+    /// Positions into `Fast::idx`, in id order within a cluster.
     members: Box<[u32]>,
     ids: Box<[u64]>,
 }
 
 impl Clusters {
-    fn pick(&self, key: u64) -> usize {
-        let c = rendezvous(self.salts.iter().copied(), key);
-        let (lo, hi) = (self.bounds[c] as usize, self.bounds[c + 1] as usize);
-        self.members[lo + rendezvous(self.ids[lo..hi].iter().copied(), key)] as usize
+    /// Position in `idx` (= `Fast::idx`) for `key`, skipping excluded endpoint indices.
+    fn pick(&self, key: u64, idx: &[u32], skip: impl Fn(u32) -> bool) -> Option<usize> {
+        let range = |c: usize| self.bounds[c] as usize..self.bounds[c + 1] as usize;
+        let live = |c: usize| self.members[range(c)].iter().any(|&p| !skip(idx[p as usize]));
+        let c = pick_cluster(key, self.bounds.len() - 1, live)?;
+        let r = range(c);
+        let inside = self.members[r.clone()]
+            .iter()
+            .zip(&self.ids[r])
+            .filter(|(&p, _)| !skip(idx[p as usize]));
+        let pos = rendezvous(inside.clone().map(|(_, &id)| id), key);
+        inside.map(|(&p, _)| p as usize).nth(pos)
     }
 }
 
-/// Deterministic grouping of a big tier for two-level rendezvous: the tier's endpoints
+/// Deterministic grouping of a big tier for clustered rendezvous: the tier's endpoints
 /// (all of them, whatever their health, so the grouping is the same on every worker and
-/// does not move when health changes) sorted by id and cut into ⌈√n⌉ equal clusters. A
-/// key picks a cluster by rendezvous over the clusters that have an available member,
-/// then an endpoint by rendezvous inside it. When an endpoint leaves, only its keys move
-/// (to its cluster mates, or, if the cluster empties, to other clusters), exactly as with
-/// flat rendezvous; a change to the endpoint set itself may regroup some keys. `None`
-/// for small tiers (flat rendezvous).
+/// does not move when health changes) sorted by id and cut into equal clusters of about
+/// `CLUSTER_SIZE`. A key draws clusters from a fixed pseudo-random sequence of its own and
+/// takes the first one with an available member ([`pick_cluster`]), then an endpoint by
+/// rendezvous inside it. When an endpoint leaves, only its keys move (to its cluster
+/// mates, or, if the cluster empties, onwards along their own sequence), as with flat
+/// rendezvous; a change to the endpoint set itself may regroup keys. `None` for small
+/// tiers (flat rendezvous).
 fn tier_clusters(endpoints: &[Endpoint], tier: i32) -> Option<Vec<Vec<usize>>> {
     let mut members: Vec<(u64, usize)> = endpoints
         .iter()
@@ -232,7 +244,7 @@ fn tier_clusters(endpoints: &[Endpoint], tier: i32) -> Option<Vec<Vec<usize>>> {
         return None;
     }
     members.sort_unstable();
-    let c = (m as f64).sqrt().ceil() as usize;
+    let c = m.div_ceil(CLUSTER_SIZE);
     Some(
         (0..c)
             .map(|j| {
@@ -245,25 +257,32 @@ fn tier_clusters(endpoints: &[Endpoint], tier: i32) -> Option<Vec<Vec<usize>>> {
     )
 }
 
-fn cluster_salt(j: usize) -> u64 {
-    mix64(j as u64 ^ CLUSTER_SALT)
+/// The first cluster with a candidate in the key's own sequence of uniform draws; after
+/// `CLUSTER_ROLLS` misses (most clusters empty), rendezvous over the live clusters.
+fn pick_cluster(key: u64, clusters: usize, live: impl Fn(usize) -> bool) -> Option<usize> {
+    for roll in 0..CLUSTER_ROLLS {
+        let h = mix64(key ^ CLUSTER_SALT.wrapping_mul(roll + 1));
+        let c = ((u128::from(h) * clusters as u128) >> 64) as usize;
+        if live(c) {
+            return Some(c);
+        }
+    }
+    (0..clusters)
+        .filter(|&c| live(c))
+        .max_by_key(|&c| (mix64(key ^ mix64(c as u64 ^ CLUSTER_SALT)), std::cmp::Reverse(c)))
 }
 
 /// Affinity over an arbitrary candidate set `idx` (sorted endpoint indices) of `tier`;
 /// same answer as the cached [`Clusters`] for the same set. Returns a position in `idx`.
 fn affinity_any(endpoints: &[Endpoint], tier: i32, idx: &[u32], key: u64) -> usize {
-    let Some(clusters) = tier_clusters(endpoints, tier) else {
+    let Some(groups) = tier_clusters(endpoints, tier) else {
         return rendezvous(idx.iter().map(|&i| endpoints[i as usize].id_hash), key);
     };
     let eligible = |i: usize| idx.binary_search(&(i as u32)).is_ok();
-    let live: Vec<(u64, &Vec<usize>)> = clusters
-        .iter()
-        .enumerate()
-        .filter(|(_, members)| members.iter().any(|&i| eligible(i)))
-        .map(|(j, members)| (cluster_salt(j), members))
-        .collect();
-    let (_, members) = live[rendezvous(live.iter().map(|(salt, _)| *salt), key)];
-    let inside: Vec<usize> = members.iter().copied().filter(|&i| eligible(i)).collect();
+    let Some(c) = pick_cluster(key, groups.len(), |c| groups[c].iter().any(|&i| eligible(i))) else {
+        return 0;
+    };
+    let inside: Vec<usize> = groups[c].iter().copied().filter(|&i| eligible(i)).collect();
     let winner = inside[rendezvous(inside.iter().map(|&i| endpoints[i].id_hash), key)];
     idx.binary_search(&(winner as u32)).unwrap_or(0)
 }
@@ -323,6 +342,41 @@ impl Selector {
     fn pick_cached(&self, fast: &Fast, endpoints: &[Endpoint], ctx: &PickContext<'_>) -> Option<Pick> {
         if ctx.excluded.is_empty() {
             return Some(self.pick_fast(fast, endpoints, ctx));
+        }
+        let excluded = |i: u32| ctx.excluded.contains(&(i as usize));
+        match (ctx.affinity, &fast.clusters, self.strategy) {
+            (Some(key), Some(clusters), _) => {
+                return match clusters.pick(key, &fast.idx, excluded) {
+                    Some(pos) => Some(Pick {
+                        index: fast.idx[pos] as usize,
+                        trial: false,
+                    }),
+                    None => self.pick_slow(endpoints, ctx, true),
+                };
+            }
+            (None, _, Strategy::Failover) => {
+                return match fast.idx.iter().find(|&&i| !excluded(i)) {
+                    Some(&i) => Some(Pick {
+                        index: i as usize,
+                        trial: false,
+                    }),
+                    None => self.pick_slow(endpoints, ctx, true),
+                };
+            }
+            // Rejection sampling: a few fresh draws usually miss the excluded few.
+            (
+                None,
+                _,
+                Strategy::RoundRobin | Strategy::Random | Strategy::WeightedRandom | Strategy::LeastLatency,
+            ) if fast.idx.len() > 2 * ctx.excluded.len() => {
+                for _ in 0..4 {
+                    let pick = self.pick_fast(fast, endpoints, ctx);
+                    if !excluded(pick.index as u32) {
+                        return Some(pick);
+                    }
+                }
+            }
+            _ => {}
         }
         let mut buf = IdxBuf::with_capacity(fast.idx.len());
         for &i in fast.idx.iter() {
@@ -404,22 +458,17 @@ impl Selector {
             for (pos, &i) in idx.iter().enumerate() {
                 pos_of[i as usize] = pos as u32;
             }
-            let (mut salts, mut bounds, mut members, mut ids) = (vec![], vec![0u32], vec![], vec![]);
-            for (j, group) in groups.iter().enumerate() {
-                let before = members.len();
+            let (mut bounds, mut members, mut ids) = (vec![0u32], vec![], vec![]);
+            for group in &groups {
                 for &i in group {
                     if pos_of[i] != u32::MAX {
                         members.push(pos_of[i]);
                         ids.push(endpoints[i].id_hash);
                     }
                 }
-                if members.len() > before {
-                    salts.push(cluster_salt(j));
-                    bounds.push(members.len() as u32);
-                }
+                bounds.push(members.len() as u32);
             }
             Clusters {
-                salts: salts.into(),
                 bounds: bounds.into(),
                 members: members.into(),
                 ids: ids.into(),
@@ -443,7 +492,7 @@ impl Selector {
         let k = idx.len() as u64;
         let pos = if let Some(key) = ctx.affinity {
             match &fast.clusters {
-                Some(clusters) => clusters.pick(key),
+                Some(clusters) => clusters.pick(key, idx, |_| false).unwrap_or(0),
                 None => rendezvous(fast.ids.iter().copied(), key),
             }
         } else {
@@ -1214,7 +1263,7 @@ mod tests {
         for i in affinity_map(&sel, &eps, &keys, 0) {
             used[i] += 1;
         }
-        // 200 keys each on average; sqrt(100) = 10 equal clusters keep it balanced.
+        // 200 keys each on average; 7 equal clusters of 14-15 keep it balanced.
         assert!(used.iter().all(|&n| (100..=320).contains(&n)), "{used:?}");
     }
 
@@ -1229,8 +1278,8 @@ mod tests {
             .collect();
         let sel = Selector::new(Strategy::LeastConnections);
         let c = counts(&sel, &eps, 200, 0);
-        // The idle endpoint wins whenever the rotating window of 64 covers it.
-        assert_eq!(c[150], 64);
+        // The idle endpoint wins whenever the rotating window of 32 covers it.
+        assert_eq!(c[150], 32);
     }
 
     fn affinity_map(sel: &Selector, eps: &[Endpoint], keys: &[u64], now: u64) -> Vec<usize> {
@@ -1280,6 +1329,10 @@ mod tests {
                 other[r].state.set_probe_result(0, false, "down");
             }
             prop_assert_eq!(&affinity_map(&Selector::new(Strategy::Failover), &other, &keys, 1), &after);
+            // The slow path (no cached view) agrees too.
+            let idx: Vec<u32> = (0..n as u32).filter(|i| !removed.contains(&(*i as usize))).collect();
+            let slow: Vec<usize> = keys.iter().map(|&k| idx[affinity_any(&eps, 0, &idx, k)] as usize).collect();
+            prop_assert_eq!(&slow, &after);
             for (b, a) in before.iter().zip(&after) {
                 prop_assert!(!removed.contains(a));
                 if !removed.contains(b) {
