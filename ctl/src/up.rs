@@ -439,12 +439,17 @@ pub async fn run(a: UpArgs) -> Result<()> {
             .with_context(|| format!("apply {file}"))?;
         eprint!("{file}: {}", commands::apply_text(&r));
     }
-    let status = admin
+    // The committed version (GetStatus reports the published snapshot, which may lag a
+    // just-committed change by a few milliseconds).
+    let committed = admin
         .client
-        .get_status(pb::GetStatusRequest {})
+        .export(pb::ExportRequest {
+            include_secrets: false,
+        })
         .await
         .map_err(|s| admin.status(s))?
-        .into_inner();
+        .into_inner()
+        .version;
     let models = admin
         .client
         .list_models(pb::ListModelsRequest {})
@@ -478,9 +483,9 @@ pub async fn run(a: UpArgs) -> Result<()> {
             bail!("worker: {e} (pick another address with --listen)");
         }
     };
-    if !wait_worker_version(&worker, status.version).await {
+    if !wait_worker_version(&worker, committed).await {
         tracing::warn!(
-            version = status.version,
+            version = committed,
             "the worker has not received the current config yet"
         );
     }
