@@ -498,6 +498,12 @@ async fn cluster_behind_haproxy() -> Result<()> {
     let direct = metrics(four.clone()).await?;
     assert!(direct > 0, "worker 4 served requests but its counter is 0");
     let before = mock.request_count();
+    // New TCP connections only: HAProxy balances connections, and pooled keep-alive
+    // connections to the first three workers would never reach worker 4.
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .pool_max_idle_per_host(0)
+        .build()?;
     wait_for(
         "worker 4 takes traffic through haproxy",
         Duration::from_secs(20),

@@ -231,6 +231,20 @@ store_test!(data_and_version_survive_restart, |db: TestDb| async move {
     let mut w = Watcher::connect(&p, "survivor", 0).await?;
     let s = w.next_at(before.version).await?;
     w.ack(&s).await?;
+    // The ack travels on the stream: wait until control has recorded it before stopping it.
+    wait_for("survivor's ack recorded", Duration::from_secs(10), || {
+        let mut a = a.clone();
+        let version = s.version;
+        async move {
+            let ws = a.list_workers(pb::ListWorkersRequest {}).await?.into_inner();
+            Ok(ws
+                .workers
+                .iter()
+                .any(|w| w.worker_id == "survivor" && w.applied_version == version)
+                .then_some(()))
+        }
+    })
+    .await?;
 
     // SIGTERM: exit 0, and the open watch stream ends cleanly (no error status).
     let status = p.terminate(Duration::from_secs(15)).await?;
