@@ -1,0 +1,56 @@
+//! Bearer-token interceptors for the Admin and WorkerApi services.
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tonic::{Request, Status};
+
+use crate::secret::Secret;
+
+/// Checks `authorization: Bearer <token>` when a token is configured. Tokens are
+/// compared as SHA-256 digests in constant time, so neither content nor length leaks.
+#[derive(Clone)]
+pub struct BearerAuth {
+    expected: Option<[u8; 32]>,
+    realm: &'static str,
+}
+
+impl BearerAuth {
+    pub fn new(token: Option<&Secret>, realm: &'static str) -> Self {
+        BearerAuth {
+            expected: token.map(|t| Sha256::digest(t.expose().as_bytes()).into()),
+            realm,
+        }
+    }
+
+    pub fn check<T>(&self, req: Request<T>) -> Result<Request<T>, Status> {
+        let Some(expected) = &self.expected else {
+            return Ok(req);
+        };
+        let given = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim);
+        let Some(given) = given else {
+            return Err(Status::unauthenticated(format!(
+                "missing `authorization: Bearer <{} token>`",
+                self.realm
+            )));
+        };
+        let digest: [u8; 32] = Sha256::digest(given.as_bytes()).into();
+        if bool::from(digest.ct_eq(expected)) {
+            Ok(req)
+        } else {
+            Err(Status::unauthenticated(format!("invalid {} token", self.realm)))
+        }
+    }
+}
+
+impl tonic::service::Interceptor for BearerAuth {
+    fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
+        self.check(req)
+    }
+}

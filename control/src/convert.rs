@@ -1,0 +1,618 @@
+//! The only module that knows protobuf types: proto → domain (parse, apply defaults,
+//! validate, with errors naming the field) and domain → proto (effective values,
+//! secrets redacted unless a snapshot asks for them), plus `update_mask` merging.
+use std::collections::{BTreeMap, HashMap};
+
+use switchyard_proto::v1 as pb;
+
+use crate::model::*;
+use crate::secret::Secret;
+use crate::Error;
+
+pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
+pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 60_000;
+pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 60_000;
+pub const DEFAULT_HEALTH_INTERVAL_MS: u64 = 30_000;
+pub const DEFAULT_HEALTH_TIMEOUT_MS: u64 = 10_000;
+pub const DEFAULT_HEALTHY_BELOW: u32 = 500;
+pub const DEFAULT_MAX_RETRIES: u32 = 2;
+/// Upper bound on retries: more would turn one client request into a storm.
+pub const MAX_RETRIES_LIMIT: u32 = 10;
+
+/// Whether credential secrets leave in clear (snapshots, `Export(include_secrets)`) or redacted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Secrets {
+    Clear,
+    Redact,
+}
+
+fn invalid(msg: String) -> Error {
+    Error::InvalidArgument(msg)
+}
+
+fn btree(m: &HashMap<String, String>) -> BTreeMap<String, String> {
+    m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+fn hashmap(m: &BTreeMap<String, String>) -> HashMap<String, String> {
+    m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+fn valid_header_name(h: &str) -> bool {
+    !h.is_empty()
+        && h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+fn or_default(v: u64, d: u64) -> u64 {
+    if v == 0 {
+        d
+    } else {
+        v
+    }
+}
+
+/// Proto provider → domain provider (without credentials), applying defaults.
+pub fn provider_from_proto(p: &pb::Provider) -> Result<Provider, Error> {
+    validate_name("provider", &p.name)?;
+    let what = format!("provider {}", p.name);
+    let kind = ProviderKind::parse(&p.kind).ok_or_else(|| {
+        invalid(format!(
+            "{what}: kind {:?} is not one of {}",
+            p.kind,
+            ProviderKind::ALL
+        ))
+    })?;
+    let url_ok = url::Url::parse(&p.base_url)
+        .map(|u| matches!(u.scheme(), "http" | "https") && u.has_host())
+        .unwrap_or(false);
+    if !url_ok {
+        return Err(invalid(format!(
+            "{what}: base_url must be an absolute http(s) URL (got {:?})",
+            p.base_url
+        )));
+    }
+    let auth = p.auth.clone().unwrap_or_default();
+    if !auth.header.is_empty() && !valid_header_name(&auth.header) {
+        return Err(invalid(format!(
+            "{what}: auth.header {:?} is not a valid HTTP header name",
+            auth.header
+        )));
+    }
+    for (k, v) in &p.headers {
+        if !valid_header_name(k) {
+            return Err(invalid(format!(
+                "{what}: headers: {k:?} is not a valid HTTP header name"
+            )));
+        }
+        if v.contains(['\r', '\n']) {
+            return Err(invalid(format!(
+                "{what}: headers.{k}: value must not contain line breaks"
+            )));
+        }
+    }
+    let h = p.health.clone().unwrap_or_default();
+    let probe = if h.probe.is_empty() {
+        kind.default_probe().to_string()
+    } else {
+        h.probe.clone()
+    };
+    let probe_ok = probe == "models"
+        || probe
+            .strip_prefix("chat:")
+            .or_else(|| probe.strip_prefix("messages:"))
+            .is_some_and(|m| !m.is_empty());
+    if !probe_ok {
+        return Err(invalid(format!(
+            "{what}: health.probe {probe:?} must be `models`, `chat:MODEL` or `messages:MODEL`"
+        )));
+    }
+    if h.healthy_below > 999 {
+        return Err(invalid(format!(
+            "{what}: health.healthy_below must be an HTTP status (100..=999)"
+        )));
+    }
+    let credential_strategy = if p.credential_strategy.is_empty() {
+        CredentialStrategy::RoundRobin
+    } else {
+        CredentialStrategy::parse(&p.credential_strategy).ok_or_else(|| {
+            invalid(format!(
+                "{what}: credential_strategy {:?} is not one of {}",
+                p.credential_strategy,
+                CredentialStrategy::ALL
+            ))
+        })?
+    };
+    Ok(Provider {
+        name: p.name.clone(),
+        spec: ProviderSpec {
+            kind,
+            base_url: p.base_url.clone(),
+            connect_timeout_ms: or_default(p.connect_timeout_ms, DEFAULT_CONNECT_TIMEOUT_MS),
+            request_timeout_ms: or_default(p.request_timeout_ms, DEFAULT_REQUEST_TIMEOUT_MS),
+            idle_timeout_ms: or_default(p.idle_timeout_ms, DEFAULT_IDLE_TIMEOUT_MS),
+            total_timeout_ms: p.total_timeout_ms,
+            auth: AuthScheme {
+                header: auth.header,
+                prefix: auth.prefix,
+            },
+            headers: btree(&p.headers),
+            health: HealthCheck {
+                enabled: h.enabled.unwrap_or(true),
+                interval_ms: or_default(h.interval_ms, DEFAULT_HEALTH_INTERVAL_MS),
+                timeout_ms: or_default(h.timeout_ms, DEFAULT_HEALTH_TIMEOUT_MS),
+                probe,
+                healthy_below: if h.healthy_below == 0 {
+                    DEFAULT_HEALTHY_BELOW
+                } else {
+                    h.healthy_below
+                },
+            },
+            credential_strategy,
+            enabled: p.enabled.unwrap_or(true),
+            description: p.description.clone(),
+            metadata: btree(&p.metadata),
+        },
+        credentials: BTreeMap::new(),
+        created_at_ms: 0,
+        updated_at_ms: 0,
+    })
+}
+
+/// Proto credential → domain credential. An empty secret stays empty here; the caller
+/// decides whether that means "keep the stored one" or is an error.
+pub fn credential_from_proto(provider: &str, c: &pb::Credential) -> Result<Credential, Error> {
+    validate_name(&format!("credential {provider}/{}", c.name), &c.name)?;
+    let what = format!("credential {provider}/{}", c.name);
+    let weight = c.weight.unwrap_or(1);
+    if weight == 0 {
+        return Err(invalid(format!("{what}: weight must be > 0")));
+    }
+    Ok(Credential {
+        name: c.name.clone(),
+        secret: Secret::new(c.secret.clone()),
+        spec: CredentialSpec {
+            weight,
+            enabled: c.enabled.unwrap_or(true),
+            description: c.description.clone(),
+            metadata: btree(&c.metadata),
+        },
+        created_at_ms: 0,
+        updated_at_ms: 0,
+    })
+}
+
+/// Proto model → domain model (without backends).
+pub fn model_from_proto(m: &pb::Model) -> Result<Model, Error> {
+    validate_name("model", &m.name)?;
+    let what = format!("model {}", m.name);
+    let strategy = if m.strategy.is_empty() {
+        Strategy::RoundRobin
+    } else {
+        Strategy::parse(&m.strategy).ok_or_else(|| {
+            invalid(format!(
+                "{what}: strategy {:?} is not one of {}",
+                m.strategy,
+                Strategy::ALL
+            ))
+        })?
+    };
+    let r = m.retry.clone().unwrap_or_default();
+    let max_retries = r.max_retries.unwrap_or(DEFAULT_MAX_RETRIES);
+    if max_retries > MAX_RETRIES_LIMIT {
+        return Err(invalid(format!(
+            "{what}: retry.max_retries must be <= {MAX_RETRIES_LIMIT}"
+        )));
+    }
+    let a = m.affinity.clone().unwrap_or_default();
+    let akind = if a.kind.is_empty() {
+        AffinityKind::None
+    } else {
+        AffinityKind::parse(&a.kind).ok_or_else(|| {
+            invalid(format!(
+                "{what}: affinity.kind {:?} is not one of {}",
+                a.kind,
+                AffinityKind::ALL
+            ))
+        })?
+    };
+    if akind == AffinityKind::Header && !valid_header_name(&a.header) {
+        return Err(invalid(format!(
+            "{what}: affinity.header must be a valid HTTP header name when affinity.kind is header"
+        )));
+    }
+    Ok(Model {
+        name: m.name.clone(),
+        spec: ModelSpec {
+            strategy,
+            retry: RetryPolicy {
+                max_retries,
+                per_try_timeout_ms: r.per_try_timeout_ms,
+            },
+            affinity: Affinity {
+                kind: akind,
+                header: if akind == AffinityKind::Header {
+                    a.header
+                } else {
+                    String::new()
+                },
+            },
+            enabled: m.enabled.unwrap_or(true),
+            description: m.description.clone(),
+            metadata: btree(&m.metadata),
+        },
+        backends: BTreeMap::new(),
+        created_at_ms: 0,
+        updated_at_ms: 0,
+    })
+}
+
+/// Proto backend → domain backend for `model`. Name defaults to the provider's name,
+/// upstream_model to the model's public name.
+pub fn backend_from_proto(model: &str, b: &pb::Backend) -> Result<Backend, Error> {
+    let name = if b.name.is_empty() {
+        b.provider.clone()
+    } else {
+        b.name.clone()
+    };
+    let what = format!("backend {model}/{name}");
+    if b.provider.is_empty() {
+        return Err(invalid(format!("{what}: provider is required")));
+    }
+    validate_name(&what, &name)?;
+    validate_name(&format!("{what}: provider"), &b.provider)?;
+    let weight = b.weight.unwrap_or(1);
+    if weight == 0 {
+        return Err(invalid(format!("{what}: weight must be > 0")));
+    }
+    Ok(Backend {
+        name,
+        spec: BackendSpec {
+            provider: b.provider.clone(),
+            upstream_model: if b.upstream_model.is_empty() {
+                model.to_string()
+            } else {
+                b.upstream_model.clone()
+            },
+            weight,
+            priority: b.priority.unwrap_or(0),
+            enabled: b.enabled.unwrap_or(true),
+        },
+        created_at_ms: 0,
+        updated_at_ms: 0,
+    })
+}
+
+/// Validate the user-settable parts of a key (names of allowed models, expiry).
+pub fn key_spec_from_proto(
+    name: &str,
+    allowed_models: &[String],
+    expires_at_ms: i64,
+    description: &str,
+    enabled: Option<bool>,
+) -> Result<ApiKeySpec, Error> {
+    validate_name("key", name)?;
+    for m in allowed_models {
+        validate_name(&format!("key {name}: allowed_models"), m)?;
+    }
+    if expires_at_ms < 0 {
+        return Err(invalid(format!("key {name}: expires_at_ms must be >= 0")));
+    }
+    let mut allowed = allowed_models.to_vec();
+    allowed.sort();
+    allowed.dedup();
+    Ok(ApiKeySpec {
+        allowed_models: allowed,
+        enabled: enabled.unwrap_or(true),
+        revoked: false,
+        expires_at_ms,
+        description: description.to_string(),
+    })
+}
+
+pub fn credential_to_proto(provider: &str, c: &Credential, secrets: Secrets) -> pb::Credential {
+    pb::Credential {
+        provider: provider.to_string(),
+        name: c.name.clone(),
+        secret: match secrets {
+            Secrets::Clear => c.secret.expose().to_string(),
+            Secrets::Redact => c.secret.redacted(),
+        },
+        weight: Some(c.spec.weight),
+        enabled: Some(c.spec.enabled),
+        metadata: hashmap(&c.spec.metadata),
+        description: c.spec.description.clone(),
+        created_at_ms: c.created_at_ms,
+        updated_at_ms: c.updated_at_ms,
+    }
+}
+
+pub fn provider_to_proto(p: &Provider, secrets: Secrets) -> pb::Provider {
+    let s = &p.spec;
+    pb::Provider {
+        name: p.name.clone(),
+        kind: s.kind.as_str().into(),
+        base_url: s.base_url.clone(),
+        connect_timeout_ms: s.connect_timeout_ms,
+        request_timeout_ms: s.request_timeout_ms,
+        idle_timeout_ms: s.idle_timeout_ms,
+        total_timeout_ms: s.total_timeout_ms,
+        auth: Some(pb::AuthScheme {
+            header: s.auth.header.clone(),
+            prefix: s.auth.prefix.clone(),
+        }),
+        headers: hashmap(&s.headers),
+        health: Some(pb::HealthCheck {
+            enabled: Some(s.health.enabled),
+            interval_ms: s.health.interval_ms,
+            timeout_ms: s.health.timeout_ms,
+            probe: s.health.probe.clone(),
+            healthy_below: s.health.healthy_below,
+        }),
+        credential_strategy: s.credential_strategy.as_str().into(),
+        enabled: Some(s.enabled),
+        description: s.description.clone(),
+        metadata: hashmap(&s.metadata),
+        credentials: p
+            .credentials
+            .values()
+            .map(|c| credential_to_proto(&p.name, c, secrets))
+            .collect(),
+        created_at_ms: p.created_at_ms,
+        updated_at_ms: p.updated_at_ms,
+    }
+}
+
+pub fn backend_to_proto(model: &str, b: &Backend) -> pb::Backend {
+    pb::Backend {
+        model: model.to_string(),
+        name: b.name.clone(),
+        provider: b.spec.provider.clone(),
+        upstream_model: b.spec.upstream_model.clone(),
+        weight: Some(b.spec.weight),
+        priority: Some(b.spec.priority),
+        enabled: Some(b.spec.enabled),
+        created_at_ms: b.created_at_ms,
+        updated_at_ms: b.updated_at_ms,
+    }
+}
+
+pub fn model_to_proto(m: &Model) -> pb::Model {
+    let s = &m.spec;
+    pb::Model {
+        name: m.name.clone(),
+        strategy: s.strategy.as_str().into(),
+        retry: Some(pb::RetryPolicy {
+            max_retries: Some(s.retry.max_retries),
+            per_try_timeout_ms: s.retry.per_try_timeout_ms,
+        }),
+        affinity: Some(pb::Affinity {
+            kind: s.affinity.kind.as_str().into(),
+            header: s.affinity.header.clone(),
+        }),
+        enabled: Some(s.enabled),
+        description: s.description.clone(),
+        metadata: hashmap(&s.metadata),
+        backends: m
+            .backends
+            .values()
+            .map(|b| backend_to_proto(&m.name, b))
+            .collect(),
+        created_at_ms: m.created_at_ms,
+        updated_at_ms: m.updated_at_ms,
+    }
+}
+
+/// `with_hash` is true only inside snapshots.
+pub fn key_to_proto(k: &ApiKey, with_hash: bool) -> pb::ApiKey {
+    pb::ApiKey {
+        id: k.id.clone(),
+        name: k.name.clone(),
+        prefix: k.prefix.clone(),
+        allowed_models: k.spec.allowed_models.clone(),
+        enabled: Some(k.spec.enabled),
+        revoked: k.spec.revoked,
+        created_at_ms: k.created_at_ms,
+        expires_at_ms: k.spec.expires_at_ms,
+        key_hash: if with_hash {
+            k.key_hash.clone()
+        } else {
+            String::new()
+        },
+        description: k.spec.description.clone(),
+    }
+}
+
+pub fn change_to_proto(c: &Change) -> pb::Change {
+    pb::Change {
+        kind: c.kind.to_string(),
+        name: c.name.clone(),
+        action: c.action.as_str().to_string(),
+        fields: c.fields.clone(),
+    }
+}
+
+/// The whole config as an Apply/Export document.
+pub fn document_from_state(s: &ConfigState, secrets: Secrets) -> pb::ConfigDocument {
+    pb::ConfigDocument {
+        providers: s
+            .providers
+            .values()
+            .map(|p| provider_to_proto(p, secrets))
+            .collect(),
+        models: s.models.values().map(model_to_proto).collect(),
+        keys: s.keys.values().map(|k| key_to_proto(k, false)).collect(),
+    }
+}
+
+fn empty_mask(what: &str) -> Error {
+    invalid(format!(
+        "{what}: update_mask must list the fields to update"
+    ))
+}
+
+fn bad_path(what: &str, path: &str) -> Error {
+    invalid(format!(
+        "{what}: update_mask: unknown or read-only field {path:?}"
+    ))
+}
+
+/// Copy the fields named in `mask` from `req` into `cur` (both providers in proto form).
+pub fn merge_provider(cur: &mut pb::Provider, req: &pb::Provider, mask: &[String]) -> Result<(), Error> {
+    let what = format!("provider {}", cur.name);
+    if mask.is_empty() {
+        return Err(empty_mask(&what));
+    }
+    let rh = req.health.clone().unwrap_or_default();
+    let ra = req.auth.clone().unwrap_or_default();
+    for path in mask {
+        let h = cur.health.get_or_insert_with(Default::default);
+        let a = cur.auth.get_or_insert_with(Default::default);
+        match path.as_str() {
+            "kind" => cur.kind = req.kind.clone(),
+            "base_url" => cur.base_url = req.base_url.clone(),
+            "connect_timeout_ms" => cur.connect_timeout_ms = req.connect_timeout_ms,
+            "request_timeout_ms" => cur.request_timeout_ms = req.request_timeout_ms,
+            "idle_timeout_ms" => cur.idle_timeout_ms = req.idle_timeout_ms,
+            "total_timeout_ms" => cur.total_timeout_ms = req.total_timeout_ms,
+            "auth" => cur.auth = Some(ra.clone()),
+            "auth.header" => a.header = ra.header.clone(),
+            "auth.prefix" => a.prefix = ra.prefix.clone(),
+            "headers" => cur.headers = req.headers.clone(),
+            "health" => cur.health = Some(rh.clone()),
+            "health.enabled" => h.enabled = rh.enabled,
+            "health.interval_ms" => h.interval_ms = rh.interval_ms,
+            "health.timeout_ms" => h.timeout_ms = rh.timeout_ms,
+            "health.probe" => h.probe = rh.probe.clone(),
+            "health.healthy_below" => h.healthy_below = rh.healthy_below,
+            "credential_strategy" => cur.credential_strategy = req.credential_strategy.clone(),
+            "enabled" => cur.enabled = req.enabled,
+            "description" => cur.description = req.description.clone(),
+            "metadata" => cur.metadata = req.metadata.clone(),
+            p => return Err(bad_path(&what, p)),
+        }
+    }
+    Ok(())
+}
+
+pub fn merge_credential(
+    cur: &mut pb::Credential,
+    req: &pb::Credential,
+    mask: &[String],
+) -> Result<(), Error> {
+    let what = format!("credential {}/{}", cur.provider, cur.name);
+    if mask.is_empty() {
+        return Err(empty_mask(&what));
+    }
+    for path in mask {
+        match path.as_str() {
+            "secret" => {
+                if req.secret.is_empty() {
+                    return Err(invalid(format!("{what}: secret must not be empty")));
+                }
+                cur.secret = req.secret.clone()
+            }
+            "weight" => cur.weight = req.weight,
+            "enabled" => cur.enabled = req.enabled,
+            "metadata" => cur.metadata = req.metadata.clone(),
+            "description" => cur.description = req.description.clone(),
+            p => return Err(bad_path(&what, p)),
+        }
+    }
+    Ok(())
+}
+
+pub fn merge_model(cur: &mut pb::Model, req: &pb::Model, mask: &[String]) -> Result<(), Error> {
+    let what = format!("model {}", cur.name);
+    if mask.is_empty() {
+        return Err(empty_mask(&what));
+    }
+    let rr = req.retry.clone().unwrap_or_default();
+    let ra = req.affinity.clone().unwrap_or_default();
+    for path in mask {
+        let r = cur.retry.get_or_insert_with(Default::default);
+        let a = cur.affinity.get_or_insert_with(Default::default);
+        match path.as_str() {
+            "strategy" => cur.strategy = req.strategy.clone(),
+            "retry" => cur.retry = Some(rr.clone()),
+            "retry.max_retries" => r.max_retries = rr.max_retries,
+            "retry.per_try_timeout_ms" => r.per_try_timeout_ms = rr.per_try_timeout_ms,
+            "affinity" => cur.affinity = Some(ra.clone()),
+            "affinity.kind" => a.kind = ra.kind.clone(),
+            "affinity.header" => a.header = ra.header.clone(),
+            "enabled" => cur.enabled = req.enabled,
+            "description" => cur.description = req.description.clone(),
+            "metadata" => cur.metadata = req.metadata.clone(),
+            p => return Err(bad_path(&what, p)),
+        }
+    }
+    Ok(())
+}
+
+pub fn merge_backend(cur: &mut pb::Backend, req: &pb::Backend, mask: &[String]) -> Result<(), Error> {
+    let what = format!("backend {}/{}", cur.model, cur.name);
+    if mask.is_empty() {
+        return Err(empty_mask(&what));
+    }
+    for path in mask {
+        match path.as_str() {
+            "provider" => cur.provider = req.provider.clone(),
+            "upstream_model" => cur.upstream_model = req.upstream_model.clone(),
+            "weight" => cur.weight = req.weight,
+            "priority" => cur.priority = req.priority,
+            "enabled" => cur.enabled = req.enabled,
+            p => return Err(bad_path(&what, p)),
+        }
+    }
+    Ok(())
+}
+
+/// Key updates touch only the user-settable spec.
+pub fn merge_key(cur: &mut ApiKeySpec, name: &str, req: &pb::ApiKey, mask: &[String]) -> Result<(), Error> {
+    let what = format!("key {name}");
+    if mask.is_empty() {
+        return Err(empty_mask(&what));
+    }
+    for path in mask {
+        match path.as_str() {
+            "allowed_models" => {
+                let s = key_spec_from_proto(name, &req.allowed_models, 0, "", None)?;
+                cur.allowed_models = s.allowed_models;
+            }
+            "enabled" => {
+                let en = req.enabled.unwrap_or(true);
+                if en && cur.revoked {
+                    return Err(Error::FailedPrecondition(format!(
+                        "{what}: a revoked key cannot be enabled again"
+                    )));
+                }
+                cur.enabled = en;
+            }
+            "expires_at_ms" => {
+                if req.expires_at_ms < 0 {
+                    return Err(invalid(format!("{what}: expires_at_ms must be >= 0")));
+                }
+                cur.expires_at_ms = req.expires_at_ms
+            }
+            "description" => cur.description = req.description.clone(),
+            p => return Err(bad_path(&what, p)),
+        }
+    }
+    Ok(())
+}
+
+pub fn worker_to_proto(w: &crate::watch::WorkerState) -> pb::WorkerInfo {
+    pb::WorkerInfo {
+        worker_id: w.worker_id.clone(),
+        connected: w.connections > 0,
+        applied_version: w.applied_version,
+        applied_hash: w.applied_hash.clone(),
+        last_seen_ms: w.last_seen_ms,
+        connected_at_ms: w.connected_at_ms,
+        rejected_version: w.rejected_version,
+        rejected_reason: w.rejected_reason.clone(),
+        rejected_at_ms: w.rejected_at_ms,
+        address: w.address.clone(),
+        software_version: w.software_version.clone(),
+    }
+}

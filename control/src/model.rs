@@ -1,0 +1,543 @@
+//! Domain types of the control plane's config, their validation rules, and the diff
+//! between two whole configs (used by every write, not only by Apply).
+//!
+//! Settings live in `*Spec` structs whose serde field names are the proto field paths,
+//! so the JSON stored in the `spec` column and the field names in a diff (`health.interval_ms`)
+//! come from one definition.
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::secret::Secret;
+use crate::Error;
+
+/// The whole routing config, keyed by name (BTreeMaps keep every output sorted).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ConfigState {
+    pub providers: BTreeMap<String, Provider>,
+    pub models: BTreeMap<String, Model>,
+    pub keys: BTreeMap<String, ApiKey>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    Openai,
+    Anthropic,
+}
+
+impl ProviderKind {
+    pub const ALL: &'static str = "openai, anthropic";
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "openai" => Some(Self::Openai),
+            "anthropic" => Some(Self::Anthropic),
+            _ => None,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Openai => "openai",
+            Self::Anthropic => "anthropic",
+        }
+    }
+    pub fn default_probe(self) -> &'static str {
+        match self {
+            Self::Openai => "models",
+            Self::Anthropic => "messages:claude-3-5-haiku-latest",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CredentialStrategy {
+    RoundRobin,
+    Random,
+}
+
+impl CredentialStrategy {
+    pub const ALL: &'static str = "round_robin, random";
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "round_robin" => Some(Self::RoundRobin),
+            "random" => Some(Self::Random),
+            _ => None,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::RoundRobin => "round_robin",
+            Self::Random => "random",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    RoundRobin,
+    Random,
+    WeightedRandom,
+    WeightedRoundRobin,
+    LeastConnections,
+    LeastLatency,
+    Failover,
+}
+
+impl Strategy {
+    pub const ALL: &'static str = "round_robin, random, weighted_random, weighted_round_robin, least_connections, least_latency, failover";
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "round_robin" => Self::RoundRobin,
+            "random" => Self::Random,
+            "weighted_random" => Self::WeightedRandom,
+            "weighted_round_robin" => Self::WeightedRoundRobin,
+            "least_connections" => Self::LeastConnections,
+            "least_latency" => Self::LeastLatency,
+            "failover" => Self::Failover,
+            _ => return None,
+        })
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::RoundRobin => "round_robin",
+            Self::Random => "random",
+            Self::WeightedRandom => "weighted_random",
+            Self::WeightedRoundRobin => "weighted_round_robin",
+            Self::LeastConnections => "least_connections",
+            Self::LeastLatency => "least_latency",
+            Self::Failover => "failover",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AffinityKind {
+    None,
+    Header,
+    User,
+}
+
+impl AffinityKind {
+    pub const ALL: &'static str = "none, header, user";
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "none" => Some(Self::None),
+            "header" => Some(Self::Header),
+            "user" => Some(Self::User),
+            _ => None,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Header => "header",
+            Self::User => "user",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthScheme {
+    pub header: String,
+    pub prefix: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthCheck {
+    pub enabled: bool,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    pub probe: String,
+    pub healthy_below: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProviderSpec {
+    pub kind: ProviderKind,
+    pub base_url: String,
+    pub connect_timeout_ms: u64,
+    pub request_timeout_ms: u64,
+    pub idle_timeout_ms: u64,
+    pub total_timeout_ms: u64,
+    pub auth: AuthScheme,
+    pub headers: BTreeMap<String, String>,
+    pub health: HealthCheck,
+    pub credential_strategy: CredentialStrategy,
+    pub enabled: bool,
+    pub description: String,
+    pub metadata: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Provider {
+    pub name: String,
+    pub spec: ProviderSpec,
+    pub credentials: BTreeMap<String, Credential>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CredentialSpec {
+    pub weight: u32,
+    pub enabled: bool,
+    pub description: String,
+    pub metadata: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Credential {
+    pub name: String,
+    pub secret: Secret,
+    pub spec: CredentialSpec,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetryPolicy {
+    pub max_retries: u32,
+    pub per_try_timeout_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Affinity {
+    pub kind: AffinityKind,
+    pub header: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelSpec {
+    pub strategy: Strategy,
+    pub retry: RetryPolicy,
+    pub affinity: Affinity,
+    pub enabled: bool,
+    pub description: String,
+    pub metadata: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Model {
+    pub name: String,
+    pub spec: ModelSpec,
+    pub backends: BTreeMap<String, Backend>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendSpec {
+    pub provider: String,
+    pub upstream_model: String,
+    pub weight: u32,
+    pub priority: i32,
+    pub enabled: bool,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Backend {
+    pub name: String,
+    pub spec: BackendSpec,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKeySpec {
+    pub allowed_models: Vec<String>,
+    pub enabled: bool,
+    pub revoked: bool,
+    pub expires_at_ms: i64,
+    pub description: String,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ApiKey {
+    pub id: String,
+    pub name: String,
+    /// Hex SHA-256 of the plaintext key; the plaintext is never stored.
+    pub key_hash: String,
+    pub prefix: String,
+    pub spec: ApiKeySpec,
+    pub created_at_ms: i64,
+}
+
+impl ApiKey {
+    /// Usable right now: enabled, not revoked, not expired.
+    pub fn is_active(&self, now_ms: i64) -> bool {
+        self.spec.enabled
+            && !self.spec.revoked
+            && (self.spec.expires_at_ms == 0 || self.spec.expires_at_ms > now_ms)
+    }
+}
+
+/// Check an object name against `[a-z0-9][a-z0-9._-]{0,62}`. `what` prefixes the error.
+pub fn validate_name(what: &str, name: &str) -> Result<(), Error> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'_' || b == b'-'
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "{what}: name {name:?} must match [a-z0-9][a-z0-9._-]{{0,62}}"
+        )))
+    }
+}
+
+impl ConfigState {
+    /// Cross-object rules: every backend names an existing provider.
+    pub fn validate_references(&self) -> Result<(), Error> {
+        for m in self.models.values() {
+            for b in m.backends.values() {
+                if !self.providers.contains_key(&b.spec.provider) {
+                    return Err(Error::InvalidArgument(format!(
+                        "backend {}/{}: provider {:?} does not exist",
+                        m.name, b.name, b.spec.provider
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Backends (`model/backend`) that use `provider`.
+    pub fn backends_using(&self, provider: &str) -> Vec<String> {
+        self.models
+            .values()
+            .flat_map(|m| {
+                m.backends
+                    .values()
+                    .filter(|b| b.spec.provider == provider)
+                    .map(move |b| format!("{}/{}", m.name, b.name))
+            })
+            .collect()
+    }
+}
+
+/// One difference between two configs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    pub kind: &'static str,
+    pub name: String,
+    pub action: Action,
+    pub fields: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Create,
+    Update,
+    Delete,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Create => "create",
+            Action::Update => "update",
+            Action::Delete => "delete",
+        }
+    }
+}
+
+/// Field paths whose values differ between two specs (one level of nesting: `health.interval_ms`).
+fn spec_fields<T: Serialize>(a: &T, b: &T) -> Vec<String> {
+    let (Ok(serde_json::Value::Object(a)), Ok(serde_json::Value::Object(b))) =
+        (serde_json::to_value(a), serde_json::to_value(b))
+    else {
+        return vec!["spec".into()];
+    };
+    let mut out = Vec::new();
+    for (k, va) in &a {
+        let vb = b.get(k);
+        if Some(va) == vb {
+            continue;
+        }
+        match (va, vb) {
+            (serde_json::Value::Object(oa), Some(serde_json::Value::Object(ob))) => {
+                for (k2, v2) in oa {
+                    if ob.get(k2) != Some(v2) {
+                        out.push(format!("{k}.{k2}"));
+                    }
+                }
+            }
+            _ => out.push(k.clone()),
+        }
+    }
+    out
+}
+
+fn diff_map<T>(
+    kind: &'static str,
+    prefix: &str,
+    old: &BTreeMap<String, T>,
+    new: &BTreeMap<String, T>,
+    fields: impl Fn(&T, &T) -> Vec<String>,
+    out: &mut Vec<Change>,
+) {
+    let name = |n: &str| {
+        if prefix.is_empty() {
+            n.to_string()
+        } else {
+            format!("{prefix}/{n}")
+        }
+    };
+    for (k, n) in new {
+        match old.get(k) {
+            None => out.push(Change {
+                kind,
+                name: name(k),
+                action: Action::Create,
+                fields: vec![],
+            }),
+            Some(o) => {
+                let f = fields(o, n);
+                if !f.is_empty() {
+                    out.push(Change {
+                        kind,
+                        name: name(k),
+                        action: Action::Update,
+                        fields: f,
+                    });
+                }
+            }
+        }
+    }
+    for k in old.keys() {
+        if !new.contains_key(k) {
+            out.push(Change {
+                kind,
+                name: name(k),
+                action: Action::Delete,
+                fields: vec![],
+            });
+        }
+    }
+}
+
+/// Everything that differs from `old` to `new`, ignoring timestamps. Nested objects of a
+/// deleted parent are listed too, because they are deleted with it.
+pub fn diff(old: &ConfigState, new: &ConfigState) -> Vec<Change> {
+    let mut out = Vec::new();
+    diff_map(
+        "provider",
+        "",
+        &old.providers,
+        &new.providers,
+        |a, b| spec_fields(&a.spec, &b.spec),
+        &mut out,
+    );
+    let empty_c = BTreeMap::new();
+    let names: std::collections::BTreeSet<&String> =
+        old.providers.keys().chain(new.providers.keys()).collect();
+    for p in names {
+        let o = old.providers.get(p).map_or(&empty_c, |p| &p.credentials);
+        let n = new.providers.get(p).map_or(&empty_c, |p| &p.credentials);
+        diff_map(
+            "credential",
+            p,
+            o,
+            n,
+            |a, b| {
+                let mut f = spec_fields(&a.spec, &b.spec);
+                if a.secret != b.secret {
+                    f.insert(0, "secret".into());
+                }
+                f
+            },
+            &mut out,
+        );
+    }
+    diff_map(
+        "model",
+        "",
+        &old.models,
+        &new.models,
+        |a, b| spec_fields(&a.spec, &b.spec),
+        &mut out,
+    );
+    let empty_b = BTreeMap::new();
+    let names: std::collections::BTreeSet<&String> =
+        old.models.keys().chain(new.models.keys()).collect();
+    for m in names {
+        let o = old.models.get(m).map_or(&empty_b, |m| &m.backends);
+        let n = new.models.get(m).map_or(&empty_b, |m| &m.backends);
+        diff_map(
+            "backend",
+            m,
+            o,
+            n,
+            |a, b| spec_fields(&a.spec, &b.spec),
+            &mut out,
+        );
+    }
+    diff_map(
+        "key",
+        "",
+        &old.keys,
+        &new.keys,
+        |a, b| {
+            let mut f = spec_fields(&a.spec, &b.spec);
+            if a.key_hash != b.key_hash || a.id != b.id {
+                f.push("key_hash".into());
+            }
+            f
+        },
+        &mut out,
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(validate_name("x", "gpt-4o.mini_1").is_ok());
+        assert!(validate_name("x", "-a").is_err());
+        assert!(validate_name("x", "A").is_err());
+        assert!(validate_name("x", "").is_err());
+        assert!(validate_name("x", &"a".repeat(63)).is_ok());
+        assert!(validate_name("x", &"a".repeat(64)).is_err());
+    }
+
+    #[test]
+    fn nested_field_paths() {
+        let a = HealthCheck {
+            enabled: true,
+            interval_ms: 1,
+            timeout_ms: 2,
+            probe: "models".into(),
+            healthy_below: 500,
+        };
+        let mut b = a.clone();
+        b.interval_ms = 5;
+        #[derive(Serialize)]
+        struct W {
+            health: HealthCheck,
+            weight: u32,
+        }
+        let f = spec_fields(
+            &W {
+                health: a,
+                weight: 1,
+            },
+            &W {
+                health: b,
+                weight: 2,
+            },
+        );
+        assert_eq!(f, vec!["health.interval_ms", "weight"]);
+    }
+}

@@ -1,0 +1,764 @@
+//! The config store: sqlx `Any` over SQLite or Postgres with one set of portable
+//! migrations. Every admin write goes through [`Store::mutate`]: under an in-process
+//! lock it loads the whole config inside a transaction, lets the caller change it in
+//! memory, validates the result, writes only the differences, bumps the persisted
+//! version and commits. One code path for CRUD and Apply means one set of rules.
+use std::{path::Path, str::FromStr, time::Instant};
+
+use sqlx::{
+    any::{AnyConnectOptions, AnyPoolOptions},
+    AnyConnection, AnyPool, ConnectOptions, Executor, Row,
+};
+use switchyard_proto::v1 as pb;
+use tokio::sync::Mutex;
+
+use crate::{
+    crypto::Keyring,
+    metrics::Metrics,
+    model::*,
+    secret::Secret,
+    watch::WorkerState,
+    Error,
+};
+use std::sync::Arc;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DbKind {
+    Sqlite,
+    Postgres,
+}
+
+impl DbKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DbKind::Sqlite => "sqlite",
+            DbKind::Postgres => "postgres",
+        }
+    }
+}
+
+/// The result of a committed (or dry-run) write.
+#[derive(Debug)]
+pub struct Mutation<T> {
+    pub value: T,
+    pub changes: Vec<Change>,
+    /// The version after the write (unchanged when nothing changed or on dry run).
+    pub version: u64,
+    /// The whole config after the write, timestamps filled in.
+    pub state: ConfigState,
+}
+
+pub struct Store {
+    pool: AnyPool,
+    kind: DbKind,
+    location: String,
+    keyring: Keyring,
+    /// Serialises writers (and snapshot reads, so a snapshot sees one committed state).
+    write_lock: Mutex<()>,
+    /// Bumped after every commit that changed the config; the snapshot builder waits on it.
+    committed: tokio::sync::watch::Sender<u64>,
+    metrics: Arc<Metrics>,
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn json<T: serde::Serialize>(v: &T) -> Result<String, Error> {
+    serde_json::to_string(v).map_err(|e| Error::Internal(format!("encode spec: {e}")))
+}
+
+fn unjson<T: serde::de::DeserializeOwned>(what: &str, s: &str) -> Result<T, Error> {
+    serde_json::from_str(s).map_err(|e| Error::Internal(format!("decode stored {what}: {e}")))
+}
+
+/// `host:port/db` of a Postgres URL, without user or password.
+fn pg_location(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(u) => format!(
+            "{}:{}{}",
+            u.host_str().unwrap_or("localhost"),
+            u.port().unwrap_or(5432),
+            u.path()
+        ),
+        Err(_) => "postgres".into(),
+    }
+}
+
+impl Store {
+    /// Connect (creating the SQLite file and data dir if needed), migrate, and bring
+    /// stored secrets to the current master key.
+    pub async fn open(
+        database_url: Option<&str>,
+        data_dir: &Path,
+        keyring: Keyring,
+        metrics: Arc<Metrics>,
+    ) -> Result<Store, Error> {
+        sqlx::any::install_default_drivers();
+        let (url, kind, location) = match database_url {
+            Some(u) if u.starts_with("postgres://") || u.starts_with("postgresql://") => {
+                (u.to_string(), DbKind::Postgres, pg_location(u))
+            }
+            Some(u) if u.starts_with("sqlite:") => {
+                let path = u
+                    .trim_start_matches("sqlite://")
+                    .trim_start_matches("sqlite:")
+                    .split('?')
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+                let url = if u.contains('?') {
+                    u.to_string()
+                } else {
+                    format!("{u}?mode=rwc")
+                };
+                (url, DbKind::Sqlite, path)
+            }
+            Some(u) => {
+                return Err(Error::Config(format!(
+                    "database URL must start with sqlite: or postgres:// (got scheme {:?})",
+                    u.split(':').next().unwrap_or_default()
+                )))
+            }
+            None => {
+                std::fs::create_dir_all(data_dir).map_err(|e| {
+                    Error::Config(format!("cannot create data dir {}: {e}", data_dir.display()))
+                })?;
+                let path = data_dir.join("switchyard.db");
+                (
+                    format!("sqlite://{}?mode=rwc", path.display()),
+                    DbKind::Sqlite,
+                    path.display().to_string(),
+                )
+            }
+        };
+        let opts = AnyConnectOptions::from_str(&url)
+            .map_err(|e| Error::Config(format!("bad database URL: {e}")))?
+            .log_statements(tracing::log::LevelFilter::Trace);
+        let pool = AnyPoolOptions::new()
+            .max_connections(if kind == DbKind::Sqlite { 4 } else { 8 })
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if kind == DbKind::Sqlite {
+                        // WAL lets snapshot reads run beside writes; busy_timeout makes the
+                        // report path wait instead of failing when an admin write holds the lock.
+                        conn.execute("PRAGMA journal_mode = WAL").await?;
+                        conn.execute("PRAGMA busy_timeout = 10000").await?;
+                        conn.execute("PRAGMA foreign_keys = ON").await?;
+                        conn.execute("PRAGMA synchronous = NORMAL").await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(opts)
+            .await?;
+        sqlx::migrate!("../migrations").run(&pool).await?;
+        let (committed, _) = tokio::sync::watch::channel(0);
+        let store = Store {
+            pool,
+            kind,
+            location,
+            keyring,
+            write_lock: Mutex::new(()),
+            committed,
+            metrics,
+        };
+        store.rekey_secrets().await?;
+        let v = store.version().await?;
+        store.committed.send_replace(v);
+        Ok(store)
+    }
+
+    pub fn kind(&self) -> DbKind {
+        self.kind
+    }
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+    pub fn encrypts(&self) -> bool {
+        self.keyring.encrypts()
+    }
+    pub fn subscribe_commits(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.committed.subscribe()
+    }
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Re-encrypt every stored secret whose key version is not the current one
+    /// (rotation, first use of a master key, or removal of it). Does not bump the
+    /// config version: the content is unchanged.
+    async fn rekey_secrets(&self) -> Result<(), Error> {
+        let _g = self.write_lock.lock().await;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE meta SET value = value WHERE key = 'version'")
+            .execute(&mut *tx)
+            .await?;
+        let rows = sqlx::query(
+            "SELECT provider, name, secret, key_version FROM credentials WHERE key_version <> $1",
+        )
+        .bind(self.keyring.current_version())
+        .fetch_all(&mut *tx)
+        .await?;
+        let n = rows.len();
+        for r in rows {
+            let provider: String = r.try_get("provider")?;
+            let name: String = r.try_get("name")?;
+            let plain = self
+                .keyring
+                .open(&r.try_get::<String, _>("secret")?, r.try_get("key_version")?)?;
+            let (sealed, ver) = self.keyring.seal(&plain)?;
+            sqlx::query(
+                "UPDATE credentials SET secret = $1, key_version = $2 WHERE provider = $3 AND name = $4",
+            )
+            .bind(sealed)
+            .bind(ver)
+            .bind(provider)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        if n > 0 {
+            tracing::info!(
+                secrets = n,
+                key_version = self.keyring.current_version(),
+                "re-encrypted stored credential secrets"
+            );
+        }
+        Ok(())
+    }
+
+    pub async fn version(&self) -> Result<u64, Error> {
+        let mut conn = self.pool.acquire().await?;
+        read_version(&mut conn).await
+    }
+
+    /// The whole config (reads only; may run beside a writer).
+    pub async fn load(&self) -> Result<ConfigState, Error> {
+        let t = Instant::now();
+        let mut conn = self.pool.acquire().await?;
+        let s = load_state(&mut conn, &self.keyring).await;
+        self.metrics.observe_db(t.elapsed());
+        s
+    }
+
+    /// Version and config as of one commit: holds the write lock while reading, so no
+    /// write can land between the two.
+    pub async fn load_consistent(&self) -> Result<(u64, ConfigState), Error> {
+        let _g = self.write_lock.lock().await;
+        let t = Instant::now();
+        let mut conn = self.pool.acquire().await?;
+        let v = read_version(&mut conn).await?;
+        let s = load_state(&mut conn, &self.keyring).await?;
+        self.metrics.observe_db(t.elapsed());
+        Ok((v, s))
+    }
+
+    /// Change the config: `f` edits a copy of the current state; the result is
+    /// validated, diffed and written in one transaction that also bumps the version.
+    /// If `f` or validation fails, or `dry_run` is set, nothing is written.
+    pub async fn mutate<T>(
+        &self,
+        dry_run: bool,
+        f: impl FnOnce(&mut ConfigState) -> Result<T, Error>,
+    ) -> Result<Mutation<T>, Error> {
+        let _g = self.write_lock.lock().await;
+        let t = Instant::now();
+        let mut tx = self.pool.begin().await?;
+        // Take the write lock first: on SQLite a read transaction that later writes
+        // fails with SQLITE_BUSY_SNAPSHOT if another connection (worker state, reports)
+        // wrote in between; on Postgres this row lock also serialises writers across
+        // control processes sharing one database.
+        sqlx::query("UPDATE meta SET value = value WHERE key = 'version'")
+            .execute(&mut *tx)
+            .await?;
+        let version = read_version(&mut tx).await?;
+        let old = load_state(&mut tx, &self.keyring).await?;
+        let mut new = old.clone();
+        let value = f(&mut new)?;
+        new.validate_references()?;
+        let changes = diff(&old, &new);
+        stamp(&old, &mut new, now_ms());
+        if dry_run || changes.is_empty() {
+            tx.rollback().await?;
+            return Ok(Mutation {
+                value,
+                changes,
+                version,
+                state: new,
+            });
+        }
+        self.write_changes(&mut tx, &new, &changes).await?;
+        sqlx::query("UPDATE meta SET value = value + 1 WHERE key = 'version'")
+            .execute(&mut *tx)
+            .await?;
+        let version = read_version(&mut tx).await?;
+        tx.commit().await?;
+        self.metrics.observe_db(t.elapsed());
+        tracing::info!(version, changes = changes.len(), "config committed");
+        self.committed.send_replace(version);
+        Ok(Mutation {
+            value,
+            changes,
+            version,
+            state: new,
+        })
+    }
+
+    async fn write_changes(
+        &self,
+        tx: &mut AnyConnection,
+        new: &ConfigState,
+        changes: &[Change],
+    ) -> Result<(), Error> {
+        // Deletes first, children before parents (the reverse of diff order).
+        for c in changes.iter().rev().filter(|c| c.action == Action::Delete) {
+            let (a, b) = c.name.split_once('/').unwrap_or((c.name.as_str(), ""));
+            let q = match c.kind {
+                "backend" => sqlx::query("DELETE FROM backends WHERE model = $1 AND name = $2")
+                    .bind(a)
+                    .bind(b),
+                "model" => sqlx::query("DELETE FROM backends WHERE model = $1 AND name <> $2")
+                    .bind(a)
+                    .bind(""),
+                "credential" => {
+                    sqlx::query("DELETE FROM credentials WHERE provider = $1 AND name = $2")
+                        .bind(a)
+                        .bind(b)
+                }
+                "provider" => sqlx::query("DELETE FROM credentials WHERE provider = $1 AND name <> $2")
+                    .bind(a)
+                    .bind(""),
+                _ => sqlx::query("DELETE FROM api_keys WHERE name = $1 AND id <> $2")
+                    .bind(a)
+                    .bind(""),
+            };
+            q.execute(&mut *tx).await?;
+            let parent = match c.kind {
+                "model" => Some("DELETE FROM models WHERE name = $1"),
+                "provider" => Some("DELETE FROM providers WHERE name = $1"),
+                _ => None,
+            };
+            if let Some(sql) = parent {
+                sqlx::query(sql).bind(a).execute(&mut *tx).await?;
+            }
+        }
+        for c in changes.iter().filter(|c| c.action != Action::Delete) {
+            let create = c.action == Action::Create;
+            let (a, b) = c.name.split_once('/').unwrap_or((c.name.as_str(), ""));
+            let missing = || Error::Internal(format!("diff names unknown {} {}", c.kind, c.name));
+            match c.kind {
+                "provider" => {
+                    let p = new.providers.get(a).ok_or_else(missing)?;
+                    let sql = if create {
+                        "INSERT INTO providers (spec, created_at_ms, updated_at_ms, name) VALUES ($1, $2, $3, $4)"
+                    } else {
+                        "UPDATE providers SET spec = $1, created_at_ms = $2, updated_at_ms = $3 WHERE name = $4"
+                    };
+                    sqlx::query(sql)
+                        .bind(json(&p.spec)?)
+                        .bind(p.created_at_ms)
+                        .bind(p.updated_at_ms)
+                        .bind(&p.name)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                "credential" => {
+                    let cr = new
+                        .providers
+                        .get(a)
+                        .and_then(|p| p.credentials.get(b))
+                        .ok_or_else(missing)?;
+                    let (sealed, kv) = self.keyring.seal(cr.secret.expose())?;
+                    let sql = if create {
+                        "INSERT INTO credentials (secret, key_version, spec, created_at_ms, updated_at_ms, provider, name) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+                    } else {
+                        "UPDATE credentials SET secret = $1, key_version = $2, spec = $3, created_at_ms = $4, updated_at_ms = $5 WHERE provider = $6 AND name = $7"
+                    };
+                    sqlx::query(sql)
+                        .bind(sealed)
+                        .bind(kv)
+                        .bind(json(&cr.spec)?)
+                        .bind(cr.created_at_ms)
+                        .bind(cr.updated_at_ms)
+                        .bind(a)
+                        .bind(b)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                "model" => {
+                    let m = new.models.get(a).ok_or_else(missing)?;
+                    let sql = if create {
+                        "INSERT INTO models (spec, created_at_ms, updated_at_ms, name) VALUES ($1, $2, $3, $4)"
+                    } else {
+                        "UPDATE models SET spec = $1, created_at_ms = $2, updated_at_ms = $3 WHERE name = $4"
+                    };
+                    sqlx::query(sql)
+                        .bind(json(&m.spec)?)
+                        .bind(m.created_at_ms)
+                        .bind(m.updated_at_ms)
+                        .bind(&m.name)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                "backend" => {
+                    let be = new
+                        .models
+                        .get(a)
+                        .and_then(|m| m.backends.get(b))
+                        .ok_or_else(missing)?;
+                    let sql = if create {
+                        "INSERT INTO backends (provider, spec, created_at_ms, updated_at_ms, model, name) VALUES ($1, $2, $3, $4, $5, $6)"
+                    } else {
+                        "UPDATE backends SET provider = $1, spec = $2, created_at_ms = $3, updated_at_ms = $4 WHERE model = $5 AND name = $6"
+                    };
+                    sqlx::query(sql)
+                        .bind(&be.spec.provider)
+                        .bind(json(&be.spec)?)
+                        .bind(be.created_at_ms)
+                        .bind(be.updated_at_ms)
+                        .bind(a)
+                        .bind(b)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                _ => {
+                    let k = new.keys.get(a).ok_or_else(missing)?;
+                    if create {
+                        sqlx::query(
+                            "INSERT INTO api_keys (id, name, key_hash, prefix, enabled, revoked, expires_at_ms, spec, created_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                        )
+                        .bind(&k.id)
+                        .bind(&k.name)
+                        .bind(&k.key_hash)
+                        .bind(&k.prefix)
+                        .bind(i64::from(k.spec.enabled))
+                        .bind(i64::from(k.spec.revoked))
+                        .bind(k.spec.expires_at_ms)
+                        .bind(json(&k.spec)?)
+                        .bind(k.created_at_ms)
+                        .execute(&mut *tx)
+                        .await?;
+                    } else {
+                        sqlx::query(
+                            "UPDATE api_keys SET enabled = $1, revoked = $2, expires_at_ms = $3, spec = $4 WHERE name = $5",
+                        )
+                        .bind(i64::from(k.spec.enabled))
+                        .bind(i64::from(k.spec.revoked))
+                        .bind(k.spec.expires_at_ms)
+                        .bind(json(&k.spec)?)
+                        .bind(&k.name)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Store a worker report idempotently (ids are unique) in one transaction.
+    /// Returns (usage stored, usage duplicates, health stored, health duplicates).
+    pub async fn report(&self, req: &pb::ReportRequest) -> Result<(u32, u32, u32, u32), Error> {
+        let t = Instant::now();
+        let mut tx = self.pool.begin().await?;
+        let (mut us, mut ud, mut hs, mut hd) = (0u32, 0u32, 0u32, 0u32);
+        for u in &req.usage {
+            if u.id.is_empty() {
+                return Err(Error::InvalidArgument("usage record: id is required".into()));
+            }
+            let worker = if u.worker_id.is_empty() {
+                &req.worker_id
+            } else {
+                &u.worker_id
+            };
+            let n = sqlx::query(
+                "INSERT INTO usage_records (id, ts_ms, request_id, worker_id, key_id, key_name, model, backend, provider, credential, endpoint, status, stream, retries, latency_us, ttfb_us, prompt_tokens, completion_tokens, total_tokens, cached_tokens, reasoning_tokens, outcome) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22) ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(&u.id)
+            .bind(u.ts_ms)
+            .bind(&u.request_id)
+            .bind(worker)
+            .bind(&u.key_id)
+            .bind(&u.key_name)
+            .bind(&u.model)
+            .bind(&u.backend)
+            .bind(&u.provider)
+            .bind(&u.credential)
+            .bind(&u.endpoint)
+            .bind(i64::from(u.status))
+            .bind(i64::from(u.stream))
+            .bind(i64::from(u.retries))
+            .bind(to_i64(u.latency_us))
+            .bind(to_i64(u.ttfb_us))
+            .bind(to_i64(u.prompt_tokens))
+            .bind(to_i64(u.completion_tokens))
+            .bind(to_i64(u.total_tokens))
+            .bind(to_i64(u.cached_tokens))
+            .bind(to_i64(u.reasoning_tokens))
+            .bind(&u.outcome)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if n > 0 {
+                us += 1
+            } else {
+                ud += 1
+            }
+        }
+        for h in &req.health {
+            if h.id.is_empty() {
+                return Err(Error::InvalidArgument("health event: id is required".into()));
+            }
+            let worker = if h.worker_id.is_empty() {
+                &req.worker_id
+            } else {
+                &h.worker_id
+            };
+            let n = sqlx::query(
+                "INSERT INTO health_events (id, ts_ms, worker_id, kind, model, backend, provider, credential, healthy, reason) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(&h.id)
+            .bind(h.ts_ms)
+            .bind(worker)
+            .bind(&h.kind)
+            .bind(&h.model)
+            .bind(&h.backend)
+            .bind(&h.provider)
+            .bind(&h.credential)
+            .bind(i64::from(h.healthy))
+            .bind(&h.reason)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if n > 0 {
+                hs += 1
+            } else {
+                hd += 1
+            }
+        }
+        tx.commit().await?;
+        self.metrics.observe_db(t.elapsed());
+        Ok((us, ud, hs, hd))
+    }
+
+    pub async fn save_worker(&self, w: &WorkerState) -> Result<(), Error> {
+        sqlx::query(
+            "INSERT INTO workers (worker_id, address, software_version, applied_version, applied_hash, last_seen_ms, connected_at_ms, rejected_version, rejected_reason, rejected_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+             ON CONFLICT (worker_id) DO UPDATE SET address = excluded.address, software_version = excluded.software_version, \
+             applied_version = excluded.applied_version, applied_hash = excluded.applied_hash, last_seen_ms = excluded.last_seen_ms, \
+             connected_at_ms = excluded.connected_at_ms, rejected_version = excluded.rejected_version, \
+             rejected_reason = excluded.rejected_reason, rejected_at_ms = excluded.rejected_at_ms",
+        )
+        .bind(&w.worker_id)
+        .bind(&w.address)
+        .bind(&w.software_version)
+        .bind(to_i64(w.applied_version))
+        .bind(&w.applied_hash)
+        .bind(w.last_seen_ms)
+        .bind(w.connected_at_ms)
+        .bind(to_i64(w.rejected_version))
+        .bind(&w.rejected_reason)
+        .bind(w.rejected_at_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn load_workers(&self) -> Result<Vec<WorkerState>, Error> {
+        let rows = sqlx::query("SELECT worker_id, address, software_version, applied_version, applied_hash, last_seen_ms, connected_at_ms, rejected_version, rejected_reason, rejected_at_ms FROM workers")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(WorkerState {
+                    worker_id: r.try_get("worker_id")?,
+                    address: r.try_get("address")?,
+                    software_version: r.try_get("software_version")?,
+                    applied_version: u64::try_from(r.try_get::<i64, _>("applied_version")?)
+                        .unwrap_or(0),
+                    applied_hash: r.try_get("applied_hash")?,
+                    last_seen_ms: r.try_get("last_seen_ms")?,
+                    connected_at_ms: r.try_get("connected_at_ms")?,
+                    rejected_version: u64::try_from(r.try_get::<i64, _>("rejected_version")?)
+                        .unwrap_or(0),
+                    rejected_reason: r.try_get("rejected_reason")?,
+                    rejected_at_ms: r.try_get("rejected_at_ms")?,
+                    connections: 0,
+                })
+            })
+            .collect()
+    }
+}
+
+async fn read_version(conn: &mut AnyConnection) -> Result<u64, Error> {
+    let v: i64 = sqlx::query("SELECT value FROM meta WHERE key = 'version'")
+        .fetch_one(&mut *conn)
+        .await?
+        .try_get("value")?;
+    Ok(u64::try_from(v).unwrap_or(0))
+}
+
+/// Read the whole config; credential secrets are decrypted.
+pub(crate) async fn load_state(
+    conn: &mut AnyConnection,
+    keyring: &Keyring,
+) -> Result<ConfigState, Error> {
+    let mut s = ConfigState::default();
+    for r in sqlx::query("SELECT name, spec, created_at_ms, updated_at_ms FROM providers")
+        .fetch_all(&mut *conn)
+        .await?
+    {
+        let name: String = r.try_get("name")?;
+        s.providers.insert(
+            name.clone(),
+            Provider {
+                spec: unjson("provider", &r.try_get::<String, _>("spec")?)?,
+                name,
+                credentials: Default::default(),
+                created_at_ms: r.try_get("created_at_ms")?,
+                updated_at_ms: r.try_get("updated_at_ms")?,
+            },
+        );
+    }
+    for r in sqlx::query(
+        "SELECT provider, name, secret, key_version, spec, created_at_ms, updated_at_ms FROM credentials",
+    )
+    .fetch_all(&mut *conn)
+    .await?
+    {
+        let provider: String = r.try_get("provider")?;
+        let name: String = r.try_get("name")?;
+        let secret = keyring.open(&r.try_get::<String, _>("secret")?, r.try_get("key_version")?)?;
+        if let Some(p) = s.providers.get_mut(&provider) {
+            p.credentials.insert(
+                name.clone(),
+                Credential {
+                    name,
+                    secret: Secret::new(secret),
+                    spec: unjson("credential", &r.try_get::<String, _>("spec")?)?,
+                    created_at_ms: r.try_get("created_at_ms")?,
+                    updated_at_ms: r.try_get("updated_at_ms")?,
+                },
+            );
+        }
+    }
+    for r in sqlx::query("SELECT name, spec, created_at_ms, updated_at_ms FROM models")
+        .fetch_all(&mut *conn)
+        .await?
+    {
+        let name: String = r.try_get("name")?;
+        s.models.insert(
+            name.clone(),
+            Model {
+                spec: unjson("model", &r.try_get::<String, _>("spec")?)?,
+                name,
+                backends: Default::default(),
+                created_at_ms: r.try_get("created_at_ms")?,
+                updated_at_ms: r.try_get("updated_at_ms")?,
+            },
+        );
+    }
+    for r in sqlx::query("SELECT model, name, spec, created_at_ms, updated_at_ms FROM backends")
+        .fetch_all(&mut *conn)
+        .await?
+    {
+        let model: String = r.try_get("model")?;
+        let name: String = r.try_get("name")?;
+        if let Some(m) = s.models.get_mut(&model) {
+            m.backends.insert(
+                name.clone(),
+                Backend {
+                    name,
+                    spec: unjson("backend", &r.try_get::<String, _>("spec")?)?,
+                    created_at_ms: r.try_get("created_at_ms")?,
+                    updated_at_ms: r.try_get("updated_at_ms")?,
+                },
+            );
+        }
+    }
+    for r in sqlx::query("SELECT id, name, key_hash, prefix, spec, created_at_ms FROM api_keys")
+        .fetch_all(&mut *conn)
+        .await?
+    {
+        let name: String = r.try_get("name")?;
+        s.keys.insert(
+            name.clone(),
+            ApiKey {
+                id: r.try_get("id")?,
+                name,
+                key_hash: r.try_get("key_hash")?,
+                prefix: r.try_get("prefix")?,
+                spec: unjson("key", &r.try_get::<String, _>("spec")?)?,
+                created_at_ms: r.try_get("created_at_ms")?,
+            },
+        );
+    }
+    Ok(s)
+}
+
+/// Fill in timestamps: unchanged objects keep theirs, changed ones get `updated = now`,
+/// new ones `created = updated = now`.
+fn stamp(old: &ConfigState, new: &mut ConfigState, now: i64) {
+    fn set(prev: Option<(i64, i64)>, same: bool, c: &mut i64, u: &mut i64, now: i64) {
+        match prev {
+            Some((pc, pu)) if same => (*c, *u) = (pc, pu),
+            Some((pc, _)) => (*c, *u) = (pc, now),
+            None => (*c, *u) = (now, now),
+        }
+    }
+    for (name, p) in new.providers.iter_mut() {
+        let op = old.providers.get(name);
+        set(
+            op.map(|o| (o.created_at_ms, o.updated_at_ms)),
+            op.is_some_and(|o| o.spec == p.spec),
+            &mut p.created_at_ms,
+            &mut p.updated_at_ms,
+            now,
+        );
+        for (cn, c) in p.credentials.iter_mut() {
+            let oc = op.and_then(|o| o.credentials.get(cn));
+            set(
+                oc.map(|o| (o.created_at_ms, o.updated_at_ms)),
+                oc.is_some_and(|o| o.spec == c.spec && o.secret == c.secret),
+                &mut c.created_at_ms,
+                &mut c.updated_at_ms,
+                now,
+            );
+        }
+    }
+    for (name, m) in new.models.iter_mut() {
+        let om = old.models.get(name);
+        set(
+            om.map(|o| (o.created_at_ms, o.updated_at_ms)),
+            om.is_some_and(|o| o.spec == m.spec),
+            &mut m.created_at_ms,
+            &mut m.updated_at_ms,
+            now,
+        );
+        for (bn, b) in m.backends.iter_mut() {
+            let ob = om.and_then(|o| o.backends.get(bn));
+            set(
+                ob.map(|o| (o.created_at_ms, o.updated_at_ms)),
+                ob.is_some_and(|o| o.spec == b.spec),
+                &mut b.created_at_ms,
+                &mut b.updated_at_ms,
+                now,
+            );
+        }
+    }
+    for (name, k) in new.keys.iter_mut() {
+        k.created_at_ms = old.keys.get(name).map_or(now, |o| o.created_at_ms);
+    }
+}
