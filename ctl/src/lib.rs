@@ -1,1 +1,89 @@
-//! stub
+//! The `switchyard` CLI: every Admin RPC, declarative apply/export, workers and status.
+//!
+//! `main.rs` only parses arguments and maps errors to exit codes; everything else lives
+//! here so that it can be unit-tested. Admin commands talk to the control plane only
+//! through its gRPC API (see `client`).
+
+pub mod cli;
+pub mod client;
+pub mod commands;
+pub mod doc;
+pub mod secret;
+pub mod table;
+pub mod view;
+
+use anyhow::Result;
+use clap::CommandFactory;
+
+pub use cli::{Cli, Command, Output};
+
+/// A mistake in how the CLI was called that clap could not catch (exit code 2, like
+/// clap's own usage errors).
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// Exit code for an error returned by [`run`]: 2 for usage errors, 1 for everything else.
+pub fn exit_code(e: &anyhow::Error) -> i32 {
+    if e.downcast_ref::<UsageError>().is_some() {
+        2
+    } else {
+        1
+    }
+}
+
+/// Run one parsed command to completion.
+pub async fn run(cli: Cli) -> Result<()> {
+    let ctx = commands::Ctx { output: cli.output };
+    // Commands that need no control plane.
+    let document = match &cli.command {
+        Command::Completions { shell } => {
+            let mut cmd = Cli::command();
+            clap_complete::generate(*shell, &mut cmd, "switchyard", &mut std::io::stdout());
+            return Ok(());
+        }
+        // Read and check the file (and its secrets) before connecting: a typo in the file
+        // should not depend on the control plane being up.
+        Command::Apply(a) => {
+            let doc = commands::load_document(&a.file)?;
+            // An empty file with --prune would silently delete everything: almost always
+            // a wrong path or an empty pipe, never what anyone meant.
+            if a.prune && doc.providers.is_empty() && doc.models.is_empty() && doc.keys.is_empty() {
+                return Err(UsageError(format!(
+                    "{}: the document is empty; refusing to --prune everything",
+                    if a.file == "-" { "<stdin>" } else { &a.file }
+                ))
+                .into());
+            }
+            Some(doc)
+        }
+        Command::Credentials(cli::CredentialsCmd::Add(a)) if !a.secret.is_given() => {
+            return Err(UsageError(
+                "a secret is required: --secret-env VAR, --secret-file PATH or --secret - (stdin)".into(),
+            )
+            .into())
+        }
+        _ => None,
+    };
+    let mut admin = client::Admin::connect(&cli.control, cli.token.as_deref()).await?;
+    let admin = &mut admin;
+    match cli.command {
+        Command::Providers(c) => commands::providers(&ctx, admin, c).await,
+        Command::Credentials(c) => commands::credentials(&ctx, admin, c).await,
+        Command::Models(c) => commands::models(&ctx, admin, c).await,
+        Command::Backends(c) => commands::backends(&ctx, admin, c).await,
+        Command::Keys(c) => commands::keys(&ctx, admin, c).await,
+        Command::Apply(a) => commands::apply(&ctx, admin, a, document.unwrap_or_default()).await,
+        Command::Export(a) => commands::export(&ctx, admin, a).await,
+        Command::Workers(c) => commands::workers(&ctx, admin, c).await,
+        Command::Status => commands::status(&ctx, admin).await,
+        Command::Completions { .. } => Ok(()),
+    }
+}

@@ -30,7 +30,13 @@ store_test!(providers_crud_and_validation, |db: TestDb| async move {
     assert_eq!(created.enabled, Some(true));
     let h = created.health.clone().unwrap();
     assert_eq!(
-        (h.enabled, h.interval_ms, h.timeout_ms, h.probe.as_str(), h.healthy_below),
+        (
+            h.enabled,
+            h.interval_ms,
+            h.timeout_ms,
+            h.probe.as_str(),
+            h.healthy_below
+        ),
         (Some(true), 30000, 10000, "models", 500)
     );
     assert!(created.created_at_ms > 0);
@@ -39,15 +45,10 @@ store_test!(providers_crud_and_validation, |db: TestDb| async move {
     let mut anth = provider("claude", "https://api.anthropic.com");
     anth.kind = "anthropic".into();
     let anth = a
-        .create_provider(pb::CreateProviderRequest {
-            provider: Some(anth),
-        })
+        .create_provider(pb::CreateProviderRequest { provider: Some(anth) })
         .await?
         .into_inner();
-    assert_eq!(
-        anth.health.unwrap().probe,
-        "messages:claude-3-5-haiku-latest"
-    );
+    assert_eq!(anth.health.unwrap().probe, "messages:claude-3-5-haiku-latest");
 
     // Validation names the object and the field.
     assert_status(
@@ -77,14 +78,16 @@ store_test!(providers_crud_and_validation, |db: TestDb| async move {
     let mut k = provider("k", "https://x");
     k.kind = "azure".into();
     assert_status(
-        a.create_provider(pb::CreateProviderRequest { provider: Some(k) }).await,
+        a.create_provider(pb::CreateProviderRequest { provider: Some(k) })
+            .await,
         Code::InvalidArgument,
         &["provider k", "kind", "azure"],
     );
     let mut cs = provider("k", "https://x");
     cs.credential_strategy = "fastest".into();
     assert_status(
-        a.create_provider(pb::CreateProviderRequest { provider: Some(cs) }).await,
+        a.create_provider(pb::CreateProviderRequest { provider: Some(cs) })
+            .await,
         Code::InvalidArgument,
         &["credential_strategy", "fastest"],
     );
@@ -94,7 +97,8 @@ store_test!(providers_crud_and_validation, |db: TestDb| async move {
         ..Default::default()
     });
     assert_status(
-        a.create_provider(pb::CreateProviderRequest { provider: Some(pr) }).await,
+        a.create_provider(pb::CreateProviderRequest { provider: Some(pr) })
+            .await,
         Code::InvalidArgument,
         &["health.probe"],
     );
@@ -118,7 +122,8 @@ store_test!(providers_crud_and_validation, |db: TestDb| async move {
         .into_inner();
     assert_eq!(got.base_url, "https://api.openai.com/v1");
     assert_status(
-        a.get_provider(pb::GetProviderRequest { name: "nope".into() }).await,
+        a.get_provider(pb::GetProviderRequest { name: "nope".into() })
+            .await,
         Code::NotFound,
         &["provider nope"],
     );
@@ -247,10 +252,8 @@ store_test!(credentials_crud_redaction, |db: TestDb| async move {
     let mut w0 = credential("openai", "key-3", "sk-xxxxxxxxxxxxxxxx");
     w0.weight = Some(0);
     assert_status(
-        a.create_credential(pb::CreateCredentialRequest {
-            credential: Some(w0),
-        })
-        .await,
+        a.create_credential(pb::CreateCredentialRequest { credential: Some(w0) })
+            .await,
         Code::InvalidArgument,
         &["credential openai/key-3", "weight must be > 0"],
     );
@@ -423,7 +426,8 @@ store_test!(models_backends_crud, |db: TestDb| async move {
     w0.name = "zero".into();
     w0.weight = Some(0);
     assert_status(
-        a.create_backend(pb::CreateBackendRequest { backend: Some(w0) }).await,
+        a.create_backend(pb::CreateBackendRequest { backend: Some(w0) })
+            .await,
         Code::InvalidArgument,
         &["backend gpt-4o/zero: weight must be > 0"],
     );
@@ -1110,12 +1114,22 @@ store_test!(report_is_idempotent, |db: TestDb| async move {
     };
     let r = w.report(batch.clone()).await?.into_inner();
     assert_eq!(
-        (r.usage_stored, r.usage_duplicates, r.health_stored, r.health_duplicates),
+        (
+            r.usage_stored,
+            r.usage_duplicates,
+            r.health_stored,
+            r.health_duplicates
+        ),
         (3, 0, 1, 0)
     );
     let r = w.report(batch).await?.into_inner();
     assert_eq!(
-        (r.usage_stored, r.usage_duplicates, r.health_stored, r.health_duplicates),
+        (
+            r.usage_stored,
+            r.usage_duplicates,
+            r.health_stored,
+            r.health_duplicates
+        ),
         (0, 3, 0, 1)
     );
     sqlx::any::install_default_drivers();

@@ -154,12 +154,13 @@ store_test!(workers_ack_and_nack, |db: TestDb| async move {
         let want = s2.version;
         async move {
             let r = a.list_workers(pb::ListWorkersRequest {}).await?.into_inner();
-            let done = r.workers.iter().any(|w| {
-                w.worker_id == "worker-bad" && w.rejected_version == want
-            }) && r
+            let done = r
                 .workers
                 .iter()
-                .any(|w| w.worker_id == "worker-good" && w.applied_version == want);
+                .any(|w| w.worker_id == "worker-bad" && w.rejected_version == want)
+                && r.workers
+                    .iter()
+                    .any(|w| w.worker_id == "worker-good" && w.applied_version == want);
             Ok(done.then_some(r))
         }
     })
@@ -179,7 +180,10 @@ store_test!(workers_ack_and_nack, |db: TestDb| async move {
         .iter()
         .find(|w| w.worker_id == "worker-bad")
         .unwrap();
-    assert_eq!(b.applied_version, s1.version, "a rejecting worker keeps its version");
+    assert_eq!(
+        b.applied_version, s1.version,
+        "a rejecting worker keeps its version"
+    );
     assert_eq!(b.rejected_reason, "unknown strategy in model x");
     assert!(b.rejected_at_ms > 0);
     let st = a.get_status(pb::GetStatusRequest {}).await?.into_inner();
@@ -192,8 +196,7 @@ store_test!(workers_ack_and_nack, |db: TestDb| async move {
         let mut a = a.clone();
         async move {
             let r = a.list_workers(pb::ListWorkersRequest {}).await?.into_inner();
-            Ok(r
-                .workers
+            Ok(r.workers
                 .iter()
                 .any(|w| w.worker_id == "worker-bad" && !w.connected)
                 .then_some(()))

@@ -5,14 +5,12 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use switchyard_proto::v1::{
-    self as pb, admin_client::AdminClient, worker_api_client::WorkerApiClient,
-};
-use switchyard_tests::{bin_path, Proc, TestDb};
 use futures::{channel::mpsc, SinkExt};
+use switchyard_proto::v1::{self as pb, admin_client::AdminClient, worker_api_client::WorkerApiClient};
+use switchyard_tests::{bin_path, Proc, TestDb};
 use tonic::{
-    metadata::MetadataValue, service::interceptor::InterceptedService, transport::Channel,
-    Request, Status, Streaming,
+    metadata::MetadataValue, service::interceptor::InterceptedService, transport::Channel, Request, Status,
+    Streaming,
 };
 
 pub const ADMIN_TOKEN: &str = "admin-token-for-tests-0123";
@@ -108,11 +106,7 @@ pub fn backend(model: &str, provider: &str) -> pb::Backend {
 }
 
 /// Assert a gRPC error has `code` and its message contains every `needle`.
-pub fn assert_status<T: std::fmt::Debug>(
-    r: Result<T, Status>,
-    code: tonic::Code,
-    needles: &[&str],
-) {
+pub fn assert_status<T: std::fmt::Debug>(r: Result<T, Status>, code: tonic::Code, needles: &[&str]) {
     let e = r.expect_err("expected an error");
     assert_eq!(e.code(), code, "wrong code; message: {}", e.message());
     for n in needles {
@@ -127,10 +121,7 @@ pub fn assert_status<T: std::fmt::Debug>(
 /// The committed config version (Export reads the DB; GetStatus shows the published
 /// snapshot, which trails a commit by a moment).
 pub async fn version(a: &mut Admin) -> Result<u64> {
-    Ok(a.export(pb::ExportRequest::default())
-        .await?
-        .into_inner()
-        .version)
+    Ok(a.export(pb::ExportRequest::default()).await?.into_inner().version)
 }
 
 /// One worker's watch stream.
@@ -154,10 +145,7 @@ impl Watcher {
         let mut w = worker_with(p, Some(WORKER_TOKEN)).await?;
         let (mut tx, rx) = mpsc::channel(16);
         tx.send(hello(worker_id, known_version)).await?;
-        let stream = w
-            .watch(rx)
-            .await?
-            .into_inner();
+        let stream = w.watch(rx).await?.into_inner();
         Ok(Watcher { tx, rx: stream })
     }
 

@@ -1,0 +1,758 @@
+//! The declarative `switchyard.toml` format: what `apply` reads and `export` prints.
+//!
+//! Parsing is strict (`deny_unknown_fields`, errors name the file and the key). The file
+//! omits defaults; [`FileDoc::into_proto`] fills them in so that the control plane receives
+//! the complete desired state, and [`FileDoc::from_proto`] leaves out values equal to those
+//! same defaults. Because both directions use one table of defaults, `export` followed by
+//! `apply` is an exact round trip whatever the server stores.
+//!
+//! Secrets are never in the file by default: a credential names an env var (`secret_env`)
+//! or a file (`secret_file`) and the CLI resolves it just before sending.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::Path,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use switchyard_proto as pb;
+
+use crate::secret::read_secret_file;
+
+/// Defaults the CLI fills in for omitted fields (documented in the proto).
+pub mod defaults {
+    pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
+    pub const REQUEST_TIMEOUT_MS: u64 = 60_000;
+    pub const IDLE_TIMEOUT_MS: u64 = 60_000;
+    pub const TOTAL_TIMEOUT_MS: u64 = 0;
+    pub const CREDENTIAL_STRATEGY: &str = "round_robin";
+    pub const HEALTH_INTERVAL_MS: u64 = 30_000;
+    pub const HEALTH_TIMEOUT_MS: u64 = 10_000;
+    pub const HEALTHY_BELOW: u32 = 500;
+    pub const STRATEGY: &str = "round_robin";
+    pub const MAX_RETRIES: u32 = 2;
+    pub const WEIGHT: u32 = 1;
+    pub const PRIORITY: i32 = 0;
+
+    /// The default health probe depends on the provider kind.
+    pub fn probe(kind: &str) -> &'static str {
+        if kind == "anthropic" {
+            "messages:claude-3-5-haiku-latest"
+        } else {
+            "models"
+        }
+    }
+}
+
+/// The whole document.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileDoc {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub providers: Vec<FileProvider>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<FileModel>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<FileKey>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileProvider {
+    pub name: String,
+    pub kind: String,
+    pub base_url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Time to response headers.
+    #[serde(default, alias = "request_timeout", skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_timeout: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_timeout: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_strategy: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<FileAuth>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<FileHealth>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub credentials: Vec<FileCredential>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAuth {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileHealth {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy_below: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCredential {
+    pub name: String,
+    /// Environment variable holding the secret (resolved by the CLI).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_env: Option<String>,
+    /// File holding the secret, relative to the document's directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_file: Option<String>,
+    /// The secret itself. Discouraged: files end up in git.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileModel {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_try_timeout: Option<String>,
+    /// `none`, `user` or `header:NAME`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backends: Vec<FileBackend>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileBackend {
+    pub provider: String,
+    /// Default: the provider name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Default: the model's public name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_model: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileKey {
+    pub name: String,
+    /// Models the key may use; empty or omitted = all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<String>,
+    /// RFC 3339 time, quoted or as a TOML datetime. Omitted = never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<toml::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked: Option<bool>,
+}
+
+// ---------------------------------------------------------------------------
+// reading
+// ---------------------------------------------------------------------------
+
+/// Parse a document. `origin` (a file name or `<stdin>`) prefixes every error.
+pub fn parse(text: &str, origin: &str) -> Result<FileDoc> {
+    toml::from_str(text).map_err(|e| anyhow!("{origin}: {}", e.to_string().trim_end()))
+}
+
+/// Where secrets come from while converting: env lookups and the base dir for `secret_file`.
+pub struct SecretEnv<'a> {
+    pub base_dir: Option<&'a Path>,
+    pub getenv: &'a dyn Fn(&str) -> Option<String>,
+}
+
+fn dur_ms(path: &str, v: &Option<String>, default: u64) -> Result<u64> {
+    match v {
+        None => Ok(default),
+        Some(s) => humantime::parse_duration(s)
+            .map(|d| d.as_millis() as u64)
+            .map_err(|e| anyhow!("{path}: invalid duration `{s}`: {e} (use e.g. `30s`, `2m`)")),
+    }
+}
+
+fn map(m: &BTreeMap<String, String>) -> HashMap<String, String> {
+    m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+impl FileDoc {
+    /// Validate and convert into the proto document, filling defaults and resolving secrets.
+    pub fn into_proto(&self, env: &SecretEnv<'_>) -> Result<pb::ConfigDocument> {
+        let mut doc = pb::ConfigDocument::default();
+        for p in &self.providers {
+            doc.providers.push(p.to_proto(env)?);
+        }
+        for m in &self.models {
+            doc.models.push(m.to_proto()?);
+        }
+        for k in &self.keys {
+            doc.keys.push(k.to_proto()?);
+        }
+        Ok(doc)
+    }
+
+    /// Convert an exported proto document into the file form, omitting defaults.
+    pub fn from_proto(doc: &pb::ConfigDocument, include_secrets: bool) -> FileDoc {
+        FileDoc {
+            providers: doc
+                .providers
+                .iter()
+                .map(|p| FileProvider::from_proto(p, include_secrets))
+                .collect(),
+            models: doc.models.iter().map(FileModel::from_proto).collect(),
+            keys: doc.keys.iter().map(FileKey::from_proto).collect(),
+        }
+    }
+
+    /// Render as TOML with a header comment.
+    pub fn to_toml(&self, header: &str) -> Result<String> {
+        let body = toml::to_string(self).context("render TOML")?;
+        Ok(format!("{header}{body}"))
+    }
+}
+
+impl FileProvider {
+    fn to_proto(&self, env: &SecretEnv<'_>) -> Result<pb::Provider> {
+        let at = format!("providers.{}", self.name);
+        let health = self.health.clone().unwrap_or_default();
+        let auth = self.auth.clone().unwrap_or_default();
+        let mut credentials = Vec::new();
+        for c in &self.credentials {
+            credentials.push(c.to_proto(&self.name, env)?);
+        }
+        Ok(pb::Provider {
+            name: self.name.clone(),
+            kind: self.kind.clone(),
+            base_url: self.base_url.clone(),
+            connect_timeout_ms: dur_ms(
+                &format!("{at}.connect_timeout"),
+                &self.connect_timeout,
+                defaults::CONNECT_TIMEOUT_MS,
+            )?,
+            request_timeout_ms: dur_ms(
+                &format!("{at}.timeout"),
+                &self.timeout,
+                defaults::REQUEST_TIMEOUT_MS,
+            )?,
+            idle_timeout_ms: dur_ms(
+                &format!("{at}.idle_timeout"),
+                &self.idle_timeout,
+                defaults::IDLE_TIMEOUT_MS,
+            )?,
+            total_timeout_ms: dur_ms(
+                &format!("{at}.total_timeout"),
+                &self.total_timeout,
+                defaults::TOTAL_TIMEOUT_MS,
+            )?,
+            auth: Some(pb::AuthScheme {
+                header: auth.header.unwrap_or_default(),
+                prefix: auth.prefix.unwrap_or_default(),
+            }),
+            headers: map(&self.headers),
+            health: Some(pb::HealthCheck {
+                enabled: Some(health.enabled.unwrap_or(true)),
+                interval_ms: dur_ms(
+                    &format!("{at}.health.interval"),
+                    &health.interval,
+                    defaults::HEALTH_INTERVAL_MS,
+                )?,
+                timeout_ms: dur_ms(
+                    &format!("{at}.health.timeout"),
+                    &health.timeout,
+                    defaults::HEALTH_TIMEOUT_MS,
+                )?,
+                probe: health
+                    .probe
+                    .unwrap_or_else(|| defaults::probe(&self.kind).to_string()),
+                healthy_below: health.healthy_below.unwrap_or(defaults::HEALTHY_BELOW),
+            }),
+            credential_strategy: self
+                .credential_strategy
+                .clone()
+                .unwrap_or_else(|| defaults::CREDENTIAL_STRATEGY.to_string()),
+            enabled: Some(self.enabled.unwrap_or(true)),
+            description: self.description.clone().unwrap_or_default(),
+            metadata: map(&self.metadata),
+            credentials,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+        })
+    }
+
+    fn from_proto(p: &pb::Provider, include_secrets: bool) -> FileProvider {
+        let dur = |ms: u64, default: u64| (ms != default).then(|| fmt_ms(ms));
+        let auth = p.auth.clone().unwrap_or_default();
+        let auth = FileAuth {
+            header: non_empty(&auth.header),
+            prefix: non_empty(&auth.prefix),
+        };
+        let health = p.health.clone().unwrap_or_default();
+        let health = FileHealth {
+            enabled: health.enabled.filter(|e| !e),
+            interval: dur(health.interval_ms, defaults::HEALTH_INTERVAL_MS),
+            timeout: dur(health.timeout_ms, defaults::HEALTH_TIMEOUT_MS),
+            probe: (health.probe != defaults::probe(&p.kind)).then(|| health.probe.clone()),
+            healthy_below: (health.healthy_below != defaults::HEALTHY_BELOW).then_some(health.healthy_below),
+        };
+        FileProvider {
+            name: p.name.clone(),
+            kind: p.kind.clone(),
+            base_url: p.base_url.clone(),
+            description: non_empty(&p.description),
+            enabled: p.enabled.filter(|e| !e),
+            timeout: dur(p.request_timeout_ms, defaults::REQUEST_TIMEOUT_MS),
+            connect_timeout: dur(p.connect_timeout_ms, defaults::CONNECT_TIMEOUT_MS),
+            idle_timeout: dur(p.idle_timeout_ms, defaults::IDLE_TIMEOUT_MS),
+            total_timeout: dur(p.total_timeout_ms, defaults::TOTAL_TIMEOUT_MS),
+            credential_strategy: (p.credential_strategy != defaults::CREDENTIAL_STRATEGY)
+                .then(|| p.credential_strategy.clone()),
+            auth: (auth != FileAuth::default()).then_some(auth),
+            health: (health != FileHealth::default()).then_some(health),
+            headers: p.headers.clone().into_iter().collect(),
+            metadata: p.metadata.clone().into_iter().collect(),
+            credentials: p
+                .credentials
+                .iter()
+                .map(|c| FileCredential {
+                    name: c.name.clone(),
+                    secret_env: None,
+                    secret_file: None,
+                    secret: (include_secrets && !c.secret.is_empty()).then(|| c.secret.clone()),
+                    weight: c.weight.filter(|w| *w != defaults::WEIGHT),
+                    enabled: c.enabled.filter(|e| !e),
+                    description: non_empty(&c.description),
+                    metadata: c.metadata.clone().into_iter().collect(),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl FileCredential {
+    fn to_proto(&self, provider: &str, env: &SecretEnv<'_>) -> Result<pb::Credential> {
+        let at = format!("providers.{provider}.credentials.{}", self.name);
+        let sources =
+            self.secret_env.is_some() as u8 + self.secret_file.is_some() as u8 + self.secret.is_some() as u8;
+        if sources > 1 {
+            bail!("{at}: give only one of secret_env, secret_file and secret");
+        }
+        let secret = if let Some(var) = &self.secret_env {
+            match (env.getenv)(var) {
+                Some(v) if !v.is_empty() => v,
+                _ => bail!("{at}: environment variable {var} (secret_env) is not set"),
+            }
+        } else if let Some(file) = &self.secret_file {
+            let path = match env.base_dir {
+                Some(dir) => dir.join(file),
+                None => file.into(),
+            };
+            read_secret_file(&path).with_context(|| format!("{at}: secret_file"))?
+        } else {
+            // Empty = keep the stored secret (how a redacted export re-applies).
+            self.secret.clone().unwrap_or_default()
+        };
+        Ok(pb::Credential {
+            provider: provider.to_string(),
+            name: self.name.clone(),
+            secret,
+            weight: Some(self.weight.unwrap_or(defaults::WEIGHT)),
+            enabled: Some(self.enabled.unwrap_or(true)),
+            metadata: map(&self.metadata),
+            description: self.description.clone().unwrap_or_default(),
+            created_at_ms: 0,
+            updated_at_ms: 0,
+        })
+    }
+}
+
+/// Split an affinity spec (`none`, `user`, `header:NAME`) into proto form.
+pub fn affinity_from_str(s: &str) -> Option<pb::Affinity> {
+    crate::cli::parse_affinity(s).ok().map(|a| pb::Affinity {
+        kind: a.kind,
+        header: a.header,
+    })
+}
+
+/// The inverse of [`affinity_from_str`]; `None` for the default (`none`).
+pub fn affinity_to_str(a: &pb::Affinity) -> Option<String> {
+    match a.kind.as_str() {
+        "" | "none" => None,
+        "header" => Some(format!("header:{}", a.header)),
+        other => Some(other.to_string()),
+    }
+}
+
+impl FileModel {
+    fn to_proto(&self) -> Result<pb::Model> {
+        let at = format!("models.{}", self.name);
+        let affinity = match &self.affinity {
+            None => pb::Affinity {
+                kind: "none".into(),
+                header: String::new(),
+            },
+            Some(s) => affinity_from_str(s).ok_or_else(|| {
+                anyhow!("{at}.affinity: expected `none`, `user` or `header:NAME`, got `{s}`")
+            })?,
+        };
+        let backends = self
+            .backends
+            .iter()
+            .map(|b| pb::Backend {
+                model: self.name.clone(),
+                name: b.name.clone().unwrap_or_else(|| b.provider.clone()),
+                provider: b.provider.clone(),
+                upstream_model: b.upstream_model.clone().unwrap_or_else(|| self.name.clone()),
+                weight: Some(b.weight.unwrap_or(defaults::WEIGHT)),
+                priority: Some(b.priority.unwrap_or(defaults::PRIORITY)),
+                enabled: Some(b.enabled.unwrap_or(true)),
+                created_at_ms: 0,
+                updated_at_ms: 0,
+            })
+            .collect();
+        Ok(pb::Model {
+            name: self.name.clone(),
+            strategy: self
+                .strategy
+                .clone()
+                .unwrap_or_else(|| defaults::STRATEGY.to_string()),
+            retry: Some(pb::RetryPolicy {
+                max_retries: Some(self.max_retries.unwrap_or(defaults::MAX_RETRIES)),
+                per_try_timeout_ms: dur_ms(&format!("{at}.per_try_timeout"), &self.per_try_timeout, 0)?,
+            }),
+            affinity: Some(affinity),
+            enabled: Some(self.enabled.unwrap_or(true)),
+            description: self.description.clone().unwrap_or_default(),
+            metadata: map(&self.metadata),
+            backends,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+        })
+    }
+
+    fn from_proto(m: &pb::Model) -> FileModel {
+        let retry = m.retry.unwrap_or_default();
+        FileModel {
+            name: m.name.clone(),
+            description: non_empty(&m.description),
+            enabled: m.enabled.filter(|e| !e),
+            strategy: (m.strategy != defaults::STRATEGY).then(|| m.strategy.clone()),
+            max_retries: retry.max_retries.filter(|r| *r != defaults::MAX_RETRIES),
+            per_try_timeout: (retry.per_try_timeout_ms != 0).then(|| fmt_ms(retry.per_try_timeout_ms)),
+            affinity: m.affinity.as_ref().and_then(affinity_to_str),
+            metadata: m.metadata.clone().into_iter().collect(),
+            backends: m
+                .backends
+                .iter()
+                .map(|b| FileBackend {
+                    provider: b.provider.clone(),
+                    name: (b.name != b.provider).then(|| b.name.clone()),
+                    upstream_model: (b.upstream_model != m.name).then(|| b.upstream_model.clone()),
+                    weight: b.weight.filter(|w| *w != defaults::WEIGHT),
+                    priority: b.priority.filter(|p| *p != defaults::PRIORITY),
+                    enabled: b.enabled.filter(|e| !e),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl FileKey {
+    fn to_proto(&self) -> Result<pb::ApiKey> {
+        let at = format!("keys.{}", self.name);
+        let expires_at_ms = match &self.expires {
+            None => 0,
+            Some(v) => {
+                let s = match v {
+                    toml::Value::String(s) => s.clone(),
+                    toml::Value::Datetime(d) => d.to_string(),
+                    other => bail!("{at}.expires: expected an RFC 3339 time, got {other}"),
+                };
+                if humantime::parse_duration(&s).is_ok() {
+                    bail!(
+                        "{at}.expires: `{s}` is relative; a declarative file needs an absolute time \
+                         (e.g. \"2027-01-01T00:00:00Z\") so that re-applying it changes nothing"
+                    );
+                }
+                let t = humantime::parse_rfc3339_weak(&s)
+                    .map_err(|e| anyhow!("{at}.expires: invalid RFC 3339 time `{s}`: {e}"))?;
+                system_time_ms(t)
+            }
+        };
+        Ok(pb::ApiKey {
+            name: self.name.clone(),
+            allowed_models: self.models.clone(),
+            expires_at_ms,
+            description: self.description.clone().unwrap_or_default(),
+            enabled: Some(self.enabled.unwrap_or(true)),
+            revoked: self.revoked.unwrap_or(false),
+            ..Default::default()
+        })
+    }
+
+    fn from_proto(k: &pb::ApiKey) -> FileKey {
+        FileKey {
+            name: k.name.clone(),
+            models: k.allowed_models.clone(),
+            expires: (k.expires_at_ms > 0).then(|| toml::Value::String(fmt_time_ms(k.expires_at_ms))),
+            description: non_empty(&k.description),
+            enabled: k.enabled.filter(|e| !e),
+            revoked: k.revoked.then_some(true),
+        }
+    }
+}
+
+fn non_empty(s: &str) -> Option<String> {
+    (!s.is_empty()).then(|| s.to_string())
+}
+
+/// Milliseconds as a humantime string (`60s`, `1m 30s`, `250ms`).
+pub fn fmt_ms(ms: u64) -> String {
+    humantime::format_duration(Duration::from_millis(ms)).to_string()
+}
+
+/// Epoch milliseconds as RFC 3339 (seconds precision unless there are millis).
+pub fn fmt_time_ms(ms: i64) -> String {
+    let t = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    if ms % 1000 == 0 {
+        humantime::format_rfc3339_seconds(t).to_string()
+    } else {
+        humantime::format_rfc3339_millis(t).to_string()
+    }
+}
+
+pub fn system_time_ms(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn env() -> SecretEnv<'static> {
+        SecretEnv {
+            base_dir: None,
+            getenv: &no_env,
+        }
+    }
+
+    const SAMPLE: &str = r#"
+[[providers]]
+name = "jb"
+kind = "openai"
+base_url = "https://api.jetbrains.ai/v1"
+timeout = "90s"
+credential_strategy = "random"
+auth = { header = "grazie-authenticate-jwt", prefix = "" }
+headers = { "x-client" = "switchyard" }
+health = { interval = "15s", probe = "chat:gpt-4o-mini" }
+
+[[providers.credentials]]
+name = "jwt-1"
+secret = "inline-secret-value-0001"
+weight = 2
+
+[[providers.credentials]]
+name = "jwt-2"
+enabled = false
+
+[[models]]
+name = "gpt-4o"
+strategy = "least_connections"
+max_retries = 3
+per_try_timeout = "30s"
+affinity = "header:x-session-id"
+
+[[models.backends]]
+provider = "jb"
+upstream_model = "gpt-4o-2024-08-06"
+weight = 3
+priority = 1
+
+[[keys]]
+name = "team-a"
+models = ["gpt-4o"]
+expires = 2027-01-01T00:00:00Z
+"#;
+
+    #[test]
+    fn parse_fill_defaults_and_round_trip() {
+        let file = parse(SAMPLE, "t.toml").unwrap();
+        let doc = file.into_proto(&env()).unwrap();
+        let p = &doc.providers[0];
+        assert_eq!(p.request_timeout_ms, 90_000);
+        assert_eq!(p.connect_timeout_ms, defaults::CONNECT_TIMEOUT_MS);
+        assert_eq!(p.health.as_ref().unwrap().interval_ms, 15_000);
+        assert_eq!(p.health.as_ref().unwrap().enabled, Some(true));
+        assert_eq!(p.credentials[0].weight, Some(2));
+        assert_eq!(p.credentials[1].secret, "");
+        let m = &doc.models[0];
+        assert_eq!(m.backends[0].name, "jb");
+        assert_eq!(m.affinity.as_ref().unwrap().header, "x-session-id");
+        assert_eq!(doc.keys[0].expires_at_ms, 1_798_761_600_000);
+
+        // proto -> file -> TOML -> file -> proto is the identity on the proto (secrets aside).
+        let back = FileDoc::from_proto(&doc, true);
+        let text = back.to_toml("# header\n").unwrap();
+        let reparsed = parse(&text, "export").unwrap();
+        assert_eq!(reparsed.into_proto(&env()).unwrap(), doc);
+        // Defaults are omitted from the export.
+        assert!(!text.contains("connect_timeout"), "{text}");
+        assert!(!text.contains("healthy_below"), "{text}");
+    }
+
+    #[test]
+    fn redacted_export_omits_secrets() {
+        let doc = parse(SAMPLE, "t").unwrap().into_proto(&env()).unwrap();
+        let text = FileDoc::from_proto(&doc, false).to_toml("").unwrap();
+        assert!(!text.contains("inline-secret-value-0001"), "{text}");
+        assert!(!text.contains("secret"), "{text}");
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected_with_file_and_key() {
+        let err = parse("[[models]]\nname = \"m\"\nstrategyy = \"x\"\n", "conf.toml").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.starts_with("conf.toml:"), "{msg}");
+        assert!(msg.contains("strategyy"), "{msg}");
+    }
+
+    #[test]
+    fn bad_duration_names_the_path() {
+        let file = parse(
+            "[[providers]]\nname=\"p\"\nkind=\"openai\"\nbase_url=\"http://x\"\n[providers.health]\ninterval=\"often\"\n",
+            "f",
+        )
+        .unwrap();
+        let msg = file.into_proto(&env()).unwrap_err().to_string();
+        assert!(
+            msg.starts_with("providers.p.health.interval: invalid duration `often`"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn secret_env_is_resolved_and_missing_env_is_named() {
+        let text = "[[providers]]\nname=\"p\"\nkind=\"openai\"\nbase_url=\"http://x\"\n\
+                    [[providers.credentials]]\nname=\"k1\"\nsecret_env=\"SY_TEST_K1\"\n";
+        let file = parse(text, "f").unwrap();
+        let msg = file.into_proto(&env()).unwrap_err().to_string();
+        assert_eq!(
+            msg,
+            "providers.p.credentials.k1: environment variable SY_TEST_K1 (secret_env) is not set"
+        );
+        let getenv = |k: &str| (k == "SY_TEST_K1").then(|| "s3cr3t".to_string());
+        let doc = file
+            .into_proto(&SecretEnv {
+                base_dir: None,
+                getenv: &getenv,
+            })
+            .unwrap();
+        assert_eq!(doc.providers[0].credentials[0].secret, "s3cr3t");
+    }
+
+    #[test]
+    fn secret_file_is_relative_to_the_document() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("k.txt"), "from-file\n").unwrap();
+        let text = "[[providers]]\nname=\"p\"\nkind=\"openai\"\nbase_url=\"http://x\"\n\
+                    [[providers.credentials]]\nname=\"k1\"\nsecret_file=\"k.txt\"\n";
+        let doc = parse(text, "f")
+            .unwrap()
+            .into_proto(&SecretEnv {
+                base_dir: Some(dir.path()),
+                getenv: &no_env,
+            })
+            .unwrap();
+        assert_eq!(doc.providers[0].credentials[0].secret, "from-file");
+    }
+
+    #[test]
+    fn two_secret_sources_are_rejected() {
+        let text = "[[providers]]\nname=\"p\"\nkind=\"openai\"\nbase_url=\"http://x\"\n\
+                    [[providers.credentials]]\nname=\"k1\"\nsecret_env=\"A\"\nsecret=\"b\"\n";
+        let msg = parse(text, "f")
+            .unwrap()
+            .into_proto(&env())
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("only one of"), "{msg}");
+    }
+
+    #[test]
+    fn relative_key_expiry_is_rejected() {
+        let msg = parse("[[keys]]\nname=\"a\"\nexpires=\"30d\"\n", "f")
+            .unwrap()
+            .into_proto(&env())
+            .unwrap_err()
+            .to_string();
+        assert!(msg.starts_with("keys.a.expires: `30d` is relative"), "{msg}");
+    }
+
+    #[test]
+    fn anthropic_default_probe_is_omitted_on_export() {
+        let text = "[[providers]]\nname=\"c\"\nkind=\"anthropic\"\nbase_url=\"https://api.anthropic.com\"\n";
+        let doc = parse(text, "f").unwrap().into_proto(&env()).unwrap();
+        assert_eq!(
+            doc.providers[0].health.as_ref().unwrap().probe,
+            "messages:claude-3-5-haiku-latest"
+        );
+        let out = FileDoc::from_proto(&doc, false).to_toml("").unwrap();
+        assert!(!out.contains("probe"), "{out}");
+    }
+}
