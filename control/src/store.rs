@@ -188,6 +188,10 @@ impl Store {
     pub fn subscribe_commits(&self) -> tokio::sync::watch::Receiver<u64> {
         self.committed.subscribe()
     }
+    /// The pool, for read-only queries that live in their own modules (`usage`).
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
     pub async fn close(&self) {
         self.pool.close().await;
     }

@@ -106,8 +106,8 @@ impl Metrics {
         );
         let usage_dropped = Counter::<u64, AtomicU64>::default();
         registry.register(
-            "usage_dropped",
-            "Usage records dropped because the queue was full",
+            "reports_dropped",
+            "Usage records not reported to control (queue or buffer full)",
             usage_dropped.clone(),
         );
         Self {
