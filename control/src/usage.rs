@@ -43,11 +43,9 @@ impl GroupBy {
             "worker" => GroupBy::Worker,
             "credential" => GroupBy::Credential,
             "" | "none" => GroupBy::None,
-            other => {
-                return Err(Error::InvalidArgument(format!(
-                    "group_by must be key, model, backend, provider, worker, credential or none (got {other:?})"
-                )))
-            }
+            other => return Err(Error::InvalidArgument(format!(
+                "group_by must be key, model, backend, provider, worker, credential or none (got {other:?})"
+            ))),
         })
     }
 
@@ -381,8 +379,7 @@ struct Target {
     credential: String,
 }
 
-const EVENT_COLS: &str =
-    "id, ts_ms, worker_id, kind, model, backend, provider, credential, healthy, reason";
+const EVENT_COLS: &str = "id, ts_ms, worker_id, kind, model, backend, provider, credential, healthy, reason";
 
 /// The fleet's view of every backend and credential.
 ///
@@ -407,14 +404,15 @@ pub async fn get_health(
         }
         for b in &m.backends {
             providers_used.insert(&b.provider);
-            targets.entry(Target {
-                kind: "backend".into(),
-                model: m.name.clone(),
-                backend: b.name.clone(),
-                provider: b.provider.clone(),
-                credential: String::new(),
-            })
-            .or_default();
+            targets
+                .entry(Target {
+                    kind: "backend".into(),
+                    model: m.name.clone(),
+                    backend: b.name.clone(),
+                    provider: b.provider.clone(),
+                    credential: String::new(),
+                })
+                .or_default();
         }
     }
     for p in &snapshot.providers {
@@ -472,7 +470,9 @@ pub async fn get_health(
                 .count();
             (connected.len() - sick.min(connected.len()), connected.len())
         };
-        let last = events.iter().max_by(|a, b| (a.ts_ms, &a.id).cmp(&(b.ts_ms, &b.id)));
+        let last = events
+            .iter()
+            .max_by(|a, b| (a.ts_ms, &a.id).cmp(&(b.ts_ms, &b.id)));
         out.push(pb::TargetHealth {
             kind: t.kind,
             model: t.model,
@@ -489,11 +489,7 @@ pub async fn get_health(
 }
 
 /// Recent events (newest first) for a backend name, `model/backend`, or a provider.
-pub async fn health_history(
-    pool: &AnyPool,
-    target: &str,
-    limit: u32,
-) -> Result<Vec<pb::HealthEvent>, Error> {
+pub async fn health_history(pool: &AnyPool, target: &str, limit: u32) -> Result<Vec<pb::HealthEvent>, Error> {
     let limit = i64::from(if limit == 0 { 50 } else { limit.min(10_000) });
     let rows = if target.is_empty() {
         sqlx::query(&format!(

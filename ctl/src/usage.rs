@@ -90,9 +90,12 @@ fn unix_ms(t: SystemTime) -> i64 {
 }
 
 fn parse_time(flag: &str, s: &str) -> Result<i64> {
-    humantime::parse_rfc3339_weak(s)
-        .map(unix_ms)
-        .map_err(|e| UsageError(format!("--{flag} {s:?}: {e} (want RFC 3339, e.g. 2026-01-01T00:00:00Z)")).into())
+    humantime::parse_rfc3339_weak(s).map(unix_ms).map_err(|e| {
+        UsageError(format!(
+            "--{flag} {s:?}: {e} (want RFC 3339, e.g. 2026-01-01T00:00:00Z)"
+        ))
+        .into()
+    })
 }
 
 #[derive(Debug, Serialize)]
@@ -286,7 +289,10 @@ async fn current(ctx: &Ctx, admin: &mut Admin, model: Option<String>) -> Result<
                 ]
             })
             .collect();
-        table::render(&["KIND", "TARGET", "HEALTHY", "LAST REASON", "LAST CHANGE"], &rows)
+        table::render(
+            &["KIND", "TARGET", "HEALTHY", "LAST REASON", "LAST CHANGE"],
+            &rows,
+        )
     })
 }
 

@@ -22,6 +22,7 @@ pub mod convert;
 pub mod errors;
 pub mod extract;
 pub mod health;
+pub mod include_usage;
 pub mod metrics;
 pub mod proxy;
 pub mod relay;

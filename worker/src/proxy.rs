@@ -127,6 +127,7 @@ async fn proxy(shared: Arc<Shared>, req: Request<Incoming>, kind: ProviderKind) 
         start: Instant::now(),
         ttfb: None,
         error: None,
+        strip_usage: false,
     };
     let mut resp = match forward(&shared, req, kind, dialect, &mut fin).await {
         Ok(r) => r,
@@ -258,6 +259,14 @@ async fn forward(
         }
     };
     let head = extract::scan(&bytes).map_err(ProxyError::BadRequest)?;
+    // OpenAI streams carry usage only when asked: ask, and strip it again on the way back.
+    let (bytes, head) = match (kind, crate::include_usage::inject(&bytes, &head)) {
+        (ProviderKind::OpenAi, Some((b, h))) => {
+            fin.strip_usage = true;
+            (b, h)
+        }
+        _ => (bytes, head),
+    };
     let model_name = head
         .model
         .as_deref()
@@ -592,6 +601,7 @@ fn build_response(
         start: fin.start,
         ttfb: fin.ttfb,
         error: None,
+        strip_usage: fin.strip_usage,
     };
     let relay = RelayBody::new(
         first,

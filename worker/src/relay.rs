@@ -42,6 +42,8 @@ pub struct Finish {
     pub start: Instant,
     pub ttfb: Option<Duration>,
     pub error: Option<&'static str>,
+    /// Usage was injected into an OpenAI stream request: strip it from the response.
+    pub strip_usage: bool,
 }
 
 impl Finish {
@@ -124,6 +126,7 @@ pub struct RelayBody {
     ended: bool,
     scanner: UsageScanner,
     finish: Option<Finish>,
+    strip: Option<crate::include_usage::UsageStripper>,
     outcome: Outcome,
     backend_state: Arc<EndpointState>,
     _guards: [InflightGuard; 2],
@@ -147,6 +150,12 @@ impl RelayBody {
         if let Some(f) = &first {
             scanner.observe(f);
         }
+        let mut strip =
+            (finish.strip_usage && sse && success).then(crate::include_usage::UsageStripper::default);
+        let first = match (&mut strip, first) {
+            (Some(s), Some(f)) => s.push(&f),
+            (_, f) => f,
+        };
         let outcome = if success {
             Outcome::Ok
         } else {
@@ -164,6 +173,7 @@ impl RelayBody {
             ended: false,
             scanner,
             finish: Some(finish),
+            strip,
             outcome,
             backend_state,
             _guards: guards,
@@ -218,45 +228,61 @@ impl Body for RelayBody {
         if this.ended {
             return Poll::Ready(None);
         }
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(d) = frame.data_ref() {
-                    this.scanner.observe(d);
-                    this.last_chunk = Instant::now();
+        loop {
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Some(d) = frame.data_ref() {
+                        this.scanner.observe(d);
+                        this.last_chunk = Instant::now();
+                        if let Some(s) = this.strip.as_mut() {
+                            match s.push(d) {
+                                Some(out) => return Poll::Ready(Some(Ok(Frame::data(out)))),
+                                // Only part of an event so far: wait for the rest.
+                                None => continue,
+                            }
+                        }
+                    }
+                    return Poll::Ready(Some(Ok(frame)));
                 }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(e))) => this.fail(ProxyError::Upstream(format!("stream interrupted: {e}"))),
-            Poll::Ready(None) => {
-                this.end(None);
-                Poll::Ready(None)
-            }
-            Poll::Pending => {
-                if let Some(t) = this.total.as_mut() {
-                    if t.as_mut().poll(cx).is_ready() {
-                        return this.fail(ProxyError::Timeout);
-                    }
+                Poll::Ready(Some(Err(e))) => {
+                    return this.fail(ProxyError::Upstream(format!("stream interrupted: {e}")))
                 }
-                // Lazily re-arm the idle timer: chunks only note their time, and the
-                // timer is reset when it fires early.
-                loop {
-                    if this.idle_sleep.as_mut().poll(cx).is_pending() {
-                        return Poll::Pending;
+                Poll::Ready(None) => {
+                    this.end(None);
+                    if let Some(rest) = this.strip.as_mut().and_then(|s| s.finish()) {
+                        return Poll::Ready(Some(Ok(Frame::data(rest))));
                     }
-                    let due = this.last_chunk + this.idle;
-                    if Instant::now() >= due {
-                        return this.fail(ProxyError::Timeout);
+                    return Poll::Ready(None);
+                }
+                Poll::Pending => {
+                    if let Some(t) = this.total.as_mut() {
+                        if t.as_mut().poll(cx).is_ready() {
+                            return this.fail(ProxyError::Timeout);
+                        }
                     }
-                    this.idle_sleep
-                        .as_mut()
-                        .reset(tokio::time::Instant::from_std(due));
+                    // Lazily re-arm the idle timer: chunks only note their time, and the
+                    // timer is reset when it fires early.
+                    loop {
+                        if this.idle_sleep.as_mut().poll(cx).is_pending() {
+                            return Poll::Pending;
+                        }
+                        let due = this.last_chunk + this.idle;
+                        if Instant::now() >= due {
+                            return this.fail(ProxyError::Timeout);
+                        }
+                        this.idle_sleep
+                            .as_mut()
+                            .reset(tokio::time::Instant::from_std(due));
+                    }
                 }
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.first.is_none() && (self.ended || self.inner.is_end_stream())
+        self.first.is_none()
+            && (self.ended || self.inner.is_end_stream())
+            && self.strip.as_ref().is_none_or(|s| s.is_empty())
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -265,14 +265,19 @@ impl State {
                     if let Some(b) = self.batches.remove(pos) {
                         self.in_memory -= b.records;
                         self.dropped.inc_by(b.records as u64);
-                        warn!(records = b.records, "report buffer full and no state dir; dropped the oldest batch");
+                        warn!(
+                            records = b.records,
+                            "report buffer full and no state dir; dropped the oldest batch"
+                        );
                     }
                 }
             }
         }
     }
 
-    fn client(&mut self) -> Result<pb::worker_api_client::WorkerApiClient<tonic::transport::Channel>, SendError> {
+    fn client(
+        &mut self,
+    ) -> Result<pb::worker_api_client::WorkerApiClient<tonic::transport::Channel>, SendError> {
         if let Some(c) = &self.client {
             return Ok(c.clone());
         }
@@ -589,7 +594,12 @@ pub async fn run(
             Err(_) => break,
         }
     }
-    let unsent: usize = st.batches.iter().filter(|b| b.req.is_some()).map(|b| b.records).sum();
+    let unsent: usize = st
+        .batches
+        .iter()
+        .filter(|b| b.req.is_some())
+        .map(|b| b.records)
+        .sum();
     if unsent == 0 {
         info!("usage reports flushed");
         return;
@@ -601,13 +611,21 @@ pub async fn run(
                 if let Some(req) = b.req.take() {
                     match write_spool(&dir, &b.id, &req) {
                         Ok(_) => spooled += b.records,
-                        Err(e) => warn!(error = %e, records = b.records, "cannot spool report batch at shutdown; records lost"),
+                        Err(e) => {
+                            warn!(error = %e, records = b.records, "cannot spool report batch at shutdown; records lost")
+                        }
                     }
                 }
             }
-            info!(records = spooled, "control unreachable at shutdown; usage spooled for the next start");
+            info!(
+                records = spooled,
+                "control unreachable at shutdown; usage spooled for the next start"
+            );
         }
-        None => warn!(records = unsent, "control unreachable at shutdown and no state dir; usage records lost"),
+        None => warn!(
+            records = unsent,
+            "control unreachable at shutdown and no state dir; usage records lost"
+        ),
     }
 }
 
