@@ -16,7 +16,7 @@ pub fn router(metrics: Arc<Metrics>) -> Router {
                     (
                         [(
                             header::CONTENT_TYPE,
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                            "text/plain; version=0.0.4; charset=utf-8",
                         )],
                         m.render(),
                     )

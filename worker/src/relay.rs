@@ -305,7 +305,12 @@ impl Body for RelayBody {
 impl Drop for RelayBody {
     fn drop(&mut self) {
         if self.finish.is_some() {
-            self.end(Some(Outcome::ClientAborted));
+            // hyper stops polling once `is_end_stream()` says the body is complete (a
+            // sized body): that is a finished response, not an abandoned one.
+            let complete = self.first.is_none()
+                && self.inner.is_end_stream()
+                && self.strip.as_ref().is_none_or(|s| s.is_empty());
+            self.end((!complete).then_some(Outcome::ClientAborted));
         }
     }
 }
