@@ -116,9 +116,13 @@ impl Env {
     }
 
     async fn start_worker(&mut self, i: usize) -> Result<()> {
+        self.start_worker_with(i, "10s").await
+    }
+
+    async fn start_worker_with(&mut self, i: usize, drain: &str) -> Result<()> {
         let mut cmd = Command::new(bin_path("switchyard-worker"));
         cmd.args(["--listen", "127.0.0.1:0", "--control", &self.control_url()])
-            .args(["--worker-id", &format!("w{i}"), "--drain-timeout", "10s"])
+            .args(["--worker-id", &format!("w{i}"), "--drain-timeout", drain])
             .arg("--state-dir")
             .arg(self.dir.path().join(format!("w{i}")))
             .env("SWITCHYARD_WORKER_TOKEN", WORKER_TOKEN)
@@ -508,5 +512,28 @@ async fn usage_and_health_end_to_end() -> Result<()> {
         h.await??;
     }
     env.expect_usage(&tallies, "exact sums after a worker was SIGTERMed mid-burst").await?;
+
+    // 6. Control down while a worker serves from its last-known-good snapshot and is
+    //    stopped: the records go to the spool, and are replayed after both come back.
+    env.control.as_ref().unwrap().signal("KILL").await?;
+    env.control = None;
+    env.start_worker_with(0, "2s").await?;
+    let base = env.worker_urls[0].clone();
+    for kind in KINDS {
+        assert!(send_and_tally(&env.http, &base, "ka", &keys[0].1, kind, &tallies).await?);
+    }
+    let mut w0 = env.workers[0].take().unwrap();
+    let status = w0.terminate(Duration::from_secs(30)).await?;
+    assert!(status.success(), "worker exited with {status}: {}", w0.stderr_text());
+    let spool = env.dir.path().join("w0").join("spool");
+    let spooled = std::fs::read_dir(&spool).map(|d| d.count()).unwrap_or(0);
+    assert!(spooled > 0, "nothing spooled; worker log:\n{}", w0.stderr_text());
+    env.start_control().await?;
+    env.start_worker(0).await?;
+    env.expect_usage(&tallies, "exact sums after replaying the spool").await?;
+    wait_for("spool emptied", Duration::from_secs(10), || async {
+        Ok((std::fs::read_dir(&spool)?.count() == 0).then_some(()))
+    })
+    .await?;
     Ok(())
 }
