@@ -480,6 +480,22 @@ async fn usage_and_health_end_to_end() -> Result<()> {
     let cm = env.http.get(format!("{control_http}/metrics")).send().await?.text().await?;
     assert!(cm.contains("switchyard_control_report_usage_rows_total"), "{cm}");
     promtool(&cm, "control's /metrics").await?;
+    // The shipped Grafana dashboard is valid JSON and only uses metrics that exist.
+    let dash_path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana/switchyard.json");
+    let dash: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dash_path)?)?;
+    let exprs: Vec<String> = dash["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap().iter().map(|t| t["expr"].as_str().unwrap().to_string()))
+        .collect();
+    assert!(exprs.len() >= 10);
+    for e in &exprs {
+        for (i, _) in e.match_indices("switchyard_") {
+            let name: String = e[i..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+            assert!(wm.contains(&name) || cm.contains(&name), "dashboard uses unknown metric {name}");
+        }
+    }
 
     // 4. Control SIGKILLed under load for a while, then restarted: still exact.
     let stop = Arc::new(AtomicBool::new(false));
