@@ -43,9 +43,11 @@ impl GroupBy {
             "worker" => GroupBy::Worker,
             "credential" => GroupBy::Credential,
             "" | "none" => GroupBy::None,
-            other => return Err(Error::InvalidArgument(format!(
+            other => {
+                return Err(Error::InvalidArgument(format!(
                 "group_by must be key, model, backend, provider, worker, credential or none (got {other:?})"
-            ))),
+            )))
+            }
         })
     }
 

@@ -104,13 +104,18 @@ impl Env {
 
     async fn start_control(&mut self) -> Result<()> {
         let mut cmd = Command::new(bin_path("switchyard-control"));
-        cmd.args(["--grpc-listen", &self.grpc.to_string(), "--http-listen", "127.0.0.1:0"])
-            .args(["--database-url", &self.db.url])
-            .arg("--data-dir")
-            .arg(self.dir.path().join("control"))
-            .env("SWITCHYARD_ADMIN_TOKEN", ADMIN_TOKEN)
-            .env("SWITCHYARD_WORKER_TOKEN", WORKER_TOKEN)
-            .env("RUST_LOG", "info,sqlx=warn");
+        cmd.args([
+            "--grpc-listen",
+            &self.grpc.to_string(),
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--database-url", &self.db.url])
+        .arg("--data-dir")
+        .arg(self.dir.path().join("control"))
+        .env("SWITCHYARD_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("SWITCHYARD_WORKER_TOKEN", WORKER_TOKEN)
+        .env("RUST_LOG", "info,sqlx=warn");
         self.control = Some(Proc::spawn("control", cmd).await?);
         Ok(())
     }
@@ -155,7 +160,8 @@ impl Env {
 
     /// `switchyard usage --by key -o json` as tallies.
     async fn usage_by_key(&self) -> Result<BTreeMap<String, Tally>> {
-        let v: serde_json::Value = serde_json::from_str(&self.ctl(&["usage", "--by", "key", "-o", "json"]).await?)?;
+        let v: serde_json::Value =
+            serde_json::from_str(&self.ctl(&["usage", "--by", "key", "-o", "json"]).await?)?;
         let mut out = BTreeMap::new();
         for r in v["rows"].as_array().ok_or_else(|| anyhow!("no rows: {v}"))? {
             let n = |f: &str| r[f].as_u64().unwrap_or(0);
@@ -198,7 +204,9 @@ fn body(kind: Kind, model: &str) -> serde_json::Value {
         Kind::OaPlain => serde_json::json!({"model": model, "messages": msgs}),
         Kind::OaStream => serde_json::json!({"model": model, "messages": msgs, "stream": true}),
         Kind::AnPlain => serde_json::json!({"model": model, "max_tokens": 16, "messages": msgs}),
-        Kind::AnStream => serde_json::json!({"model": model, "max_tokens": 16, "messages": msgs, "stream": true}),
+        Kind::AnStream => {
+            serde_json::json!({"model": model, "max_tokens": 16, "messages": msgs, "stream": true})
+        }
     }
 }
 
@@ -221,7 +229,10 @@ async fn send(http: &reqwest::Client, base: &str, key: &str, kind: Kind) -> Resu
     };
     let status = r.status().as_u16();
     // A response that started must finish: a drained worker completes what it accepted.
-    let b = r.bytes().await.map_err(|e| anyhow!("response body of {kind:?} from {base} broke: {e}"))?;
+    let b = r
+        .bytes()
+        .await
+        .map_err(|e| anyhow!("response body of {kind:?} from {base} broke: {e}"))?;
     Ok(Some((status, b.to_vec())))
 }
 
@@ -258,8 +269,13 @@ fn spawn_load(
 ) -> Vec<tokio::task::JoinHandle<Result<u64>>> {
     (0..tasks)
         .map(|t| {
-            let (http, bases, keys, tallies, stop) =
-                (http.clone(), bases.clone(), keys.clone(), tallies.clone(), stop.clone());
+            let (http, bases, keys, tallies, stop) = (
+                http.clone(),
+                bases.clone(),
+                keys.clone(),
+                tallies.clone(),
+                stop.clone(),
+            );
             tokio::spawn(async move {
                 let mut n = 0u64;
                 let mut i = t;
@@ -281,13 +297,17 @@ fn spawn_load(
 
 /// (healthy workers, total workers) of the backend of `model`, from `switchyard health`.
 async fn backend_health(env: &Env, model: &str) -> Result<(u64, u64)> {
-    let v: serde_json::Value = serde_json::from_str(&env.ctl(&["health", "--model", model, "-o", "json"]).await?)?;
+    let v: serde_json::Value =
+        serde_json::from_str(&env.ctl(&["health", "--model", model, "-o", "json"]).await?)?;
     let t = v
         .as_array()
         .and_then(|a| a.iter().find(|t| t["kind"] == "backend" && t["model"] == model))
         .cloned()
         .ok_or_else(|| anyhow!("no backend of {model} in {v}"))?;
-    Ok((t["healthy_workers"].as_u64().unwrap_or(99), t["total_workers"].as_u64().unwrap_or(0)))
+    Ok((
+        t["healthy_workers"].as_u64().unwrap_or(99),
+        t["total_workers"].as_u64().unwrap_or(0),
+    ))
 }
 
 async fn promtool(text: &str, what: &str) -> Result<()> {
@@ -332,7 +352,9 @@ async fn usage_and_health_end_to_end() -> Result<()> {
         control: None,
         workers: vec![None, None],
         worker_urls: vec![String::new(), String::new()],
-        http: reqwest::Client::builder().timeout(Duration::from_secs(20)).build()?,
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(20))
+            .build()?,
     };
     env.start_control().await?;
     env.start_worker(0).await?;
@@ -358,24 +380,68 @@ async fn usage_and_health_end_to_end() -> Result<()> {
         vec!["providers", "add", "an", "--kind", "anthropic", "--base-url", &an],
         vec!["credentials", "add", "an", "--secret-env", "UPSTREAM_KEY"],
         vec![
-            "providers", "add", "hp", "--kind", "openai", "--base-url", &hp, "--health", "on", "--health-probe",
-            "chat:up-h", "--health-interval", "500ms", "--health-timeout", "400ms",
+            "providers",
+            "add",
+            "hp",
+            "--kind",
+            "openai",
+            "--base-url",
+            &hp,
+            "--health",
+            "on",
+            "--health-probe",
+            "chat:up-h",
+            "--health-interval",
+            "500ms",
+            "--health-timeout",
+            "400ms",
         ],
         vec!["credentials", "add", "hp", "--secret-env", "UPSTREAM_KEY"],
         vec!["models", "add", "m-oa"],
-        vec!["backends", "add", "m-oa", "--provider", "oa", "--upstream-model", "up-oa"],
+        vec![
+            "backends",
+            "add",
+            "m-oa",
+            "--provider",
+            "oa",
+            "--upstream-model",
+            "up-oa",
+        ],
         vec!["models", "add", "m-an"],
-        vec!["backends", "add", "m-an", "--provider", "an", "--upstream-model", "up-an"],
+        vec![
+            "backends",
+            "add",
+            "m-an",
+            "--provider",
+            "an",
+            "--upstream-model",
+            "up-an",
+        ],
         vec!["models", "add", "m-h"],
-        vec!["backends", "add", "m-h", "--provider", "hp", "--upstream-model", "up-h"],
+        vec![
+            "backends",
+            "add",
+            "m-h",
+            "--provider",
+            "hp",
+            "--upstream-model",
+            "up-h",
+        ],
     ] {
         env.ctl(&args).await?;
     }
     for base in env.worker_urls.clone() {
         for kind in [Kind::OaPlain, Kind::AnPlain] {
-            wait_for(&format!("{kind:?} served by {base}"), Duration::from_secs(20), || async {
-                Ok(send(&env.http, &base, &keys[0].1, kind).await?.filter(|(s, _)| *s == 200).map(|_| ()))
-            })
+            wait_for(
+                &format!("{kind:?} served by {base}"),
+                Duration::from_secs(20),
+                || async {
+                    Ok(send(&env.http, &base, &keys[0].1, kind)
+                        .await?
+                        .filter(|(s, _)| *s == 200)
+                        .map(|_| ()))
+                },
+            )
             .await?;
         }
     }
@@ -403,15 +469,25 @@ async fn usage_and_health_end_to_end() -> Result<()> {
             }
         }
     }
-    env.expect_usage(&tallies, "exact sums after the first run").await?;
+    env.expect_usage(&tallies, "exact sums after the first run")
+        .await?;
 
     // 2. Stream without include_usage: byte-identical to the mock's own no-usage stream,
     //    while the upstream was asked for usage, and counted.
-    let (status, via_worker) = send(&env.http, &env.worker_urls[0], &keys[1].1, Kind::OaStream).await?.unwrap();
+    let (status, via_worker) = send(&env.http, &env.worker_urls[0], &keys[1].1, Kind::OaStream)
+        .await?
+        .unwrap();
     assert_eq!(status, 200);
-    tallies.lock().entry("kb".into()).or_default().add_success(Kind::OaStream);
+    tallies
+        .lock()
+        .entry("kb".into())
+        .or_default()
+        .add_success(Kind::OaStream);
     let upstream_req = mock.requests().last().unwrap().json().unwrap();
-    assert_eq!(upstream_req["stream_options"]["include_usage"], true, "{upstream_req}");
+    assert_eq!(
+        upstream_req["stream_options"]["include_usage"], true,
+        "{upstream_req}"
+    );
     let direct = env
         .http
         .post(format!("{oa}/chat/completions"))
@@ -421,13 +497,17 @@ async fn usage_and_health_end_to_end() -> Result<()> {
         .await?
         .bytes()
         .await?;
-    assert!(!direct.windows(7).any(|w| w == b"\"usage\""), "the mock's no-usage stream has usage");
+    assert!(
+        !direct.windows(7).any(|w| w == b"\"usage\""),
+        "the mock's no-usage stream has usage"
+    );
     assert_eq!(
         String::from_utf8_lossy(&via_worker),
         String::from_utf8_lossy(&direct),
         "client stream differs from the upstream's no-usage stream"
     );
-    env.expect_usage(&tallies, "the stripped stream is counted").await?;
+    env.expect_usage(&tallies, "the stripped stream is counted")
+        .await?;
 
     // 3. Health: fault the upstream's probes, see it unhealthy on both workers, restore.
     wait_for("m-h healthy on both workers", Duration::from_secs(20), || async {
@@ -436,14 +516,20 @@ async fn usage_and_health_end_to_end() -> Result<()> {
     .await?;
     mock_h.set_default(Behavior::error(503));
     let t0 = Instant::now();
-    wait_for("m-h unhealthy on both workers", Duration::from_secs(10), || async {
-        Ok((backend_health(&env, "m-h").await? == (0, 2)).then_some(()))
-    })
+    wait_for(
+        "m-h unhealthy on both workers",
+        Duration::from_secs(10),
+        || async { Ok((backend_health(&env, "m-h").await? == (0, 2)).then_some(())) },
+    )
     .await?;
     let took = t0.elapsed();
     eprintln!("unhealthy on both workers after {took:?} (probe interval 500ms)");
-    assert!(took < Duration::from_millis(500) + Duration::from_secs(3), "took {took:?}");
-    let hist: serde_json::Value = serde_json::from_str(&env.ctl(&["health", "history", "hp", "-o", "json"]).await?)?;
+    assert!(
+        took < Duration::from_millis(500) + Duration::from_secs(3),
+        "took {took:?}"
+    );
+    let hist: serde_json::Value =
+        serde_json::from_str(&env.ctl(&["health", "history", "hp", "-o", "json"]).await?)?;
     let sick: Vec<_> = hist
         .as_array()
         .unwrap()
@@ -451,19 +537,33 @@ async fn usage_and_health_end_to_end() -> Result<()> {
         .filter(|e| e["healthy"] == false && e["kind"] == "backend")
         .map(|e| e["worker_id"].as_str().unwrap_or_default().to_string())
         .collect();
-    assert!(sick.contains(&"w0".to_string()) && sick.contains(&"w1".to_string()), "{hist}");
     assert!(
-        hist.as_array().unwrap().iter().any(|e| e["reason"].as_str().unwrap_or_default().contains("503")),
+        sick.contains(&"w0".to_string()) && sick.contains(&"w1".to_string()),
+        "{hist}"
+    );
+    assert!(
+        hist.as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["reason"].as_str().unwrap_or_default().contains("503")),
         "{hist}"
     );
     mock_h.set_default(Behavior::default());
-    wait_for("m-h healthy again on both workers", Duration::from_secs(10), || async {
-        Ok((backend_health(&env, "m-h").await? == (2, 2)).then_some(()))
-    })
+    wait_for(
+        "m-h healthy again on both workers",
+        Duration::from_secs(10),
+        || async { Ok((backend_health(&env, "m-h").await? == (2, 2)).then_some(())) },
+    )
     .await?;
 
     // promtool accepts both /metrics outputs.
-    let wm = env.http.get(format!("{}/metrics", env.worker_urls[0])).send().await?.text().await?;
+    let wm = env
+        .http
+        .get(format!("{}/metrics", env.worker_urls[0]))
+        .send()
+        .await?
+        .text()
+        .await?;
     for needle in [
         "switchyard_requests_total",
         "switchyard_request_duration_seconds_bucket",
@@ -477,29 +577,55 @@ async fn usage_and_health_end_to_end() -> Result<()> {
     }
     promtool(&wm, "the worker's /metrics").await?;
     let control_http = env.control.as_ref().unwrap().url("http");
-    let cm = env.http.get(format!("{control_http}/metrics")).send().await?.text().await?;
+    let cm = env
+        .http
+        .get(format!("{control_http}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
     assert!(cm.contains("switchyard_control_report_usage_rows_total"), "{cm}");
     promtool(&cm, "control's /metrics").await?;
     // The shipped Grafana dashboard is valid JSON and only uses metrics that exist.
-    let dash_path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana/switchyard.json");
+    let dash_path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana/switchyard.json");
     let dash: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dash_path)?)?;
     let exprs: Vec<String> = dash["panels"]
         .as_array()
         .unwrap()
         .iter()
-        .flat_map(|p| p["targets"].as_array().unwrap().iter().map(|t| t["expr"].as_str().unwrap().to_string()))
+        .flat_map(|p| {
+            p["targets"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["expr"].as_str().unwrap().to_string())
+        })
         .collect();
     assert!(exprs.len() >= 10);
     for e in &exprs {
         for (i, _) in e.match_indices("switchyard_") {
-            let name: String = e[i..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
-            assert!(wm.contains(&name) || cm.contains(&name), "dashboard uses unknown metric {name}");
+            let name: String = e[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            assert!(
+                wm.contains(&name) || cm.contains(&name),
+                "dashboard uses unknown metric {name}"
+            );
         }
     }
 
     // 4. Control SIGKILLed under load for a while, then restarted: still exact.
     let stop = Arc::new(AtomicBool::new(false));
-    let load = spawn_load(env.http.clone(), env.worker_urls.clone(), keys.clone(), tallies.clone(), stop.clone(), 4);
+    let load = spawn_load(
+        env.http.clone(),
+        env.worker_urls.clone(),
+        keys.clone(),
+        tallies.clone(),
+        stop.clone(),
+        4,
+    );
     tokio::time::sleep(Duration::from_millis(500)).await; // load before the kill
     env.control.as_ref().unwrap().signal("KILL").await?;
     env.control = None;
@@ -514,20 +640,33 @@ async fn usage_and_health_end_to_end() -> Result<()> {
     }
     eprintln!("{sent} requests during the control outage phase");
     assert!(sent > 20, "load generator barely ran ({sent})");
-    env.expect_usage(&tallies, "exact sums after the control outage").await?;
+    env.expect_usage(&tallies, "exact sums after the control outage")
+        .await?;
 
     // 5. SIGTERM a worker in the middle of a burst: still exact.
     let stop = Arc::new(AtomicBool::new(false));
-    let load = spawn_load(env.http.clone(), vec![env.worker_urls[0].clone()], keys.clone(), tallies.clone(), stop.clone(), 8);
+    let load = spawn_load(
+        env.http.clone(),
+        vec![env.worker_urls[0].clone()],
+        keys.clone(),
+        tallies.clone(),
+        stop.clone(),
+        8,
+    );
     tokio::time::sleep(Duration::from_millis(300)).await; // burst under way
     let mut w0 = env.workers[0].take().unwrap();
     let status = w0.terminate(Duration::from_secs(30)).await?;
-    assert!(status.success(), "worker exited with {status}: {}", w0.stderr_text());
+    assert!(
+        status.success(),
+        "worker exited with {status}: {}",
+        w0.stderr_text()
+    );
     stop.store(true, Ordering::Relaxed);
     for h in load {
         h.await??;
     }
-    env.expect_usage(&tallies, "exact sums after a worker was SIGTERMed mid-burst").await?;
+    env.expect_usage(&tallies, "exact sums after a worker was SIGTERMed mid-burst")
+        .await?;
 
     // 6. Control down while a worker serves from its last-known-good snapshot and is
     //    stopped: the records go to the spool, and are replayed after both come back.
@@ -540,13 +679,18 @@ async fn usage_and_health_end_to_end() -> Result<()> {
     }
     let mut w0 = env.workers[0].take().unwrap();
     let status = w0.terminate(Duration::from_secs(30)).await?;
-    assert!(status.success(), "worker exited with {status}: {}", w0.stderr_text());
+    assert!(
+        status.success(),
+        "worker exited with {status}: {}",
+        w0.stderr_text()
+    );
     let spool = env.dir.path().join("w0").join("spool");
     let spooled = std::fs::read_dir(&spool).map(|d| d.count()).unwrap_or(0);
     assert!(spooled > 0, "nothing spooled; worker log:\n{}", w0.stderr_text());
     env.start_control().await?;
     env.start_worker(0).await?;
-    env.expect_usage(&tallies, "exact sums after replaying the spool").await?;
+    env.expect_usage(&tallies, "exact sums after replaying the spool")
+        .await?;
     wait_for("spool emptied", Duration::from_secs(10), || async {
         Ok((std::fs::read_dir(&spool)?.count() == 0).then_some(()))
     })

@@ -20,7 +20,16 @@ fn now_ms() -> i64 {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn rec(key: &str, model: &str, worker: &str, ts_ms: i64, status: u32, outcome: &str, latency_ms: u64, p: u64) -> pb::UsageRecord {
+fn rec(
+    key: &str,
+    model: &str,
+    worker: &str,
+    ts_ms: i64,
+    status: u32,
+    outcome: &str,
+    latency_ms: u64,
+    p: u64,
+) -> pb::UsageRecord {
     pb::UsageRecord {
         id: uuid::Uuid::now_v7().to_string(),
         ts_ms,
@@ -48,7 +57,9 @@ fn rec(key: &str, model: &str, worker: &str, ts_ms: i64, status: u32, outcome: &
 }
 
 fn row<'a>(rows: &'a [pb::UsageRow], g: &str) -> &'a pb::UsageRow {
-    rows.iter().find(|r| r.group == g).unwrap_or_else(|| panic!("no row {g} in {rows:?}"))
+    rows.iter()
+        .find(|r| r.group == g)
+        .unwrap_or_else(|| panic!("no row {g} in {rows:?}"))
 }
 
 store_test!(usage_sums_groups_percentiles_rollup, |db: TestDb| async move {
@@ -142,7 +153,9 @@ store_test!(usage_sums_groups_percentiles_rollup, |db: TestDb| async move {
     sqlx::any::install_default_drivers();
     let pool = sqlx::AnyPool::connect(&db.url).await?;
     wait_for("old records rolled up", Duration::from_secs(15), || async {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM usage_records").fetch_one(&pool).await?;
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM usage_records")
+            .fetch_one(&pool)
+            .await?;
         Ok((n == 105).then_some(()))
     })
     .await?;
@@ -160,7 +173,9 @@ store_test!(usage_sums_groups_percentiles_rollup, |db: TestDb| async move {
     let t = Instant::now();
     let mut rows = 0u64;
     for i in 0..20 {
-        let usage: Vec<_> = (0..500).map(|_| rec("bench", "m1", "w9", now, 200, "ok", 5, 1)).collect();
+        let usage: Vec<_> = (0..500)
+            .map(|_| rec("bench", "m1", "w9", now, 200, "ok", 5, 1))
+            .collect();
         rows += usage.len() as u64;
         w.report(pb::ReportRequest {
             worker_id: "w9".into(),
@@ -179,7 +194,17 @@ store_test!(usage_sums_groups_percentiles_rollup, |db: TestDb| async move {
     Ok(())
 });
 
-fn ev(worker: &str, kind: &str, model: &str, backend: &str, provider: &str, cred: &str, healthy: bool, ts: i64, reason: &str) -> pb::HealthEvent {
+fn ev(
+    worker: &str,
+    kind: &str,
+    model: &str,
+    backend: &str,
+    provider: &str,
+    cred: &str,
+    healthy: bool,
+    ts: i64,
+    reason: &str,
+) -> pb::HealthEvent {
     pb::HealthEvent {
         id: uuid::Uuid::now_v7().to_string(),
         ts_ms: ts,
@@ -200,11 +225,51 @@ store_test!(health_state_and_history, |db: TestDb| async move {
     let mut w = worker_with(&p, Some(WORKER_TOKEN)).await?;
     let t = now_ms() - 10_000;
     let health = vec![
-        ev("w1", "backend", "m1", "b1", "p1", "", false, t, "probe failed: 503"),
-        ev("w2", "backend", "m1", "b1", "p1", "", false, t + 1, "probe failed: 503"),
+        ev(
+            "w1",
+            "backend",
+            "m1",
+            "b1",
+            "p1",
+            "",
+            false,
+            t,
+            "probe failed: 503",
+        ),
+        ev(
+            "w2",
+            "backend",
+            "m1",
+            "b1",
+            "p1",
+            "",
+            false,
+            t + 1,
+            "probe failed: 503",
+        ),
         ev("w1", "backend", "m1", "b1", "p1", "", true, t + 2, "recovered"),
-        ev("w1", "credential", "", "", "p1", "c1", false, t + 3, "upstream 401"),
-        ev("w1", "backend", "m2", "b2", "p2", "", false, t + 4, "5 consecutive failures"),
+        ev(
+            "w1",
+            "credential",
+            "",
+            "",
+            "p1",
+            "c1",
+            false,
+            t + 3,
+            "upstream 401",
+        ),
+        ev(
+            "w1",
+            "backend",
+            "m2",
+            "b2",
+            "p2",
+            "",
+            false,
+            t + 4,
+            "5 consecutive failures",
+        ),
     ];
     let r = w
         .report(pb::ReportRequest {
@@ -218,14 +283,25 @@ store_test!(health_state_and_history, |db: TestDb| async move {
     assert_eq!(r.health_stored, 5);
 
     // No worker is connected: the reporting workers' latest events decide.
-    let targets = a.get_health(pb::GetHealthRequest { model: String::new() }).await?.into_inner().targets;
+    let targets = a
+        .get_health(pb::GetHealthRequest { model: String::new() })
+        .await?
+        .into_inner()
+        .targets;
     let b1 = targets.iter().find(|t| t.backend == "b1").unwrap();
     assert_eq!((b1.healthy_workers, b1.total_workers), (1, 2), "{b1:?}");
     assert_eq!(b1.last_reason, "recovered");
     assert_eq!(b1.last_change_ms, t + 2);
     let c1 = targets.iter().find(|t| t.credential == "c1").unwrap();
-    assert_eq!((c1.kind.as_str(), c1.healthy_workers, c1.total_workers), ("credential", 0, 1));
-    let only_m1 = a.get_health(pb::GetHealthRequest { model: "m1".into() }).await?.into_inner().targets;
+    assert_eq!(
+        (c1.kind.as_str(), c1.healthy_workers, c1.total_workers),
+        ("credential", 0, 1)
+    );
+    let only_m1 = a
+        .get_health(pb::GetHealthRequest { model: "m1".into() })
+        .await?
+        .into_inner()
+        .targets;
     assert!(only_m1.iter().all(|t| t.backend != "b2"), "{only_m1:?}");
 
     let hist = a
