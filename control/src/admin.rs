@@ -292,10 +292,7 @@ impl Admin for AdminSvc {
         Ok(Response::new(model_out(&m.state, &name)?))
     }
 
-    async fn get_model(
-        &self,
-        req: Request<pb::GetModelRequest>,
-    ) -> Result<Response<pb::Model>, Status> {
+    async fn get_model(&self, req: Request<pb::GetModelRequest>) -> Result<Response<pb::Model>, Status> {
         let s = self.store.load().await?;
         Ok(Response::new(model_out(&s, &req.into_inner().name)?))
     }
@@ -445,13 +442,8 @@ impl Admin for AdminSvc {
         req: Request<pb::CreateApiKeyRequest>,
     ) -> Result<Response<pb::CreateApiKeyResponse>, Status> {
         let r = req.into_inner();
-        let spec = convert::key_spec_from_proto(
-            &r.name,
-            &r.allowed_models,
-            r.expires_at_ms,
-            &r.description,
-            None,
-        )?;
+        let spec =
+            convert::key_spec_from_proto(&r.name, &r.allowed_models, r.expires_at_ms, &r.description, None)?;
         let plaintext = if r.import_plaintext.is_empty() {
             Secret::new(crypto::generate_api_key())
         } else {
@@ -494,10 +486,7 @@ impl Admin for AdminSvc {
         }))
     }
 
-    async fn get_api_key(
-        &self,
-        req: Request<pb::GetApiKeyRequest>,
-    ) -> Result<Response<pb::ApiKey>, Status> {
+    async fn get_api_key(&self, req: Request<pb::GetApiKeyRequest>) -> Result<Response<pb::ApiKey>, Status> {
         let s = self.store.load().await?;
         Ok(Response::new(key_out(&s, &req.into_inner().name)?))
     }
@@ -508,11 +497,7 @@ impl Admin for AdminSvc {
     ) -> Result<Response<pb::ListApiKeysResponse>, Status> {
         let s = self.store.load().await?;
         Ok(Response::new(pb::ListApiKeysResponse {
-            keys: s
-                .keys
-                .values()
-                .map(|k| convert::key_to_proto(k, false))
-                .collect(),
+            keys: s.keys.values().map(|k| convert::key_to_proto(k, false)).collect(),
         }))
     }
 
@@ -573,10 +558,7 @@ impl Admin for AdminSvc {
         Ok(deleted(m.version))
     }
 
-    async fn apply(
-        &self,
-        req: Request<pb::ApplyRequest>,
-    ) -> Result<Response<pb::ApplyResponse>, Status> {
+    async fn apply(&self, req: Request<pb::ApplyRequest>) -> Result<Response<pb::ApplyResponse>, Status> {
         let r = req.into_inner();
         let doc = r.document.unwrap_or_default();
         let m = self
@@ -602,10 +584,7 @@ impl Admin for AdminSvc {
         }))
     }
 
-    async fn export(
-        &self,
-        req: Request<pb::ExportRequest>,
-    ) -> Result<Response<pb::ExportResponse>, Status> {
+    async fn export(&self, req: Request<pb::ExportRequest>) -> Result<Response<pb::ExportResponse>, Status> {
         let secrets = if req.into_inner().include_secrets {
             Secrets::Clear
         } else {

@@ -6,8 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use switchyard_proto::v1 as pb;
 
 use crate::{
-    convert,
-    crypto,
+    convert, crypto,
     model::{ApiKey, ConfigState},
     secret::is_redacted,
     store::now_ms,

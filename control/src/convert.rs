@@ -197,7 +197,7 @@ pub fn model_from_proto(m: &pb::Model) -> Result<Model, Error> {
             ))
         })?
     };
-    let r = m.retry.clone().unwrap_or_default();
+    let r = m.retry.unwrap_or_default();
     let max_retries = r.max_retries.unwrap_or(DEFAULT_MAX_RETRIES);
     if max_retries > MAX_RETRIES_LIMIT {
         return Err(invalid(format!(
@@ -446,9 +446,7 @@ pub fn document_from_state(s: &ConfigState, secrets: Secrets) -> pb::ConfigDocum
 }
 
 fn empty_mask(what: &str) -> Error {
-    invalid(format!(
-        "{what}: update_mask must list the fields to update"
-    ))
+    invalid(format!("{what}: update_mask must list the fields to update"))
 }
 
 fn bad_path(what: &str, path: &str) -> Error {
@@ -527,14 +525,14 @@ pub fn merge_model(cur: &mut pb::Model, req: &pb::Model, mask: &[String]) -> Res
     if mask.is_empty() {
         return Err(empty_mask(&what));
     }
-    let rr = req.retry.clone().unwrap_or_default();
+    let rr = req.retry.unwrap_or_default();
     let ra = req.affinity.clone().unwrap_or_default();
     for path in mask {
         let r = cur.retry.get_or_insert_with(Default::default);
         let a = cur.affinity.get_or_insert_with(Default::default);
         match path.as_str() {
             "strategy" => cur.strategy = req.strategy.clone(),
-            "retry" => cur.retry = Some(rr.clone()),
+            "retry" => cur.retry = Some(rr),
             "retry.max_retries" => r.max_retries = rr.max_retries,
             "retry.per_try_timeout_ms" => r.per_try_timeout_ms = rr.per_try_timeout_ms,
             "affinity" => cur.affinity = Some(ra.clone()),

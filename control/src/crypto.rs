@@ -38,13 +38,11 @@ impl MasterKey {
                 .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(t))
                 .ok()
         };
-        let key: [u8; 32] = bytes
-            .and_then(|b| b.try_into().ok())
-            .ok_or_else(|| {
-                Error::Config(format!(
-                    "master key v{version} must be 32 bytes, base64 or hex encoded"
-                ))
-            })?;
+        let key: [u8; 32] = bytes.and_then(|b| b.try_into().ok()).ok_or_else(|| {
+            Error::Config(format!(
+                "master key v{version} must be 32 bytes, base64 or hex encoded"
+            ))
+        })?;
         Ok(MasterKey { version, key })
     }
 
@@ -167,11 +165,7 @@ mod tests {
     #[test]
     fn seal_open_rotate() {
         let k1 = MasterKey::parse(1, &hex::encode([7u8; 32])).unwrap();
-        let k2 = MasterKey::parse(
-            2,
-            &base64::engine::general_purpose::STANDARD.encode([9u8; 32]),
-        )
-        .unwrap();
+        let k2 = MasterKey::parse(2, &base64::engine::general_purpose::STANDARD.encode([9u8; 32])).unwrap();
         let r1 = Keyring::new(Some(k1.clone()), vec![]);
         let (ct, v) = r1.seal("sk-upstream-secret").unwrap();
         assert_eq!(v, 1);

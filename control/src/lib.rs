@@ -177,9 +177,7 @@ pub async fn start(cfg: Config) -> Result<Running, Error> {
     let metrics = Arc::new(metrics::Metrics::new());
     let keyring = crypto::Keyring::new(cfg.master_key.clone(), cfg.old_master_keys.clone());
     if !keyring.encrypts() {
-        tracing::warn!(
-            "SWITCHYARD_MASTER_KEY is not set: credential secrets are stored in plaintext"
-        );
+        tracing::warn!("SWITCHYARD_MASTER_KEY is not set: credential secrets are stored in plaintext");
     }
     let store = Arc::new(
         store::Store::open(

@@ -68,8 +68,7 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,sqlx=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,sqlx=warn".into()),
         )
         .init();
     let cfg = match config(Args::parse()) {
@@ -90,10 +89,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let http = running
-        .http_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
+    let http = running.http_addr().map(|a| a.to_string()).unwrap_or_default();
     println!("listening grpc={} http={http}", running.grpc_addr());
 
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {

@@ -41,9 +41,9 @@ impl Metrics {
             report_health_rows: Counter::default(),
             acks: Counter::default(),
             nacks: Counter::default(),
-            db_seconds: Histogram::new(
-                [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5].into_iter(),
-            ),
+            db_seconds: Histogram::new([
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
             registry: Registry::default(),
         };
         registry.register(

@@ -282,9 +282,9 @@ pub fn validate_name(what: &str, name: &str) -> Result<(), Error> {
             .bytes()
             .next()
             .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-        && name.bytes().all(|b| {
-            b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'_' || b == b'-'
-        });
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'_' || b == b'-');
     if ok {
         Ok(())
     } else {
@@ -467,19 +467,11 @@ pub fn diff(old: &ConfigState, new: &ConfigState) -> Vec<Change> {
         &mut out,
     );
     let empty_b = BTreeMap::new();
-    let names: std::collections::BTreeSet<&String> =
-        old.models.keys().chain(new.models.keys()).collect();
+    let names: std::collections::BTreeSet<&String> = old.models.keys().chain(new.models.keys()).collect();
     for m in names {
         let o = old.models.get(m).map_or(&empty_b, |m| &m.backends);
         let n = new.models.get(m).map_or(&empty_b, |m| &m.backends);
-        diff_map(
-            "backend",
-            m,
-            o,
-            n,
-            |a, b| spec_fields(&a.spec, &b.spec),
-            &mut out,
-        );
+        diff_map("backend", m, o, n, |a, b| spec_fields(&a.spec, &b.spec), &mut out);
     }
     diff_map(
         "key",
@@ -528,16 +520,7 @@ mod tests {
             health: HealthCheck,
             weight: u32,
         }
-        let f = spec_fields(
-            &W {
-                health: a,
-                weight: 1,
-            },
-            &W {
-                health: b,
-                weight: 2,
-            },
-        );
+        let f = spec_fields(&W { health: a, weight: 1 }, &W { health: b, weight: 2 });
         assert_eq!(f, vec!["health.interval_ms", "weight"]);
     }
 }

@@ -83,11 +83,7 @@ pub fn content_hash(state: &ConfigState, now: i64) -> String {
             .map(|m| M {
                 name: &m.name,
                 spec: &m.spec,
-                backends: m
-                    .backends
-                    .values()
-                    .map(|b| (b.name.as_str(), &b.spec))
-                    .collect(),
+                backends: m.backends.values().map(|b| (b.name.as_str(), &b.spec)).collect(),
             })
             .collect(),
         keys: snapshot_keys(state, now)

@@ -12,14 +12,7 @@ use sqlx::{
 use switchyard_proto::v1 as pb;
 use tokio::sync::Mutex;
 
-use crate::{
-    crypto::Keyring,
-    metrics::Metrics,
-    model::*,
-    secret::Secret,
-    watch::WorkerState,
-    Error,
-};
+use crate::{crypto::Keyring, metrics::Metrics, model::*, secret::Secret, watch::WorkerState, Error};
 use std::sync::Arc;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -333,11 +326,9 @@ impl Store {
                 "model" => sqlx::query("DELETE FROM backends WHERE model = $1 AND name <> $2")
                     .bind(a)
                     .bind(""),
-                "credential" => {
-                    sqlx::query("DELETE FROM credentials WHERE provider = $1 AND name = $2")
-                        .bind(a)
-                        .bind(b)
-                }
+                "credential" => sqlx::query("DELETE FROM credentials WHERE provider = $1 AND name = $2")
+                    .bind(a)
+                    .bind(b),
                 "provider" => sqlx::query("DELETE FROM credentials WHERE provider = $1 AND name <> $2")
                     .bind(a)
                     .bind(""),
@@ -590,13 +581,11 @@ impl Store {
                     worker_id: r.try_get("worker_id")?,
                     address: r.try_get("address")?,
                     software_version: r.try_get("software_version")?,
-                    applied_version: u64::try_from(r.try_get::<i64, _>("applied_version")?)
-                        .unwrap_or(0),
+                    applied_version: u64::try_from(r.try_get::<i64, _>("applied_version")?).unwrap_or(0),
                     applied_hash: r.try_get("applied_hash")?,
                     last_seen_ms: r.try_get("last_seen_ms")?,
                     connected_at_ms: r.try_get("connected_at_ms")?,
-                    rejected_version: u64::try_from(r.try_get::<i64, _>("rejected_version")?)
-                        .unwrap_or(0),
+                    rejected_version: u64::try_from(r.try_get::<i64, _>("rejected_version")?).unwrap_or(0),
                     rejected_reason: r.try_get("rejected_reason")?,
                     rejected_at_ms: r.try_get("rejected_at_ms")?,
                     connections: 0,
@@ -615,10 +604,7 @@ async fn read_version(conn: &mut AnyConnection) -> Result<u64, Error> {
 }
 
 /// Read the whole config; credential secrets are decrypted.
-pub(crate) async fn load_state(
-    conn: &mut AnyConnection,
-    keyring: &Keyring,
-) -> Result<ConfigState, Error> {
+pub(crate) async fn load_state(conn: &mut AnyConnection, keyring: &Keyring) -> Result<ConfigState, Error> {
     let mut s = ConfigState::default();
     for r in sqlx::query("SELECT name, spec, created_at_ms, updated_at_ms FROM providers")
         .fetch_all(&mut *conn)

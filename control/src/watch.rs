@@ -169,10 +169,7 @@ impl WorkerApi for WorkerSvc {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn report(
-        &self,
-        req: Request<pb::ReportRequest>,
-    ) -> Result<Response<pb::ReportResponse>, Status> {
+    async fn report(&self, req: Request<pb::ReportRequest>) -> Result<Response<pb::ReportResponse>, Status> {
         let req = req.into_inner();
         let (us, ud, hs, hd) = self.store.report(&req).await?;
         self.metrics.report_batches.inc();
@@ -191,13 +188,7 @@ impl WorkerApi for WorkerSvc {
     }
 }
 
-async fn handle_reply(
-    id: &str,
-    m: pb::WatchRequest,
-    registry: &Registry,
-    store: &Store,
-    metrics: &Metrics,
-) {
+async fn handle_reply(id: &str, m: pb::WatchRequest, registry: &Registry, store: &Store, metrics: &Metrics) {
     let now = now_ms();
     let w = match m.msg {
         Some(Msg::Ack(a)) => {
