@@ -124,10 +124,14 @@ impl ProxyError {
             Dialect::OpenAi => serde_json::json!({
                 "error": {"message": msg, "type": self.openai_type(), "code": self.openai_code()}
             }),
-            Dialect::Anthropic => serde_json::json!({
-                "type": "error",
-                "error": {"type": self.anthropic_type(), "message": msg}
-            }),
+            Dialect::Anthropic => {
+                // Written by hand so that `type` comes first, as Anthropic sends it.
+                let msg = serde_json::Value::String(msg);
+                return Bytes::from(format!(
+                    r#"{{"type":"error","error":{{"type":"{}","message":{msg}}}}}"#,
+                    self.anthropic_type()
+                ));
+            }
         };
         Bytes::from(v.to_string())
     }

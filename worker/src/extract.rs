@@ -238,6 +238,68 @@ pub fn splice(body: &Bytes, range: Range<usize>, with: &[u8]) -> Bytes {
     Bytes::from(out)
 }
 
+/// Apply non-overlapping `edits` (range → replacement) in one copy.
+pub fn splice_many(body: &Bytes, edits: &mut [(Range<usize>, Vec<u8>)]) -> Bytes {
+    edits.sort_by_key(|(r, _)| r.start);
+    let grow: usize = edits.iter().map(|(_, w)| w.len()).sum();
+    let mut out = Vec::with_capacity(body.len() + grow);
+    let mut at = 0;
+    for (r, w) in edits.iter() {
+        out.extend_from_slice(&body[at..r.start]);
+        out.extend_from_slice(w);
+        at = r.end;
+    }
+    out.extend_from_slice(&body[at..]);
+    Bytes::from(out)
+}
+
+/// The edit that makes an OpenAI streaming request ask for a final usage chunk
+/// (`stream_options.include_usage = true`), keeping any other stream options.
+pub fn include_usage_edit(body: &[u8], head: &RequestHead) -> (Range<usize>, Vec<u8>) {
+    match &head.stream_options_range {
+        Some(r) => {
+            let mut m = match serde_json::from_slice::<serde_json::Value>(&body[r.clone()]) {
+                Ok(serde_json::Value::Object(m)) => m,
+                _ => serde_json::Map::new(),
+            };
+            m.insert("include_usage".into(), serde_json::Value::Bool(true));
+            (r.clone(), serde_json::Value::Object(m).to_string().into_bytes())
+        }
+        None => (
+            head.object_end..head.object_end,
+            br#","stream_options":{"include_usage":true}"#.to_vec(),
+        ),
+    }
+}
+
+/// Undo the effect of an injected `include_usage` on one SSE chunk: drop the usage-only
+/// event (`"choices":[]` with a usage object) and the `"usage":null` members that the
+/// upstream adds to every other chunk. `None` when the chunk needs no change.
+/// Limitation: an event split across two chunks is passed through unchanged.
+pub fn strip_usage(chunk: &[u8]) -> Option<Vec<u8>> {
+    memchr::memmem::find(chunk, b"\"usage\"")?;
+    let mut out = Vec::with_capacity(chunk.len());
+    let mut rest = chunk;
+    while !rest.is_empty() {
+        let end = memchr::memmem::find(rest, b"\n\n").map_or(rest.len(), |i| i + 2);
+        let event = &rest[..end];
+        let usage_only = event.starts_with(b"data:")
+            && memchr::memmem::find(event, b"\"choices\":[]").is_some()
+            && memchr::memmem::find(event, b"\"usage\":{").is_some();
+        if !usage_only {
+            let mut e = event;
+            const NULL_USAGE: &[u8] = b",\"usage\":null";
+            while let Some(i) = memchr::memmem::find(e, NULL_USAGE) {
+                out.extend_from_slice(&e[..i]);
+                e = &e[i + NULL_USAGE.len()..];
+            }
+            out.extend_from_slice(e);
+        }
+        rest = &rest[end..];
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -275,6 +337,37 @@ mod tests {
         }
         let h = scan(b"{\"a\":[1,2,{\"b\":null}],\"c\":-1.5e3}").unwrap();
         assert_eq!(h.model, None);
+    }
+
+    #[test]
+    fn include_usage_round_trip() {
+        let body = Bytes::from_static(br#"{"model":"m","stream":true}"#);
+        let h = scan(&body).unwrap();
+        let mut edits = vec![
+            include_usage_edit(&body, &h),
+            (h.model_range.clone().unwrap(), b"\"x\"".to_vec()),
+        ];
+        let out = splice_many(&body, &mut edits);
+        assert_eq!(
+            &out[..],
+            br#"{"model":"x","stream":true,"stream_options":{"include_usage":true}}"#
+        );
+        let body = Bytes::from_static(br#"{"model":"m","stream_options":{"include_usage":false,"a":1}}"#);
+        let h = scan(&body).unwrap();
+        let mut edits = vec![include_usage_edit(&body, &h)];
+        let v: serde_json::Value = serde_json::from_slice(&splice_many(&body, &mut edits)).unwrap();
+        assert_eq!(
+            v["stream_options"],
+            serde_json::json!({"include_usage": true, "a": 1})
+        );
+
+        let chunk = b"data: {\"choices\":[{\"delta\":{}}],\"usage\":null}\n\ndata: {\"choices\":[],\"usage\":{\"total_tokens\":3}}\n\ndata: [DONE]\n\n";
+        let out = strip_usage(chunk).unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "data: {\"choices\":[{\"delta\":{}}]}\n\ndata: [DONE]\n\n"
+        );
+        assert!(strip_usage(b"data: {\"choices\":[]}\n\n").is_none());
     }
 
     proptest::proptest! {

@@ -4,7 +4,7 @@
 //! Request path (one module per stage, in order): `proxy` dispatches and drives the
 //! pipeline → `auth` (client key) → `extract` (model/stream/user, in-place model rewrite)
 //! → routing over `config::Routing` with `balance` (tier → strategy/affinity → backend →
-//! credential) → forward with held-back headers and retries (`budget`) → `relay` (frame
+//! credential) → forward with held-back headers and retries (`balance::RetryBudget`) → `relay` (frame
 //! by frame, timeouts, error events, usage via `account`, the end-of-request log line and
 //! `metrics`). Around them: `convert` (proto snapshot → routing table), `watch` (control
 //! client and last-known-good file), `health` (active probes and `GET /health`),
@@ -16,13 +16,11 @@ pub mod account;
 pub mod auth;
 pub mod balance;
 pub mod body;
-pub mod budget;
 pub mod config;
 pub mod convert;
 pub mod errors;
 pub mod extract;
 pub mod health;
-pub mod include_usage;
 pub mod metrics;
 pub mod proxy;
 pub mod relay;
@@ -37,7 +35,7 @@ use std::{
         atomic::{AtomicBool, Ordering},
         Arc,
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use arc_swap::ArcSwapOption;
@@ -88,6 +86,8 @@ pub struct Config {
     pub breaker: BreakerConfig,
     /// Receives one `UsageEvent` per finished request (must not block).
     pub usage_sink: Option<Arc<dyn UsageSink>>,
+    /// Receives every health transition (must not block).
+    pub health_sink: Option<Arc<dyn account::HealthSink>>,
 }
 
 impl Config {
@@ -102,6 +102,7 @@ impl Config {
             max_body_bytes: 32 * 1024 * 1024,
             breaker: BreakerConfig::default(),
             usage_sink: None,
+            health_sink: None,
         }
     }
 }
@@ -117,15 +118,15 @@ pub enum Error {
     State(#[from] watch::StateError),
 }
 
-/// Monotonic milliseconds since the worker started (never 0), the clock `balance` uses.
+/// The monotonic millisecond clock every `balance` call is given (`balance::now_ms`).
 #[derive(Debug)]
 pub struct Clock {
-    base: Instant,
+    _private: (),
 }
 
 impl Clock {
     pub fn now_ms(&self) -> u64 {
-        self.base.elapsed().as_millis() as u64 + 1
+        balance::now_ms()
     }
 }
 
@@ -141,9 +142,10 @@ pub fn unix_ms() -> i64 {
 pub struct Shared {
     pub routing: ArcSwapOption<config::Routing>,
     pub clock: Clock,
-    pub budget: budget::RetryBudget,
+    pub budget: balance::RetryBudget,
     pub metrics: metrics::Metrics,
     pub usage_sink: Option<Arc<dyn UsageSink>>,
+    pub health_sink: Option<Arc<dyn account::HealthSink>>,
     pub max_body_bytes: usize,
     pub worker_id: String,
     pub tasks: TaskTracker,
@@ -158,6 +160,31 @@ pub struct Shared {
 impl Shared {
     pub fn draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Log a health flip (warn) and hand it to the health sink. `target` is built only
+    /// when there is a transition, so the common path allocates nothing.
+    pub fn transition(&self, t: Option<balance::Transition>, target: impl FnOnce() -> account::HealthTarget) {
+        let Some(t) = t else { return };
+        let target = target();
+        warn!(
+            kind = target.kind,
+            model = %target.model,
+            backend = %target.backend,
+            provider = %target.provider,
+            credential = %target.credential,
+            healthy = t.healthy,
+            reason = %t.reason,
+            "health changed"
+        );
+        if let Some(sink) = &self.health_sink {
+            sink.record(account::HealthEvent {
+                ts_ms: unix_ms(),
+                target,
+                healthy: t.healthy,
+                reason: t.reason,
+            });
+        }
     }
 
     /// Validate and build `snap` fully, then swap it in (infallible) and restart probes.
@@ -231,7 +258,8 @@ pub async fn start(cfg: Config) -> Result<Running, Error> {
     let shutdown = CancellationToken::new();
     let metrics = metrics::Metrics::new();
     // Reporting to control: unless the embedder brought its own sink, usage goes into
-    // the reporter's bounded queue (the hot path only `try_send`s).
+    // the reporter's bounded queue (the hot path only `try_send`s). Health flips are
+    // sampled by the reporter itself (see `report`).
     let mut reporter = None;
     let mut usage_sink = cfg.usage_sink.clone();
     if let (None, Some(url)) = (&usage_sink, &cfg.control_url) {
@@ -245,10 +273,11 @@ pub async fn start(cfg: Config) -> Result<Running, Error> {
     }
     let shared = Arc::new(Shared {
         routing: ArcSwapOption::empty(),
-        clock: Clock { base: Instant::now() },
-        budget: budget::RetryBudget::default(),
+        clock: Clock { _private: () },
+        budget: balance::RetryBudget::default(),
         metrics,
         usage_sink,
+        health_sink: cfg.health_sink.clone(),
         max_body_bytes: cfg.max_body_bytes,
         worker_id: cfg.worker_id.clone(),
         tasks: TaskTracker::new(),

@@ -36,6 +36,12 @@ struct Args {
     /// Largest accepted request body.
     #[arg(long, env = "SWITCHYARD_MAX_BODY_BYTES", default_value_t = 32 * 1024 * 1024)]
     max_body_bytes: usize,
+    /// Consecutive failures that eject a backend or credential.
+    #[arg(long, env = "SWITCHYARD_EJECT_AFTER", default_value_t = 3)]
+    eject_after: u32,
+    /// Base ejection time (grows on repeated ejections).
+    #[arg(long, env = "SWITCHYARD_EJECTION_TIME", default_value = "30s", value_parser = humantime::parse_duration)]
+    ejection_time: Duration,
 }
 
 fn default_worker_id() -> String {
@@ -64,6 +70,9 @@ async fn main() -> anyhow::Result<()> {
     cfg.state_dir = Some(args.state_dir);
     cfg.drain_timeout = args.drain_timeout;
     cfg.max_body_bytes = args.max_body_bytes;
+    cfg.breaker.failure_threshold = args.eject_after.max(1);
+    cfg.breaker.base_ejection_ms = args.ejection_time.as_millis() as u64;
+    cfg.breaker.max_ejection_ms = cfg.breaker.max_ejection_ms.max(cfg.breaker.base_ejection_ms);
     let running = switchyard_worker::start(cfg).await.context("start worker")?;
     println!("listening http={}", running.http_addr());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

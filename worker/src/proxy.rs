@@ -11,9 +11,9 @@ use hyper::body::Incoming;
 use tracing::warn;
 
 use crate::{
-    account::Outcome,
+    account::{HealthTarget, Outcome},
     auth,
-    balance::{stable_hash, PickContext, Transition},
+    balance::{stable_hash, PickContext},
     body::ProxyBody,
     config::{Affinity, ProviderKind, Routing},
     errors::{Dialect, ProxyError},
@@ -110,7 +110,7 @@ async fn proxy(shared: Arc<Shared>, req: Request<Incoming>, kind: ProviderKind) 
     };
     let request_id = request_id(req.headers());
     shared.metrics.inflight.inc();
-    shared.budget.deposit();
+    shared.budget.record_request(shared.clock.now_ms());
     let mut fin = Finish {
         shared: shared.clone(),
         request_id: request_id.clone(),
@@ -127,7 +127,6 @@ async fn proxy(shared: Arc<Shared>, req: Request<Incoming>, kind: ProviderKind) 
         start: Instant::now(),
         ttfb: None,
         error: None,
-        strip_usage: false,
     };
     let mut resp = match forward(&shared, req, kind, dialect, &mut fin).await {
         Ok(r) => r,
@@ -192,12 +191,6 @@ fn response_header_ok(name: &HeaderName) -> bool {
     )
 }
 
-fn log_transition(t: Option<Transition>, kind: &str, name: &str) {
-    if let Some(t) = t {
-        warn!(kind, name, healthy = t.healthy, reason = %t.reason, "health changed");
-    }
-}
-
 /// Seconds from a `Retry-After` header (delta-seconds form only).
 fn retry_after_ms(h: &HeaderMap) -> Option<u64> {
     let v = h.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
@@ -259,14 +252,6 @@ async fn forward(
         }
     };
     let head = extract::scan(&bytes).map_err(ProxyError::BadRequest)?;
-    // OpenAI streams carry usage only when asked: ask, and strip it again on the way back.
-    let (bytes, head) = match (kind, crate::include_usage::inject(&bytes, &head)) {
-        (ProviderKind::OpenAi, Some((b, h))) => {
-            fin.strip_usage = true;
-            (b, h)
-        }
-        _ => (bytes, head),
-    };
     let model_name = head
         .model
         .as_deref()
@@ -285,6 +270,14 @@ async fn forward(
         .ok_or_else(|| ProxyError::UnknownModel(model_name.to_string()))?;
     fin.model.clone_from(&model.name);
     let model_range = head.model_range.clone().unwrap_or(0..0);
+    // Ask OpenAI streams for their usage so that they can be accounted; the extra chunk
+    // is removed again in `relay` so the client sees the stream it asked for.
+    let path = parts.uri.path();
+    let inject_usage = kind == ProviderKind::OpenAi
+        && head.stream
+        && head.include_usage != Some(true)
+        && (path == "/v1/chat/completions" || path == "/v1/completions");
+    let usage_edit = inject_usage.then(|| extract::include_usage_edit(&bytes, &head));
 
     let affinity = match &model.affinity {
         Affinity::None => None,
@@ -350,7 +343,7 @@ async fn forward(
             excluded_b.push(bi);
             continue;
         };
-        if attempts > 0 && !shared.budget.try_withdraw(now) {
+        if attempts > 0 && !shared.budget.try_retry(now) {
             warn!(request_id = %fin.request_id, model = %model.name, "retry budget exhausted");
             break;
         }
@@ -359,10 +352,16 @@ async fn forward(
         let cred = &provider.credentials[cp.index];
 
         let uri = upstream_uri(&provider.base_url, provider.kind, &parts.uri)?;
-        let body = if model_range.is_empty() {
-            bytes.clone()
-        } else {
-            extract::splice(&bytes, model_range.clone(), &backend.upstream_model_json)
+        let body = match &usage_edit {
+            Some(edit) => {
+                let mut edits = vec![edit.clone()];
+                if !model_range.is_empty() {
+                    edits.push((model_range.clone(), backend.upstream_model_json.to_vec()));
+                }
+                extract::splice_many(&bytes, &mut edits)
+            }
+            None if model_range.is_empty() => bytes.clone(),
+            None => extract::splice(&bytes, model_range.clone(), &backend.upstream_model_json),
         };
         let mut headers = base_headers.clone();
         for (n, v) in &provider.static_headers {
@@ -381,11 +380,9 @@ async fn forward(
         let deadline = tokio::time::Instant::now() + header_timeout;
         let resp = match tokio::time::timeout_at(deadline, provider.client.request(up)).await {
             Err(_) => {
-                log_transition(
-                    backend.state.record_failure(now, "timeout"),
-                    "backend",
-                    &backend.name,
-                );
+                shared.transition(backend.state.record_failure(now, "timeout"), || {
+                    HealthTarget::backend(&model.name, &backend.name, &provider.name)
+                });
                 shared
                     .metrics
                     .upstream_errors
@@ -401,7 +398,9 @@ async fn forward(
                 } else {
                     ("upstream", format!("{}: {}", backend.name, error_chain(&e)))
                 };
-                log_transition(backend.state.record_failure(now, label), "backend", &backend.name);
+                shared.transition(backend.state.record_failure(now, label), || {
+                    HealthTarget::backend(&model.name, &backend.name, &provider.name)
+                });
                 shared
                     .metrics
                     .upstream_errors
@@ -416,11 +415,9 @@ async fn forward(
         let status = resp.status().as_u16();
         match status {
             401 | 403 => {
-                log_transition(
-                    cred.state.eject(now, &format!("upstream {status}")),
-                    "credential",
-                    &format!("{}/{}", provider.name, cred.name),
-                );
+                shared.transition(cred.state.eject(now, &format!("upstream {status}")), || {
+                    HealthTarget::credential(&provider.name, &cred.name)
+                });
                 shared
                     .metrics
                     .upstream_errors
@@ -452,10 +449,9 @@ async fn forward(
                 continue;
             }
             500 | 502 | 503 | 504 => {
-                log_transition(
+                shared.transition(
                     backend.state.record_failure(now, &format!("upstream {status}")),
-                    "backend",
-                    &backend.name,
+                    || HealthTarget::backend(&model.name, &backend.name, &provider.name),
                 );
                 shared
                     .metrics
@@ -482,21 +478,17 @@ async fn forward(
             loop {
                 match tokio::time::timeout_at(deadline, rbody.frame()).await {
                     Err(_) => {
-                        log_transition(
-                            backend.state.record_failure(now, "timeout"),
-                            "backend",
-                            &backend.name,
-                        );
+                        shared.transition(backend.state.record_failure(now, "timeout"), || {
+                            HealthTarget::backend(&model.name, &backend.name, &provider.name)
+                        });
                         excluded_b.push(bi);
                         last_err = Some(ProxyError::Timeout);
                         continue 'attempts;
                     }
                     Ok(Some(Err(e))) => {
-                        log_transition(
-                            backend.state.record_failure(now, "stream failed"),
-                            "backend",
-                            &backend.name,
-                        );
+                        shared.transition(backend.state.record_failure(now, "stream failed"), || {
+                            HealthTarget::backend(&model.name, &backend.name, &provider.name)
+                        });
                         excluded_b.push(bi);
                         last_err = Some(ProxyError::Upstream(format!("{}: {e}", backend.name)));
                         continue 'attempts;
@@ -515,18 +507,31 @@ async fn forward(
         }
         let ttfb = t0.elapsed();
         let ttfb_us = ttfb.as_micros() as u64;
-        log_transition(
-            backend.state.record_success(now, ttfb_us),
-            "backend",
-            &backend.name,
-        );
-        log_transition(cred.state.record_success(now, ttfb_us), "credential", &cred.name);
+        shared.transition(backend.state.record_success(now, ttfb_us), || {
+            HealthTarget::backend(&model.name, &backend.name, &provider.name)
+        });
+        shared.transition(cred.state.record_success(now, ttfb_us), || {
+            HealthTarget::credential(&provider.name, &cred.name)
+        });
         fin.ttfb = Some(ttfb);
         let total = provider
             .total_timeout
             .map(|t| tokio::time::Instant::from_std(fin.start + t));
         return Ok(build_response(
-            fin, &routing, bi, route, cp.index, rparts, first, rbody, sse, success, dialect, total, guards,
+            fin,
+            &routing,
+            bi,
+            route,
+            cp.index,
+            rparts,
+            first,
+            rbody,
+            sse,
+            success,
+            dialect,
+            total,
+            inject_usage,
+            guards,
         ));
     }
 
@@ -542,10 +547,19 @@ async fn forward(
             .total_timeout
             .map(|t| tokio::time::Instant::from_std(fin.start + t));
         return Ok(build_response(
-            fin, &routing, k.backend, route, k.cred, rparts, None, rbody, sse, false, dialect, total, guards,
+            fin, &routing, k.backend, route, k.cred, rparts, None, rbody, sse, false, dialect, total, false,
+            guards,
         ));
     }
     let _ = creds_rejected;
+    // Once every backend is out (ejected or excluded and unavailable), the model has no
+    // healthy backend: say so (503) rather than report the last connect error (502).
+    let now = shared.clock.now_ms();
+    if matches!(last_err, Some(ProxyError::Connect(_)))
+        && !route.endpoints.iter().any(|e| e.state.is_available(now))
+    {
+        return Err(ProxyError::NoBackend(model.name.clone()));
+    }
     Err(last_err.unwrap_or_else(|| ProxyError::NoBackend(model.name.clone())))
 }
 
@@ -579,6 +593,7 @@ fn build_response(
     success: bool,
     dialect: Dialect,
     total: Option<tokio::time::Instant>,
+    strip_usage: bool,
     guards: [crate::balance::InflightGuard; 2],
 ) -> Response<ProxyBody> {
     let backend = &route.backends[bi];
@@ -601,7 +616,6 @@ fn build_response(
         start: fin.start,
         ttfb: fin.ttfb,
         error: None,
-        strip_usage: fin.strip_usage,
     };
     let relay = RelayBody::new(
         first,
@@ -613,6 +627,7 @@ fn build_response(
         success,
         f,
         backend.state.clone(),
+        strip_usage,
         guards,
     );
     let mut resp = Response::new(ProxyBody::Relay(Box::new(relay)));

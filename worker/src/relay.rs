@@ -42,8 +42,6 @@ pub struct Finish {
     pub start: Instant,
     pub ttfb: Option<Duration>,
     pub error: Option<&'static str>,
-    /// Usage was injected into an OpenAI stream request: strip it from the response.
-    pub strip_usage: bool,
 }
 
 impl Finish {
@@ -126,9 +124,10 @@ pub struct RelayBody {
     ended: bool,
     scanner: UsageScanner,
     finish: Option<Finish>,
-    strip: Option<crate::include_usage::UsageStripper>,
     outcome: Outcome,
     backend_state: Arc<EndpointState>,
+    /// The worker added `include_usage` upstream: remove its traces from what the client sees.
+    strip_usage: bool,
     _guards: [InflightGuard; 2],
 }
 
@@ -144,18 +143,13 @@ impl RelayBody {
         success: bool,
         finish: Finish,
         backend_state: Arc<EndpointState>,
+        strip_usage: bool,
         guards: [InflightGuard; 2],
     ) -> Self {
         let mut scanner = UsageScanner::new(sse, success);
         if let Some(f) = &first {
             scanner.observe(f);
         }
-        let mut strip =
-            (finish.strip_usage && sse && success).then(crate::include_usage::UsageStripper::default);
-        let first = match (&mut strip, first) {
-            (Some(s), Some(f)) => s.push(&f),
-            (_, f) => f,
-        };
         let outcome = if success {
             Outcome::Ok
         } else {
@@ -173,9 +167,9 @@ impl RelayBody {
             ended: false,
             scanner,
             finish: Some(finish),
-            strip,
             outcome,
             backend_state,
+            strip_usage: strip_usage && sse,
             _guards: guards,
         }
     }
@@ -189,6 +183,15 @@ impl RelayBody {
             let usage = self.scanner.finish();
             f.done(self.outcome, usage);
         }
+    }
+
+    fn client_view(&self, b: Bytes) -> Bytes {
+        if self.strip_usage {
+            if let Some(v) = crate::extract::strip_usage(&b) {
+                return Bytes::from(v);
+            }
+        }
+        b
     }
 
     /// The stream broke after bytes went out: emit the dialect error event (SSE) or
@@ -223,66 +226,54 @@ impl Body for RelayBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         if let Some(b) = this.first.take() {
-            return Poll::Ready(Some(Ok(Frame::data(b))));
+            return Poll::Ready(Some(Ok(Frame::data(this.client_view(b)))));
         }
         if this.ended {
             return Poll::Ready(None);
         }
-        loop {
-            match Pin::new(&mut this.inner).poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => {
-                    if let Some(d) = frame.data_ref() {
-                        this.scanner.observe(d);
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let frame = match frame.into_data() {
+                    Ok(d) => {
+                        this.scanner.observe(&d);
                         this.last_chunk = Instant::now();
-                        if let Some(s) = this.strip.as_mut() {
-                            match s.push(d) {
-                                Some(out) => return Poll::Ready(Some(Ok(Frame::data(out)))),
-                                // Only part of an event so far: wait for the rest.
-                                None => continue,
-                            }
-                        }
+                        Frame::data(this.client_view(d))
                     }
-                    return Poll::Ready(Some(Ok(frame)));
+                    Err(f) => f,
+                };
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => this.fail(ProxyError::Upstream(format!("stream interrupted: {e}"))),
+            Poll::Ready(None) => {
+                this.end(None);
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                if let Some(t) = this.total.as_mut() {
+                    if t.as_mut().poll(cx).is_ready() {
+                        return this.fail(ProxyError::Timeout);
+                    }
                 }
-                Poll::Ready(Some(Err(e))) => {
-                    return this.fail(ProxyError::Upstream(format!("stream interrupted: {e}")))
-                }
-                Poll::Ready(None) => {
-                    this.end(None);
-                    if let Some(rest) = this.strip.as_mut().and_then(|s| s.finish()) {
-                        return Poll::Ready(Some(Ok(Frame::data(rest))));
+                // Lazily re-arm the idle timer: chunks only note their time, and the
+                // timer is reset when it fires early.
+                loop {
+                    if this.idle_sleep.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
                     }
-                    return Poll::Ready(None);
-                }
-                Poll::Pending => {
-                    if let Some(t) = this.total.as_mut() {
-                        if t.as_mut().poll(cx).is_ready() {
-                            return this.fail(ProxyError::Timeout);
-                        }
+                    let due = this.last_chunk + this.idle;
+                    if Instant::now() >= due {
+                        return this.fail(ProxyError::Timeout);
                     }
-                    // Lazily re-arm the idle timer: chunks only note their time, and the
-                    // timer is reset when it fires early.
-                    loop {
-                        if this.idle_sleep.as_mut().poll(cx).is_pending() {
-                            return Poll::Pending;
-                        }
-                        let due = this.last_chunk + this.idle;
-                        if Instant::now() >= due {
-                            return this.fail(ProxyError::Timeout);
-                        }
-                        this.idle_sleep
-                            .as_mut()
-                            .reset(tokio::time::Instant::from_std(due));
-                    }
+                    this.idle_sleep
+                        .as_mut()
+                        .reset(tokio::time::Instant::from_std(due));
                 }
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.first.is_none()
-            && (self.ended || self.inner.is_end_stream())
-            && self.strip.as_ref().is_none_or(|s| s.is_empty())
+        self.first.is_none() && (self.ended || self.inner.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -305,12 +296,13 @@ impl Body for RelayBody {
 impl Drop for RelayBody {
     fn drop(&mut self) {
         if self.finish.is_some() {
-            // hyper stops polling once `is_end_stream()` says the body is complete (a
-            // sized body): that is a finished response, not an abandoned one.
-            let complete = self.first.is_none()
-                && self.inner.is_end_stream()
-                && self.strip.as_ref().is_none_or(|s| s.is_empty());
-            self.end((!complete).then_some(Outcome::ClientAborted));
+            // hyper stops polling once a body with a known length is complete, so a
+            // fully relayed body can be dropped without a final `None`.
+            if self.first.is_none() && self.inner.is_end_stream() {
+                self.end(None);
+            } else {
+                self.end(Some(Outcome::ClientAborted));
+            }
         }
     }
 }
