@@ -222,7 +222,10 @@ pub async fn start(cfg: Config) -> Result<Running, Error> {
             store.pool().clone(),
             retention,
             // Often enough that the raw table never holds much more than the retention.
-            (retention / 24).clamp(std::time::Duration::from_secs(1), std::time::Duration::from_secs(3600)),
+            (retention / 24).clamp(
+                std::time::Duration::from_secs(1),
+                std::time::Duration::from_secs(3600),
+            ),
             metrics.clone(),
             cancel.clone(),
         ));

@@ -194,6 +194,7 @@ store_test!(usage_sums_groups_percentiles_rollup, |db: TestDb| async move {
     Ok(())
 });
 
+#[allow(clippy::too_many_arguments)]
 fn ev(
     worker: &str,
     kind: &str,
