@@ -31,3 +31,11 @@ CREATE TABLE usage_hourly (
 );
 CREATE INDEX usage_hourly_key ON usage_hourly (key_name, hour_ms);
 CREATE INDEX usage_hourly_model ON usage_hourly (model, hour_ms);
+
+-- Ids of raw records that were rolled up, kept for another retention period, so a
+-- batch resent after its records were rolled up is still recognised as a duplicate.
+CREATE TABLE usage_rolled_ids (
+    id TEXT PRIMARY KEY,
+    rolled_at_ms BIGINT NOT NULL
+);
+CREATE INDEX usage_rolled_ids_at ON usage_rolled_ids (rolled_at_ms);

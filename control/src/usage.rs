@@ -246,7 +246,9 @@ async fn add_rows(
 
 /// Roll raw records older than `now - retention` (cut at an hour boundary) into
 /// `usage_hourly` and delete them, in one transaction. Running it twice is harmless:
-/// the second run finds no raw rows below the cut. Returns the rows rolled up.
+/// the second run finds no raw rows below the cut. The ids of rolled-up records are
+/// kept for one more retention period, so Report still rejects them as duplicates
+/// (a resend later than that would be counted again). Returns the rows rolled up.
 pub async fn roll_up(pool: &AnyPool, retention: Duration, now: i64) -> Result<u64, Error> {
     let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
     let cut = (now.saturating_sub(retention_ms)).div_euclid(HOUR_MS) * HOUR_MS;
@@ -283,6 +285,19 @@ pub async fn roll_up(pool: &AnyPool, retention: Duration, now: i64) -> Result<u6
     .bind(cut)
     .execute(&mut *tx)
     .await?;
+    // Remember the ids for another retention period (a resent batch stays a duplicate).
+    sqlx::query(
+        "INSERT INTO usage_rolled_ids (id, rolled_at_ms) SELECT id, $1 FROM usage_records WHERE ts_ms < $2 \
+         ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(now)
+    .bind(cut)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("DELETE FROM usage_rolled_ids WHERE rolled_at_ms < $1")
+        .bind(now.saturating_sub(retention_ms))
+        .execute(&mut *tx)
+        .await?;
     let n = sqlx::query("DELETE FROM usage_records WHERE ts_ms < $1")
         .bind(cut)
         .execute(&mut *tx)

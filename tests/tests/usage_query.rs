@@ -167,6 +167,11 @@ store_test!(usage_sums_groups_percentiles_rollup, |db: TestDb| async move {
     assert_eq!(row(&after, "a").requests, 104);
     assert_eq!(row(&after, "a").prompt_tokens, 1004);
     assert_eq!(row(&after, "a").errors, 3);
+    // Resent after the roll-up: still all duplicates, sums unchanged.
+    let r = w.report(batch.clone()).await?.into_inner();
+    assert_eq!((r.usage_stored, r.usage_duplicates), (0, 109));
+    let again = a.query_usage(q("key", "")).await?.into_inner().rows;
+    assert_eq!(row(&again, "a").requests, 104);
     pool.close().await;
 
     // Bench note: report throughput (rows/s committed) on this store.
