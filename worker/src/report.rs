@@ -570,7 +570,11 @@ pub async fn run(
         }
         // Sending happens inline: the queue in front absorbs the wait, and a send is
         // bounded by the channel timeout.
-        st.send_all().await;
+        // A send in progress is abandoned on shutdown (its batch stays queued).
+        tokio::select! {
+            _ = st.send_all() => {}
+            _ = cancel.cancelled() => {}
+        }
     }
 
     // Shutdown: everything still queued goes out now, or into the spool.
@@ -584,14 +588,23 @@ pub async fn run(
     st.next_attempt = Instant::now();
     while !st.batches.is_empty() && Instant::now() < deadline {
         let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, st.send_front()).await {
+        let res = tokio::time::timeout(left.min(Duration::from_secs(3)), st.send_front()).await;
+        match res {
             Ok(Ok(())) => st.on_success(),
             Ok(Err(e)) => {
                 st.on_failure(&e);
+                // With a spool, do not hold up the exit retrying: the next start replays it.
+                if st.spool_dir().is_some() {
+                    break;
+                }
                 let wait = st.next_attempt.saturating_duration_since(Instant::now());
                 tokio::time::sleep(wait.min(deadline.saturating_duration_since(Instant::now()))).await;
             }
-            Err(_) => break,
+            Err(_) => {
+                if st.spool_dir().is_some() {
+                    break;
+                }
+            }
         }
     }
     let unsent: usize = st
