@@ -14,6 +14,7 @@ use crate::{
     secret::Secret,
     snapshot::Published,
     store::{now_ms, Store},
+    usage,
     watch::Registry,
     Error,
 };
@@ -644,28 +645,38 @@ impl Admin for AdminSvc {
 
     async fn query_usage(
         &self,
-        _req: Request<pb::QueryUsageRequest>,
+        req: Request<pb::QueryUsageRequest>,
     ) -> Result<Response<pb::QueryUsageResponse>, Status> {
-        Err(Status::unimplemented(
-            "QueryUsage is not implemented yet (usage records are stored; querying comes with the reporting issue)",
-        ))
+        let q = usage::UsageQuery::from_proto(req.get_ref())?;
+        let rows = usage::query_usage(self.store.pool(), &q).await?;
+        Ok(Response::new(pb::QueryUsageResponse {
+            rows: rows.iter().map(usage::UsageSummary::to_proto).collect(),
+        }))
     }
 
     async fn get_health(
         &self,
-        _req: Request<pb::GetHealthRequest>,
+        req: Request<pb::GetHealthRequest>,
     ) -> Result<Response<pb::GetHealthResponse>, Status> {
-        Err(Status::unimplemented(
-            "GetHealth is not implemented yet (health events are stored; querying comes with the reporting issue)",
-        ))
+        let model = Some(req.get_ref().model.as_str()).filter(|m| !m.is_empty());
+        let snapshot = self.snapshots.borrow().snapshot.clone();
+        let connected = self
+            .registry
+            .list()
+            .into_iter()
+            .filter(|w| w.connections > 0)
+            .map(|w| w.worker_id)
+            .collect();
+        let targets = usage::get_health(self.store.pool(), &snapshot, &connected, model).await?;
+        Ok(Response::new(pb::GetHealthResponse { targets }))
     }
 
     async fn health_history(
         &self,
-        _req: Request<pb::HealthHistoryRequest>,
+        req: Request<pb::HealthHistoryRequest>,
     ) -> Result<Response<pb::HealthHistoryResponse>, Status> {
-        Err(Status::unimplemented(
-            "HealthHistory is not implemented yet (health events are stored; querying comes with the reporting issue)",
-        ))
+        let r = req.get_ref();
+        let events = usage::health_history(self.store.pool(), &r.backend, r.limit).await?;
+        Ok(Response::new(pb::HealthHistoryResponse { events }))
     }
 }

@@ -12,10 +12,7 @@ pub fn router(metrics: Arc<Metrics>) -> Router {
             let m = metrics.clone();
             async move {
                 (
-                    [(
-                        header::CONTENT_TYPE,
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    )],
+                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
                     m.render(),
                 )
                     .into_response()

@@ -21,6 +21,7 @@ pub mod model;
 pub mod secret;
 pub mod snapshot;
 pub mod store;
+pub mod usage;
 pub mod watch;
 
 pub use crypto::MasterKey;
@@ -86,6 +87,9 @@ pub struct Config {
     pub master_key: Option<MasterKey>,
     /// Earlier keys, to decrypt (and re-encrypt at start) secrets after a rotation.
     pub old_master_keys: Vec<MasterKey>,
+    /// Raw usage records older than this are rolled up into hourly aggregates;
+    /// `None` keeps raw records forever.
+    pub usage_retention: Option<std::time::Duration>,
 }
 
 impl Default for Config {
@@ -100,6 +104,7 @@ impl Default for Config {
             insecure: false,
             master_key: None,
             old_master_keys: Vec::new(),
+            usage_retention: Some(std::time::Duration::from_secs(30 * 24 * 3600)),
         }
     }
 }
@@ -211,6 +216,20 @@ pub async fn start(cfg: Config) -> Result<Running, Error> {
         metrics.clone(),
         cancel.clone(),
     ));
+
+    if let Some(retention) = cfg.usage_retention {
+        tasks.spawn(usage::run_retention(
+            store.pool().clone(),
+            retention,
+            // Often enough that the raw table never holds much more than the retention.
+            (retention / 24).clamp(
+                std::time::Duration::from_secs(1),
+                std::time::Duration::from_secs(3600),
+            ),
+            metrics.clone(),
+            cancel.clone(),
+        ));
+    }
 
     let admin = admin::AdminSvc {
         store: store.clone(),

@@ -30,6 +30,10 @@ struct Args {
     /// Previous keys for rotation: `1:<key>,2:<key>`.
     #[arg(long, env = "SWITCHYARD_OLD_MASTER_KEYS", hide_env_values = true)]
     old_master_keys: Option<String>,
+    /// Keep raw usage records this long (e.g. `30d`), then roll them up into hourly
+    /// aggregates; `0` keeps them forever.
+    #[arg(long, env = "SWITCHYARD_USAGE_RETENTION", default_value = "30d", value_parser = humantime::parse_duration)]
+    usage_retention: std::time::Duration,
     /// Allow a non-loopback listen address without tokens.
     #[arg(long)]
     insecure: bool,
@@ -44,6 +48,7 @@ fn config(a: Args) -> Result<Config, switchyard_control::Error> {
         admin_token: a.admin_token.filter(|s| !s.is_empty()).map(Secret::new),
         worker_token: a.worker_token.filter(|s| !s.is_empty()).map(Secret::new),
         insecure: a.insecure,
+        usage_retention: Some(a.usage_retention).filter(|d| !d.is_zero()),
         master_key: a
             .master_key
             .filter(|s| !s.is_empty())

@@ -181,6 +181,10 @@ impl Store {
     pub fn subscribe_commits(&self) -> tokio::sync::watch::Receiver<u64> {
         self.committed.subscribe()
     }
+    /// The pool, for read-only queries that live in their own modules (`usage`).
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
     pub async fn close(&self) {
         self.pool.close().await;
     }
@@ -473,7 +477,8 @@ impl Store {
             };
             let n = sqlx::query(
                 "INSERT INTO usage_records (id, ts_ms, request_id, worker_id, key_id, key_name, model, backend, provider, credential, endpoint, status, stream, retries, latency_us, ttfb_us, prompt_tokens, completion_tokens, total_tokens, cached_tokens, reasoning_tokens, outcome) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22) ON CONFLICT (id) DO NOTHING",
+                 SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22 \
+                 WHERE NOT EXISTS (SELECT 1 FROM usage_rolled_ids r WHERE r.id = $1) ON CONFLICT (id) DO NOTHING",
             )
             .bind(&u.id)
             .bind(u.ts_ms)

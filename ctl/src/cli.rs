@@ -80,6 +80,10 @@ pub enum Command {
     Workers(WorkersCmd),
     /// Control-plane version, store and how many workers are in sync.
     Status,
+    /// Requests, errors, tokens and latency that workers reported (e.g. `--since 1h --by key`).
+    Usage(crate::usage::UsageArgs),
+    /// Backend and credential health as the fleet sees it; `health history TARGET`.
+    Health(crate::usage::HealthArgs),
     /// Print a shell completion script (e.g. `switchyard completions bash > /etc/bash_completion.d/switchyard`).
     Completions {
         #[arg(value_enum)]

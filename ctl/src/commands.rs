@@ -30,7 +30,7 @@ impl Ctx {
     }
 
     /// Print `v` as JSON, or `text()` for tables.
-    fn show<T: Serialize>(&self, v: &T, text: impl FnOnce() -> String) -> Result<()> {
+    pub(crate) fn show<T: Serialize>(&self, v: &T, text: impl FnOnce() -> String) -> Result<()> {
         match self.output {
             Output::Json => self.json(v),
             Output::Table => {

@@ -11,6 +11,7 @@ pub mod doc;
 pub mod secret;
 pub mod table;
 pub mod up;
+pub mod usage;
 pub mod view;
 
 use anyhow::Result;
@@ -90,6 +91,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Export(a) => commands::export(&ctx, admin, a).await,
         Command::Workers(c) => commands::workers(&ctx, admin, c).await,
         Command::Status => commands::status(&ctx, admin).await,
+        Command::Usage(a) => usage::usage(&ctx, admin, a).await,
+        Command::Health(a) => usage::health(&ctx, admin, a).await,
         Command::Completions { .. } | Command::Up(_) => Ok(()),
     }
 }

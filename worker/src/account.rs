@@ -248,7 +248,7 @@ fn sse_line(line: &[u8], usage: &mut Usage, seen: &mut bool) {
     let Some(data) = line.strip_prefix(b"data:") else {
         return;
     };
-    if memchr::memmem::find(data, b"\"usage\"").is_none() {
+    if !has_usage_object(data) {
         return;
     }
     let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) else {
@@ -257,6 +257,24 @@ fn sse_line(line: &[u8], usage: &mut Usage, seen: &mut bool) {
     if apply_usage(&v, usage) {
         *seen = true;
     }
+}
+
+/// Whether `data` has a `"usage"` key whose value is an object. OpenAI stream chunks
+/// carry `"usage":null` when usage was requested: parsing those would cost a JSON parse
+/// per chunk for nothing.
+fn has_usage_object(data: &[u8]) -> bool {
+    let mut rest = data;
+    while let Some(i) = memchr::memmem::find(rest, b"\"usage\"") {
+        rest = &rest[i + 7..];
+        let mut j = 0;
+        while rest.get(j).is_some_and(|c| c.is_ascii_whitespace() || *c == b':') {
+            j += 1;
+        }
+        if rest.get(j) == Some(&b'{') {
+            return true;
+        }
+    }
+    false
 }
 
 fn n(v: &serde_json::Value, path: &[&str]) -> Option<u64> {

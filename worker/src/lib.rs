@@ -24,6 +24,7 @@ pub mod health;
 pub mod metrics;
 pub mod proxy;
 pub mod relay;
+pub mod report;
 pub mod server;
 pub mod watch;
 
@@ -255,12 +256,27 @@ pub async fn start(cfg: Config) -> Result<Running, Error> {
         source,
     })?;
     let shutdown = CancellationToken::new();
+    let metrics = metrics::Metrics::new();
+    // Reporting to control: unless the embedder brought its own sink, usage goes into
+    // the reporter's bounded queue (the hot path only `try_send`s). Health flips are
+    // sampled by the reporter itself (see `report`).
+    let mut reporter = None;
+    let mut usage_sink = cfg.usage_sink.clone();
+    if let (None, Some(url)) = (&usage_sink, &cfg.control_url) {
+        let mut rc = report::ReportConfig::new(url.clone(), cfg.worker_id.clone());
+        rc.worker_token = cfg.worker_token.clone();
+        rc.state_dir = cfg.state_dir.clone();
+        rc.shutdown_budget = cfg.drain_timeout;
+        let (sink, rx) = report::ReportSink::new(rc.queue, metrics.usage_dropped.clone());
+        usage_sink = Some(sink);
+        reporter = Some((rc, rx));
+    }
     let shared = Arc::new(Shared {
         routing: ArcSwapOption::empty(),
         clock: Clock { _private: () },
         budget: balance::RetryBudget::default(),
-        metrics: metrics::Metrics::new(),
-        usage_sink: cfg.usage_sink.clone(),
+        metrics,
+        usage_sink,
         health_sink: cfg.health_sink.clone(),
         max_body_bytes: cfg.max_body_bytes,
         worker_id: cfg.worker_id.clone(),
@@ -292,6 +308,14 @@ pub async fn start(cfg: Config) -> Result<Running, Error> {
         let s = shared.clone();
         let c = shutdown.child_token();
         shared.tasks.spawn(async move { watch::run(s, wc, c).await });
+    }
+    if let Some((rc, rx)) = reporter {
+        let s = shared.clone();
+        let dropped = shared.metrics.usage_dropped.clone();
+        let c = shutdown.child_token();
+        shared
+            .tasks
+            .spawn(async move { report::run(s, rc, rx, dropped, c).await });
     }
     let stop_accept = CancellationToken::new();
     let server = tokio::spawn(server::serve(

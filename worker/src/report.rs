@@ -1,0 +1,694 @@
+//! Reporting usage and health to control (`WorkerApi.Report`).
+//!
+//! The hot path only calls [`ReportSink::record`], a `try_send` into a bounded queue:
+//! when it is full the record is counted as dropped (`switchyard_reports_dropped_total`
+//! plus a rate-limited warning) and the request goes on. One owned background task
+//! ([`run`]) turns the queue into batches (every second or 500 records) with uuid-v7
+//! record ids and a batch id, and sends them. A batch stays in memory until control
+//! acknowledges it (control commits before it answers, and ids make a resent batch
+//! harmless). While control is unreachable for a while, or too much is buffered,
+//! batches go to `<state-dir>/spool/<batch-id>.pb`; spool files are replayed (oldest
+//! first) and deleted only once acknowledged. On shutdown the task drains the queue,
+//! tries to send everything within the drain budget, and spools the rest.
+//!
+//! Health: the task samples every backend's and credential's state a few times a
+//! second and reports each flip as a `HealthEvent` (passive breakers, probes and 429
+//! cooldowns all end up in that state, so no flip is missed and the request path does
+//! nothing extra). Right after start it reports the full state of every target, so a
+//! stale "unhealthy" from a previous run of the same worker id is overwritten.
+use std::{
+    collections::{HashMap, VecDeque},
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use prometheus_client::metrics::counter::Counter;
+use prost::Message;
+use switchyard_proto as pb;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::{
+    account::{UsageEvent, UsageSink},
+    Secret, Shared,
+};
+
+/// Knobs of the reporter; `Default` gives the documented values.
+#[derive(Debug, Clone)]
+pub struct ReportConfig {
+    pub control_url: String,
+    pub worker_token: Option<Secret>,
+    pub worker_id: String,
+    /// `<state_dir>/spool` holds unsent batches; `None` keeps them in memory only.
+    pub state_dir: Option<PathBuf>,
+    pub flush_every: Duration,
+    pub batch_max: usize,
+    /// Capacity of the hot-path queue.
+    pub queue: usize,
+    /// Records kept in memory (unsent) before batches go to the spool (or, without a
+    /// state dir, the oldest are dropped).
+    pub max_in_memory: usize,
+    /// Failing this long moves unsent batches to the spool.
+    pub spool_after: Duration,
+    /// How often health states are sampled.
+    pub health_every: Duration,
+    /// Longest time spent flushing at shutdown before spooling the rest.
+    pub shutdown_budget: Duration,
+}
+
+impl ReportConfig {
+    pub fn new(control_url: String, worker_id: String) -> Self {
+        Self {
+            control_url,
+            worker_token: None,
+            worker_id,
+            state_dir: None,
+            flush_every: Duration::from_secs(1),
+            batch_max: 500,
+            queue: 65_536,
+            max_in_memory: 100_000,
+            spool_after: Duration::from_secs(10),
+            health_every: Duration::from_millis(200),
+            shutdown_budget: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The hot-path end: never blocks, counts what it has to drop.
+#[derive(Debug)]
+pub struct ReportSink {
+    tx: mpsc::Sender<UsageEvent>,
+    dropped: Counter,
+    last_warn_s: AtomicU64,
+    start: Instant,
+}
+
+impl ReportSink {
+    pub fn new(capacity: usize, dropped: Counter) -> (Arc<Self>, mpsc::Receiver<UsageEvent>) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        (
+            Arc::new(Self {
+                tx,
+                dropped,
+                last_warn_s: AtomicU64::new(0),
+                start: Instant::now(),
+            }),
+            rx,
+        )
+    }
+}
+
+impl UsageSink for ReportSink {
+    fn record(&self, ev: UsageEvent) {
+        if self.tx.try_send(ev).is_err() {
+            self.dropped.inc();
+            // At most one warning per 10 s.
+            let now = self.start.elapsed().as_secs() + 10;
+            let last = self.last_warn_s.load(Ordering::Relaxed);
+            if now >= last + 10
+                && self
+                    .last_warn_s
+                    .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                warn!(
+                    dropped_total = self.dropped.get(),
+                    "usage report queue full; dropping records"
+                );
+            }
+        }
+    }
+}
+
+fn to_record(ev: UsageEvent, worker_id: &str) -> pb::UsageRecord {
+    pb::UsageRecord {
+        id: uuid::Uuid::now_v7().to_string(),
+        ts_ms: ev.ts_ms,
+        request_id: ev.request_id,
+        worker_id: worker_id.to_string(),
+        key_id: ev.key_id,
+        key_name: ev.key_name,
+        model: ev.model,
+        backend: ev.backend,
+        provider: ev.provider,
+        credential: ev.credential,
+        endpoint: ev.endpoint,
+        status: u32::from(ev.status),
+        stream: ev.stream,
+        retries: ev.retries,
+        latency_us: ev.latency_us,
+        ttfb_us: ev.ttfb_us,
+        prompt_tokens: ev.usage.prompt_tokens,
+        completion_tokens: ev.usage.completion_tokens,
+        total_tokens: ev.usage.total_tokens,
+        cached_tokens: ev.usage.cached_tokens,
+        reasoning_tokens: ev.usage.reasoning_tokens,
+        outcome: ev.outcome.as_str().to_string(),
+    }
+}
+
+/// A formed batch: in memory, or only on disk (then `req` is loaded when sent).
+#[derive(Debug)]
+struct Batch {
+    id: String,
+    req: Option<pb::ReportRequest>,
+    spool: Option<PathBuf>,
+    records: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SendError {
+    #[error("{0}")]
+    Rpc(String),
+    #[error("spool file {0}: {1}")]
+    Spool(PathBuf, std::io::Error),
+}
+
+/// Identity of a health target (same fields as the event).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct TargetKey {
+    kind: &'static str,
+    model: String,
+    backend: String,
+    provider: String,
+    credential: String,
+}
+
+struct State {
+    cfg: ReportConfig,
+    client: Option<pb::worker_api_client::WorkerApiClient<tonic::transport::Channel>>,
+    pending_usage: Vec<pb::UsageRecord>,
+    pending_health: Vec<pb::HealthEvent>,
+    batches: VecDeque<Batch>,
+    in_memory: usize,
+    failing_since: Option<Instant>,
+    next_attempt: Instant,
+    backoff: Duration,
+    last_flush: Instant,
+    health: HashMap<TargetKey, bool>,
+    health_seeded: bool,
+    dropped: Counter,
+}
+
+impl State {
+    fn spool_dir(&self) -> Option<PathBuf> {
+        self.cfg.state_dir.as_ref().map(|d| d.join("spool"))
+    }
+
+    fn form_batches(&mut self, force: bool) {
+        while (force && (!self.pending_usage.is_empty() || !self.pending_health.is_empty()))
+            || self.pending_usage.len() >= self.cfg.batch_max
+        {
+            let n = self.pending_usage.len().min(self.cfg.batch_max);
+            let usage: Vec<_> = self.pending_usage.drain(..n).collect();
+            let health = std::mem::take(&mut self.pending_health);
+            let id = uuid::Uuid::now_v7().to_string();
+            let records = usage.len() + health.len();
+            self.in_memory += records;
+            self.batches.push_back(Batch {
+                req: Some(pb::ReportRequest {
+                    worker_id: self.cfg.worker_id.clone(),
+                    batch_id: id.clone(),
+                    usage,
+                    health,
+                }),
+                id,
+                spool: None,
+                records,
+            });
+        }
+        self.enforce_memory_bound();
+    }
+
+    /// Keep at most `max_in_memory` unsent records in memory: spool the newest
+    /// in-memory batches (the oldest go out first anyway), or drop the oldest when
+    /// there is no spool.
+    fn enforce_memory_bound(&mut self) {
+        let spool_all = self
+            .failing_since
+            .is_some_and(|t| t.elapsed() >= self.cfg.spool_after);
+        if self.in_memory <= self.cfg.max_in_memory && !spool_all {
+            return;
+        }
+        match self.spool_dir() {
+            Some(dir) => {
+                for b in self.batches.iter_mut().rev() {
+                    if self.in_memory <= self.cfg.max_in_memory && !spool_all {
+                        break;
+                    }
+                    if let Some(req) = b.req.take() {
+                        match write_spool(&dir, &b.id, &req) {
+                            Ok(p) => {
+                                debug!(batch = %b.id, records = b.records, "batch spooled");
+                                b.spool = Some(p);
+                                self.in_memory -= b.records;
+                            }
+                            Err(e) => {
+                                warn!(error = %e, "cannot spool report batch; keeping it in memory");
+                                b.req = Some(req);
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            None => {
+                while self.in_memory > self.cfg.max_in_memory {
+                    let Some(pos) = self.batches.iter().position(|b| b.req.is_some()) else {
+                        break;
+                    };
+                    if let Some(b) = self.batches.remove(pos) {
+                        self.in_memory -= b.records;
+                        self.dropped.inc_by(b.records as u64);
+                        warn!(
+                            records = b.records,
+                            "report buffer full and no state dir; dropped the oldest batch"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    fn client(
+        &mut self,
+    ) -> Result<pb::worker_api_client::WorkerApiClient<tonic::transport::Channel>, SendError> {
+        if let Some(c) = &self.client {
+            return Ok(c.clone());
+        }
+        let ep = tonic::transport::Endpoint::from_shared(self.cfg.control_url.clone())
+            .map_err(|e| SendError::Rpc(e.to_string()))?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(10))
+            .tcp_nodelay(true);
+        let c = pb::worker_api_client::WorkerApiClient::new(ep.connect_lazy())
+            .max_decoding_message_size(64 * 1024 * 1024)
+            .max_encoding_message_size(64 * 1024 * 1024);
+        self.client = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Send the oldest batch. On success it is forgotten (and its spool file deleted).
+    async fn send_front(&mut self) -> Result<(), SendError> {
+        let Some(b) = self.batches.front() else {
+            return Ok(());
+        };
+        let req = match (&b.req, &b.spool) {
+            (Some(r), _) => r.clone(),
+            (None, Some(p)) => {
+                let bytes = tokio::fs::read(p)
+                    .await
+                    .map_err(|e| SendError::Spool(p.clone(), e))?;
+                match pb::ReportRequest::decode(bytes.as_slice()) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        // A torn file (crash while writing is excluded by rename, but be safe).
+                        warn!(path = %p.display(), error = %e, "unreadable spool file; moving it aside");
+                        let _ = tokio::fs::rename(p, p.with_extension("bad")).await;
+                        self.batches.pop_front();
+                        return Ok(());
+                    }
+                }
+            }
+            (None, None) => {
+                self.batches.pop_front();
+                return Ok(());
+            }
+        };
+        let mut client = self.client()?;
+        let mut r = tonic::Request::new(req);
+        if let Some(t) = &self.cfg.worker_token {
+            if let Ok(v) = format!("Bearer {}", t.expose()).parse() {
+                r.metadata_mut().insert("authorization", v);
+            }
+        }
+        let resp = client
+            .report(r)
+            .await
+            .map_err(|s| SendError::Rpc(format!("{}: {}", s.code(), s.message())))?
+            .into_inner();
+        if let Some(b) = self.batches.pop_front() {
+            if b.req.is_some() {
+                self.in_memory -= b.records;
+            }
+            if let Some(p) = &b.spool {
+                if let Err(e) = tokio::fs::remove_file(p).await {
+                    warn!(path = %p.display(), error = %e, "cannot delete acknowledged spool file");
+                }
+            }
+            debug!(batch = %b.id, stored = resp.usage_stored, duplicates = resp.usage_duplicates, "report acknowledged");
+        }
+        Ok(())
+    }
+
+    fn on_failure(&mut self, e: &SendError) {
+        let first = self.failing_since.is_none();
+        self.failing_since.get_or_insert_with(Instant::now);
+        if first {
+            warn!(control = %self.cfg.control_url, error = %e, queued = self.batches.len(), "cannot report to control; keeping records and retrying");
+        }
+        self.next_attempt = Instant::now() + self.backoff;
+        self.backoff = (self.backoff * 2).min(Duration::from_secs(5));
+        self.enforce_memory_bound();
+    }
+
+    fn on_success(&mut self) {
+        if self.failing_since.take().is_some() {
+            info!(control = %self.cfg.control_url, "reporting to control again");
+        }
+        self.backoff = Duration::from_millis(100);
+    }
+
+    /// Send as many batches as possible now; stops at the first failure.
+    async fn send_all(&mut self) {
+        while !self.batches.is_empty() && Instant::now() >= self.next_attempt {
+            match self.send_front().await {
+                Ok(()) => self.on_success(),
+                Err(e) => {
+                    self.on_failure(&e);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Compare every target's state with the last reported one and queue the flips.
+    fn sample_health(&mut self, shared: &Shared) {
+        let Some(routing) = shared.routing.load_full() else {
+            return;
+        };
+        let now = shared.clock.now_ms();
+        let ts = crate::unix_ms();
+        let seeded = self.health_seeded;
+        let mut seen = Vec::new();
+        let mut visit = |key: TargetKey, state: &crate::balance::EndpointState| {
+            let v = state.snapshot(now);
+            let cooling = v.cooldown_until_ms.is_some();
+            let healthy = v.healthy && !cooling;
+            seen.push((key, healthy, v, cooling));
+        };
+        for m in routing.models.values() {
+            for r in m.routes.iter().flatten() {
+                for b in &r.backends {
+                    visit(
+                        TargetKey {
+                            kind: "backend",
+                            model: m.name.clone(),
+                            backend: b.name.clone(),
+                            provider: routing.providers[b.provider].name.clone(),
+                            credential: String::new(),
+                        },
+                        &b.state,
+                    );
+                }
+            }
+        }
+        for p in &routing.providers {
+            for c in &p.credentials {
+                visit(
+                    TargetKey {
+                        kind: "credential",
+                        model: String::new(),
+                        backend: String::new(),
+                        provider: p.name.clone(),
+                        credential: c.name.clone(),
+                    },
+                    &c.state,
+                );
+            }
+        }
+        for (key, healthy, view, cooling) in seen {
+            let prev = self.health.insert(key.clone(), healthy);
+            let reason = match prev {
+                Some(p) if p == healthy => continue,
+                // A target we never reported: full state at start, later only when sick
+                // (no event means healthy to control).
+                None if seeded && healthy => continue,
+                None if !seeded => {
+                    if healthy {
+                        "initial state: healthy".to_string()
+                    } else {
+                        format!("initial state: {}", unhealthy_reason(&view, cooling))
+                    }
+                }
+                _ if healthy => "recovered".to_string(),
+                _ => unhealthy_reason(&view, cooling),
+            };
+            info!(kind = key.kind, model = %key.model, backend = %key.backend, provider = %key.provider, credential = %key.credential, healthy, reason = %reason, "reporting health change");
+            self.pending_health.push(pb::HealthEvent {
+                id: uuid::Uuid::now_v7().to_string(),
+                ts_ms: ts,
+                worker_id: self.cfg.worker_id.clone(),
+                kind: key.kind.to_string(),
+                model: key.model,
+                backend: key.backend,
+                provider: key.provider,
+                credential: key.credential,
+                healthy,
+                reason,
+            });
+        }
+        self.health_seeded = true;
+    }
+}
+
+fn unhealthy_reason(v: &crate::balance::HealthView, cooling: bool) -> String {
+    if cooling && v.healthy {
+        return "429 cooldown".to_string();
+    }
+    match &v.last_error {
+        Some(e) if v.consecutive_failures > 1 && !e.starts_with("probe") => {
+            format!("{} consecutive failures: {e}", v.consecutive_failures)
+        }
+        Some(e) => e.clone(),
+        None => "unhealthy".to_string(),
+    }
+}
+
+/// Write a batch atomically (temp file, fsync, rename) as `<dir>/<batch-id>.pb`.
+fn write_spool(dir: &Path, id: &str, req: &pb::ReportRequest) -> std::io::Result<PathBuf> {
+    use std::io::Write;
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join(format!("{id}.pb"));
+    let tmp = dir.join(format!(".{id}.tmp"));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(&req.encode_to_vec())?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, &path)?;
+    Ok(path)
+}
+
+/// Spool files left by an earlier run, oldest first (uuid v7 names sort by time).
+fn load_spool(dir: &Path) -> Vec<Batch> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut paths: Vec<PathBuf> = rd
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "pb"))
+        .collect();
+    paths.sort();
+    paths
+        .into_iter()
+        .map(|p| Batch {
+            id: p
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            req: None,
+            spool: Some(p),
+            records: 0,
+        })
+        .collect()
+}
+
+/// The reporter task: runs until `cancel`, then flushes (bounded) and spools the rest.
+pub async fn run(
+    shared: Arc<Shared>,
+    cfg: ReportConfig,
+    mut rx: mpsc::Receiver<UsageEvent>,
+    dropped: Counter,
+    cancel: CancellationToken,
+) {
+    let mut st = State {
+        client: None,
+        pending_usage: Vec::new(),
+        pending_health: Vec::new(),
+        batches: VecDeque::new(),
+        in_memory: 0,
+        failing_since: None,
+        next_attempt: Instant::now(),
+        backoff: Duration::from_millis(100),
+        last_flush: Instant::now(),
+        health: HashMap::new(),
+        health_seeded: false,
+        dropped,
+        cfg,
+    };
+    if let Some(dir) = st.spool_dir() {
+        let old = load_spool(&dir);
+        if !old.is_empty() {
+            info!(files = old.len(), "replaying spooled usage batches");
+        }
+        st.batches.extend(old);
+    }
+    let worker_id = st.cfg.worker_id.clone();
+    let mut tick = tokio::time::interval(st.cfg.health_every.min(st.cfg.flush_every));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            ev = rx.recv() => match ev {
+                Some(ev) => {
+                    st.pending_usage.push(to_record(ev, &worker_id));
+                    // Take whatever else is queued without waking up again.
+                    while st.pending_usage.len() < st.cfg.batch_max {
+                        match rx.try_recv() {
+                            Ok(ev) => st.pending_usage.push(to_record(ev, &worker_id)),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                None => break,
+            },
+            _ = tick.tick() => {
+                st.sample_health(&shared);
+            }
+        }
+        let due = st.last_flush.elapsed() >= st.cfg.flush_every;
+        if due || st.pending_usage.len() >= st.cfg.batch_max || !st.pending_health.is_empty() {
+            st.form_batches(due || !st.pending_health.is_empty());
+            if due {
+                st.last_flush = Instant::now();
+            }
+        }
+        // Sending happens inline: the queue in front absorbs the wait, and a send is
+        // bounded by the channel timeout.
+        // A send in progress is abandoned on shutdown (its batch stays queued).
+        tokio::select! {
+            _ = st.send_all() => {}
+            _ = cancel.cancelled() => {}
+        }
+    }
+
+    // Shutdown: everything still queued goes out now, or into the spool.
+    rx.close();
+    while let Ok(ev) = rx.try_recv() {
+        st.pending_usage.push(to_record(ev, &worker_id));
+    }
+    st.sample_health(&shared);
+    st.form_batches(true);
+    let deadline = Instant::now() + st.cfg.shutdown_budget;
+    st.next_attempt = Instant::now();
+    while !st.batches.is_empty() && Instant::now() < deadline {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let res = tokio::time::timeout(left.min(Duration::from_secs(3)), st.send_front()).await;
+        match res {
+            Ok(Ok(())) => st.on_success(),
+            Ok(Err(e)) => {
+                st.on_failure(&e);
+                // With a spool, do not hold up the exit retrying: the next start replays it.
+                if st.spool_dir().is_some() {
+                    break;
+                }
+                let wait = st.next_attempt.saturating_duration_since(Instant::now());
+                tokio::time::sleep(wait.min(deadline.saturating_duration_since(Instant::now()))).await;
+            }
+            Err(_) => {
+                if st.spool_dir().is_some() {
+                    break;
+                }
+            }
+        }
+    }
+    let unsent: usize = st
+        .batches
+        .iter()
+        .filter(|b| b.req.is_some())
+        .map(|b| b.records)
+        .sum();
+    if unsent == 0 {
+        info!("usage reports flushed");
+        return;
+    }
+    match st.spool_dir() {
+        Some(dir) => {
+            let mut spooled = 0;
+            for b in &mut st.batches {
+                if let Some(req) = b.req.take() {
+                    match write_spool(&dir, &b.id, &req) {
+                        Ok(_) => spooled += b.records,
+                        Err(e) => {
+                            warn!(error = %e, records = b.records, "cannot spool report batch at shutdown; records lost")
+                        }
+                    }
+                }
+            }
+            info!(
+                records = spooled,
+                "control unreachable at shutdown; usage spooled for the next start"
+            );
+        }
+        None => warn!(
+            records = unsent,
+            "control unreachable at shutdown and no state dir; usage records lost"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spool_round_trip_sorted() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = uuid::Uuid::now_v7().to_string();
+        std::thread::sleep(Duration::from_millis(2));
+        let b = uuid::Uuid::now_v7().to_string();
+        let req = |id: &str| pb::ReportRequest {
+            worker_id: "w".into(),
+            batch_id: id.into(),
+            usage: vec![],
+            health: vec![],
+        };
+        write_spool(dir.path(), &b, &req(&b)).unwrap();
+        write_spool(dir.path(), &a, &req(&a)).unwrap();
+        let got = load_spool(dir.path());
+        assert_eq!(got.iter().map(|x| x.id.clone()).collect::<Vec<_>>(), vec![a, b]);
+    }
+
+    #[test]
+    fn full_queue_counts_drops() {
+        let c = Counter::default();
+        let (sink, _rx) = ReportSink::new(1, c.clone());
+        let ev = UsageEvent {
+            ts_ms: 1,
+            request_id: "r".into(),
+            key_id: String::new(),
+            key_name: String::new(),
+            model: "m".into(),
+            backend: "b".into(),
+            provider: "p".into(),
+            credential: "c".into(),
+            endpoint: "/v1/chat/completions".into(),
+            status: 200,
+            stream: false,
+            retries: 0,
+            latency_us: 1,
+            ttfb_us: 1,
+            usage: Default::default(),
+            outcome: crate::account::Outcome::Ok,
+        };
+        sink.record(ev.clone());
+        sink.record(ev.clone());
+        sink.record(ev);
+        assert_eq!(c.get(), 2);
+    }
+}
