@@ -389,6 +389,7 @@ pub async fn run(a: UpArgs) -> Result<()> {
         insecure: false,
         master_key: Some(master_key),
         old_master_keys: Vec::new(),
+        ..Default::default()
     })
     .await
     .map_err(|e| match e {
