@@ -1090,13 +1090,18 @@ store_test!(secrets_encrypted_at_rest, |db: TestDb| async move {
 store_test!(report_is_idempotent, |db: TestDb| async move {
     let p = spawn_control(&db, &[]).await?;
     let mut w = worker_with(&p, Some(WORKER_TOKEN)).await?;
+    // Recent timestamps: records older than the retention are rolled up into hourly
+    // aggregates by a background task, which would race the row count below.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as i64;
     let batch = pb::ReportRequest {
         worker_id: "w1".into(),
         batch_id: "b1".into(),
         usage: (0..3)
             .map(|i| pb::UsageRecord {
                 id: format!("u{i}"),
-                ts_ms: 1000 + i,
+                ts_ms: now_ms + i,
                 model: "gpt-4o".into(),
                 status: 200,
                 total_tokens: 10,
