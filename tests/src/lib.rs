@@ -17,6 +17,8 @@ use std::{
     time::Duration,
 };
 
+pub mod worker;
+
 use anyhow::{anyhow, bail, Context, Result};
 use tokio::{
     io::{AsyncBufReadExt, BufReader},

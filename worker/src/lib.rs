@@ -1,2 +1,279 @@
-//! stub
+//! Switchyard worker: the stateless data plane. Proxies OpenAI- and Anthropic-format
+//! traffic to upstream providers using the latest snapshot from the control plane.
+//!
+//! Request path (one module per stage, in order): `proxy` dispatches and drives the
+//! pipeline → `auth` (client key) → `extract` (model/stream/user, in-place model rewrite)
+//! → routing over `config::Routing` with `balance` (tier → strategy/affinity → backend →
+//! credential) → forward with held-back headers and retries (`balance::RetryBudget`) → `relay` (frame
+//! by frame, timeouts, error events, usage via `account`, the end-of-request log line and
+//! `metrics`). Around them: `convert` (proto snapshot → routing table), `watch` (control
+//! client and last-known-good file), `health` (active probes and `GET /health`),
+//! `errors` (the dialect error mapping), `server` (accept loop and graceful drain).
+//!
+//! Embedding: `start(Config)` binds, loads the state file, starts the watch client and
+//! returns a `Running`; no global state and no tracing initialisation here.
+pub mod account;
+pub mod auth;
 pub mod balance;
+pub mod body;
+pub mod config;
+pub mod convert;
+pub mod errors;
+pub mod extract;
+pub mod health;
+pub mod metrics;
+pub mod proxy;
+pub mod relay;
+pub mod server;
+pub mod watch;
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use arc_swap::ArcSwapOption;
+use parking_lot::Mutex;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::{info, warn};
+
+pub use account::{UsageEvent, UsageSink};
+pub use balance::BreakerConfig;
+
+/// A secret string whose `Debug`/`Display` never show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl std::fmt::Display for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// Worker settings (the binary fills them from flags and env).
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    /// Control plane gRPC URL; `None` runs from the state file only.
+    pub control_url: Option<String>,
+    pub worker_token: Option<Secret>,
+    pub worker_id: String,
+    /// Where the last-known-good snapshot is kept; `None` disables it.
+    pub state_dir: Option<PathBuf>,
+    pub drain_timeout: Duration,
+    pub max_body_bytes: usize,
+    pub breaker: BreakerConfig,
+    /// Receives one `UsageEvent` per finished request (must not block).
+    pub usage_sink: Option<Arc<dyn UsageSink>>,
+}
+
+impl Config {
+    pub fn new(listen: SocketAddr) -> Self {
+        Self {
+            listen,
+            control_url: None,
+            worker_token: None,
+            worker_id: format!("worker-{}", uuid::Uuid::new_v4().simple()),
+            state_dir: None,
+            drain_timeout: Duration::from_secs(30),
+            max_body_bytes: 32 * 1024 * 1024,
+            breaker: BreakerConfig::default(),
+            usage_sink: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("bind {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    State(#[from] watch::StateError),
+}
+
+/// The monotonic millisecond clock every `balance` call is given (`balance::now_ms`).
+#[derive(Debug)]
+pub struct Clock {
+    _private: (),
+}
+
+impl Clock {
+    pub fn now_ms(&self) -> u64 {
+        balance::now_ms()
+    }
+}
+
+/// Unix epoch milliseconds (key expiry, timestamps).
+pub fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// State shared by every connection and background task of one worker.
+#[derive(Debug)]
+pub struct Shared {
+    pub routing: ArcSwapOption<config::Routing>,
+    pub clock: Clock,
+    pub budget: balance::RetryBudget,
+    pub metrics: metrics::Metrics,
+    pub usage_sink: Option<Arc<dyn UsageSink>>,
+    pub max_body_bytes: usize,
+    pub worker_id: String,
+    pub tasks: TaskTracker,
+    clients: convert::ClientCache,
+    breaker: BreakerConfig,
+    draining: AtomicBool,
+    /// Cancels the probe tasks of the current snapshot.
+    probes: Mutex<Option<CancellationToken>>,
+    shutdown: CancellationToken,
+}
+
+impl Shared {
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Validate and build `snap` fully, then swap it in (infallible) and restart probes.
+    pub fn apply(self: &Arc<Self>, snap: &switchyard_proto::Snapshot) -> Result<(), convert::ConvertError> {
+        let prev = self.routing.load_full();
+        if let Some(p) = &prev {
+            if p.version == snap.version && p.hash == snap.hash && !snap.hash.is_empty() {
+                return Ok(());
+            }
+        }
+        let states = prev.as_ref().map(|p| p.states()).unwrap_or_default();
+        let routing = Arc::new(convert::build(snap, &states, &self.clients, self.breaker)?);
+        self.routing.store(Some(routing.clone()));
+        let token = self.shutdown.child_token();
+        if let Some(old) = self.probes.lock().replace(token.clone()) {
+            old.cancel();
+        }
+        health::spawn_probes(self, &routing, token);
+        info!(version = snap.version, hash = %snap.hash, models = routing.models.len(), "config applied");
+        Ok(())
+    }
+}
+
+/// A started worker.
+#[derive(Debug)]
+pub struct Running {
+    http_addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop_accept: CancellationToken,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Graceful drain: `/ready` → 503, stop accepting, let in-flight requests and
+    /// streams finish (up to the drain timeout), stop background tasks, return.
+    pub async fn shutdown(self) {
+        self.shared.draining.store(true, Ordering::Relaxed);
+        self.stop_accept.cancel();
+        let _ = self.server.await;
+        self.shared.shutdown.cancel();
+        self.shared.tasks.close();
+        self.shared.tasks.wait().await;
+    }
+
+    /// Wait until the server stops on its own (it does not, unless shut down).
+    pub async fn wait(&mut self) {
+        let _ = (&mut self.server).await;
+    }
+}
+
+/// Bind, load the last-known-good snapshot, start the control watch, and serve.
+pub async fn start(cfg: Config) -> Result<Running, Error> {
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|source| Error::Bind {
+            addr: cfg.listen,
+            source,
+        })?;
+    let http_addr = listener.local_addr().map_err(|source| Error::Bind {
+        addr: cfg.listen,
+        source,
+    })?;
+    let shutdown = CancellationToken::new();
+    let shared = Arc::new(Shared {
+        routing: ArcSwapOption::empty(),
+        clock: Clock { _private: () },
+        budget: balance::RetryBudget::default(),
+        metrics: metrics::Metrics::new(),
+        usage_sink: cfg.usage_sink.clone(),
+        max_body_bytes: cfg.max_body_bytes,
+        worker_id: cfg.worker_id.clone(),
+        tasks: TaskTracker::new(),
+        clients: convert::ClientCache::default(),
+        breaker: cfg.breaker,
+        draining: AtomicBool::new(false),
+        probes: Mutex::new(None),
+        shutdown: shutdown.clone(),
+    });
+    if let Some(dir) = &cfg.state_dir {
+        match watch::load_state(dir) {
+            Ok(Some(snap)) => match shared.apply(&snap) {
+                Ok(()) => info!(version = snap.version, "serving the last-known-good snapshot"),
+                Err(e) => warn!(error = %e, "last-known-good snapshot is invalid; ignoring it"),
+            },
+            Ok(None) => {}
+            Err(e) => warn!(error = %e, "could not read the last-known-good snapshot"),
+        }
+    }
+    if let Some(url) = &cfg.control_url {
+        let wc = watch::WatchConfig {
+            control_url: url.clone(),
+            worker_token: cfg.worker_token.clone(),
+            worker_id: cfg.worker_id.clone(),
+            state_dir: cfg.state_dir.clone(),
+            advertise_address: http_addr.to_string(),
+        };
+        let s = shared.clone();
+        let c = shutdown.child_token();
+        shared.tasks.spawn(async move { watch::run(s, wc, c).await });
+    }
+    let stop_accept = CancellationToken::new();
+    let server = tokio::spawn(server::serve(
+        listener,
+        shared.clone(),
+        stop_accept.clone(),
+        cfg.drain_timeout,
+    ));
+    Ok(Running {
+        http_addr,
+        shared,
+        stop_accept,
+        server,
+    })
+}

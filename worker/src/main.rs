@@ -1,1 +1,86 @@
-fn main() {}
+//! `switchyard-worker`: parse flags and env, set up logging, run until SIGTERM/SIGINT.
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use anyhow::Context;
+use clap::Parser;
+
+#[derive(Debug, Parser)]
+#[command(name = "switchyard-worker", version, about = "Switchyard data plane")]
+struct Args {
+    /// Address to serve client traffic on.
+    #[arg(long, env = "SWITCHYARD_LISTEN", default_value = "0.0.0.0:8080")]
+    listen: SocketAddr,
+    /// Control plane gRPC URL.
+    #[arg(
+        long,
+        env = "SWITCHYARD_CONTROL_URL",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    control: String,
+    /// Bearer token for the control plane's worker API.
+    #[arg(long, env = "SWITCHYARD_WORKER_TOKEN", hide_env_values = true)]
+    worker_token: Option<String>,
+    /// Worker id reported to control (default: hostname-pid).
+    #[arg(long, env = "SWITCHYARD_WORKER_ID")]
+    worker_id: Option<String>,
+    /// Directory for the last-known-good snapshot.
+    #[arg(
+        long,
+        env = "SWITCHYARD_STATE_DIR",
+        default_value = "./switchyard-worker-state"
+    )]
+    state_dir: PathBuf,
+    /// How long to wait for in-flight requests on shutdown.
+    #[arg(long, env = "SWITCHYARD_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    drain_timeout: Duration,
+    /// Largest accepted request body.
+    #[arg(long, env = "SWITCHYARD_MAX_BODY_BYTES", default_value_t = 32 * 1024 * 1024)]
+    max_body_bytes: usize,
+    /// Consecutive failures that eject a backend or credential.
+    #[arg(long, env = "SWITCHYARD_EJECT_AFTER", default_value_t = 3)]
+    eject_after: u32,
+    /// Base ejection time (grows on repeated ejections).
+    #[arg(long, env = "SWITCHYARD_EJECTION_TIME", default_value = "30s", value_parser = humantime::parse_duration)]
+    ejection_time: Duration,
+}
+
+fn default_worker_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "worker".into());
+    format!("{host}-{}", std::process::id())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let mut cfg = switchyard_worker::Config::new(args.listen);
+    cfg.control_url = Some(args.control);
+    cfg.worker_token = args.worker_token.map(switchyard_worker::Secret::new);
+    cfg.worker_id = args.worker_id.unwrap_or_else(default_worker_id);
+    cfg.state_dir = Some(args.state_dir);
+    cfg.drain_timeout = args.drain_timeout;
+    cfg.max_body_bytes = args.max_body_bytes;
+    cfg.breaker.failure_threshold = args.eject_after.max(1);
+    cfg.breaker.base_ejection_ms = args.ejection_time.as_millis() as u64;
+    cfg.breaker.max_ejection_ms = cfg.breaker.max_ejection_ms.max(cfg.breaker.base_ejection_ms);
+    let running = switchyard_worker::start(cfg).await.context("start worker")?;
+    println!("listening http={}", running.http_addr());
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("shutting down");
+    running.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,63 @@
+//! The official `openai` and `anthropic` Python SDKs against a real worker: plain and
+//! streaming calls, and typed errors. Needs the repo's `.venv` (scripts/ensure-deps.sh).
+#![allow(clippy::unwrap_used)]
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use switchyard_mock::{MockOptions, MockServer};
+use switchyard_tests::worker::{backend, key, model, provider, snapshot, start_with_snapshot};
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_sdks_work_against_the_worker() -> Result<()> {
+    let root = repo_root();
+    let python = root.join(".venv/bin/python");
+    if !python.exists() {
+        bail!(
+            "{} is missing: run scripts/ensure-deps.sh (creates .venv with the openai and anthropic SDKs)",
+            python.display()
+        );
+    }
+    let m = MockServer::start(MockOptions::default()).await?;
+    let snap = snapshot(
+        1,
+        vec![
+            provider("oa", "openai", &m.openai_base(), &[("k", "sk-up")]),
+            provider("an", "anthropic", &m.url(), &[("k", "sk-ant-up")]),
+        ],
+        vec![
+            model("gpt-sdk", "round_robin", vec![backend("oa", "oa", "", 1, 0)]),
+            model("claude-sdk", "round_robin", vec![backend("an", "an", "", 1, 0)]),
+        ],
+        vec![
+            key("main", "sk-sy-sdk-key-0123456789", &[]),
+            key("lim", "sk-sy-sdk-limited-0123456789", &["other"]),
+        ],
+    );
+    let (w, _d) = start_with_snapshot(&snap, &[]).await?;
+    let out = tokio::process::Command::new(&python)
+        .arg(root.join("tests/python/sdk_check.py"))
+        .env("SY_BASE", w.url("http"))
+        .env("SY_KEY", "sk-sy-sdk-key-0123456789")
+        .env("SY_LIMITED", "sk-sy-sdk-limited-0123456789")
+        .env("SY_OA_MODEL", "gpt-sdk")
+        .env("SY_AN_MODEL", "claude-sdk")
+        .output()
+        .await?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("ALL OK"),
+        "sdk_check.py failed ({}):\n{stdout}\n{stderr}\nworker stderr:\n{}",
+        out.status,
+        w.stderr_text()
+    );
+    Ok(())
+}

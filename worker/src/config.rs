@@ -1,0 +1,181 @@
+//! The validated routing table a request reads: providers with their credentials and
+//! upstream clients, models with their backends and selectors, and client keys by digest.
+//! Built in full by `convert` before it is swapped in, so the swap cannot fail.
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{atomic::AtomicU64, Arc},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue};
+use http_body_util::Full;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+
+use crate::balance::{Endpoint, EndpointState, Selector};
+
+/// The pooled upstream HTTP client (http and https, keep-alive, TCP_NODELAY).
+pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProviderKind {
+    OpenAi,
+    Anthropic,
+}
+
+impl ProviderKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OpenAi => "openai",
+            Self::Anthropic => "anthropic",
+        }
+    }
+    pub fn index(self) -> usize {
+        match self {
+            Self::OpenAi => 0,
+            Self::Anthropic => 1,
+        }
+    }
+}
+
+/// The whole routing table for one config version.
+#[derive(Debug)]
+pub struct Routing {
+    pub version: u64,
+    pub hash: String,
+    pub providers: Vec<Provider>,
+    pub models: HashMap<String, Model>,
+    /// Sorted public model names (for `/v1/models`).
+    pub model_names: Vec<String>,
+    /// Client keys by SHA-256 digest of the plaintext.
+    pub keys: HashMap<[u8; 32], ClientKey>,
+}
+
+#[derive(Debug)]
+pub struct HealthProbe {
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub probe: ProbeKind,
+    pub healthy_below: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbeKind {
+    Models,
+    Chat(String),
+    Messages(String),
+}
+
+#[derive(Debug)]
+pub struct Provider {
+    pub name: String,
+    /// `name` as a response header value (`x-switchyard-provider`).
+    pub name_header: HeaderValue,
+    pub kind: ProviderKind,
+    /// Base URL without a trailing slash.
+    pub base_url: String,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub total_timeout: Option<Duration>,
+    pub auth_header: HeaderName,
+    pub static_headers: Vec<(HeaderName, HeaderValue)>,
+    pub health: Option<HealthProbe>,
+    pub enabled: bool,
+    pub credentials: Vec<Credential>,
+    /// One selectable endpoint per credential, same order.
+    pub cred_endpoints: Vec<Endpoint>,
+    pub cred_selector: Selector,
+    pub client: UpstreamClient,
+    /// Unix ms of the last active probe (0 = never).
+    pub last_check_ms: AtomicU64,
+}
+
+#[derive(Debug)]
+pub struct Credential {
+    pub name: String,
+    /// The full header value (`Bearer sk-...`), marked sensitive.
+    pub auth_value: HeaderValue,
+    pub enabled: bool,
+    pub state: Arc<EndpointState>,
+    /// Identity used to keep `state` across swaps.
+    pub identity: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Affinity {
+    None,
+    Header(HeaderName),
+    User,
+}
+
+#[derive(Debug)]
+pub struct Model {
+    pub name: String,
+    pub max_retries: u32,
+    pub per_try_timeout: Option<Duration>,
+    pub affinity: Affinity,
+    pub enabled: bool,
+    /// Backends reachable from each client dialect (`ProviderKind::index`).
+    pub routes: [Option<ModelRoute>; 2],
+}
+
+#[derive(Debug)]
+pub struct ModelRoute {
+    pub backends: Vec<Backend>,
+    pub endpoints: Vec<Endpoint>,
+    pub selector: Selector,
+}
+
+#[derive(Debug)]
+pub struct Backend {
+    pub name: String,
+    /// `name` as a response header value (`x-switchyard-backend`).
+    pub name_header: HeaderValue,
+    /// Index into `Routing::providers`.
+    pub provider: usize,
+    pub upstream_model: String,
+    /// The upstream model as a JSON string literal, ready to splice.
+    pub upstream_model_json: Bytes,
+    pub state: Arc<EndpointState>,
+    pub identity: String,
+}
+
+#[derive(Debug)]
+pub struct ClientKey {
+    pub id: String,
+    pub name: String,
+    pub digest: [u8; 32],
+    /// `None` = all models.
+    pub allowed_models: Option<HashSet<String>>,
+    pub enabled: bool,
+    /// Unix ms; 0 = never.
+    pub expires_at_ms: i64,
+}
+
+impl ClientKey {
+    pub fn may_use(&self, model: &str) -> bool {
+        self.allowed_models.as_ref().is_none_or(|m| m.contains(model))
+    }
+}
+
+impl Routing {
+    /// Every live endpoint state by identity, to carry over into the next snapshot.
+    pub fn states(&self) -> HashMap<String, Arc<EndpointState>> {
+        let mut out = HashMap::new();
+        for p in &self.providers {
+            for c in &p.credentials {
+                out.insert(c.identity.clone(), c.state.clone());
+            }
+        }
+        for m in self.models.values() {
+            for r in m.routes.iter().flatten() {
+                for b in &r.backends {
+                    out.insert(b.identity.clone(), b.state.clone());
+                }
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,178 @@
+//! The one place that turns a proxy error into a client response, in the client's
+//! dialect: OpenAI `{"error":{"message","type","code"}}` or Anthropic
+//! `{"type":"error","error":{"type","message"}}` (on `/v1/messages*`).
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+
+use crate::body::ProxyBody;
+
+/// Which wire format the client speaks; decided by the request path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    OpenAi,
+    Anthropic,
+}
+
+/// Everything that can end a proxied request before the upstream's answer is relayed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("no configuration yet: this worker has not received a snapshot from the control plane")]
+    NoConfig,
+    #[error("invalid request body: {0}")]
+    BadRequest(String),
+    #[error("missing API key: send `Authorization: Bearer <key>` or `x-api-key: <key>`")]
+    MissingKey,
+    #[error("invalid API key")]
+    BadKey,
+    #[error("this API key is not allowed to use model `{0}`")]
+    ModelNotAllowed(String),
+    #[error("model `{0}` does not exist")]
+    UnknownModel(String),
+    #[error("request body is larger than the limit of {0} bytes")]
+    TooLarge(usize),
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("upstream connection failed: {0}")]
+    Connect(String),
+    #[error("upstream timed out before answering")]
+    Timeout,
+    #[error("no healthy backend for model `{0}`")]
+    NoBackend(String),
+    #[error("upstream error: {0}")]
+    Upstream(String),
+    #[error("worker is shutting down")]
+    ShuttingDown,
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::MissingKey | Self::BadKey => StatusCode::UNAUTHORIZED,
+            Self::ModelNotAllowed(_) => StatusCode::FORBIDDEN,
+            Self::UnknownModel(_) | Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Connect(_) | Self::Upstream(_) => StatusCode::BAD_GATEWAY,
+            Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::NoConfig | Self::NoBackend(_) | Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// Low-cardinality label for metrics and logs.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::NoConfig => "no_config",
+            Self::BadRequest(_) => "bad_request",
+            Self::MissingKey => "missing_key",
+            Self::BadKey => "bad_key",
+            Self::ModelNotAllowed(_) => "model_not_allowed",
+            Self::UnknownModel(_) => "unknown_model",
+            Self::TooLarge(_) => "too_large",
+            Self::NotFound(_) => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::Connect(_) => "connect",
+            Self::Timeout => "timeout",
+            Self::NoBackend(_) => "no_backend",
+            Self::Upstream(_) => "upstream",
+            Self::ShuttingDown => "shutting_down",
+        }
+    }
+
+    /// Whether another backend may be tried: nothing reached the upstream's application,
+    /// or it answered with a complete retryable failure, and no byte went to the client.
+    pub fn retry_safe(&self) -> bool {
+        matches!(self, Self::Connect(_) | Self::Timeout | Self::Upstream(_))
+    }
+
+    fn openai_type(&self) -> &'static str {
+        match self.status().as_u16() {
+            400 | 404 | 413 | 405 => "invalid_request_error",
+            401 => "authentication_error",
+            403 => "permission_error",
+            502 | 504 => "upstream_error",
+            _ => "service_unavailable",
+        }
+    }
+
+    fn anthropic_type(&self) -> &'static str {
+        match self.status().as_u16() {
+            400 | 405 => "invalid_request_error",
+            401 => "authentication_error",
+            403 => "permission_error",
+            404 => "not_found_error",
+            413 => "request_too_large",
+            502 | 504 => "api_error",
+            _ => "overloaded_error",
+        }
+    }
+
+    fn openai_code(&self) -> &'static str {
+        match self {
+            Self::BadKey | Self::MissingKey => "invalid_api_key",
+            Self::UnknownModel(_) => "model_not_found",
+            _ => self.label(),
+        }
+    }
+
+    /// The JSON error body in `dialect`.
+    pub fn body(&self, dialect: Dialect) -> Bytes {
+        let msg = self.to_string();
+        let v = match dialect {
+            Dialect::OpenAi => serde_json::json!({
+                "error": {"message": msg, "type": self.openai_type(), "code": self.openai_code()}
+            }),
+            Dialect::Anthropic => {
+                // Written by hand so that `type` comes first, as Anthropic sends it.
+                let msg = serde_json::Value::String(msg);
+                return Bytes::from(format!(
+                    r#"{{"type":"error","error":{{"type":"{}","message":{msg}}}}}"#,
+                    self.anthropic_type()
+                ));
+            }
+        };
+        Bytes::from(v.to_string())
+    }
+
+    /// The SSE event that ends a client stream after a mid-stream failure.
+    pub fn stream_event(&self, dialect: Dialect) -> Bytes {
+        let body = self.body(dialect);
+        let mut out = Vec::with_capacity(body.len() + 32);
+        match dialect {
+            Dialect::OpenAi => out.extend_from_slice(b"data: "),
+            Dialect::Anthropic => out.extend_from_slice(b"event: error\ndata: "),
+        }
+        out.extend_from_slice(&body);
+        out.extend_from_slice(b"\n\n");
+        Bytes::from(out)
+    }
+
+    pub fn into_response(self, dialect: Dialect) -> Response<ProxyBody> {
+        let mut resp = Response::new(ProxyBody::full(self.body(dialect)));
+        *resp.status_mut() = self.status();
+        resp.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dialect_shapes() {
+        let e = ProxyError::UnknownModel("x".into());
+        let v: serde_json::Value = serde_json::from_slice(&e.body(Dialect::OpenAi)).unwrap();
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert_eq!(v["error"]["code"], "model_not_found");
+        let v: serde_json::Value = serde_json::from_slice(&e.body(Dialect::Anthropic)).unwrap();
+        assert_eq!(v["type"], "error");
+        assert_eq!(v["error"]["type"], "not_found_error");
+        let ev = ProxyError::Timeout.stream_event(Dialect::Anthropic);
+        assert!(ev.starts_with(b"event: error\ndata: {"));
+        assert!(ev.ends_with(b"\n\n"));
+    }
+}

@@ -1,0 +1,382 @@
+//! Reading the few fields the router needs from a JSON request body (`model`, `stream`,
+//! `user`, `stream_options.include_usage`) in one linear pass, and rewriting `model` by
+//! splicing bytes: the rest of the body is never re-serialised, so every other byte
+//! reaches the upstream unchanged, and the body is copied at most once.
+use std::ops::Range;
+
+use bytes::Bytes;
+
+/// The routing-relevant head of a request body.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct RequestHead {
+    pub model: Option<String>,
+    /// Byte range of the `model` value, quotes included.
+    pub model_range: Option<Range<usize>>,
+    pub stream: bool,
+    pub user: Option<String>,
+    /// `stream_options.include_usage` as the client sent it.
+    pub include_usage: Option<bool>,
+    /// Byte range of the `stream_options` value, when present.
+    pub stream_options_range: Option<Range<usize>>,
+    /// Byte offset of the closing `}` of the top-level object.
+    pub object_end: usize,
+}
+
+const MAX_DEPTH: usize = 256;
+
+struct Scanner<'a> {
+    b: &'a [u8],
+    i: usize,
+}
+
+type R<T> = Result<T, String>;
+
+impl<'a> Scanner<'a> {
+    fn ws(&mut self) {
+        while let Some(c) = self.b.get(self.i) {
+            if matches!(c, b' ' | b'\t' | b'\n' | b'\r') {
+                self.i += 1;
+            } else {
+                break;
+            }
+        }
+    }
+
+    fn peek(&self) -> R<u8> {
+        self.b
+            .get(self.i)
+            .copied()
+            .ok_or_else(|| "unexpected end of JSON".to_string())
+    }
+
+    fn expect(&mut self, c: u8) -> R<()> {
+        if self.peek()? == c {
+            self.i += 1;
+            Ok(())
+        } else {
+            Err(format!("expected `{}` at byte {}", c as char, self.i))
+        }
+    }
+
+    /// A string starting at `self.i`; returns the range including the quotes.
+    fn string(&mut self) -> R<Range<usize>> {
+        let start = self.i;
+        self.expect(b'"')?;
+        loop {
+            let rest = &self.b[self.i..];
+            match memchr::memchr2(b'"', b'\\', rest) {
+                None => return Err("unterminated string".into()),
+                Some(off) => {
+                    self.i += off;
+                    if self.b[self.i] == b'\\' {
+                        self.i += 2;
+                        if self.i > self.b.len() {
+                            return Err("unterminated string".into());
+                        }
+                    } else {
+                        self.i += 1;
+                        return Ok(start..self.i);
+                    }
+                }
+            }
+        }
+    }
+
+    fn value(&mut self, depth: usize) -> R<Range<usize>> {
+        if depth > MAX_DEPTH {
+            return Err("JSON nested too deeply".into());
+        }
+        let start = self.i;
+        match self.peek()? {
+            b'"' => self.string(),
+            b'{' => {
+                self.i += 1;
+                self.ws();
+                if self.peek()? == b'}' {
+                    self.i += 1;
+                    return Ok(start..self.i);
+                }
+                loop {
+                    self.ws();
+                    self.string()?;
+                    self.ws();
+                    self.expect(b':')?;
+                    self.ws();
+                    self.value(depth + 1)?;
+                    self.ws();
+                    match self.peek()? {
+                        b',' => self.i += 1,
+                        b'}' => {
+                            self.i += 1;
+                            return Ok(start..self.i);
+                        }
+                        _ => return Err(format!("expected `,` or `}}` at byte {}", self.i)),
+                    }
+                }
+            }
+            b'[' => {
+                self.i += 1;
+                self.ws();
+                if self.peek()? == b']' {
+                    self.i += 1;
+                    return Ok(start..self.i);
+                }
+                loop {
+                    self.ws();
+                    self.value(depth + 1)?;
+                    self.ws();
+                    match self.peek()? {
+                        b',' => self.i += 1,
+                        b']' => {
+                            self.i += 1;
+                            return Ok(start..self.i);
+                        }
+                        _ => return Err(format!("expected `,` or `]` at byte {}", self.i)),
+                    }
+                }
+            }
+            _ => {
+                while let Some(c) = self.b.get(self.i) {
+                    if matches!(c, b'-' | b'+' | b'.' | b'0'..=b'9' | b'a'..=b'z' | b'A'..=b'Z') {
+                        self.i += 1;
+                    } else {
+                        break;
+                    }
+                }
+                let lit = &self.b[start..self.i];
+                let ok = matches!(lit, b"true" | b"false" | b"null")
+                    || (!lit.is_empty() && matches!(lit[0], b'-' | b'0'..=b'9'));
+                if !ok {
+                    return Err(format!("invalid JSON value at byte {start}"));
+                }
+                Ok(start..self.i)
+            }
+        }
+    }
+}
+
+fn decode_string(raw: &[u8]) -> R<String> {
+    // raw includes the quotes.
+    let inner = &raw[1..raw.len() - 1];
+    if memchr::memchr(b'\\', inner).is_none() {
+        return std::str::from_utf8(inner)
+            .map(str::to_owned)
+            .map_err(|_| "invalid UTF-8 in string".into());
+    }
+    serde_json::from_slice::<String>(raw).map_err(|e| e.to_string())
+}
+
+/// Scan a request body: it must be one JSON object.
+pub fn scan(body: &[u8]) -> Result<RequestHead, String> {
+    let mut s = Scanner { b: body, i: 0 };
+    let mut head = RequestHead::default();
+    s.ws();
+    if s.peek()? != b'{' {
+        return Err("request body must be a JSON object".into());
+    }
+    s.i += 1;
+    s.ws();
+    if s.peek()? == b'}' {
+        head.object_end = s.i;
+        s.i += 1;
+    } else {
+        loop {
+            s.ws();
+            let key = s.string()?;
+            s.ws();
+            s.expect(b':')?;
+            s.ws();
+            let v = s.value(1)?;
+            let key = &body[key.start + 1..key.end - 1];
+            let raw = &body[v.clone()];
+            match key {
+                b"model" => {
+                    if raw.first() != Some(&b'"') {
+                        return Err("`model` must be a string".into());
+                    }
+                    head.model = Some(decode_string(raw)?);
+                    head.model_range = Some(v);
+                }
+                b"stream" => head.stream = raw == b"true",
+                b"user" if raw.first() == Some(&b'"') => head.user = Some(decode_string(raw)?),
+                b"stream_options" => {
+                    if let Ok(serde_json::Value::Object(m)) = serde_json::from_slice(raw) {
+                        head.include_usage = m.get("include_usage").and_then(|v| v.as_bool());
+                    }
+                    head.stream_options_range = Some(v);
+                }
+                _ => {}
+            }
+            s.ws();
+            match s.peek()? {
+                b',' => s.i += 1,
+                b'}' => {
+                    head.object_end = s.i;
+                    s.i += 1;
+                    break;
+                }
+                _ => return Err(format!("expected `,` or `}}` at byte {}", s.i)),
+            }
+        }
+    }
+    s.ws();
+    if s.i != body.len() {
+        return Err(format!("unexpected data after the JSON object at byte {}", s.i));
+    }
+    Ok(head)
+}
+
+/// Replace `range` of `body` with `with` (one copy; none when the bytes are equal).
+pub fn splice(body: &Bytes, range: Range<usize>, with: &[u8]) -> Bytes {
+    if &body[range.clone()] == with {
+        return body.clone();
+    }
+    let mut out = Vec::with_capacity(body.len() - range.len() + with.len());
+    out.extend_from_slice(&body[..range.start]);
+    out.extend_from_slice(with);
+    out.extend_from_slice(&body[range.end..]);
+    Bytes::from(out)
+}
+
+/// Apply non-overlapping `edits` (range → replacement) in one copy.
+pub fn splice_many(body: &Bytes, edits: &mut [(Range<usize>, Vec<u8>)]) -> Bytes {
+    edits.sort_by_key(|(r, _)| r.start);
+    let grow: usize = edits.iter().map(|(_, w)| w.len()).sum();
+    let mut out = Vec::with_capacity(body.len() + grow);
+    let mut at = 0;
+    for (r, w) in edits.iter() {
+        out.extend_from_slice(&body[at..r.start]);
+        out.extend_from_slice(w);
+        at = r.end;
+    }
+    out.extend_from_slice(&body[at..]);
+    Bytes::from(out)
+}
+
+/// The edit that makes an OpenAI streaming request ask for a final usage chunk
+/// (`stream_options.include_usage = true`), keeping any other stream options.
+pub fn include_usage_edit(body: &[u8], head: &RequestHead) -> (Range<usize>, Vec<u8>) {
+    match &head.stream_options_range {
+        Some(r) => {
+            let mut m = match serde_json::from_slice::<serde_json::Value>(&body[r.clone()]) {
+                Ok(serde_json::Value::Object(m)) => m,
+                _ => serde_json::Map::new(),
+            };
+            m.insert("include_usage".into(), serde_json::Value::Bool(true));
+            (r.clone(), serde_json::Value::Object(m).to_string().into_bytes())
+        }
+        None => (
+            head.object_end..head.object_end,
+            br#","stream_options":{"include_usage":true}"#.to_vec(),
+        ),
+    }
+}
+
+/// Undo the effect of an injected `include_usage` on one SSE chunk: drop the usage-only
+/// event (`"choices":[]` with a usage object) and the `"usage":null` members that the
+/// upstream adds to every other chunk. `None` when the chunk needs no change.
+/// Limitation: an event split across two chunks is passed through unchanged.
+pub fn strip_usage(chunk: &[u8]) -> Option<Vec<u8>> {
+    memchr::memmem::find(chunk, b"\"usage\"")?;
+    let mut out = Vec::with_capacity(chunk.len());
+    let mut rest = chunk;
+    while !rest.is_empty() {
+        let end = memchr::memmem::find(rest, b"\n\n").map_or(rest.len(), |i| i + 2);
+        let event = &rest[..end];
+        let usage_only = event.starts_with(b"data:")
+            && memchr::memmem::find(event, b"\"choices\":[]").is_some()
+            && memchr::memmem::find(event, b"\"usage\":{").is_some();
+        if !usage_only {
+            let mut e = event;
+            const NULL_USAGE: &[u8] = b",\"usage\":null";
+            while let Some(i) = memchr::memmem::find(e, NULL_USAGE) {
+                out.extend_from_slice(&e[..i]);
+                e = &e[i + NULL_USAGE.len()..];
+            }
+            out.extend_from_slice(e);
+        }
+        rest = &rest[end..];
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_fields_and_rewrites_model_only() {
+        let body = br#" {"messages":[{"role":"user","content":"a \"model\": x"}], "model" : "gpt-4o", "stream":true,"user":"u\u00e9","stream_options":{"include_usage":true}} "#;
+        let h = scan(body).unwrap();
+        assert_eq!(h.model.as_deref(), Some("gpt-4o"));
+        assert!(h.stream);
+        assert_eq!(h.user.as_deref(), Some("u\u{e9}"));
+        assert_eq!(h.include_usage, Some(true));
+        let b = Bytes::from_static(body);
+        let out = splice(&b, h.model_range.clone().unwrap(), br#""real-model""#);
+        let expect = String::from_utf8_lossy(body).replace(r#""gpt-4o""#, r#""real-model""#);
+        assert_eq!(String::from_utf8_lossy(&out), expect);
+        // Unchanged value: no copy.
+        let same = splice(&b, h.model_range.unwrap(), br#""gpt-4o""#);
+        assert_eq!(same.as_ptr(), b.as_ptr());
+    }
+
+    #[test]
+    fn rejects_malformed() {
+        for bad in [
+            &b"{"[..],
+            b"",
+            b"[]",
+            b"{\"model\":}",
+            b"{\"a\":1,}",
+            b"{\"a\":1} x",
+            b"{\"model\":1}",
+            b"{\"a\":\"x}",
+        ] {
+            assert!(scan(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+        let h = scan(b"{\"a\":[1,2,{\"b\":null}],\"c\":-1.5e3}").unwrap();
+        assert_eq!(h.model, None);
+    }
+
+    #[test]
+    fn include_usage_round_trip() {
+        let body = Bytes::from_static(br#"{"model":"m","stream":true}"#);
+        let h = scan(&body).unwrap();
+        let mut edits = vec![
+            include_usage_edit(&body, &h),
+            (h.model_range.clone().unwrap(), b"\"x\"".to_vec()),
+        ];
+        let out = splice_many(&body, &mut edits);
+        assert_eq!(
+            &out[..],
+            br#"{"model":"x","stream":true,"stream_options":{"include_usage":true}}"#
+        );
+        let body = Bytes::from_static(br#"{"model":"m","stream_options":{"include_usage":false,"a":1}}"#);
+        let h = scan(&body).unwrap();
+        let mut edits = vec![include_usage_edit(&body, &h)];
+        let v: serde_json::Value = serde_json::from_slice(&splice_many(&body, &mut edits)).unwrap();
+        assert_eq!(
+            v["stream_options"],
+            serde_json::json!({"include_usage": true, "a": 1})
+        );
+
+        let chunk = b"data: {\"choices\":[{\"delta\":{}}],\"usage\":null}\n\ndata: {\"choices\":[],\"usage\":{\"total_tokens\":3}}\n\ndata: [DONE]\n\n";
+        let out = strip_usage(chunk).unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "data: {\"choices\":[{\"delta\":{}}]}\n\ndata: [DONE]\n\n"
+        );
+        assert!(strip_usage(b"data: {\"choices\":[]}\n\n").is_none());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn agrees_with_serde(s in "\\PC{0,40}", n in proptest::num::i64::ANY) {
+            let v = serde_json::json!({"x": [n, {"y": s.clone()}], "model": s, "stream": false});
+            let body = serde_json::to_vec(&v).unwrap();
+            let h = scan(&body).unwrap();
+            proptest::prop_assert_eq!(h.model.as_deref(), v["model"].as_str());
+        }
+    }
+}

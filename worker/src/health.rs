@@ -1,0 +1,250 @@
+//! Active health: one probe task per provider with checks enabled, on every worker, at
+//! the provider's interval with jitter. Each enabled credential is probed (marking the
+//! credential); the provider's backends are then marked healthy when at least one
+//! credential passed. Also renders `GET /health`.
+use std::{
+    sync::{atomic::Ordering, Arc},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use rand::Rng;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::{
+    body::ProxyBody,
+    config::{ProbeKind, Provider, ProviderKind, Routing},
+    Shared,
+};
+
+/// Start the probe tasks for `routing`; they stop when `cancel` fires.
+pub fn spawn_probes(shared: &Arc<Shared>, routing: &Arc<Routing>, cancel: CancellationToken) {
+    for (pi, p) in routing.providers.iter().enumerate() {
+        if p.health.is_none() || !p.enabled || p.credentials.is_empty() {
+            continue;
+        }
+        let shared2 = shared.clone();
+        let routing = routing.clone();
+        let cancel = cancel.clone();
+        shared.tasks.spawn(async move {
+            probe_loop(shared2, routing, pi, cancel).await;
+        });
+    }
+}
+
+fn jittered(d: Duration) -> Duration {
+    let ms = d.as_millis() as u64;
+    let j = ms / 10;
+    Duration::from_millis(ms - j + rand::rng().random_range(0..=2 * j))
+}
+
+async fn probe_loop(shared: Arc<Shared>, routing: Arc<Routing>, pi: usize, cancel: CancellationToken) {
+    let p = &routing.providers[pi];
+    let Some(h) = &p.health else { return };
+    // First probe soon (spread over a short window), then every interval ± 10%.
+    let mut delay =
+        Duration::from_millis(rand::rng().random_range(0..=(h.interval.as_millis() as u64 / 10).min(1000)));
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        probe_once(&shared, &routing, pi).await;
+        delay = jittered(h.interval);
+    }
+}
+
+/// Probe every credential of provider `pi` once and update credential and backend states.
+pub async fn probe_once(shared: &Shared, routing: &Routing, pi: usize) {
+    let p = &routing.providers[pi];
+    let Some(h) = &p.health else { return };
+    let mut any_ok = false;
+    let mut last_reason = String::new();
+    for c in &p.credentials {
+        let result = tokio::time::timeout(h.timeout, send_probe(p, &c.auth_value, &h.probe)).await;
+        let (ok, reason) = match result {
+            Err(_) => (false, "probe failed: timeout".to_string()),
+            Ok(Err(e)) => (false, format!("probe failed: {e}")),
+            Ok(Ok(status)) if status < h.healthy_below => (true, "probe ok".to_string()),
+            Ok(Ok(status)) => (false, format!("probe failed: {status}")),
+        };
+        let now = shared.clock.now_ms();
+        if let Some(t) = c.state.set_probe_result(now, ok, &reason) {
+            warn!(provider = %p.name, credential = %c.name, healthy = t.healthy, reason = %t.reason, "credential health changed");
+        }
+        debug!(provider = %p.name, credential = %c.name, ok, reason = %reason, "probe");
+        any_ok |= ok;
+        if !ok {
+            last_reason = reason;
+        }
+    }
+    p.last_check_ms.store(crate::unix_ms() as u64, Ordering::Relaxed);
+    let now = shared.clock.now_ms();
+    let reason = if any_ok { "probe ok" } else { last_reason.as_str() };
+    for m in routing.models.values() {
+        for r in m.routes.iter().flatten() {
+            for b in r.backends.iter().filter(|b| b.provider == pi) {
+                if let Some(t) = b.state.set_probe_result(now, any_ok, reason) {
+                    warn!(model = %m.name, backend = %b.name, healthy = t.healthy, reason = %t.reason, "backend health changed");
+                }
+            }
+        }
+    }
+}
+
+async fn send_probe(p: &Provider, auth: &HeaderValue, probe: &ProbeKind) -> Result<u16, String> {
+    let (method, path, body) = match probe {
+        ProbeKind::Models => (Method::GET, "/models".to_string(), Bytes::new()),
+        ProbeKind::Chat(m) => (
+            Method::POST,
+            "/chat/completions".to_string(),
+            Bytes::from(
+                serde_json::json!({"model": m, "max_tokens": 1, "messages": [{"role": "user", "content": "ping"}]})
+                    .to_string(),
+            ),
+        ),
+        ProbeKind::Messages(m) => (
+            Method::POST,
+            if p.kind == ProviderKind::Anthropic { "/v1/messages" } else { "/messages" }.to_string(),
+            Bytes::from(
+                serde_json::json!({"model": m, "max_tokens": 1, "messages": [{"role": "user", "content": "ping"}]})
+                    .to_string(),
+            ),
+        ),
+    };
+    let uri = format!("{}{}", p.base_url, path);
+    let mut req = Request::new(Full::new(body.clone()));
+    *req.method_mut() = method;
+    *req.uri_mut() = uri.parse().map_err(|e| format!("bad url: {e}"))?;
+    let h = req.headers_mut();
+    for (n, v) in &p.static_headers {
+        h.insert(n.clone(), v.clone());
+    }
+    h.insert(p.auth_header.clone(), auth.clone());
+    if !body.is_empty() {
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    }
+    if p.kind == ProviderKind::Anthropic && !h.contains_key("anthropic-version") {
+        h.insert("anthropic-version", HeaderValue::from_static("2023-06-01"));
+    }
+    let resp = p.client.request(req).await.map_err(|e| {
+        if e.is_connect() {
+            "connect error".to_string()
+        } else {
+            e.to_string()
+        }
+    })?;
+    let status = resp.status().as_u16();
+    // Drain so the connection returns to the pool.
+    let _ = resp.into_body().collect().await;
+    Ok(status)
+}
+
+/// `GET /health`: overall status, config version, counts, and per-model/backend detail.
+pub fn health_response(shared: &Shared) -> Response<ProxyBody> {
+    let now = shared.clock.now_ms();
+    let routing = shared.routing.load_full();
+    let body = match routing.as_deref() {
+        None => {
+            serde_json::json!({"status": "unavailable", "version": null, "reason": "no configuration yet"})
+        }
+        Some(r) => {
+            let (mut b_ok, mut b_total, mut c_ok, mut c_total) = (0u32, 0u32, 0u32, 0u32);
+            let mut any_model_down = false;
+            let mut models = serde_json::Map::new();
+            let mut names: Vec<&String> = r.models.keys().collect();
+            names.sort();
+            for name in names {
+                let m = &r.models[name];
+                let mut backends = Vec::new();
+                let mut model_ok = false;
+                for route in m.routes.iter().flatten() {
+                    for b in &route.backends {
+                        let p = &r.providers[b.provider];
+                        let v = b.state.snapshot(now);
+                        let creds_ok = p.credentials.iter().any(|c| c.state.is_available(now));
+                        let healthy = v.healthy && creds_ok;
+                        b_total += 1;
+                        if healthy {
+                            b_ok += 1;
+                            model_ok = true;
+                        }
+                        let last = p.last_check_ms.load(Ordering::Relaxed);
+                        backends.push(serde_json::json!({
+                            "name": b.name,
+                            "provider": p.name,
+                            "upstream_model": b.upstream_model,
+                            "healthy": healthy,
+                            "inflight": v.inflight,
+                            "ewma_ttfb_ms": v.ewma_ttfb_ms,
+                            "consecutive_failures": v.consecutive_failures,
+                            "ejected_until_ms": v.ejected_until_ms,
+                            "last_check_ms": (last > 0).then_some(last),
+                            "last_error": v.last_error,
+                        }));
+                    }
+                }
+                if !model_ok && m.enabled {
+                    any_model_down = true;
+                }
+                models.insert(
+                    name.clone(),
+                    serde_json::json!({"healthy": model_ok, "backends": backends}),
+                );
+            }
+            let mut providers = Vec::new();
+            for p in &r.providers {
+                let creds: Vec<_> = p
+                    .credentials
+                    .iter()
+                    .map(|c| {
+                        let v = c.state.snapshot(now);
+                        c_total += 1;
+                        let ok = c.state.is_available(now);
+                        if ok {
+                            c_ok += 1;
+                        }
+                        serde_json::json!({
+                            "name": c.name,
+                            "healthy": v.healthy,
+                            "available": ok,
+                            "inflight": v.inflight,
+                            "cooldown_until_ms": v.cooldown_until_ms,
+                            "last_error": v.last_error,
+                        })
+                    })
+                    .collect();
+                providers
+                    .push(serde_json::json!({"name": p.name, "kind": p.kind.as_str(), "credentials": creds}));
+            }
+            let status = if b_total > 0 && b_ok == 0 {
+                "unavailable"
+            } else if any_model_down || b_ok < b_total || c_ok < c_total {
+                "degraded"
+            } else {
+                "ok"
+            };
+            serde_json::json!({
+                "status": status,
+                "version": r.version,
+                "hash": r.hash,
+                "draining": shared.draining(),
+                "backends": {"healthy": b_ok, "total": b_total},
+                "credentials": {"healthy": c_ok, "total": c_total},
+                "models": models,
+                "providers": providers,
+            })
+        }
+    };
+    let unavailable = body["status"] == "unavailable";
+    let mut resp = Response::new(ProxyBody::full(body.to_string()));
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if unavailable {
+        *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    }
+    resp
+}

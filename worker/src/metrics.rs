@@ -1,0 +1,175 @@
+//! Prometheus metrics for `GET /metrics`. Labels are low-cardinality only: model,
+//! backend, provider, status class, error kind (never keys, secrets or request ids).
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{exponential_buckets, Histogram},
+    },
+    registry::Registry,
+};
+
+use crate::config::Routing;
+
+type Labels = Vec<(&'static str, String)>;
+type HistFamily = Family<Labels, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 0.5 ms .. ~65 s
+    Histogram::new(exponential_buckets(0.0005, 2.0, 18))
+}
+
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<Labels, Counter>,
+    pub duration: HistFamily,
+    pub ttfb: HistFamily,
+    pub retries: Family<Labels, Counter>,
+    pub upstream_errors: Family<Labels, Counter>,
+    pub tokens: Family<Labels, Counter>,
+    pub inflight: Gauge<i64, AtomicI64>,
+    backend_healthy: Family<Labels, Gauge>,
+    credential_healthy: Family<Labels, Gauge>,
+    config_version: Gauge<i64, AtomicI64>,
+    pub usage_dropped: Counter<u64, AtomicU64>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("switchyard");
+        let requests = Family::<Labels, Counter>::default();
+        registry.register(
+            "requests",
+            "Proxied requests by model, backend and status class",
+            requests.clone(),
+        );
+        let duration: HistFamily = Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "request_duration_seconds",
+            "Request duration until the response ends",
+            duration.clone(),
+        );
+        let ttfb: HistFamily = Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "ttfb_seconds",
+            "Time to the first response byte from the upstream",
+            ttfb.clone(),
+        );
+        let retries = Family::<Labels, Counter>::default();
+        registry.register("retries", "Retries by model", retries.clone());
+        let upstream_errors = Family::<Labels, Counter>::default();
+        registry.register(
+            "upstream_errors",
+            "Upstream failures by kind",
+            upstream_errors.clone(),
+        );
+        let tokens = Family::<Labels, Counter>::default();
+        registry.register(
+            "tokens",
+            "Tokens reported by upstreams, by model and type",
+            tokens.clone(),
+        );
+        let inflight = Gauge::<i64, AtomicI64>::default();
+        registry.register(
+            "inflight_requests",
+            "Requests in flight on this worker",
+            inflight.clone(),
+        );
+        let backend_healthy = Family::<Labels, Gauge>::default();
+        registry.register(
+            "backend_healthy",
+            "1 when the backend is available",
+            backend_healthy.clone(),
+        );
+        let credential_healthy = Family::<Labels, Gauge>::default();
+        registry.register(
+            "credential_healthy",
+            "1 when the credential is available",
+            credential_healthy.clone(),
+        );
+        let config_version = Gauge::<i64, AtomicI64>::default();
+        registry.register(
+            "config_version",
+            "Applied config snapshot version",
+            config_version.clone(),
+        );
+        let usage_dropped = Counter::<u64, AtomicU64>::default();
+        registry.register(
+            "usage_dropped",
+            "Usage records dropped because the queue was full",
+            usage_dropped.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            duration,
+            ttfb,
+            retries,
+            upstream_errors,
+            tokens,
+            inflight,
+            backend_healthy,
+            credential_healthy,
+            config_version,
+            usage_dropped,
+        }
+    }
+
+    pub fn status_class(status: u16) -> &'static str {
+        match status {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        }
+    }
+
+    /// Render the text exposition; health gauges are refreshed from `routing` first.
+    pub fn render(&self, routing: Option<&Routing>, now_ms: u64) -> String {
+        self.backend_healthy.clear();
+        self.credential_healthy.clear();
+        if let Some(r) = routing {
+            self.config_version.set(r.version as i64);
+            for m in r.models.values() {
+                for route in m.routes.iter().flatten() {
+                    for b in &route.backends {
+                        let labels = vec![
+                            ("model", m.name.clone()),
+                            ("backend", b.name.clone()),
+                            ("provider", r.providers[b.provider].name.clone()),
+                        ];
+                        self.backend_healthy
+                            .get_or_create(&labels)
+                            .set(i64::from(b.state.is_available(now_ms)));
+                    }
+                }
+            }
+            for p in &r.providers {
+                for c in &p.credentials {
+                    let labels = vec![("provider", p.name.clone()), ("credential", c.name.clone())];
+                    self.credential_healthy
+                        .get_or_create(&labels)
+                        .set(i64::from(c.state.is_available(now_ms)));
+                }
+            }
+        }
+        let _ = Ordering::Relaxed;
+        let mut out = String::with_capacity(8192);
+        if encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

@@ -1,0 +1,665 @@
+//! The request path, top to bottom: dispatch by path → authenticate (`auth`) → read and
+//! scan the body (`extract`) → route (model → tier → strategy → backend → credential,
+//! via `balance`) → forward with held-back headers and retries → relay the answer
+//! (`relay`), which logs and accounts the request when it ends.
+use std::{sync::Arc, time::Instant};
+
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use tracing::warn;
+
+use crate::{
+    account::Outcome,
+    auth,
+    balance::{stable_hash, PickContext, Transition},
+    body::ProxyBody,
+    config::{Affinity, ProviderKind, Routing},
+    errors::{Dialect, ProxyError},
+    extract,
+    relay::{Finish, RelayBody},
+    Shared,
+};
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_BACKEND: HeaderName = HeaderName::from_static("x-switchyard-backend");
+static X_PROVIDER: HeaderName = HeaderName::from_static("x-switchyard-provider");
+static X_RETRIES: HeaderName = HeaderName::from_static("x-switchyard-retries");
+
+/// Entry point for every HTTP request the worker serves.
+pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBody> {
+    let path = req.uri().path();
+    let is_messages = path == "/v1/messages" || path.starts_with("/v1/messages/");
+    match (req.method(), path) {
+        (&Method::GET, "/health") => crate::health::health_response(&shared),
+        (&Method::GET, "/ready") => ready_response(&shared),
+        (&Method::GET, "/metrics") => {
+            let routing = shared.routing.load_full();
+            let text = shared.metrics.render(routing.as_deref(), shared.clock.now_ms());
+            let mut r = Response::new(ProxyBody::full(text));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r
+        }
+        (&Method::GET, "/v1/models") => models_response(&shared, req.headers()),
+        (&Method::POST, _) if is_messages => proxy(shared, req, ProviderKind::Anthropic).await,
+        (&Method::POST, p) if p.starts_with("/v1/") => proxy(shared, req, ProviderKind::OpenAi).await,
+        (_, p) => {
+            let dialect = if is_messages {
+                Dialect::Anthropic
+            } else {
+                Dialect::OpenAi
+            };
+            let e = if p.starts_with("/v1/") && req.method() != Method::POST {
+                ProxyError::MethodNotAllowed
+            } else {
+                ProxyError::NotFound(p.to_string())
+            };
+            e.into_response(dialect)
+        }
+    }
+}
+
+fn ready_response(shared: &Shared) -> Response<ProxyBody> {
+    let ready = !shared.draining() && shared.routing.load().is_some();
+    let mut r = Response::new(ProxyBody::full(if ready { "ready\n" } else { "not ready\n" }));
+    if !ready {
+        *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    }
+    r
+}
+
+fn models_response(shared: &Shared, headers: &HeaderMap) -> Response<ProxyBody> {
+    let Some(routing) = shared.routing.load_full() else {
+        return ProxyError::NoConfig.into_response(Dialect::OpenAi);
+    };
+    let key = match auth::authenticate(&routing, headers, crate::unix_ms()) {
+        Ok(k) => k,
+        Err(e) => return e.into_response(Dialect::OpenAi),
+    };
+    let data: Vec<_> = routing
+        .model_names
+        .iter()
+        .filter(|m| key.may_use(m))
+        .map(|m| serde_json::json!({"id": m, "object": "model", "created": 0, "owned_by": "switchyard"}))
+        .collect();
+    let mut r = Response::new(ProxyBody::full(
+        serde_json::json!({"object": "list", "data": data}).to_string(),
+    ));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get(&X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 200)
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string())
+}
+
+async fn proxy(shared: Arc<Shared>, req: Request<Incoming>, kind: ProviderKind) -> Response<ProxyBody> {
+    let dialect = match kind {
+        ProviderKind::OpenAi => Dialect::OpenAi,
+        ProviderKind::Anthropic => Dialect::Anthropic,
+    };
+    let request_id = request_id(req.headers());
+    shared.metrics.inflight.inc();
+    shared.budget.record_request(shared.clock.now_ms());
+    let mut fin = Finish {
+        shared: shared.clone(),
+        request_id: request_id.clone(),
+        key_id: String::new(),
+        key_name: String::new(),
+        model: String::new(),
+        backend: String::new(),
+        provider: String::new(),
+        credential: String::new(),
+        endpoint: req.uri().path().to_string(),
+        stream: false,
+        retries: 0,
+        status: 0,
+        start: Instant::now(),
+        ttfb: None,
+        error: None,
+    };
+    let mut resp = match forward(&shared, req, kind, dialect, &mut fin).await {
+        Ok(r) => r,
+        Err(e) => {
+            let status = e.status().as_u16();
+            fin.status = status;
+            fin.error = Some(e.label());
+            let outcome = match e {
+                ProxyError::NoBackend(_) | ProxyError::NoConfig => Outcome::NoBackend,
+                ProxyError::Connect(_) | ProxyError::Timeout | ProxyError::Upstream(_) => {
+                    Outcome::UpstreamError
+                }
+                _ => Outcome::Rejected,
+            };
+            let retries = fin.retries;
+            if e.retry_safe() {
+                shared
+                    .metrics
+                    .upstream_errors
+                    .get_or_create(&vec![("kind", e.label().to_string())])
+                    .inc();
+            }
+            fin.done(outcome, None);
+            let mut r = e.into_response(dialect);
+            if retries > 0 {
+                r.headers_mut().insert(&X_RETRIES, HeaderValue::from(retries));
+            }
+            r
+        }
+    };
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        resp.headers_mut().insert(&X_REQUEST_ID, v);
+    }
+    resp
+}
+
+/// Request headers that are never forwarded upstream: hop-by-hop headers, the client's
+/// credentials, and ones the worker sets itself.
+fn forwardable(name: &HeaderName) -> bool {
+    !matches!(
+        name.as_str(),
+        "host"
+            | "content-length"
+            | "authorization"
+            | "x-api-key"
+            | "connection"
+            | "keep-alive"
+            | "proxy-authorization"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "accept-encoding"
+    ) && !name.as_str().starts_with("x-switchyard-")
+}
+
+fn response_header_ok(name: &HeaderName) -> bool {
+    !matches!(
+        name.as_str(),
+        "connection" | "keep-alive" | "proxy-connection" | "te" | "trailer" | "transfer-encoding" | "upgrade"
+    )
+}
+
+fn log_transition(t: Option<Transition>, kind: &str, name: &str) {
+    if let Some(t) = t {
+        warn!(kind, name, healthy = t.healthy, reason = %t.reason, "health changed");
+    }
+}
+
+/// Seconds from a `Retry-After` header (delta-seconds form only).
+fn retry_after_ms(h: &HeaderMap) -> Option<u64> {
+    let v = h.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
+    v.parse::<f64>()
+        .ok()
+        .filter(|s| *s >= 0.0)
+        .map(|s| (s * 1000.0) as u64)
+}
+
+fn upstream_uri(base: &str, kind: ProviderKind, uri: &Uri) -> Result<Uri, ProxyError> {
+    let pq = uri.path_and_query().map_or("/", |p| p.as_str());
+    let suffix = match kind {
+        ProviderKind::OpenAi => pq.strip_prefix("/v1").unwrap_or(pq),
+        ProviderKind::Anthropic => pq,
+    };
+    let mut s = String::with_capacity(base.len() + suffix.len());
+    s.push_str(base);
+    s.push_str(suffix);
+    Uri::try_from(s).map_err(|e| ProxyError::Upstream(format!("invalid upstream URL: {e}")))
+}
+
+/// A retryable upstream answer kept in case no other backend does better.
+struct Kept {
+    resp: Response<Incoming>,
+    backend: usize,
+    cred: usize,
+}
+
+async fn forward(
+    shared: &Arc<Shared>,
+    req: Request<Incoming>,
+    kind: ProviderKind,
+    dialect: Dialect,
+    fin: &mut Finish,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let routing: Arc<Routing> = shared.routing.load_full().ok_or(ProxyError::NoConfig)?;
+    let key = auth::authenticate(&routing, req.headers(), crate::unix_ms())?;
+    fin.key_id.clone_from(&key.id);
+    fin.key_name.clone_from(&key.name);
+
+    let (parts, body) = req.into_parts();
+    let limit = shared.max_body_bytes;
+    if let Some(len) = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+    {
+        if len > limit as u64 {
+            return Err(ProxyError::TooLarge(limit));
+        }
+    }
+    let bytes: Bytes = match Limited::new(body, limit).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(ProxyError::TooLarge(limit)),
+        Err(e) => {
+            return Err(ProxyError::BadRequest(format!(
+                "could not read the request body: {e}"
+            )))
+        }
+    };
+    let head = extract::scan(&bytes).map_err(ProxyError::BadRequest)?;
+    let model_name = head
+        .model
+        .as_deref()
+        .ok_or_else(|| ProxyError::BadRequest("missing `model`".into()))?;
+    fin.stream = head.stream;
+    let model = routing
+        .models
+        .get(model_name)
+        .filter(|m| m.enabled)
+        .ok_or_else(|| ProxyError::UnknownModel(model_name.to_string()))?;
+    if !key.may_use(model_name) {
+        return Err(ProxyError::ModelNotAllowed(model_name.to_string()));
+    }
+    let route = model.routes[kind.index()]
+        .as_ref()
+        .ok_or_else(|| ProxyError::UnknownModel(model_name.to_string()))?;
+    fin.model.clone_from(&model.name);
+    let model_range = head.model_range.clone().unwrap_or(0..0);
+    // Ask OpenAI streams for their usage so that they can be accounted; the extra chunk
+    // is removed again in `relay` so the client sees the stream it asked for.
+    let path = parts.uri.path();
+    let inject_usage = kind == ProviderKind::OpenAi
+        && head.stream
+        && head.include_usage != Some(true)
+        && (path == "/v1/chat/completions" || path == "/v1/completions");
+    let usage_edit = inject_usage.then(|| extract::include_usage_edit(&bytes, &head));
+
+    let affinity = match &model.affinity {
+        Affinity::None => None,
+        Affinity::Header(h) => parts.headers.get(h).map(|v| stable_hash(v.as_bytes())),
+        Affinity::User => head.user.as_deref().map(|u| stable_hash(u.as_bytes())),
+    };
+    let mut pin = parts
+        .headers
+        .get(&X_BACKEND)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|name| route.backends.iter().position(|b| b.name == name))
+        .filter(|&i| route.backends[i].state.is_available(shared.clock.now_ms()));
+
+    let mut base_headers = HeaderMap::with_capacity(parts.headers.len() + 4);
+    for (n, v) in &parts.headers {
+        if forwardable(n) {
+            base_headers.append(n.clone(), v.clone());
+        }
+    }
+
+    let mut excluded_b: Vec<usize> = Vec::new();
+    let mut excluded_c: Vec<(usize, usize)> = Vec::new();
+    let mut attempts: u32 = 0;
+    let mut last_err: Option<ProxyError> = None;
+    let mut kept: Option<Kept> = None;
+    let mut creds_rejected = false;
+
+    'attempts: loop {
+        if attempts > model.max_retries {
+            break;
+        }
+        let now = shared.clock.now_ms();
+        let bi = match pin.take() {
+            Some(i) => i,
+            None => match route.selector.pick(
+                &route.endpoints,
+                &PickContext {
+                    now_ms: now,
+                    excluded: &excluded_b,
+                    affinity,
+                },
+            ) {
+                Some(p) => p.index,
+                None => break,
+            },
+        };
+        let backend = &route.backends[bi];
+        let provider = &routing.providers[backend.provider];
+        let excl_c: Vec<usize> = excluded_c
+            .iter()
+            .filter(|(p, _)| *p == backend.provider)
+            .map(|&(_, c)| c)
+            .collect();
+        let Some(cp) = provider.cred_selector.pick(
+            &provider.cred_endpoints,
+            &PickContext {
+                now_ms: now,
+                excluded: &excl_c,
+                affinity: None,
+            },
+        ) else {
+            // No usable credential: the backend is not available for this request.
+            excluded_b.push(bi);
+            continue;
+        };
+        if attempts > 0 && !shared.budget.try_retry(now) {
+            warn!(request_id = %fin.request_id, model = %model.name, "retry budget exhausted");
+            break;
+        }
+        attempts += 1;
+        fin.retries = attempts - 1;
+        let cred = &provider.credentials[cp.index];
+
+        let uri = upstream_uri(&provider.base_url, provider.kind, &parts.uri)?;
+        let body = match &usage_edit {
+            Some(edit) => {
+                let mut edits = vec![edit.clone()];
+                if !model_range.is_empty() {
+                    edits.push((model_range.clone(), backend.upstream_model_json.to_vec()));
+                }
+                extract::splice_many(&bytes, &mut edits)
+            }
+            None if model_range.is_empty() => bytes.clone(),
+            None => extract::splice(&bytes, model_range.clone(), &backend.upstream_model_json),
+        };
+        let mut headers = base_headers.clone();
+        for (n, v) in &provider.static_headers {
+            headers.insert(n.clone(), v.clone());
+        }
+        headers.insert(provider.auth_header.clone(), cred.auth_value.clone());
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        let mut up = Request::new(Full::new(body));
+        *up.method_mut() = Method::POST;
+        *up.uri_mut() = uri;
+        *up.headers_mut() = headers;
+
+        let guards = [backend.state.start(), cred.state.start()];
+        let t0 = Instant::now();
+        let header_timeout = model.per_try_timeout.unwrap_or(provider.request_timeout);
+        let deadline = tokio::time::Instant::now() + header_timeout;
+        let resp = match tokio::time::timeout_at(deadline, provider.client.request(up)).await {
+            Err(_) => {
+                log_transition(
+                    backend.state.record_failure(now, "timeout"),
+                    "backend",
+                    &backend.name,
+                );
+                shared
+                    .metrics
+                    .upstream_errors
+                    .get_or_create(&vec![("kind", "timeout".into())])
+                    .inc();
+                excluded_b.push(bi);
+                last_err = Some(ProxyError::Timeout);
+                continue;
+            }
+            Ok(Err(e)) => {
+                let (label, msg) = if e.is_connect() {
+                    ("connect", format!("{}: {}", backend.name, error_chain(&e)))
+                } else {
+                    ("upstream", format!("{}: {}", backend.name, error_chain(&e)))
+                };
+                log_transition(backend.state.record_failure(now, label), "backend", &backend.name);
+                shared
+                    .metrics
+                    .upstream_errors
+                    .get_or_create(&vec![("kind", label.into())])
+                    .inc();
+                excluded_b.push(bi);
+                last_err = Some(ProxyError::Connect(msg));
+                continue;
+            }
+            Ok(Ok(r)) => r,
+        };
+        let status = resp.status().as_u16();
+        match status {
+            401 | 403 => {
+                log_transition(
+                    cred.state.eject(now, &format!("upstream {status}")),
+                    "credential",
+                    &format!("{}/{}", provider.name, cred.name),
+                );
+                shared
+                    .metrics
+                    .upstream_errors
+                    .get_or_create(&vec![("kind", "auth".into())])
+                    .inc();
+                excluded_c.push((backend.provider, cp.index));
+                creds_rejected = true;
+                last_err = Some(ProxyError::Upstream(format!(
+                    "{}: credentials rejected ({status})",
+                    provider.name
+                )));
+                continue;
+            }
+            429 => {
+                if let Some(ms) = retry_after_ms(resp.headers()) {
+                    cred.state.cool_down(now + ms);
+                }
+                shared
+                    .metrics
+                    .upstream_errors
+                    .get_or_create(&vec![("kind", "429".into())])
+                    .inc();
+                excluded_c.push((backend.provider, cp.index));
+                kept = Some(Kept {
+                    resp,
+                    backend: bi,
+                    cred: cp.index,
+                });
+                continue;
+            }
+            500 | 502 | 503 | 504 => {
+                log_transition(
+                    backend.state.record_failure(now, &format!("upstream {status}")),
+                    "backend",
+                    &backend.name,
+                );
+                shared
+                    .metrics
+                    .upstream_errors
+                    .get_or_create(&vec![("kind", "5xx".into())])
+                    .inc();
+                excluded_b.push(bi);
+                kept = Some(Kept {
+                    resp,
+                    backend: bi,
+                    cred: cp.index,
+                });
+                continue;
+            }
+            _ => {}
+        }
+        let success = (200..300).contains(&status);
+        let sse = is_sse(resp.headers());
+        let (rparts, mut rbody) = resp.into_parts();
+        let mut first = None;
+        if sse && success {
+            // Hold the status line back until the first event, so that a stream that
+            // dies before it can still be retried elsewhere.
+            loop {
+                match tokio::time::timeout_at(deadline, rbody.frame()).await {
+                    Err(_) => {
+                        log_transition(
+                            backend.state.record_failure(now, "timeout"),
+                            "backend",
+                            &backend.name,
+                        );
+                        excluded_b.push(bi);
+                        last_err = Some(ProxyError::Timeout);
+                        continue 'attempts;
+                    }
+                    Ok(Some(Err(e))) => {
+                        log_transition(
+                            backend.state.record_failure(now, "stream failed"),
+                            "backend",
+                            &backend.name,
+                        );
+                        excluded_b.push(bi);
+                        last_err = Some(ProxyError::Upstream(format!("{}: {e}", backend.name)));
+                        continue 'attempts;
+                    }
+                    Ok(None) => break,
+                    Ok(Some(Ok(f))) => {
+                        if let Ok(d) = f.into_data() {
+                            if !d.is_empty() {
+                                first = Some(d);
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let ttfb = t0.elapsed();
+        let ttfb_us = ttfb.as_micros() as u64;
+        log_transition(
+            backend.state.record_success(now, ttfb_us),
+            "backend",
+            &backend.name,
+        );
+        log_transition(cred.state.record_success(now, ttfb_us), "credential", &cred.name);
+        fin.ttfb = Some(ttfb);
+        let total = provider
+            .total_timeout
+            .map(|t| tokio::time::Instant::from_std(fin.start + t));
+        return Ok(build_response(
+            fin,
+            &routing,
+            bi,
+            route,
+            cp.index,
+            rparts,
+            first,
+            rbody,
+            sse,
+            success,
+            dialect,
+            total,
+            inject_usage,
+            guards,
+        ));
+    }
+
+    // Nothing succeeded: pass on a kept 429/5xx answer, or the last error.
+    if let Some(k) = kept {
+        let backend = &route.backends[k.backend];
+        let provider = &routing.providers[backend.provider];
+        let cred = &provider.credentials[k.cred];
+        let guards = [backend.state.start(), cred.state.start()];
+        let sse = is_sse(k.resp.headers());
+        let (rparts, rbody) = k.resp.into_parts();
+        let total = provider
+            .total_timeout
+            .map(|t| tokio::time::Instant::from_std(fin.start + t));
+        return Ok(build_response(
+            fin, &routing, k.backend, route, k.cred, rparts, None, rbody, sse, false, dialect, total, false,
+            guards,
+        ));
+    }
+    let _ = creds_rejected;
+    // Once every backend is out (ejected or excluded and unavailable), the model has no
+    // healthy backend: say so (503) rather than report the last connect error (502).
+    let now = shared.clock.now_ms();
+    if matches!(last_err, Some(ProxyError::Connect(_)))
+        && !route.endpoints.iter().any(|e| e.state.is_available(now))
+    {
+        return Err(ProxyError::NoBackend(model.name.clone()));
+    }
+    Err(last_err.unwrap_or_else(|| ProxyError::NoBackend(model.name.clone())))
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+fn is_sse(h: &HeaderMap) -> bool {
+    h.get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn build_response(
+    fin: &mut Finish,
+    routing: &Routing,
+    bi: usize,
+    route: &crate::config::ModelRoute,
+    ci: usize,
+    rparts: http::response::Parts,
+    first: Option<Bytes>,
+    rbody: Incoming,
+    sse: bool,
+    success: bool,
+    dialect: Dialect,
+    total: Option<tokio::time::Instant>,
+    strip_usage: bool,
+    guards: [crate::balance::InflightGuard; 2],
+) -> Response<ProxyBody> {
+    let backend = &route.backends[bi];
+    let provider = &routing.providers[backend.provider];
+    let cred = &provider.credentials[ci];
+    let retries = fin.retries;
+    let f = Finish {
+        shared: fin.shared.clone(),
+        request_id: std::mem::take(&mut fin.request_id),
+        key_id: std::mem::take(&mut fin.key_id),
+        key_name: std::mem::take(&mut fin.key_name),
+        model: std::mem::take(&mut fin.model),
+        backend: backend.name.clone(),
+        provider: provider.name.clone(),
+        credential: cred.name.clone(),
+        endpoint: std::mem::take(&mut fin.endpoint),
+        stream: fin.stream || sse,
+        retries,
+        status: rparts.status.as_u16(),
+        start: fin.start,
+        ttfb: fin.ttfb,
+        error: None,
+    };
+    let relay = RelayBody::new(
+        first,
+        rbody,
+        sse,
+        dialect,
+        provider.idle_timeout,
+        total,
+        success,
+        f,
+        backend.state.clone(),
+        strip_usage,
+        guards,
+    );
+    let mut resp = Response::new(ProxyBody::Relay(Box::new(relay)));
+    *resp.status_mut() = rparts.status;
+    let h = resp.headers_mut();
+    h.reserve(rparts.headers.len() + 4);
+    let mut last: Option<HeaderName> = None;
+    for (n, v) in rparts.headers {
+        if let Some(n) = n {
+            last = Some(n);
+        }
+        if let Some(n) = &last {
+            if response_header_ok(n) && !(sse && n == header::CONTENT_LENGTH) {
+                h.append(n.clone(), v);
+            }
+        }
+    }
+    h.insert(&X_BACKEND, backend.name_header.clone());
+    h.insert(&X_PROVIDER, provider.name_header.clone());
+    h.insert(&X_RETRIES, HeaderValue::from(retries));
+    resp
+}

@@ -1,0 +1,310 @@
+//! Relaying the upstream response body to the client frame by frame, as it arrives
+//! (never buffered), while watching it: idle and total timeouts, a dialect error event
+//! when a stream breaks after its first byte, usage counting, and the end-of-request
+//! log line, metrics and usage event (written when the stream ends or is dropped).
+use std::{
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::time::Sleep;
+use tracing::info;
+
+use crate::{
+    account::{Outcome, Usage, UsageEvent, UsageScanner},
+    balance::{EndpointState, InflightGuard},
+    body::BoxError,
+    errors::{Dialect, ProxyError},
+    metrics::Metrics,
+    Shared,
+};
+
+/// Everything needed to log and account a request once it ends.
+#[derive(Debug)]
+pub struct Finish {
+    pub shared: Arc<Shared>,
+    pub request_id: String,
+    pub key_id: String,
+    pub key_name: String,
+    pub model: String,
+    pub backend: String,
+    pub provider: String,
+    pub credential: String,
+    pub endpoint: String,
+    pub stream: bool,
+    pub retries: u32,
+    pub status: u16,
+    pub start: Instant,
+    pub ttfb: Option<Duration>,
+    pub error: Option<&'static str>,
+}
+
+impl Finish {
+    pub fn done(self, outcome: Outcome, usage: Option<Usage>) {
+        let latency = self.start.elapsed();
+        let m = &self.shared.metrics;
+        m.inflight.dec();
+        let class = Metrics::status_class(self.status);
+        m.requests
+            .get_or_create(&vec![
+                ("model", self.model.clone()),
+                ("backend", self.backend.clone()),
+                ("status_class", class.to_string()),
+            ])
+            .inc();
+        let model_l = vec![("model", self.model.clone())];
+        m.duration.get_or_create(&model_l).observe(latency.as_secs_f64());
+        if let Some(t) = self.ttfb {
+            m.ttfb.get_or_create(&model_l).observe(t.as_secs_f64());
+        }
+        if self.retries > 0 {
+            m.retries.get_or_create(&model_l).inc_by(u64::from(self.retries));
+        }
+        if let Some(u) = &usage {
+            for (ty, v) in [("prompt", u.prompt_tokens), ("completion", u.completion_tokens)] {
+                if v > 0 {
+                    m.tokens
+                        .get_or_create(&vec![("model", self.model.clone()), ("type", ty.into())])
+                        .inc_by(v);
+                }
+            }
+        }
+        info!(
+            request_id = %self.request_id,
+            model = %self.model,
+            backend = %self.backend,
+            provider = %self.provider,
+            status = self.status,
+            latency_ms = latency.as_secs_f64() * 1000.0,
+            ttfb_ms = self.ttfb.map(|t| t.as_secs_f64() * 1000.0),
+            retries = self.retries,
+            stream = self.stream,
+            outcome = outcome.as_str(),
+            error = self.error,
+            "request done"
+        );
+        if let Some(sink) = &self.shared.usage_sink {
+            sink.record(UsageEvent {
+                ts_ms: crate::unix_ms(),
+                request_id: self.request_id,
+                key_id: self.key_id,
+                key_name: self.key_name,
+                model: self.model,
+                backend: self.backend,
+                provider: self.provider,
+                credential: self.credential,
+                endpoint: self.endpoint,
+                status: self.status,
+                stream: self.stream,
+                retries: self.retries,
+                latency_us: latency.as_micros() as u64,
+                ttfb_us: self.ttfb.map_or(0, |t| t.as_micros() as u64),
+                usage: usage.unwrap_or_default(),
+                outcome,
+            });
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct RelayBody {
+    first: Option<Bytes>,
+    inner: Incoming,
+    sse: bool,
+    dialect: Dialect,
+    idle: Duration,
+    last_chunk: Instant,
+    idle_sleep: Pin<Box<Sleep>>,
+    total: Option<Pin<Box<Sleep>>>,
+    ended: bool,
+    scanner: UsageScanner,
+    finish: Option<Finish>,
+    outcome: Outcome,
+    backend_state: Arc<EndpointState>,
+    /// The worker added `include_usage` upstream: remove its traces from what the client sees.
+    strip_usage: bool,
+    _guards: [InflightGuard; 2],
+}
+
+impl RelayBody {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        first: Option<Bytes>,
+        inner: Incoming,
+        sse: bool,
+        dialect: Dialect,
+        idle: Duration,
+        total_deadline: Option<tokio::time::Instant>,
+        success: bool,
+        finish: Finish,
+        backend_state: Arc<EndpointState>,
+        strip_usage: bool,
+        guards: [InflightGuard; 2],
+    ) -> Self {
+        let mut scanner = UsageScanner::new(sse, success);
+        if let Some(f) = &first {
+            scanner.observe(f);
+        }
+        let outcome = if success {
+            Outcome::Ok
+        } else {
+            Outcome::ClientError
+        };
+        Self {
+            first,
+            inner,
+            sse,
+            dialect,
+            idle,
+            last_chunk: Instant::now(),
+            idle_sleep: Box::pin(tokio::time::sleep(idle)),
+            total: total_deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
+            ended: false,
+            scanner,
+            finish: Some(finish),
+            outcome,
+            backend_state,
+            strip_usage: strip_usage && sse,
+            _guards: guards,
+        }
+    }
+
+    fn end(&mut self, outcome: Option<Outcome>) {
+        self.ended = true;
+        if let Some(o) = outcome {
+            self.outcome = o;
+        }
+        if let Some(f) = self.finish.take() {
+            let usage = self.scanner.finish();
+            f.done(self.outcome, usage);
+        }
+    }
+
+    fn client_view(&self, b: Bytes) -> Bytes {
+        if self.strip_usage {
+            if let Some(v) = crate::extract::strip_usage(&b) {
+                return Bytes::from(v);
+            }
+        }
+        b
+    }
+
+    /// The stream broke after bytes went out: emit the dialect error event (SSE) or
+    /// abort the body (plain JSON, so the client sees a truncated response).
+    fn fail(&mut self, err: ProxyError) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let now = self.finish.as_ref().map_or(0, |f| f.shared.clock.now_ms());
+        if let Some(f) = self.finish.as_mut() {
+            f.error = Some(err.label());
+            f.shared
+                .metrics
+                .upstream_errors
+                .get_or_create(&vec![("kind", format!("stream_{}", err.label()))])
+                .inc();
+        }
+        self.backend_state.record_failure(now, "stream broken");
+        self.end(Some(Outcome::StreamError));
+        if self.sse {
+            Poll::Ready(Some(Ok(Frame::data(err.stream_event(self.dialect)))))
+        } else {
+            Poll::Ready(Some(Err(Box::new(err))))
+        }
+    }
+}
+
+impl Body for RelayBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if let Some(b) = this.first.take() {
+            return Poll::Ready(Some(Ok(Frame::data(this.client_view(b)))));
+        }
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let frame = match frame.into_data() {
+                    Ok(d) => {
+                        this.scanner.observe(&d);
+                        this.last_chunk = Instant::now();
+                        Frame::data(this.client_view(d))
+                    }
+                    Err(f) => f,
+                };
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => this.fail(ProxyError::Upstream(format!("stream interrupted: {e}"))),
+            Poll::Ready(None) => {
+                this.end(None);
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                if let Some(t) = this.total.as_mut() {
+                    if t.as_mut().poll(cx).is_ready() {
+                        return this.fail(ProxyError::Timeout);
+                    }
+                }
+                // Lazily re-arm the idle timer: chunks only note their time, and the
+                // timer is reset when it fires early.
+                loop {
+                    if this.idle_sleep.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    let due = this.last_chunk + this.idle;
+                    if Instant::now() >= due {
+                        return this.fail(ProxyError::Timeout);
+                    }
+                    this.idle_sleep
+                        .as_mut()
+                        .reset(tokio::time::Instant::from_std(due));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.first.is_none() && (self.ended || self.inner.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        if self.sse {
+            // An error event may be appended: never promise an exact length.
+            return SizeHint::default();
+        }
+        let mut h = self.inner.size_hint();
+        if let Some(f) = &self.first {
+            let n = f.len() as u64;
+            h.set_lower(h.lower() + n);
+            if let Some(u) = h.upper() {
+                h.set_upper(u + n);
+            }
+        }
+        h
+    }
+}
+
+impl Drop for RelayBody {
+    fn drop(&mut self) {
+        if self.finish.is_some() {
+            // hyper stops polling once a body with a known length is complete, so a
+            // fully relayed body can be dropped without a final `None`.
+            if self.first.is_none() && self.inner.is_end_stream() {
+                self.end(None);
+            } else {
+                self.end(Some(Outcome::ClientAborted));
+            }
+        }
+    }
+}
+
+use std::future::Future as _;

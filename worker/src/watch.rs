@@ -1,0 +1,204 @@
+//! The config path: a `WorkerApi.Watch` client that says Hello, applies each snapshot
+//! (Ack, or Nack and keep the previous one), and reconnects with exponential backoff and
+//! jitter; plus the last-known-good state file (`<state-dir>/snapshot.pb`, mode 0600,
+//! written atomically) that a worker serves from when it starts while control is down.
+use std::{
+    io::Write,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use prost::Message;
+use rand::Rng;
+use switchyard_proto as pb;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::{Secret, Shared};
+
+pub const STATE_FILE: &str = "snapshot.pb";
+
+#[derive(Debug, Clone)]
+pub struct WatchConfig {
+    pub control_url: String,
+    pub worker_token: Option<Secret>,
+    pub worker_id: String,
+    pub state_dir: Option<PathBuf>,
+    pub advertise_address: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("state file {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("state file {path}: not a valid snapshot: {source}")]
+    Decode {
+        path: PathBuf,
+        source: prost::DecodeError,
+    },
+}
+
+/// Read `<dir>/snapshot.pb` if it exists.
+pub fn load_state(dir: &Path) -> Result<Option<pb::Snapshot>, StateError> {
+    let path = dir.join(STATE_FILE);
+    match std::fs::read(&path) {
+        Ok(b) => pb::Snapshot::decode(b.as_slice())
+            .map(Some)
+            .map_err(|source| StateError::Decode { path, source }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(StateError::Io { path, source }),
+    }
+}
+
+/// Write the snapshot atomically: temp file (0600) → fsync → rename → fsync dir.
+pub fn save_state(dir: &Path, snap: &pb::Snapshot) -> Result<(), StateError> {
+    let io = |source| StateError::Io {
+        path: dir.join(STATE_FILE),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let tmp = dir.join(format!(".{STATE_FILE}.{}.tmp", std::process::id()));
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(&tmp).map_err(io)?;
+    f.write_all(&snap.encode_to_vec()).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    drop(f);
+    std::fs::rename(&tmp, dir.join(STATE_FILE)).map_err(io)?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Run the watch client until `cancel` fires.
+pub async fn run(shared: Arc<Shared>, cfg: WatchConfig, cancel: CancellationToken) {
+    let mut backoff = Duration::from_millis(200);
+    let max = Duration::from_secs(15);
+    loop {
+        let res = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = session(&shared, &cfg) => r,
+        };
+        match res {
+            Ok(()) => {
+                info!("control stream ended; reconnecting");
+                backoff = Duration::from_millis(200);
+            }
+            Err(SessionError { applied, msg }) => {
+                if applied {
+                    backoff = Duration::from_millis(200);
+                }
+                warn!(control = %cfg.control_url, error = %msg, retry_in_ms = backoff.as_millis() as u64, "control unreachable");
+            }
+        }
+        let jitter = rand::rng().random_range(0..=backoff.as_millis() as u64 / 2);
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(backoff + Duration::from_millis(jitter)) => {}
+        }
+        backoff = (backoff * 2).min(max);
+    }
+}
+
+struct SessionError {
+    applied: bool,
+    msg: String,
+}
+
+async fn session(shared: &Arc<Shared>, cfg: &WatchConfig) -> Result<(), SessionError> {
+    let mut applied = false;
+    let e = |applied: bool| move |m: String| SessionError { applied, msg: m };
+    let endpoint = tonic::transport::Endpoint::from_shared(cfg.control_url.clone())
+        .map_err(|x| e(false)(x.to_string()))?
+        .connect_timeout(Duration::from_secs(3))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(10));
+    let channel = endpoint.connect().await.map_err(|x| e(false)(error_chain(&x)))?;
+    let mut client = pb::worker_api_client::WorkerApiClient::new(channel);
+    let (tx, rx) = tokio::sync::mpsc::channel::<pb::WatchRequest>(8);
+    let (known_version, known_hash) = shared
+        .routing
+        .load()
+        .as_ref()
+        .map(|r| (r.version, r.hash.clone()))
+        .unwrap_or_default();
+    let hello = pb::WatchRequest {
+        msg: Some(pb::watch_request::Msg::Hello(pb::Hello {
+            worker_id: cfg.worker_id.clone(),
+            known_version,
+            known_hash,
+            address: cfg.advertise_address.clone(),
+            software_version: env!("CARGO_PKG_VERSION").to_string(),
+        })),
+    };
+    tx.send(hello).await.map_err(|x| e(false)(x.to_string()))?;
+    let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    if let Some(t) = &cfg.worker_token {
+        let v = format!("Bearer {}", t.expose())
+            .parse()
+            .map_err(|_| e(false)("worker token is not a valid header value".into()))?;
+        req.metadata_mut().insert("authorization", v);
+    }
+    let mut stream = client
+        .watch(req)
+        .await
+        .map_err(|x| e(false)(format!("{}: {}", x.code(), x.message())))?
+        .into_inner();
+    info!(control = %cfg.control_url, "connected to control");
+    loop {
+        let snap = match stream.message().await {
+            Ok(Some(s)) => s,
+            Ok(None) => return Ok(()),
+            Err(x) => return Err(e(applied)(format!("{}: {}", x.code(), x.message()))),
+        };
+        let version = snap.version;
+        let reply = match shared.apply(&snap) {
+            Ok(()) => {
+                applied = true;
+                if let Some(dir) = &cfg.state_dir {
+                    let dir = dir.clone();
+                    let snap2 = snap.clone();
+                    let r = tokio::task::spawn_blocking(move || save_state(&dir, &snap2)).await;
+                    match r {
+                        Ok(Ok(())) => {}
+                        Ok(Err(err)) => warn!(error = %err, "could not write the last-known-good snapshot"),
+                        Err(err) => warn!(error = %err, "state writer failed"),
+                    }
+                }
+                pb::watch_request::Msg::Ack(pb::Ack {
+                    version,
+                    hash: snap.hash.clone(),
+                })
+            }
+            Err(err) => {
+                warn!(version, error = %err, "rejected snapshot; keeping the previous one");
+                pb::watch_request::Msg::Nack(pb::Nack {
+                    version,
+                    reason: err.to_string(),
+                })
+            }
+        };
+        if tx.send(pb::WatchRequest { msg: Some(reply) }).await.is_err() {
+            return Err(e(applied)("control stream closed".into()));
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
