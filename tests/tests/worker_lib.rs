@@ -6,9 +6,18 @@ use std::{sync::Arc, time::Duration};
 
 use anyhow::Result;
 use serde_json::json;
-use switchyard_mock::{MockOptions, MockServer};
+use switchyard_mock::{Behavior, MockOptions, MockServer};
 use switchyard_tests::worker::{backend, key, model, provider, snapshot, write_state};
-use switchyard_worker::account::{ChannelSink, Outcome};
+use switchyard_worker::account::{ChannelSink, HealthEvent, HealthSink, Outcome};
+
+#[derive(Debug, Default)]
+struct Events(std::sync::Mutex<Vec<HealthEvent>>);
+
+impl HealthSink for Events {
+    fn record(&self, ev: HealthEvent) {
+        self.0.lock().unwrap().push(ev);
+    }
+}
 
 const KEY: &str = "sk-sy-lib-key-0123456789";
 
@@ -33,6 +42,8 @@ async fn embedded_worker_reports_usage_events() -> Result<()> {
     let mut cfg = switchyard_worker::Config::new("127.0.0.1:0".parse()?);
     cfg.state_dir = Some(dir.path().to_path_buf());
     cfg.usage_sink = Some(Arc::new(sink));
+    let health = Arc::new(Events::default());
+    cfg.health_sink = Some(health.clone());
     let running = switchyard_worker::start(cfg).await?;
     let base = format!("http://{}", running.http_addr());
     let c = reqwest::Client::new();
@@ -85,6 +96,29 @@ async fn embedded_worker_reports_usage_events() -> Result<()> {
             .count(),
         2
     );
+    // An upstream 401 ejects the credential: one health event, with its target.
+    m.set_default(Behavior {
+        reject_credentials: vec!["s1".into()],
+        ..Behavior::default()
+    });
+    let r = c
+        .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth(KEY)
+        .json(&json!({"model":"gpt","messages":[]}))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 502);
+    {
+        let ev = health.0.lock().unwrap();
+        assert_eq!(ev.len(), 1, "{ev:?}");
+        assert_eq!(
+            (ev[0].target.kind, ev[0].target.provider.as_str()),
+            ("credential", "oa")
+        );
+        assert_eq!(ev[0].target.credential, "k1");
+        assert!(!ev[0].healthy);
+        assert!(ev[0].reason.contains("401"), "{:?}", ev[0]);
+    }
     running.shutdown().await;
     assert!(
         c.get(format!("{base}/ready")).send().await.is_err(),

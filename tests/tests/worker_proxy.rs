@@ -903,3 +903,38 @@ async fn least_latency_and_least_connections() -> Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_stream_ends_with_error_event() -> Result<()> {
+    let m = mock("slow").await;
+    m.set_default(Behavior {
+        stream_chunks: 3,
+        chunk_delay_ms: 2000,
+        ..Behavior::default()
+    });
+    let mut p = provider("oa", "openai", &m.openai_base(), &[("k", "s")]);
+    p.idle_timeout_ms = 300;
+    p.request_timeout_ms = 5000;
+    let snap = snapshot(
+        1,
+        vec![p],
+        vec![model("m", "round_robin", vec![backend("oa", "oa", "", 1, 0)])],
+        keys(),
+    );
+    let (w, _d) = start_with_snapshot(&snap, &[]).await?;
+    let t0 = std::time::Instant::now();
+    let r = chat(
+        &client(),
+        &w.url("http"),
+        &json!({"model":"m","stream":true,"messages":[]}),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let text = r.text().await?;
+    assert!(t0.elapsed() < Duration::from_millis(1900), "{:?}", t0.elapsed());
+    let last = text.trim_end().rsplit("\n\n").next().unwrap();
+    assert!(last.starts_with("data: {\"error\""), "{text}");
+    assert!(last.contains("timed out"), "{text}");
+    Ok(())
+}

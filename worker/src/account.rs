@@ -98,6 +98,51 @@ impl UsageSink for ChannelSink {
     }
 }
 
+/// What a health transition is about.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HealthTarget {
+    /// `backend` or `credential`.
+    pub kind: &'static str,
+    pub model: String,
+    pub backend: String,
+    pub provider: String,
+    pub credential: String,
+}
+
+impl HealthTarget {
+    pub fn backend(model: &str, backend: &str, provider: &str) -> Self {
+        Self {
+            kind: "backend",
+            model: model.into(),
+            backend: backend.into(),
+            provider: provider.into(),
+            ..Default::default()
+        }
+    }
+    pub fn credential(provider: &str, credential: &str) -> Self {
+        Self {
+            kind: "credential",
+            provider: provider.into(),
+            credential: credential.into(),
+            ..Default::default()
+        }
+    }
+}
+
+/// A health flip of one backend or credential on this worker (issue 5's health events).
+#[derive(Debug, Clone)]
+pub struct HealthEvent {
+    pub ts_ms: i64,
+    pub target: HealthTarget,
+    pub healthy: bool,
+    pub reason: String,
+}
+
+/// Where health events go. Must never block.
+pub trait HealthSink: Send + Sync + std::fmt::Debug {
+    fn record(&self, ev: HealthEvent);
+}
+
 /// Bodies above this size are not kept for usage parsing (non-streaming JSON only).
 const MAX_JSON_KEEP: usize = 256 * 1024;
 /// A partial SSE line longer than this is skipped (usage lines are short).

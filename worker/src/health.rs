@@ -12,7 +12,7 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::{
     body::ProxyBody,
@@ -72,9 +72,9 @@ pub async fn probe_once(shared: &Shared, routing: &Routing, pi: usize) {
             Ok(Ok(status)) => (false, format!("probe failed: {status}")),
         };
         let now = shared.clock.now_ms();
-        if let Some(t) = c.state.set_probe_result(now, ok, &reason) {
-            warn!(provider = %p.name, credential = %c.name, healthy = t.healthy, reason = %t.reason, "credential health changed");
-        }
+        shared.transition(c.state.set_probe_result(now, ok, &reason), || {
+            crate::account::HealthTarget::credential(&p.name, &c.name)
+        });
         debug!(provider = %p.name, credential = %c.name, ok, reason = %reason, "probe");
         any_ok |= ok;
         if !ok {
@@ -87,9 +87,9 @@ pub async fn probe_once(shared: &Shared, routing: &Routing, pi: usize) {
     for m in routing.models.values() {
         for r in m.routes.iter().flatten() {
             for b in r.backends.iter().filter(|b| b.provider == pi) {
-                if let Some(t) = b.state.set_probe_result(now, any_ok, reason) {
-                    warn!(model = %m.name, backend = %b.name, healthy = t.healthy, reason = %t.reason, "backend health changed");
-                }
+                shared.transition(b.state.set_probe_result(now, any_ok, reason), || {
+                    crate::account::HealthTarget::backend(&m.name, &b.name, &p.name)
+                });
             }
         }
     }

@@ -85,6 +85,8 @@ pub struct Config {
     pub breaker: BreakerConfig,
     /// Receives one `UsageEvent` per finished request (must not block).
     pub usage_sink: Option<Arc<dyn UsageSink>>,
+    /// Receives every health transition (must not block).
+    pub health_sink: Option<Arc<dyn account::HealthSink>>,
 }
 
 impl Config {
@@ -99,6 +101,7 @@ impl Config {
             max_body_bytes: 32 * 1024 * 1024,
             breaker: BreakerConfig::default(),
             usage_sink: None,
+            health_sink: None,
         }
     }
 }
@@ -141,6 +144,7 @@ pub struct Shared {
     pub budget: balance::RetryBudget,
     pub metrics: metrics::Metrics,
     pub usage_sink: Option<Arc<dyn UsageSink>>,
+    pub health_sink: Option<Arc<dyn account::HealthSink>>,
     pub max_body_bytes: usize,
     pub worker_id: String,
     pub tasks: TaskTracker,
@@ -155,6 +159,31 @@ pub struct Shared {
 impl Shared {
     pub fn draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Log a health flip (warn) and hand it to the health sink. `target` is built only
+    /// when there is a transition, so the common path allocates nothing.
+    pub fn transition(&self, t: Option<balance::Transition>, target: impl FnOnce() -> account::HealthTarget) {
+        let Some(t) = t else { return };
+        let target = target();
+        warn!(
+            kind = target.kind,
+            model = %target.model,
+            backend = %target.backend,
+            provider = %target.provider,
+            credential = %target.credential,
+            healthy = t.healthy,
+            reason = %t.reason,
+            "health changed"
+        );
+        if let Some(sink) = &self.health_sink {
+            sink.record(account::HealthEvent {
+                ts_ms: unix_ms(),
+                target,
+                healthy: t.healthy,
+                reason: t.reason,
+            });
+        }
     }
 
     /// Validate and build `snap` fully, then swap it in (infallible) and restart probes.
@@ -232,6 +261,7 @@ pub async fn start(cfg: Config) -> Result<Running, Error> {
         budget: balance::RetryBudget::default(),
         metrics: metrics::Metrics::new(),
         usage_sink: cfg.usage_sink.clone(),
+        health_sink: cfg.health_sink.clone(),
         max_body_bytes: cfg.max_body_bytes,
         worker_id: cfg.worker_id.clone(),
         tasks: TaskTracker::new(),

@@ -11,9 +11,9 @@ use hyper::body::Incoming;
 use tracing::warn;
 
 use crate::{
-    account::Outcome,
+    account::{HealthTarget, Outcome},
     auth,
-    balance::{stable_hash, PickContext, Transition},
+    balance::{stable_hash, PickContext},
     body::ProxyBody,
     config::{Affinity, ProviderKind, Routing},
     errors::{Dialect, ProxyError},
@@ -197,12 +197,6 @@ fn response_header_ok(name: &HeaderName) -> bool {
         name.as_str(),
         "connection" | "keep-alive" | "proxy-connection" | "te" | "trailer" | "transfer-encoding" | "upgrade"
     )
-}
-
-fn log_transition(t: Option<Transition>, kind: &str, name: &str) {
-    if let Some(t) = t {
-        warn!(kind, name, healthy = t.healthy, reason = %t.reason, "health changed");
-    }
 }
 
 /// Seconds from a `Retry-After` header (delta-seconds form only).
@@ -394,11 +388,9 @@ async fn forward(
         let deadline = tokio::time::Instant::now() + header_timeout;
         let resp = match tokio::time::timeout_at(deadline, provider.client.request(up)).await {
             Err(_) => {
-                log_transition(
-                    backend.state.record_failure(now, "timeout"),
-                    "backend",
-                    &backend.name,
-                );
+                shared.transition(backend.state.record_failure(now, "timeout"), || {
+                    HealthTarget::backend(&model.name, &backend.name, &provider.name)
+                });
                 shared
                     .metrics
                     .upstream_errors
@@ -414,7 +406,9 @@ async fn forward(
                 } else {
                     ("upstream", format!("{}: {}", backend.name, error_chain(&e)))
                 };
-                log_transition(backend.state.record_failure(now, label), "backend", &backend.name);
+                shared.transition(backend.state.record_failure(now, label), || {
+                    HealthTarget::backend(&model.name, &backend.name, &provider.name)
+                });
                 shared
                     .metrics
                     .upstream_errors
@@ -429,11 +423,9 @@ async fn forward(
         let status = resp.status().as_u16();
         match status {
             401 | 403 => {
-                log_transition(
-                    cred.state.eject(now, &format!("upstream {status}")),
-                    "credential",
-                    &format!("{}/{}", provider.name, cred.name),
-                );
+                shared.transition(cred.state.eject(now, &format!("upstream {status}")), || {
+                    HealthTarget::credential(&provider.name, &cred.name)
+                });
                 shared
                     .metrics
                     .upstream_errors
@@ -465,10 +457,9 @@ async fn forward(
                 continue;
             }
             500 | 502 | 503 | 504 => {
-                log_transition(
+                shared.transition(
                     backend.state.record_failure(now, &format!("upstream {status}")),
-                    "backend",
-                    &backend.name,
+                    || HealthTarget::backend(&model.name, &backend.name, &provider.name),
                 );
                 shared
                     .metrics
@@ -495,21 +486,17 @@ async fn forward(
             loop {
                 match tokio::time::timeout_at(deadline, rbody.frame()).await {
                     Err(_) => {
-                        log_transition(
-                            backend.state.record_failure(now, "timeout"),
-                            "backend",
-                            &backend.name,
-                        );
+                        shared.transition(backend.state.record_failure(now, "timeout"), || {
+                            HealthTarget::backend(&model.name, &backend.name, &provider.name)
+                        });
                         excluded_b.push(bi);
                         last_err = Some(ProxyError::Timeout);
                         continue 'attempts;
                     }
                     Ok(Some(Err(e))) => {
-                        log_transition(
-                            backend.state.record_failure(now, "stream failed"),
-                            "backend",
-                            &backend.name,
-                        );
+                        shared.transition(backend.state.record_failure(now, "stream failed"), || {
+                            HealthTarget::backend(&model.name, &backend.name, &provider.name)
+                        });
                         excluded_b.push(bi);
                         last_err = Some(ProxyError::Upstream(format!("{}: {e}", backend.name)));
                         continue 'attempts;
@@ -528,12 +515,12 @@ async fn forward(
         }
         let ttfb = t0.elapsed();
         let ttfb_us = ttfb.as_micros() as u64;
-        log_transition(
-            backend.state.record_success(now, ttfb_us),
-            "backend",
-            &backend.name,
-        );
-        log_transition(cred.state.record_success(now, ttfb_us), "credential", &cred.name);
+        shared.transition(backend.state.record_success(now, ttfb_us), || {
+            HealthTarget::backend(&model.name, &backend.name, &provider.name)
+        });
+        shared.transition(cred.state.record_success(now, ttfb_us), || {
+            HealthTarget::credential(&provider.name, &cred.name)
+        });
         fin.ttfb = Some(ttfb);
         let total = provider
             .total_timeout
