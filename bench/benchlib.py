@@ -295,6 +295,13 @@ def cmd_slow(a: argparse.Namespace) -> None:
 ROWS = ["direct", "nginx", "switchyard"]
 
 
+def loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "n/a"
+
+
 def cmd_table(a: argparse.Namespace) -> None:
     recs = [json.loads(l) for l in Path(a.raw).read_text().splitlines() if l.strip()]
     machine = json.loads(Path(a.machine).read_text())
@@ -319,6 +326,9 @@ def cmd_table(a: argparse.Namespace) -> None:
           f"{machine['load_cpu']}",
           f"- Tools: {machine['oha']}, {machine['nginx']}; mode: {machine['mode']}; each figure is the median "
           f"of {machine['reps']} runs",
+          f"- Load average (1/5/15 min, from /proc/loadavg) at the start: {machine.get('loadavg_start', 'n/a')}; "
+          f"at the end: {machine.get('loadavg_end') or loadavg()}. Above ~1 on this 2-CPU machine, other work "
+          f"shared the CPUs and the tails (p99, p99.9) mostly measure the scheduler",
           f"- Notes: {machine.get('notes') or 'none'}", ""]
     if machine.get("skipped"):
         o += [f"**Skipped:** {machine['skipped']}", ""]

@@ -33,6 +33,7 @@ BIN="${BIN_DIR:-$CARGO_TARGET_DIR/release}"   # BIN_DIR: use binaries built else
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
+LOADAVG_START="$(cut -d" " -f1-3 /proc/loadavg)"   # stated in the report
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/switchyard-bench.XXXXXX")"
 PIDS=()
 cleanup() {
@@ -321,7 +322,8 @@ json.dump({"date": "$DATE", "cpu": cpu, "nproc": os.cpu_count(), "kernel": platf
            "sut_cpu": "$SUT_CPU", "load_cpu": "$LOAD_CPU", "oha": ver(["oha", "--version"]),
            "nginx": ver(["$NGINX", "-v"]) if "$NGINX" else "nginx n/a",
            "mode": "QUICK" if "$QUICK" == "1" else "full", "reps": $REPS,
-           "notes": "$NOTES", "skipped": "$SKIPPED"}, open(sys.argv[1], "w"))
+           "notes": "$NOTES", "skipped": "$SKIPPED",
+           "loadavg_start": "$LOADAVG_START", "loadavg_end": " ".join(open("/proc/loadavg").read().split()[:3])}, open(sys.argv[1], "w"))
 EOF
 python3 "$LIB" table --raw "$RAW" --machine "$WORK/machine.json" --md "$OUT" >/dev/null
 cp "$RAW" "${OUT%.md}.jsonl"

@@ -61,6 +61,9 @@ async fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
+        // No colour codes when stderr is a file or a pipe: they cost CPU on the one
+        // per-request log line and are noise in a log file.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
     let mut cfg = switchyard_worker::Config::new(args.listen);

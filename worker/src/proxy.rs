@@ -100,7 +100,15 @@ fn request_id(headers: &HeaderMap) -> String {
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 200)
         .map(str::to_owned)
-        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string())
+        .unwrap_or_else(|| {
+            // A v7 UUID from the thread-local RNG: `Uuid::now_v7` asks the kernel for
+            // randomness on every call (one `getrandom` syscall per request).
+            let ms = crate::unix_ms().max(0) as u64;
+            let rnd: [u8; 10] = rand::random();
+            uuid::Builder::from_unix_timestamp_millis(ms, &rnd)
+                .into_uuid()
+                .to_string()
+        })
 }
 
 async fn proxy(shared: Arc<Shared>, req: Request<Incoming>, kind: ProviderKind) -> Response<ProxyBody> {
