@@ -1,6 +1,6 @@
 //! Prometheus metrics for `GET /metrics`. Labels are low-cardinality only: model,
 //! backend, provider, status class, error kind (never keys, secrets or request ids).
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64};
 
 use prometheus_client::{
     encoding::text::encode,
@@ -165,45 +165,10 @@ impl Metrics {
                 }
             }
         }
-        let _ = Ordering::Relaxed;
         let mut out = String::with_capacity(8192);
         if encode(&mut out, &self.registry).is_err() {
             out.clear();
         }
-        to_prometheus_text(&out)
+        switchyard_common::to_prometheus_text(&out)
     }
-}
-
-/// `prometheus_client` writes OpenMetrics; Prometheus text format 0.0.4 (what we serve,
-/// and what `promtool check metrics` reads) names a counter family with its `_total`
-/// suffix and has no `# EOF` or `# UNIT` lines.
-fn to_prometheus_text(om: &str) -> String {
-    let counters: std::collections::HashSet<&str> = om
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
-        .collect();
-    let mut out = String::with_capacity(om.len() + 16 * counters.len());
-    for line in om.lines() {
-        if line == "# EOF" || line.starts_with("# UNIT ") {
-            continue;
-        }
-        let meta = line
-            .strip_prefix("# HELP ")
-            .map(|r| ("# HELP ", r))
-            .or_else(|| line.strip_prefix("# TYPE ").map(|r| ("# TYPE ", r)));
-        if let Some((tag, rest)) = meta {
-            let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
-            if counters.contains(name) {
-                out.push_str(tag);
-                out.push_str(name);
-                out.push_str("_total ");
-                out.push_str(tail);
-                out.push('\n');
-                continue;
-            }
-        }
-        out.push_str(line);
-        out.push('\n');
-    }
-    out
 }
