@@ -477,6 +477,8 @@ pub async fn run(a: UpArgs) -> Result<()> {
     wcfg.worker_id = "up".into();
     wcfg.state_dir = Some(a.data_dir.join("worker-state"));
     wcfg.drain_timeout = a.drain_timeout;
+    let (access_log, _access_guard) = switchyard_worker::accesslog::spawn(std::io::stderr())?;
+    wcfg.access_log = Some(access_log);
     let mut worker = match switchyard_worker::start(wcfg).await {
         Ok(w) => w,
         Err(e) => {

@@ -75,7 +75,7 @@ async fn embedded_worker_reports_usage_events() -> Result<()> {
     }
     for e in &events {
         assert_eq!(e.outcome, Outcome::Ok, "{e:?}");
-        assert_eq!(e.key_name, "lib");
+        assert_eq!(&*e.key_name, "lib");
         assert_eq!(e.status, 200);
         assert_eq!(
             (
@@ -92,7 +92,7 @@ async fn embedded_worker_reports_usage_events() -> Result<()> {
     assert_eq!(
         events
             .iter()
-            .filter(|e| e.provider == "an" && e.credential == "k2")
+            .filter(|e| &*e.provider == "an" && &*e.credential == "k2")
             .count(),
         2
     );

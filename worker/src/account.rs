@@ -49,12 +49,12 @@ impl Outcome {
 pub struct UsageEvent {
     pub ts_ms: i64,
     pub request_id: String,
-    pub key_id: String,
-    pub key_name: String,
-    pub model: String,
-    pub backend: String,
-    pub provider: String,
-    pub credential: String,
+    pub key_id: Arc<str>,
+    pub key_name: Arc<str>,
+    pub model: Arc<str>,
+    pub backend: Arc<str>,
+    pub provider: Arc<str>,
+    pub credential: Arc<str>,
     pub endpoint: String,
     pub status: u16,
     pub stream: bool,
@@ -230,38 +230,259 @@ impl UsageScanner {
         match self {
             Self::Off => None,
             Self::Json { chunks, .. } => {
-                // Only `usage` (OpenAI) and `message.usage` are kept; every other member
-                // is skipped by the parser without building a `Value` tree (that tree
-                // was ~7% of the worker's CPU per non-streaming request).
-                let doc: UsageDoc = if chunks.len() == 1 {
-                    serde_json::from_slice(&chunks[0]).ok()?
+                // Only the top level is walked (strings skipped with memchr, nothing
+                // decoded), and only the `usage` object is parsed, into plain integers:
+                // a full parse cost more than relaying the response.
+                let joined;
+                let body: &[u8] = if chunks.len() == 1 {
+                    &chunks[0]
                 } else {
-                    serde_json::from_slice(&chunks.concat()).ok()?
+                    joined = chunks.concat();
+                    &joined
                 };
-                let usage = [
-                    doc.usage,
-                    doc.message
-                        .and_then(|mut m| m.get_mut("usage").map(serde_json::Value::take)),
-                ]
-                .into_iter()
-                .flatten()
-                .find(serde_json::Value::is_object)?;
+                let usage = usage_in_document(body)?;
                 let mut u = Usage::default();
-                apply_usage(&serde_json::json!({ "usage": usage }), &mut u).then_some(u)
+                usage.apply(&mut u).then_some(u)
             }
             Self::Sse { usage, seen, .. } => seen.then_some(*usage),
         }
     }
 }
 
-/// The parts of a non-streaming JSON response body that can carry usage.
-#[derive(serde::Deserialize)]
-struct UsageDoc {
-    #[serde(default)]
-    usage: Option<serde_json::Value>,
-    /// A `Value` so that a non-object `message` does not fail the whole parse.
-    #[serde(default)]
-    message: Option<serde_json::Value>,
+/// The usage object of a JSON document (a response body or an SSE `data:` line): its
+/// top-level `usage`, else `message.usage` (Anthropic `message_start`).
+fn usage_in_document(doc: &[u8]) -> Option<UsageObject> {
+    let (usage, message) = top_level_members(doc)?;
+    if let Some(u) = usage.and_then(UsageObject::parse) {
+        return Some(u);
+    }
+    let (usage, _) = top_level_members(message?)?;
+    UsageObject::parse(usage?)
+}
+
+/// Raw values of `usage` and `message`, when present.
+type UsageAndMessage<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
+
+/// The values of the top-level members `usage` and `message` of a JSON object (the
+/// first of each). `None` when `doc` is not an object or is cut short.
+fn top_level_members(doc: &[u8]) -> Option<UsageAndMessage<'_>> {
+    let (mut usage, mut message) = (None, None);
+    for m in Members::new(doc)? {
+        let (k, v) = m?;
+        match k {
+            b"usage" if usage.is_none() => usage = Some(v),
+            b"message" if message.is_none() => message = Some(v),
+            _ => {}
+        }
+    }
+    Some((usage, message))
+}
+
+/// The members of a JSON object as (raw key, raw value) slices, found by a structural
+/// walk: strings are skipped with memchr and nothing is decoded (keys compare as
+/// written). Yields one `None` if the object is malformed or cut short.
+struct Members<'a> {
+    doc: &'a [u8],
+    i: usize,
+    done: bool,
+}
+
+impl<'a> Members<'a> {
+    fn new(doc: &'a [u8]) -> Option<Self> {
+        let i = skip_ws(doc, 0);
+        (doc.get(i) == Some(&b'{')).then_some(Self {
+            doc,
+            i: i + 1,
+            done: false,
+        })
+    }
+
+    /// The next member; `Some(None)` at the end of the object, `None` when malformed.
+    fn step(&mut self) -> Option<Option<(&'a [u8], &'a [u8])>> {
+        let doc = self.doc;
+        loop {
+            self.i = skip_ws(doc, self.i);
+            match doc.get(self.i)? {
+                b'}' => return Some(None),
+                b',' => self.i += 1,
+                b'"' => break,
+                _ => return None,
+            }
+        }
+        let key_end = skip_string(doc, self.i)?;
+        let key = &doc[self.i + 1..key_end - 1];
+        let colon = skip_ws(doc, key_end);
+        if doc.get(colon) != Some(&b':') {
+            return None;
+        }
+        let start = skip_ws(doc, colon + 1);
+        let end = skip_value(doc, start)?;
+        self.i = end;
+        Some(Some((key, &doc[start..end])))
+    }
+}
+
+impl<'a> Iterator for Members<'a> {
+    type Item = Option<(&'a [u8], &'a [u8])>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        match self.step() {
+            Some(Some(m)) => Some(Some(m)),
+            Some(None) => {
+                self.done = true;
+                None
+            }
+            None => {
+                self.done = true;
+                Some(None)
+            }
+        }
+    }
+}
+
+fn skip_ws(doc: &[u8], mut i: usize) -> usize {
+    while doc
+        .get(i)
+        .is_some_and(|c| matches!(c, b' ' | b'\t' | b'\n' | b'\r'))
+    {
+        i += 1;
+    }
+    i
+}
+
+/// `doc[i]` is the opening quote; returns the index just past the closing one.
+fn skip_string(doc: &[u8], mut i: usize) -> Option<usize> {
+    i += 1;
+    loop {
+        i += memchr::memchr2(b'"', b'\\', &doc[i..])?;
+        if doc[i] == b'"' {
+            return Some(i + 1);
+        }
+        i += 2; // an escape: skip the backslash and the escaped byte
+        if i > doc.len() {
+            return None;
+        }
+    }
+}
+
+/// Returns the index just past the value starting at `doc[i]`.
+fn skip_value(doc: &[u8], mut i: usize) -> Option<usize> {
+    match *doc.get(i)? {
+        b'"' => skip_string(doc, i),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            loop {
+                match *doc.get(i)? {
+                    b'"' => {
+                        i = skip_string(doc, i)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(i + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                i += 1;
+            }
+        }
+        _ => {
+            // A number or a literal: up to the next delimiter.
+            let n = doc[i..]
+                .iter()
+                .position(|c| matches!(c, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'))?;
+            Some(i + n)
+        }
+    }
+}
+
+/// A `usage` object. Members of another type than expected read as absent.
+#[derive(Default)]
+struct UsageObject {
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+    total_tokens: Option<u64>,
+    cached_tokens: Option<u64>,
+    reasoning_tokens: Option<u64>,
+    input_tokens: Option<u64>,
+    output_tokens: Option<u64>,
+    cache_read_input_tokens: Option<u64>,
+    cache_creation_input_tokens: Option<u64>,
+}
+
+/// A JSON unsigned integer (no sign, fraction or exponent), else `None`.
+fn json_u64(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || v.len() > 20 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
+/// One member of a details object (`prompt_tokens_details.cached_tokens`, ...).
+fn detail(v: &[u8], name: &[u8]) -> Option<u64> {
+    Members::new(v)?
+        .map_while(|m| m)
+        .find(|(k, _)| *k == name)
+        .and_then(|(_, v)| json_u64(v))
+}
+
+impl UsageObject {
+    /// `v` read as a usage object; `None` when it is not an object or is malformed.
+    fn parse(v: &[u8]) -> Option<Self> {
+        let mut u = Self::default();
+        for m in Members::new(v)? {
+            let (k, v) = m?;
+            match k {
+                b"prompt_tokens" => u.prompt_tokens = json_u64(v),
+                b"completion_tokens" => u.completion_tokens = json_u64(v),
+                b"total_tokens" => u.total_tokens = json_u64(v),
+                b"prompt_tokens_details" => u.cached_tokens = detail(v, b"cached_tokens"),
+                b"completion_tokens_details" => u.reasoning_tokens = detail(v, b"reasoning_tokens"),
+                b"input_tokens" => u.input_tokens = json_u64(v),
+                b"output_tokens" => u.output_tokens = json_u64(v),
+                b"cache_read_input_tokens" => u.cache_read_input_tokens = json_u64(v),
+                b"cache_creation_input_tokens" => u.cache_creation_input_tokens = json_u64(v),
+                _ => {}
+            }
+        }
+        Some(u)
+    }
+
+    /// Merge into `u` (OpenAI fields, or Anthropic's `message_start`/`message_delta`).
+    /// Returns whether any count was present.
+    fn apply(&self, u: &mut Usage) -> bool {
+        if self.prompt_tokens.is_some() || self.completion_tokens.is_some() {
+            // OpenAI
+            u.prompt_tokens = self.prompt_tokens.unwrap_or(0);
+            u.completion_tokens = self.completion_tokens.unwrap_or(0);
+            u.total_tokens = self.total_tokens.unwrap_or(u.prompt_tokens + u.completion_tokens);
+            u.cached_tokens = self.cached_tokens.unwrap_or(0);
+            u.reasoning_tokens = self.reasoning_tokens.unwrap_or(0);
+            return true;
+        }
+        // Anthropic: message_start carries input (and a first output count); message_delta
+        // carries the cumulative output count (and sometimes input counts again).
+        let mut found = false;
+        if let Some(input) = self.input_tokens {
+            let cache_read = self.cache_read_input_tokens.unwrap_or(0);
+            let cache_write = self.cache_creation_input_tokens.unwrap_or(0);
+            u.prompt_tokens = input + cache_read + cache_write;
+            u.cached_tokens = cache_read;
+            found = true;
+        }
+        if let Some(out) = self.output_tokens {
+            u.completion_tokens = out;
+            found = true;
+        }
+        u.total_tokens = u.prompt_tokens + u.completion_tokens;
+        found
+    }
 }
 
 fn sse_line(line: &[u8], usage: &mut Usage, seen: &mut bool) {
@@ -272,10 +493,10 @@ fn sse_line(line: &[u8], usage: &mut Usage, seen: &mut bool) {
     if !has_usage_object(data) {
         return;
     }
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) else {
+    let Some(obj) = usage_in_document(data) else {
         return;
     };
-    if apply_usage(&v, usage) {
+    if obj.apply(usage) {
         *seen = true;
     }
 }
@@ -296,49 +517,6 @@ fn has_usage_object(data: &[u8]) -> bool {
         }
     }
     false
-}
-
-fn n(v: &serde_json::Value, path: &[&str]) -> Option<u64> {
-    let mut cur = v;
-    for p in path {
-        cur = cur.get(p)?;
-    }
-    cur.as_u64()
-}
-
-/// Merge the usage found in one JSON document (OpenAI body or chunk, Anthropic body,
-/// `message_start` or `message_delta`) into `u`. Returns whether any was found.
-fn apply_usage(v: &serde_json::Value, u: &mut Usage) -> bool {
-    let usage = match (v.get("usage"), v.get("message").and_then(|m| m.get("usage"))) {
-        (Some(x), _) if x.is_object() => x,
-        (_, Some(x)) if x.is_object() => x,
-        _ => return false,
-    };
-    if usage.get("prompt_tokens").is_some() || usage.get("completion_tokens").is_some() {
-        // OpenAI
-        u.prompt_tokens = n(usage, &["prompt_tokens"]).unwrap_or(0);
-        u.completion_tokens = n(usage, &["completion_tokens"]).unwrap_or(0);
-        u.total_tokens = n(usage, &["total_tokens"]).unwrap_or(u.prompt_tokens + u.completion_tokens);
-        u.cached_tokens = n(usage, &["prompt_tokens_details", "cached_tokens"]).unwrap_or(0);
-        u.reasoning_tokens = n(usage, &["completion_tokens_details", "reasoning_tokens"]).unwrap_or(0);
-        return true;
-    }
-    // Anthropic: message_start carries input (and a first output count); message_delta
-    // carries the cumulative output count (and sometimes input counts again).
-    let mut found = false;
-    if let Some(input) = n(usage, &["input_tokens"]) {
-        let cache_read = n(usage, &["cache_read_input_tokens"]).unwrap_or(0);
-        let cache_write = n(usage, &["cache_creation_input_tokens"]).unwrap_or(0);
-        u.prompt_tokens = input + cache_read + cache_write;
-        u.cached_tokens = cache_read;
-        found = true;
-    }
-    if let Some(out) = n(usage, &["output_tokens"]) {
-        u.completion_tokens = out;
-        found = true;
-    }
-    u.total_tokens = u.prompt_tokens + u.completion_tokens;
-    found
 }
 
 #[cfg(test)]
@@ -377,5 +555,54 @@ mod tests {
             (u.prompt_tokens, u.completion_tokens, u.total_tokens),
             (10, 15, 25)
         );
+    }
+
+    #[test]
+    fn json_usage_is_lenient_and_ignores_nested_keys() {
+        let parse = |body: &'static [u8]| {
+            let mut s = UsageScanner::new(false, true);
+            s.observe(&Bytes::from_static(body));
+            s.finish()
+        };
+        // Odd member types read as absent, not as a failed document.
+        let u = parse(br#"{"choices":[{"message":{"content":"a \"usage\": {\"prompt_tokens\": 99}"}}],"usage":{"prompt_tokens":3,"completion_tokens":"x","total_tokens":null,"prompt_tokens_details":null,"completion_tokens_details":{"reasoning_tokens":2},"extra":[1,{"a":2}]}}"#).unwrap();
+        assert_eq!(
+            (
+                u.prompt_tokens,
+                u.completion_tokens,
+                u.total_tokens,
+                u.reasoning_tokens
+            ),
+            (3, 0, 3, 2)
+        );
+        // Anthropic body, and `message.usage` when there is no top-level usage.
+        let u = parse(
+            br#"{"type":"message","usage":{"input_tokens":4,"cache_read_input_tokens":1,"output_tokens":5}}"#,
+        )
+        .unwrap();
+        assert_eq!((u.prompt_tokens, u.cached_tokens, u.completion_tokens), (5, 1, 5));
+        let u = parse(br#"{"usage":null,"message":{"usage":{"input_tokens":7}}}"#).unwrap();
+        assert_eq!(u.prompt_tokens, 7);
+        // No usage, a non-object usage, a nested usage only, broken JSON: nothing.
+        assert!(parse(br#"{"id":"x"}"#).is_none());
+        assert!(parse(br#"{"usage":12,"message":"hi"}"#).is_none());
+        assert!(parse(br#"{"data":{"usage":{"prompt_tokens":1}}}"#).is_none());
+        assert!(parse(br#"{"usage":{"prompt_tokens":1}"#).is_none());
+    }
+
+    #[test]
+    fn walker_finds_top_level_members_only() {
+        let doc = br#" { "a\\" : "x\"}\\" , "n": -1.5e3, "arr": [1, {"usage": {"prompt_tokens": 9}}, "]"],
+            "message" : {"usage":{"input_tokens":2}}, "usage" :{"prompt_tokens":4,"completion_tokens":1} } "#;
+        let (u, m) = top_level_members(doc).unwrap();
+        assert_eq!(u.unwrap(), br#"{"prompt_tokens":4,"completion_tokens":1}"#);
+        assert_eq!(m.unwrap(), br#"{"usage":{"input_tokens":2}}"#);
+        assert_eq!(usage_in_document(doc).unwrap().prompt_tokens, Some(4));
+        // Every strict prefix is cut short: never a panic, never a usage.
+        for n in 0..doc.len() - 2 {
+            assert!(usage_in_document(&doc[..n]).is_none(), "prefix {n}");
+        }
+        assert!(top_level_members(b"[1,2]").is_none());
+        assert!(top_level_members(br#"{"a" 1}"#).is_none());
     }
 }

@@ -7,13 +7,18 @@ use std::{
     time::Duration,
 };
 
+use rustc_hash::FxHashMap;
+
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use http_body_util::Full;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 
-use crate::balance::{Endpoint, EndpointState, Selector};
+use crate::{
+    balance::{Endpoint, EndpointState, Selector},
+    metrics::{BackendHandles, ModelHandles},
+};
 
 /// The pooled upstream HTTP client (http and https, keep-alive, TCP_NODELAY).
 pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
@@ -45,11 +50,13 @@ pub struct Routing {
     pub version: u64,
     pub hash: String,
     pub providers: Vec<Provider>,
-    pub models: HashMap<String, Model>,
+    /// Looked up once per request with the client's model name: Fx, not SipHash (lookups
+    /// of untrusted names never insert, so there is nothing to flood).
+    pub models: FxHashMap<String, Model>,
     /// Sorted public model names (for `/v1/models`).
     pub model_names: Vec<String>,
     /// Client keys by SHA-256 digest of the plaintext.
-    pub keys: HashMap<[u8; 32], ClientKey>,
+    pub keys: FxHashMap<[u8; 32], ClientKey>,
 }
 
 #[derive(Debug)]
@@ -69,7 +76,7 @@ pub enum ProbeKind {
 
 #[derive(Debug)]
 pub struct Provider {
-    pub name: String,
+    pub name: Arc<str>,
     /// `name` as a response header value (`x-switchyard-provider`).
     pub name_header: HeaderValue,
     pub kind: ProviderKind,
@@ -94,7 +101,7 @@ pub struct Provider {
 
 #[derive(Debug)]
 pub struct Credential {
-    pub name: String,
+    pub name: Arc<str>,
     /// The full header value (`Bearer sk-...`), marked sensitive.
     pub auth_value: HeaderValue,
     pub enabled: bool,
@@ -112,7 +119,9 @@ pub enum Affinity {
 
 #[derive(Debug)]
 pub struct Model {
-    pub name: String,
+    pub name: Arc<str>,
+    /// Metric series of this model, created on first use.
+    pub metrics: Arc<ModelHandles>,
     pub max_retries: u32,
     pub per_try_timeout: Option<Duration>,
     pub affinity: Affinity,
@@ -130,7 +139,9 @@ pub struct ModelRoute {
 
 #[derive(Debug)]
 pub struct Backend {
-    pub name: String,
+    pub name: Arc<str>,
+    /// Metric series of this backend, created on first use.
+    pub metrics: Arc<BackendHandles>,
     /// `name` as a response header value (`x-switchyard-backend`).
     pub name_header: HeaderValue,
     /// Index into `Routing::providers`.
@@ -144,8 +155,8 @@ pub struct Backend {
 
 #[derive(Debug)]
 pub struct ClientKey {
-    pub id: String,
-    pub name: String,
+    pub id: Arc<str>,
+    pub name: Arc<str>,
     pub digest: [u8; 32],
     /// `None` = all models.
     pub allowed_models: Option<HashSet<String>>,

@@ -10,6 +10,7 @@ use std::{
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use parking_lot::Mutex;
+use rustc_hash::FxHashMap;
 use sha2::{Digest, Sha256};
 use switchyard_proto as pb;
 
@@ -19,6 +20,7 @@ use crate::{
         Affinity, Backend, ClientKey, Credential, HealthProbe, Model, ModelRoute, ProbeKind, Provider,
         ProviderKind, Routing, UpstreamClient,
     },
+    metrics::{BackendHandles, ModelHandles},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -224,7 +226,7 @@ pub fn build(
                     state: state.clone(),
                 });
                 credentials.push(Credential {
-                    name: c.name.clone(),
+                    name: c.name.as_str().into(),
                     auth_value,
                     enabled,
                     state,
@@ -237,7 +239,7 @@ pub fn build(
         }
         providers.push(Provider {
             name_header: HeaderValue::from_str(&p.name).map_err(|_| err(&path, "invalid name"))?,
-            name: p.name.clone(),
+            name: p.name.as_str().into(),
             kind,
             base_url,
             connect_timeout,
@@ -256,7 +258,7 @@ pub fn build(
         });
     }
 
-    let mut models = HashMap::new();
+    let mut models = FxHashMap::default();
     for m in &snap.models {
         let path = format!("models.{}", m.name);
         if m.name.is_empty() {
@@ -331,7 +333,8 @@ pub fn build(
             per_kind[prov.kind.index()].push((
                 Backend {
                     name_header: HeaderValue::from_str(&name).map_err(|_| err(&bpath, "invalid name"))?,
-                    name,
+                    metrics: Arc::new(BackendHandles::new(&m.name, &name)),
+                    name: name.into(),
                     provider: pi,
                     upstream_model,
                     upstream_model_json,
@@ -354,7 +357,8 @@ pub fn build(
             }
         });
         let model = Model {
-            name: m.name.clone(),
+            name: m.name.as_str().into(),
+            metrics: Arc::new(ModelHandles::new(&m.name)),
             max_retries: retry.max_retries.unwrap_or(2),
             per_try_timeout: (retry.per_try_timeout_ms > 0)
                 .then(|| Duration::from_millis(retry.per_try_timeout_ms)),
@@ -369,11 +373,11 @@ pub fn build(
     let mut model_names: Vec<String> = models
         .values()
         .filter(|m| m.enabled)
-        .map(|m| m.name.clone())
+        .map(|m| m.name.to_string())
         .collect();
     model_names.sort();
 
-    let mut keys = HashMap::new();
+    let mut keys = FxHashMap::default();
     for k in &snap.keys {
         let path = format!("keys.{}", k.name);
         let mut digest = [0u8; 32];
@@ -382,8 +386,8 @@ pub fn build(
         keys.insert(
             digest,
             ClientKey {
-                id: k.id.clone(),
-                name: k.name.clone(),
+                id: k.id.as_str().into(),
+                name: k.name.as_str().into(),
                 digest,
                 allowed_models: (!k.allowed_models.is_empty())
                     .then(|| k.allowed_models.iter().cloned().collect()),

@@ -66,6 +66,10 @@ async fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
+    // The per-request access lines are batched by their own writer thread (see
+    // `accesslog`); the other log lines are rare and written as they come.
+    let (access_log, _access_guard) =
+        switchyard_worker::accesslog::spawn(std::io::stderr()).context("start the access log")?;
     let mut cfg = switchyard_worker::Config::new(args.listen);
     cfg.control_url = Some(args.control);
     cfg.worker_token = args.worker_token.map(switchyard_worker::Secret::new);
@@ -73,6 +77,7 @@ async fn main() -> anyhow::Result<()> {
     cfg.state_dir = Some(args.state_dir);
     cfg.drain_timeout = args.drain_timeout;
     cfg.max_body_bytes = args.max_body_bytes;
+    cfg.access_log = Some(access_log);
     cfg.breaker.failure_threshold = args.eject_after.max(1);
     cfg.breaker.base_ejection_ms = args.ejection_time.as_millis() as u64;
     cfg.breaker.max_ejection_ms = cfg.breaker.max_ejection_ms.max(cfg.breaker.base_ejection_ms);

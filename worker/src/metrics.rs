@@ -1,6 +1,9 @@
 //! Prometheus metrics for `GET /metrics`. Labels are low-cardinality only: model,
 //! backend, provider, status class, error kind (never keys, secrets or request ids).
-use std::sync::atomic::{AtomicI64, AtomicU64};
+use std::sync::{
+    atomic::{AtomicI64, AtomicU64},
+    OnceLock,
+};
 
 use prometheus_client::{
     encoding::text::encode,
@@ -21,6 +24,60 @@ type HistFamily = Family<Labels, Histogram, fn() -> Histogram>;
 fn latency_histogram() -> Histogram {
     // 0.5 ms .. ~65 s
     Histogram::new(exponential_buckets(0.0005, 2.0, 18))
+}
+
+/// One model's series, resolved once per snapshot instead of once per request (a family
+/// lookup builds its label strings and hashes them).
+#[derive(Debug)]
+pub struct ModelHandles {
+    model: String,
+    series: OnceLock<ModelSeries>,
+}
+
+#[derive(Debug)]
+pub struct ModelSeries {
+    pub duration: Histogram,
+    pub ttfb: Histogram,
+    pub retries: Counter,
+    pub prompt_tokens: Counter,
+    pub completion_tokens: Counter,
+}
+
+impl ModelHandles {
+    pub fn new(model: &str) -> Self {
+        Self {
+            model: model.to_string(),
+            series: OnceLock::new(),
+        }
+    }
+
+    pub fn get(&self, m: &Metrics) -> &ModelSeries {
+        self.series.get_or_init(|| m.model_series(&self.model))
+    }
+}
+
+/// One backend's request counters by status class, resolved on first use.
+#[derive(Debug)]
+pub struct BackendHandles {
+    model: String,
+    backend: String,
+    requests: [OnceLock<Counter>; 5],
+}
+
+impl BackendHandles {
+    pub fn new(model: &str, backend: &str) -> Self {
+        Self {
+            model: model.to_string(),
+            backend: backend.to_string(),
+            requests: Default::default(),
+        }
+    }
+
+    pub fn requests(&self, m: &Metrics, status: u16) -> &Counter {
+        let class = Metrics::status_class(status);
+        let i = usize::from(class.as_bytes()[0] - b'1');
+        self.requests[i].get_or_init(|| m.requests_series(&self.model, &self.backend, class))
+    }
 }
 
 #[derive(Debug)]
@@ -126,6 +183,32 @@ impl Metrics {
         }
     }
 
+    pub fn model_series(&self, model: &str) -> ModelSeries {
+        let l = vec![("model", model.to_string())];
+        let tokens = |ty: &str| {
+            (*self
+                .tokens
+                .get_or_create(&vec![("model", model.to_string()), ("type", ty.into())]))
+            .clone()
+        };
+        ModelSeries {
+            duration: (*self.duration.get_or_create(&l)).clone(),
+            ttfb: (*self.ttfb.get_or_create(&l)).clone(),
+            retries: (*self.retries.get_or_create(&l)).clone(),
+            prompt_tokens: tokens("prompt"),
+            completion_tokens: tokens("completion"),
+        }
+    }
+
+    pub fn requests_series(&self, model: &str, backend: &str, class: &str) -> Counter {
+        (*self.requests.get_or_create(&vec![
+            ("model", model.to_string()),
+            ("backend", backend.to_string()),
+            ("status_class", class.to_string()),
+        ]))
+        .clone()
+    }
+
     pub fn status_class(status: u16) -> &'static str {
         match status {
             100..=199 => "1xx",
@@ -146,9 +229,9 @@ impl Metrics {
                 for route in m.routes.iter().flatten() {
                     for b in &route.backends {
                         let labels = vec![
-                            ("model", m.name.clone()),
-                            ("backend", b.name.clone()),
-                            ("provider", r.providers[b.provider].name.clone()),
+                            ("model", m.name.to_string()),
+                            ("backend", b.name.to_string()),
+                            ("provider", r.providers[b.provider].name.to_string()),
                         ];
                         self.backend_healthy
                             .get_or_create(&labels)
@@ -158,7 +241,10 @@ impl Metrics {
             }
             for p in &r.providers {
                 for c in &p.credentials {
-                    let labels = vec![("provider", p.name.clone()), ("credential", c.name.clone())];
+                    let labels = vec![
+                        ("provider", p.name.to_string()),
+                        ("credential", c.name.to_string()),
+                    ];
                     self.credential_healthy
                         .get_or_create(&labels)
                         .set(i64::from(c.state.is_available(now_ms)));

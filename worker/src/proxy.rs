@@ -100,15 +100,7 @@ fn request_id(headers: &HeaderMap) -> String {
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 200)
         .map(str::to_owned)
-        .unwrap_or_else(|| {
-            // A v7 UUID from the thread-local RNG: `Uuid::now_v7` asks the kernel for
-            // randomness on every call (one `getrandom` syscall per request).
-            let ms = crate::unix_ms().max(0) as u64;
-            let rnd: [u8; 10] = rand::random();
-            uuid::Builder::from_unix_timestamp_millis(ms, &rnd)
-                .into_uuid()
-                .to_string()
-        })
+        .unwrap_or_else(|| crate::fast_uuid_v7().to_string())
 }
 
 async fn proxy(shared: Arc<Shared>, req: Request<Incoming>, kind: ProviderKind) -> Response<ProxyBody> {
@@ -119,23 +111,7 @@ async fn proxy(shared: Arc<Shared>, req: Request<Incoming>, kind: ProviderKind) 
     let request_id = request_id(req.headers());
     shared.metrics.inflight.inc();
     shared.budget.record_request(shared.clock.now_ms());
-    let mut fin = Finish {
-        shared: shared.clone(),
-        request_id: request_id.clone(),
-        key_id: String::new(),
-        key_name: String::new(),
-        model: String::new(),
-        backend: String::new(),
-        provider: String::new(),
-        credential: String::new(),
-        endpoint: req.uri().path().to_string(),
-        stream: false,
-        retries: 0,
-        status: 0,
-        start: Instant::now(),
-        ttfb: None,
-        error: None,
-    };
+    let mut fin = Finish::new(shared.clone(), request_id.clone(), req.uri().path().to_string());
     let mut resp = match forward(&shared, req, kind, dialect, &mut fin).await {
         Ok(r) => r,
         Err(e) => {
@@ -236,8 +212,8 @@ async fn forward(
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let routing: Arc<Routing> = shared.routing.load_full().ok_or(ProxyError::NoConfig)?;
     let key = auth::authenticate(&routing, req.headers(), crate::unix_ms())?;
-    fin.key_id.clone_from(&key.id);
-    fin.key_name.clone_from(&key.name);
+    fin.key_id = key.id.clone();
+    fin.key_name = key.name.clone();
 
     let (parts, body) = req.into_parts();
     let limit = shared.max_body_bytes;
@@ -276,7 +252,8 @@ async fn forward(
     let route = model.routes[kind.index()]
         .as_ref()
         .ok_or_else(|| ProxyError::UnknownModel(model_name.to_string()))?;
-    fin.model.clone_from(&model.name);
+    fin.model = model.name.clone();
+    fin.model_metrics = Some(model.metrics.clone());
     let model_range = head.model_range.clone().unwrap_or(0..0);
     // Ask OpenAI streams for their usage so that they can be accounted; the extra chunk
     // is removed again in `relay` so the client sees the stream it asked for.
@@ -296,15 +273,8 @@ async fn forward(
         .headers
         .get(&X_BACKEND)
         .and_then(|v| v.to_str().ok())
-        .and_then(|name| route.backends.iter().position(|b| b.name == name))
+        .and_then(|name| route.backends.iter().position(|b| &*b.name == name))
         .filter(|&i| route.backends[i].state.is_available(shared.clock.now_ms()));
-
-    let mut base_headers = HeaderMap::with_capacity(parts.headers.len() + 4);
-    for (n, v) in &parts.headers {
-        if forwardable(n) {
-            base_headers.append(n.clone(), v.clone());
-        }
-    }
 
     let mut excluded_b: Vec<usize> = Vec::new();
     let mut excluded_c: Vec<(usize, usize)> = Vec::new();
@@ -371,7 +341,14 @@ async fn forward(
             None if model_range.is_empty() => bytes.clone(),
             None => extract::splice(&bytes, model_range.clone(), &backend.upstream_model_json),
         };
-        let mut headers = base_headers.clone();
+        // Built per attempt straight from the client's headers (most requests make one
+        // attempt: a shared copy to clone would cost a second map).
+        let mut headers = HeaderMap::with_capacity(parts.headers.len() + provider.static_headers.len() + 2);
+        for (n, v) in &parts.headers {
+            if forwardable(n) {
+                headers.append(n.clone(), v.clone());
+            }
+        }
         for (n, v) in &provider.static_headers {
             headers.insert(n.clone(), v.clone());
         }
@@ -566,9 +543,9 @@ async fn forward(
     if matches!(last_err, Some(ProxyError::Connect(_)))
         && !route.endpoints.iter().any(|e| e.state.is_available(now))
     {
-        return Err(ProxyError::NoBackend(model.name.clone()));
+        return Err(ProxyError::NoBackend(model.name.to_string()));
     }
-    Err(last_err.unwrap_or_else(|| ProxyError::NoBackend(model.name.clone())))
+    Err(last_err.unwrap_or_else(|| ProxyError::NoBackend(model.name.to_string())))
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -611,13 +588,15 @@ fn build_response(
     let f = Finish {
         shared: fin.shared.clone(),
         request_id: std::mem::take(&mut fin.request_id),
-        key_id: std::mem::take(&mut fin.key_id),
-        key_name: std::mem::take(&mut fin.key_name),
-        model: std::mem::take(&mut fin.model),
+        key_id: fin.key_id.clone(),
+        key_name: fin.key_name.clone(),
+        model: fin.model.clone(),
         backend: backend.name.clone(),
         provider: provider.name.clone(),
         credential: cred.name.clone(),
         endpoint: std::mem::take(&mut fin.endpoint),
+        model_metrics: fin.model_metrics.take(),
+        backend_metrics: Some(backend.metrics.clone()),
         stream: fin.stream || sse,
         retries,
         status: rparts.status.as_u16(),

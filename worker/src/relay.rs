@@ -13,29 +13,32 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::Sleep;
-use tracing::info;
 
 use crate::{
     account::{Outcome, Usage, UsageEvent, UsageScanner},
     balance::{EndpointState, InflightGuard},
     body::BoxError,
     errors::{Dialect, ProxyError},
-    metrics::Metrics,
+    metrics::{BackendHandles, Metrics, ModelHandles},
     Shared,
 };
 
-/// Everything needed to log and account a request once it ends.
+/// Everything needed to log and account a request once it ends. Names are shared
+/// `Arc<str>`s from the routing table: building one costs reference counts, not copies.
 #[derive(Debug)]
 pub struct Finish {
     pub shared: Arc<Shared>,
     pub request_id: String,
-    pub key_id: String,
-    pub key_name: String,
-    pub model: String,
-    pub backend: String,
-    pub provider: String,
-    pub credential: String,
+    pub key_id: Arc<str>,
+    pub key_name: Arc<str>,
+    pub model: Arc<str>,
+    pub backend: Arc<str>,
+    pub provider: Arc<str>,
+    pub credential: Arc<str>,
     pub endpoint: String,
+    /// Metric handles, once the model (and backend) are known.
+    pub model_metrics: Option<Arc<ModelHandles>>,
+    pub backend_metrics: Option<Arc<BackendHandles>>,
     pub stream: bool,
     pub retries: u32,
     pub status: u16,
@@ -44,50 +47,72 @@ pub struct Finish {
     pub error: Option<&'static str>,
 }
 
+/// The empty name, shared (an `Arc<str>` of "" would otherwise allocate per request).
+pub fn empty_name() -> Arc<str> {
+    static EMPTY: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from(""));
+    EMPTY.clone()
+}
+
 impl Finish {
+    pub fn new(shared: Arc<Shared>, request_id: String, endpoint: String) -> Self {
+        let e = empty_name();
+        Self {
+            shared,
+            request_id,
+            key_id: e.clone(),
+            key_name: e.clone(),
+            model: e.clone(),
+            backend: e.clone(),
+            provider: e.clone(),
+            credential: e,
+            endpoint,
+            model_metrics: None,
+            backend_metrics: None,
+            stream: false,
+            retries: 0,
+            status: 0,
+            start: Instant::now(),
+            ttfb: None,
+            error: None,
+        }
+    }
+
     pub fn done(self, outcome: Outcome, usage: Option<Usage>) {
         let latency = self.start.elapsed();
         let m = &self.shared.metrics;
         m.inflight.dec();
-        let class = Metrics::status_class(self.status);
-        m.requests
-            .get_or_create(&vec![
-                ("model", self.model.clone()),
-                ("backend", self.backend.clone()),
-                ("status_class", class.to_string()),
-            ])
-            .inc();
-        let model_l = vec![("model", self.model.clone())];
-        m.duration.get_or_create(&model_l).observe(latency.as_secs_f64());
-        if let Some(t) = self.ttfb {
-            m.ttfb.get_or_create(&model_l).observe(t.as_secs_f64());
+        match &self.backend_metrics {
+            Some(h) => {
+                h.requests(m, self.status).inc();
+            }
+            None => {
+                m.requests_series(&self.model, &self.backend, Metrics::status_class(self.status))
+                    .inc();
+            }
         }
-        if self.retries > 0 {
-            m.retries.get_or_create(&model_l).inc_by(u64::from(self.retries));
-        }
-        if let Some(u) = &usage {
-            for (ty, v) in [("prompt", u.prompt_tokens), ("completion", u.completion_tokens)] {
-                if v > 0 {
-                    m.tokens
-                        .get_or_create(&vec![("model", self.model.clone()), ("type", ty.into())])
-                        .inc_by(v);
+        if let Some(h) = &self.model_metrics {
+            let s = h.get(m);
+            s.duration.observe(latency.as_secs_f64());
+            if let Some(t) = self.ttfb {
+                s.ttfb.observe(t.as_secs_f64());
+            }
+            if self.retries > 0 {
+                s.retries.inc_by(u64::from(self.retries));
+            }
+            if let Some(u) = &usage {
+                if u.prompt_tokens > 0 {
+                    s.prompt_tokens.inc_by(u.prompt_tokens);
+                }
+                if u.completion_tokens > 0 {
+                    s.completion_tokens.inc_by(u.completion_tokens);
                 }
             }
         }
-        info!(
-            request_id = %self.request_id,
-            model = %self.model,
-            backend = %self.backend,
-            provider = %self.provider,
-            status = self.status,
-            latency_ms = latency.as_secs_f64() * 1000.0,
-            ttfb_ms = self.ttfb.map(|t| t.as_secs_f64() * 1000.0),
-            retries = self.retries,
-            stream = self.stream,
-            outcome = outcome.as_str(),
-            error = self.error,
-            "request done"
-        );
+        if let Some(log) = &self.shared.access_log {
+            if tracing::enabled!(target: ACCESS_TARGET, tracing::Level::INFO) {
+                log.write(self.access_line(latency, outcome).as_bytes());
+            }
+        }
         if let Some(sink) = &self.shared.usage_sink {
             sink.record(UsageEvent {
                 ts_ms: crate::unix_ms(),
@@ -108,6 +133,57 @@ impl Finish {
                 outcome,
             });
         }
+    }
+
+    /// The access log line, in the shape of the other log lines (`<time>  INFO <target>:
+    /// request done key=value ...`), formatted by hand. Values that are not plain tokens
+    /// are quoted and escaped, so a client-chosen request id cannot forge fields or lines.
+    fn access_line(&self, latency: Duration, outcome: Outcome) -> String {
+        use std::fmt::Write as _;
+        let mut l = String::with_capacity(320);
+        let _ = write!(
+            l,
+            "{}  INFO {ACCESS_TARGET}: request done",
+            humantime::format_rfc3339_micros(std::time::SystemTime::now())
+        );
+        kv(&mut l, "request_id", &self.request_id);
+        kv(&mut l, "model", &self.model);
+        kv(&mut l, "backend", &self.backend);
+        kv(&mut l, "provider", &self.provider);
+        let _ = write!(l, " status={} latency_us={}", self.status, latency.as_micros());
+        if let Some(t) = self.ttfb {
+            let _ = write!(l, " ttfb_us={}", t.as_micros());
+        }
+        let _ = write!(
+            l,
+            " retries={} stream={} outcome={}",
+            self.retries,
+            self.stream,
+            outcome.as_str()
+        );
+        if let Some(e) = self.error {
+            kv(&mut l, "error", e);
+        }
+        l.push('\n');
+        l
+    }
+}
+
+/// The log target of the per-request line (`RUST_LOG=switchyard::access=off` silences it).
+pub const ACCESS_TARGET: &str = "switchyard::access";
+
+fn kv(l: &mut String, k: &str, v: &str) {
+    l.push(' ');
+    l.push_str(k);
+    l.push('=');
+    let plain = !v.is_empty()
+        && v.bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'=' && b != b'\\');
+    if plain {
+        l.push_str(v);
+    } else {
+        use std::fmt::Write as _;
+        let _ = write!(l, "{v:?}");
     }
 }
 

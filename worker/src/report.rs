@@ -127,16 +127,16 @@ impl UsageSink for ReportSink {
 
 fn to_record(ev: UsageEvent, worker_id: &str) -> pb::UsageRecord {
     pb::UsageRecord {
-        id: uuid::Uuid::now_v7().to_string(),
+        id: crate::fast_uuid_v7().to_string(),
         ts_ms: ev.ts_ms,
         request_id: ev.request_id,
         worker_id: worker_id.to_string(),
-        key_id: ev.key_id,
-        key_name: ev.key_name,
-        model: ev.model,
-        backend: ev.backend,
-        provider: ev.provider,
-        credential: ev.credential,
+        key_id: ev.key_id.to_string(),
+        key_name: ev.key_name.to_string(),
+        model: ev.model.to_string(),
+        backend: ev.backend.to_string(),
+        provider: ev.provider.to_string(),
+        credential: ev.credential.to_string(),
         endpoint: ev.endpoint,
         status: u32::from(ev.status),
         stream: ev.stream,
@@ -398,9 +398,9 @@ impl State {
                     visit(
                         TargetKey {
                             kind: "backend",
-                            model: m.name.clone(),
-                            backend: b.name.clone(),
-                            provider: routing.providers[b.provider].name.clone(),
+                            model: m.name.to_string(),
+                            backend: b.name.to_string(),
+                            provider: routing.providers[b.provider].name.to_string(),
                             credential: String::new(),
                         },
                         &b.state,
@@ -415,8 +415,8 @@ impl State {
                         kind: "credential",
                         model: String::new(),
                         backend: String::new(),
-                        provider: p.name.clone(),
-                        credential: c.name.clone(),
+                        provider: p.name.to_string(),
+                        credential: c.name.to_string(),
                     },
                     &c.state,
                 );
@@ -508,6 +508,9 @@ fn load_spool(dir: &Path) -> Vec<Batch> {
         .collect()
 }
 
+/// How often the reporter takes what the request path queued.
+const DRAIN_EVERY: Duration = Duration::from_millis(50);
+
 /// The reporter task: runs until `cancel`, then flushes (bounded) and spools the rest.
 pub async fn run(
     shared: Arc<Shared>,
@@ -541,21 +544,23 @@ pub async fn run(
     let worker_id = st.cfg.worker_id.clone();
     let mut tick = tokio::time::interval(st.cfg.health_every.min(st.cfg.flush_every));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
+    // The queue is drained on a timer, not on every record: waking this task for each
+    // finished request cost the request path a task switch each time.
+    let mut drain = tokio::time::interval(DRAIN_EVERY.min(st.cfg.flush_every));
+    drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut closed = false;
+    while !closed {
         tokio::select! {
             _ = cancel.cancelled() => break,
-            ev = rx.recv() => match ev {
-                Some(ev) => {
-                    st.pending_usage.push(to_record(ev, &worker_id));
-                    // Take whatever else is queued without waking up again.
-                    while st.pending_usage.len() < st.cfg.batch_max {
-                        match rx.try_recv() {
-                            Ok(ev) => st.pending_usage.push(to_record(ev, &worker_id)),
-                            Err(_) => break,
-                        }
+            _ = drain.tick() => loop {
+                match rx.try_recv() {
+                    Ok(ev) => st.pending_usage.push(to_record(ev, &worker_id)),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        closed = true;
+                        break;
                     }
                 }
-                None => break,
             },
             _ = tick.tick() => {
                 st.sample_health(&shared);
@@ -671,8 +676,8 @@ mod tests {
         let ev = UsageEvent {
             ts_ms: 1,
             request_id: "r".into(),
-            key_id: String::new(),
-            key_name: String::new(),
+            key_id: "".into(),
+            key_name: "".into(),
             model: "m".into(),
             backend: "b".into(),
             provider: "p".into(),

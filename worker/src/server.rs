@@ -30,8 +30,11 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: Cancellatio
         let _ = stream.set_nodelay(true);
         let s = shared.clone();
         let svc = service_fn(move |req| {
-            let s = s.clone();
-            async move { Ok::<_, Infallible>(crate::proxy::handle(s, req).await) }
+            // Boxed: the connection task is sized for its largest state, and the request
+            // future is large. Unboxed, every open connection (every open stream) kept
+            // that space for its whole life; boxed, it is freed once the answer starts.
+            let fut = Box::pin(crate::proxy::handle(s.clone(), req));
+            async move { Ok::<_, Infallible>(fut.await) }
         });
         let conn = builder.serve_connection(TokioIo::new(stream), svc);
         let fut = graceful.watch(conn);

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Instructions per proxied request in the worker (user space), counted by callgrind: unlike
+# CPU time, the count repeats whatever else the machine is doing, so it shows what a change
+# to the request path costs. Usage: bench/callgrind.sh [BIN_DIR] [N]
+#   BIN_DIR defaults to $CARGO_TARGET_DIR/release (or target/release); build it first with
+#   cargo build --release -p switchyard-worker -p switchyard-control -p switchyard-ctl -p switchyard-mock.
+#   The annotated profile is left in $OUT (default /tmp/switchyard-worker.callgrind).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BIN=${1:-${CARGO_TARGET_DIR:-$ROOT/target}/release}; N=${2:-2000}; OUT=${OUT:-/tmp/switchyard-worker.callgrind}
+command -v valgrind >/dev/null || { echo "valgrind is required (apt-get install valgrind)" >&2; exit 1; }
+W=$(mktemp -d /tmp/cg.XXXX); PIDS=()
+trap 'for p in "${PIDS[@]}"; do kill $p 2>/dev/null||true; done; wait 2>/dev/null; rm -rf $W' EXIT
+start(){ local n=$1; shift; "$@" >$W/$n.out 2>$W/$n.err & PIDS+=($!); eval "PID_$n=$!"; }
+wl(){ for i in $(seq 600); do l=$(grep -m1 '^listening' $W/$1.out 2>/dev/null||true); [[ -n $l ]] && { echo "$l" | grep -o "$2=[^ ]*" | cut -d= -f2; return; }; sleep 0.1; done; cat $W/$1.err; exit 1; }
+start mock $BIN/switchyard-mock --threads 1 --no-request-log --name bench
+M=$(wl mock http)
+start control $BIN/switchyard-control --data-dir $W --grpc-listen 127.0.0.1:0 --http-listen 127.0.0.1:0
+G=$(wl control grpc)
+export SWITCHYARD_CONTROL_URL=http://$G BA=a BB=b
+cat > $W/c.toml <<T
+[[providers]]
+name = "mock-a"
+kind = "openai"
+base_url = "http://$M/v1"
+[[providers.credentials]]
+name = "a1"
+secret_env = "BA"
+[[providers]]
+name = "mock-b"
+kind = "openai"
+base_url = "http://$M/v1"
+[[providers.credentials]]
+name = "b1"
+secret_env = "BB"
+[[models]]
+name = "bench-model"
+strategy = "round_robin"
+[[models.backends]]
+provider = "mock-a"
+upstream_model = "mock-model"
+[[models.backends]]
+provider = "mock-b"
+upstream_model = "mock-model"
+T
+$BIN/switchyard apply -f $W/c.toml >/dev/null
+KEY=$($BIN/switchyard -o json keys create bench 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["plaintext"])')
+start worker valgrind --tool=callgrind --callgrind-out-file=$W/cg.out --dump-instr=no $BIN/switchyard-worker --listen 127.0.0.1:0 --control http://$G --state-dir $W/wk --worker-id bench
+H=$(wl worker http)
+run(){ python3 - "$H" "$KEY" "$1" <<'P'
+import http.client, sys, time
+h, key, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+body = b'{"model":"bench-model","messages":[{"role":"user","content":"Say something short."}]}'
+deadline = time.time() + 60
+conns = [http.client.HTTPConnection(h, timeout=30) for _ in range(4)]
+ok = 0
+while ok < n:
+    for c in conns:
+        c.request("POST", "/v1/chat/completions", body, {"content-type": "application/json", "authorization": "Bearer " + key})
+        r = c.getresponse(); r.read()
+        if r.status == 200: ok += 1
+        elif time.time() > deadline: sys.exit("never 200: %d" % r.status)
+        else: time.sleep(0.05)
+P
+}
+run 400
+sleep 1.5   # let the reporter flush its batch, so the count below is the requests alone
+callgrind_control -z $PID_worker >/dev/null
+run $N
+sleep 1.5
+callgrind_control -d $PID_worker >/dev/null
+f=$(ls $W/cg.out* | grep -v '^$W/cg.out$' | tail -1)
+tot=$(grep -m1 "^summary:\|^totals:" $f | awk '{print $2}')
+echo "instructions/request: $((tot / N))  (N=$N, $f)"
+cp $f "$OUT"; echo "profile: callgrind_annotate --inclusive=yes $OUT | less"
