@@ -53,6 +53,11 @@ fn default_worker_id() -> String {
     format!("{host}-{}", std::process::id())
 }
 
+// jemalloc: ~10% less CPU per request than glibc's malloc and less memory per open
+// stream (27 vs 30 KB). mimalloc was as fast but doubled idle RSS and per-stream memory.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
