@@ -168,12 +168,16 @@ fn forwardable(name: &HeaderName) -> bool {
     ) && !name.as_str().starts_with("x-switchyard-")
 }
 
-fn response_header_ok(name: &HeaderName) -> bool {
-    !matches!(
-        name.as_str(),
-        "connection" | "keep-alive" | "proxy-connection" | "te" | "trailer" | "transfer-encoding" | "upgrade"
-    )
-}
+/// Response headers that are never relayed to the client (hop-by-hop).
+static HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
 
 /// Seconds from a `Retry-After` header (delta-seconds form only).
 fn retry_after_ms(h: &HeaderMap) -> Option<u64> {
@@ -619,21 +623,18 @@ fn build_response(
     );
     let mut resp = Response::new(ProxyBody::Relay(Box::new(relay)));
     *resp.status_mut() = rparts.status;
-    let h = resp.headers_mut();
-    h.reserve(rparts.headers.len() + 4);
-    let mut last: Option<HeaderName> = None;
-    for (n, v) in rparts.headers {
-        if let Some(n) = n {
-            last = Some(n);
-        }
-        if let Some(n) = &last {
-            if response_header_ok(n) && !(sse && n == header::CONTENT_LENGTH) {
-                h.append(n.clone(), v);
-            }
-        }
+    // The upstream's header map is kept and the hop-by-hop headers taken out of it:
+    // cheaper than copying every other header into a new map.
+    let mut h = rparts.headers;
+    for n in &HOP_BY_HOP {
+        h.remove(n);
+    }
+    if sse {
+        h.remove(header::CONTENT_LENGTH);
     }
     h.insert(&X_BACKEND, backend.name_header.clone());
     h.insert(&X_PROVIDER, provider.name_header.clone());
     h.insert(&X_RETRIES, HeaderValue::from(retries));
+    *resp.headers_mut() = h;
     resp
 }
