@@ -10,12 +10,7 @@ use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use switchyard_proto::v1 as pb;
-use switchyard_worker::{
-    balance::BreakerConfig,
-    config::Routing,
-    convert::{self, ClientCache},
-    extract,
-};
+use switchyard_worker::{balance::BreakerConfig, config::Routing, convert, extract, upstream::Connector};
 
 const PROVIDERS: usize = 50;
 const MODELS: usize = 500;
@@ -82,7 +77,7 @@ fn snapshot(version: u64) -> pb::Snapshot {
 
 /// What `Shared::apply` does minus the probe tasks: carry endpoint states over from the
 /// current table, build and validate the new one, swap it in (the old one drops here).
-fn apply(current: &ArcSwapOption<Routing>, snap: &pb::Snapshot, clients: &ClientCache) {
+fn apply(current: &ArcSwapOption<Routing>, snap: &pb::Snapshot, clients: &Connector) {
     let prev = current.load_full();
     let states = prev.as_ref().map(|p| p.states()).unwrap_or_default();
     let routing = convert::build(snap, &states, clients, BreakerConfig::default()).unwrap();
@@ -93,7 +88,7 @@ fn apply(current: &ArcSwapOption<Routing>, snap: &pb::Snapshot, clients: &Client
 fn snapshot_apply(c: &mut Criterion) {
     let mut group = c.benchmark_group("snapshot_apply");
     group.sample_size(20);
-    let clients = ClientCache::default();
+    let clients = Connector::new().unwrap();
     let a = snapshot(1);
     let b = snapshot(2);
     let backends: usize = a.models.iter().map(|m| m.backends.len()).sum();

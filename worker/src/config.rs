@@ -11,17 +11,11 @@ use rustc_hash::FxHashMap;
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
-use http_body_util::Full;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
 
 use crate::{
     balance::{Endpoint, EndpointState, Selector},
     metrics::{BackendHandles, ModelHandles},
 };
-
-/// The pooled upstream HTTP client (http and https, keep-alive, TCP_NODELAY).
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ProviderKind {
@@ -94,9 +88,18 @@ pub struct Provider {
     /// One selectable endpoint per credential, same order.
     pub cred_endpoints: Vec<Endpoint>,
     pub cred_selector: Selector,
-    pub client: UpstreamClient,
+    /// The upstream client: the origin's pool of keep-alive connections and the base path.
+    pub client: crate::upstream::Client,
     /// Unix ms of the last active probe (0 = never).
     pub last_check_ms: AtomicU64,
+}
+
+impl Provider {
+    /// Whether the worker sets this request header itself (the credential's header or a
+    /// static header), so that a client's header of the same name is not forwarded.
+    pub fn sets_header(&self, name: &HeaderName) -> bool {
+        *name == self.auth_header || self.static_headers.iter().any(|(n, _)| n == name)
+    }
 }
 
 #[derive(Debug)]

@@ -9,7 +9,6 @@ use std::{
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
-use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
 use sha2::{Digest, Sha256};
 use switchyard_proto as pb;
@@ -18,9 +17,10 @@ use crate::{
     balance::{stable_hash, BreakerConfig, Endpoint, EndpointState, Selector, Strategy},
     config::{
         Affinity, Backend, ClientKey, Credential, HealthProbe, Model, ModelRoute, ProbeKind, Provider,
-        ProviderKind, Routing, UpstreamClient,
+        ProviderKind, Routing,
     },
     metrics::{BackendHandles, ModelHandles},
+    upstream::Connector,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -35,47 +35,6 @@ fn err(path: impl Into<String>, msg: impl Into<String>) -> ConvertError {
         path: path.into(),
         msg: msg.into(),
     }
-}
-
-/// Upstream clients by connect timeout, shared across snapshots so that pooled
-/// keep-alive connections survive config changes.
-#[derive(Debug, Default)]
-pub struct ClientCache {
-    clients: Mutex<HashMap<u64, UpstreamClient>>,
-}
-
-impl ClientCache {
-    pub fn get(&self, connect_timeout: Duration) -> Result<UpstreamClient, ConvertError> {
-        let ms = connect_timeout.as_millis() as u64;
-        let mut map = self.clients.lock();
-        if let Some(c) = map.get(&ms) {
-            return Ok(c.clone());
-        }
-        let c = build_client(connect_timeout)?;
-        map.insert(ms, c.clone());
-        Ok(c)
-    }
-}
-
-fn build_client(connect_timeout: Duration) -> Result<UpstreamClient, ConvertError> {
-    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
-    http.set_nodelay(true);
-    http.enforce_http(false);
-    http.set_connect_timeout(Some(connect_timeout));
-    http.set_keepalive(Some(Duration::from_secs(60)));
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
-        .map_err(|e| err("tls", e.to_string()))?
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http);
-    Ok(
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(1024)
-            .pool_timer(hyper_util::rt::TokioTimer::new())
-            .build(https),
-    )
 }
 
 fn ms_or(v: u64, default_ms: u64) -> Duration {
@@ -96,7 +55,7 @@ fn ident_hash(parts: &[&str]) -> String {
 pub fn build(
     snap: &pb::Snapshot,
     prev: &HashMap<String, Arc<EndpointState>>,
-    clients: &ClientCache,
+    connector: &Connector,
     breaker: BreakerConfig,
 ) -> Result<Routing, ConvertError> {
     let state_for = |identity: &str| {
@@ -253,7 +212,9 @@ pub fn build(
             credentials,
             cred_endpoints,
             cred_selector: Selector::new(cred_strategy),
-            client: clients.get(connect_timeout)?,
+            client: connector
+                .client(&url, connect_timeout)
+                .map_err(|e| err(format!("{path}.base_url"), e))?,
             last_check_ms: AtomicU64::new(0),
         });
     }

@@ -8,8 +8,8 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http::{header, HeaderName, HeaderValue, Method, Response, StatusCode};
+use http_body_util::BodyExt;
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
@@ -115,22 +115,22 @@ async fn send_probe(p: &Provider, auth: &HeaderValue, probe: &ProbeKind) -> Resu
             ),
         ),
     };
-    let uri = format!("{}{}", p.base_url, path);
-    let mut req = Request::new(Full::new(body.clone()));
-    *req.method_mut() = method;
-    *req.uri_mut() = uri.parse().map_err(|e| format!("bad url: {e}"))?;
-    let h = req.headers_mut();
+    let mut head = p.client.head(&method, &path, 256);
     for (n, v) in &p.static_headers {
-        h.insert(n.clone(), v.clone());
+        head.header(n, v);
     }
-    h.insert(p.auth_header.clone(), auth.clone());
-    if !body.is_empty() {
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    head.header(&p.auth_header, auth);
+    if !body.is_empty() && !p.sets_header(&header::CONTENT_TYPE) {
+        head.header(
+            &header::CONTENT_TYPE,
+            &HeaderValue::from_static("application/json"),
+        );
     }
-    if p.kind == ProviderKind::Anthropic && !h.contains_key("anthropic-version") {
-        h.insert("anthropic-version", HeaderValue::from_static("2023-06-01"));
+    static ANTHROPIC_VERSION: HeaderName = HeaderName::from_static("anthropic-version");
+    if p.kind == ProviderKind::Anthropic && !p.sets_header(&ANTHROPIC_VERSION) {
+        head.header(&ANTHROPIC_VERSION, &HeaderValue::from_static("2023-06-01"));
     }
-    let resp = p.client.request(req).await.map_err(|e| {
+    let resp = p.client.send(head, body).await.map_err(|e| {
         if e.is_connect() {
             "connect error".to_string()
         } else {

@@ -27,6 +27,7 @@ pub mod proxy;
 pub mod relay;
 pub mod report;
 pub mod server;
+pub mod upstream;
 pub mod watch;
 
 use std::{
@@ -143,6 +144,8 @@ pub enum Error {
     },
     #[error(transparent)]
     State(#[from] watch::StateError),
+    #[error("TLS client setup: {0}")]
+    Tls(rustls::Error),
 }
 
 /// The monotonic millisecond clock every `balance` call is given (`balance::now_ms`).
@@ -185,7 +188,7 @@ pub struct Shared {
     pub max_body_bytes: usize,
     pub worker_id: String,
     pub tasks: TaskTracker,
-    clients: convert::ClientCache,
+    connector: upstream::Connector,
     breaker: BreakerConfig,
     draining: AtomicBool,
     /// Cancels the probe tasks of the current snapshot.
@@ -232,7 +235,7 @@ impl Shared {
             }
         }
         let states = prev.as_ref().map(|p| p.states()).unwrap_or_default();
-        let routing = Arc::new(convert::build(snap, &states, &self.clients, self.breaker)?);
+        let routing = Arc::new(convert::build(snap, &states, &self.connector, self.breaker)?);
         self.routing.store(Some(routing.clone()));
         let token = self.shutdown.child_token();
         if let Some(old) = self.probes.lock().replace(token.clone()) {
@@ -318,7 +321,7 @@ pub async fn start(cfg: Config) -> Result<Running, Error> {
         max_body_bytes: cfg.max_body_bytes,
         worker_id: cfg.worker_id.clone(),
         tasks: TaskTracker::new(),
-        clients: convert::ClientCache::default(),
+        connector: upstream::Connector::new().map_err(Error::Tls)?,
         breaker: cfg.breaker,
         draining: AtomicBool::new(false),
         probes: Mutex::new(None),

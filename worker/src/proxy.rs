@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Instant};
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use tracing::warn;
 
@@ -19,7 +19,7 @@ use crate::{
     errors::{Dialect, ProxyError},
     extract,
     relay::{Finish, RelayBody},
-    Shared,
+    upstream, Shared,
 };
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -148,7 +148,8 @@ async fn proxy(shared: Arc<Shared>, req: Request<Incoming>, kind: ProviderKind) 
 }
 
 /// Request headers that are never forwarded upstream: hop-by-hop headers, the client's
-/// credentials, and ones the worker sets itself.
+/// credentials, ones the worker sets itself, and `expect` (the body is already read and
+/// goes out whole).
 fn forwardable(name: &HeaderName) -> bool {
     !matches!(
         name.as_str(),
@@ -165,6 +166,7 @@ fn forwardable(name: &HeaderName) -> bool {
             | "transfer-encoding"
             | "upgrade"
             | "accept-encoding"
+            | "expect"
     ) && !name.as_str().starts_with("x-switchyard-")
 }
 
@@ -188,21 +190,18 @@ fn retry_after_ms(h: &HeaderMap) -> Option<u64> {
         .map(|s| (s * 1000.0) as u64)
 }
 
-fn upstream_uri(base: &str, kind: ProviderKind, uri: &Uri) -> Result<Uri, ProxyError> {
+/// The upstream path for a client path: OpenAI-kind base URLs already end in `/v1`.
+fn upstream_path(kind: ProviderKind, uri: &Uri) -> &str {
     let pq = uri.path_and_query().map_or("/", |p| p.as_str());
-    let suffix = match kind {
+    match kind {
         ProviderKind::OpenAi => pq.strip_prefix("/v1").unwrap_or(pq),
         ProviderKind::Anthropic => pq,
-    };
-    let mut s = String::with_capacity(base.len() + suffix.len());
-    s.push_str(base);
-    s.push_str(suffix);
-    Uri::try_from(s).map_err(|e| ProxyError::Upstream(format!("invalid upstream URL: {e}")))
+    }
 }
 
 /// A retryable upstream answer kept in case no other backend does better.
 struct Kept {
-    resp: Response<Incoming>,
+    resp: Response<upstream::Body>,
     backend: usize,
     cred: usize,
 }
@@ -333,7 +332,6 @@ async fn forward(
         fin.retries = attempts - 1;
         let cred = &provider.credentials[cp.index];
 
-        let uri = upstream_uri(&provider.base_url, provider.kind, &parts.uri)?;
         let body = match &usage_edit {
             Some(edit) => {
                 let mut edits = vec![edit.clone()];
@@ -345,29 +343,27 @@ async fn forward(
             None if model_range.is_empty() => bytes.clone(),
             None => extract::splice(&bytes, model_range.clone(), &backend.upstream_model_json),
         };
-        // Built per attempt straight from the client's headers (most requests make one
-        // attempt: a shared copy to clone would cost a second map).
-        let mut headers = HeaderMap::with_capacity(parts.headers.len() + provider.static_headers.len() + 2);
+        // The head is written straight from the client's headers: no header map is built.
+        let mut up = provider.client.head(
+            &Method::POST,
+            upstream_path(provider.kind, &parts.uri),
+            parts.headers.len() * 48 + 64,
+        );
         for (n, v) in &parts.headers {
-            if forwardable(n) {
-                headers.append(n.clone(), v.clone());
+            if forwardable(n) && !provider.sets_header(n) {
+                up.header(n, v);
             }
         }
         for (n, v) in &provider.static_headers {
-            headers.insert(n.clone(), v.clone());
+            up.header(n, v);
         }
-        headers.insert(provider.auth_header.clone(), cred.auth_value.clone());
-        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-        let mut up = Request::new(Full::new(body));
-        *up.method_mut() = Method::POST;
-        *up.uri_mut() = uri;
-        *up.headers_mut() = headers;
+        up.header(&provider.auth_header, &cred.auth_value);
 
         let guards = [backend.state.start(), cred.state.start()];
         let t0 = Instant::now();
         let header_timeout = model.per_try_timeout.unwrap_or(provider.request_timeout);
         let deadline = tokio::time::Instant::now() + header_timeout;
-        let resp = match tokio::time::timeout_at(deadline, provider.client.request(up)).await {
+        let resp = match tokio::time::timeout_at(deadline, provider.client.send(up, body)).await {
             Err(_) => {
                 shared.transition(backend.state.record_failure(now, "timeout"), || {
                     HealthTarget::backend(&model.name, &backend.name, &provider.name)
@@ -383,9 +379,9 @@ async fn forward(
             }
             Ok(Err(e)) => {
                 let (label, msg) = if e.is_connect() {
-                    ("connect", format!("{}: {}", backend.name, error_chain(&e)))
+                    ("connect", format!("{}: {e}", backend.name))
                 } else {
-                    ("upstream", format!("{}: {}", backend.name, error_chain(&e)))
+                    ("upstream", format!("{}: {e}", backend.name))
                 };
                 shared.transition(backend.state.record_failure(now, label), || {
                     HealthTarget::backend(&model.name, &backend.name, &provider.name)
@@ -552,17 +548,6 @@ async fn forward(
     Err(last_err.unwrap_or_else(|| ProxyError::NoBackend(model.name.to_string())))
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
 fn is_sse(h: &HeaderMap) -> bool {
     h.get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
@@ -577,7 +562,7 @@ fn build_response(
     ci: usize,
     rparts: http::response::Parts,
     first: Option<Bytes>,
-    rbody: Incoming,
+    rbody: upstream::Body,
     sse: bool,
     success: bool,
     dialect: Dialect,

@@ -11,7 +11,7 @@ use std::{
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
+
 use tokio::time::Sleep;
 
 use crate::{
@@ -190,7 +190,7 @@ fn kv(l: &mut String, k: &str, v: &str) {
 #[derive(Debug)]
 pub struct RelayBody {
     first: Option<Bytes>,
-    inner: Incoming,
+    inner: crate::upstream::Body,
     sse: bool,
     dialect: Dialect,
     idle: Duration,
@@ -211,7 +211,7 @@ impl RelayBody {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         first: Option<Bytes>,
-        inner: Incoming,
+        inner: crate::upstream::Body,
         sse: bool,
         dialect: Dialect,
         idle: Duration,
