@@ -110,7 +110,11 @@ impl Finish {
         }
         if let Some(log) = &self.shared.access_log {
             if tracing::enabled!(target: ACCESS_TARGET, tracing::Level::INFO) {
-                log.write(self.access_line(latency, outcome).as_bytes());
+                LINE.with_borrow_mut(|l| {
+                    l.clear();
+                    self.access_line(l, std::time::SystemTime::now(), latency, outcome);
+                    log.write(l);
+                });
             }
         }
         if let Some(sink) = &self.shared.usage_sink {
@@ -136,53 +140,87 @@ impl Finish {
     }
 
     /// The access log line, in the shape of the other log lines (`<time>  INFO <target>:
-    /// request done key=value ...`), formatted by hand. Values that are not plain tokens
-    /// are quoted and escaped, so a client-chosen request id cannot forge fields or lines.
-    fn access_line(&self, latency: Duration, outcome: Outcome) -> String {
-        use std::fmt::Write as _;
-        let mut l = String::with_capacity(320);
-        let _ = write!(
-            l,
-            "{}  INFO {ACCESS_TARGET}: request done",
-            humantime::format_rfc3339_micros(std::time::SystemTime::now())
-        );
-        kv(&mut l, "request_id", &self.request_id);
-        kv(&mut l, "model", &self.model);
-        kv(&mut l, "backend", &self.backend);
-        kv(&mut l, "provider", &self.provider);
-        let _ = write!(l, " status={} latency_us={}", self.status, latency.as_micros());
+    /// request done key=value ...`), formatted by hand into a reused buffer: the log
+    /// subscriber's generic field machinery cost more than proxying the request. Values
+    /// that are not plain tokens are quoted and escaped, so a client-chosen request id
+    /// cannot forge fields or lines.
+    fn access_line(&self, l: &mut Vec<u8>, now: std::time::SystemTime, latency: Duration, outcome: Outcome) {
+        timestamp(l, now);
+        l.extend_from_slice(b"  INFO ");
+        l.extend_from_slice(ACCESS_TARGET.as_bytes());
+        l.extend_from_slice(b": request done");
+        kv(l, "request_id", &self.request_id);
+        kv(l, "model", &self.model);
+        kv(l, "backend", &self.backend);
+        kv(l, "provider", &self.provider);
+        num(l, " status=", u64::from(self.status));
+        num(l, " latency_us=", latency.as_micros() as u64);
         if let Some(t) = self.ttfb {
-            let _ = write!(l, " ttfb_us={}", t.as_micros());
+            num(l, " ttfb_us=", t.as_micros() as u64);
         }
-        let _ = write!(
-            l,
-            " retries={} stream={} outcome={}",
-            self.retries,
-            self.stream,
-            outcome.as_str()
-        );
+        num(l, " retries=", u64::from(self.retries));
+        l.extend_from_slice(if self.stream {
+            b" stream=true"
+        } else {
+            b" stream=false"
+        });
+        l.extend_from_slice(b" outcome=");
+        l.extend_from_slice(outcome.as_str().as_bytes());
         if let Some(e) = self.error {
-            kv(&mut l, "error", e);
+            kv(l, "error", e);
         }
-        l.push('\n');
-        l
+        l.push(b'\n');
     }
 }
 
 /// The log target of the per-request line (`RUST_LOG=switchyard::access=off` silences it).
 pub const ACCESS_TARGET: &str = "switchyard::access";
 
-fn kv(l: &mut String, k: &str, v: &str) {
-    l.push(' ');
-    l.push_str(k);
-    l.push('=');
+thread_local! {
+    /// The access line being formatted (one per thread, reused).
+    static LINE: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(512));
+    /// `YYYY-MM-DDTHH:MM:SS` of the last second a line was stamped with.
+    static STAMP: std::cell::Cell<(u64, [u8; 19])> = const { std::cell::Cell::new((u64::MAX, [0; 19])) };
+}
+
+/// RFC 3339 UTC with microseconds (`2026-12-01T16:04:30.123456Z`). The date and time of
+/// day are formatted once a second.
+fn timestamp(l: &mut Vec<u8>, now: std::time::SystemTime) {
+    let d = now.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (cached, mut prefix) = STAMP.get();
+    if cached != secs {
+        let full =
+            humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(secs)).to_string();
+        prefix.copy_from_slice(&full.as_bytes()[..19]);
+        STAMP.set((secs, prefix));
+    }
+    l.extend_from_slice(&prefix);
+    let mut frac = *b".000000Z";
+    let mut m = d.subsec_micros();
+    for i in (1..7).rev() {
+        frac[i] = b'0' + (m % 10) as u8;
+        m /= 10;
+    }
+    l.extend_from_slice(&frac);
+}
+
+fn num(l: &mut Vec<u8>, key: &str, v: u64) {
+    l.extend_from_slice(key.as_bytes());
+    l.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+}
+
+fn kv(l: &mut Vec<u8>, k: &str, v: &str) {
+    l.push(b' ');
+    l.extend_from_slice(k.as_bytes());
+    l.push(b'=');
     let plain = !v.is_empty()
         && v.bytes()
             .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'=' && b != b'\\');
     if plain {
-        l.push_str(v);
+        l.extend_from_slice(v.as_bytes());
     } else {
-        use std::fmt::Write as _;
+        use std::io::Write as _;
         let _ = write!(l, "{v:?}");
     }
 }
@@ -195,7 +233,9 @@ pub struct RelayBody {
     dialect: Dialect,
     idle: Duration,
     last_chunk: Instant,
-    idle_sleep: Pin<Box<Sleep>>,
+    /// Armed at the first wait for the upstream: a body that is there at once (most
+    /// non-streaming answers) never needs a timer.
+    idle_sleep: Option<Pin<Box<Sleep>>>,
     total: Option<Pin<Box<Sleep>>>,
     ended: bool,
     scanner: UsageScanner,
@@ -238,7 +278,7 @@ impl RelayBody {
             dialect,
             idle,
             last_chunk: Instant::now(),
-            idle_sleep: Box::pin(tokio::time::sleep(idle)),
+            idle_sleep: None,
             total: total_deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
             ended: false,
             scanner,
@@ -332,17 +372,20 @@ impl Body for RelayBody {
                 }
                 // Lazily re-arm the idle timer: chunks only note their time, and the
                 // timer is reset when it fires early.
+                let idle = this.idle;
+                let last = this.last_chunk;
+                let sleep = this
+                    .idle_sleep
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until((last + idle).into())));
                 loop {
-                    if this.idle_sleep.as_mut().poll(cx).is_pending() {
+                    if sleep.as_mut().poll(cx).is_pending() {
                         return Poll::Pending;
                     }
                     let due = this.last_chunk + this.idle;
                     if Instant::now() >= due {
                         return this.fail(ProxyError::Timeout);
                     }
-                    this.idle_sleep
-                        .as_mut()
-                        .reset(tokio::time::Instant::from_std(due));
+                    sleep.as_mut().reset(tokio::time::Instant::from_std(due));
                 }
             }
         }
@@ -384,3 +427,38 @@ impl Drop for RelayBody {
 }
 
 use std::future::Future as _;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamp_matches_rfc3339_micros_across_seconds() {
+        for t in [
+            0u64,
+            1_796_140_827_123_456,
+            1_796_140_827_999_999,
+            1_796_140_828_000_001,
+        ] {
+            let now = std::time::UNIX_EPOCH + Duration::from_micros(t);
+            let mut l = Vec::new();
+            timestamp(&mut l, now);
+            assert_eq!(
+                String::from_utf8(l).unwrap(),
+                humantime::format_rfc3339_micros(now).to_string()
+            );
+        }
+    }
+
+    #[test]
+    fn values_that_are_not_plain_tokens_are_quoted() {
+        let mut l = Vec::new();
+        kv(&mut l, "request_id", "abc-123");
+        kv(&mut l, "request_id", "x status=500\nforged line");
+        kv(&mut l, "model", "");
+        assert_eq!(
+            String::from_utf8(l).unwrap(),
+            r#" request_id=abc-123 request_id="x status=500\nforged line" model="""#
+        );
+    }
+}

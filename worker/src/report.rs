@@ -125,12 +125,13 @@ impl UsageSink for ReportSink {
     }
 }
 
-fn to_record(ev: UsageEvent, worker_id: &str) -> pb::UsageRecord {
+fn to_record(ev: UsageEvent) -> pb::UsageRecord {
     pb::UsageRecord {
         id: crate::fast_uuid_v7().to_string(),
         ts_ms: ev.ts_ms,
         request_id: ev.request_id,
-        worker_id: worker_id.to_string(),
+        // Control takes the batch's worker id for records without one: not repeated per record.
+        worker_id: String::new(),
         key_id: ev.key_id.to_string(),
         key_name: ev.key_name.to_string(),
         model: ev.model.to_string(),
@@ -541,7 +542,6 @@ pub async fn run(
         }
         st.batches.extend(old);
     }
-    let worker_id = st.cfg.worker_id.clone();
     let mut tick = tokio::time::interval(st.cfg.health_every.min(st.cfg.flush_every));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The queue is drained on a timer, not on every record: waking this task for each
@@ -554,7 +554,7 @@ pub async fn run(
             _ = cancel.cancelled() => break,
             _ = drain.tick() => loop {
                 match rx.try_recv() {
-                    Ok(ev) => st.pending_usage.push(to_record(ev, &worker_id)),
+                    Ok(ev) => st.pending_usage.push(to_record(ev)),
                     Err(mpsc::error::TryRecvError::Empty) => break,
                     Err(mpsc::error::TryRecvError::Disconnected) => {
                         closed = true;
@@ -585,7 +585,7 @@ pub async fn run(
     // Shutdown: everything still queued goes out now, or into the spool.
     rx.close();
     while let Ok(ev) = rx.try_recv() {
-        st.pending_usage.push(to_record(ev, &worker_id));
+        st.pending_usage.push(to_record(ev));
     }
     st.sample_health(&shared);
     st.form_batches(true);
