@@ -170,17 +170,6 @@ fn forwardable(name: &HeaderName) -> bool {
     ) && !name.as_str().starts_with("x-switchyard-")
 }
 
-/// Response headers that are never relayed to the client (hop-by-hop).
-static HOP_BY_HOP: [HeaderName; 7] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
-
 /// Seconds from a `Retry-After` header (delta-seconds form only).
 fn retry_after_ms(h: &HeaderMap) -> Option<u64> {
     let v = h.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
@@ -608,12 +597,9 @@ fn build_response(
     );
     let mut resp = Response::new(ProxyBody::Relay(Box::new(relay)));
     *resp.status_mut() = rparts.status;
-    // The upstream's header map is kept and the hop-by-hop headers taken out of it:
-    // cheaper than copying every other header into a new map.
+    // The upstream's header map is relayed as it is (the upstream client keeps hop-by-hop
+    // headers out of it).
     let mut h = rparts.headers;
-    for n in &HOP_BY_HOP {
-        h.remove(n);
-    }
     if sse {
         h.remove(header::CONTENT_LENGTH);
     }

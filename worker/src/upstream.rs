@@ -13,6 +13,8 @@
 //! * reads go into a per-thread scratch buffer and are copied out at their exact size, so a
 //!   connection that waits (an open stream between chunks, an idle pooled connection)
 //!   holds no buffer at all;
+//! * hop-by-hop response headers (`connection`, `transfer-encoding`, ...) are consumed
+//!   here and never returned: what the caller gets can be relayed as it is;
 //! * the body (`Body`) decodes `content-length`, `chunked` or read-to-close framing as the
 //!   relay polls it, and puts the connection back in the pool the moment its last byte is
 //!   read;
@@ -450,7 +452,9 @@ impl Client {
         loop {
             let (mut io, reused) = match self.pool.checkout() {
                 Some(io) => (io, true),
-                None => (self.pool.connect().await?, false),
+                // Boxed: connecting (DNS, TCP, TLS) is the rare path, and its state would
+                // otherwise make every request's future larger.
+                None => (Box::pin(self.pool.connect()).await?, false),
             };
             match exchange(&mut io, &head.buf, &body).await {
                 Ok((resp, rest)) => return Ok(self.response(io, resp, rest, head.head_method)),
@@ -554,13 +558,31 @@ async fn exchange(io: &mut Io, head: &[u8], body: &[u8]) -> Result<(ParsedHead, 
 
 /// `Ok(None)`: incomplete. `Ok(Some((len, None)))`: a complete interim (1xx) response.
 fn parse_head(buf: &Bytes) -> Result<Option<(usize, Option<ParsedHead>)>, Error> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut r = httparse::Response::new(&mut slots);
-    let n = match r.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(e) => return Err(protocol(e.to_string())),
-    };
+    // Most answers have a few headers: a small slot array first (it is initialised on
+    // every call), the full one only when that is too small.
+    let mut few = [httparse::EMPTY_HEADER; 24];
+    let mut r = httparse::Response::new(&mut few);
+    match r.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => head_from(buf, n, r),
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            let mut many = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut r = httparse::Response::new(&mut many);
+            match r.parse(buf) {
+                Ok(httparse::Status::Complete(n)) => head_from(buf, n, r),
+                Ok(httparse::Status::Partial) => Ok(None),
+                Err(e) => Err(protocol(e.to_string())),
+            }
+        }
+        Err(e) => Err(protocol(e.to_string())),
+    }
+}
+
+fn head_from(
+    buf: &Bytes,
+    n: usize,
+    r: httparse::Response<'_, '_>,
+) -> Result<Option<(usize, Option<ParsedHead>)>, Error> {
     let code = r.code.unwrap_or(0);
     let status = StatusCode::from_u16(code).map_err(|_| protocol(format!("status {code}")))?;
     if status.is_informational() && code != 101 {
@@ -601,6 +623,10 @@ fn parse_head(buf: &Bytes) -> Result<Option<(usize, Option<ParsedHead>)>, Error>
                 }
             }
         }
+        // Hop-by-hop headers describe this connection: used above, never passed on.
+        if is_hop_by_hop(&name) {
+            continue;
+        }
         // The head is shared: every value is a slice of it, not a copy.
         let value = HeaderValue::from_maybe_shared(buf.slice_ref(h.value))
             .map_err(|_| protocol(format!("header `{}`: invalid value", h.name)))?;
@@ -616,6 +642,18 @@ fn parse_head(buf: &Bytes) -> Result<Option<(usize, Option<ParsedHead>)>, Error>
             close,
         }),
     )))
+}
+
+/// RFC 9110 §7.6.1 (and the legacy `keep-alive` / `proxy-connection`).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    use http::header::{CONNECTION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
+    name == CONNECTION
+        || name == TRANSFER_ENCODING
+        || name == TE
+        || name == TRAILER
+        || name == UPGRADE
+        || name.as_str() == "keep-alive"
+        || name.as_str() == "proxy-connection"
 }
 
 impl ParsedHead {
@@ -1056,6 +1094,10 @@ mod tests {
                 assert_eq!(h["x-custom"], "yes");
             } else {
                 assert_eq!(body, b"hello world");
+                assert!(
+                    !h.contains_key("transfer-encoding"),
+                    "hop-by-hop headers are not returned"
+                );
             }
         }
         assert_eq!(s.conns.load(Ordering::SeqCst), 1);
@@ -1119,6 +1161,26 @@ mod tests {
             (429, &b"2"[..], &b"slow"[..])
         );
         assert_eq!(s.conns.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn many_headers_parse_and_too_many_are_refused() {
+        fn head(n: usize) -> &'static [u8] {
+            let mut h = String::from("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n");
+            for i in 0..n {
+                h.push_str(&format!("x-h{i}: v{i}\r\n"));
+            }
+            h.push_str("\r\nok");
+            Box::leak(h.into_bytes().into_boxed_slice())
+        }
+        let s = script(vec![head(60), head(200)], 100).await;
+        let c = Connector::new().unwrap();
+        let cl = client(&c, s.addr);
+        let (st, h, b) = get(&cl, "/a").await.unwrap();
+        assert_eq!((st, h.len(), b.as_slice()), (200, 61, &b"ok"[..]));
+        assert_eq!(h["x-h59"], "v59");
+        let e = get(&cl, "/a").await.unwrap_err();
+        assert!(matches!(e, Error::Protocol(_)), "{e}");
     }
 
     #[tokio::test]
