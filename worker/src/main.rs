@@ -36,6 +36,10 @@ struct Args {
     /// Largest accepted request body.
     #[arg(long, env = "SWITCHYARD_MAX_BODY_BYTES", default_value_t = 32 * 1024 * 1024)]
     max_body_bytes: usize,
+    /// Threads serving traffic (default: the CPUs this process may run on). With one, the
+    /// worker runs on a single-threaded runtime: no work-stealing machinery to pay for.
+    #[arg(long, env = "SWITCHYARD_WORKER_THREADS")]
+    threads: Option<std::num::NonZeroUsize>,
     /// Consecutive failures that eject a backend or credential.
     #[arg(long, env = "SWITCHYARD_EJECT_AFTER", default_value_t = 3)]
     eject_after: u32,
@@ -58,9 +62,33 @@ fn default_worker_id() -> String {
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let threads = args
+        .threads
+        .map(std::num::NonZeroUsize::get)
+        .or_else(|| {
+            std::thread::available_parallelism()
+                .ok()
+                .map(std::num::NonZeroUsize::get)
+        })
+        .unwrap_or(1);
+    let mut rt = if threads == 1 {
+        // Pinned to one CPU (or asked for one thread), a work-stealing scheduler only
+        // costs: every wake-up goes through its queues and atomics for nobody to steal.
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads);
+        b
+    };
+    rt.enable_all()
+        .build()
+        .context("start the runtime")?
+        .block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
