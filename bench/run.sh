@@ -20,7 +20,7 @@ else
 fi
 SAT_CONNECTIONS="${SAT_CONNECTIONS:-50}"
 FIXED_RATE="${FIXED_RATE:-200}"
-ROWS="${ROWS:-direct nginx switchyard}"          # which rows to run
+ROWS="${ROWS:-direct nginx nginx-nolog switchyard}"  # which rows to run
 SCENARIOS="${SCENARIOS:-saturation fixed200 stream slow}"
 SUT_CPU="${SUT_CPU:-1}"                          # system under test
 LOAD_CPU="${LOAD_CPU:-0}"                        # load generator + mock
@@ -55,7 +55,7 @@ if ! command -v oha >/dev/null; then
   CARGO_TARGET_DIR="$TOOLS_DIR/target" cargo install oha --locked --root "$TOOLS_DIR" >&2
 fi
 NGINX="$(command -v nginx || true)"; [[ -z "$NGINX" && -x /usr/sbin/nginx ]] && NGINX=/usr/sbin/nginx
-if [[ -z "$NGINX" && " $ROWS " == *" nginx "* ]]; then
+if [[ -z "$NGINX" && " $ROWS " == *" nginx"* ]]; then
   log "installing nginx from Debian"
   SUDO=""; [[ "$(id -u)" != 0 ]] && SUDO="sudo"
   $SUDO apt-get install -y nginx-light >&2 || { $SUDO apt-get update >&2 && $SUDO apt-get install -y nginx-light >&2; }
@@ -141,26 +141,31 @@ log "mock on $MOCK_URL"
 declare -A URL PID KEY EXTRA
 URL[direct]="$MOCK_URL"; PID[direct]=$PID_mock; KEY[direct]=""
 
-start_nginx() {
-  command -v "$NGINX" >/dev/null 2>&1 || [[ -x "$NGINX" ]] || { SKIPPED+="nginx (not installed); "; return 1; }
-  local port; port="$(free_port)"; mkdir -p "$WORK/nginx/logs"
+start_nginx() {  # start_nginx ROW: nginx (buffered access log, like the worker's) or nginx-nolog
+  local row=$1
+  command -v "$NGINX" >/dev/null 2>&1 || [[ -x "$NGINX" ]] || { SKIPPED+="$row (not installed); "; return 1; }
+  local port; port="$(free_port)"; mkdir -p "$WORK/$row/logs"
   # As root, nginx would hand its worker to `nobody`, which cannot use our private temp dir.
   local user_line=""; [[ "$(id -u)" == 0 ]] && user_line="user root;"
-  cat >"$WORK/nginx/nginx.conf" <<EOF
+  # The worker writes an access line per request, batched in memory and written every 100 ms;
+  # nginx gets the same (its buffered access log). nginx-nolog shows what that costs nginx.
+  local access="access_log $WORK/$row/logs/access.log combined buffer=64k flush=100ms;"
+  [[ "$row" == nginx-nolog ]] && access="access_log off;"
+  cat >"$WORK/$row/nginx.conf" <<EOF
 $user_line
 worker_processes 1;
 daemon off;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/logs/error.log warn;
+pid $WORK/$row/nginx.pid;
+error_log $WORK/$row/logs/error.log warn;
 worker_rlimit_nofile $FD_LIMIT;
 events { worker_connections $((FD_LIMIT - 100)); }
 http {
-  access_log off;
-  client_body_temp_path $WORK/nginx/body;
-  proxy_temp_path $WORK/nginx/proxy;
-  fastcgi_temp_path $WORK/nginx/fastcgi;
-  uwsgi_temp_path $WORK/nginx/uwsgi;
-  scgi_temp_path $WORK/nginx/scgi;
+  $access
+  client_body_temp_path $WORK/$row/body;
+  proxy_temp_path $WORK/$row/proxy;
+  fastcgi_temp_path $WORK/$row/fastcgi;
+  uwsgi_temp_path $WORK/$row/uwsgi;
+  scgi_temp_path $WORK/$row/scgi;
   keepalive_requests 1000000;
   keepalive_timeout 75s;
   tcp_nodelay on;
@@ -178,9 +183,10 @@ http {
   }
 }
 EOF
-  start nginx "$SUT_CPU" "$NGINX" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -e "$WORK/nginx/logs/error.log"
-  URL[nginx]="http://127.0.0.1:$port"; PID[nginx]=$PID_nginx; KEY[nginx]=""
-  wait_http "${URL[nginx]}/v1/chat/completions" 10 || { SKIPPED+="nginx (did not start: $(tail -2 "$WORK/nginx/logs/error.log")); "; return 1; }
+  start "$row" "$SUT_CPU" "$NGINX" -p "$WORK/$row" -c "$WORK/$row/nginx.conf" -e "$WORK/$row/logs/error.log"
+  local pid_var="PID_${row//-/_}"
+  URL[$row]="http://127.0.0.1:$port"; PID[$row]=${!pid_var}; KEY[$row]=""
+  wait_http "${URL[$row]}/v1/chat/completions" 10 || { SKIPPED+="$row (did not start: $(tail -2 "$WORK/$row/logs/error.log")); "; return 1; }
 }
 
 # Control (SQLite in the work dir) + worker, configured through the `switchyard` CLI.
@@ -241,7 +247,7 @@ ACTIVE=()
 for row in $ROWS; do
   case $row in
     direct) ACTIVE+=(direct) ;;
-    nginx) if start_nginx; then ACTIVE+=(nginx); else log "skipping nginx row: $SKIPPED"; fi ;;
+    nginx|nginx-nolog) if start_nginx "$row"; then ACTIVE+=("$row"); else log "skipping $row row: $SKIPPED"; fi ;;
     switchyard) if start_switchyard; then ACTIVE+=(switchyard); else log "skipping switchyard row: $SKIPPED"; fi ;;
     *) die "unknown row $row" ;;
   esac
@@ -259,6 +265,9 @@ oha_run() {  # oha_run ROW SCENARIO REP OHA-ARGS...
     "${auth[@]}" -d "$BODY" "$@" "${URL[$row]}/v1/chat/completions"
 }
 has() { [[ " $SCENARIOS " == *" $1 "* ]]; }
+settle() {  # settle ROW: wait until the row's processes are idle (deadline 60 s)
+  python3 "$LIB" settle --pid "${PID[$1]}" ${EXTRA[$1]:+--pid "${EXTRA[$1]}"}
+}
 
 for row in "${ACTIVE[@]}"; do
   # Warm up connection pools and caches once per row.
@@ -267,17 +276,37 @@ for row in "${ACTIVE[@]}"; do
     -d "$BODY" "${URL[$row]}/v1/chat/completions" >/dev/null 2>&1 || true
 done
 
+# (d) once per row, first: many concurrent slow streams (a chunk per second for 10 minutes).
+# First, so that "idle RSS" is a fresh process's (after the warm-up), not what an allocator kept
+# from the saturation runs.
+if has slow; then
+  for row in "${ACTIVE[@]}"; do
+    settle "$row"
+    log "$row: $SLOW_STREAMS concurrent slow streams"
+    mock_ctl /_mock/default '{"stream_chunks":600,"chunk_delay_ms":1000}'
+    taskset -c "$LOAD_CPU" python3 "$LIB" slow --out "$RAW" --row "$row" --pid "${PID[$row]}" \
+      --url "${URL[$row]}/v1/chat/completions" ${KEY[$row]:+--key "${KEY[$row]}"} -n "$SLOW_STREAMS" \
+      || log "slow streams failed for $row"
+    mock_ctl /_mock/reset
+    settle "$row"; settle direct  # the closed streams drain (the mock notices at its next chunk)
+  done
+fi
+
+
 for rep in $(seq 1 "$REPS"); do
   for row in "${ACTIVE[@]}"; do
     if has saturation; then
+      settle "$row"
       log "rep $rep: $row saturation ($SAT_DURATION, $SAT_CONNECTIONS connections)"
       oha_run "$row" saturation "$rep" -z "$SAT_DURATION" -c "$SAT_CONNECTIONS"
     fi
     if has fixed200; then
+      settle "$row"
       log "rep $rep: $row fixed $FIXED_RATE req/s ($FIXED_DURATION)"
       oha_run "$row" fixed200 "$rep" -z "$FIXED_DURATION" -c 20 -q "$FIXED_RATE" --latency-correction
     fi
     if has stream; then
+      settle "$row"
       log "rep $rep: $row streams (20 chunks burst x$STREAM_N, paced 5 ms x$PACED_N)"
       mock_ctl /_mock/default '{"stream_chunks":20,"chunk_delay_ms":0}'
       taskset -c "$LOAD_CPU" python3 "$LIB" stream --out "$RAW" --row "$row" --rep "$rep" \
@@ -290,19 +319,6 @@ for rep in $(seq 1 "$REPS"); do
     fi
   done
 done
-
-# (d) once per row: many concurrent slow streams (a chunk per second for 10 minutes).
-if has slow; then
-  for row in "${ACTIVE[@]}"; do
-    log "$row: $SLOW_STREAMS concurrent slow streams"
-    mock_ctl /_mock/default '{"stream_chunks":600,"chunk_delay_ms":1000}'
-    taskset -c "$LOAD_CPU" python3 "$LIB" slow --out "$RAW" --row "$row" --pid "${PID[$row]}" \
-      --url "${URL[$row]}/v1/chat/completions" ${KEY[$row]:+--key "${KEY[$row]}"} -n "$SLOW_STREAMS" \
-      || log "slow streams failed for $row"
-    mock_ctl /_mock/reset
-    sleep 2  # let the closed streams drain before the next row
-  done
-fi
 
 # --- report -----------------------------------------------------------------------------------------
 mkdir -p "$RESULTS_DIR"

@@ -48,6 +48,13 @@ fn json_body() -> Bytes {
     )
 }
 
+/// The mock's canned non-streaming reply (what the benchmark's requests get).
+fn mock_body() -> Bytes {
+    Bytes::from_static(
+        b"{\"choices\":[{\"finish_reason\":\"stop\",\"index\":0,\"message\":{\"content\":\"This is a canned reply from switchyard-mock, the scriptable upstream used by the Switchyard tests and benchmark. It is long enough that the response has a realistic size, and short enough that it costs nothing to send over loopback. Nothing in it matters except its size, which is close to what a short chat answer weighs.\",\"role\":\"assistant\"}}],\"created\":1796140827,\"id\":\"chatcmpl-mock\",\"model\":\"mock-model\",\"object\":\"chat.completion\",\"usage\":{\"completion_tokens\":48,\"completion_tokens_details\":{\"reasoning_tokens\":0},\"prompt_tokens\":12,\"prompt_tokens_details\":{\"cached_tokens\":0},\"total_tokens\":60}}",
+    )
+}
+
 fn event(u: Usage) -> UsageEvent {
     UsageEvent {
         ts_ms: 1,
@@ -87,6 +94,10 @@ fn bench(c: &mut Criterion) {
     let (sink, mut rx) = ReportSink::new(1 << 16, Counter::default());
     let mut g = c.benchmark_group("accounting");
     g.bench_function("json body: usage only", |b| b.iter(|| scan(&body, false, false)));
+    let mock = [mock_body()];
+    g.bench_function("mock reply (669 B): usage only", |b| {
+        b.iter(|| scan(&mock, false, false))
+    });
     g.bench_function("json body: usage + report", |b| {
         b.iter(|| {
             sink.record(event(scan(&body, false, false)));
