@@ -332,3 +332,111 @@ store_test!(health_state_and_history, |db: TestDb| async move {
     assert_eq!(by_provider.len(), 4);
     Ok(())
 });
+
+store_test!(
+    report_counts_duplicates_in_large_reports,
+    |db: TestDb| async move {
+        let p = spawn_control(&db, &[]).await?;
+        let mut w = worker_with(&p, Some(WORKER_TOKEN)).await?;
+        sqlx::any::install_default_drivers();
+        let pool = sqlx::AnyPool::connect(&db.url).await?;
+        let stored = || async {
+            let (n, tokens): (i64, i64) = sqlx::query_as(
+            "SELECT CAST(COUNT(*) AS BIGINT), CAST(COALESCE(SUM(total_tokens), 0) AS BIGINT) FROM usage_records",
+        )
+        .fetch_one(&pool)
+        .await?;
+            anyhow::Ok((n, tokens))
+        };
+        let now = now_ms();
+        let with_id = |id: String, tokens: u64| pb::UsageRecord {
+            id,
+            total_tokens: tokens,
+            ..rec("k", "m1", "", now, 200, "ok", 5, 1)
+        };
+
+        // 1,037 records (ten full statements and a remainder of 37), 1,000 distinct ids: the
+        // last 37 repeat ids of the first statement, and u500 comes twice in a row. The first
+        // of each id is stored (tokens 1), the later ones (tokens 1000) are duplicates.
+        let mut usage: Vec<_> = (0..1000).map(|i| with_id(format!("u{i}"), 1)).collect();
+        usage.insert(501, with_id("u500".into(), 1000));
+        usage.extend((0..36).map(|i| with_id(format!("u{i}"), 1000)));
+        assert_eq!(usage.len(), 1037);
+        let batch = |usage: Vec<pb::UsageRecord>, health: Vec<pb::HealthEvent>| pb::ReportRequest {
+            worker_id: "w1".into(),
+            batch_id: "big".into(),
+            usage,
+            health,
+        };
+        let health: Vec<_> = (0..250)
+            .map(|i| pb::HealthEvent {
+                id: format!("h{}", i % 200),
+                ts_ms: now,
+                kind: "backend".into(),
+                model: "m1".into(),
+                backend: "b1".into(),
+                healthy: i % 2 == 0,
+                ..Default::default()
+            })
+            .collect();
+        let r = w.report(batch(usage.clone(), health.clone())).await?.into_inner();
+        assert_eq!(
+            (
+                r.usage_stored,
+                r.usage_duplicates,
+                r.health_stored,
+                r.health_duplicates
+            ),
+            (1000, 37, 200, 50)
+        );
+        assert_eq!(stored().await?, (1000, 1000));
+        let worker: String = sqlx::query_scalar("SELECT worker_id FROM usage_records WHERE id = 'u7'")
+            .fetch_one(&pool)
+            .await?;
+        assert_eq!(worker, "w1", "an empty worker_id takes the report's");
+
+        // Resent: every record a duplicate.
+        let r = w.report(batch(usage, health)).await?.into_inner();
+        assert_eq!(
+            (
+                r.usage_stored,
+                r.usage_duplicates,
+                r.health_stored,
+                r.health_duplicates
+            ),
+            (0, 1037, 0, 250)
+        );
+
+        // New ids mixed with stored ones and with ids already rolled up (usage_rolled_ids).
+        sqlx::query("INSERT INTO usage_rolled_ids (id, rolled_at_ms) VALUES ('gone1', 1), ('gone2', 1)")
+            .execute(&pool)
+            .await?;
+        let mixed: Vec<_> = (995..1150)
+            .map(|i| with_id(format!("u{i}"), 1))
+            .chain(["gone1", "gone2", "u1200", "gone1"].map(|id| with_id(id.into(), 1)))
+            .collect();
+        let r = w.report(batch(mixed, vec![])).await?.into_inner();
+        assert_eq!((r.usage_stored, r.usage_duplicates), (151, 8));
+        assert_eq!(stored().await?, (1151, 1151));
+
+        // An empty id anywhere fails the whole report; nothing of it is stored.
+        for (usage, health) in [
+            (
+                (0..300)
+                    .map(|i| with_id(if i == 250 { String::new() } else { format!("x{i}") }, 1))
+                    .collect::<Vec<_>>(),
+                vec![],
+            ),
+            (
+                (0..300).map(|i| with_id(format!("y{i}"), 1)).collect(),
+                vec![pb::HealthEvent::default()],
+            ),
+        ] {
+            let e = w.report(batch(usage, health)).await.unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+        }
+        assert_eq!(stored().await?, (1151, 1151));
+        pool.close().await;
+        Ok(())
+    }
+);
