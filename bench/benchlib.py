@@ -355,7 +355,7 @@ def cmd_table(a: argparse.Namespace) -> None:
     o = [f"# Switchyard benchmark — {machine['date']}", ""]
     o += [f"- Machine: {machine['cpu']} · {machine['nproc']} CPUs · kernel {machine['kernel']}",
           f"- Pinning: system under test on CPU {machine['sut_cpu']}; load generator and mock on CPU "
-          f"{machine['load_cpu']}",
+          f"{machine['load_cpu']}; Switchyard's control plane on CPU {machine.get('control_cpu', machine['sut_cpu'])}",
           f"- Tools: {machine['oha']}, {machine['nginx']}; mode: {machine['mode']}; each figure is the median "
           f"of {machine['reps']} runs",
           f"- Load average (1/5/15 min, from /proc/loadavg) at the start: {machine.get('loadavg_start', 'n/a')}; "

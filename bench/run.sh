@@ -24,6 +24,7 @@ ROWS="${ROWS:-direct nginx nginx-nolog switchyard}"  # which rows to run
 SCENARIOS="${SCENARIOS:-saturation fixed200 stream slow}"
 SUT_CPU="${SUT_CPU:-1}"                          # system under test
 LOAD_CPU="${LOAD_CPU:-0}"                        # load generator + mock
+CONTROL_CPU="${CONTROL_CPU:-$LOAD_CPU}"          # the control plane: not the system under test
 TOOLS_DIR="${TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/switchyard-bench}"
 RESULTS_DIR="${RESULTS_DIR:-$BENCH/results}"
 NO_BUILD="${NO_BUILD:-0}"                        # 1: use binaries already in the target dir
@@ -196,7 +197,7 @@ start_switchyard() {
     [[ -x "$BIN/$b" ]] || { SKIPPED+="switchyard ($b not built); "; return 1; }
   done
   mkdir -p "$WORK/control" "$WORK/worker"
-  start control "$SUT_CPU" "$BIN/switchyard-control" --data-dir "$WORK/control" \
+  start control "$CONTROL_CPU" "$BIN/switchyard-control" --data-dir "$WORK/control" \
     --grpc-listen 127.0.0.1:0 --http-listen 127.0.0.1:0
   local grpc; grpc="$(wait_listening control grpc)" || { SKIPPED+="switchyard (control did not start); "; return 1; }
   export SWITCHYARD_CONTROL_URL="http://$grpc"
@@ -335,7 +336,7 @@ def ver(cmd):
     except Exception:
         return "n/a"
 json.dump({"date": "$DATE", "cpu": cpu, "nproc": os.cpu_count(), "kernel": platform.release(),
-           "sut_cpu": "$SUT_CPU", "load_cpu": "$LOAD_CPU", "oha": ver(["oha", "--version"]),
+           "sut_cpu": "$SUT_CPU", "load_cpu": "$LOAD_CPU", "control_cpu": "$CONTROL_CPU", "oha": ver(["oha", "--version"]),
            "nginx": ver(["$NGINX", "-v"]) if "$NGINX" else "nginx n/a",
            "mode": "QUICK" if "$QUICK" == "1" else "full", "reps": $REPS,
            "notes": "$NOTES", "skipped": "$SKIPPED",
