@@ -7,6 +7,7 @@ Subcommands (run.sh drives them; each appends one JSON line per measurement to -
   stream  time-to-first-byte and total time of sequential streaming requests (raw sockets)
   slow    hold N concurrent slow streams open and measure the SUT's RSS per open stream
   table   turn the JSON lines into the Markdown report (medians, ratios vs nginx and direct)
+  criterion  turn criterion's results (<target>/criterion/**/new/) into JSON lines (scenario micro)
   settle  wait (with a deadline) until the systems under test are idle: the work a run leaves
           behind (queued usage reports, the control plane storing them) must not land in the
           next measurement
@@ -133,6 +134,22 @@ def cmd_settle(a: argparse.Namespace) -> None:
         if waited > a.timeout:
             print(f"[settle] still {util:.0%} busy after {waited:.0f} s; measuring anyway", file=sys.stderr)
             return
+
+
+def cmd_criterion(a: argparse.Namespace) -> None:
+    """One record per criterion benchmark of this run: its full id and median time (ns)."""
+    n = 0
+    for bj in sorted(Path(a.dir).glob("**/new/benchmark.json")):
+        try:
+            meta = json.loads(bj.read_text())
+            est = json.loads((bj.parent / "estimates.json").read_text())
+        except (OSError, ValueError):
+            continue
+        emit(a.out, {"row": "switchyard", "scenario": "micro", "rep": 1, "name": meta["full_id"],
+                     "median_ns": est["median"]["point_estimate"]})
+        n += 1
+    if n == 0:
+        sys.exit(f"no criterion results under {a.dir}")
 
 
 def emit(out: str, rec: dict) -> None:
@@ -433,6 +450,37 @@ def cmd_table(a: argparse.Namespace) -> None:
                  f"{f(full / 1024 if full else None, 1)} | {f(med(r, 'slow_streams', 'bytes_per_stream'), 0)} |")
     o.append("")
 
+    micro = {r["name"]: r["median_ns"] for r in recs if r["scenario"] == "micro"}
+
+    def ns(v):
+        if v is None:
+            return "–"
+        return f"{v:,.0f} ns" if v < 10_000 else (f"{v / 1e3:,.1f} µs" if v < 10_000_000 else f"{v / 1e6:,.1f} ms")
+
+    sections.append((("micro",), len(o)))
+    o += ["## (e) Micro-benches (criterion, median, worker code on CPU " + str(machine["sut_cpu"]) + ")", "",
+          "Each strategy's pick over N endpoints:", "",
+          "| strategy | 1 | 10 | 100 | 1,000 |", "|---|---:|---:|---:|---:|"]
+    strategies = sorted({k.split("/")[1] for k in micro if k.startswith("pick/")})
+    for st in strategies:
+        o.append(f"| {st} | " + " | ".join(ns(micro.get(f"pick/{st}/{n}")) for n in (1, 10, 100, 1000)) + " |")
+    o += ["", "| snapshot apply, 5,000 backends | median |", "|---|---:|"]
+    for k in ("cold", "warm", "decode+warm"):
+        o.append(f"| {k} | {ns(micro.get(f'snapshot_apply/{k}/5000'))} |")
+    o += ["", "`warm`: a config change on a running worker (live state kept by identity); `decode+warm` adds the "
+          "protobuf decode; `cold`: the first snapshot.", "",
+          "| body | scan | scan+rewrite | scan+rewrite+usage | memcpy | rewrite GiB/s | rewrite − scan vs memcpy |",
+          "|---|---:|---:|---:|---:|---:|---:|"]
+    sizes = {"1KB": 1 << 10, "100KB": 100 << 10, "10MB": 10 << 20}
+    for label, size in sizes.items():
+        g = lambda x: micro.get(f"body/{label}/{x}")  # noqa: E731
+        sr, sc, mc = g("scan+rewrite"), g("scan"), g("memcpy")
+        gib = size / sr / 1.073741824 if sr else None
+        copies = (sr - sc) / mc if sr and sc and mc else None
+        o.append(f"| {label} | {ns(sc)} | {ns(sr)} | {ns(g('scan+rewrite+usage'))} | {ns(mc)} | "
+                 f"{f(gib, 2)} | {f(copies, 2)}× |")
+    o.append("")
+
     sections.append(((), len(o)))
     # Drop the sections whose scenario was not run.
     keep = o[:sections[0][1]]
@@ -469,8 +517,24 @@ def cmd_table(a: argparse.Namespace) -> None:
               f"| added p99 at 200 req/s ≤ 150 µs | {f(add_p99, 0)} µs | {verdict(None if add_p99 is None else add_p99 <= 150)} |",
               f"| added TTFB, paced stream ≤ 150 µs | {f(add_ttfb, 0)} µs | {verdict(None if add_ttfb is None else add_ttfb <= 150)} |",
               f"| idle RSS < 30 MB | {f(sy_idle / 1024 if sy_idle else None, 1)} MiB | {verdict(None if sy_idle is None else sy_idle * 1024 < 30e6)} |",
-              f"| 10k open streams < 150 MB | {streams_cell} | {verdict(None if est10k is None else est10k < 150e6)} |",
-              ""]
+              f"| 10k open streams < 150 MB | {streams_cell} | {verdict(None if est10k is None else est10k < 150e6)} |"]
+        if micro:
+            picks = [v for k, v in micro.items() if k.startswith("pick/") and k.endswith("/1000")]
+            worst = max(picks) if picks else None
+            warm = micro.get("snapshot_apply/warm/5000")
+            dwarm = micro.get("snapshot_apply/decode+warm/5000")
+            r1, r10 = micro.get("body/1KB/scan+rewrite"), micro.get("body/10MB/scan+rewrite")
+            flat = (r10 / (10 << 20)) / (r1 / (1 << 10)) if r1 and r10 else None
+            c10 = [micro.get(f"body/10MB/{x}") for x in ("scan+rewrite", "scan", "memcpy")]
+            copies = (c10[0] - c10[1]) / c10[2] if all(c10) else None
+            o += [f"| strategy pick at 1,000 backends < 200 ns (slowest strategy) | {ns(worst)} | "
+                  f"{verdict(None if worst is None else worst < 200)} |",
+                  f"| snapshot apply at 5,000 backends < 10 ms (warm; with decode) | {ns(warm)}; {ns(dwarm)} | "
+                  f"{verdict(None if warm is None else warm < 10e6)} |",
+                  f"| body rewrite linear (time per byte, 10 MB vs 1 KB), at most one copy "
+                  f"(rewrite − scan, in memcpys, at 10 MB) | {f(flat, 2)}×; {f(copies, 2)} | "
+                  f"{verdict(None if flat is None or copies is None else flat < 1.5 and copies < 1.5)} |"]
+        o.append("")
     Path(a.md).write_text("\n".join(o))
     print("\n".join(o))
 
@@ -513,6 +577,11 @@ def main() -> None:
     s.add_argument("--machine", required=True)
     s.add_argument("--md", required=True)
     s.set_defaults(fn=cmd_table)
+
+    s = sub.add_parser("criterion")
+    s.add_argument("--dir", required=True, help="criterion's output dir (<target>/criterion)")
+    s.add_argument("--out", required=True)
+    s.set_defaults(fn=cmd_criterion)
 
     s = sub.add_parser("settle")
     s.add_argument("--pid", type=int, action="append", required=True, help="root pid (repeatable)")

@@ -21,7 +21,7 @@ fi
 SAT_CONNECTIONS="${SAT_CONNECTIONS:-50}"
 FIXED_RATE="${FIXED_RATE:-200}"
 ROWS="${ROWS:-direct nginx nginx-nolog switchyard}"  # which rows to run
-SCENARIOS="${SCENARIOS:-saturation fixed200 stream slow}"
+SCENARIOS="${SCENARIOS:-saturation fixed200 stream slow micro}"
 SUT_CPU="${SUT_CPU:-1}"                          # system under test
 LOAD_CPU="${LOAD_CPU:-0}"                        # load generator + mock
 CONTROL_CPU="${CONTROL_CPU:-$LOAD_CPU}"          # the control plane: not the system under test
@@ -320,6 +320,19 @@ for rep in $(seq 1 "$REPS"); do
     fi
   done
 done
+
+# (e) criterion micro-benches of the worker's code, pinned like the worker, once.
+if has micro && [[ "$SY_BUILD_OK" == 1 ]]; then
+  MICRO_TIME="${MICRO_TIME:-3}"; [[ "$QUICK" == 1 ]] && MICRO_TIME="${MICRO_TIME_QUICK:-1}"
+  log "micro-benches (criterion, ${MICRO_TIME}s each, on CPU $SUT_CPU)"
+  rm -rf "$CARGO_TARGET_DIR/criterion"   # only this run's figures
+  if (cd "$ROOT" && taskset -c "$SUT_CPU" cargo bench -p switchyard-worker --bench balance --bench hotpath -- \
+        --warm-up-time 1 --measurement-time "$MICRO_TIME" >"$WORK/criterion.out" 2>&1); then
+    python3 "$LIB" criterion --dir "$CARGO_TARGET_DIR/criterion" --out "$RAW" 2>/dev/null
+  else
+    log "micro-benches failed: $(tail -3 "$WORK/criterion.out")"; SKIPPED+="micro (cargo bench failed); "
+  fi
+fi
 
 # --- report -----------------------------------------------------------------------------------------
 mkdir -p "$RESULTS_DIR"

@@ -101,7 +101,7 @@ fn bench(c: &mut Criterion) {
     g.bench_function("json body: usage + report", |b| {
         b.iter(|| {
             sink.record(event(scan(&body, false, false)));
-            rx.try_recv().unwrap()
+            rx.drain().pop().unwrap()
         })
     });
     g.bench_function("openai sse (22 chunks): usage only", |b| {
@@ -113,7 +113,7 @@ fn bench(c: &mut Criterion) {
     g.bench_function("openai sse (22 chunks): usage + strip + report", |b| {
         b.iter(|| {
             sink.record(event(scan(&oa, true, true)));
-            rx.try_recv().unwrap()
+            rx.drain().pop().unwrap()
         })
     });
     g.bench_function("anthropic sse (22 chunks): usage only", |b| {
@@ -122,13 +122,13 @@ fn bench(c: &mut Criterion) {
     g.bench_function("anthropic sse (22 chunks): usage + report", |b| {
         b.iter(|| {
             sink.record(event(scan(&an, true, false)));
-            rx.try_recv().unwrap()
+            rx.drain().pop().unwrap()
         })
     });
-    g.bench_function("report only (event build + try_send + recv)", |b| {
+    g.bench_function("report only (event build + queue + drain)", |b| {
         b.iter(|| {
             sink.record(event(Usage::default()));
-            rx.try_recv().unwrap()
+            rx.drain().pop().unwrap()
         })
     });
     g.finish();

@@ -160,7 +160,6 @@ impl Clock {
     }
 }
 
-/// Unix epoch milliseconds (key expiry, timestamps).
 /// A v7 UUID from the thread-local RNG. `Uuid::now_v7` asks the kernel for randomness on
 /// every call (a `getrandom` syscall), which the request path cannot afford.
 pub fn fast_uuid_v7() -> uuid::Uuid {
@@ -169,6 +168,13 @@ pub fn fast_uuid_v7() -> uuid::Uuid {
     uuid::Builder::from_unix_timestamp_millis(ms, &rnd).into_uuid()
 }
 
+/// `fast_uuid_v7` as a hyphenated string, in one exact allocation.
+pub fn fast_uuid_v7_string() -> String {
+    let mut buf = uuid::Uuid::encode_buffer();
+    fast_uuid_v7().hyphenated().encode_lower(&mut buf).to_owned()
+}
+
+/// Unix epoch milliseconds (key expiry, timestamps).
 pub fn unix_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -297,7 +303,7 @@ pub async fn start(cfg: Config) -> Result<Running, Error> {
     let shutdown = CancellationToken::new();
     let metrics = metrics::Metrics::new();
     // Reporting to control: unless the embedder brought its own sink, usage goes into
-    // the reporter's bounded queue (the hot path only `try_send`s). Health flips are
+    // the reporter's bounded queue (the hot path only pushes). Health flips are
     // sampled by the reporter itself (see `report`).
     let mut reporter = None;
     let mut usage_sink = cfg.usage_sink.clone();

@@ -94,13 +94,27 @@ fn models_response(shared: &Shared, headers: &HeaderMap) -> Response<ProxyBody> 
     r
 }
 
+/// `x-switchyard-retries`: the usual small counts without an allocation each.
+fn retries_header(n: u32) -> HeaderValue {
+    static SMALL: [HeaderValue; 4] = [
+        HeaderValue::from_static("0"),
+        HeaderValue::from_static("1"),
+        HeaderValue::from_static("2"),
+        HeaderValue::from_static("3"),
+    ];
+    SMALL
+        .get(n as usize)
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from(n))
+}
+
 fn request_id(headers: &HeaderMap) -> String {
     headers
         .get(&X_REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 200)
         .map(str::to_owned)
-        .unwrap_or_else(|| crate::fast_uuid_v7().to_string())
+        .unwrap_or_else(crate::fast_uuid_v7_string)
 }
 
 async fn proxy(shared: Arc<Shared>, req: Request<Incoming>, kind: ProviderKind) -> Response<ProxyBody> {
@@ -136,7 +150,7 @@ async fn proxy(shared: Arc<Shared>, req: Request<Incoming>, kind: ProviderKind) 
             fin.done(outcome, None);
             let mut r = e.into_response(dialect);
             if retries > 0 {
-                r.headers_mut().insert(&X_RETRIES, HeaderValue::from(retries));
+                r.headers_mut().insert(&X_RETRIES, retries_header(retries));
             }
             r
         }
@@ -605,7 +619,7 @@ fn build_response(
     }
     h.insert(&X_BACKEND, backend.name_header.clone());
     h.insert(&X_PROVIDER, provider.name_header.clone());
-    h.insert(&X_RETRIES, HeaderValue::from(retries));
+    h.insert(&X_RETRIES, retries_header(retries));
     *resp.headers_mut() = h;
     resp
 }

@@ -1,6 +1,6 @@
 //! Reporting usage and health to control (`WorkerApi.Report`).
 //!
-//! The hot path only calls [`ReportSink::record`], a `try_send` into a bounded queue:
+//! The hot path only calls [`ReportSink::record`], a push onto a bounded queue:
 //! when it is full the record is counted as dropped (`switchyard_reports_dropped_total`
 //! plus a rate-limited warning) and the request goes on. One owned background task
 //! ([`run`]) turns the queue into batches (every second or 500 records) with uuid-v7
@@ -29,7 +29,6 @@ use std::{
 use prometheus_client::metrics::counter::Counter;
 use prost::Message;
 use switchyard_proto as pb;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -79,33 +78,79 @@ impl ReportConfig {
     }
 }
 
-/// The hot-path end: never blocks, counts what it has to drop.
+/// The hot-path end: never blocks, counts what it has to drop. A vector behind a lock that
+/// the reporter swaps out every 50 ms: a push is a lock and a move, where a channel paid a
+/// semaphore, a block list and atomics per record.
 #[derive(Debug)]
 pub struct ReportSink {
-    tx: mpsc::Sender<UsageEvent>,
+    queue: Arc<Queue>,
     dropped: Counter,
     last_warn_s: AtomicU64,
     start: Instant,
 }
 
+#[derive(Debug)]
+struct Queue {
+    events: parking_lot::Mutex<Vec<UsageEvent>>,
+    capacity: usize,
+}
+
+/// The reporter's end of the queue.
+#[derive(Debug)]
+pub struct ReportQueue {
+    queue: Arc<Queue>,
+    spare: Vec<UsageEvent>,
+}
+
+impl ReportQueue {
+    /// Everything queued so far, oldest first (the returned vector is reused by the next
+    /// call: hand it back through `recycle`).
+    pub fn drain(&mut self) -> Vec<UsageEvent> {
+        let mut out = std::mem::take(&mut self.spare);
+        std::mem::swap(&mut *self.queue.events.lock(), &mut out);
+        out
+    }
+
+    /// Give a drained (and emptied) vector back, so that its capacity is reused.
+    pub fn recycle(&mut self, mut v: Vec<UsageEvent>) {
+        v.clear();
+        self.spare = v;
+    }
+}
+
 impl ReportSink {
-    pub fn new(capacity: usize, dropped: Counter) -> (Arc<Self>, mpsc::Receiver<UsageEvent>) {
-        let (tx, rx) = mpsc::channel(capacity.max(1));
+    pub fn new(capacity: usize, dropped: Counter) -> (Arc<Self>, ReportQueue) {
+        let queue = Arc::new(Queue {
+            events: parking_lot::Mutex::new(Vec::new()),
+            capacity: capacity.max(1),
+        });
         (
             Arc::new(Self {
-                tx,
+                queue: queue.clone(),
                 dropped,
                 last_warn_s: AtomicU64::new(0),
                 start: Instant::now(),
             }),
-            rx,
+            ReportQueue {
+                queue,
+                spare: Vec::new(),
+            },
         )
     }
 }
 
 impl UsageSink for ReportSink {
     fn record(&self, ev: UsageEvent) {
-        if self.tx.try_send(ev).is_err() {
+        let full = {
+            let mut q = self.queue.events.lock();
+            if q.len() < self.queue.capacity {
+                q.push(ev);
+                false
+            } else {
+                true
+            }
+        };
+        if full {
             self.dropped.inc();
             // At most one warning per 10 s.
             let now = self.start.elapsed().as_secs() + 10;
@@ -127,7 +172,7 @@ impl UsageSink for ReportSink {
 
 fn to_record(ev: UsageEvent) -> pb::UsageRecord {
     pb::UsageRecord {
-        id: crate::fast_uuid_v7().to_string(),
+        id: crate::fast_uuid_v7_string(),
         ts_ms: ev.ts_ms,
         request_id: ev.request_id,
         // Control takes the batch's worker id for records without one: not repeated per record.
@@ -516,7 +561,7 @@ const DRAIN_EVERY: Duration = Duration::from_millis(50);
 pub async fn run(
     shared: Arc<Shared>,
     cfg: ReportConfig,
-    mut rx: mpsc::Receiver<UsageEvent>,
+    mut rx: ReportQueue,
     dropped: Counter,
     cancel: CancellationToken,
 ) {
@@ -548,19 +593,13 @@ pub async fn run(
     // finished request cost the request path a task switch each time.
     let mut drain = tokio::time::interval(DRAIN_EVERY.min(st.cfg.flush_every));
     drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut closed = false;
-    while !closed {
+    loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
-            _ = drain.tick() => loop {
-                match rx.try_recv() {
-                    Ok(ev) => st.pending_usage.push(to_record(ev)),
-                    Err(mpsc::error::TryRecvError::Empty) => break,
-                    Err(mpsc::error::TryRecvError::Disconnected) => {
-                        closed = true;
-                        break;
-                    }
-                }
+            _ = drain.tick() => {
+                let mut evs = rx.drain();
+                st.pending_usage.extend(evs.drain(..).map(to_record));
+                rx.recycle(evs);
             },
             _ = tick.tick() => {
                 st.sample_health(&shared);
@@ -583,10 +622,7 @@ pub async fn run(
     }
 
     // Shutdown: everything still queued goes out now, or into the spool.
-    rx.close();
-    while let Ok(ev) = rx.try_recv() {
-        st.pending_usage.push(to_record(ev));
-    }
+    st.pending_usage.extend(rx.drain().into_iter().map(to_record));
     st.sample_health(&shared);
     st.form_batches(true);
     let deadline = Instant::now() + st.cfg.shutdown_budget;
