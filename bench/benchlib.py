@@ -118,11 +118,34 @@ def reset_hwm(root: int) -> None:
             pass
 
 
+def metric_value(url: str, name: str) -> float | None:
+    """A sample's value from a Prometheus text page (the first series of that name)."""
+    import urllib.request
+    try:
+        text = urllib.request.urlopen(url, timeout=2).read().decode()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
 def cmd_settle(a: argparse.Namespace) -> None:
-    """Poll the trees' CPU over short windows until one stays under --max-util, or time out."""
+    """Poll the trees' CPU over short windows until one stays under --max-util (and the
+    --zero-metric reads 0), or time out."""
     roots = [p for p in a.pid if p]
     t0 = time.monotonic()
     while True:
+        if a.metrics_url and a.zero_metric:
+            v = metric_value(a.metrics_url, a.zero_metric)
+            if v is None or v > 0:
+                if time.monotonic() - t0 > a.timeout:
+                    print(f"[settle] {a.zero_metric} is {v} after {a.timeout:.0f} s; measuring anyway",
+                          file=sys.stderr)
+                    return
+                time.sleep(a.window)
+                continue
         before = {r: cpu_snapshot(r) for r in roots}
         time.sleep(a.window)
         util = sum(cpu_delta(before[r], cpu_snapshot(r)) for r in roots) / a.window
@@ -588,6 +611,8 @@ def main() -> None:
     s.add_argument("--max-util", type=float, default=0.02, help="CPU share below which a tree is idle")
     s.add_argument("--window", type=float, default=0.25)
     s.add_argument("--timeout", type=float, default=60)
+    s.add_argument("--metrics-url", help="also wait until this page's --zero-metric reads 0")
+    s.add_argument("--zero-metric")
     s.set_defaults(fn=cmd_settle)
 
     s = sub.add_parser("tree")

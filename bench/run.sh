@@ -266,13 +266,16 @@ oha_run() {  # oha_run ROW SCENARIO REP OHA-ARGS...
     "${auth[@]}" -d "$BODY" "$@" "${URL[$row]}/v1/chat/completions"
 }
 has() { [[ " $SCENARIOS " == *" $1 "* ]]; }
-settle() {  # settle ROW: wait until the row's processes are idle (deadline 60 s)
-  python3 "$LIB" settle --pid "${PID[$1]}" ${EXTRA[$1]:+--pid "${EXTRA[$1]}"}
+settle() {  # settle ROW: wait until the row's processes are idle (deadline 60 s); for the
+  # worker also until control has acknowledged every usage record (switchyard_reports_pending 0)
+  local m=(); [[ "$1" == switchyard ]] && m=(--metrics-url "${URL[switchyard]}/metrics" --zero-metric switchyard_reports_pending)
+  python3 "$LIB" settle --pid "${PID[$1]}" ${EXTRA[$1]:+--pid "${EXTRA[$1]}"} "${m[@]}"
 }
 
 for row in "${ACTIVE[@]}"; do
-  # Warm up connection pools and caches once per row.
-  taskset -c "$LOAD_CPU" oha --no-tui --output-format quiet -z 1s -c "$SAT_CONNECTIONS" -m POST \
+  # Warm up connection pools and caches once per row (a bounded count: the idle RSS of (d) is
+  # measured next, and should not include the usage records of a long burst).
+  taskset -c "$LOAD_CPU" oha --no-tui --output-format quiet -n $((SAT_CONNECTIONS * 100)) -c "$SAT_CONNECTIONS" -m POST \
     -H 'content-type: application/json' ${KEY[$row]:+-H "authorization: Bearer ${KEY[$row]}"} \
     -d "$BODY" "${URL[$row]}/v1/chat/completions" >/dev/null 2>&1 || true
 done

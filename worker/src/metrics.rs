@@ -94,6 +94,8 @@ pub struct Metrics {
     credential_healthy: Family<Labels, Gauge>,
     config_version: Gauge<i64, AtomicI64>,
     pub usage_dropped: Counter<u64, AtomicU64>,
+    /// Usage records finished but not yet acknowledged by control (queued, batched or spooled).
+    pub reports_pending: Gauge<i64, AtomicI64>,
 }
 
 impl Default for Metrics {
@@ -167,8 +169,15 @@ impl Metrics {
             "Usage records not reported to control (queue or buffer full)",
             usage_dropped.clone(),
         );
+        let reports_pending = Gauge::<i64, AtomicI64>::default();
+        registry.register(
+            "reports_pending",
+            "Report records (usage and health) not yet acknowledged by control (queued, batched or spooled)",
+            reports_pending.clone(),
+        );
         Self {
             registry,
+            reports_pending,
             requests,
             duration,
             ttfb,

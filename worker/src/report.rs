@@ -113,7 +113,12 @@ impl ReportQueue {
 
     /// Give a drained (and emptied) vector back, so that its capacity is reused.
     pub fn recycle(&mut self, mut v: Vec<UsageEvent>) {
+        // A burst's capacity is not kept for good.
+        const KEEP: usize = 4096;
         v.clear();
+        if v.capacity() > KEEP {
+            v = Vec::with_capacity(KEEP);
+        }
         self.spare = v;
     }
 }
@@ -619,6 +624,8 @@ pub async fn run(
             _ = st.send_all() => {}
             _ = cancel.cancelled() => {}
         }
+        let pending = st.pending_usage.len() + st.batches.iter().map(|b| b.records).sum::<usize>();
+        shared.metrics.reports_pending.set(pending as i64);
     }
 
     // Shutdown: everything still queued goes out now, or into the spool.
