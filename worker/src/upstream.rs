@@ -21,9 +21,12 @@
 //! * pools are per origin (scheme, host, port, connect timeout), LIFO, shared by every
 //!   snapshot, and taken with a lock held for a `pop`, never across an await.
 //!
-//! A pooled connection that turns out to be dead (closed while idle, or failing before any
-//! byte of the answer) is dropped and the request is sent again on another one: nothing
-//! was processed upstream, so that is safe for any request.
+//! A pooled connection is checked before reuse (a close or stray bytes from the upstream
+//! show as readiness, so the check costs no syscall otherwise). One that still turns out
+//! dead is replaced and the request sent again only when that cannot run it twice: the
+//! write failed, or the request is a GET/HEAD/OPTIONS (see `exchange`). A POST whose
+//! connection dies before the answer is the caller's error (the proxy's retry policy and
+//! the backend's breaker decide what happens next).
 use std::{
     cell::RefCell,
     collections::{HashMap, VecDeque},
@@ -398,6 +401,8 @@ pub struct RequestHead {
     buf: Vec<u8>,
     head_method: bool,
     has_body: bool,
+    /// Safe to send twice (see `exchange`).
+    replayable: bool,
 }
 
 impl RequestHead {
@@ -437,6 +442,7 @@ impl Client {
                 *method,
                 Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS
             ),
+            replayable: matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS),
         }
     }
 
@@ -456,10 +462,10 @@ impl Client {
                 // otherwise make every request's future larger.
                 None => (Box::pin(self.pool.connect()).await?, false),
             };
-            match exchange(&mut io, &head.buf, &body).await {
+            match exchange(&mut io, &head.buf, &body, head.replayable).await {
                 Ok((resp, rest)) => return Ok(self.response(io, resp, rest, head.head_method)),
-                // A kept-alive connection the upstream closed under us: nothing was
-                // answered, so the request goes out again on another connection.
+                // A kept-alive connection the upstream closed under us before it could
+                // have processed the request: it goes out again on another connection.
                 Err(Exchange::Stale(_)) if reused => continue,
                 Err(Exchange::Stale(e)) | Err(Exchange::Failed(e)) => return Err(e),
             }
@@ -501,26 +507,37 @@ enum Exchange {
 
 /// Write the request, read until a final (non-1xx) response head is complete.
 /// Returns the head and the bytes after it.
-async fn exchange(io: &mut Io, head: &[u8], body: &[u8]) -> Result<(ParsedHead, Bytes), Exchange> {
+///
+/// `replayable`: the request may be sent twice (GET, HEAD, OPTIONS). A connection that
+/// dies after the request went out but before any byte of the answer was most likely
+/// closed by the upstream while idle, but it may have been processing the request: only
+/// a replayable request counts that as stale (Go's `net/http` draws the same line). A
+/// failed write always does: the upstream had closed and cannot have read the request.
+async fn exchange(
+    io: &mut Io,
+    head: &[u8],
+    body: &[u8],
+    replayable: bool,
+) -> Result<(ParsedHead, Bytes), Exchange> {
     io.write_request(head, body)
         .await
         .map_err(|e| Exchange::Stale(Error::Write(e)))?;
     let mut buf = Bytes::new();
     let mut got_any = false;
+    let before_answer = |got_any: bool, e: Error| {
+        if got_any || !replayable {
+            Exchange::Failed(e)
+        } else {
+            Exchange::Stale(e)
+        }
+    };
     loop {
-        let chunk = io.read_bytes().await.map_err(|e| {
-            if got_any {
-                Exchange::Failed(Error::Read(e))
-            } else {
-                Exchange::Stale(Error::Read(e))
-            }
-        })?;
+        let chunk = io
+            .read_bytes()
+            .await
+            .map_err(|e| before_answer(got_any, Error::Read(e)))?;
         if chunk.is_empty() {
-            return Err(if got_any {
-                Exchange::Failed(Error::UnexpectedEof)
-            } else {
-                Exchange::Stale(Error::UnexpectedEof)
-            });
+            return Err(before_answer(got_any, Error::UnexpectedEof));
         }
         got_any = true;
         buf = if buf.is_empty() {
@@ -998,6 +1015,8 @@ mod tests {
     struct Script {
         addr: SocketAddr,
         conns: Arc<AtomicUsize>,
+        /// Connections the script has closed.
+        closed: Arc<AtomicUsize>,
         heads: Arc<Mutex<Vec<String>>>,
     }
 
@@ -1036,11 +1055,13 @@ mod tests {
         let heads = Arc::new(Mutex::new(Vec::new()));
         let (c2, h2) = (conns.clone(), heads.clone());
         let next = Arc::new(AtomicUsize::new(0));
+        let closed = Arc::new(AtomicUsize::new(0));
+        let cl2 = closed.clone();
         tokio::spawn(async move {
             loop {
                 let (mut s, _) = l.accept().await.unwrap();
                 c2.fetch_add(1, Ordering::SeqCst);
-                let (h2, next, responses) = (h2.clone(), next.clone(), responses.clone());
+                let (h2, next, responses, cl2) = (h2.clone(), next.clone(), responses.clone(), cl2.clone());
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
                     for _ in 0..per_conn {
@@ -1053,10 +1074,17 @@ mod tests {
                             break;
                         }
                     }
+                    drop(s);
+                    cl2.fetch_add(1, Ordering::SeqCst);
                 });
             }
         });
-        Script { addr, conns, heads }
+        Script {
+            addr,
+            conns,
+            closed,
+            heads,
+        }
     }
 
     fn client(c: &Connector, addr: SocketAddr) -> Client {
@@ -1107,18 +1135,98 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_connection_closed_by_the_upstream_is_replaced() {
-        // One response per connection, no `connection: close`: every pooled connection is
-        // dead by the time it is reused, and the request must go out again on a new one.
+    async fn an_idle_connection_the_upstream_closed_is_not_reused() {
+        // One answer per connection, no `connection: close`: the upstream closes each
+        // connection after its answer, and the next request must not be sent on it.
         let s = script(vec![OK], 1).await;
         let c = Connector::new().unwrap();
         let cl = client(&c, s.addr);
-        for _ in 0..5 {
+        for i in 0..5 {
             let (status, _, body) = get(&cl, "/x").await.unwrap();
             assert_eq!((status, body.as_slice()), (200, &b"{}"[..]));
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while s.closed.load(Ordering::SeqCst) < i + 1 {
+                assert!(Instant::now() < deadline, "the script never closed");
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
         }
         assert_eq!(s.conns.load(Ordering::SeqCst), 5);
-        assert_eq!(s.heads.lock().len(), 5, "no request was answered twice");
+        assert_eq!(s.heads.lock().len(), 5, "no request was sent twice");
+    }
+
+    /// Answers the first request on its first connection, reads the second and closes
+    /// without answering; answers everything on later connections.
+    async fn dies_after_one() -> (SocketAddr, Arc<AtomicUsize>, Arc<Mutex<Vec<String>>>) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let conns = Arc::new(AtomicUsize::new(0));
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let (c2, h2) = (conns.clone(), heads.clone());
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = l.accept().await.unwrap();
+                let n = c2.fetch_add(1, Ordering::SeqCst);
+                let h2 = h2.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    for i in 0.. {
+                        let Some(head) = read_request(&mut s, &mut buf).await else {
+                            break;
+                        };
+                        h2.lock().push(head);
+                        if n == 0 && i == 1 {
+                            break; // swallowed: closed without an answer
+                        }
+                        if s.write_all(OK).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, conns, heads)
+    }
+
+    #[tokio::test]
+    async fn a_post_is_never_sent_twice_but_a_get_is_resent_on_a_dead_pooled_connection() {
+        let (addr, conns, heads) = dies_after_one().await;
+        let c = Connector::new().unwrap();
+        let cl = client(&c, addr);
+        assert_eq!(get(&cl, "/a").await.unwrap().0, 200);
+        // The second POST goes out on the pooled connection, which dies unanswered: an
+        // error, not a silent second try (the upstream may have started on it).
+        let e = get(&cl, "/b").await.unwrap_err();
+        assert!(
+            matches!(e, Error::UnexpectedEof | Error::Read(_)) && !e.is_connect(),
+            "{e}"
+        );
+        assert_eq!(
+            heads
+                .lock()
+                .iter()
+                .filter(|h| h.starts_with("POST /v1/b "))
+                .count(),
+            1
+        );
+        assert_eq!(conns.load(Ordering::SeqCst), 1);
+
+        let (addr, conns, heads) = dies_after_one().await;
+        let cl = client(&c, addr);
+        assert_eq!(get(&cl, "/a").await.unwrap().0, 200);
+        let resp = cl
+            .send(cl.head(&Method::GET, "/models", 0), Bytes::new())
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "a GET is resent on a new connection");
+        assert_eq!(
+            heads
+                .lock()
+                .iter()
+                .filter(|h| h.starts_with("GET /v1/models "))
+                .count(),
+            2
+        );
+        assert_eq!(conns.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
