@@ -165,23 +165,18 @@ async fn proxy(shared: Arc<Shared>, req: Request<Incoming>, kind: ProviderKind) 
 /// credentials, ones the worker sets itself, and `expect` (the body is already read and
 /// goes out whole).
 fn forwardable(name: &HeaderName) -> bool {
-    !matches!(
-        name.as_str(),
-        "host"
-            | "content-length"
-            | "authorization"
-            | "x-api-key"
-            | "connection"
-            | "keep-alive"
-            | "proxy-authorization"
-            | "proxy-connection"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-            | "accept-encoding"
-            | "expect"
-    ) && !name.as_str().starts_with("x-switchyard-")
+    !upstream::is_hop_by_hop(name)
+        && !matches!(
+            name.as_str(),
+            "host"
+                | "content-length"
+                | "authorization"
+                | "x-api-key"
+                | "proxy-authorization"
+                | "accept-encoding"
+                | "expect"
+        )
+        && !name.as_str().starts_with("x-switchyard-")
 }
 
 /// Seconds from a `Retry-After` header (delta-seconds form only).

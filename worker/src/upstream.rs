@@ -661,8 +661,9 @@ fn head_from(
     )))
 }
 
-/// RFC 9110 §7.6.1 (and the legacy `keep-alive` / `proxy-connection`).
-fn is_hop_by_hop(name: &HeaderName) -> bool {
+/// RFC 9110 §7.6.1 (and the legacy `keep-alive` / `proxy-connection`): never forwarded,
+/// in either direction.
+pub(crate) fn is_hop_by_hop(name: &HeaderName) -> bool {
     use http::header::{CONNECTION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
     name == CONNECTION
         || name == TRANSFER_ENCODING
