@@ -5,6 +5,8 @@
 #   BIN_DIR defaults to $CARGO_TARGET_DIR/release (or target/release); build it first with
 #   cargo build --release -p switchyard-worker -p switchyard-control -p switchyard-ctl -p switchyard-mock.
 #   The annotated profile is left in $OUT (default /tmp/switchyard-worker.callgrind).
+#   THREADS (default 1): the worker's runtime threads; 1 is the single-threaded runtime the
+#   benchmark's pinned worker runs (valgrind itself would report 2 CPUs).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BIN=${1:-${CARGO_TARGET_DIR:-$ROOT/target}/release}; N=${2:-2000}; OUT=${OUT:-/tmp/switchyard-worker.callgrind}
@@ -45,7 +47,7 @@ upstream_model = "mock-model"
 T
 $BIN/switchyard apply -f $W/c.toml >/dev/null
 KEY=$($BIN/switchyard -o json keys create bench 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["plaintext"])')
-start worker valgrind --tool=callgrind --callgrind-out-file=$W/cg.out --dump-instr=no $BIN/switchyard-worker --listen 127.0.0.1:0 --control http://$G --state-dir $W/wk --worker-id bench
+start worker valgrind --tool=callgrind --callgrind-out-file=$W/cg.out --dump-instr=no $BIN/switchyard-worker --listen 127.0.0.1:0 --control http://$G --state-dir $W/wk --worker-id bench --threads ${THREADS:-1}
 H=$(wl worker http)
 run(){ python3 - "$H" "$KEY" "$1" <<'P'
 import http.client, sys, time

@@ -393,10 +393,11 @@ fn skip_value(doc: &[u8], mut i: usize) -> Option<usize> {
             }
         }
         _ => {
-            // A number or a literal: up to the next delimiter.
+            // A number or a literal: up to the next delimiter, or the end of the document.
             let n = doc[i..]
                 .iter()
-                .position(|c| matches!(c, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'))?;
+                .position(|c| matches!(c, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'))
+                .unwrap_or(doc.len() - i);
             Some(i + n)
         }
     }
@@ -588,6 +589,56 @@ mod tests {
         assert!(parse(br#"{"usage":12,"message":"hi"}"#).is_none());
         assert!(parse(br#"{"data":{"usage":{"prompt_tokens":1}}}"#).is_none());
         assert!(parse(br#"{"usage":{"prompt_tokens":1}"#).is_none());
+    }
+
+    fn json_value() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        use serde_json::Value;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(Value::from),
+            // Quotes, backslashes, braces and brackets inside strings, and non-ASCII.
+            "[a-z{}\\[\\]\"\\\\:, é\n]{0,12}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                proptest::collection::btree_map("[a-z{}\"\\\\]{0,6}", inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        /// The walker agrees with serde_json: every value skips to its end, and an
+        /// object's members come out in document order with their exact raw values.
+        #[test]
+        fn walker_agrees_with_serde_json(v in json_value(), pretty in proptest::bool::ANY) {
+            let doc = if pretty { serde_json::to_vec_pretty(&v) } else { serde_json::to_vec(&v) }.unwrap();
+            proptest::prop_assert_eq!(skip_value(&doc, 0), Some(doc.len()));
+            if let serde_json::Value::Object(map) = &v {
+                let got: Vec<(Vec<u8>, serde_json::Value)> = Members::new(&doc)
+                    .unwrap()
+                    .map(|m| m.expect("well-formed"))
+                    .map(|(k, raw)| (k.to_vec(), serde_json::from_slice(raw).unwrap()))
+                    .collect();
+                let want: Vec<(Vec<u8>, serde_json::Value)> = map
+                    .iter()
+                    .map(|(k, val)| {
+                        let quoted = serde_json::to_vec(k).unwrap();
+                        // Read back from text like the raw value is (serde_json's float
+                        // reading is not exact, but the same on the same text).
+                        let val = serde_json::from_slice(&serde_json::to_vec(val).unwrap()).unwrap();
+                        (quoted[1..quoted.len() - 1].to_vec(), val)
+                    })
+                    .collect();
+                proptest::prop_assert_eq!(got, want);
+            }
+        }
     }
 
     #[test]

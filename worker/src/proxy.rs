@@ -28,7 +28,12 @@ static X_PROVIDER: HeaderName = HeaderName::from_static("x-switchyard-provider")
 static X_RETRIES: HeaderName = HeaderName::from_static("x-switchyard-retries");
 
 /// Entry point for every HTTP request the worker serves.
-pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBody> {
+/// `memo`: the connection's last presented key digest (see `auth::KeyMemo`).
+pub async fn handle(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+    memo: Arc<auth::KeyMemo>,
+) -> Response<ProxyBody> {
     let path = req.uri().path();
     let is_messages = path == "/v1/messages" || path.starts_with("/v1/messages/");
     match (req.method(), path) {
@@ -44,9 +49,9 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Pro
             );
             r
         }
-        (&Method::GET, "/v1/models") => models_response(&shared, req.headers()),
-        (&Method::POST, _) if is_messages => proxy(shared, req, ProviderKind::Anthropic).await,
-        (&Method::POST, p) if p.starts_with("/v1/") => proxy(shared, req, ProviderKind::OpenAi).await,
+        (&Method::GET, "/v1/models") => models_response(&shared, req.headers(), &memo),
+        (&Method::POST, _) if is_messages => proxy(shared, req, ProviderKind::Anthropic, &memo).await,
+        (&Method::POST, p) if p.starts_with("/v1/") => proxy(shared, req, ProviderKind::OpenAi, &memo).await,
         (_, p) => {
             let dialect = if is_messages {
                 Dialect::Anthropic
@@ -72,11 +77,11 @@ fn ready_response(shared: &Shared) -> Response<ProxyBody> {
     r
 }
 
-fn models_response(shared: &Shared, headers: &HeaderMap) -> Response<ProxyBody> {
+fn models_response(shared: &Shared, headers: &HeaderMap, memo: &auth::KeyMemo) -> Response<ProxyBody> {
     let Some(routing) = shared.routing.load_full() else {
         return ProxyError::NoConfig.into_response(Dialect::OpenAi);
     };
-    let key = match auth::authenticate(&routing, headers, crate::unix_ms()) {
+    let key = match auth::authenticate(&routing, headers, crate::unix_ms(), memo) {
         Ok(k) => k,
         Err(e) => return e.into_response(Dialect::OpenAi),
     };
@@ -117,7 +122,12 @@ fn request_id(headers: &HeaderMap) -> String {
         .unwrap_or_else(crate::fast_uuid_v7_string)
 }
 
-async fn proxy(shared: Arc<Shared>, req: Request<Incoming>, kind: ProviderKind) -> Response<ProxyBody> {
+async fn proxy(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+    kind: ProviderKind,
+    memo: &auth::KeyMemo,
+) -> Response<ProxyBody> {
     let dialect = match kind {
         ProviderKind::OpenAi => Dialect::OpenAi,
         ProviderKind::Anthropic => Dialect::Anthropic,
@@ -126,7 +136,7 @@ async fn proxy(shared: Arc<Shared>, req: Request<Incoming>, kind: ProviderKind) 
     shared.metrics.inflight.inc();
     shared.budget.record_request(shared.clock.now_ms());
     let mut fin = Finish::new(shared.clone(), request_id.clone(), req.uri().path().to_string());
-    let mut resp = match forward(&shared, req, kind, dialect, &mut fin).await {
+    let mut resp = match forward(&shared, req, kind, dialect, &mut fin, memo).await {
         Ok(r) => r,
         Err(e) => {
             let status = e.status().as_u16();
@@ -210,9 +220,10 @@ async fn forward(
     kind: ProviderKind,
     dialect: Dialect,
     fin: &mut Finish,
+    memo: &auth::KeyMemo,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let routing: Arc<Routing> = shared.routing.load_full().ok_or(ProxyError::NoConfig)?;
-    let key = auth::authenticate(&routing, req.headers(), crate::unix_ms())?;
+    let key = auth::authenticate(&routing, req.headers(), crate::unix_ms(), memo)?;
     fin.key_id = key.id.clone();
     fin.key_name = key.name.clone();
 

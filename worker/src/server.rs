@@ -29,11 +29,12 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: Cancellatio
         };
         let _ = stream.set_nodelay(true);
         let s = shared.clone();
+        let memo = Arc::new(crate::auth::KeyMemo::default());
         let svc = service_fn(move |req| {
             // Boxed: the connection task is sized for its largest state, and the request
             // future is large. Unboxed, every open connection (every open stream) kept
             // that space for its whole life; boxed, it is freed once the answer starts.
-            let fut = Box::pin(crate::proxy::handle(s.clone(), req));
+            let fut = Box::pin(crate::proxy::handle(s.clone(), req, memo.clone()));
             async move { Ok::<_, Infallible>(fut.await) }
         });
         let conn = builder.serve_connection(TokioIo::new(stream), svc);
