@@ -84,7 +84,7 @@ fn scan(chunks: &[Bytes], sse: bool, strip: bool) -> Usage {
             std::hint::black_box(switchyard_worker::extract::strip_usage(c));
         }
     }
-    s.finish().unwrap()
+    s.finish(true).unwrap()
 }
 
 fn bench(c: &mut Criterion) {

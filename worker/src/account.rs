@@ -226,7 +226,8 @@ impl UsageScanner {
     }
 
     /// The counts seen so far (for a JSON body: only when it parsed completely).
-    pub fn finish(&mut self) -> Option<Usage> {
+    /// `complete`: the body arrived in full (not cut by the upstream or the client).
+    pub fn finish(&mut self, complete: bool) -> Option<Usage> {
         match self {
             Self::Off => None,
             Self::Json { chunks, .. } => {
@@ -240,7 +241,7 @@ impl UsageScanner {
                     joined = chunks.concat();
                     &joined
                 };
-                let usage = usage_in_document(body)?;
+                let usage = usage_in_document(body, complete)?;
                 let mut u = Usage::default();
                 usage.apply(&mut u).then_some(u)
             }
@@ -251,13 +252,100 @@ impl UsageScanner {
 
 /// The usage object of a JSON document (a response body or an SSE `data:` line): its
 /// top-level `usage`, else `message.usage` (Anthropic `message_start`).
-fn usage_in_document(doc: &[u8]) -> Option<UsageObject> {
+///
+/// `complete`: the document arrived in full. Only then is `usage` read from its end
+/// (OpenAI and Anthropic put it last), which costs the size of the usage object instead
+/// of a walk over the whole document (10% of a request's instructions). A document cut
+/// short can end where a nested object does, so it gets the forward walk, which
+/// refuses it.
+fn usage_in_document(doc: &[u8], complete: bool) -> Option<UsageObject> {
+    if complete {
+        if let Some(u) = trailing_usage(doc).and_then(UsageObject::parse) {
+            return Some(u);
+        }
+    }
     let (usage, message) = top_level_members(doc)?;
     if let Some(u) = usage.and_then(UsageObject::parse) {
         return Some(u);
     }
     let (usage, _) = top_level_members(message?)?;
     UsageObject::parse(usage?)
+}
+
+/// The value of the document's last top-level member when that member is `usage` and
+/// its value an object, found by walking back from the end. Walking back is exact: JSON
+/// has no backslash outside strings, so a quote is a string's end or start unless an odd
+/// run of backslashes precedes it, and an object's opening brace is where its own braces
+/// balance. Anything unexpected gives `None` (the forward walk then decides).
+fn trailing_usage(doc: &[u8]) -> Option<&[u8]> {
+    let j = rskip_ws(doc, doc.len());
+    if j == 0 || doc[j - 1] != b'}' {
+        return None;
+    }
+    let end = rskip_ws(doc, j - 1);
+    if end == 0 || doc[end - 1] != b'}' {
+        return None;
+    }
+    let start = rmatching_brace(doc, end - 1)?;
+    let k = rskip_ws(doc, start);
+    if k == 0 || doc[k - 1] != b':' {
+        return None;
+    }
+    let k = rskip_ws(doc, k - 1);
+    const KEY: &[u8] = b"\"usage\"";
+    if k < KEY.len() || &doc[k - KEY.len()..k] != KEY {
+        return None;
+    }
+    // The key's opening quote follows the member separator or the object's opening
+    // brace (not a backslash: then it was a longer key ending in `\"usage`).
+    let p = rskip_ws(doc, k - KEY.len());
+    if p == 0 || !matches!(doc[p - 1], b',' | b'{') {
+        return None;
+    }
+    Some(&doc[start..end])
+}
+
+/// Index just past the last non-whitespace byte before `end`.
+fn rskip_ws(doc: &[u8], mut end: usize) -> usize {
+    while end > 0 && matches!(doc[end - 1], b' ' | b'\t' | b'\n' | b'\r') {
+        end -= 1;
+    }
+    end
+}
+
+/// `doc[close]` is `}` outside any string: the index of its opening `{`.
+fn rmatching_brace(doc: &[u8], close: usize) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut i = close + 1;
+    while i > 0 {
+        i -= 1;
+        match doc[i] {
+            b'}' => depth += 1,
+            b'{' => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(i);
+                }
+            }
+            // A string's closing quote: back to its opening one.
+            b'"' => i = rstring_start(doc, i)?,
+            _ => {}
+        }
+    }
+    None
+}
+
+/// `doc[close]` closes a string: the index of its opening quote.
+fn rstring_start(doc: &[u8], close: usize) -> Option<usize> {
+    let mut end = close;
+    loop {
+        let q = memchr::memrchr(b'"', &doc[..end])?;
+        let backslashes = doc[..q].iter().rev().take_while(|&&c| c == b'\\').count();
+        if backslashes % 2 == 0 {
+            return Some(q);
+        }
+        end = q; // an escaped quote inside the string
+    }
 }
 
 /// Raw values of `usage` and `message`, when present.
@@ -494,7 +582,8 @@ fn sse_line(line: &[u8], usage: &mut Usage, seen: &mut bool) {
     if !has_usage_object(data) {
         return;
     }
-    let Some(obj) = usage_in_document(data) else {
+    // An SSE line is only read once its newline arrived: it is complete.
+    let Some(obj) = usage_in_document(data, true) else {
         return;
     };
     if obj.apply(usage) {
@@ -531,7 +620,7 @@ mod tests {
         s.observe(&Bytes::from_static(
             br#""completion_tokens":4,"total_tokens":7}}"#,
         ));
-        assert_eq!(s.finish().unwrap().total_tokens, 7);
+        assert_eq!(s.finish(true).unwrap().total_tokens, 7);
 
         let mut s = UsageScanner::new(true, true);
         s.observe(&Bytes::from_static(
@@ -540,7 +629,7 @@ mod tests {
         s.observe(&Bytes::from_static(
             b"age\":{\"prompt_tokens\":5,\"completion_tokens\":6,\"total_tokens\":11}}\n\ndata: [DONE]\n\n",
         ));
-        let u = s.finish().unwrap();
+        let u = s.finish(true).unwrap();
         assert_eq!((u.prompt_tokens, u.completion_tokens, u.total_tokens), (5, 6, 11));
     }
 
@@ -551,7 +640,7 @@ mod tests {
         s.observe(&Bytes::from_static(
             b"event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":15}}\n\n",
         ));
-        let u = s.finish().unwrap();
+        let u = s.finish(true).unwrap();
         assert_eq!(
             (u.prompt_tokens, u.completion_tokens, u.total_tokens),
             (10, 15, 25)
@@ -563,7 +652,7 @@ mod tests {
         let parse = |body: &'static [u8]| {
             let mut s = UsageScanner::new(false, true);
             s.observe(&Bytes::from_static(body));
-            s.finish()
+            s.finish(true)
         };
         // Odd member types read as absent, not as a failed document.
         let u = parse(br#"{"choices":[{"message":{"content":"a \"usage\": {\"prompt_tokens\": 99}"}}],"usage":{"prompt_tokens":3,"completion_tokens":"x","total_tokens":null,"prompt_tokens_details":null,"completion_tokens_details":{"reasoning_tokens":2},"extra":[1,{"a":2}]}}"#).unwrap();
@@ -641,6 +730,62 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Read from the end or walked from the start, a trailing `usage` is the same
+        /// value; a document without one at its end is left to the forward walk.
+        #[test]
+        fn trailing_usage_agrees_with_the_forward_walk(
+            v in json_value(),
+            usage in json_value(),
+            trailing in proptest::bool::ANY,
+            pretty in proptest::bool::ANY,
+        ) {
+            let serde_json::Value::Object(mut map) = v else { return Ok(()) };
+            map.remove("usage");
+            let body = if pretty { serde_json::to_string_pretty(&map) } else { serde_json::to_string(&map) }.unwrap();
+            let doc = if trailing {
+                // `usage` appended as the last member (serde's map would sort it).
+                let inner = body.trim_end().strip_suffix('}').unwrap().trim_end();
+                let sep = if inner.ends_with('{') { "" } else { "," };
+                format!("{inner}{sep} \"usage\" : {} }}", serde_json::to_string(&usage).unwrap())
+            } else {
+                body
+            };
+            let doc = doc.as_bytes();
+            let forward = top_level_members(doc).unwrap().0;
+            match trailing_usage(doc) {
+                Some(raw) => {
+                    proptest::prop_assert!(trailing && usage.is_object());
+                    proptest::prop_assert_eq!(Some(raw), forward);
+                }
+                None => proptest::prop_assert!(!trailing || !usage.is_object()),
+            }
+            // Cut short anywhere: never a panic.
+            for n in 0..doc.len() {
+                let _ = trailing_usage(&doc[..n]);
+            }
+        }
+    }
+
+    #[test]
+    fn trailing_usage_is_only_the_top_level_last_member() {
+        let t = |d: &[u8]| trailing_usage(d).map(|u| String::from_utf8(u.to_vec()).unwrap());
+        assert_eq!(
+            t(br#"{"a":1,"usage":{"prompt_tokens":2}}"#).as_deref(),
+            Some(r#"{"prompt_tokens":2}"#)
+        );
+        assert_eq!(
+            t(br#"{"usage":{"x":"}\"{"}}"#).as_deref(),
+            Some(r#"{"x":"}\"{"}"#)
+        );
+        // Nested, not last, not an object, or a longer key that ends in `usage`.
+        assert_eq!(t(br#"{"a":{"usage":{"prompt_tokens":2}}}"#), None);
+        assert_eq!(t(br#"{"usage":{"prompt_tokens":2},"b":1}"#), None);
+        assert_eq!(t(br#"{"usage":[{"prompt_tokens":2}]}"#), None);
+        assert_eq!(t(br#"{"my\"usage":{"prompt_tokens":2}}"#), None);
+        assert_eq!(t(br#"{"a":"\\","usage":{"p":1}}"#).as_deref(), Some(r#"{"p":1}"#));
+    }
+
     #[test]
     fn walker_finds_top_level_members_only() {
         let doc = br#" { "a\\" : "x\"}\\" , "n": -1.5e3, "arr": [1, {"usage": {"prompt_tokens": 9}}, "]"],
@@ -648,10 +793,11 @@ mod tests {
         let (u, m) = top_level_members(doc).unwrap();
         assert_eq!(u.unwrap(), br#"{"prompt_tokens":4,"completion_tokens":1}"#);
         assert_eq!(m.unwrap(), br#"{"usage":{"input_tokens":2}}"#);
-        assert_eq!(usage_in_document(doc).unwrap().prompt_tokens, Some(4));
+        assert_eq!(usage_in_document(doc, true).unwrap().prompt_tokens, Some(4));
+        assert_eq!(usage_in_document(doc, false).unwrap().prompt_tokens, Some(4));
         // Every strict prefix is cut short: never a panic, never a usage.
         for n in 0..doc.len() - 2 {
-            assert!(usage_in_document(&doc[..n]).is_none(), "prefix {n}");
+            assert!(usage_in_document(&doc[..n], false).is_none(), "prefix {n}");
         }
         assert!(top_level_members(b"[1,2]").is_none());
         assert!(top_level_members(br#"{"a" 1}"#).is_none());

@@ -296,7 +296,7 @@ impl RelayBody {
             self.outcome = o;
         }
         if let Some(f) = self.finish.take() {
-            let usage = self.scanner.finish();
+            let usage = self.scanner.finish(outcome.is_none());
             f.done(self.outcome, usage);
         }
     }
