@@ -7,6 +7,8 @@
 #   The annotated profile is left in $OUT (default /tmp/switchyard-worker.callgrind).
 #   THREADS (default 1): the worker's runtime threads; 1 is the single-threaded runtime the
 #   benchmark's pinned worker runs (valgrind itself would report 2 CPUs).
+#   SUT=nginx: count nginx instead (one process, the bench's nginx row configuration: keep-alive
+#   upstream, proxy_buffering off, buffered access log), through the same mock and requests.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BIN=${1:-${CARGO_TARGET_DIR:-$ROOT/target}/release}; N=${2:-2000}; OUT=${OUT:-/tmp/switchyard-worker.callgrind}
@@ -17,6 +19,37 @@ start(){ local n=$1; shift; "$@" >$W/$n.out 2>$W/$n.err & PIDS+=($!); eval "PID_
 wl(){ for i in $(seq 600); do l=$(grep -m1 '^listening' $W/$1.out 2>/dev/null||true); [[ -n $l ]] && { echo "$l" | grep -o "$2=[^ ]*" | cut -d= -f2; return; }; sleep 0.1; done; cat $W/$1.err; exit 1; }
 start mock $BIN/switchyard-mock --threads 1 --no-request-log --name bench
 M=$(wl mock http)
+SUT=${SUT:-switchyard}
+if [[ $SUT == nginx ]]; then
+  NGINX=$(command -v nginx || echo /usr/sbin/nginx); [[ -x $NGINX ]] || { echo "nginx is not installed" >&2; exit 1; }
+  PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  mkdir -p $W/ng/logs
+  user_line=""; [[ $(id -u) == 0 ]] && user_line="user root;"
+  cat > $W/ng/nginx.conf <<T
+$user_line
+worker_processes 1;
+master_process off;
+daemon off;
+pid $W/ng/nginx.pid;
+error_log $W/ng/logs/error.log warn;
+events { worker_connections 1000; }
+http {
+  access_log $W/ng/logs/access.log combined buffer=64k flush=100ms;
+  client_body_temp_path $W/ng/body; proxy_temp_path $W/ng/proxy; fastcgi_temp_path $W/ng/fastcgi;
+  uwsgi_temp_path $W/ng/uwsgi; scgi_temp_path $W/ng/scgi;
+  keepalive_requests 1000000; keepalive_timeout 75s; tcp_nodelay on;
+  upstream mock { server $M; keepalive 256; keepalive_requests 1000000; }
+  server {
+    listen 127.0.0.1:$PORT;
+    location / { proxy_pass http://mock; proxy_http_version 1.1; proxy_set_header Connection "";
+                 proxy_buffering off; proxy_request_buffering off; }
+  }
+}
+T
+  start worker valgrind --tool=callgrind --callgrind-out-file=$W/cg.out --dump-instr=no $NGINX -p $W/ng -c $W/ng/nginx.conf
+  H=127.0.0.1:$PORT; KEY=unused
+  for i in $(seq 600); do python3 -c "import socket; socket.create_connection(('127.0.0.1', $PORT), 1)" 2>/dev/null && break; sleep 0.1; done
+else  # the switchyard row: control, the bench config through the CLI, the worker
 start control $BIN/switchyard-control --data-dir $W --grpc-listen 127.0.0.1:0 --http-listen 127.0.0.1:0
 G=$(wl control grpc)
 export SWITCHYARD_CONTROL_URL=http://$G BA=a BB=b
@@ -49,6 +82,7 @@ $BIN/switchyard apply -f $W/c.toml >/dev/null
 KEY=$($BIN/switchyard -o json keys create bench 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["plaintext"])')
 start worker valgrind --tool=callgrind --callgrind-out-file=$W/cg.out --dump-instr=no $BIN/switchyard-worker --listen 127.0.0.1:0 --control http://$G --state-dir $W/wk --worker-id bench --threads ${THREADS:-1}
 H=$(wl worker http)
+fi
 run(){ python3 - "$H" "$KEY" "$1" <<'P'
 import http.client, sys, time
 h, key, n = sys.argv[1], sys.argv[2], int(sys.argv[3])

@@ -331,7 +331,7 @@ if has micro && [[ "$SY_BUILD_OK" == 1 ]]; then
   rm -rf "$CARGO_TARGET_DIR/criterion"   # only this run's figures
   if (cd "$ROOT" && taskset -c "$SUT_CPU" cargo bench -p switchyard-worker --bench balance --bench hotpath -- \
         --warm-up-time 1 --measurement-time "$MICRO_TIME" >"$WORK/criterion.out" 2>&1); then
-    python3 "$LIB" criterion --dir "$CARGO_TARGET_DIR/criterion" --out "$RAW" 2>/dev/null
+    python3 "$LIB" criterion --dir "$CARGO_TARGET_DIR/criterion" --copies "$WORK/criterion.out" --out "$RAW" 2>/dev/null
   else
     log "micro-benches failed: $(tail -3 "$WORK/criterion.out")"; SKIPPED+="micro (cargo bench failed); "
   fi
