@@ -60,10 +60,15 @@ async fn worker_follows_control_and_survives_it() -> Result<()> {
     let db = TestDb::new(DbKind::Sqlite).await?.unwrap();
     let mut control = spawn_control(&db, &[]).await?;
     let mut adm = admin(&control).await?;
-    adm.create_provider(pb::CreateProviderRequest {
-        provider: Some(provider("p", &a_mock.openai_base())),
-    })
-    .await?;
+    // No active probes: the test counts the requests that reach each mock exactly, and a
+    // probe (first one at a random point in the second after a snapshot) would land among them.
+    let mut p = provider("p", &a_mock.openai_base());
+    p.health = Some(pb::HealthCheck {
+        enabled: Some(false),
+        ..Default::default()
+    });
+    adm.create_provider(pb::CreateProviderRequest { provider: Some(p) })
+        .await?;
     adm.create_credential(pb::CreateCredentialRequest {
         credential: Some(credential("p", "k1", "sk-up-1")),
     })
