@@ -77,10 +77,14 @@ fi
 SY_BUILD_OK=1
 if [[ "$NO_BUILD" != 1 ]]; then
   log "building release binaries in $CARGO_TARGET_DIR"
-  (cd "$ROOT" && cargo build --release -p switchyard-mock >&2) || die "the mock does not build"
-  if [[ " $ROWS " == *" switchyard "* ]]; then
-    (cd "$ROOT" && cargo build --release -p switchyard-worker -p switchyard-control -p switchyard-ctl >&2) \
-      || { SY_BUILD_OK=0; log "Switchyard binaries do not build; the switchyard row will be skipped"; }
+  # One cargo invocation for all of them: built apart, each set of packages gets its own
+  # feature resolution and the shared dependencies (tokio, hyper, ...) are compiled twice.
+  if [[ " $ROWS " == *" switchyard "* ]] && (cd "$ROOT" && cargo build --release -p switchyard-mock \
+       -p switchyard-worker -p switchyard-control -p switchyard-ctl >&2); then
+    :
+  else
+    [[ " $ROWS " == *" switchyard "* ]] && { SY_BUILD_OK=0; log "Switchyard binaries do not build; the switchyard row will be skipped"; }
+    (cd "$ROOT" && cargo build --release -p switchyard-mock >&2) || die "the mock does not build"
   fi
 fi
 [[ -x "$BIN/switchyard-mock" ]] || die "$BIN/switchyard-mock missing"
