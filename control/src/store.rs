@@ -667,12 +667,17 @@ async fn insert_chunks<'q, T>(
     Ok(usize::try_from(stored).unwrap_or(usize::MAX))
 }
 
-fn bind_usage<'q>(q: AnyQuery<'q>, u: &'q pb::UsageRecord, report_worker: &'q str) -> AnyQuery<'q> {
-    let worker = if u.worker_id.is_empty() {
+/// A record's own worker id, else the reporting worker's.
+fn record_worker<'q>(own: &'q str, report_worker: &'q str) -> &'q str {
+    if own.is_empty() {
         report_worker
     } else {
-        &u.worker_id
-    };
+        own
+    }
+}
+
+fn bind_usage<'q>(q: AnyQuery<'q>, u: &'q pb::UsageRecord, report_worker: &'q str) -> AnyQuery<'q> {
+    let worker = record_worker(&u.worker_id, report_worker);
     q.bind(&u.id)
         .bind(u.ts_ms)
         .bind(&u.request_id)
@@ -698,11 +703,7 @@ fn bind_usage<'q>(q: AnyQuery<'q>, u: &'q pb::UsageRecord, report_worker: &'q st
 }
 
 fn bind_health<'q>(q: AnyQuery<'q>, h: &'q pb::HealthEvent, report_worker: &'q str) -> AnyQuery<'q> {
-    let worker = if h.worker_id.is_empty() {
-        report_worker
-    } else {
-        &h.worker_id
-    };
+    let worker = record_worker(&h.worker_id, report_worker);
     q.bind(&h.id)
         .bind(h.ts_ms)
         .bind(worker)

@@ -1157,6 +1157,11 @@ mod tests {
 
     /// Answers the first request on its first connection, reads the second and closes
     /// without answering; answers everything on later connections.
+    /// How many of the request heads the upstream saw start with `prefix`.
+    fn sent(heads: &Mutex<Vec<String>>, prefix: &str) -> usize {
+        heads.lock().iter().filter(|h| h.starts_with(prefix)).count()
+    }
+
     async fn dies_after_one() -> (SocketAddr, Arc<AtomicUsize>, Arc<Mutex<Vec<String>>>) {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
@@ -1201,14 +1206,7 @@ mod tests {
             matches!(e, Error::UnexpectedEof | Error::Read(_)) && !e.is_connect(),
             "{e}"
         );
-        assert_eq!(
-            heads
-                .lock()
-                .iter()
-                .filter(|h| h.starts_with("POST /v1/b "))
-                .count(),
-            1
-        );
+        assert_eq!(sent(&heads, "POST /v1/b "), 1);
         assert_eq!(conns.load(Ordering::SeqCst), 1);
 
         let (addr, conns, heads) = dies_after_one().await;
@@ -1219,14 +1217,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(resp.status(), 200, "a GET is resent on a new connection");
-        assert_eq!(
-            heads
-                .lock()
-                .iter()
-                .filter(|h| h.starts_with("GET /v1/models "))
-                .count(),
-            2
-        );
+        assert_eq!(sent(&heads, "GET /v1/models "), 2);
         assert_eq!(conns.load(Ordering::SeqCst), 2);
     }
 
