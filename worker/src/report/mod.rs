@@ -4,7 +4,8 @@
 //! when it is full the record is counted as dropped (`switchyard_reports_dropped_total`
 //! plus a rate-limited warning) and the request goes on. One owned background task
 //! ([`run`]) turns the queue into batches (every second or 500 records) with uuid-v7
-//! record ids and a batch id, and sends them. A batch stays in memory until control
+//! record ids and a batch id, and sends them. A batch is written in its wire form as
+//! the records are drained ([`encode`]), and kept that way. A batch stays in memory until control
 //! acknowledges it (control commits before it answers, and ids make a resent batch
 //! harmless). While control is unreachable for a while, or too much is buffered,
 //! batches go to `<state-dir>/spool/<batch-id>.pb`; spool files are replayed (oldest
@@ -26,6 +27,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use bytes::{BufMut, Bytes};
 use prometheus_client::metrics::counter::Counter;
 use prost::Message;
 use switchyard_proto as pb;
@@ -36,6 +38,9 @@ use crate::{
     account::{UsageEvent, UsageSink},
     Secret, Shared,
 };
+
+mod encode;
+use encode::OpenBatch;
 
 /// Knobs of the reporter; `Default` gives the documented values.
 #[derive(Debug, Clone)]
@@ -175,41 +180,13 @@ impl UsageSink for ReportSink {
     }
 }
 
-fn to_record(ev: UsageEvent) -> pb::UsageRecord {
-    pb::UsageRecord {
-        id: crate::fast_uuid_v7_string(),
-        ts_ms: ev.ts_ms,
-        request_id: ev.request_id,
-        // Control takes the batch's worker id for records without one: not repeated per record.
-        worker_id: String::new(),
-        key_id: ev.key_id.to_string(),
-        key_name: ev.key_name.to_string(),
-        model: ev.model.to_string(),
-        backend: ev.backend.to_string(),
-        provider: ev.provider.to_string(),
-        credential: ev.credential.to_string(),
-        endpoint: ev.endpoint,
-        status: u32::from(ev.status),
-        stream: ev.stream,
-        retries: ev.retries,
-        latency_us: ev.latency_us,
-        ttfb_us: ev.ttfb_us,
-        prompt_tokens: ev.usage.prompt_tokens,
-        completion_tokens: ev.usage.completion_tokens,
-        total_tokens: ev.usage.total_tokens,
-        cached_tokens: ev.usage.cached_tokens,
-        reasoning_tokens: ev.usage.reasoning_tokens,
-        outcome: ev.outcome.as_str().to_string(),
-    }
-}
-
 /// A formed batch: in memory, or only on disk (then `req` is loaded when sent).
 #[derive(Debug)]
 struct Batch {
     id: String,
-    /// Shared with the RPC in flight: a send encodes it from here, so a batch kept for
-    /// a retry is never copied (the copy was 3% of a request's instructions).
-    req: Option<Arc<pb::ReportRequest>>,
+    /// The encoded `ReportRequest` ([`encode`]), shared with the RPC in flight: a batch
+    /// kept for a retry is never copied.
+    req: Option<Bytes>,
     spool: Option<PathBuf>,
     records: usize,
 }
@@ -219,26 +196,25 @@ struct Batch {
 static REPORT_PATH: http::uri::PathAndQuery =
     http::uri::PathAndQuery::from_static("/switchyard.v1.WorkerApi/Report");
 
-/// The generated client's codec, except that the request is encoded from a shared
-/// batch instead of taking (a copy of) it.
+/// The generated client's codec, except that the request is already encoded.
 #[derive(Clone, Copy, Default)]
 struct SharedReportCodec;
 
 struct SharedReportEncoder;
 
 impl tonic::codec::Encoder for SharedReportEncoder {
-    type Item = Arc<pb::ReportRequest>;
+    type Item = Bytes;
     type Error = tonic::Status;
 
     fn encode(&mut self, item: Self::Item, buf: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), Self::Error> {
-        // EncodeBuf grows as needed: encoding cannot run out of space.
-        item.encode(buf)
-            .map_err(|e| tonic::Status::internal(format!("encode report: {e}")))
+        // EncodeBuf grows as needed.
+        buf.put_slice(&item);
+        Ok(())
     }
 }
 
 impl tonic::codec::Codec for SharedReportCodec {
-    type Encode = Arc<pb::ReportRequest>;
+    type Encode = Bytes;
     type Decode = pb::ReportResponse;
     type Encoder = SharedReportEncoder;
     type Decoder = tonic_prost::ProstDecoder<pb::ReportResponse>;
@@ -276,7 +252,9 @@ struct TargetKey {
 struct State {
     cfg: ReportConfig,
     client: Option<tonic::client::Grpc<tonic::transport::Channel>>,
-    pending_usage: Vec<pb::UsageRecord>,
+    /// The batch the drained usage records are written into (closed at `batch_max`
+    /// records or when the flush is due).
+    open: Option<OpenBatch>,
     pending_health: Vec<pb::HealthEvent>,
     batches: VecDeque<Batch>,
     in_memory: usize,
@@ -294,29 +272,38 @@ impl State {
         self.cfg.state_dir.as_ref().map(|d| d.join("spool"))
     }
 
-    fn form_batches(&mut self, force: bool) {
-        while (force && (!self.pending_usage.is_empty() || !self.pending_health.is_empty()))
-            || self.pending_usage.len() >= self.cfg.batch_max
-        {
-            let n = self.pending_usage.len().min(self.cfg.batch_max);
-            let usage: Vec<_> = self.pending_usage.drain(..n).collect();
-            let health = std::mem::take(&mut self.pending_health);
-            let id = uuid::Uuid::now_v7().to_string();
-            let records = usage.len() + health.len();
-            self.in_memory += records;
-            self.batches.push_back(Batch {
-                req: Some(Arc::new(pb::ReportRequest {
-                    worker_id: self.cfg.worker_id.clone(),
-                    batch_id: id.clone(),
-                    usage,
-                    health,
-                })),
-                id,
-                spool: None,
-                records,
-            });
+    /// Write `ev` into the open batch (opening one if needed), with a new record id;
+    /// a batch that reaches `batch_max` records is closed.
+    fn push_usage(&mut self, ev: &UsageEvent) {
+        let open = self
+            .open
+            .get_or_insert_with(|| OpenBatch::new(&self.cfg.worker_id, uuid::Uuid::now_v7().to_string()));
+        let mut id = uuid::Uuid::encode_buffer();
+        open.push_usage(ev, crate::fast_uuid_v7().hyphenated().encode_lower(&mut id));
+        if open.usage >= self.cfg.batch_max {
+            self.close_batch();
         }
-        self.enforce_memory_bound();
+    }
+
+    /// Queue the open batch for sending, with the pending health events (a batch of
+    /// health events alone when no usage is open). Nothing to send: nothing happens.
+    fn close_batch(&mut self) {
+        let open = match self.open.take() {
+            Some(o) => o,
+            None if !self.pending_health.is_empty() => {
+                OpenBatch::new(&self.cfg.worker_id, uuid::Uuid::now_v7().to_string())
+            }
+            None => return,
+        };
+        let health = std::mem::take(&mut self.pending_health);
+        let records = open.usage + health.len();
+        self.in_memory += records;
+        self.batches.push_back(Batch {
+            id: open.id.clone(),
+            req: Some(open.finish(&health)),
+            spool: None,
+            records,
+        });
     }
 
     /// Keep at most `max_in_memory` unsent records in memory: spool the newest
@@ -397,7 +384,7 @@ impl State {
                     .await
                     .map_err(|e| SendError::Spool(p.clone(), e))?;
                 match pb::ReportRequest::decode(bytes.as_slice()) {
-                    Ok(r) => Arc::new(r),
+                    Ok(_) => Bytes::from(bytes),
                     Err(e) => {
                         // A torn file (crash while writing is excluded by rename, but be safe).
                         warn!(path = %p.display(), error = %e, "unreadable spool file; moving it aside");
@@ -565,13 +552,13 @@ fn unhealthy_reason(v: &crate::balance::HealthView, cooling: bool) -> String {
 }
 
 /// Write a batch atomically (temp file, fsync, rename) as `<dir>/<batch-id>.pb`.
-fn write_spool(dir: &Path, id: &str, req: &pb::ReportRequest) -> std::io::Result<PathBuf> {
+fn write_spool(dir: &Path, id: &str, req: &[u8]) -> std::io::Result<PathBuf> {
     use std::io::Write;
     std::fs::create_dir_all(dir)?;
     let path = dir.join(format!("{id}.pb"));
     let tmp = dir.join(format!(".{id}.tmp"));
     let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(&req.encode_to_vec())?;
+    f.write_all(req)?;
     f.sync_all()?;
     drop(f);
     std::fs::rename(&tmp, &path)?;
@@ -615,7 +602,7 @@ pub async fn run(
 ) {
     let mut st = State {
         client: None,
-        pending_usage: Vec::new(),
+        open: None,
         pending_health: Vec::new(),
         batches: VecDeque::new(),
         in_memory: 0,
@@ -646,7 +633,9 @@ pub async fn run(
             _ = cancel.cancelled() => break,
             _ = drain.tick() => {
                 let mut evs = rx.drain();
-                st.pending_usage.extend(evs.drain(..).map(to_record));
+                for ev in evs.drain(..) {
+                    st.push_usage(&ev);
+                }
                 rx.recycle(evs);
             },
             _ = tick.tick() => {
@@ -654,12 +643,13 @@ pub async fn run(
             }
         }
         let due = st.last_flush.elapsed() >= st.cfg.flush_every;
-        if due || st.pending_usage.len() >= st.cfg.batch_max || !st.pending_health.is_empty() {
-            st.form_batches(due || !st.pending_health.is_empty());
+        if due || !st.pending_health.is_empty() {
+            st.close_batch();
             if due {
                 st.last_flush = Instant::now();
             }
         }
+        st.enforce_memory_bound();
         // Sending happens inline: the queue in front absorbs the wait, and a send is
         // bounded by the channel timeout.
         // A send in progress is abandoned on shutdown (its batch stays queued).
@@ -667,14 +657,18 @@ pub async fn run(
             _ = st.send_all() => {}
             _ = cancel.cancelled() => {}
         }
-        let pending = st.pending_usage.len() + st.batches.iter().map(|b| b.records).sum::<usize>();
+        let open = st.open.as_ref().map_or(0, |o| o.usage);
+        let pending = open + st.batches.iter().map(|b| b.records).sum::<usize>();
         shared.metrics.reports_pending.set(pending as i64);
     }
 
     // Shutdown: everything still queued goes out now, or into the spool.
-    st.pending_usage.extend(rx.drain().into_iter().map(to_record));
+    for ev in rx.drain() {
+        st.push_usage(&ev);
+    }
     st.sample_health(&shared);
-    st.form_batches(true);
+    st.close_batch();
+    st.enforce_memory_bound();
     let deadline = Instant::now() + st.cfg.shutdown_budget;
     st.next_attempt = Instant::now();
     while !st.batches.is_empty() && Instant::now() < deadline {
@@ -757,8 +751,8 @@ mod tests {
             usage: vec![],
             health: vec![],
         };
-        write_spool(dir.path(), &b, &req(&b)).unwrap();
-        write_spool(dir.path(), &a, &req(&a)).unwrap();
+        write_spool(dir.path(), &b, &req(&b).encode_to_vec()).unwrap();
+        write_spool(dir.path(), &a, &req(&a).encode_to_vec()).unwrap();
         let got = load_spool(dir.path());
         assert_eq!(got.iter().map(|x| x.id.clone()).collect::<Vec<_>>(), vec![a, b]);
     }

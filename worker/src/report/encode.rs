@@ -1,0 +1,267 @@
+//! Report batches written in their wire form as they are formed, straight from the
+//! queued events.
+//!
+//! A batch waiting for control's acknowledgement is its encoded `ReportRequest`, not a
+//! `pb::ReportRequest`: a usage record takes its ~270 wire bytes instead of a struct
+//! of nine `String`s and their allocations (~600 bytes), and an event's fields are
+//! written once instead of being copied into owned strings, encoded and dropped. The
+//! bytes are exactly those prost writes for the generated types (the tests compare
+//! them), so control, and spool files written by earlier versions, see no difference.
+use bytes::{Bytes, BytesMut};
+use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
+use switchyard_proto as pb;
+
+use crate::account::UsageEvent;
+
+/// A `ReportRequest` being written: its header first, then each usage record as the
+/// reporter drains it, then (on [`OpenBatch::finish`]) the health events.
+#[derive(Debug)]
+pub(super) struct OpenBatch {
+    pub id: String,
+    pub usage: usize,
+    buf: BytesMut,
+}
+
+/// `ReportRequest` field numbers (switchyard.proto).
+const REQ_WORKER_ID: u32 = 1;
+const REQ_BATCH_ID: u32 = 2;
+const REQ_USAGE: u32 = 3;
+const REQ_HEALTH: u32 = 4;
+
+impl OpenBatch {
+    pub fn new(worker_id: &str, id: String) -> Self {
+        let mut buf = BytesMut::with_capacity(4096);
+        let mut w = Write(&mut buf);
+        w.str(REQ_WORKER_ID, worker_id);
+        w.str(REQ_BATCH_ID, &id);
+        Self { id, usage: 0, buf }
+    }
+
+    /// Append `ev` as a usage record with id `record_id`.
+    pub fn push_usage(&mut self, ev: &UsageEvent, record_id: &str) {
+        let mut len = Len(0);
+        usage_fields(ev, record_id, &mut len);
+        encode_key(REQ_USAGE, WireType::LengthDelimited, &mut self.buf);
+        encode_varint(len.0 as u64, &mut self.buf);
+        usage_fields(ev, record_id, &mut Write(&mut self.buf));
+        self.usage += 1;
+    }
+
+    /// The finished `ReportRequest`, with `health` after the usage records.
+    pub fn finish(mut self, health: &[pb::HealthEvent]) -> Bytes {
+        for h in health {
+            prost::encoding::message::encode(REQ_HEALTH, h, &mut self.buf);
+        }
+        // A batch may wait in memory for a long time (control down): it keeps no more
+        // than a quarter of spare room from the buffer's doublings.
+        if self.buf.capacity() - self.buf.len() > self.buf.len() / 4 {
+            return Bytes::copy_from_slice(&self.buf);
+        }
+        self.buf.freeze()
+    }
+}
+
+/// The fields of `pb::UsageRecord` for `ev`, in field order, defaults left out (as
+/// proto3 and prost do). `worker_id` (4) stays empty: control takes the batch's.
+fn usage_fields(ev: &UsageEvent, id: &str, f: &mut impl Fields) {
+    f.str(1, id);
+    f.varint(2, ev.ts_ms as u64);
+    f.str(3, &ev.request_id);
+    f.str(5, &ev.key_id);
+    f.str(6, &ev.key_name);
+    f.str(7, &ev.model);
+    f.str(8, &ev.backend);
+    f.str(9, &ev.provider);
+    f.str(10, &ev.credential);
+    f.str(11, &ev.endpoint);
+    f.varint(12, u64::from(ev.status));
+    f.varint(13, u64::from(ev.stream));
+    f.varint(14, u64::from(ev.retries));
+    f.varint(15, ev.latency_us);
+    f.varint(16, ev.ttfb_us);
+    f.varint(17, ev.usage.prompt_tokens);
+    f.varint(18, ev.usage.completion_tokens);
+    f.varint(19, ev.usage.total_tokens);
+    f.varint(20, ev.usage.cached_tokens);
+    f.varint(21, ev.usage.reasoning_tokens);
+    f.str(22, ev.outcome.as_str());
+}
+
+/// What a message's fields go to: their encoded length, or the buffer. One field list
+/// serves both, so the length prefix cannot disagree with what is written.
+trait Fields {
+    fn str(&mut self, tag: u32, v: &str);
+    /// int64, uint32, uint64 and bool are all a varint of the value as u64.
+    fn varint(&mut self, tag: u32, v: u64);
+}
+
+struct Len(usize);
+
+impl Fields for Len {
+    fn str(&mut self, tag: u32, v: &str) {
+        if !v.is_empty() {
+            self.0 += key_len(tag) + encoded_len_varint(v.len() as u64) + v.len();
+        }
+    }
+    fn varint(&mut self, tag: u32, v: u64) {
+        if v != 0 {
+            self.0 += key_len(tag) + encoded_len_varint(v);
+        }
+    }
+}
+
+struct Write<'a>(&'a mut BytesMut);
+
+impl Fields for Write<'_> {
+    fn str(&mut self, tag: u32, v: &str) {
+        if !v.is_empty() {
+            encode_key(tag, WireType::LengthDelimited, self.0);
+            encode_varint(v.len() as u64, self.0);
+            self.0.extend_from_slice(v.as_bytes());
+        }
+    }
+    fn varint(&mut self, tag: u32, v: u64) {
+        if v != 0 {
+            encode_key(tag, WireType::Varint, self.0);
+            encode_varint(v, self.0);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use proptest::prelude::*;
+    use prost::Message;
+
+    use super::*;
+    use crate::account::{Outcome, Usage};
+
+    /// The record the generated type would carry for `ev` (what the reporter built
+    /// before batches were written directly).
+    fn record(ev: &UsageEvent, id: &str) -> pb::UsageRecord {
+        pb::UsageRecord {
+            id: id.to_string(),
+            ts_ms: ev.ts_ms,
+            request_id: ev.request_id.clone(),
+            worker_id: String::new(),
+            key_id: ev.key_id.to_string(),
+            key_name: ev.key_name.to_string(),
+            model: ev.model.to_string(),
+            backend: ev.backend.to_string(),
+            provider: ev.provider.to_string(),
+            credential: ev.credential.to_string(),
+            endpoint: ev.endpoint.clone(),
+            status: u32::from(ev.status),
+            stream: ev.stream,
+            retries: ev.retries,
+            latency_us: ev.latency_us,
+            ttfb_us: ev.ttfb_us,
+            prompt_tokens: ev.usage.prompt_tokens,
+            completion_tokens: ev.usage.completion_tokens,
+            total_tokens: ev.usage.total_tokens,
+            cached_tokens: ev.usage.cached_tokens,
+            reasoning_tokens: ev.usage.reasoning_tokens,
+            outcome: ev.outcome.as_str().to_string(),
+        }
+    }
+
+    const OUTCOMES: [Outcome; 7] = [
+        Outcome::Ok,
+        Outcome::ClientError,
+        Outcome::UpstreamError,
+        Outcome::ClientAborted,
+        Outcome::StreamError,
+        Outcome::NoBackend,
+        Outcome::Rejected,
+    ];
+
+    /// Strings from empty to longer than 127 bytes (a two-byte length), not only ASCII.
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![Just(String::new()), ".{0,12}", "[a-z0-9é-]{100,300}"]
+    }
+
+    /// Numbers at 0 (left out), small, and at the top of their range.
+    fn num() -> impl Strategy<Value = u64> {
+        prop_oneof![Just(0u64), 1u64..300, any::<u64>(), Just(u64::MAX)]
+    }
+
+    prop_compose! {
+        fn event()(
+            ts_ms in prop_oneof![Just(0i64), any::<i64>()],
+            strs in proptest::collection::vec(text(), 8),
+            status in any::<u16>(),
+            stream in any::<bool>(),
+            retries in prop_oneof![Just(0u32), any::<u32>()],
+            nums in proptest::collection::vec(num(), 7),
+            outcome in 0..OUTCOMES.len(),
+        ) -> UsageEvent {
+            let a = |i: usize| -> Arc<str> { strs[i].as_str().into() };
+            UsageEvent {
+                ts_ms,
+                request_id: strs[0].clone(),
+                key_id: a(1),
+                key_name: a(2),
+                model: a(3),
+                backend: a(4),
+                provider: a(5),
+                credential: a(6),
+                endpoint: strs[7].clone(),
+                status,
+                stream,
+                retries,
+                latency_us: nums[0],
+                ttfb_us: nums[1],
+                usage: Usage {
+                    prompt_tokens: nums[2],
+                    completion_tokens: nums[3],
+                    total_tokens: nums[4],
+                    cached_tokens: nums[5],
+                    reasoning_tokens: nums[6],
+                },
+                outcome: OUTCOMES[outcome],
+            }
+        }
+    }
+
+    fn health(i: usize) -> pb::HealthEvent {
+        pb::HealthEvent {
+            id: format!("h{i}"),
+            ts_ms: 1_700_000_000_000 + i as i64,
+            kind: "backend".into(),
+            model: "m".into(),
+            backend: format!("b{i}"),
+            healthy: i % 2 == 0,
+            reason: "3 consecutive failures".into(),
+            ..Default::default()
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn batch_bytes_are_prosts(
+            worker in text(),
+            evs in proptest::collection::vec(event(), 0..6),
+            n_health in 0usize..3,
+        ) {
+            let batch_id = "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b".to_string();
+            let ids: Vec<String> = (0..evs.len()).map(|i| format!("rec-{i}")).collect();
+            let health: Vec<_> = (0..n_health).map(health).collect();
+            let mut open = OpenBatch::new(&worker, batch_id.clone());
+            for (ev, id) in evs.iter().zip(&ids) {
+                open.push_usage(ev, id);
+            }
+            prop_assert_eq!(open.usage, evs.len());
+            let ours = open.finish(&health);
+            let want = pb::ReportRequest {
+                worker_id: worker.clone(),
+                batch_id,
+                usage: evs.iter().zip(&ids).map(|(ev, id)| record(ev, id)).collect(),
+                health,
+            };
+            prop_assert_eq!(&ours[..], &want.encode_to_vec()[..]);
+            prop_assert_eq!(pb::ReportRequest::decode(ours).unwrap(), want);
+        }
+    }
+}
