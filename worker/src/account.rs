@@ -507,10 +507,15 @@ struct UsageObject {
 
 /// A JSON unsigned integer (no sign, fraction or exponent), else `None`.
 fn json_u64(v: &[u8]) -> Option<u64> {
-    if v.is_empty() || v.len() > 20 || !v.iter().all(u8::is_ascii_digit) {
+    if v.is_empty() || v.len() > 20 {
         return None;
     }
-    std::str::from_utf8(v).ok()?.parse().ok()
+    // One pass with overflow checks (`str::parse` validated and walked it again).
+    v.iter().try_fold(0u64, |n, &c| {
+        c.is_ascii_digit()
+            .then(|| n.checked_mul(10)?.checked_add(u64::from(c - b'0')))
+            .flatten()
+    })
 }
 
 /// One member of a details object (`prompt_tokens_details.cached_tokens`, ...).
@@ -764,6 +769,17 @@ mod tests {
             for n in 0..doc.len() {
                 let _ = trailing_usage(&doc[..n]);
             }
+        }
+    }
+
+    proptest::proptest! {
+        /// Digits only, up to 20 of them, and no overflow: what `str::parse` accepts.
+        #[test]
+        fn json_u64_is_parse_on_digits(v in proptest::string::bytes_regex("[0-9+\\-.eE ]{0,22}|[0-9]{18,22}").unwrap()) {
+            let want = (v.len() <= 20 && v.iter().all(u8::is_ascii_digit))
+                .then(|| std::str::from_utf8(&v).unwrap().parse::<u64>().ok())
+                .flatten();
+            proptest::prop_assert_eq!(json_u64(&v), want);
         }
     }
 

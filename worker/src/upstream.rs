@@ -605,7 +605,8 @@ fn head_from(
     if status.is_informational() && code != 101 {
         return Ok(Some((n, None)));
     }
-    let mut headers = http::HeaderMap::with_capacity(r.headers.len());
+    // Room for the three `x-switchyard-*` headers the proxy adds before relaying it.
+    let mut headers = http::HeaderMap::with_capacity(r.headers.len() + 3);
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let mut has_te = false;
