@@ -233,7 +233,7 @@ mod tests {
             kind: "backend".into(),
             model: "m".into(),
             backend: format!("b{i}"),
-            healthy: i % 2 == 0,
+            healthy: i.is_multiple_of(2),
             reason: "3 consecutive failures".into(),
             ..Default::default()
         }
