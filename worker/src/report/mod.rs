@@ -5,9 +5,9 @@
 //! plus a rate-limited warning) and the request goes on. One owned background task
 //! ([`run`]) turns the queue into batches (every second or 500 records) with uuid-v7
 //! record ids and a batch id, and sends them. A batch is written in its wire form as
-//! the records are drained ([`encode`]), and kept that way. A batch stays in memory until control
-//! acknowledges it (control commits before it answers, and ids make a resent batch
-//! harmless). While control is unreachable for a while, or too much is buffered,
+//! the records are drained ([`encode`]), and kept that way. It stays in memory until
+//! control acknowledges it (control commits before it answers, and ids make a resent
+//! batch harmless). While control is unreachable for a while, or too much is buffered,
 //! batches go to `<state-dir>/spool/<batch-id>.pb`; spool files are replayed (oldest
 //! first) and deleted only once acknowledged. On shutdown the task drains the queue,
 //! tries to send everything within the drain budget, and spools the rest.
@@ -184,8 +184,8 @@ impl UsageSink for ReportSink {
 #[derive(Debug)]
 struct Batch {
     id: String,
-    /// The encoded `ReportRequest` ([`encode`]), shared with the RPC in flight: a batch
-    /// kept for a retry is never copied.
+    /// The encoded `ReportRequest` ([`encode`]): a send copies it into the RPC's frame,
+    /// a retry or a spool write never encodes it again.
     req: Option<Bytes>,
     spool: Option<PathBuf>,
     records: usize,
@@ -198,11 +198,11 @@ static REPORT_PATH: http::uri::PathAndQuery =
 
 /// The generated client's codec, except that the request is already encoded.
 #[derive(Clone, Copy, Default)]
-struct SharedReportCodec;
+struct EncodedReportCodec;
 
-struct SharedReportEncoder;
+struct EncodedReportEncoder;
 
-impl tonic::codec::Encoder for SharedReportEncoder {
+impl tonic::codec::Encoder for EncodedReportEncoder {
     type Item = Bytes;
     type Error = tonic::Status;
 
@@ -213,14 +213,14 @@ impl tonic::codec::Encoder for SharedReportEncoder {
     }
 }
 
-impl tonic::codec::Codec for SharedReportCodec {
+impl tonic::codec::Codec for EncodedReportCodec {
     type Encode = Bytes;
     type Decode = pb::ReportResponse;
-    type Encoder = SharedReportEncoder;
+    type Encoder = EncodedReportEncoder;
     type Decoder = tonic_prost::ProstDecoder<pb::ReportResponse>;
 
     fn encoder(&mut self) -> Self::Encoder {
-        SharedReportEncoder
+        EncodedReportEncoder
     }
 
     fn decoder(&mut self) -> Self::Decoder {
@@ -383,6 +383,8 @@ impl State {
                 let bytes = tokio::fs::read(p)
                     .await
                     .map_err(|e| SendError::Spool(p.clone(), e))?;
+                // Decoded only to check it (replays are rare): control would refuse a
+                // torn batch forever.
                 match pb::ReportRequest::decode(bytes.as_slice()) {
                     Ok(_) => Bytes::from(bytes),
                     Err(e) => {
@@ -409,7 +411,7 @@ impl State {
         let rpc = |s: tonic::Status| SendError::Rpc(format!("{}: {}", s.code(), s.message()));
         client.ready().await.map_err(|e| SendError::Rpc(e.to_string()))?;
         let resp = client
-            .unary(r, REPORT_PATH.clone(), SharedReportCodec)
+            .unary(r, REPORT_PATH.clone(), EncodedReportCodec)
             .await
             .map_err(rpc)?
             .into_inner();
