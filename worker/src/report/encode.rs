@@ -30,7 +30,9 @@ const REQ_USAGE: u32 = 3;
 const REQ_HEALTH: u32 = 4;
 
 impl OpenBatch {
-    pub fn new(worker_id: &str, id: String) -> Self {
+    /// A batch with a new uuid-v7 id (sortable: spool files replay in order).
+    pub fn new(worker_id: &str) -> Self {
+        let id = uuid::Uuid::now_v7().to_string();
         let mut buf = BytesMut::with_capacity(4096);
         let mut w = Write(&mut buf);
         w.str(REQ_WORKER_ID, worker_id);
@@ -246,10 +248,10 @@ mod tests {
             evs in proptest::collection::vec(event(), 0..6),
             n_health in 0usize..3,
         ) {
-            let batch_id = "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b".to_string();
             let ids: Vec<String> = (0..evs.len()).map(|i| format!("rec-{i}")).collect();
             let health: Vec<_> = (0..n_health).map(health).collect();
-            let mut open = OpenBatch::new(&worker, batch_id.clone());
+            let mut open = OpenBatch::new(&worker);
+            let batch_id = open.id.clone();
             for (ev, id) in evs.iter().zip(&ids) {
                 open.push_usage(ev, id);
             }

@@ -277,7 +277,7 @@ impl State {
     fn push_usage(&mut self, ev: &UsageEvent) {
         let open = self
             .open
-            .get_or_insert_with(|| OpenBatch::new(&self.cfg.worker_id, uuid::Uuid::now_v7().to_string()));
+            .get_or_insert_with(|| OpenBatch::new(&self.cfg.worker_id));
         let mut id = uuid::Uuid::encode_buffer();
         open.push_usage(ev, crate::fast_uuid_v7().hyphenated().encode_lower(&mut id));
         if open.usage >= self.cfg.batch_max {
@@ -290,9 +290,7 @@ impl State {
     fn close_batch(&mut self) {
         let open = match self.open.take() {
             Some(o) => o,
-            None if !self.pending_health.is_empty() => {
-                OpenBatch::new(&self.cfg.worker_id, uuid::Uuid::now_v7().to_string())
-            }
+            None if !self.pending_health.is_empty() => OpenBatch::new(&self.cfg.worker_id),
             None => return,
         };
         let health = std::mem::take(&mut self.pending_health);
