@@ -201,6 +201,7 @@ async fn cluster_behind_haproxy() -> Result<()> {
     let control_grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
     let worker_ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
     let lb_port = free_port();
+    let stats_sock = dir.path().join("haproxy.sock");
 
     // deploy/haproxy.cfg, with only the bind address and the server list made local.
     let cfg = std::fs::read_to_string(repo_root().join("deploy/haproxy.cfg"))?;
@@ -216,6 +217,12 @@ async fn cluster_behind_haproxy() -> Result<()> {
                 servers.clone()
             } else if l.trim() == "bind :8080" {
                 format!("    bind 127.0.0.1:{lb_port}\n")
+            } else if l.trim() == "global" {
+                // The runtime API, so the test can wait for haproxy's own view of the servers.
+                format!(
+                    "{l}\n    stats socket {} mode 600 level user\n",
+                    stats_sock.display()
+                )
             } else {
                 format!("{l}\n")
             }
@@ -225,6 +232,7 @@ async fn cluster_behind_haproxy() -> Result<()> {
         cfg.contains(&format!("bind 127.0.0.1:{lb_port}")),
         "haproxy.cfg has no `bind :8080` line"
     );
+    assert!(cfg.contains("stats socket"), "haproxy.cfg has no `global` line");
     let cfg_path = dir.path().join("haproxy.cfg");
     std::fs::write(&cfg_path, cfg)?;
     // Check the config first: a broken deploy/haproxy.cfg must fail here, with haproxy's words.
@@ -350,7 +358,18 @@ async fn cluster_behind_haproxy() -> Result<()> {
     )
     .await?;
 
-    // 2. kill -9 one worker under steady load through HAProxy.
+    // 2. kill -9 one worker under steady load through HAProxy. The load starts only once
+    // haproxy itself has all three workers UP: before that it sends every new connection
+    // to the ones it has seen pass a check (at 500 ms intervals), and a kill of the only
+    // UP worker would fail requests that are not in flight yet.
+    wait_for("haproxy sees workers 1-3 UP", Duration::from_secs(10), || async {
+        let up = haproxy_up_servers(&stats_sock).await?;
+        Ok(["worker1", "worker2", "worker3"]
+            .iter()
+            .all(|w| up.iter().any(|u| u == w))
+            .then_some(()))
+    })
+    .await?;
     let stop = Arc::new(AtomicBool::new(false));
     let ok = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
@@ -518,6 +537,37 @@ async fn cluster_behind_haproxy() -> Result<()> {
     .await?;
     assert!(mock.request_count() > before);
     Ok(())
+}
+
+/// The servers of backend `workers` that haproxy reports UP, from `show stat` on its
+/// runtime API socket (CSV with a `# pxname,svname,...,status,...` header).
+async fn haproxy_up_servers(sock: &Path) -> Result<Vec<String>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::UnixStream::connect(sock)
+        .await
+        .with_context(|| format!("haproxy stats socket {}", sock.display()))?;
+    s.write_all(b"show stat\n").await?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await?; // haproxy closes after one command
+    let mut lines = out.lines();
+    let header: Vec<&str> = lines
+        .next()
+        .and_then(|h| h.strip_prefix("# "))
+        .ok_or_else(|| anyhow!("unexpected `show stat` answer: {out}"))?
+        .split(',')
+        .collect();
+    let col = |name: &str| {
+        header
+            .iter()
+            .position(|h| *h == name)
+            .ok_or_else(|| anyhow!("`show stat` has no {name} column"))
+    };
+    let (px, sv, status) = (col("pxname")?, col("svname")?, col("status")?);
+    Ok(lines
+        .map(|l| l.split(',').collect::<Vec<_>>())
+        .filter(|f| f.get(px) == Some(&"workers") && f.get(status) == Some(&"UP"))
+        .filter_map(|f| f.get(sv).map(|s| s.to_string()))
+        .collect())
 }
 
 /// Sum of the worker's request counter from its Prometheus text.
