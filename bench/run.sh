@@ -28,6 +28,7 @@ CONTROL_CPU="${CONTROL_CPU:-$LOAD_CPU}"          # the control plane: not the sy
 TOOLS_DIR="${TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/switchyard-bench}"
 RESULTS_DIR="${RESULTS_DIR:-$BENCH/results}"
 NO_BUILD="${NO_BUILD:-0}"                        # 1: use binaries already in the target dir
+KEEP_AWAKE="${KEEP_AWAKE:-0}"   # 1: SCHED_IDLE spinners keep both CPUs out of idle during (b) and (c)
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 BIN="${BIN_DIR:-$CARGO_TARGET_DIR/release}"   # BIN_DIR: use binaries built elsewhere
 
@@ -270,6 +271,25 @@ oha_run() {  # oha_run ROW SCENARIO REP OHA-ARGS...
     "${auth[@]}" -d "$BODY" "$@" "${URL[$row]}/v1/chat/completions"
 }
 has() { [[ " $SCENARIOS " == *" $1 "* ]]; }
+# KEEP_AWAKE=1: one SCHED_IDLE busy loop per CPU while the latency scenarios run. It only runs
+# when nothing else wants the CPU, and any wake-up preempts it at once, so a CPU never halts
+# and a wake-up is a context switch, not the hypervisor rescheduling a halted vCPU. Same for
+# every row (the spinners are outside every row's process tree, so no CPU figure counts them).
+SPIN=()
+awake() {
+  [[ "$KEEP_AWAKE" == 1 ]] || return 0
+  local c
+  for c in $(printf '%s\n' "$SUT_CPU" "$LOAD_CPU" | sort -u); do
+    taskset -c "$c" chrt -i 0 sh -c 'while :; do :; done' &
+    SPIN+=("$!"); PIDS+=("$!")
+  done
+}
+asleep() {
+  [[ ${#SPIN[@]} -gt 0 ]] || return 0
+  kill "${SPIN[@]}" 2>/dev/null || true
+  wait "${SPIN[@]}" 2>/dev/null || true
+  SPIN=()
+}
 settle() {  # settle ROW: wait until the row's processes are idle (deadline 60 s); for the
   # worker also until control has acknowledged every usage record (switchyard_reports_pending 0)
   local m=(); [[ "$1" == switchyard ]] && m=(--metrics-url "${URL[switchyard]}/metrics" --zero-metric switchyard_reports_pending)
@@ -311,10 +331,13 @@ for rep in $(seq 1 "$REPS"); do
     if has fixed200; then
       settle "$row"
       log "rep $rep: $row fixed $FIXED_RATE req/s ($FIXED_DURATION)"
+      awake
       oha_run "$row" fixed200 "$rep" -z "$FIXED_DURATION" -c 20 -q "$FIXED_RATE" --latency-correction
+      asleep
     fi
     if has stream; then
       settle "$row"
+      awake
       log "rep $rep: $row streams (20 chunks burst x$STREAM_N, paced 5 ms x$PACED_N)"
       mock_ctl /_mock/default '{"stream_chunks":20,"chunk_delay_ms":0}'
       taskset -c "$LOAD_CPU" python3 "$LIB" stream --out "$RAW" --row "$row" --rep "$rep" \
@@ -323,6 +346,7 @@ for rep in $(seq 1 "$REPS"); do
       taskset -c "$LOAD_CPU" python3 "$LIB" stream --out "$RAW" --row "$row" --rep "$rep" \
         --scenario stream_paced --url "${URL[$row]}/v1/chat/completions" ${KEY[$row]:+--key "${KEY[$row]}"} \
         -n "$PACED_N" --warmup 3
+      asleep
       mock_ctl /_mock/reset
     fi
   done
@@ -345,7 +369,9 @@ fi
 mkdir -p "$RESULTS_DIR"
 DATE="$(date -u +%Y-%m-%d)"
 OUT="$RESULTS_DIR/$DATE.md"
-[[ "$QUICK" == 1 ]] && OUT="$RESULTS_DIR/$DATE-quick.md"
+[[ "$KEEP_AWAKE" == 1 ]] && OUT="${OUT%.md}-awake.md"
+[[ "$QUICK" == 1 ]] && OUT="${OUT%.md}-quick.md"
+[[ "$KEEP_AWAKE" == 1 ]] && NOTES="${NOTES:+$NOTES; }KEEP_AWAKE=1: during (b) and (c) a SCHED_IDLE busy loop on each CPU kept it out of idle (no halted-vCPU wake-ups)"
 python3 - "$WORK/machine.json" <<EOF
 import json, os, platform, subprocess, sys
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "unknown")
