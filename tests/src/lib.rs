@@ -39,6 +39,35 @@ pub fn bin_path(name: &str) -> PathBuf {
     path
 }
 
+/// A loopback port for a process that must come back on the same address (a restart),
+/// or that a config names before the process starts (haproxy's server list).
+///
+/// A port bound at 0 and released comes from the kernel's ephemeral range, where any
+/// outgoing connection of any test (or haproxy checking the very port, which can
+/// self-connect) may take it while it is free; CI saw a restarted worker fail with
+/// `Address already in use`. These ports are picked at random *below* that range, which
+/// connects and port-0 binds never use, and are checked free when picked.
+pub fn stable_port() -> u16 {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (from, to) = if low > 12_000 {
+        (10_000u16, low - 1)
+    } else {
+        // An unusual range: fall back to the top of the port space above it.
+        (61_000u16, 65_000u16)
+    };
+    for _ in 0..1000 {
+        let r = u16::from_le_bytes(uuid::Uuid::new_v4().as_bytes()[..2].try_into().unwrap());
+        let port = from + r % (to - from);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {from}..{to}");
+}
+
 /// A running child process; killed when dropped.
 pub struct Proc {
     pub name: String,

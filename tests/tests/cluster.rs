@@ -18,7 +18,7 @@ use std::{
 };
 
 use anyhow::{anyhow, bail, Context, Result};
-use switchyard_tests::{bin_path, wait_for, DbKind, Proc, TestDb};
+use switchyard_tests::{bin_path, stable_port, wait_for, DbKind, Proc, TestDb};
 use tokio::process::{Child, Command};
 
 const ADMIN_TOKEN: &str = "cluster-admin-token-0123456789";
@@ -61,11 +61,6 @@ fn localise(args: Vec<String>, subst: &[(&str, String)]) -> Vec<String> {
                 .unwrap_or(a)
         })
         .collect()
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
 }
 
 struct Cluster {
@@ -198,9 +193,9 @@ async fn cluster_behind_haproxy() -> Result<()> {
 
     let mock = switchyard_mock::MockServer::start(switchyard_mock::MockOptions::default()).await?;
     let dir = tempfile::tempdir()?;
-    let control_grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
-    let worker_ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
-    let lb_port = free_port();
+    let control_grpc: SocketAddr = format!("127.0.0.1:{}", stable_port()).parse()?;
+    let worker_ports: Vec<u16> = (0..4).map(|_| stable_port()).collect();
+    let lb_port = stable_port();
     let stats_sock = dir.path().join("haproxy.sock");
 
     // deploy/haproxy.cfg, with only the bind address and the server list made local.

@@ -24,7 +24,7 @@ use std::{
 use anyhow::{anyhow, bail, Result};
 use parking_lot::Mutex;
 use switchyard_mock::{Behavior, MockOptions, MockServer, Usage};
-use switchyard_tests::{bin_path, wait_for, DbKind, Proc, TestDb};
+use switchyard_tests::{bin_path, stable_port, wait_for, DbKind, Proc, TestDb};
 use tokio::process::Command;
 
 const ADMIN_TOKEN: &str = "usage-admin-token-0123456789";
@@ -35,11 +35,6 @@ const USAGE: Usage = Usage {
     cached_tokens: 3,
     reasoning_tokens: 2,
 };
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
@@ -348,7 +343,7 @@ async fn usage_and_health_end_to_end() -> Result<()> {
     let mut env = Env {
         dir: tempfile::tempdir()?,
         db,
-        grpc: format!("127.0.0.1:{}", free_port()).parse()?,
+        grpc: format!("127.0.0.1:{}", stable_port()).parse()?,
         control: None,
         workers: vec![None, None],
         worker_urls: vec![String::new(), String::new()],
