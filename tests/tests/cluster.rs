@@ -483,7 +483,7 @@ async fn cluster_behind_haproxy() -> Result<()> {
         &[],
     )
     .await?;
-    // Workers reconnect with capped exponential backoff (15 s + jitter after 30 s down).
+    // Workers reconnect with capped exponential backoff (5 s + up to 2.5 s jitter after 30 s down).
     wait_served(&http, &alive, &key, "m2", Duration::from_secs(30)).await?;
     eprintln!(
         "FIGURE cluster.after_control_restart_ms={} (control restarted -> change served by the workers)",

@@ -80,7 +80,10 @@ pub fn save_state(dir: &Path, snap: &pb::Snapshot) -> Result<(), StateError> {
 /// Run the watch client until `cancel` fires.
 pub async fn run(shared: Arc<Shared>, cfg: WatchConfig, cancel: CancellationToken) {
     let mut backoff = Duration::from_millis(200);
-    let max = Duration::from_secs(15);
+    // Capped low: a config change made once control is back should not wait for a long
+    // backoff (5 s + up to 2.5 s jitter); a reconnect attempt costs control one refused
+    // or accepted HTTP/2 connection, cheap even for hundreds of workers.
+    let max = Duration::from_secs(5);
     loop {
         let res = tokio::select! {
             _ = cancel.cancelled() => return,
