@@ -1,6 +1,6 @@
 //! The access log writer: the request path appends its line to a buffer in memory (a
-//! lock and a copy), and one background thread writes the buffer out every 100 ms, or
-//! sooner once 64 KiB wait. A `write` per request, or a thread woken per request, cost
+//! lock and a copy), and one background thread writes the buffer out 100 ms after its
+//! first line, or sooner once 64 KiB wait; with nothing to write it sleeps (no timer). A `write` per request, or a thread woken per request, cost
 //! more than the rest of the request's own work. If the output stalls, lines beyond
 //! 4 MiB are dropped and counted (a note says how many), never the requests.
 use std::{
@@ -10,7 +10,7 @@ use std::{
         Arc,
     },
     thread::JoinHandle,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use parking_lot::Mutex;
@@ -25,6 +25,8 @@ struct Inner {
     buf: Mutex<Vec<u8>>,
     dropped: AtomicU64,
     stop: AtomicBool,
+    /// The writer sleeps until a line arrives (set by the writer, read by the request path).
+    idle: AtomicBool,
 }
 
 /// Writes what is still buffered and stops the writer thread when dropped.
@@ -39,6 +41,7 @@ pub fn spawn(out: impl Write + Send + 'static) -> std::io::Result<(AccessLog, Fl
         buf: Mutex::new(Vec::with_capacity(FLUSH_AT)),
         dropped: AtomicU64::new(0),
         stop: AtomicBool::new(false),
+        idle: AtomicBool::new(false),
     });
     let thread = {
         let inner = inner.clone();
@@ -56,10 +59,13 @@ pub fn spawn(out: impl Write + Send + 'static) -> std::io::Result<(AccessLog, Fl
                 inner.dropped.fetch_add(1, Ordering::Relaxed);
                 return;
             }
+            let was_empty = buf.is_empty();
             buf.extend_from_slice(line);
             let full = buf.len() >= FLUSH_AT;
             drop(buf);
-            if full {
+            // The first line wakes the writer if it sleeps for want of lines (it then
+            // waits out the batch window); a full buffer cuts the window short.
+            if full || (was_empty && inner.idle.load(Ordering::Relaxed)) {
                 waker.unpark();
             }
         })
@@ -76,10 +82,27 @@ pub fn spawn(out: impl Write + Send + 'static) -> std::io::Result<(AccessLog, Fl
 fn run(inner: &Inner, mut out: impl Write) {
     let mut spare = Vec::with_capacity(FLUSH_AT);
     loop {
-        let stopping = inner.stop.load(Ordering::Acquire);
-        if !stopping {
-            std::thread::park_timeout(FLUSH_EVERY);
+        if !inner.stop.load(Ordering::Acquire) {
+            // Idle means asleep, with no timer. `idle` is set before the buffer is checked
+            // under its lock, so a line pushed after the check sees it and unparks us
+            // (then `park` returns at once).
+            inner.idle.store(true, Ordering::Relaxed);
+            if inner.buf.lock().is_empty() && !inner.stop.load(Ordering::Acquire) {
+                std::thread::park();
+            }
+            inner.idle.store(false, Ordering::Relaxed);
+            // The batch window: lines that come within it go out in one write.
+            let deadline = Instant::now() + FLUSH_EVERY;
+            loop {
+                let now = Instant::now();
+                if now >= deadline || inner.stop.load(Ordering::Acquire) || inner.buf.lock().len() >= FLUSH_AT
+                {
+                    break;
+                }
+                std::thread::park_timeout(deadline - now);
+            }
         }
+        let stopping = inner.stop.load(Ordering::Acquire);
         std::mem::swap(&mut *inner.buf.lock(), &mut spare);
         let dropped = inner.dropped.swap(0, Ordering::Relaxed);
         if !spare.is_empty() {
@@ -149,5 +172,29 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
         }
         assert_eq!(&*sink.0.lock(), b"one\n");
+    }
+
+    /// Written when the writer has gone to sleep for want of lines (no timer wakes it).
+    #[test]
+    fn a_line_after_an_idle_spell_wakes_the_writer() {
+        let sink = Sink::default();
+        let (log, guard) = spawn(sink.clone()).unwrap();
+        let wait = |what: &str, cond: &dyn Fn() -> bool| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while !cond() {
+                assert!(std::time::Instant::now() < deadline, "{what}");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        };
+        for round in 0..3 {
+            wait("the writer never went idle", &|| {
+                guard.inner.idle.load(Ordering::Relaxed)
+            });
+            log.write(format!("line {round}\n").as_bytes());
+            wait("line never written", &|| {
+                sink.0.lock().ends_with(format!("line {round}\n").as_bytes())
+            });
+        }
+        assert_eq!(&*sink.0.lock(), b"line 0\nline 1\nline 2\n");
     }
 }

@@ -194,6 +194,9 @@ pub struct Shared {
     pub max_body_bytes: usize,
     pub worker_id: String,
     pub tasks: TaskTracker,
+    /// Wakes the reporter from its quiet sleep (health flips, snapshot swaps; the usage
+    /// queue pokes it too). Nobody waits on it without a reporter.
+    activity: Arc<tokio::sync::Notify>,
     connector: upstream::Connector,
     breaker: BreakerConfig,
     draining: AtomicBool,
@@ -211,6 +214,7 @@ impl Shared {
     /// when there is a transition, so the common path allocates nothing.
     pub fn transition(&self, t: Option<balance::Transition>, target: impl FnOnce() -> account::HealthTarget) {
         let Some(t) = t else { return };
+        self.activity.notify_one();
         let target = target();
         warn!(
             kind = target.kind,
@@ -243,6 +247,7 @@ impl Shared {
         let states = prev.as_ref().map(|p| p.states()).unwrap_or_default();
         let routing = Arc::new(convert::build(snap, &states, &self.connector, self.breaker)?);
         self.routing.store(Some(routing.clone()));
+        self.activity.notify_one();
         let token = self.shutdown.child_token();
         if let Some(old) = self.probes.lock().replace(token.clone()) {
             old.cancel();
@@ -306,6 +311,7 @@ pub async fn start(cfg: Config) -> Result<Running, Error> {
     // the reporter's bounded queue (the hot path only pushes). Health flips are
     // sampled by the reporter itself (see `report`).
     let mut reporter = None;
+    let mut activity = Arc::new(tokio::sync::Notify::new());
     let mut usage_sink = cfg.usage_sink.clone();
     if let (None, Some(url)) = (&usage_sink, &cfg.control_url) {
         let mut rc = report::ReportConfig::new(url.clone(), cfg.worker_id.clone());
@@ -314,6 +320,7 @@ pub async fn start(cfg: Config) -> Result<Running, Error> {
         rc.shutdown_budget = cfg.drain_timeout;
         let (sink, rx) = report::ReportSink::new(rc.queue, metrics.usage_dropped.clone());
         usage_sink = Some(sink);
+        activity = rx.activity();
         reporter = Some((rc, rx));
     }
     let shared = Arc::new(Shared {
@@ -327,6 +334,7 @@ pub async fn start(cfg: Config) -> Result<Running, Error> {
         max_body_bytes: cfg.max_body_bytes,
         worker_id: cfg.worker_id.clone(),
         tasks: TaskTracker::new(),
+        activity,
         connector: upstream::Connector::new().map_err(Error::Tls)?,
         breaker: cfg.breaker,
         draining: AtomicBool::new(false),

@@ -98,6 +98,9 @@ pub struct ReportSink {
 struct Queue {
     events: parking_lot::Mutex<Vec<UsageEvent>>,
     capacity: usize,
+    /// Wakes the reporter when it sleeps for want of work: the first record queued after
+    /// a drain, and (through `Shared`) health flips and new snapshots.
+    activity: Arc<tokio::sync::Notify>,
 }
 
 /// The reporter's end of the queue.
@@ -108,6 +111,12 @@ pub struct ReportQueue {
 }
 
 impl ReportQueue {
+    /// What wakes the reporter from its quiet sleep; `Shared` pokes it on health flips
+    /// and snapshot swaps.
+    pub fn activity(&self) -> Arc<tokio::sync::Notify> {
+        self.queue.activity.clone()
+    }
+
     /// Everything queued so far, oldest first (the returned vector is reused by the next
     /// call: hand it back through `recycle`).
     pub fn drain(&mut self) -> Vec<UsageEvent> {
@@ -133,6 +142,7 @@ impl ReportSink {
         let queue = Arc::new(Queue {
             events: parking_lot::Mutex::new(Vec::new()),
             capacity: capacity.max(1),
+            activity: Arc::new(tokio::sync::Notify::new()),
         });
         (
             Arc::new(Self {
@@ -151,15 +161,20 @@ impl ReportSink {
 
 impl UsageSink for ReportSink {
     fn record(&self, ev: UsageEvent) {
-        let full = {
+        let (full, first) = {
             let mut q = self.queue.events.lock();
             if q.len() < self.queue.capacity {
+                let first = q.is_empty();
                 q.push(ev);
-                false
+                (false, first)
             } else {
-                true
+                (true, false)
             }
         };
+        if first {
+            // An atomic store when the reporter is awake; a task wake when it is asleep.
+            self.queue.activity.notify_one();
+        }
         if full {
             self.dropped.inc();
             // At most one warning per 10 s.
@@ -459,9 +474,11 @@ impl State {
     }
 
     /// Compare every target's state with the last reported one and queue the flips.
-    fn sample_health(&mut self, shared: &Shared) {
+    /// Returns whether some target is unhealthy or cooling down: it can recover with
+    /// time alone, so sampling must go on.
+    fn sample_health(&mut self, shared: &Shared) -> bool {
         let Some(routing) = shared.routing.load_full() else {
-            return;
+            return true;
         };
         let now = shared.clock.now_ms();
         let ts = crate::unix_ms();
@@ -503,6 +520,7 @@ impl State {
                 );
             }
         }
+        let unsettled = seen.iter().any(|(_, healthy, _, _)| !healthy);
         for (key, healthy, view, cooling) in seen {
             let prev = self.health.insert(key.clone(), healthy);
             let reason = match prev {
@@ -535,6 +553,18 @@ impl State {
             });
         }
         self.health_seeded = true;
+        unsettled
+    }
+
+    /// Nothing to send, nothing that can change without an event: the reporter may sleep
+    /// until `activity` wakes it, with no timer.
+    fn quiet(&self, unsettled: bool, last_activity: Instant) -> bool {
+        self.health_seeded
+            && !unsettled
+            && self.open.is_none()
+            && self.pending_health.is_empty()
+            && self.batches.is_empty()
+            && last_activity.elapsed() >= QUIET_AFTER
     }
 }
 
@@ -591,6 +621,10 @@ fn load_spool(dir: &Path) -> Vec<Batch> {
 
 /// How often the reporter takes what the request path queued.
 const DRAIN_EVERY: Duration = Duration::from_millis(50);
+/// With no usage and no flip for this long, nothing to send and every target healthy,
+/// the reporter stops its timers until `activity` wakes it: an idle worker stays asleep
+/// (it woke ~36 times a second for nothing).
+const QUIET_AFTER: Duration = Duration::from_secs(2);
 
 /// The reporter task: runs until `cancel`, then flushes (bounded) and spools the rest.
 pub async fn run(
@@ -628,18 +662,32 @@ pub async fn run(
     // finished request cost the request path a task switch each time.
     let mut drain = tokio::time::interval(DRAIN_EVERY.min(st.cfg.flush_every));
     drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let activity = rx.activity();
+    let mut last_activity = Instant::now();
+    let mut unsettled = true;
     loop {
+        if st.quiet(unsettled, last_activity) {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = activity.notified() => last_activity = Instant::now(),
+            }
+            // Both intervals missed their ticks while asleep: they fire at once (drain
+            // what woke us, sample a flip), then keep their periods from now.
+        }
         tokio::select! {
             _ = cancel.cancelled() => break,
             _ = drain.tick() => {
                 let mut evs = rx.drain();
+                if !evs.is_empty() {
+                    last_activity = Instant::now();
+                }
                 for ev in evs.drain(..) {
                     st.push_usage(&ev);
                 }
                 rx.recycle(evs);
             },
             _ = tick.tick() => {
-                st.sample_health(&shared);
+                unsettled = st.sample_health(&shared);
             }
         }
         let due = st.last_flush.elapsed() >= st.cfg.flush_every;
