@@ -2,7 +2,7 @@
 //! upstream clients, models with their backends and selectors, and client keys by digest.
 //! Built in full by `convert` before it is swapped in, so the swap cannot fail.
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashSet,
     sync::{atomic::AtomicU64, Arc},
     time::Duration,
 };
@@ -110,7 +110,7 @@ pub struct Credential {
     pub enabled: bool,
     pub state: Arc<EndpointState>,
     /// Identity used to keep `state` across swaps.
-    pub identity: String,
+    pub identity: Arc<str>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -153,7 +153,8 @@ pub struct Backend {
     /// The upstream model as a JSON string literal, ready to splice.
     pub upstream_model_json: Bytes,
     pub state: Arc<EndpointState>,
-    pub identity: String,
+    /// Identity used to keep `state` across swaps.
+    pub identity: Arc<str>,
 }
 
 #[derive(Debug)]
@@ -174,10 +175,22 @@ impl ClientKey {
     }
 }
 
+/// Live endpoint states by identity, carried from one routing table into the next.
+/// Identities are shared `Arc<str>`s (a clone is a count) and come from the operator's
+/// config, not from clients, so Fx hashing has nothing to fear.
+pub type States = FxHashMap<Arc<str>, Arc<EndpointState>>;
+
 impl Routing {
     /// Every live endpoint state by identity, to carry over into the next snapshot.
-    pub fn states(&self) -> HashMap<String, Arc<EndpointState>> {
-        let mut out = HashMap::new();
+    pub fn states(&self) -> States {
+        let n = self.providers.iter().map(|p| p.credentials.len()).sum::<usize>()
+            + self
+                .models
+                .values()
+                .flat_map(|m| m.routes.iter().flatten())
+                .map(|r| r.backends.len())
+                .sum::<usize>();
+        let mut out = States::with_capacity_and_hasher(n, Default::default());
         for p in &self.providers {
             for c in &p.credentials {
                 out.insert(c.identity.clone(), c.state.clone());

@@ -2,14 +2,13 @@
 //! types. All fallible work happens here, before the swap; errors name the object path
 //! (`models.gpt-4o.backends[1].provider`) so that a Nack tells the operator what to fix.
 use std::{
-    collections::{HashMap, HashSet},
     sync::{atomic::AtomicU64, Arc},
     time::Duration,
 };
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use sha2::{Digest, Sha256};
 use switchyard_proto as pb;
 
@@ -17,7 +16,7 @@ use crate::{
     balance::{stable_hash, BreakerConfig, Endpoint, EndpointState, Selector, Strategy},
     config::{
         Affinity, Backend, ClientKey, Credential, HealthProbe, Model, ModelRoute, ProbeKind, Provider,
-        ProviderKind, Routing,
+        ProviderKind, Routing, States,
     },
     metrics::{BackendHandles, ModelHandles},
     upstream::Connector,
@@ -41,20 +40,35 @@ fn ms_or(v: u64, default_ms: u64) -> Duration {
     Duration::from_millis(if v == 0 { default_ms } else { v })
 }
 
-fn ident_hash(parts: &[&str]) -> String {
+/// `<tag>/<owner>/<name>/<hash of what makes it the same endpoint>`: the key that carries
+/// an endpoint's live state into the next routing table (a secret is only ever hashed).
+/// Built in one allocation: at 5,000 backends the apply is mostly such small work.
+fn identity(tag: &str, owner: &str, name: &str, parts: &[&str]) -> Arc<str> {
     let mut h = Sha256::new();
     for p in parts {
         h.update((p.len() as u64).to_le_bytes());
         h.update(p.as_bytes());
     }
-    hex::encode(&h.finalize()[..12])
+    let mut hex = [0u8; 24];
+    // 12 bytes give 24 hex digits, exactly the buffer: cannot fail.
+    let _ = hex::encode_to_slice(&h.finalize()[..12], &mut hex);
+    let mut id = String::with_capacity(tag.len() + owner.len() + name.len() + 3 + hex.len());
+    for (i, piece) in [tag, owner, name].into_iter().enumerate() {
+        if i > 0 {
+            id.push('/');
+        }
+        id.push_str(piece);
+    }
+    id.push('/');
+    id.extend(hex.iter().map(|&b| char::from(b)));
+    Arc::from(id)
 }
 
 /// Build the routing table. `prev` states (by identity) are reused for unchanged
 /// backends and credentials, so health and load survive a swap.
 pub fn build(
     snap: &pb::Snapshot,
-    prev: &HashMap<String, Arc<EndpointState>>,
+    prev: &States,
     connector: &Connector,
     breaker: BreakerConfig,
 ) -> Result<Routing, ConvertError> {
@@ -64,7 +78,7 @@ pub fn build(
             .unwrap_or_else(|| EndpointState::new(breaker))
     };
     let mut providers = Vec::with_capacity(snap.providers.len());
-    let mut provider_idx = HashMap::new();
+    let mut provider_idx: FxHashMap<&str, usize> = FxHashMap::default();
     for p in &snap.providers {
         let path = format!("providers.{}", p.name);
         if p.name.is_empty() {
@@ -156,20 +170,20 @@ pub fn build(
         };
         let mut credentials = Vec::new();
         let mut cred_endpoints = Vec::new();
-        let mut seen = HashSet::new();
+        let mut seen = FxHashSet::default();
         for c in &p.credentials {
             let cpath = format!("{path}.credentials.{}", c.name);
-            if !seen.insert(c.name.clone()) {
+            if !seen.insert(c.name.as_str()) {
                 return Err(err(cpath, "duplicate credential name"));
             }
             let mut auth_value = HeaderValue::from_str(&format!("{prefix}{}", c.secret))
                 .map_err(|_| err(format!("{cpath}.secret"), "secret is not a valid header value"))?;
             auth_value.set_sensitive(true);
-            let identity = format!(
-                "c/{}/{}/{}",
-                p.name,
-                c.name,
-                ident_hash(&[&c.secret, &base_url, header_name, prefix])
+            let identity = identity(
+                "c",
+                &p.name,
+                &c.name,
+                &[&c.secret, &base_url, header_name, prefix],
             );
             let state = state_for(&identity);
             let weight = c.weight.unwrap_or(1);
@@ -193,7 +207,7 @@ pub fn build(
                 });
             }
         }
-        if provider_idx.insert(p.name.clone(), providers.len()).is_some() {
+        if provider_idx.insert(p.name.as_str(), providers.len()).is_some() {
             return Err(err(path, "duplicate provider name"));
         }
         providers.push(Provider {
@@ -219,16 +233,17 @@ pub fn build(
         });
     }
 
-    let mut models = FxHashMap::default();
+    let mut models = FxHashMap::with_capacity_and_hasher(snap.models.len(), Default::default());
     for m in &snap.models {
-        let path = format!("models.{}", m.name);
+        // Paths are formatted only for an error: most of a large apply is per-backend work.
+        let path = || format!("models.{}", m.name);
         if m.name.is_empty() {
             return Err(err("models[]", "empty name"));
         }
         let strategy = match m.strategy.as_str() {
             "" => Strategy::RoundRobin,
             s => Strategy::parse(s)
-                .ok_or_else(|| err(format!("{path}.strategy"), format!("unknown strategy `{s}`")))?,
+                .ok_or_else(|| err(format!("{}.strategy", path()), format!("unknown strategy `{s}`")))?,
         };
         let retry = m.retry.unwrap_or_default();
         let affinity = match m.affinity.as_ref().map(|a| (a.kind.as_str(), a.header.as_str())) {
@@ -236,30 +251,31 @@ pub fn build(
             Some(("user", _)) => Affinity::User,
             Some(("header", h)) => Affinity::Header(
                 HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes())
-                    .map_err(|_| err(format!("{path}.affinity.header"), "invalid header name"))?,
+                    .map_err(|_| err(format!("{}.affinity.header", path()), "invalid header name"))?,
             ),
             Some((k, _)) => {
                 return Err(err(
-                    format!("{path}.affinity.kind"),
+                    format!("{}.affinity.kind", path()),
                     format!("unknown affinity `{k}`"),
                 ))
             }
         };
+        let model_name: Arc<str> = m.name.as_str().into();
         let mut per_kind: [Vec<(Backend, Endpoint)>; 2] = [Vec::new(), Vec::new()];
-        let mut seen = HashSet::new();
+        let mut seen = FxHashSet::default();
         for (i, b) in m.backends.iter().enumerate() {
-            let bpath = format!("{path}.backends[{i}]");
+            let bpath = || format!("{}.backends[{i}]", path());
             let name = if b.name.is_empty() {
-                b.provider.clone()
+                b.provider.as_str()
             } else {
-                b.name.clone()
+                b.name.as_str()
             };
-            if !seen.insert(name.clone()) {
-                return Err(err(bpath, format!("duplicate backend name `{name}`")));
+            if !seen.insert(name) {
+                return Err(err(bpath(), format!("duplicate backend name `{name}`")));
             }
-            let &pi = provider_idx.get(&b.provider).ok_or_else(|| {
+            let &pi = provider_idx.get(b.provider.as_str()).ok_or_else(|| {
                 err(
-                    format!("{bpath}.provider"),
+                    format!("{}.provider", bpath()),
                     format!("unknown provider `{}`", b.provider),
                 )
             })?;
@@ -274,13 +290,13 @@ pub fn build(
             };
             let weight = b.weight.unwrap_or(1);
             if weight == 0 {
-                return Err(err(format!("{bpath}.weight"), "must be > 0"));
+                return Err(err(format!("{}.weight", bpath()), "must be > 0"));
             }
-            let identity = format!(
-                "b/{}/{}/{}",
-                m.name,
+            let identity = identity(
+                "b",
+                &m.name,
                 name,
-                ident_hash(&[&b.provider, &prov.base_url, &upstream_model, prov.kind.as_str()])
+                &[&b.provider, &prov.base_url, &upstream_model, prov.kind.as_str()],
             );
             let state = state_for(&identity);
             let ep = Endpoint {
@@ -290,12 +306,13 @@ pub fn build(
                 state: state.clone(),
             };
             let upstream_model_json =
-                Bytes::from(serde_json::to_vec(&upstream_model).map_err(|e| err(&bpath, e.to_string()))?);
+                Bytes::from(serde_json::to_vec(&upstream_model).map_err(|e| err(bpath(), e.to_string()))?);
+            let name: Arc<str> = name.into();
             per_kind[prov.kind.index()].push((
                 Backend {
-                    name_header: HeaderValue::from_str(&name).map_err(|_| err(&bpath, "invalid name"))?,
-                    metrics: Arc::new(BackendHandles::new(&m.name, &name)),
-                    name: name.into(),
+                    name_header: HeaderValue::from_str(&name).map_err(|_| err(bpath(), "invalid name"))?,
+                    metrics: Arc::new(BackendHandles::new(model_name.clone(), name.clone())),
+                    name,
                     provider: pi,
                     upstream_model,
                     upstream_model_json,
@@ -318,8 +335,8 @@ pub fn build(
             }
         });
         let model = Model {
-            name: m.name.as_str().into(),
-            metrics: Arc::new(ModelHandles::new(&m.name)),
+            metrics: Arc::new(ModelHandles::new(model_name.clone())),
+            name: model_name,
             max_retries: retry.max_retries.unwrap_or(2),
             per_try_timeout: (retry.per_try_timeout_ms > 0)
                 .then(|| Duration::from_millis(retry.per_try_timeout_ms)),
@@ -328,7 +345,7 @@ pub fn build(
             routes,
         };
         if models.insert(m.name.clone(), model).is_some() {
-            return Err(err(path, "duplicate model name"));
+            return Err(err(path(), "duplicate model name"));
         }
     }
     let mut model_names: Vec<String> = models
@@ -338,12 +355,11 @@ pub fn build(
         .collect();
     model_names.sort();
 
-    let mut keys = FxHashMap::default();
+    let mut keys = FxHashMap::with_capacity_and_hasher(snap.keys.len(), Default::default());
     for k in &snap.keys {
-        let path = format!("keys.{}", k.name);
         let mut digest = [0u8; 32];
         hex::decode_to_slice(k.key_hash.trim(), &mut digest)
-            .map_err(|_| err(format!("{path}.key_hash"), "must be 64 hex characters"))?;
+            .map_err(|_| err(format!("keys.{}.key_hash", k.name), "must be 64 hex characters"))?;
         keys.insert(
             digest,
             ClientKey {
@@ -365,4 +381,123 @@ pub fn build(
         model_names,
         keys,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snap() -> pb::Snapshot {
+        pb::Snapshot {
+            version: 1,
+            providers: vec![pb::Provider {
+                name: "p".into(),
+                kind: "openai".into(),
+                base_url: "http://127.0.0.1:9/v1".into(),
+                credentials: vec![pb::Credential {
+                    name: "k".into(),
+                    secret: "sk-1".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            models: vec![pb::Model {
+                name: "m".into(),
+                backends: vec![
+                    pb::Backend {
+                        name: "a".into(),
+                        provider: "p".into(),
+                        upstream_model: "up-a".into(),
+                        ..Default::default()
+                    },
+                    pb::Backend {
+                        name: "b".into(),
+                        provider: "p".into(),
+                        upstream_model: "up-b".into(),
+                        ..Default::default()
+                    },
+                ],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn build_err(s: &pb::Snapshot) -> String {
+        let c = Connector::new().unwrap();
+        build(s, &States::default(), &c, BreakerConfig::default())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn errors_name_the_path() {
+        let mut s = snap();
+        s.models[0].backends[1].provider = "nope".into();
+        assert_eq!(
+            build_err(&s),
+            "models.m.backends[1].provider: unknown provider `nope`"
+        );
+        let mut s = snap();
+        s.models[0].backends[1].name = "a".into();
+        assert_eq!(build_err(&s), "models.m.backends[1]: duplicate backend name `a`");
+        let mut s = snap();
+        s.models[0].backends[0].weight = Some(0);
+        assert_eq!(build_err(&s), "models.m.backends[0].weight: must be > 0");
+        let mut s = snap();
+        s.models[0].strategy = "zigzag".into();
+        assert_eq!(build_err(&s), "models.m.strategy: unknown strategy `zigzag`");
+        let mut s = snap();
+        s.models.push(s.models[0].clone());
+        assert_eq!(build_err(&s), "models.m: duplicate model name");
+        let mut s = snap();
+        s.keys.push(pb::ApiKey {
+            name: "ci".into(),
+            key_hash: "xyz".into(),
+            ..Default::default()
+        });
+        assert_eq!(build_err(&s), "keys.ci.key_hash: must be 64 hex characters");
+    }
+
+    /// An endpoint keeps its live state across a swap unless what makes it the same
+    /// endpoint changed (upstream model, secret, ...).
+    #[test]
+    fn live_state_follows_identity() {
+        let c = Connector::new().unwrap();
+        let first = build(&snap(), &States::default(), &c, BreakerConfig::default()).unwrap();
+        let mut next = snap();
+        next.models[0].backends[1].upstream_model = "up-b2".into();
+        let second = build(&next, &first.states(), &c, BreakerConfig::default()).unwrap();
+        let b = |r: &Routing, i: usize| {
+            r.models["m"].routes[0].as_ref().unwrap().backends[i]
+                .state
+                .clone()
+        };
+        assert!(
+            Arc::ptr_eq(&b(&first, 0), &b(&second, 0)),
+            "unchanged backend lost its state"
+        );
+        assert!(
+            !Arc::ptr_eq(&b(&first, 1), &b(&second, 1)),
+            "changed backend kept its state"
+        );
+        let cred = |r: &Routing| r.providers[0].credentials[0].state.clone();
+        assert!(Arc::ptr_eq(&cred(&first), &cred(&second)));
+        let mut rotated = next.clone();
+        rotated.providers[0].credentials[0].secret = "sk-2".into();
+        let third = build(&rotated, &second.states(), &c, BreakerConfig::default()).unwrap();
+        assert!(
+            !Arc::ptr_eq(&cred(&second), &cred(&third)),
+            "a new secret is a new credential"
+        );
+        let id = &third.providers[0].credentials[0].identity;
+        assert!(
+            id.starts_with("c/p/k/") && id.len() == "c/p/k/".len() + 24,
+            "{id}"
+        );
+        assert!(!id.contains("sk-2"));
+        let names = &third.models["m"].routes[0].as_ref().unwrap().backends;
+        assert_eq!(names.iter().map(|b| &*b.name).collect::<Vec<_>>(), ["a", "b"]);
+    }
 }

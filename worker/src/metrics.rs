@@ -2,7 +2,7 @@
 //! backend, provider, status class, error kind (never keys, secrets or request ids).
 use std::sync::{
     atomic::{AtomicI64, AtomicU64},
-    OnceLock,
+    Arc, OnceLock,
 };
 
 use prometheus_client::{
@@ -30,7 +30,7 @@ fn latency_histogram() -> Histogram {
 /// lookup builds its label strings and hashes them).
 #[derive(Debug)]
 pub struct ModelHandles {
-    model: String,
+    model: Arc<str>,
     series: OnceLock<ModelSeries>,
 }
 
@@ -44,9 +44,9 @@ pub struct ModelSeries {
 }
 
 impl ModelHandles {
-    pub fn new(model: &str) -> Self {
+    pub fn new(model: Arc<str>) -> Self {
         Self {
-            model: model.to_string(),
+            model,
             series: OnceLock::new(),
         }
     }
@@ -59,16 +59,17 @@ impl ModelHandles {
 /// One backend's request counters by status class, resolved on first use.
 #[derive(Debug)]
 pub struct BackendHandles {
-    model: String,
-    backend: String,
+    model: Arc<str>,
+    backend: Arc<str>,
     requests: [OnceLock<Counter>; 5],
 }
 
 impl BackendHandles {
-    pub fn new(model: &str, backend: &str) -> Self {
+    /// The names are the routing table's own (shared, not copied).
+    pub fn new(model: Arc<str>, backend: Arc<str>) -> Self {
         Self {
-            model: model.to_string(),
-            backend: backend.to_string(),
+            model,
+            backend,
             requests: Default::default(),
         }
     }
