@@ -76,6 +76,22 @@ def cpu_snapshot(root: int) -> dict[tuple[int, int], int]:
     return out
 
 
+def wakeups(root: int) -> int:
+    """Times any thread of the tree was scheduled in (schedstat's third field), summed."""
+    n = 0
+    for p in proc_tree(root):
+        try:
+            tids = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for t in tids:
+            try:
+                n += int(Path(f"/proc/{p}/task/{t}/schedstat").read_text().split()[2])
+            except (OSError, ValueError, IndexError):
+                continue
+    return n
+
+
 def cpu_delta(before: dict, after: dict) -> float:
     """Seconds of CPU between two snapshots. Threads that started in between count whole;
     threads that exited in between are lost (the SUTs here keep their threads)."""
@@ -353,6 +369,14 @@ async def _slow(a: argparse.Namespace) -> dict:
     auth = f"authorization: Bearer {a.key}\r\n" if a.key else ""
     req = (f"POST {u.path} HTTP/1.1\r\nhost: {u.hostname}:{u.port}\r\ncontent-type: application/json\r\n"
            f"{auth}content-length: {len(body)}\r\n\r\n{body}").encode()
+    # Idle: how often the SUT wakes up with no traffic at all (timers it keeps), and its
+    # CPU, over a window that starts once it has had time to go quiet.
+    await asyncio.sleep(a.idle_wait)
+    w0, c0, t_idle = wakeups(a.pid), cpu_snapshot(a.pid), time.monotonic()
+    await asyncio.sleep(a.idle_window)
+    idle_s = time.monotonic() - t_idle
+    idle_wakeups = (wakeups(a.pid) - w0) / idle_s
+    idle_cpu_pct = cpu_delta(c0, cpu_snapshot(a.pid)) / idle_s * 100
     rss_idle = status_kb(a.pid, "VmRSS")
     sem = asyncio.Semaphore(256)
     held: list = []
@@ -365,6 +389,7 @@ async def _slow(a: argparse.Namespace) -> dict:
         w.close()
     return {"row": a.row, "scenario": "slow_streams", "rep": a.rep, "requested": a.n, "open": len(held),
             "open_seconds": opened, "rss_idle_kb": rss_idle, "rss_open_kb": rss_open,
+            "idle_wakeups_per_s": idle_wakeups, "idle_cpu_pct": idle_cpu_pct,
             "bytes_per_stream": (rss_open - rss_idle) * 1024 / len(held) if held else None}
 
 
@@ -473,15 +498,17 @@ def cmd_table(a: argparse.Namespace) -> None:
 
     sections.append((("slow_streams",), len(o)))
     o += ["## (d) Concurrent slow streams", "",
-          "| system | streams open | idle RSS MiB | RSS with streams MiB | bytes per open stream |",
-          "|---|---:|---:|---:|---:|"]
+          "| system | streams open | idle RSS MiB | RSS with streams MiB | bytes per open stream | idle wake-ups/s | idle CPU % |",
+          "|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         if not reps(r, "slow_streams"):
             continue
         idle, full = med(r, "slow_streams", "rss_idle_kb"), med(r, "slow_streams", "rss_open_kb")
         o.append(f"| {r} | {f(med(r, 'slow_streams', 'open'), 0)} | {f(idle / 1024 if idle else None, 1)} | "
-                 f"{f(full / 1024 if full else None, 1)} | {f(med(r, 'slow_streams', 'bytes_per_stream'), 0)} |")
-    o.append("")
+                 f"{f(full / 1024 if full else None, 1)} | {f(med(r, 'slow_streams', 'bytes_per_stream'), 0)} | "
+                 f"{f(med(r, 'slow_streams', 'idle_wakeups_per_s'), 1)} | {f(med(r, 'slow_streams', 'idle_cpu_pct'), 3)} |")
+    o += ["", "Idle wake-ups: how often any thread of the system under test was scheduled in over "
+          "5 s with no traffic (after 3 s without any), from schedstat; the timers it keeps.", ""]
 
     micro = {r["name"]: r["median_ns"] for r in recs if r["scenario"] == "micro" and "median_ns" in r}
     copies = {r["name"]: r["copies"] for r in recs if r["scenario"] == "micro" and "copies" in r}
@@ -610,6 +637,8 @@ def main() -> None:
     s.add_argument("--pid", type=int, required=True)
     s.add_argument("-n", type=int, default=10000)
     s.add_argument("--settle", type=float, default=1.0)
+    s.add_argument("--idle-wait", type=float, default=3.0, help="seconds before the idle window")
+    s.add_argument("--idle-window", type=float, default=5.0, help="seconds of idle measured")
     s.set_defaults(fn=cmd_slow)
 
     s = sub.add_parser("table")

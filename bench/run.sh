@@ -357,7 +357,7 @@ if has micro && [[ "$SY_BUILD_OK" == 1 ]]; then
   MICRO_TIME="${MICRO_TIME:-3}"; [[ "$QUICK" == 1 ]] && MICRO_TIME="${MICRO_TIME_QUICK:-1}"
   log "micro-benches (criterion, ${MICRO_TIME}s each, on CPU $SUT_CPU)"
   rm -rf "$CARGO_TARGET_DIR/criterion"   # only this run's figures
-  if (cd "$ROOT" && taskset -c "$SUT_CPU" cargo bench -p switchyard-worker --bench balance --bench hotpath -- \
+  if (cd "$ROOT" && taskset -c "$SUT_CPU" cargo bench -p switchyard-worker --bench balance --bench hotpath --bench copies -- \
         --warm-up-time 1 --measurement-time "$MICRO_TIME" >"$WORK/criterion.out" 2>&1); then
     python3 "$LIB" criterion --dir "$CARGO_TARGET_DIR/criterion" --copies "$WORK/criterion.out" --out "$RAW" 2>/dev/null
   else

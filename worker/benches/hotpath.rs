@@ -1,18 +1,20 @@
 //! Criterion micro-benches for the worker's per-snapshot and per-request hot paths:
 //! snapshot apply (proto `Snapshot` → validated `Routing` → swap) at 5,000 backends
 //! (budget: under 10 ms), and model extraction + rewrite on 1 KB, 100 KB and 10 MB bodies
-//! (budget: linear, at most one copy of the body: the bytes the rewrite allocates are
-//! counted and printed as `body-copies` lines; the `memcpy` group is the time of one copy).
+//! (budget: linear, and at most one copy of the body, which the `copies` bench counts; the
+//! `memcpy` group is the time of one copy). Runs on the worker's allocator, jemalloc.
 #![allow(clippy::unwrap_used)]
 
-use std::{alloc::System, hint::black_box, sync::Arc};
+use std::{hint::black_box, sync::Arc};
 
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 use switchyard_proto::v1 as pb;
 use switchyard_worker::{balance::BreakerConfig, config::Routing, convert, extract, upstream::Connector};
+
+mod common;
+use common::{body, SIZES};
 
 const PROVIDERS: usize = 50;
 const MODELS: usize = 500;
@@ -125,55 +127,15 @@ fn snapshot_apply(c: &mut Criterion) {
     group.finish();
 }
 
-/// A chat request whose size is dominated by one long message with some escapes.
-fn body(size: usize) -> Bytes {
-    let head = r#"{"model":"bench-model","messages":[{"role":"system","content":"You are terse."},{"role":"user","content":""#;
-    let tail = r#""}],"temperature":0.2,"stream":true,"user":"u-42"}"#;
-    let unit = r#"Lorem ipsum dolor sit amet, \"quoted\" consectetur\nadipiscing elit. "#;
-    let mut s = String::with_capacity(size + unit.len());
-    s.push_str(head);
-    while s.len() + tail.len() < size {
-        s.push_str(unit);
-    }
-    s.push_str(tail);
-    Bytes::from(s)
-}
-
-const SIZES: [(usize, &str); 3] = [(1 << 10, "1KB"), (100 << 10, "100KB"), (10 << 20, "10MB")];
-
-/// The system allocator, counting what it hands out: "at most one copy of the body" is
-/// checked by the bytes the rewrite allocates (exact and repeatable), not by subtracting
-/// two noisy timings.
+/// The worker's own allocator (`main.rs`): snapshot apply allocates and frees a table of
+/// thousands of entries, and glibc's malloc made it look ~40% slower than it runs.
 #[global_allocator]
-static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
-
-/// Bytes allocated by `f`, over `len`: the copies of the body it made.
-fn copies(len: usize, f: impl FnOnce() -> Bytes) -> f64 {
-    let region = Region::new(GLOBAL);
-    let out = black_box(f());
-    let change = region.change();
-    drop(out);
-    (change.bytes_allocated + change.bytes_reallocated.max(0) as usize) as f64 / len as f64
-}
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn extract_rewrite(c: &mut Criterion) {
     let upstream_model_json = Bytes::from_static(b"\"gpt-4o-2024-08-06\"");
     for (size, label) in SIZES {
         let b = body(size);
-        // Read by `bench/benchlib.py criterion` (the report's copy budget).
-        let rewrite = copies(b.len(), || {
-            let head = extract::scan(&b).unwrap();
-            extract::splice(&b, head.model_range.unwrap(), &upstream_model_json)
-        });
-        let with_usage = copies(b.len(), || {
-            let head = extract::scan(&b).unwrap();
-            let mut edits = vec![
-                (head.model_range.clone().unwrap(), upstream_model_json.to_vec()),
-                extract::include_usage_edit(&b, &head),
-            ];
-            extract::splice_many(&b, &mut edits)
-        });
-        println!("body-copies {label} scan+rewrite={rewrite:.4} scan+rewrite+usage={with_usage:.4}");
         let mut group = c.benchmark_group(format!("body/{label}"));
         group.throughput(Throughput::Bytes(b.len() as u64));
         if size >= 1 << 20 {
