@@ -54,41 +54,42 @@ def proc_tree(root: int) -> list[int]:
     return out
 
 
-def cpu_snapshot(root: int) -> dict[tuple[int, int], int]:
-    """CPU time in ns of every thread in the tree, from /proc/<pid>/task/<tid>/schedstat
-    (nanosecond precision; /proc/<pid>/stat counts 10 ms ticks, too coarse at 200 req/s)."""
-    out = {}
+def tree_threads(root: int):
+    """(pid, tid) of every thread in the tree."""
     for p in proc_tree(root):
         try:
             tids = os.listdir(f"/proc/{p}/task")
         except OSError:
             continue
         for t in tids:
+            yield p, int(t)
+
+
+def cpu_snapshot(root: int) -> dict[tuple[int, int], int]:
+    """CPU time in ns of every thread in the tree, from /proc/<pid>/task/<tid>/schedstat
+    (nanosecond precision; /proc/<pid>/stat counts 10 ms ticks, too coarse at 200 req/s)."""
+    out = {}
+    for p, t in tree_threads(root):
+        try:
+            out[(p, t)] = int(Path(f"/proc/{p}/task/{t}/schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
             try:
-                out[(p, int(t))] = int(Path(f"/proc/{p}/task/{t}/schedstat").read_text().split()[0])
-            except (OSError, ValueError, IndexError):
-                try:
-                    f = Path(f"/proc/{p}/task/{t}/stat").read_text()
-                    f = f[f.rindex(")") + 2:].split()
-                    out[(p, int(t))] = (int(f[11]) + int(f[12])) * 1_000_000_000 // CLK_TCK
-                except (OSError, ValueError):
-                    continue
+                f = Path(f"/proc/{p}/task/{t}/stat").read_text()
+                f = f[f.rindex(")") + 2:].split()
+                out[(p, t)] = (int(f[11]) + int(f[12])) * 1_000_000_000 // CLK_TCK
+            except (OSError, ValueError):
+                continue
     return out
 
 
 def wakeups(root: int) -> int:
     """Times any thread of the tree was scheduled in (schedstat's third field), summed."""
     n = 0
-    for p in proc_tree(root):
+    for p, t in tree_threads(root):
         try:
-            tids = os.listdir(f"/proc/{p}/task")
-        except OSError:
+            n += int(Path(f"/proc/{p}/task/{t}/schedstat").read_text().split()[2])
+        except (OSError, ValueError, IndexError):
             continue
-        for t in tids:
-            try:
-                n += int(Path(f"/proc/{p}/task/{t}/schedstat").read_text().split()[2])
-            except (OSError, ValueError, IndexError):
-                continue
     return n
 
 
