@@ -7,6 +7,7 @@
 #   The annotated profile is left in $OUT (default /tmp/switchyard-worker.callgrind).
 #   THREADS (default 1): the worker's runtime threads; 1 is the single-threaded runtime the
 #   benchmark's pinned worker runs (valgrind itself would report 2 CPUs).
+#   STREAM=1: streamed requests (the mock answers 20 SSE chunks at once, as in (c) burst).
 #   SUT=nginx: count nginx instead (one process, the bench's nginx row configuration: keep-alive
 #   upstream, proxy_buffering off, buffered access log), through the same mock and requests.
 set -euo pipefail
@@ -19,6 +20,9 @@ start(){ local n=$1; shift; "$@" >$W/$n.out 2>$W/$n.err & PIDS+=($!); eval "PID_
 wl(){ for i in $(seq 600); do l=$(grep -m1 '^listening' $W/$1.out 2>/dev/null||true); [[ -n $l ]] && { echo "$l" | grep -o "$2=[^ ]*" | cut -d= -f2; return; }; sleep 0.1; done; cat $W/$1.err; exit 1; }
 start mock $BIN/switchyard-mock --threads 1 --no-request-log --name bench
 M=$(wl mock http)
+if [[ ${STREAM:-0} == 1 ]]; then  # the stream rows' answer: 20 SSE chunks, no delay
+  python3 -c "import urllib.request as u; u.urlopen(u.Request('http://$M/_mock/default', data=b'{\"stream_chunks\":20,\"chunk_delay_ms\":0}', method='POST')).read()"
+fi
 SUT=${SUT:-switchyard}
 if [[ $SUT == nginx ]]; then
   NGINX=$(command -v nginx || echo /usr/sbin/nginx); [[ -x $NGINX ]] || { echo "nginx is not installed" >&2; exit 1; }
@@ -83,10 +87,11 @@ KEY=$($BIN/switchyard -o json keys create bench 2>/dev/null | python3 -c 'import
 start worker valgrind --tool=callgrind --callgrind-out-file=$W/cg.out --dump-instr=no $BIN/switchyard-worker --listen 127.0.0.1:0 --control http://$G --state-dir $W/wk --worker-id bench --threads ${THREADS:-1}
 H=$(wl worker http)
 fi
-run(){ python3 - "$H" "$KEY" "$1" <<'P'
+run(){ python3 - "$H" "$KEY" "$1" "${STREAM:-0}" <<'P'
 import http.client, sys, time
 h, key, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
-body = b'{"model":"bench-model","messages":[{"role":"user","content":"Say something short."}]}'
+stream = b',"stream":true' if sys.argv[4] == "1" else b""
+body = b'{"model":"bench-model","messages":[{"role":"user","content":"Say something short."}]' + stream + b'}'
 deadline = time.time() + 60
 conns = [http.client.HTTPConnection(h, timeout=30) for _ in range(4)]
 ok = 0

@@ -3,7 +3,7 @@
 //! `usage` from a complete JSON body or from SSE frames as they pass.
 use std::sync::{
     atomic::{AtomicU64, Ordering},
-    Arc,
+    Arc, LazyLock,
 };
 
 use bytes::Bytes;
@@ -200,18 +200,35 @@ impl UsageScanner {
                 seen,
             } => {
                 let mut rest: &[u8] = chunk;
-                while let Some(nl) = memchr::memchr(b'\n', rest) {
-                    let line = &rest[..nl];
+                if let Some(nl) = memchr::memchr(b'\n', rest) {
+                    // The line begun in an earlier chunk ends here.
                     if *skipping {
                         *skipping = false;
-                    } else if partial.is_empty() {
-                        sse_line(line, usage, seen);
-                    } else {
-                        partial.extend_from_slice(line);
+                        rest = &rest[nl + 1..];
+                    } else if !partial.is_empty() {
+                        partial.extend_from_slice(&rest[..nl]);
                         let l = std::mem::take(partial);
                         sse_line(&l, usage, seen);
+                        rest = &rest[nl + 1..];
                     }
-                    rest = &rest[nl + 1..];
+                    // The complete lines: only one with a usage object is read, so they
+                    // are found by their `"usage"` keys, one search over the chunk, not
+                    // one per line.
+                    let last = memchr::memrchr(b'\n', rest).map_or(0, |i| i + 1);
+                    let lines = &rest[..last];
+                    let mut from = 0;
+                    while let Some(k) = USAGE_KEY.find(&lines[from..]).map(|k| from + k) {
+                        let key_end = k + USAGE_KEY.needle().len();
+                        if !object_follows(&lines[key_end..]) {
+                            from = key_end;
+                            continue;
+                        }
+                        let start = memchr::memrchr(b'\n', &lines[..k]).map_or(0, |i| i + 1);
+                        let end = key_end + memchr::memchr(b'\n', &lines[key_end..]).unwrap_or(0);
+                        sse_line(&lines[start..end], usage, seen);
+                        from = end;
+                    }
+                    rest = &rest[last..];
                 }
                 if !rest.is_empty() && !*skipping {
                     if partial.len() + rest.len() > MAX_SSE_LINE {
@@ -601,17 +618,27 @@ fn sse_line(line: &[u8], usage: &mut Usage, seen: &mut bool) {
 /// per chunk for nothing.
 fn has_usage_object(data: &[u8]) -> bool {
     let mut rest = data;
-    while let Some(i) = memchr::memmem::find(rest, b"\"usage\"") {
-        rest = &rest[i + 7..];
-        let mut j = 0;
-        while rest.get(j).is_some_and(|c| c.is_ascii_whitespace() || *c == b':') {
-            j += 1;
-        }
-        if rest.get(j) == Some(&b'{') {
+    while let Some(i) = USAGE_KEY.find(rest) {
+        rest = &rest[i + USAGE_KEY.needle().len()..];
+        if object_follows(rest) {
             return true;
         }
     }
     false
+}
+
+/// The `"usage"` key, searched with a searcher built once (`memmem::find` builds one per
+/// call, which cost more than searching a line).
+static USAGE_KEY: LazyLock<memchr::memmem::Finder<'static>> =
+    LazyLock::new(|| memchr::memmem::Finder::new(b"\"usage\""));
+
+/// After a key: its value is an object (`:` and white space, then `{`).
+fn object_follows(after_key: &[u8]) -> bool {
+    let j = after_key
+        .iter()
+        .position(|c| !(c.is_ascii_whitespace() || *c == b':'))
+        .unwrap_or(after_key.len());
+    after_key.get(j) == Some(&b'{')
 }
 
 #[cfg(test)]
@@ -781,6 +808,44 @@ mod tests {
                 .flatten();
             proptest::prop_assert_eq!(json_u64(&v), want);
         }
+    }
+
+    /// SSE streams built from the lines OpenAI and Anthropic send (usage objects, `null`s,
+    /// keys in strings, keep-alives, CRLF), cut into chunks anywhere: the chunk scanner
+    /// counts what reading every complete line of the whole stream counts.
+    #[test]
+    fn sse_chunks_count_what_the_lines_count() {
+        use proptest::prelude::*;
+        let line = prop::sample::select(vec![
+            "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}],\"usage\":null}\n",
+            "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":6,\"total_tokens\":11}}\n",
+            "data: {\"choices\":[],\"usage\": {\"prompt_tokens\":7,\"completion_tokens\":1}}\r\n",
+            "data: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":9,\"output_tokens\":1}}}\n",
+            "data: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":12}}\n",
+            "data: {\"text\":\"\\\"usage\\\":{\"}\n",
+            "event: usage\n",
+            ": \"usage\":{}\n",
+            "data: [DONE]\n",
+            "\n",
+        ]);
+        proptest!(|(lines in prop::collection::vec(line, 0..16), cuts in prop::collection::vec(0usize..2000, 0..6))| {
+            let text = lines.concat().into_bytes();
+            let mut by_line = Usage::default();
+            let mut seen = false;
+            let complete = text.iter().rposition(|&c| c == b'\n').map_or(0, |i| i + 1);
+            for l in text[..complete].split(|&c| c == b'\n').filter(|_| complete > 0) {
+                sse_line(l, &mut by_line, &mut seen);
+            }
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % (text.len() + 1)).collect();
+            cuts.sort_unstable();
+            let mut s = UsageScanner::new(true, true);
+            let mut at = 0;
+            for c in cuts.into_iter().chain([text.len()]) {
+                s.observe(&Bytes::copy_from_slice(&text[at..c]));
+                at = c;
+            }
+            prop_assert_eq!(s.finish(true), seen.then_some(by_line));
+        });
     }
 
     #[test]
