@@ -7,7 +7,8 @@
 #   The annotated profile is left in $OUT (default /tmp/switchyard-worker.callgrind).
 #   THREADS (default 1): the worker's runtime threads; 1 is the single-threaded runtime the
 #   benchmark's pinned worker runs (valgrind itself would report 2 CPUs).
-#   STREAM=1: streamed requests (the mock answers 20 SSE chunks at once, as in (c) burst).
+#   STREAM=1: streamed requests (the mock answers 20 SSE chunks at once, as in (c) burst;
+#   STREAM_DELAY_MS=5 paces them as in (c) paced).
 #   SUT=nginx: count nginx instead (one process, the bench's nginx row configuration: keep-alive
 #   upstream, proxy_buffering off, buffered access log), through the same mock and requests.
 set -euo pipefail
@@ -21,7 +22,7 @@ wl(){ for i in $(seq 600); do l=$(grep -m1 '^listening' $W/$1.out 2>/dev/null||t
 start mock $BIN/switchyard-mock --threads 1 --no-request-log --name bench
 M=$(wl mock http)
 if [[ ${STREAM:-0} == 1 ]]; then  # the stream rows' answer: 20 SSE chunks, no delay
-  python3 -c "import urllib.request as u; u.urlopen(u.Request('http://$M/_mock/default', data=b'{\"stream_chunks\":20,\"chunk_delay_ms\":0}', method='POST')).read()"
+  python3 -c "import urllib.request as u; u.urlopen(u.Request('http://$M/_mock/default', data=b'{\"stream_chunks\":20,\"chunk_delay_ms\":${STREAM_DELAY_MS:-0}}', method='POST')).read()"
 fi
 SUT=${SUT:-switchyard}
 if [[ $SUT == nginx ]]; then
