@@ -19,9 +19,10 @@ else
   STREAM_N="${STREAM_N:-300}"; PACED_N="${PACED_N:-60}"; SLOW_STREAMS="${SLOW_STREAMS:-10000}"
 fi
 SAT_CONNECTIONS="${SAT_CONNECTIONS:-50}"
+EQUAL_RATE="${EQUAL_RATE:-10000}"   # (a2): one rate for every row, below what all sustain
 FIXED_RATE="${FIXED_RATE:-200}"
 ROWS="${ROWS:-direct nginx nginx-nolog switchyard}"  # which rows to run
-SCENARIOS="${SCENARIOS:-saturation fixed200 stream slow micro}"
+SCENARIOS="${SCENARIOS:-saturation equalrate fixed200 stream slow micro}"
 SUT_CPU="${SUT_CPU:-1}"                          # system under test
 LOAD_CPU="${LOAD_CPU:-0}"                        # load generator + mock
 CONTROL_CPU="${CONTROL_CPU:-$LOAD_CPU}"          # the control plane: not the system under test
@@ -327,6 +328,11 @@ for rep in $(seq 1 "$REPS"); do
       settle "$row"
       log "rep $rep: $row saturation ($SAT_DURATION, $SAT_CONNECTIONS connections)"
       oha_run "$row" saturation "$rep" -z "$SAT_DURATION" -c "$SAT_CONNECTIONS"
+    fi
+    if has equalrate; then
+      settle "$row"
+      log "rep $rep: $row equal rate $EQUAL_RATE req/s ($SAT_DURATION, $SAT_CONNECTIONS connections)"
+      oha_run "$row" equalrate "$rep" -z "$SAT_DURATION" -c "$SAT_CONNECTIONS" -q "$EQUAL_RATE" --latency-correction
     fi
     if has fixed200; then
       settle "$row"
