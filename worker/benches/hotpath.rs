@@ -158,7 +158,7 @@ fn extract_rewrite(c: &mut Criterion) {
                 let head = extract::scan(black_box(&b)).unwrap();
                 let range = head.model_range.clone().unwrap();
                 let mut edits = vec![
-                    (range, upstream_model_json.to_vec()),
+                    (range, upstream_model_json.clone()),
                     extract::include_usage_edit(&b, &head),
                 ];
                 extract::splice_many(&b, &mut edits)

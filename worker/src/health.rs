@@ -130,13 +130,17 @@ async fn send_probe(p: &Provider, auth: &HeaderValue, probe: &ProbeKind) -> Resu
     if p.kind == ProviderKind::Anthropic && !p.sets_header(&ANTHROPIC_VERSION) {
         head.header(&ANTHROPIC_VERSION, &HeaderValue::from_static("2023-06-01"));
     }
-    let resp = p.client.send(head, body).await.map_err(|e| {
-        if e.is_connect() {
-            "connect error".to_string()
-        } else {
-            e.to_string()
-        }
-    })?;
+    let resp = p
+        .client
+        .send(head, std::slice::from_ref(&body))
+        .await
+        .map_err(|e| {
+            if e.is_connect() {
+                "connect error".to_string()
+            } else {
+                e.to_string()
+            }
+        })?;
     let status = resp.status().as_u16();
     // Drain so the connection returns to the pool.
     let _ = resp.into_body().collect().await;

@@ -345,11 +345,11 @@ async fn forward(
             Some(edit) => {
                 let mut edits = vec![edit.clone()];
                 if !model_range.is_empty() {
-                    edits.push((model_range.clone(), backend.upstream_model_json.to_vec()));
+                    edits.push((model_range.clone(), backend.upstream_model_json.clone()));
                 }
                 extract::splice_many(&bytes, &mut edits)
             }
-            None if model_range.is_empty() => bytes.clone(),
+            None if model_range.is_empty() => extract::Parts::whole(bytes.clone()),
             None => extract::splice(&bytes, model_range.clone(), &backend.upstream_model_json),
         };
         // The head is written straight from the client's headers: no header map is built.
@@ -372,7 +372,7 @@ async fn forward(
         let t0 = Instant::now();
         let header_timeout = model.per_try_timeout.unwrap_or(provider.request_timeout);
         let deadline = tokio::time::Instant::now() + header_timeout;
-        let resp = match tokio::time::timeout_at(deadline, provider.client.send(up, body)).await {
+        let resp = match tokio::time::timeout_at(deadline, provider.client.send(up, body.as_slice())).await {
             Err(_) => {
                 shared.transition(backend.state.record_failure(now, "timeout"), || {
                     HealthTarget::backend(&model.name, &backend.name, &provider.name)

@@ -375,8 +375,8 @@ impl Io {
         std::future::poll_fn(|cx| self.poll_read_bytes(cx)).await
     }
 
-    async fn write_request(&mut self, head: &[u8], body: &[u8]) -> io::Result<()> {
-        let mut buf = head.chain(body);
+    async fn write_request(&mut self, head: &[u8], body: &[Bytes]) -> io::Result<()> {
+        let mut buf = Pieces::new(head, body);
         match self {
             Io::Plain(s) => s.write_all_buf(&mut buf).await,
             Io::Tls(s) => {
@@ -384,6 +384,57 @@ impl Io {
                 s.flush().await
             }
         }
+    }
+}
+
+/// The request head and the body's pieces as one `Buf`: `write_all_buf` sends them with
+/// `writev`, all at once when the socket takes them, and the body is never joined.
+struct Pieces<'a> {
+    /// Not yet written, none of them empty (the first may be partly written).
+    pieces: Vec<&'a [u8]>,
+    next: usize,
+}
+
+impl<'a> Pieces<'a> {
+    fn new(head: &'a [u8], body: &'a [Bytes]) -> Self {
+        let mut pieces = Vec::with_capacity(1 + body.len());
+        pieces.extend(
+            std::iter::once(head)
+                .chain(body.iter().map(|b| &b[..]))
+                .filter(|p| !p.is_empty()),
+        );
+        Self { pieces, next: 0 }
+    }
+}
+
+impl Buf for Pieces<'_> {
+    fn remaining(&self) -> usize {
+        self.pieces[self.next..].iter().map(|p| p.len()).sum()
+    }
+
+    fn chunk(&self) -> &[u8] {
+        self.pieces.get(self.next).copied().unwrap_or_default()
+    }
+
+    fn advance(&mut self, mut n: usize) {
+        while n > 0 {
+            let p = &mut self.pieces[self.next];
+            if n < p.len() {
+                *p = &p[n..];
+                return;
+            }
+            n -= p.len();
+            self.next += 1;
+        }
+    }
+
+    fn chunks_vectored<'b>(&'b self, dst: &mut [io::IoSlice<'b>]) -> usize {
+        let mut n = 0;
+        for (slot, p) in dst.iter_mut().zip(&self.pieces[self.next..]) {
+            *slot = io::IoSlice::new(p);
+            n += 1;
+        }
+        n
     }
 }
 
@@ -447,11 +498,13 @@ impl Client {
     }
 
     /// Send the request and read the response head. The body is read as it is polled.
-    pub async fn send(&self, mut head: RequestHead, body: Bytes) -> Result<Response<Body>, Error> {
-        if head.has_body || !body.is_empty() {
+    /// `body` goes out as its pieces, in order (see `extract::Parts`).
+    pub async fn send(&self, mut head: RequestHead, body: &[Bytes]) -> Result<Response<Body>, Error> {
+        let len: usize = body.iter().map(Bytes::len).sum();
+        if head.has_body || len > 0 {
             head.buf.extend_from_slice(b"content-length: ");
             head.buf
-                .extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
+                .extend_from_slice(itoa::Buffer::new().format(len).as_bytes());
             head.buf.extend_from_slice(b"\r\n");
         }
         head.buf.extend_from_slice(b"\r\n");
@@ -462,7 +515,7 @@ impl Client {
                 // otherwise make every request's future larger.
                 None => (Box::pin(self.pool.connect()).await?, false),
             };
-            match exchange(&mut io, &head.buf, &body, head.replayable).await {
+            match exchange(&mut io, &head.buf, body, head.replayable).await {
                 Ok((resp, rest)) => return Ok(self.response(io, resp, rest, head.head_method)),
                 // A kept-alive connection the upstream closed under us before it could
                 // have processed the request: it goes out again on another connection.
@@ -517,7 +570,7 @@ enum Exchange {
 async fn exchange(
     io: &mut Io,
     head: &[u8],
-    body: &[u8],
+    body: &[Bytes],
     replayable: bool,
 ) -> Result<(ParsedHead, Bytes), Exchange> {
     io.write_request(head, body)
@@ -1072,8 +1125,10 @@ mod tests {
                     }
                     buf.extend_from_slice(&b[..n]);
                 }
+                // The head as sent, then the body: tests look at both.
+                let whole = String::from_utf8_lossy(&buf[..end + 4 + len]).to_string();
                 buf.drain(..end + 4 + len);
-                return Some(head);
+                return Some(whole);
             }
             let mut b = [0u8; 4096];
             let n = s.read(&mut b).await.ok()?;
@@ -1134,7 +1189,7 @@ mod tests {
             &http::header::CONTENT_TYPE,
             &HeaderValue::from_static("application/json"),
         );
-        let resp = cl.send(head, Bytes::from_static(b"{}")).await?;
+        let resp = cl.send(head, &[Bytes::from_static(b"{}")]).await?;
         let (parts, body) = resp.into_parts();
         let body = body.collect().await?.to_bytes().to_vec();
         Ok((parts.status.as_u16(), parts.headers, body))
@@ -1179,7 +1234,8 @@ mod tests {
         let s = script(vec![CHUNKED, BROKEN], 100).await;
         let c = Connector::new().unwrap();
         let cl = client(&c, s.addr);
-        let send = || cl.send(cl.head(&Method::POST, "/x", 0), Bytes::from_static(b"{}"));
+        let body = [Bytes::from_static(b"{}")];
+        let send = || cl.send(cl.head(&Method::POST, "/x", 0), &body);
 
         let mut body = send().await.unwrap().into_body();
         let frame = body.frame().await.unwrap().unwrap().into_data().unwrap();
@@ -1196,6 +1252,55 @@ mod tests {
         );
         assert!(matches!(body.frame().await, Some(Err(Error::Protocol(_)))));
         assert!(body.frame().await.is_none());
+    }
+
+    /// A body given as pieces (the client's bytes around a rewrite) arrives whole, with
+    /// the length of all of them.
+    #[tokio::test]
+    async fn a_body_in_pieces_arrives_whole() {
+        let s = script(vec![OK], 100).await;
+        let c = Connector::new().unwrap();
+        let cl = client(&c, s.addr);
+        let body = [
+            Bytes::from_static(b"{\"model\":"),
+            Bytes::from_static(b"\"x\""),
+            Bytes::new(),
+            Bytes::from_static(b",\"a\":1}"),
+        ];
+        let resp = cl.send(cl.head(&Method::POST, "/x", 0), &body).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let seen = s.heads.lock()[0].clone();
+        assert!(
+            seen.ends_with("content-length: 19\r\n\r\n{\"model\":\"x\",\"a\":1}"),
+            "{seen}"
+        );
+    }
+
+    proptest! {
+        /// Written in any steps, the pieces give back head then body, byte for byte.
+        #[test]
+        fn pieces_advance_in_any_steps(parts in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..50), 0..6),
+                                       steps in prop::collection::vec(1usize..40, 0..40)) {
+            let head = b"HEAD".to_vec();
+            let body: Vec<Bytes> = parts.iter().map(|p| Bytes::copy_from_slice(p)).collect();
+            let want: Vec<u8> = head.iter().copied().chain(parts.concat()).collect();
+            let mut buf = Pieces::new(&head, &body);
+            let mut got = Vec::new();
+            for step in steps.into_iter().chain(std::iter::repeat(7)) {
+                prop_assert_eq!(buf.remaining(), want.len() - got.len());
+                if !buf.has_remaining() {
+                    break;
+                }
+                let mut slices = [io::IoSlice::new(&[]); 4];
+                let n = buf.chunks_vectored(&mut slices);
+                prop_assert!(n >= 1);
+                prop_assert_eq!(&slices[0][..], buf.chunk());
+                let take = step.min(buf.chunk().len());
+                got.extend_from_slice(&buf.chunk()[..take]);
+                buf.advance(take);
+            }
+            prop_assert_eq!(got, want);
+        }
     }
 
     #[tokio::test]
@@ -1275,10 +1380,7 @@ mod tests {
         let (addr, conns, heads) = dies_after_one().await;
         let cl = client(&c, addr);
         assert_eq!(get(&cl, "/a").await.unwrap().0, 200);
-        let resp = cl
-            .send(cl.head(&Method::GET, "/models", 0), Bytes::new())
-            .await
-            .unwrap();
+        let resp = cl.send(cl.head(&Method::GET, "/models", 0), &[]).await.unwrap();
         assert_eq!(resp.status(), 200, "a GET is resent on a new connection");
         assert_eq!(sent(&heads, "GET /v1/models "), 2);
         assert_eq!(conns.load(Ordering::SeqCst), 2);
@@ -1351,10 +1453,7 @@ mod tests {
         let s = script(vec![b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc"], 1).await;
         let c = Connector::new().unwrap();
         let cl = client(&c, s.addr);
-        let resp = cl
-            .send(cl.head(&Method::POST, "/x", 0), Bytes::new())
-            .await
-            .unwrap();
+        let resp = cl.send(cl.head(&Method::POST, "/x", 0), &[]).await.unwrap();
         let err = resp.into_body().collect().await.unwrap_err();
         assert!(matches!(err, Error::UnexpectedEof), "{err}");
         assert!(cl.pool.idle.lock().is_empty());
@@ -1384,7 +1483,7 @@ mod tests {
         let c = Connector::new().unwrap();
         let cl = client(&c, s.addr);
         let mut body = cl
-            .send(cl.head(&Method::POST, "/x", 0), Bytes::new())
+            .send(cl.head(&Method::POST, "/x", 0), &[])
             .await
             .unwrap()
             .into_body();
@@ -1444,10 +1543,7 @@ mod tests {
         let url = url::Url::parse(&format!("https://localhost:{port}/v1")).unwrap();
         let cl = c.client(&url, Duration::from_secs(2)).unwrap();
         for _ in 0..3 {
-            let resp = cl
-                .send(cl.head(&Method::POST, "/x", 0), Bytes::new())
-                .await
-                .unwrap();
+            let resp = cl.send(cl.head(&Method::POST, "/x", 0), &[]).await.unwrap();
             assert_eq!(resp.status(), 200);
             let body = resp.into_body().collect().await.unwrap().to_bytes();
             assert_eq!(&body[..], b"hello world");
@@ -1457,10 +1553,7 @@ mod tests {
         // The same server under a name its certificate does not carry is refused.
         let url = url::Url::parse(&format!("https://127.0.0.1:{port}/v1")).unwrap();
         let cl = c.client(&url, Duration::from_secs(2)).unwrap();
-        let e = cl
-            .send(cl.head(&Method::POST, "/x", 0), Bytes::new())
-            .await
-            .unwrap_err();
+        let e = cl.send(cl.head(&Method::POST, "/x", 0), &[]).await.unwrap_err();
         assert!(matches!(e, Error::Tls { .. }) && e.is_connect(), "{e}");
     }
 }
