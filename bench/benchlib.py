@@ -454,15 +454,25 @@ def cmd_table(a: argparse.Namespace) -> None:
     o += ["## (a) Saturation, non-streaming, 50 connections", "",
           "| system | req/s | p50 ms | p99 ms | CPU µs/req | vs nginx | vs direct | peak RSS MiB | errors |",
           "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    ng, di = med("nginx", "saturation", "cpu_us_per_req"), med("direct", "saturation", "cpu_us_per_req")
-    for r in rows:
-        if not reps(r, "saturation"):
-            continue
-        c = med(r, "saturation", "cpu_us_per_req")
-        rss = med(r, "saturation", "peak_rss_kb")
-        o.append(f"| {r} | {f(med(r, 'saturation', 'rps'), 0)} | {f(med(r, 'saturation', 'p50_ms'), 3)} | "
-                 f"{f(med(r, 'saturation', 'p99_ms'), 3)} | {f(c, 1)} | {ratio(c, ng)} | {ratio(c, di)} | "
-                 f"{f(rss / 1024 if rss else None, 1)} | {f(med(r, 'saturation', 'errors'), 0)} |")
+
+    def load_rows(scen: str, rss: bool) -> list[str]:
+        """A table row per system for an oha scenario: rate, latency, CPU and its ratios."""
+        out = []
+        for r in rows:
+            if not reps(r, scen):
+                continue
+            c = med(r, scen, "cpu_us_per_req")
+            cells = [r, f(med(r, scen, "rps"), 0), f(med(r, scen, "p50_ms"), 3), f(med(r, scen, "p99_ms"), 3),
+                     f(c, 1), ratio(c, med("nginx", scen, "cpu_us_per_req")),
+                     ratio(c, med("direct", scen, "cpu_us_per_req"))]
+            if rss:
+                kb = med(r, scen, "peak_rss_kb")
+                cells.append(f(kb / 1024 if kb else None, 1))
+            out.append("| " + " | ".join(cells + [f(med(r, scen, "errors"), 0)]) + " |")
+        return out
+
+    ng = med("nginx", "saturation", "cpu_us_per_req")
+    o += load_rows("saturation", rss=True)
     o += ["", "CPU µs/req is the system under test's own CPU time (schedstat of every thread in its process tree) divided by "
           "successful responses. The direct row is the mock's own cost.", ""]
 
@@ -475,14 +485,8 @@ def cmd_table(a: argparse.Namespace) -> None:
           "every row gets the same rate, below what all of them sustain.", "",
           "| system | req/s | p50 ms | p99 ms | CPU µs/req | vs nginx | vs direct | errors |",
           "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    ng_eq, di_eq = med("nginx", "equalrate", "cpu_us_per_req"), med("direct", "equalrate", "cpu_us_per_req")
-    for r in rows:
-        if not reps(r, "equalrate"):
-            continue
-        c = med(r, "equalrate", "cpu_us_per_req")
-        o.append(f"| {r} | {f(med(r, 'equalrate', 'rps'), 0)} | {f(med(r, 'equalrate', 'p50_ms'), 3)} | "
-                 f"{f(med(r, 'equalrate', 'p99_ms'), 3)} | {f(c, 1)} | {ratio(c, ng_eq)} | {ratio(c, di_eq)} | "
-                 f"{f(med(r, 'equalrate', 'errors'), 0)} |")
+    ng_eq = med("nginx", "equalrate", "cpu_us_per_req")
+    o += load_rows("equalrate", rss=False)
     o.append("")
 
     sections.append((("fixed200",), len(o)))
