@@ -1,8 +1,9 @@
 //! The access log writer: the request path appends its line to a buffer in memory (a
 //! lock and a copy), and one background thread writes the buffer out 100 ms after its
-//! first line, or sooner once 64 KiB wait; with nothing to write it sleeps (no timer). A `write` per request, or a thread woken per request, cost
-//! more than the rest of the request's own work. If the output stalls, lines beyond
-//! 4 MiB are dropped and counted (a note says how many), never the requests.
+//! first line, or sooner once 64 KiB wait; with nothing to write it sleeps (no timer).
+//! A `write` per request, or a thread woken per request, cost more than the rest of the
+//! request's own work. If the output stalls, lines beyond 4 MiB are dropped and counted
+//! (a note says how many), never the requests.
 use std::{
     io::Write,
     sync::{

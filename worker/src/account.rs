@@ -3,10 +3,12 @@
 //! `usage` from a complete JSON body or from SSE frames as they pass.
 use std::sync::{
     atomic::{AtomicU64, Ordering},
-    Arc, LazyLock,
+    Arc,
 };
 
 use bytes::Bytes;
+
+use crate::extract::USAGE_KEY;
 
 /// Token counts reported by the upstream.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -626,11 +628,6 @@ fn has_usage_object(data: &[u8]) -> bool {
     }
     false
 }
-
-/// The `"usage"` key, searched with a searcher built once (`memmem::find` builds one per
-/// call, which cost more than searching a line).
-static USAGE_KEY: LazyLock<memchr::memmem::Finder<'static>> =
-    LazyLock::new(|| memchr::memmem::Finder::new(b"\"usage\""));
 
 /// After a key: its value is an object (`:` and white space, then `{`).
 fn object_follows(after_key: &[u8]) -> bool {

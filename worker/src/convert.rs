@@ -53,13 +53,9 @@ fn identity(tag: &str, owner: &str, name: &str, parts: &[&str]) -> Arc<str> {
     // 12 bytes give 24 hex digits, exactly the buffer: cannot fail.
     let _ = hex::encode_to_slice(&h.finalize()[..12], &mut hex);
     let mut id = String::with_capacity(tag.len() + owner.len() + name.len() + 3 + hex.len());
-    for (i, piece) in [tag, owner, name].into_iter().enumerate() {
-        if i > 0 {
-            id.push('/');
-        }
+    for piece in [tag, "/", owner, "/", name, "/"] {
         id.push_str(piece);
     }
-    id.push('/');
     id.extend(hex.iter().map(|&b| char::from(b)));
     Arc::from(id)
 }

@@ -1,7 +1,7 @@
 //! Reading the few fields the router needs from a JSON request body (`model`, `stream`,
 //! `user`, `stream_options.include_usage`) in one linear pass, and rewriting `model` by
 //! splicing bytes: the rest of the body is never re-serialised, so every other byte
-//! reaches the upstream unchanged, and the body is copied at most once.
+//! reaches the upstream unchanged, and the body is never copied (`Parts`).
 use std::{ops::Range, sync::LazyLock};
 
 use bytes::Bytes;
@@ -227,6 +227,11 @@ pub fn scan(body: &[u8]) -> Result<RequestHead, String> {
     Ok(head)
 }
 
+/// The `"usage"` key, with its searcher built once (`memmem::find` builds one per call,
+/// which cost more than searching an SSE line): the stream strip here and the usage
+/// scan in `account` both look for it in every chunk.
+pub(crate) static USAGE_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\""));
+
 /// A request body as the pieces it goes out as: zero-copy slices of the client's bytes
 /// around each edit, and the edits' own bytes. The upstream client writes the pieces with
 /// one `writev` and never joins them, so rewriting the model of a 10 MB body copies none
@@ -326,11 +331,10 @@ pub fn include_usage_edit(body: &[u8], head: &RequestHead) -> (Range<usize>, Byt
 /// definition.
 pub fn strip_usage(chunk: &[u8]) -> Option<Vec<u8>> {
     const KEY: &[u8] = b"\"usage\"";
-    static USAGE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(KEY));
     static EVENT_END: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\n\n"));
     static NO_CHOICES: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"choices\":[]"));
     let end_from = |s: usize| EVENT_END.find(&chunk[s..]).map_or(chunk.len(), |i| s + i + 2);
-    let mut next = Some(USAGE.find(chunk)?);
+    let mut next = Some(USAGE_KEY.find(chunk)?);
     let mut out = Vec::with_capacity(chunk.len());
     // `chunk[..done]` is decided: copied into `out` or left out.
     let mut done = 0;
@@ -346,7 +350,7 @@ pub fn strip_usage(chunk: &[u8]) -> Option<Vec<u8>> {
         loop {
             keys.push(k);
             let from = k + KEY.len();
-            match USAGE.find(&chunk[from..]).map(|i| from + i) {
+            match USAGE_KEY.find(&chunk[from..]).map(|i| from + i) {
                 Some(j) if j < ev_end => k = j,
                 later => {
                     next = later;

@@ -390,47 +390,69 @@ impl Io {
 /// The request head and the body's pieces as one `Buf`: `write_all_buf` sends them with
 /// `writev`, all at once when the socket takes them, and the body is never joined.
 struct Pieces<'a> {
-    /// Not yet written, none of them empty (the first may be partly written).
-    pieces: Vec<&'a [u8]>,
-    next: usize,
+    /// The head not yet written.
+    head: &'a [u8],
+    /// The body pieces not yet written; `off` bytes of the first are.
+    body: &'a [Bytes],
+    off: usize,
 }
 
 impl<'a> Pieces<'a> {
     fn new(head: &'a [u8], body: &'a [Bytes]) -> Self {
-        let mut pieces = Vec::with_capacity(1 + body.len());
-        pieces.extend(
-            std::iter::once(head)
-                .chain(body.iter().map(|b| &b[..]))
-                .filter(|p| !p.is_empty()),
-        );
-        Self { pieces, next: 0 }
+        let mut p = Self { head, body, off: 0 };
+        p.skip_written();
+        p
+    }
+
+    /// Drop body pieces that are empty or fully written, so `body[0][off..]` is not empty.
+    fn skip_written(&mut self) {
+        while let Some((first, rest)) = self.body.split_first() {
+            if self.off < first.len() {
+                break;
+            }
+            (self.body, self.off) = (rest, 0);
+        }
+    }
+
+    fn body_chunks(&self) -> impl Iterator<Item = &'a [u8]> + '_ {
+        let off = self.off;
+        self.body
+            .iter()
+            .enumerate()
+            .map(move |(i, b)| if i == 0 { &b[off..] } else { &b[..] })
+            .filter(|b| !b.is_empty())
     }
 }
 
 impl Buf for Pieces<'_> {
     fn remaining(&self) -> usize {
-        self.pieces[self.next..].iter().map(|p| p.len()).sum()
+        self.head.len() + self.body.iter().map(Bytes::len).sum::<usize>() - self.off
     }
 
     fn chunk(&self) -> &[u8] {
-        self.pieces.get(self.next).copied().unwrap_or_default()
+        if !self.head.is_empty() {
+            return self.head;
+        }
+        self.body.first().map_or(&[], |b| &b[self.off..])
     }
 
     fn advance(&mut self, mut n: usize) {
+        let h = n.min(self.head.len());
+        self.head = &self.head[h..];
+        n -= h;
         while n > 0 {
-            let p = &mut self.pieces[self.next];
-            if n < p.len() {
-                *p = &p[n..];
-                return;
-            }
-            n -= p.len();
-            self.next += 1;
+            let left = self.body[0].len() - self.off;
+            let take = n.min(left);
+            self.off += take;
+            n -= take;
+            self.skip_written();
         }
     }
 
     fn chunks_vectored<'b>(&'b self, dst: &mut [io::IoSlice<'b>]) -> usize {
+        let head = (!self.head.is_empty()).then_some(self.head);
         let mut n = 0;
-        for (slot, p) in dst.iter_mut().zip(&self.pieces[self.next..]) {
+        for (slot, p) in dst.iter_mut().zip(head.into_iter().chain(self.body_chunks())) {
             *slot = io::IoSlice::new(p);
             n += 1;
         }
