@@ -692,3 +692,81 @@ async fn usage_and_health_end_to_end() -> Result<()> {
     .await?;
     Ok(())
 }
+
+/// An idle worker's reporter stops its timers (`switchyard_reporter_idle 1`) and sleeps
+/// until something happens: the first request after that must wake it, or its usage
+/// would never reach control.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_wakes_an_idle_reporter() -> Result<()> {
+    let mock = MockServer::start(MockOptions {
+        default: Some(Behavior {
+            usage: USAGE,
+            ..Behavior::default()
+        }),
+        ..MockOptions::default()
+    })
+    .await?;
+    let mut env = Env {
+        dir: tempfile::tempdir()?,
+        db: TestDb::new(DbKind::Sqlite).await?.unwrap(),
+        grpc: format!("127.0.0.1:{}", stable_port()).parse()?,
+        control: None,
+        workers: vec![None],
+        worker_urls: vec![String::new()],
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(20))
+            .build()?,
+    };
+    env.start_control().await?;
+    env.start_worker(0).await?;
+    let out = env.ctl(&["keys", "create", "ka"]).await?;
+    let key = out
+        .split(|c: char| c.is_whitespace() || c == '"')
+        .find(|w| w.starts_with("sk-sy-"))
+        .ok_or_else(|| anyhow!("no key in {out}"))?
+        .to_string();
+    let oa = mock.openai_base();
+    for args in [
+        vec!["providers", "add", "oa", "--kind", "openai", "--base-url", &oa],
+        vec!["credentials", "add", "oa", "--secret-env", "UPSTREAM_KEY"],
+        vec!["models", "add", "m-oa"],
+        vec![
+            "backends",
+            "add",
+            "m-oa",
+            "--provider",
+            "oa",
+            "--upstream-model",
+            "up-oa",
+        ],
+    ] {
+        env.ctl(&args).await?;
+    }
+    let base = env.worker_urls[0].clone();
+    let metrics = format!("{base}/metrics");
+    let has_line = |want: fn(&str) -> bool| {
+        let (http, metrics) = (&env.http, &metrics);
+        async move {
+            let text = http.get(metrics).send().await?.text().await?;
+            Ok(text.lines().any(want).then_some(()))
+        }
+    };
+    // The whole config (the backend is added last) is on the worker: every request from
+    // here on is served, and counted exactly.
+    wait_for("the backend on the worker", Duration::from_secs(20), || {
+        has_line(|l| l.starts_with("switchyard_backend_healthy{model=\"m-oa\"") && l.ends_with(" 1"))
+    })
+    .await?;
+    let tallies: Tallies = Arc::default();
+    assert!(send_and_tally(&env.http, &base, "ka", &key, Kind::OaPlain, &tallies).await?);
+    env.expect_usage(&tallies, "the first request counted").await?;
+
+    wait_for("the reporter asleep", Duration::from_secs(20), || {
+        has_line(|l| l == "switchyard_reporter_idle 1")
+    })
+    .await?;
+    assert!(send_and_tally(&env.http, &base, "ka", &key, Kind::OaPlain, &tallies).await?);
+    env.expect_usage(&tallies, "a request made while the reporter slept")
+        .await?;
+    Ok(())
+}

@@ -97,6 +97,8 @@ pub struct Metrics {
     pub usage_dropped: Counter<u64, AtomicU64>,
     /// Usage records finished but not yet acknowledged by control (queued, batched or spooled).
     pub reports_pending: Gauge<i64, AtomicI64>,
+    /// 1 while the reporter sleeps with no timer (see `report::run`), else 0.
+    pub reporter_idle: Gauge<i64, AtomicI64>,
 }
 
 impl Default for Metrics {
@@ -176,9 +178,16 @@ impl Metrics {
             "Report records (usage and health) not yet acknowledged by control (queued, batched or spooled)",
             reports_pending.clone(),
         );
+        let reporter_idle = Gauge::<i64, AtomicI64>::default();
+        registry.register(
+            "reporter_idle",
+            "1 while the usage reporter sleeps with no timer (nothing to send, every target healthy); the next request or health change wakes it",
+            reporter_idle.clone(),
+        );
         Self {
             registry,
             reports_pending,
+            reporter_idle,
             requests,
             duration,
             ttfb,

@@ -667,10 +667,12 @@ pub async fn run(
     let mut unsettled = true;
     loop {
         if st.quiet(unsettled, last_activity) {
+            shared.metrics.reporter_idle.set(1);
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = activity.notified() => last_activity = Instant::now(),
             }
+            shared.metrics.reporter_idle.set(0);
             // Both intervals missed their ticks while asleep: they fire at once (drain
             // what woke us, sample a flip), then keep their periods from now.
         }
