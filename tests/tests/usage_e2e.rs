@@ -93,6 +93,58 @@ struct Env {
 }
 
 impl Env {
+    /// Control on SQLite and `workers` workers, started.
+    async fn start(workers: usize) -> Result<Self> {
+        let mut env = Env {
+            dir: tempfile::tempdir()?,
+            db: TestDb::new(DbKind::Sqlite).await?.unwrap(),
+            grpc: format!("127.0.0.1:{}", stable_port()).parse()?,
+            control: None,
+            workers: (0..workers).map(|_| None).collect(),
+            worker_urls: vec![String::new(); workers],
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(20))
+                .build()?,
+        };
+        env.start_control().await?;
+        for i in 0..workers {
+            env.start_worker(i).await?;
+        }
+        Ok(env)
+    }
+
+    /// `switchyard keys create <name>`: the plaintext key.
+    async fn create_key(&self, name: &str) -> Result<String> {
+        let out = self.ctl(&["keys", "create", name]).await?;
+        Ok(out
+            .split(|c: char| c.is_whitespace() || c == '"')
+            .find(|w| w.starts_with("sk-sy-"))
+            .ok_or_else(|| anyhow!("no key in {out}"))?
+            .to_string())
+    }
+
+    /// Provider `<p>` of `kind` at `base`, with a credential, and model `m-<p>` on it
+    /// (upstream model `up-<p>`).
+    async fn add_model(&self, p: &str, kind: &str, base: &str) -> Result<()> {
+        let (model, upstream) = (format!("m-{p}"), format!("up-{p}"));
+        self.ctl(&["providers", "add", p, "--kind", kind, "--base-url", base])
+            .await?;
+        self.ctl(&["credentials", "add", p, "--secret-env", "UPSTREAM_KEY"])
+            .await?;
+        self.ctl(&["models", "add", &model]).await?;
+        let backend = [
+            "backends",
+            "add",
+            &model,
+            "--provider",
+            p,
+            "--upstream-model",
+            &upstream,
+        ];
+        self.ctl(&backend).await?;
+        Ok(())
+    }
+
     fn control_url(&self) -> String {
         format!("http://{}", self.grpc)
     }
@@ -191,6 +243,18 @@ impl Env {
         }
         Ok(())
     }
+}
+
+/// The mock upstream, reporting `USAGE` on every answer.
+async fn usage_mock() -> Result<MockServer> {
+    Ok(MockServer::start(MockOptions {
+        default: Some(Behavior {
+            usage: USAGE,
+            ..Behavior::default()
+        }),
+        ..MockOptions::default()
+    })
+    .await?)
 }
 
 fn body(kind: Kind, model: &str) -> serde_json::Value {
@@ -330,50 +394,20 @@ async fn promtool(text: &str, what: &str) -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn usage_and_health_end_to_end() -> Result<()> {
-    let mock = MockServer::start(MockOptions {
-        default: Some(Behavior {
-            usage: USAGE,
-            ..Behavior::default()
-        }),
-        ..MockOptions::default()
-    })
-    .await?;
+    let mock = usage_mock().await?;
     let mock_h = MockServer::start(MockOptions::default()).await?;
-    let db = TestDb::new(DbKind::Sqlite).await?.unwrap();
-    let mut env = Env {
-        dir: tempfile::tempdir()?,
-        db,
-        grpc: format!("127.0.0.1:{}", stable_port()).parse()?,
-        control: None,
-        workers: vec![None, None],
-        worker_urls: vec![String::new(), String::new()],
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(20))
-            .build()?,
-    };
-    env.start_control().await?;
-    env.start_worker(0).await?;
-    env.start_worker(1).await?;
+    let mut env = Env::start(2).await?;
 
     // Config through the CLI.
     let mut keys = Vec::new();
     for name in ["ka", "kb"] {
-        let out = env.ctl(&["keys", "create", name]).await?;
-        let key = out
-            .split(|c: char| c.is_whitespace() || c == '"')
-            .find(|w| w.starts_with("sk-sy-"))
-            .ok_or_else(|| anyhow!("no key in {out}"))?
-            .to_string();
-        keys.push((name.to_string(), key));
+        keys.push((name.to_string(), env.create_key(name).await?));
     }
     let oa = mock.openai_base();
-    let an = mock.url();
+    env.add_model("oa", "openai", &oa).await?;
+    env.add_model("an", "anthropic", &mock.url()).await?;
     let hp = mock_h.openai_base();
     for args in [
-        vec!["providers", "add", "oa", "--kind", "openai", "--base-url", &oa],
-        vec!["credentials", "add", "oa", "--secret-env", "UPSTREAM_KEY"],
-        vec!["providers", "add", "an", "--kind", "anthropic", "--base-url", &an],
-        vec!["credentials", "add", "an", "--secret-env", "UPSTREAM_KEY"],
         vec![
             "providers",
             "add",
@@ -392,26 +426,6 @@ async fn usage_and_health_end_to_end() -> Result<()> {
             "400ms",
         ],
         vec!["credentials", "add", "hp", "--secret-env", "UPSTREAM_KEY"],
-        vec!["models", "add", "m-oa"],
-        vec![
-            "backends",
-            "add",
-            "m-oa",
-            "--provider",
-            "oa",
-            "--upstream-model",
-            "up-oa",
-        ],
-        vec!["models", "add", "m-an"],
-        vec![
-            "backends",
-            "add",
-            "m-an",
-            "--provider",
-            "an",
-            "--upstream-model",
-            "up-an",
-        ],
         vec!["models", "add", "m-h"],
         vec![
             "backends",
@@ -698,50 +712,10 @@ async fn usage_and_health_end_to_end() -> Result<()> {
 /// would never reach control.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_wakes_an_idle_reporter() -> Result<()> {
-    let mock = MockServer::start(MockOptions {
-        default: Some(Behavior {
-            usage: USAGE,
-            ..Behavior::default()
-        }),
-        ..MockOptions::default()
-    })
-    .await?;
-    let mut env = Env {
-        dir: tempfile::tempdir()?,
-        db: TestDb::new(DbKind::Sqlite).await?.unwrap(),
-        grpc: format!("127.0.0.1:{}", stable_port()).parse()?,
-        control: None,
-        workers: vec![None],
-        worker_urls: vec![String::new()],
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(20))
-            .build()?,
-    };
-    env.start_control().await?;
-    env.start_worker(0).await?;
-    let out = env.ctl(&["keys", "create", "ka"]).await?;
-    let key = out
-        .split(|c: char| c.is_whitespace() || c == '"')
-        .find(|w| w.starts_with("sk-sy-"))
-        .ok_or_else(|| anyhow!("no key in {out}"))?
-        .to_string();
-    let oa = mock.openai_base();
-    for args in [
-        vec!["providers", "add", "oa", "--kind", "openai", "--base-url", &oa],
-        vec!["credentials", "add", "oa", "--secret-env", "UPSTREAM_KEY"],
-        vec!["models", "add", "m-oa"],
-        vec![
-            "backends",
-            "add",
-            "m-oa",
-            "--provider",
-            "oa",
-            "--upstream-model",
-            "up-oa",
-        ],
-    ] {
-        env.ctl(&args).await?;
-    }
+    let mock = usage_mock().await?;
+    let env = Env::start(1).await?;
+    let key = env.create_key("ka").await?;
+    env.add_model("oa", "openai", &mock.openai_base()).await?;
     let base = env.worker_urls[0].clone();
     let metrics = format!("{base}/metrics");
     let has_line = |want: fn(&str) -> bool| {
