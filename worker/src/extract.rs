@@ -273,13 +273,7 @@ pub fn splice(body: &Bytes, range: Range<usize>, with: &Bytes) -> Parts {
     if body[range.clone()] == with[..] {
         return Parts::whole(body.clone());
     }
-    let mut parts = Vec::with_capacity(3);
-    for piece in [body.slice(..range.start), with.clone(), body.slice(range.end..)] {
-        if !piece.is_empty() {
-            parts.push(piece);
-        }
-    }
-    Parts(parts)
+    splice_many(body, &mut [(range, with.clone())])
 }
 
 /// Apply non-overlapping `edits` (range → replacement), copying none of `body`.
@@ -330,7 +324,7 @@ pub fn include_usage_edit(body: &[u8], head: &RequestHead) -> (Range<usize>, Byt
 /// object is searched as a whole. A proptest checks it against the event-by-event
 /// definition.
 pub fn strip_usage(chunk: &[u8]) -> Option<Vec<u8>> {
-    const KEY: &[u8] = b"\"usage\"";
+    let key_len = USAGE_KEY.needle().len();
     static EVENT_END: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\n\n"));
     static NO_CHOICES: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"choices\":[]"));
     let end_from = |s: usize| EVENT_END.find(&chunk[s..]).map_or(chunk.len(), |i| s + i + 2);
@@ -349,7 +343,7 @@ pub fn strip_usage(chunk: &[u8]) -> Option<Vec<u8>> {
         let mut k = first;
         loop {
             keys.push(k);
-            let from = k + KEY.len();
+            let from = k + key_len;
             match USAGE_KEY.find(&chunk[from..]).map(|i| from + i) {
                 Some(j) if j < ev_end => k = j,
                 later => {
@@ -359,16 +353,16 @@ pub fn strip_usage(chunk: &[u8]) -> Option<Vec<u8>> {
             }
         }
         let event = &chunk[ev_start..ev_end];
-        let has_object = keys.iter().any(|&k| chunk[k + KEY.len()..].starts_with(b":{"));
+        let has_object = keys.iter().any(|&k| chunk[k + key_len..].starts_with(b":{"));
         if has_object && event.starts_with(b"data:") && NO_CHOICES.find(event).is_some() {
             out.extend_from_slice(&chunk[done..ev_start]);
             done = ev_end;
             continue;
         }
         for &k in &keys {
-            if k > done && chunk[k - 1] == b',' && chunk[k + KEY.len()..].starts_with(b":null") {
+            if k > done && chunk[k - 1] == b',' && chunk[k + key_len..].starts_with(b":null") {
                 out.extend_from_slice(&chunk[done..k - 1]);
-                done = k + KEY.len() + b":null".len();
+                done = k + key_len + b":null".len();
             }
         }
     }
