@@ -938,3 +938,122 @@ async fn idle_stream_ends_with_error_event() -> Result<()> {
     assert!(last.contains("timed out"), "{text}");
     Ok(())
 }
+
+/// Waits for the worker to close `s` (EOF or reset), writing `trickle(n)` every 100 ms
+/// meanwhile when given (a head sent a line at a time). Fails after `deadline`; returns how
+/// long the close took.
+async fn closed_within(
+    s: &mut tokio::net::TcpStream,
+    deadline: Duration,
+    trickle: Option<fn(usize) -> String>,
+) -> Result<Duration> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let t0 = std::time::Instant::now();
+    let mut buf = [0u8; 4096];
+    let mut n = 0;
+    loop {
+        anyhow::ensure!(
+            t0.elapsed() < deadline,
+            "the worker kept the connection open for {deadline:?}"
+        );
+        tokio::select! {
+            r = s.read(&mut buf) => match r {
+                Ok(0) | Err(_) => return Ok(t0.elapsed()),
+                Ok(got) => anyhow::bail!("expected a close, got {:?}", String::from_utf8_lossy(&buf[..got])),
+            },
+            () = tokio::time::sleep(Duration::from_millis(100)) => if let Some(line) = trickle {
+                if s.write_all(line(n).as_bytes()).await.is_err() {
+                    return Ok(t0.elapsed());
+                }
+                n += 1;
+            },
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_timeout_closes_slow_heads_and_idle_connections_but_not_long_streams() -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let m = mock("long-stream").await;
+    m.set_default(Behavior {
+        stream_chunks: 6,
+        chunk_delay_ms: 400,
+        ..Behavior::default()
+    });
+    let snap = snapshot(
+        1,
+        vec![provider("oa", "openai", &m.openai_base(), &[("k", "s")])],
+        vec![model("m", "round_robin", vec![backend("oa", "oa", "", 1, 0)])],
+        keys(),
+    );
+    let limit = Duration::from_secs(1);
+    let (w, _d) = start_with_snapshot(&snap, &["--header-timeout", "1s"]).await?;
+
+    // A stream of 2.4 s, longer than the limit, is relayed whole: the limit is for heads.
+    let t0 = std::time::Instant::now();
+    let r = chat(
+        &client(),
+        &w.url("http"),
+        &json!({"model":"m","stream":true,"messages":[]}),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let text = r.text().await?;
+    assert!(t0.elapsed() >= Duration::from_millis(2400), "{:?}", t0.elapsed());
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+
+    // Slow loris: a head sent a header line every 100 ms never completes and is cut off.
+    let mut s = tokio::net::TcpStream::connect(w.addr("http")).await?;
+    s.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n")
+        .await?;
+    let took = closed_within(
+        &mut s,
+        Duration::from_secs(10),
+        Some(|n| format!("x-trickle-{n}: 1\r\n")),
+    )
+    .await?;
+    assert!(
+        took >= limit - Duration::from_millis(100),
+        "closed after {took:?}"
+    );
+
+    // Idle keep-alive: answered once, then quiet; closed once quiet for the limit.
+    let mut s = tokio::net::TcpStream::connect(w.addr("http")).await?;
+    s.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n").await?;
+    let mut head = Vec::new();
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let mut buf = [0u8; 1024];
+        let n = s.read(&mut buf).await?;
+        anyhow::ensure!(n > 0, "closed before answering");
+        head.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    let content_length = String::from_utf8_lossy(&head)
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse::<usize>())
+        })
+        .transpose()?
+        .unwrap_or(0);
+    let body_start = head.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let mut body = head.len() - body_start;
+    while body < content_length {
+        let mut buf = [0u8; 1024];
+        let n = s.read(&mut buf).await?;
+        anyhow::ensure!(n > 0, "closed in the middle of the answer");
+        body += n;
+    }
+    let took = closed_within(&mut s, Duration::from_secs(10), None).await?;
+    assert!(
+        took >= limit - Duration::from_millis(100),
+        "closed after {took:?}"
+    );
+    Ok(())
+}

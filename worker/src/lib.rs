@@ -84,6 +84,9 @@ pub struct Config {
     /// Where the last-known-good snapshot is kept; `None` disables it.
     pub state_dir: Option<PathBuf>,
     pub drain_timeout: Duration,
+    /// How long a client connection may wait to send a complete request head, idle
+    /// keep-alive included, before it is closed (`server::head_watchdog`).
+    pub header_timeout: Duration,
     pub max_body_bytes: usize,
     pub breaker: BreakerConfig,
     /// Receives one `UsageEvent` per finished request (must not block).
@@ -126,6 +129,7 @@ impl Config {
             worker_id: format!("worker-{}", uuid::Uuid::new_v4().simple()),
             state_dir: None,
             drain_timeout: Duration::from_secs(30),
+            header_timeout: Duration::from_secs(30),
             max_body_bytes: 32 * 1024 * 1024,
             breaker: BreakerConfig::default(),
             usage_sink: None,
@@ -377,6 +381,7 @@ pub async fn start(cfg: Config) -> Result<Running, Error> {
         shared.clone(),
         stop_accept.clone(),
         cfg.drain_timeout,
+        cfg.header_timeout,
     ));
     Ok(Running {
         http_addr,

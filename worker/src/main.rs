@@ -33,6 +33,10 @@ struct Args {
     /// How long to wait for in-flight requests on shutdown.
     #[arg(long, env = "SWITCHYARD_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     drain_timeout: Duration,
+    /// How long a client connection may take to send a request head, or stay idle between
+    /// requests, before it is closed (slow-loris and idle keep-alive limit).
+    #[arg(long, env = "SWITCHYARD_HEADER_TIMEOUT", default_value = "30s", value_parser = positive_duration)]
+    header_timeout: Duration,
     /// Largest accepted request body.
     #[arg(long, env = "SWITCHYARD_MAX_BODY_BYTES", default_value_t = 32 * 1024 * 1024)]
     max_body_bytes: usize,
@@ -46,6 +50,14 @@ struct Args {
     /// Base ejection time (grows on repeated ejections).
     #[arg(long, env = "SWITCHYARD_EJECTION_TIME", default_value = "30s", value_parser = humantime::parse_duration)]
     ejection_time: Duration,
+}
+
+fn positive_duration(s: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if d.is_zero() => Err("must be greater than zero".into()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 fn default_worker_id() -> String {
@@ -109,6 +121,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     cfg.worker_id = args.worker_id.unwrap_or_else(default_worker_id);
     cfg.state_dir = Some(args.state_dir);
     cfg.drain_timeout = args.drain_timeout;
+    cfg.header_timeout = args.header_timeout;
     cfg.max_body_bytes = args.max_body_bytes;
     cfg.access_log = Some(access_log);
     cfg.breaker.failure_threshold = args.eject_after.max(1);
