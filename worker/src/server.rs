@@ -1,11 +1,15 @@
 //! The HTTP/1.1 server: accept loop with TCP_NODELAY and keep-alive on hyper directly
-//! (no framework on the hot path), the per-connection head watchdog, and the graceful
+//! (no framework on the hot path), the connections' header-read limit, and the graceful
 //! drain on shutdown.
 use std::{
     convert::Infallible,
+    future::Future,
     pin::Pin,
     sync::{
-        atomic::{AtomicU32, AtomicU64, Ordering::Relaxed},
+        atomic::{
+            AtomicU32, AtomicU64, AtomicU8,
+            Ordering::{AcqRel, Acquire, Relaxed},
+        },
         Arc,
     },
     task::{Context, Poll},
@@ -13,14 +17,16 @@ use std::{
 };
 
 use bytes::Bytes;
+use dashmap::DashMap;
+use futures::task::AtomicWaker;
 use http_body::{Body, Frame, SizeHint};
 use hyper::{server::conn::http1, service::service_fn};
-use hyper_util::rt::TokioIo;
+use hyper_util::{rt::TokioIo, server::graceful::GracefulConnection};
 use tokio::{
     net::TcpListener,
     time::{Instant, MissedTickBehavior},
 };
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{debug, info, warn};
 
 use crate::{
@@ -35,12 +41,14 @@ pub async fn serve(
     drain: Duration,
     header_timeout: Duration,
 ) {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut builder = http1::Builder::new();
     // hyper's own header-read timeout arms, and then drops, a timer for every request
-    // (about 3% of a request's instructions); `head_watchdog` keeps the same limit with
-    // one timer per connection instead.
+    // (about 2% of a request's instructions); `Conns` keeps the same limit with one timer
+    // for all connections.
     builder.keep_alive(true).header_read_timeout(None);
+    let conns = Conns::new(header_timeout);
+    let looking = AbortOnDrop(tokio::spawn(conns.clone().look_every_period()));
+    let tasks = TaskTracker::new();
     loop {
         let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => break,
@@ -57,10 +65,10 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let s = shared.clone();
         let memo = Arc::new(crate::auth::KeyMemo::default());
-        let activity = Arc::new(Activity::default());
-        let act = activity.clone();
+        let (conn, listed) = conns.add();
+        let c = conn.clone();
         let svc = service_fn(move |req| {
-            let answering = Answering::begin(&act);
+            let answering = Answering::begin(&c);
             // Boxed: the connection task is sized for its largest state, and the request
             // future is large. Unboxed, every open connection (every open stream) kept
             // that space for its whole life; boxed, it is freed once the answer starts.
@@ -73,17 +81,17 @@ pub async fn serve(
                 }))
             }
         });
-        let conn = builder.serve_connection(TokioIo::new(stream), svc);
-        let fut = graceful.watch(conn);
-        tokio::spawn(async move {
-            tokio::select! {
-                biased;
-                r = fut => if let Err(e) = r {
-                    debug!(%peer, error = %e, "connection ended with an error");
-                },
-                () = head_watchdog(&activity, header_timeout) => {
-                    debug!(%peer, timeout_ms = header_timeout.as_millis() as u64, "closing a connection that sent no request head in time");
-                }
+        let serving = Ordered::new(builder.serve_connection(TokioIo::new(stream), svc), conn);
+        tasks.spawn(async move {
+            let _listed = listed;
+            match serving.await {
+                Some(Ok(())) => {}
+                Some(Err(e)) => debug!(%peer, error = %e, "connection ended with an error"),
+                None => debug!(
+                    %peer,
+                    timeout_ms = header_timeout.as_millis() as u64,
+                    "closed a connection that sent no request head in time"
+                ),
             }
         });
     }
@@ -92,31 +100,105 @@ pub async fn serve(
         drain_timeout_ms = drain.as_millis() as u64,
         "draining connections"
     );
+    conns.order_all(DRAIN);
+    tasks.close();
     tokio::select! {
-        _ = graceful.shutdown() => info!("all connections drained"),
-        _ = tokio::time::sleep(drain) => warn!("drain timeout reached; closing remaining connections"),
+        _ = tasks.wait() => info!("all connections drained"),
+        _ = tokio::time::sleep(drain) => {
+            warn!("drain timeout reached; closing remaining connections");
+            conns.order_all(CLOSE);
+        }
+    }
+    drop(looking);
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
-/// What a connection's head watchdog reads: how many requests have started (their head
-/// arrived) and how many are still being answered.
+/// Orders to a connection (0: none); they only rise.
+/// Finish the request in hand, then close (hyper's graceful shutdown): the server drains.
+const DRAIN: u8 = 1;
+/// Close now: it waited too long for a request head.
+const CLOSE: u8 = 2;
+
+/// One client connection as the server's bookkeeping sees it: how many requests have
+/// started (their head arrived), how many are still being answered, and its orders.
 #[derive(Debug, Default)]
-struct Activity {
+struct Conn {
     started: AtomicU64,
     answering: AtomicU32,
+    order: AtomicU8,
+    /// The connection task's waker, to act on an order.
+    waker: AtomicWaker,
+}
+
+impl Conn {
+    fn order(&self, order: u8) {
+        self.order.fetch_max(order, AcqRel);
+        self.waker.wake();
+    }
+}
+
+/// A connection's future under its `Conn`'s orders; `None` when closed by order.
+///
+/// This replaces hyper-util's `GracefulShutdown`, whose watcher polled a channel at every
+/// wake-up of every connection (about 1% of a request's instructions): here a wake-up
+/// costs one atomic load, and the waker is registered again only after an order.
+struct Ordered<C> {
+    serving: C,
+    conn: Arc<Conn>,
+    /// The order last acted on; `None` before the first poll.
+    seen: Option<u8>,
+}
+
+impl<C> Ordered<C> {
+    fn new(serving: C, conn: Arc<Conn>) -> Self {
+        Self {
+            serving,
+            conn,
+            seen: None,
+        }
+    }
+}
+
+impl<C: GracefulConnection + Unpin> Future for Ordered<C> {
+    type Output = Option<Result<(), C::Error>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        if this.seen != Some(this.conn.order.load(Acquire)) {
+            // First poll, or a new order (whose wake took the waker): register, then read
+            // the order again so that one given meanwhile is not missed.
+            this.conn.waker.register(cx.waker());
+            let order = this.conn.order.load(Acquire);
+            if order == CLOSE {
+                return Poll::Ready(None);
+            }
+            if order == DRAIN && this.seen != Some(DRAIN) {
+                Pin::new(&mut this.serving).graceful_shutdown();
+            }
+            this.seen = Some(order);
+        }
+        Pin::new(&mut this.serving).poll(cx).map(Some)
+    }
 }
 
 /// Held from a request head's arrival until hyper drops the response body (its last frame
 /// was taken, or the connection ended): while one is held, the connection is not waiting
 /// for a head.
 #[derive(Debug)]
-struct Answering(Arc<Activity>);
+struct Answering(Arc<Conn>);
 
 impl Answering {
-    fn begin(a: &Arc<Activity>) -> Self {
-        a.started.fetch_add(1, Relaxed);
-        a.answering.fetch_add(1, Relaxed);
-        Self(a.clone())
+    fn begin(c: &Arc<Conn>) -> Self {
+        c.started.fetch_add(1, Relaxed);
+        c.answering.fetch_add(1, Relaxed);
+        Self(c.clone())
     }
 }
 
@@ -126,31 +208,103 @@ impl Drop for Answering {
     }
 }
 
-/// Completes once the connection has waited a whole `limit` for a request head: idle on
-/// keep-alive, or sent a head too slowly (slow loris). It looks every `limit / 2` and needs
-/// two looks in a row with nothing answered and no head arrived since the look before, so
-/// the connection is closed between `limit` and 1.5 × `limit` after its last response, or
-/// at `limit` after it was accepted. A request being answered (a long stream, a slow
-/// upload) is never cut: as with hyper's header-read timeout, the limit is for heads only.
-async fn head_watchdog(activity: &Activity, limit: Duration) {
-    let period = (limit / 2).max(Duration::from_millis(1));
-    let mut looks = tokio::time::interval_at(Instant::now() + period, period);
-    looks.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    // (heads started, waiting for a head) at the last look; a new connection waits.
-    let mut last = (0, true);
-    let mut quiet = 0;
-    loop {
-        looks.tick().await;
-        let now = (
-            activity.started.load(Relaxed),
-            activity.answering.load(Relaxed) == 0,
-        );
-        // Waiting at both looks with no head in between: waiting the whole period.
-        quiet = if now.1 && now == last { quiet + 1 } else { 0 };
-        if quiet == 2 {
-            return;
+/// The open connections of one server, for the drain and the header-read limit.
+///
+/// The limit: a connection that waits a whole `limit` for a request head (idle on
+/// keep-alive, or a head sent too slowly: slow loris) is closed; one with a request being
+/// answered (a long stream, a slow upload) never is, as with hyper's header-read timeout,
+/// which this replaces. One task looks at every connection each `limit / 2`. A connection
+/// is closed at the look that finds it waiting, with no head arrived, for the second whole
+/// period in a row: from `limit` to 1.5 × `limit` after it began to wait. Nothing runs per
+/// request but two counters.
+struct Conns {
+    limit: Duration,
+    open: DashMap<u64, Watched>,
+    next_id: AtomicU64,
+}
+
+struct Watched {
+    conn: Arc<Conn>,
+    /// (heads started, waiting for a head) at the last look; `None` before the first.
+    last: Option<(u64, bool)>,
+    /// Whole periods spent waiting, up to the last look.
+    quiet: u8,
+}
+
+/// Takes its connection off the list when the connection's task ends.
+struct Listed {
+    conns: Arc<Conns>,
+    id: u64,
+}
+
+impl Drop for Listed {
+    fn drop(&mut self) {
+        self.conns.open.remove(&self.id);
+    }
+}
+
+impl Conns {
+    fn new(limit: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            limit,
+            open: DashMap::new(),
+            next_id: AtomicU64::new(0),
+        })
+    }
+
+    /// Lists a new connection; keep the guard in its task.
+    fn add(self: &Arc<Self>) -> (Arc<Conn>, Listed) {
+        let conn = Arc::new(Conn::default());
+        let id = self.next_id.fetch_add(1, Relaxed);
+        let watched = Watched {
+            conn: conn.clone(),
+            last: None,
+            quiet: 0,
+        };
+        self.open.insert(id, watched);
+        (
+            conn,
+            Listed {
+                conns: self.clone(),
+                id,
+            },
+        )
+    }
+
+    fn order_all(&self, order: u8) {
+        for w in self.open.iter() {
+            w.conn.order(order);
         }
-        last = now;
+    }
+
+    /// One look at every connection: closes (and forgets) those found waiting for a head a
+    /// second whole period in a row.
+    fn look(&self) {
+        self.open.retain(|_, w| {
+            let now = (w.conn.started.load(Relaxed), w.conn.answering.load(Relaxed) == 0);
+            // Waiting at both looks, with no head in between: waiting the whole period.
+            w.quiet = if now.1 && w.last == Some(now) {
+                w.quiet + 1
+            } else {
+                0
+            };
+            w.last = Some(now);
+            if w.quiet < 2 {
+                return true;
+            }
+            w.conn.order(CLOSE);
+            false
+        });
+    }
+
+    async fn look_every_period(self: Arc<Self>) {
+        let period = (self.limit / 2).max(Duration::from_millis(1));
+        let mut looks = tokio::time::interval_at(Instant::now() + period, period);
+        looks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            looks.tick().await;
+            self.look();
+        }
     }
 }
 
@@ -186,55 +340,97 @@ mod tests {
 
     const LIMIT: Duration = Duration::from_secs(30);
 
-    /// Runs `meanwhile` beside the connection's watchdog, which must not fire; then
-    /// returns how long after that the watchdog closed the connection.
-    async fn closed_after(a: &Activity, meanwhile: impl std::future::Future<Output = ()>) -> Duration {
-        let w = head_watchdog(a, LIMIT);
-        tokio::pin!(w);
-        tokio::select! {
-            biased;
-            () = &mut w => panic!("closed while answering or while heads kept arriving"),
-            () = meanwhile => {}
-        }
-        let t = Instant::now();
-        w.await;
-        t.elapsed()
-    }
+    /// Completes once the connection is ordered to close (woken by the order, as a
+    /// connection's task is).
+    struct Closed<'a>(&'a Conn);
 
-    #[tokio::test(start_paused = true)]
-    async fn a_connection_that_sends_no_head_is_closed_at_the_limit() {
-        assert_eq!(closed_after(&Activity::default(), async {}).await, LIMIT);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_long_answer_is_never_cut_and_the_idle_time_after_it_is() {
-        let a = Arc::new(Activity::default());
-        let answering = Answering::begin(&a);
-        let idle = closed_after(&a, async move {
-            tokio::time::sleep(LIMIT * 10).await;
-            drop(answering);
-        })
-        .await;
-        assert!(
-            idle >= LIMIT && idle <= LIMIT * 3 / 2,
-            "closed {idle:?} after the last answer"
-        );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn heads_arriving_within_the_limit_keep_the_connection() {
-        let a = Arc::new(Activity::default());
-        let idle = closed_after(&a, async {
-            for _ in 0..20 {
-                // Just under the limit apart, each answered at once.
-                tokio::time::sleep(LIMIT - Duration::from_secs(1)).await;
-                drop(Answering::begin(&a));
+    impl Future for Closed<'_> {
+        type Output = ();
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+            self.0.waker.register(cx.waker());
+            if self.0.order.load(Acquire) == CLOSE {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
             }
-        })
-        .await;
-        assert!(
-            idle >= LIMIT && idle <= LIMIT * 3 / 2,
-            "closed {idle:?} after the last answer"
-        );
+        }
+    }
+
+    fn closed(c: &Conn) -> bool {
+        c.order.load(Acquire) == CLOSE
+    }
+
+    #[test]
+    fn a_connection_is_closed_at_the_second_whole_period_it_waits() {
+        let conns = Conns::new(LIMIT);
+        let (c, _listed) = conns.add();
+        conns.look(); // accepted some time before this look
+        conns.look();
+        assert!(!closed(&c));
+        conns.look();
+        assert!(closed(&c));
+        assert!(conns.open.is_empty(), "a closed connection is forgotten");
+    }
+
+    #[test]
+    fn a_long_answer_is_never_cut_and_the_wait_after_it_is() {
+        let conns = Conns::new(LIMIT);
+        let (c, _listed) = conns.add();
+        let answering = Answering::begin(&c);
+        for _ in 0..100 {
+            conns.look();
+        }
+        assert!(!closed(&c));
+        drop(answering);
+        conns.look(); // the wait began during the period before this look
+        conns.look();
+        assert!(!closed(&c));
+        conns.look();
+        assert!(closed(&c));
+    }
+
+    #[test]
+    fn a_head_in_every_other_period_keeps_the_connection() {
+        let conns = Conns::new(LIMIT);
+        let (c, _listed) = conns.add();
+        for _ in 0..100 {
+            conns.look();
+            conns.look();
+            drop(Answering::begin(&c)); // answered at once, before the next look
+        }
+        assert!(!closed(&c));
+    }
+
+    #[test]
+    fn an_ended_connection_is_forgotten_and_orders_only_rise() {
+        let conns = Conns::new(LIMIT);
+        let (c, listed) = conns.add();
+        conns.order_all(CLOSE);
+        conns.order_all(DRAIN);
+        assert!(closed(&c));
+        assert_eq!(conns.open.len(), 1);
+        drop(listed);
+        assert!(conns.open.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_watch_closes_a_waiting_connection_between_the_limit_and_one_and_a_half_times_it() {
+        let conns = Conns::new(LIMIT);
+        let _looking = AbortOnDrop(tokio::spawn(conns.clone().look_every_period()));
+        for offset in [
+            Duration::ZERO,
+            Duration::from_secs(1),
+            LIMIT / 2 - Duration::from_secs(1),
+        ] {
+            tokio::time::sleep(offset).await;
+            let (c, _listed) = conns.add();
+            let t = Instant::now();
+            Closed(&c).await;
+            let waited = t.elapsed();
+            assert!(
+                waited >= LIMIT && waited <= LIMIT * 3 / 2,
+                "closed after {waited:?}"
+            );
+        }
     }
 }
