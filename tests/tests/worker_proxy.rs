@@ -788,9 +788,13 @@ async fn metrics_and_graceful_drain() -> Result<()> {
     });
     let r = chat(&c, &base, &json!({"model":"m","stream":true,"messages":[]}), &[]).await;
     assert_eq!(r.status(), 200);
+    // An idle keep-alive connection does not hold the drain up: it is closed at once
+    // (the drain timeout is the default 30 s; the exit is awaited for 10).
+    let mut idle = answered_once(w.addr("http")).await?;
     w.signal("TERM").await?;
     let text = r.text().await?;
     assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+    closed_within(&mut idle, Duration::from_secs(10), None).await?;
     let status = tokio::time::timeout(Duration::from_secs(10), w.child.wait()).await??;
     assert!(status.success(), "{status:?}");
     Ok(())
@@ -971,9 +975,39 @@ async fn closed_within(
     }
 }
 
+/// A keep-alive connection to the worker that has had one answer (`GET /health`), read
+/// whole: accepted and now idle.
+async fn answered_once(addr: std::net::SocketAddr) -> Result<tokio::net::TcpStream> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n").await?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    let head_end = loop {
+        if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = s.read(&mut buf).await?;
+        anyhow::ensure!(n > 0, "closed before answering");
+        got.extend_from_slice(&buf[..n]);
+    };
+    let head = String::from_utf8_lossy(&got[..head_end]).to_ascii_lowercase();
+    anyhow::ensure!(head.starts_with("http/1.1 200"), "{head}");
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map_or(Ok(0), |v| v.trim().parse())?;
+    while got.len() < head_end + length {
+        let n = s.read(&mut buf).await?;
+        anyhow::ensure!(n > 0, "closed in the middle of the answer");
+        got.extend_from_slice(&buf[..n]);
+    }
+    Ok(s)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn header_timeout_closes_slow_heads_and_idle_connections_but_not_long_streams() -> Result<()> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let m = mock("long-stream").await;
     m.set_default(Behavior {
         stream_chunks: 6,
@@ -1019,37 +1053,7 @@ async fn header_timeout_closes_slow_heads_and_idle_connections_but_not_long_stre
     );
 
     // Idle keep-alive: answered once, then quiet; closed once quiet for the limit.
-    let mut s = tokio::net::TcpStream::connect(w.addr("http")).await?;
-    s.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n").await?;
-    let mut head = Vec::new();
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        let mut buf = [0u8; 1024];
-        let n = s.read(&mut buf).await?;
-        anyhow::ensure!(n > 0, "closed before answering");
-        head.extend_from_slice(&buf[..n]);
-    }
-    assert!(
-        head.starts_with(b"HTTP/1.1 200"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
-    let content_length = String::from_utf8_lossy(&head)
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("content-length:")
-                .map(|v| v.trim().parse::<usize>())
-        })
-        .transpose()?
-        .unwrap_or(0);
-    let body_start = head.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-    let mut body = head.len() - body_start;
-    while body < content_length {
-        let mut buf = [0u8; 1024];
-        let n = s.read(&mut buf).await?;
-        anyhow::ensure!(n > 0, "closed in the middle of the answer");
-        body += n;
-    }
+    let mut s = answered_once(w.addr("http")).await?;
     let took = closed_within(&mut s, Duration::from_secs(10), None).await?;
     assert!(
         took >= limit - Duration::from_millis(100),

@@ -85,7 +85,7 @@ pub struct Config {
     pub state_dir: Option<PathBuf>,
     pub drain_timeout: Duration,
     /// How long a client connection may wait to send a complete request head, idle
-    /// keep-alive included, before it is closed (`server::head_watchdog`).
+    /// keep-alive included, before it is closed (`server::Conns`): from this to 1.5× this.
     pub header_timeout: Duration,
     pub max_body_bytes: usize,
     pub breaker: BreakerConfig,

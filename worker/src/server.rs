@@ -43,7 +43,7 @@ pub async fn serve(
 ) {
     let mut builder = http1::Builder::new();
     // hyper's own header-read timeout arms, and then drops, a timer for every request
-    // (about 2% of a request's instructions); `Conns` keeps the same limit with one timer
+    // (about 3% of a request's instructions); `Conns` keeps the same limit with one timer
     // for all connections.
     builder.keep_alive(true).header_read_timeout(None);
     let conns = Conns::new(header_timeout);
@@ -120,7 +120,8 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Orders to a connection (0: none); they only rise.
+// Orders to a connection (0: none); they only rise.
+
 /// Finish the request in hand, then close (hyper's graceful shutdown): the server drains.
 const DRAIN: u8 = 1;
 /// Close now: it waited too long for a request head.
