@@ -908,6 +908,21 @@ async fn least_latency_and_least_connections() -> Result<()> {
     Ok(())
 }
 
+/// A streamed chat request for model `m`, read whole: how long that took, and the text.
+async fn timed_stream(base: &str) -> Result<(Duration, String)> {
+    let t0 = std::time::Instant::now();
+    let r = chat(
+        &client(),
+        base,
+        &json!({"model":"m","stream":true,"messages":[]}),
+        &[],
+    )
+    .await;
+    anyhow::ensure!(r.status() == 200, "status {}", r.status());
+    let text = r.text().await?;
+    Ok((t0.elapsed(), text))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_stream_ends_with_error_event() -> Result<()> {
     let m = mock("slow").await;
@@ -926,17 +941,8 @@ async fn idle_stream_ends_with_error_event() -> Result<()> {
         keys(),
     );
     let (w, _d) = start_with_snapshot(&snap, &[]).await?;
-    let t0 = std::time::Instant::now();
-    let r = chat(
-        &client(),
-        &w.url("http"),
-        &json!({"model":"m","stream":true,"messages":[]}),
-        &[],
-    )
-    .await;
-    assert_eq!(r.status(), 200);
-    let text = r.text().await?;
-    assert!(t0.elapsed() < Duration::from_millis(1900), "{:?}", t0.elapsed());
+    let (took, text) = timed_stream(&w.url("http")).await?;
+    assert!(took < Duration::from_millis(1900), "{took:?}");
     let last = text.trim_end().rsplit("\n\n").next().unwrap();
     assert!(last.starts_with("data: {\"error\""), "{text}");
     assert!(last.contains("timed out"), "{text}");
@@ -1024,17 +1030,8 @@ async fn header_timeout_closes_slow_heads_and_idle_connections_but_not_long_stre
     let (w, _d) = start_with_snapshot(&snap, &["--header-timeout", "1s"]).await?;
 
     // A stream of 2.4 s, longer than the limit, is relayed whole: the limit is for heads.
-    let t0 = std::time::Instant::now();
-    let r = chat(
-        &client(),
-        &w.url("http"),
-        &json!({"model":"m","stream":true,"messages":[]}),
-        &[],
-    )
-    .await;
-    assert_eq!(r.status(), 200);
-    let text = r.text().await?;
-    assert!(t0.elapsed() >= Duration::from_millis(2400), "{:?}", t0.elapsed());
+    let (took, text) = timed_stream(&w.url("http")).await?;
+    assert!(took >= Duration::from_millis(2400), "{took:?}");
     assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
 
     // Slow loris: a head sent a header line every 100 ms never completes and is cut off.
