@@ -299,7 +299,8 @@ impl Conns {
     }
 
     async fn look_every_period(self: Arc<Self>) {
-        let period = (self.limit / 2).max(Duration::from_millis(1));
+        // Bounded so that no deadline overflows: a limit of years is as good as none.
+        let period = (self.limit / 2).clamp(Duration::from_millis(1), Duration::from_secs(365 * 86_400));
         let mut looks = tokio::time::interval_at(Instant::now() + period, period);
         looks.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
