@@ -26,7 +26,10 @@ use tokio::{
     net::TcpListener,
     time::{Instant, MissedTickBehavior},
 };
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tokio_util::{
+    sync::CancellationToken,
+    task::{AbortOnDropHandle, TaskTracker},
+};
 use tracing::{debug, info, warn};
 
 use crate::{
@@ -47,7 +50,7 @@ pub async fn serve(
     // for all connections.
     builder.keep_alive(true).header_read_timeout(None);
     let conns = Conns::new(header_timeout);
-    let looking = AbortOnDrop(tokio::spawn(conns.clone().look_every_period()));
+    let looking = AbortOnDropHandle::new(tokio::spawn(conns.clone().look_every_period()));
     let tasks = TaskTracker::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -112,16 +115,7 @@ pub async fn serve(
     drop(looking);
 }
 
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 // Orders to a connection (0: none); they only rise.
-
 /// Finish the request in hand, then close (hyper's graceful shutdown): the server drains.
 const DRAIN: u8 = 1;
 /// Close now: it waited too long for a request head.
@@ -418,7 +412,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_watch_closes_a_waiting_connection_between_the_limit_and_one_and_a_half_times_it() {
         let conns = Conns::new(LIMIT);
-        let _looking = AbortOnDrop(tokio::spawn(conns.clone().look_every_period()));
+        let _looking = AbortOnDropHandle::new(tokio::spawn(conns.clone().look_every_period()));
         for offset in [
             Duration::ZERO,
             Duration::from_secs(1),
