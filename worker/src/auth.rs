@@ -109,6 +109,7 @@ mod tests {
                     allowed_models: None,
                     enabled: *enabled,
                     expires_at_ms: 0,
+                    may_pin: false,
                 },
             );
         }

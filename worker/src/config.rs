@@ -82,6 +82,12 @@ pub struct Provider {
     pub total_timeout: Option<Duration>,
     pub auth_header: HeaderName,
     pub static_headers: Vec<(HeaderName, HeaderValue)>,
+    /// API paths this provider forwards beyond its kind's default inference paths
+    /// (`proxy::path_allowed`): exact paths, or prefixes written with a trailing `/*`.
+    pub extra_paths: Vec<String>,
+    /// Account-selecting client headers (`OpenAI-Organization`, …) this provider lets
+    /// through; every other one is dropped (`proxy::ACCOUNT_HEADERS`).
+    pub forward_headers: Vec<HeaderName>,
     pub health: Option<HealthProbe>,
     pub enabled: bool,
     pub credentials: Vec<Credential>,
@@ -167,6 +173,8 @@ pub struct ClientKey {
     pub enabled: bool,
     /// Unix ms; 0 = never.
     pub expires_at_ms: i64,
+    /// May pin a backend with `x-switchyard-backend` (off unless granted).
+    pub may_pin: bool,
 }
 
 impl ClientKey {

@@ -217,6 +217,9 @@ pub fn build(
             total_timeout: (p.total_timeout_ms > 0).then(|| Duration::from_millis(p.total_timeout_ms)),
             auth_header,
             static_headers,
+            // Filled from the snapshot by the provider settings change (issue 16).
+            extra_paths: Vec::new(),
+            forward_headers: Vec::new(),
             health,
             enabled: p.enabled.unwrap_or(true),
             credentials,
@@ -366,6 +369,7 @@ pub fn build(
                     .then(|| k.allowed_models.iter().cloned().collect()),
                 enabled: k.enabled.unwrap_or(true) && !k.revoked,
                 expires_at_ms: k.expires_at_ms,
+                may_pin: false,
             },
         );
     }
