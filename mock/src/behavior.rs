@@ -36,6 +36,9 @@ pub struct Behavior {
     pub usage: Usage,
     /// Requests carrying one of these credentials get a 401 in their dialect.
     pub reject_credentials: Vec<String>,
+    /// Requests carrying this header (any value) get a 401 in their dialect: an upstream
+    /// that reads an account from a client header.
+    pub reject_header: Option<String>,
 }
 
 impl Default for Behavior {
@@ -50,6 +53,7 @@ impl Default for Behavior {
             reply: DEFAULT_REPLY.to_string(),
             usage: Usage::default(),
             reject_credentials: Vec::new(),
+            reject_header: None,
         }
     }
 }

@@ -584,7 +584,10 @@ async fn api(state: &State, req: Request<Incoming>) -> Result<Resp, io::Error> {
 
     let prepared = state.next_behavior();
     let b = &prepared.behavior;
-    let rejected = credential.is_some_and(|c| b.reject_credentials.iter().any(|r| r == c));
+    let rejected = credential.is_some_and(|c| b.reject_credentials.iter().any(|r| r == c))
+        || b.reject_header
+            .as_deref()
+            .is_some_and(|h| parts.headers.contains_key(h));
     let status = match b.fault {
         Fault::Drop | Fault::Hang => None,
         _ if rejected => Some(401),

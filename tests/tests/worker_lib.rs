@@ -7,7 +7,10 @@ use std::{sync::Arc, time::Duration};
 use anyhow::Result;
 use serde_json::json;
 use switchyard_mock::{Behavior, MockOptions, MockServer};
-use switchyard_tests::worker::{backend, key, model, provider, snapshot, write_state};
+use switchyard_tests::{
+    wait_for,
+    worker::{backend, key, model, provider, snapshot, write_state},
+};
 use switchyard_worker::account::{ChannelSink, HealthEvent, HealthSink, Outcome};
 
 #[derive(Debug, Default)]
@@ -96,7 +99,8 @@ async fn embedded_worker_reports_usage_events() -> Result<()> {
             .count(),
         2
     );
-    // An upstream 401 ejects the credential: one health event, with its target.
+    // An upstream 401 ejects the credential once a probe confirms it: one health event,
+    // with its target.
     m.set_default(Behavior {
         reject_credentials: vec!["s1".into()],
         ..Behavior::default()
@@ -108,17 +112,30 @@ async fn embedded_worker_reports_usage_events() -> Result<()> {
         .send()
         .await?;
     assert_eq!(r.status(), 502);
-    {
-        let ev = health.0.lock().unwrap();
-        assert_eq!(ev.len(), 1, "{ev:?}");
-        assert_eq!(
-            (ev[0].target.kind, ev[0].target.provider.as_str()),
-            ("credential", "oa")
-        );
-        assert_eq!(ev[0].target.credential, "k1");
-        assert!(!ev[0].healthy);
-        assert!(ev[0].reason.contains("401"), "{:?}", ev[0]);
-    }
+    let ev = wait_for(
+        "the confirmed ejection's health event",
+        Duration::from_secs(10),
+        || {
+            let health = health.clone();
+            async move {
+                let ev = health.0.lock().unwrap();
+                Ok((!ev.is_empty()).then(|| ev.clone()))
+            }
+        },
+    )
+    .await?;
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert_eq!(
+        (ev[0].target.kind, ev[0].target.provider.as_str()),
+        ("credential", "oa")
+    );
+    assert_eq!(ev[0].target.credential, "k1");
+    assert!(!ev[0].healthy);
+    assert!(
+        ev[0].reason.contains("401") && ev[0].reason.contains("probe"),
+        "{:?}",
+        ev[0]
+    );
     running.shutdown().await;
     assert!(
         c.get(format!("{base}/ready")).send().await.is_err(),

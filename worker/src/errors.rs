@@ -24,9 +24,8 @@ pub enum ProxyError {
     MissingKey,
     #[error("invalid API key")]
     BadKey,
-    #[error("this API key is not allowed to use model `{0}`")]
-    ModelNotAllowed(String),
-    #[error("model `{0}` does not exist")]
+    /// Also the answer for a model the key may not use (OpenAI's own wording).
+    #[error("the model `{0}` does not exist or you do not have access to it")]
     UnknownModel(String),
     #[error("request body is larger than the limit of {0} bytes")]
     TooLarge(usize),
@@ -34,14 +33,17 @@ pub enum ProxyError {
     NotFound(String),
     #[error("method not allowed")]
     MethodNotAllowed,
-    #[error("upstream connection failed: {0}")]
-    Connect(String),
+    /// The detail (an address, a backend name) is logged where it happens, never sent.
+    #[error("could not reach the upstream")]
+    Connect,
     #[error("upstream timed out before answering")]
     Timeout,
     #[error("no healthy backend for model `{0}`")]
     NoBackend(String),
     #[error("upstream error: {0}")]
-    Upstream(String),
+    Upstream(&'static str),
+    #[error("the upstream rejected the gateway's credential")]
+    CredentialRejected,
     #[error("worker is shutting down")]
     ShuttingDown,
 }
@@ -51,11 +53,10 @@ impl ProxyError {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::MissingKey | Self::BadKey => StatusCode::UNAUTHORIZED,
-            Self::ModelNotAllowed(_) => StatusCode::FORBIDDEN,
             Self::UnknownModel(_) | Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::Connect(_) | Self::Upstream(_) => StatusCode::BAD_GATEWAY,
+            Self::Connect | Self::Upstream(_) | Self::CredentialRejected => StatusCode::BAD_GATEWAY,
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Self::NoConfig | Self::NoBackend(_) | Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -68,15 +69,15 @@ impl ProxyError {
             Self::BadRequest(_) => "bad_request",
             Self::MissingKey => "missing_key",
             Self::BadKey => "bad_key",
-            Self::ModelNotAllowed(_) => "model_not_allowed",
             Self::UnknownModel(_) => "unknown_model",
             Self::TooLarge(_) => "too_large",
             Self::NotFound(_) => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
-            Self::Connect(_) => "connect",
+            Self::Connect => "connect",
             Self::Timeout => "timeout",
             Self::NoBackend(_) => "no_backend",
             Self::Upstream(_) => "upstream",
+            Self::CredentialRejected => "auth",
             Self::ShuttingDown => "shutting_down",
         }
     }
@@ -84,7 +85,10 @@ impl ProxyError {
     /// Whether another backend may be tried: nothing reached the upstream's application,
     /// or it answered with a complete retryable failure, and no byte went to the client.
     pub fn retry_safe(&self) -> bool {
-        matches!(self, Self::Connect(_) | Self::Timeout | Self::Upstream(_))
+        matches!(
+            self,
+            Self::Connect | Self::Timeout | Self::Upstream(_) | Self::CredentialRejected
+        )
     }
 
     fn openai_type(&self) -> &'static str {
@@ -119,7 +123,18 @@ impl ProxyError {
 
     /// The JSON error body in `dialect`.
     pub fn body(&self, dialect: Dialect) -> Bytes {
-        let msg = self.to_string();
+        self.body_with(dialect, None)
+    }
+
+    /// The JSON error body in `dialect`; a server-side failure names the request id for the
+    /// operator to look up (as OpenAI's own 5xx bodies do), never an internal detail.
+    fn body_with(&self, dialect: Dialect, request_id: Option<&str>) -> Bytes {
+        let mut msg = self.to_string();
+        if let Some(id) = request_id.filter(|_| self.status().is_server_error()) {
+            msg.push_str(" (request id ");
+            msg.push_str(id);
+            msg.push(')');
+        }
         let v = match dialect {
             Dialect::OpenAi => serde_json::json!({
                 "error": {"message": msg, "type": self.openai_type(), "code": self.openai_code()}
@@ -150,7 +165,12 @@ impl ProxyError {
     }
 
     pub fn into_response(self, dialect: Dialect) -> Response<ProxyBody> {
-        let mut resp = Response::new(ProxyBody::full(self.body(dialect)));
+        self.into_response_for(dialect, None)
+    }
+
+    /// The response for a proxied request: server-side failures name `request_id`.
+    pub fn into_response_for(self, dialect: Dialect, request_id: Option<&str>) -> Response<ProxyBody> {
+        let mut resp = Response::new(ProxyBody::full(self.body_with(dialect, request_id)));
         *resp.status_mut() = self.status();
         resp.headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));

@@ -95,9 +95,98 @@ pub async fn probe_once(shared: &Shared, routing: &Routing, pi: usize) {
     }
 }
 
+/// Least time between two confirmation probes of one credential.
+const CONFIRM_GAP_MS: u64 = 5_000;
+/// Probe timeout when the provider has no health check configured.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An upstream answered 401/403 to a request made with credential `ci` of provider `pi`.
+/// That alone takes nothing out: the client's request (its headers, its body, the model
+/// it named) may have provoked it. A probe that carries nothing of the client's (`GET`
+/// the models list with the credential) confirms it; only then is the credential
+/// ejected. At most one probe per credential runs at a time, and at most one per
+/// `CONFIRM_GAP_MS`.
+pub fn confirm_credential(shared: &Arc<Shared>, routing: &Arc<Routing>, pi: usize, ci: usize, status: u16) {
+    let c = &routing.providers[pi].credentials[ci];
+    if !c.state.try_start_confirm(shared.clock.now_ms(), CONFIRM_GAP_MS) {
+        return;
+    }
+    let (shared, routing) = (shared.clone(), routing.clone());
+    let tasks = shared.tasks.clone();
+    tasks.spawn(async move {
+        let p = &routing.providers[pi];
+        let c = &p.credentials[ci];
+        let timeout = p.health.as_ref().map_or(CONFIRM_TIMEOUT, |h| h.timeout);
+        let probed = tokio::time::timeout(timeout, send_probe(p, &c.auth_value, &ProbeKind::Models)).await;
+        match probed {
+            Ok(Ok(s @ (401 | 403))) => {
+                let reason = format!("upstream {status}, confirmed by a probe ({s})");
+                let now = shared.clock.now_ms();
+                shared.transition(c.state.eject(now, &reason), || {
+                    crate::account::HealthTarget::credential(&p.name, &c.name)
+                });
+            }
+            other => {
+                let seen = match other {
+                    Ok(Ok(s)) => s.to_string(),
+                    Ok(Err(e)) => e,
+                    Err(_) => "timeout".into(),
+                };
+                tracing::info!(provider = %p.name, credential = %c.name, status, probe = %seen,
+                    "upstream rejected a request's credential; the probe did not confirm it: kept");
+            }
+        }
+    });
+}
+
+/// A request to a backend timed out before its answer, and the backend answered nothing
+/// else within that timeout. A long generation and a dead upstream look alike from one
+/// request, so the breaker is not told until a probe (the provider's models list, with the
+/// credential the request used, with the probe timeout rather than the request's) also
+/// fails. One probe at a time per backend, at most one per `CONFIRM_GAP_MS`.
+pub fn confirm_timeout(
+    shared: &Arc<Shared>,
+    routing: &Arc<Routing>,
+    state: &Arc<crate::balance::EndpointState>,
+    target: impl FnOnce() -> crate::account::HealthTarget,
+    pi: usize,
+    ci: usize,
+) {
+    if !state.try_start_confirm(shared.clock.now_ms(), CONFIRM_GAP_MS) {
+        return;
+    }
+    let (shared, routing, state, target) = (shared.clone(), routing.clone(), state.clone(), target());
+    let tasks = shared.tasks.clone();
+    tasks.spawn(async move {
+        let p = &routing.providers[pi];
+        let c = &p.credentials[ci];
+        let timeout = p.health.as_ref().map_or(CONFIRM_TIMEOUT, |h| h.timeout);
+        let probed = tokio::time::timeout(timeout, send_probe(p, &c.auth_value, &ProbeKind::Models)).await;
+        let failed = match probed {
+            Err(_) => Some("timeout, and the probe timed out".to_string()),
+            Ok(Err(e)) => Some(format!("timeout, and the probe failed: {e}")),
+            Ok(Ok(s)) if s >= 500 => Some(format!("timeout, and the probe answered {s}")),
+            Ok(Ok(_)) => None,
+        };
+        match failed {
+            Some(reason) => {
+                let now = shared.clock.now_ms();
+                shared.transition(state.record_failure(now, &reason), || target);
+            }
+            None => tracing::info!(backend = %target.backend, provider = %p.name,
+                "a request timed out, but the upstream answers a probe: slow, not dead"),
+        }
+    });
+}
+
 async fn send_probe(p: &Provider, auth: &HeaderValue, probe: &ProbeKind) -> Result<u16, String> {
     let (method, path, body) = match probe {
-        ProbeKind::Models => (Method::GET, "/models".to_string(), Bytes::new()),
+        // An OpenAI-kind base URL ends in `/v1`; an Anthropic one does not.
+        ProbeKind::Models => (
+            Method::GET,
+            if p.kind == ProviderKind::Anthropic { "/v1/models" } else { "/models" }.to_string(),
+            Bytes::new(),
+        ),
         ProbeKind::Chat(m) => (
             Method::POST,
             "/chat/completions".to_string(),

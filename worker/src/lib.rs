@@ -23,6 +23,7 @@ pub mod errors;
 pub mod extract;
 pub mod health;
 pub mod metrics;
+pub mod paths;
 pub mod proxy;
 pub mod relay;
 pub mod report;
@@ -88,6 +89,8 @@ pub struct Config {
     /// keep-alive included, before it is closed (`server::Conns`): from this to 1.5× this.
     pub header_timeout: Duration,
     pub max_body_bytes: usize,
+    /// Longest cool-down an upstream's `Retry-After` can put on a credential.
+    pub retry_after_cap: Duration,
     pub breaker: BreakerConfig,
     /// Receives one `UsageEvent` per finished request (must not block).
     pub usage_sink: Option<Arc<dyn UsageSink>>,
@@ -131,6 +134,7 @@ impl Config {
             drain_timeout: Duration::from_secs(30),
             header_timeout: Duration::from_secs(30),
             max_body_bytes: 32 * 1024 * 1024,
+            retry_after_cap: Duration::from_secs(600),
             breaker: BreakerConfig::default(),
             usage_sink: None,
             health_sink: None,
@@ -196,6 +200,8 @@ pub struct Shared {
     pub health_sink: Option<Arc<dyn account::HealthSink>>,
     pub access_log: Option<AccessLog>,
     pub max_body_bytes: usize,
+    /// Longest cool-down an upstream's `Retry-After` can put on a credential.
+    pub retry_after_cap: Duration,
     pub worker_id: String,
     pub tasks: TaskTracker,
     /// Wakes the reporter from its quiet sleep (health flips, snapshot swaps; the usage
@@ -336,6 +342,7 @@ pub async fn start(cfg: Config) -> Result<Running, Error> {
         health_sink: cfg.health_sink.clone(),
         access_log: cfg.access_log.clone(),
         max_body_bytes: cfg.max_body_bytes,
+        retry_after_cap: cfg.retry_after_cap,
         worker_id: cfg.worker_id.clone(),
         tasks: TaskTracker::new(),
         activity,

@@ -17,7 +17,7 @@ use crate::{
     body::ProxyBody,
     config::{Affinity, ProviderKind, Routing},
     errors::{Dialect, ProxyError},
-    extract,
+    extract, paths,
     relay::{Finish, RelayBody},
     upstream, Shared,
 };
@@ -144,9 +144,10 @@ async fn proxy(
             fin.error = Some(e.label());
             let outcome = match e {
                 ProxyError::NoBackend(_) | ProxyError::NoConfig => Outcome::NoBackend,
-                ProxyError::Connect(_) | ProxyError::Timeout | ProxyError::Upstream(_) => {
-                    Outcome::UpstreamError
-                }
+                ProxyError::Connect
+                | ProxyError::Timeout
+                | ProxyError::Upstream(_)
+                | ProxyError::CredentialRejected => Outcome::UpstreamError,
                 _ => Outcome::Rejected,
             };
             let retries = fin.retries;
@@ -158,7 +159,7 @@ async fn proxy(
                     .inc();
             }
             fin.done(outcome, None);
-            let mut r = e.into_response(dialect);
+            let mut r = e.into_response_for(dialect, Some(&request_id));
             if retries > 0 {
                 r.headers_mut().insert(&X_RETRIES, retries_header(retries));
             }
@@ -171,31 +172,15 @@ async fn proxy(
     resp
 }
 
-/// Request headers that are never forwarded upstream: hop-by-hop headers, the client's
-/// credentials, ones the worker sets itself, and `expect` (the body is already read and
-/// goes out whole).
-fn forwardable(name: &HeaderName) -> bool {
-    !upstream::is_hop_by_hop(name)
-        && !matches!(
-            name.as_str(),
-            "host"
-                | "content-length"
-                | "authorization"
-                | "x-api-key"
-                | "proxy-authorization"
-                | "accept-encoding"
-                | "expect"
-        )
-        && !name.as_str().starts_with("x-switchyard-")
-}
-
-/// Seconds from a `Retry-After` header (delta-seconds form only).
-fn retry_after_ms(h: &HeaderMap) -> Option<u64> {
+/// Milliseconds from a `Retry-After` header (delta-seconds form only), at most `cap_ms`:
+/// an upstream cannot cool a credential down for years, and `1e30` cannot overflow a
+/// deadline.
+fn retry_after_ms(h: &HeaderMap, cap_ms: u64) -> Option<u64> {
     let v = h.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
     v.parse::<f64>()
         .ok()
-        .filter(|s| *s >= 0.0)
-        .map(|s| (s * 1000.0) as u64)
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(|s| ((s * 1000.0) as u64).min(cap_ms))
 }
 
 /// The upstream path for a client path: OpenAI-kind base URLs already end in `/v1`.
@@ -226,6 +211,16 @@ async fn forward(
     let key = auth::authenticate(&routing, req.headers(), crate::unix_ms(), memo)?;
     fin.key_id = key.id.clone();
     fin.key_name = key.name.clone();
+    // Only inference paths, or ones an operator opened on a provider, go upstream with
+    // the operator's credentials (`paths`); checked before the body is read.
+    let path = req.uri().path();
+    if !paths::well_formed(path) {
+        return Err(ProxyError::NotFound(path.to_string()));
+    }
+    let default_path = paths::is_default(kind, path);
+    if !default_path && !routing.providers.iter().any(|p| paths::provider_allows(p, path)) {
+        return Err(ProxyError::NotFound(path.to_string()));
+    }
 
     let (parts, body) = req.into_parts();
     let limit = shared.max_body_bytes;
@@ -253,23 +248,30 @@ async fn forward(
         .as_deref()
         .ok_or_else(|| ProxyError::BadRequest("missing `model`".into()))?;
     fin.stream = head.stream;
+    // A model the key may not use gets the very answer of a model that does not exist, so
+    // that a restricted key cannot learn which hidden models there are.
     let model = routing
         .models
         .get(model_name)
-        .filter(|m| m.enabled)
+        .filter(|m| m.enabled && key.may_use(model_name))
         .ok_or_else(|| ProxyError::UnknownModel(model_name.to_string()))?;
-    if !key.may_use(model_name) {
-        return Err(ProxyError::ModelNotAllowed(model_name.to_string()));
-    }
     let route = model.routes[kind.index()]
         .as_ref()
         .ok_or_else(|| ProxyError::UnknownModel(model_name.to_string()))?;
+    let path = parts.uri.path();
+    if !default_path
+        && !route
+            .backends
+            .iter()
+            .any(|b| paths::extra_allows(&routing.providers[b.provider].extra_paths, path))
+    {
+        return Err(ProxyError::NotFound(path.to_string()));
+    }
     fin.model = model.name.clone();
     fin.model_metrics = Some(model.metrics.clone());
     let model_range = head.model_range.clone().unwrap_or(0..0);
     // Ask OpenAI streams for their usage so that they can be accounted; the extra chunk
     // is removed again in `relay` so the client sees the stream it asked for.
-    let path = parts.uri.path();
     let inject_usage = kind == ProviderKind::OpenAi
         && head.stream
         && head.include_usage != Some(true)
@@ -281,9 +283,11 @@ async fn forward(
         Affinity::Header(h) => parts.headers.get(h).map(|v| stable_hash(v.as_bytes())),
         Affinity::User => head.user.as_deref().map(|u| stable_hash(u.as_bytes())),
     };
+    // Pinning skips tiers and strategies: a permission of the key.
     let mut pin = parts
         .headers
         .get(&X_BACKEND)
+        .filter(|_| key.may_pin)
         .and_then(|v| v.to_str().ok())
         .and_then(|name| route.backends.iter().position(|b| &*b.name == name))
         .filter(|&i| route.backends[i].state.is_available(shared.clock.now_ms()));
@@ -293,7 +297,11 @@ async fn forward(
     let mut attempts: u32 = 0;
     let mut last_err: Option<ProxyError> = None;
     let mut kept: Option<Kept> = None;
+    // An upstream 401/403 seen in this request: it may have been provoked by the request
+    // itself, so it sends at most one confirmation probe, and a second one ends the tries.
     let mut creds_rejected = false;
+    let nominated = paths::connection_nominated(&parts.headers);
+    let retry_after_cap_ms = shared.retry_after_cap.as_millis().min(u128::from(u64::MAX)) as u64;
 
     'attempts: loop {
         if attempts > model.max_retries {
@@ -316,6 +324,10 @@ async fn forward(
         };
         let backend = &route.backends[bi];
         let provider = &routing.providers[backend.provider];
+        if !default_path && !paths::extra_allows(&provider.extra_paths, path) {
+            excluded_b.push(bi);
+            continue;
+        }
         let excl_c: Vec<usize> = excluded_c
             .iter()
             .filter(|(p, _)| *p == backend.provider)
@@ -359,7 +371,11 @@ async fn forward(
             parts.headers.len() * 48 + 64,
         );
         for (n, v) in &parts.headers {
-            if forwardable(n) && !provider.sets_header(n) {
+            if !paths::never_forwarded(n)
+                && !provider.sets_header(n)
+                && !paths::account_header_dropped(provider, n)
+                && (nominated.is_empty() || !nominated.contains(n))
+            {
                 up.header(n, v);
             }
         }
@@ -372,11 +388,35 @@ async fn forward(
         let t0 = Instant::now();
         let header_timeout = model.per_try_timeout.unwrap_or(provider.request_timeout);
         let deadline = tokio::time::Instant::now() + header_timeout;
-        let resp = match tokio::time::timeout_at(deadline, provider.client.send(up, body.as_slice())).await {
-            Err(_) => {
+        // A timeout while the backend answers other requests is a long request, not a dead
+        // upstream; otherwise a probe tells the two apart before the breaker hears of it.
+        let header_timeout_ms = header_timeout.as_millis().min(u128::from(u64::MAX)) as u64;
+        let timed_out = || {
+            if backend
+                .state
+                .answered_since(now.saturating_sub(header_timeout_ms))
+            {
+                return;
+            }
+            if backend.state.consecutive_failures() > 0 {
+                // Already failing (a probe or another failure said so): no need to ask.
                 shared.transition(backend.state.record_failure(now, "timeout"), || {
                     HealthTarget::backend(&model.name, &backend.name, &provider.name)
                 });
+            } else {
+                crate::health::confirm_timeout(
+                    shared,
+                    &routing,
+                    &backend.state,
+                    || HealthTarget::backend(&model.name, &backend.name, &provider.name),
+                    backend.provider,
+                    cp.index,
+                );
+            }
+        };
+        let resp = match tokio::time::timeout_at(deadline, provider.client.send(up, body.as_slice())).await {
+            Err(_) => {
+                timed_out();
                 shared
                     .metrics
                     .upstream_errors
@@ -387,11 +427,9 @@ async fn forward(
                 continue;
             }
             Ok(Err(e)) => {
-                let (label, msg) = if e.is_connect() {
-                    ("connect", format!("{}: {e}", backend.name))
-                } else {
-                    ("upstream", format!("{}: {e}", backend.name))
-                };
+                let label = if e.is_connect() { "connect" } else { "upstream" };
+                // The detail (addresses, backend names) is the operator's: logged, not sent.
+                warn!(request_id = %fin.request_id, backend = %backend.name, error = %e, "upstream attempt failed");
                 shared.transition(backend.state.record_failure(now, label), || {
                     HealthTarget::backend(&model.name, &backend.name, &provider.name)
                 });
@@ -401,7 +439,7 @@ async fn forward(
                     .get_or_create(&vec![("kind", label.into())])
                     .inc();
                 excluded_b.push(bi);
-                last_err = Some(ProxyError::Connect(msg));
+                last_err = Some(ProxyError::Connect);
                 continue;
             }
             Ok(Ok(r)) => r,
@@ -409,25 +447,25 @@ async fn forward(
         let status = resp.status().as_u16();
         match status {
             401 | 403 => {
-                shared.transition(cred.state.eject(now, &format!("upstream {status}")), || {
-                    HealthTarget::credential(&provider.name, &cred.name)
-                });
                 shared
                     .metrics
                     .upstream_errors
                     .get_or_create(&vec![("kind", "auth".into())])
                     .inc();
+                warn!(request_id = %fin.request_id, provider = %provider.name, credential = %cred.name,
+                    status, "upstream rejected the credential");
                 excluded_c.push((backend.provider, cp.index));
+                last_err = Some(ProxyError::CredentialRejected);
+                if creds_rejected {
+                    break;
+                }
                 creds_rejected = true;
-                last_err = Some(ProxyError::Upstream(format!(
-                    "{}: credentials rejected ({status})",
-                    provider.name
-                )));
+                crate::health::confirm_credential(shared, &routing, backend.provider, cp.index, status);
                 continue;
             }
             429 => {
-                if let Some(ms) = retry_after_ms(resp.headers()) {
-                    cred.state.cool_down(now + ms);
+                if let Some(ms) = retry_after_ms(resp.headers(), retry_after_cap_ms) {
+                    cred.state.cool_down(now.saturating_add(ms));
                 }
                 shared
                     .metrics
@@ -472,9 +510,7 @@ async fn forward(
             loop {
                 match tokio::time::timeout_at(deadline, rbody.frame()).await {
                     Err(_) => {
-                        shared.transition(backend.state.record_failure(now, "timeout"), || {
-                            HealthTarget::backend(&model.name, &backend.name, &provider.name)
-                        });
+                        timed_out();
                         excluded_b.push(bi);
                         last_err = Some(ProxyError::Timeout);
                         continue 'attempts;
@@ -483,8 +519,10 @@ async fn forward(
                         shared.transition(backend.state.record_failure(now, "stream failed"), || {
                             HealthTarget::backend(&model.name, &backend.name, &provider.name)
                         });
+                        warn!(request_id = %fin.request_id, backend = %backend.name, error = %e,
+                            "upstream stream failed before its first event");
                         excluded_b.push(bi);
-                        last_err = Some(ProxyError::Upstream(format!("{}: {e}", backend.name)));
+                        last_err = Some(ProxyError::Upstream("the stream failed before its first event"));
                         continue 'attempts;
                     }
                     Ok(None) => break,
@@ -545,11 +583,10 @@ async fn forward(
             guards,
         ));
     }
-    let _ = creds_rejected;
     // Once every backend is out (ejected or excluded and unavailable), the model has no
     // healthy backend: say so (503) rather than report the last connect error (502).
     let now = shared.clock.now_ms();
-    if matches!(last_err, Some(ProxyError::Connect(_)))
+    if matches!(last_err, Some(ProxyError::Connect))
         && !route.endpoints.iter().any(|e| e.state.is_available(now))
     {
         return Err(ProxyError::NoBackend(model.name.to_string()));

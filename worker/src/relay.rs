@@ -359,7 +359,10 @@ impl Body for RelayBody {
                 };
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => this.fail(ProxyError::Upstream(format!("stream interrupted: {e}"))),
+            Poll::Ready(Some(Err(e))) => {
+                tracing::warn!(error = %e, "upstream stream interrupted");
+                this.fail(ProxyError::Upstream("stream interrupted"))
+            }
             Poll::Ready(None) => {
                 this.end(None);
                 Poll::Ready(None)

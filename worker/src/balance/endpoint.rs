@@ -124,6 +124,11 @@ pub struct EndpointState {
     /// 429 cooldown end (ms); 0 or past: none.
     cooldown_until: AtomicU64,
     probe_down: AtomicBool,
+    /// Monotonic ms of the last answer (`record_success`); 0: none yet. Tells a slow
+    /// request on a live upstream from a dead upstream.
+    last_ok_ms: AtomicU64,
+    /// `now + 1` when the last confirmation probe of an upstream 401/403 started; 0: never.
+    confirm_at: AtomicU64,
     /// The reported health; flips only under `slow`.
     healthy: AtomicBool,
     slow: Mutex<Slow>,
@@ -148,6 +153,8 @@ impl EndpointState {
             trial_at: AtomicU64::new(0),
             cooldown_until: AtomicU64::new(0),
             probe_down: AtomicBool::new(false),
+            last_ok_ms: AtomicU64::new(0),
+            confirm_at: AtomicU64::new(0),
             healthy: AtomicBool::new(true),
             slow: Mutex::new(Slow::default()),
         })
@@ -283,8 +290,9 @@ impl EndpointState {
 
     /// The upstream answered (headers arrived). Updates the EWMA, resets the failure count
     /// and closes an ejection.
-    pub fn record_success(&self, _now_ms: u64, ttfb_us: u64) -> Option<Transition> {
+    pub fn record_success(&self, now_ms: u64, ttfb_us: u64) -> Option<Transition> {
         self.update_ewma(ttfb_us as f64);
+        self.last_ok_ms.store(now_ms.max(1), Ordering::Relaxed);
         if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
             self.consecutive_failures.store(0, Ordering::Relaxed);
         }
@@ -358,6 +366,25 @@ impl EndpointState {
         let transition = self.flip(|| reason.to_owned());
         drop(slow);
         transition
+    }
+
+    /// Whether the upstream answered a request at or after `since_ms`: a timeout while it
+    /// answers others is a long request, not a dead upstream.
+    pub fn answered_since(&self, since_ms: u64) -> bool {
+        let at = self.last_ok_ms.load(Ordering::Relaxed);
+        at != 0 && at >= since_ms
+    }
+
+    /// Claims the right to confirm an upstream 401/403 with a probe: one at a time, at most
+    /// one per `gap_ms`, so that a flood of rejected requests sends one probe.
+    pub fn try_start_confirm(&self, now_ms: u64, gap_ms: u64) -> bool {
+        let at = self.confirm_at.load(Ordering::Relaxed);
+        if at != 0 && now_ms.saturating_add(1) < at.saturating_add(gap_ms) {
+            return false;
+        }
+        self.confirm_at
+            .compare_exchange(at, now_ms.saturating_add(1), Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
     }
 
     /// A 429 with Retry-After: unavailable until `until_ms`. Load, not sickness: no

@@ -1,0 +1,186 @@
+//! Which client paths reach an upstream, and which client headers go with them.
+//!
+//! A worker forwards with the operator's credentials, so a client must not reach any API
+//! of the shared account it likes (files, fine-tuning, batches, assistants…) just by
+//! naming a routable model. Each provider kind forwards its inference endpoints
+//! ([`DEFAULT_OPENAI`], [`DEFAULT_ANTHROPIC`]); a provider's `allow_paths` opens more
+//! (exact paths, or prefixes written `/v1/files/*`). A path with a dot-segment, an empty
+//! segment, a backslash or a percent-encoded dot, slash or backslash is refused whatever
+//! the allow-lists say: upstreams (and the proxies in front of them) normalise those in
+//! different ways, so no prefix check could be trusted with them.
+//!
+//! Headers: the client's credentials are never forwarded, and the headers that select
+//! another account or project of the provider ([`ACCOUNT_HEADERS`]) are dropped unless
+//! the provider's `forward_headers` names them (otherwise any client could make the
+//! upstream answer 401 with the operator's credential and have it taken out of rotation).
+use http::{header, HeaderMap, HeaderName};
+
+use crate::config::{Provider, ProviderKind};
+
+/// Paths an `openai`-kind provider forwards by default (the inference endpoints).
+pub const DEFAULT_OPENAI: &[&str] = &[
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/responses",
+    "/v1/moderations",
+];
+
+/// Paths an `anthropic`-kind provider forwards by default.
+pub const DEFAULT_ANTHROPIC: &[&str] = &["/v1/messages", "/v1/messages/count_tokens"];
+
+/// Client headers that select an account, organisation or project of the provider.
+pub const ACCOUNT_HEADERS: &[&str] = &[
+    "openai-organization",
+    "openai-project",
+    "chatgpt-account-id",
+    "x-goog-user-project",
+    "anthropic-workspace",
+];
+
+/// Whether `path` (no query) is one that could ever be forwarded: it starts with `/v1/`
+/// and has no dot-segment, empty segment, backslash or percent-encoded `.`, `/` or `\`.
+pub fn well_formed(path: &str) -> bool {
+    let Some(rest) = path.strip_prefix("/v1/") else {
+        return false;
+    };
+    if rest.is_empty() || path.contains('\\') {
+        return false;
+    }
+    if path.contains('%') {
+        let lower = path.to_ascii_lowercase();
+        if ["%2e", "%2f", "%5c", "%25"].iter().any(|e| lower.contains(e)) {
+            return false;
+        }
+    }
+    rest.split('/')
+        .all(|seg| !seg.is_empty() && seg != "." && seg != "..")
+}
+
+/// Whether `path` is one of the kind's default inference paths.
+pub fn is_default(kind: ProviderKind, path: &str) -> bool {
+    let list = match kind {
+        ProviderKind::OpenAi => DEFAULT_OPENAI,
+        ProviderKind::Anthropic => DEFAULT_ANTHROPIC,
+    };
+    list.contains(&path)
+}
+
+/// Whether `provider` forwards `path` (already checked [`well_formed`]).
+pub fn provider_allows(provider: &Provider, path: &str) -> bool {
+    is_default(provider.kind, path) || extra_allows(&provider.extra_paths, path)
+}
+
+/// Whether one of the operator's extra paths matches: exactly, or as a `/*` prefix (which
+/// matches the prefix's own path and anything below it).
+pub fn extra_allows(extra: &[String], path: &str) -> bool {
+    extra.iter().any(|p| match p.strip_suffix("/*") {
+        Some(prefix) => {
+            path == prefix || (path.starts_with(prefix) && path.as_bytes().get(prefix.len()) == Some(&b'/'))
+        }
+        None => p == path,
+    })
+}
+
+/// Request headers that are never forwarded upstream: hop-by-hop headers, the client's
+/// credentials (and cookies), ones the worker sets itself, and `expect` (the body is
+/// already read and goes out whole).
+pub fn never_forwarded(name: &HeaderName) -> bool {
+    crate::upstream::is_hop_by_hop(name)
+        || matches!(
+            name.as_str(),
+            "host"
+                | "content-length"
+                | "authorization"
+                | "x-api-key"
+                | "api-key"
+                | "x-goog-api-key"
+                | "cookie"
+                | "proxy-authorization"
+                | "accept-encoding"
+                | "expect"
+        )
+        || name.as_str().starts_with("x-switchyard-")
+}
+
+/// Whether `name` is an account-selecting header that `provider` does not let through.
+pub fn account_header_dropped(provider: &Provider, name: &HeaderName) -> bool {
+    ACCOUNT_HEADERS.contains(&name.as_str()) && !provider.forward_headers.iter().any(|h| h == name)
+}
+
+/// The header names the client's `Connection:` header nominates as hop-by-hop (RFC 9110
+/// §7.6.1): they are not forwarded. Empty (no allocation) for the usual `keep-alive`.
+pub fn connection_nominated(headers: &HeaderMap) -> Vec<HeaderName> {
+    let mut out = Vec::new();
+    for v in headers.get_all(header::CONNECTION) {
+        let Ok(v) = v.to_str() else { continue };
+        for t in v.split(',') {
+            let t = t.trim();
+            if t.is_empty() || t.eq_ignore_ascii_case("keep-alive") || t.eq_ignore_ascii_case("close") {
+                continue;
+            }
+            if let Ok(n) = HeaderName::from_bytes(t.as_bytes()) {
+                out.push(n);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot_segments_and_encoded_separators_are_refused() {
+        for bad in [
+            "/v1/../../x",
+            "/v1/chat/../files",
+            "/v1/./chat/completions",
+            "/v1//chat/completions",
+            "/v1/chat/completions/.",
+            "/v1/files%2f..",
+            "/v1/files/%2E%2E/x",
+            "/v1/files%5Cx",
+            "/v1/files%252e",
+            "/v1\\files",
+            "/v1/",
+            "/v2/chat/completions",
+            "/x",
+        ] {
+            assert!(!well_formed(bad), "{bad}");
+        }
+        for good in [
+            "/v1/chat/completions",
+            "/v1/messages/count_tokens",
+            "/v1/files/file-1%20a",
+        ] {
+            assert!(well_formed(good), "{good}");
+        }
+    }
+
+    #[test]
+    fn extra_paths_match_exactly_or_below_a_prefix() {
+        let extra = vec!["/v1/files/*".to_string(), "/v1/batches".to_string()];
+        assert!(extra_allows(&extra, "/v1/files"));
+        assert!(extra_allows(&extra, "/v1/files/f-1/content"));
+        assert!(!extra_allows(&extra, "/v1/filesystem"));
+        assert!(extra_allows(&extra, "/v1/batches"));
+        assert!(!extra_allows(&extra, "/v1/batches/b-1"));
+        assert!(!extra_allows(&extra, "/v1/fine_tuning/jobs"));
+        assert!(is_default(ProviderKind::OpenAi, "/v1/chat/completions"));
+        assert!(!is_default(ProviderKind::OpenAi, "/v1/messages"));
+        assert!(is_default(ProviderKind::Anthropic, "/v1/messages"));
+    }
+
+    #[test]
+    fn connection_names_its_hop_by_hop_headers() {
+        let mut h = HeaderMap::new();
+        assert!(connection_nominated(&h).is_empty());
+        h.insert(header::CONNECTION, "keep-alive, X-Secret ,close".parse().unwrap());
+        assert_eq!(
+            connection_nominated(&h),
+            vec![HeaderName::from_static("x-secret")]
+        );
+    }
+}
