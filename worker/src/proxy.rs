@@ -666,3 +666,27 @@ fn build_response(
     *resp.headers_mut() = h;
     resp
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_is_capped_and_never_overflows() {
+        let h = |v: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(header::RETRY_AFTER, HeaderValue::from_str(v).unwrap());
+            m
+        };
+        let cap = 600_000;
+        assert_eq!(retry_after_ms(&h("2"), cap), Some(2_000));
+        assert_eq!(retry_after_ms(&h(" 1.5 "), cap), Some(1_500));
+        assert_eq!(retry_after_ms(&h("99999999"), cap), Some(cap));
+        assert_eq!(retry_after_ms(&h("1e30"), cap), Some(cap));
+        assert_eq!(retry_after_ms(&h("inf"), cap), None);
+        assert_eq!(retry_after_ms(&h("NaN"), cap), None);
+        assert_eq!(retry_after_ms(&h("-1"), cap), None);
+        assert_eq!(retry_after_ms(&h("Wed, 21 Oct 2015 07:28:00 GMT"), cap), None);
+        assert_eq!(u64::MAX.saturating_add(cap), u64::MAX);
+    }
+}
