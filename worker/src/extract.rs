@@ -103,64 +103,69 @@ impl<'a> Scanner<'a> {
     /// A string starting at `self.i`, validated as serde_json validates one.
     fn string(&mut self) -> R<Key> {
         self.expect(b'"')?;
-        let inner_start = self.i;
+        let (b, inner_start) = (self.b, self.i);
+        // A local index: the loop runs once per escape, and `self.i` would be stored and
+        // reloaded around every call.
+        let mut i = inner_start;
         let mut escaped = false;
         loop {
-            let rest = self.b.get(self.i..).unwrap_or_default();
+            let rest = b.get(i..).unwrap_or_default();
             let Some(off) = memchr::memchr2(b'"', b'\\', rest) else {
                 return Err("unterminated string".into());
             };
-            if !segment_ok(&rest[..off]) {
-                return Err(format!(
-                    "control character or invalid UTF-8 in a string before byte {}",
-                    self.i + off
-                ));
-            }
-            self.i += off;
+            i += off;
             if rest[off] == b'"' {
-                self.i += 1;
-                return Ok(Key {
-                    inner_start,
-                    inner_end: self.i - 1,
-                    escaped,
-                });
+                break;
             }
             escaped = true;
-            self.escape()?;
+            match b.get(i + 1) {
+                Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => i += 2,
+                Some(b'u') => {
+                    self.i = i;
+                    self.unicode_escape()?;
+                    i = self.i;
+                }
+                _ => return Err(format!("invalid escape at byte {i}")),
+            }
         }
+        // Checked once for the whole string: escapes are printable ASCII, so they change
+        // neither answer, and one long run vectorises where short pieces would not.
+        if !content_ok(&b[inner_start..i]) {
+            return Err(format!(
+                "control character or invalid UTF-8 in the string at byte {}",
+                inner_start - 1
+            ));
+        }
+        self.i = i + 1;
+        Ok(Key {
+            inner_start,
+            inner_end: i,
+            escaped,
+        })
     }
 
-    /// One escape at `self.i` (the backslash). Surrogates must pair: serde_json refuses a
-    /// lone one when it reads a string (as it does for every key and `Value` string).
-    fn escape(&mut self) -> R<()> {
+    /// A `\uXXXX` escape at `self.i`. Surrogates must pair: serde_json refuses a lone one
+    /// when it reads a string (as it does for every key and `Value` string).
+    #[cold]
+    fn unicode_escape(&mut self) -> R<()> {
         let at = self.i;
-        let bad = || format!("invalid escape at byte {at}");
-        match self.b.get(self.i + 1) {
-            Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => {
-                self.i += 2;
-                Ok(())
-            }
-            Some(b'u') => {
-                let n = hex4(self.b, self.i + 2).ok_or_else(bad)?;
-                self.i += 6;
-                match n {
-                    0xDC00..=0xDFFF => Err(format!("lone surrogate at byte {at}")),
-                    0xD800..=0xDBFF => {
-                        let low = (self.b.get(self.i..self.i + 2) == Some(b"\\u"))
-                            .then(|| hex4(self.b, self.i + 2))
-                            .flatten();
-                        match low {
-                            Some(0xDC00..=0xDFFF) => {
-                                self.i += 6;
-                                Ok(())
-                            }
-                            _ => Err(format!("lone surrogate at byte {at}")),
-                        }
+        let n = hex4(self.b, at + 2).ok_or_else(|| format!("invalid escape at byte {at}"))?;
+        self.i += 6;
+        match n {
+            0xDC00..=0xDFFF => Err(format!("lone surrogate at byte {at}")),
+            0xD800..=0xDBFF => {
+                let low = (self.b.get(self.i..self.i + 2) == Some(b"\\u"))
+                    .then(|| hex4(self.b, self.i + 2))
+                    .flatten();
+                match low {
+                    Some(0xDC00..=0xDFFF) => {
+                        self.i += 6;
+                        Ok(())
                     }
-                    _ => Ok(()),
+                    _ => Err(format!("lone surrogate at byte {at}")),
                 }
             }
-            _ => Err(bad()),
+            _ => Ok(()),
         }
     }
 
@@ -302,17 +307,19 @@ impl<'a> Scanner<'a> {
     }
 }
 
-/// Whether a string segment (between escapes and quotes) is valid: no raw control
-/// characters and valid UTF-8. The common all-ASCII case is one branch-free pass that
-/// the compiler vectorises; anything else is checked exactly. UTF-8 is checked per
-/// segment, which is exact: `"` and `\` never occur inside a multi-byte sequence, and
-/// outside strings the grammar admits ASCII only.
+/// Whether a string's content is valid: no raw control characters and valid UTF-8. The
+/// common all-ASCII case is one branch-free pass that the compiler vectorises; anything
+/// else is checked exactly. Checking UTF-8 per string is exact: outside strings the
+/// grammar admits ASCII only, so the body is valid UTF-8 when every string is.
 #[inline]
-fn segment_ok(seg: &[u8]) -> bool {
-    // 0x20..=0x7f map to 0..0x60; control characters and non-ASCII bytes do not.
-    let printable_ascii = seg
-        .chunks(32)
-        .all(|c| c.iter().fold(true, |ok, &x| ok & (x.wrapping_sub(0x20) < 0x60)));
+fn content_ok(seg: &[u8]) -> bool {
+    // As `i8`, control characters (< 0x20) and non-ASCII bytes (negative) are below 0x20.
+    // Fixed-size blocks, so that the inner fold compiles to a few vector instructions.
+    let mut blocks = seg.chunks_exact(32);
+    let printable_ascii = blocks
+        .by_ref()
+        .all(|c| c.iter().fold(0u8, |bad, &x| bad | u8::from((x as i8) < 0x20)) == 0)
+        && blocks.remainder().iter().all(|&x| (x as i8) >= 0x20);
     printable_ascii || (!seg.iter().any(|&x| x < 0x20) && std::str::from_utf8(seg).is_ok())
 }
 
@@ -502,6 +509,11 @@ fn key_text<'k>(body: &'k [u8], key: Key, buf: &'k mut [u8; KEY_BUF]) -> Option<
 /// A validated JSON string value (quotes included), decoded.
 fn decode_string(raw: &[u8]) -> R<String> {
     let inner = raw.get(1..raw.len().saturating_sub(1)).unwrap_or_default();
+    if memchr::memchr(b'\\', inner).is_none() {
+        return std::str::from_utf8(inner)
+            .map(str::to_owned)
+            .map_err(|_| "invalid UTF-8 in string".into());
+    }
     let mut out = Vec::with_capacity(inner.len());
     if !unescape(inner, |piece| {
         out.extend_from_slice(piece);
@@ -595,6 +607,480 @@ fn include_usage(body: &[u8], at: usize) -> R<Option<bool>> {
     Ok(found.flatten())
 }
 
+
+/// The scan held to serde_json's reading: examples of each trick, then a differential
+/// proptest on generated and byte-mutated bodies.
+#[cfg(test)]
+mod scan_tests {
+    use std::{fmt, marker::PhantomData};
+
+    use proptest::{prelude::*, test_runner::TestCaseError};
+    use serde::de::{Deserialize, Deserializer, Error as _, IgnoredAny, MapAccess, SeqAccess, Visitor};
+    use serde_json::Value;
+
+    use super::*;
+
+    /// A top-level object as its members in order, duplicates kept.
+    struct Pairs<T>(Vec<(String, T)>);
+
+    impl<'de, T: Deserialize<'de>> Deserialize<'de> for Pairs<T> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V<T>(PhantomData<T>);
+            impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+                type Value = Pairs<T>;
+                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                    f.write_str("a JSON object")
+                }
+                fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Pairs<T>, A::Error> {
+                    let mut v = Vec::new();
+                    while let Some(e) = m.next_entry()? {
+                        v.push(e);
+                    }
+                    Ok(Pairs(v))
+                }
+            }
+            d.deserialize_map(V(PhantomData))
+        }
+    }
+
+    /// A value read for one thing only: how many `include_usage` keys it has if it is an
+    /// object (serde_json's `Value` map keeps only the last duplicate).
+    struct UsageKeys(usize);
+
+    impl<'de> Deserialize<'de> for UsageKeys {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = UsageKeys;
+                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                    f.write_str("any JSON value")
+                }
+                fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<UsageKeys, A::Error> {
+                    let mut n = 0;
+                    while let Some((k, IgnoredAny)) = m.next_entry::<String, IgnoredAny>()? {
+                        n += usize::from(k == "include_usage");
+                    }
+                    Ok(UsageKeys(n))
+                }
+                fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<UsageKeys, A::Error> {
+                    while s.next_element::<IgnoredAny>()?.is_some() {}
+                    Ok(UsageKeys(0))
+                }
+                fn visit_unit<E: serde::de::Error>(self) -> Result<UsageKeys, E> {
+                    Ok(UsageKeys(0))
+                }
+                fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<UsageKeys, E> {
+                    Ok(UsageKeys(0))
+                }
+                fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<UsageKeys, E> {
+                    Ok(UsageKeys(0))
+                }
+                fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<UsageKeys, E> {
+                    Ok(UsageKeys(0))
+                }
+                fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<UsageKeys, E> {
+                    Ok(UsageKeys(0))
+                }
+                fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<UsageKeys, E> {
+                    Ok(UsageKeys(0))
+                }
+            }
+            d.deserialize_any(V).map_err(D::Error::custom)
+        }
+    }
+
+    /// Holds `scan` to serde_json's reading of `body`: equal decisions, or a refusal that
+    /// names the field when a watched field is duplicated or of the wrong type.
+    fn check(body: &[u8]) -> Result<(), TestCaseError> {
+        let got = scan(body);
+        let shown = String::from_utf8_lossy(body);
+        let Ok(Pairs(pairs)) = serde_json::from_slice::<Pairs<Value>>(body) else {
+            prop_assert!(got.is_err(), "serde refuses, scan accepts: {shown}");
+            return Ok(());
+        };
+        let get = |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v);
+        let mut bad: Vec<&str> = Vec::new();
+        for (name, _) in WATCHED {
+            if pairs.iter().filter(|(k, _)| k == name).count() > 1 {
+                bad.push(name);
+            }
+        }
+        if get("model").is_some_and(|v| !v.is_string()) {
+            bad.push("model");
+        }
+        if get("stream").is_some_and(|v| !(v.is_boolean() || v.is_null())) {
+            bad.push("stream");
+        }
+        match get("stream_options") {
+            Some(Value::Object(_)) => {
+                // The `Value` map keeps the last duplicate: count them on the raw text.
+                let Pairs(probe) = serde_json::from_slice::<Pairs<UsageKeys>>(body)
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                if probe.iter().any(|(k, n)| k == "stream_options" && n.0 > 1) {
+                    bad.push("include_usage");
+                }
+            }
+            Some(Value::Null) | None => {}
+            Some(_) => bad.push("stream_options"),
+        }
+        if !bad.is_empty() {
+            let Err(e) = got else {
+                return Err(TestCaseError::fail(format!("scan accepts {bad:?}: {shown}")));
+            };
+            prop_assert!(
+                bad.iter().any(|n| e.contains(&format!("{n}`"))),
+                "{e:?} names none of {bad:?}: {shown}"
+            );
+            return Ok(());
+        }
+        let h = got.map_err(|e| TestCaseError::fail(format!("scan refuses ({e}): {shown}")))?;
+        prop_assert_eq!(h.model.as_deref(), get("model").and_then(Value::as_str), "{}", shown);
+        prop_assert_eq!(h.stream, get("stream") == Some(&Value::Bool(true)), "{}", shown);
+        prop_assert_eq!(h.user.as_deref(), get("user").and_then(Value::as_str), "{}", shown);
+        let so = get("stream_options");
+        let usage = so.and_then(|s| s.get("include_usage")).and_then(Value::as_bool);
+        prop_assert_eq!(h.include_usage, usage, "{}", shown);
+        match (&h.model_range, get("model")) {
+            (Some(r), Some(m)) => {
+                prop_assert_eq!(&serde_json::from_slice::<Value>(&body[r.clone()]).ok(), &Some(m.clone()));
+                prop_assert_eq!(body[r.start], b'"');
+            }
+            (None, None) => {}
+            (r, m) => return Err(TestCaseError::fail(format!("model_range {r:?} for {m:?}"))),
+        }
+        let so_range = h.stream_options_range.clone();
+        prop_assert_eq!(so_range.map(|r| serde_json::from_slice::<Value>(&body[r]).ok()), so.map(|v| Some(v.clone())));
+        prop_assert_eq!(body[h.object_end], b'}');
+        prop_assert!(body[h.object_end + 1..].iter().all(u8::is_ascii_whitespace));
+        Ok(())
+    }
+
+    #[derive(Clone, Debug)]
+    enum J {
+        Lit(&'static str),
+        Str(String),
+        Arr(Vec<J>),
+        Obj(Vec<(String, J)>),
+    }
+
+    /// Numbers at the edges of serde_json's grammar and range, literals included.
+    const LITS: [&str; 22] = [
+        "null", "true", "false", "0", "-0", "7", "-12", "1.5", "-0.0e0", "1e5", "2E+2",
+        "-3.25e-7", "18446744073709551615", "18446744073709551616", "-9223372036854775809",
+        "123456789012345678901234567890.5e-3", "1e308", "1.7976931348623157e308",
+        "1.8e308", "-1e400", "0e99999999999", "1e-99999999999",
+    ];
+
+    fn text() -> impl Strategy<Value = String> {
+        let piece = prop::sample::select(vec![
+            "model", "stream", "stream_options", "include_usage", "user", "a", "é", "中",
+            "😀", "\u{10FFFF}", "\"", "\\", "/", "\n", "\u{1}", "\u{1f}", "\u{7f}", " ", "d",
+        ]);
+        prop::collection::vec(piece, 0..4).prop_map(|v| v.concat())
+    }
+
+    fn key() -> impl Strategy<Value = String> {
+        prop_oneof![
+            4 => prop::sample::select(vec![
+                "model", "stream", "stream_options", "user", "include_usage", "messages",
+                "mode", "modelx", "Model", "x",
+            ])
+            .prop_map(str::to_string),
+            1 => text(),
+        ]
+    }
+
+    fn value() -> impl Strategy<Value = J> {
+        let leaf = prop_oneof![
+            prop::sample::select(LITS.to_vec()).prop_map(J::Lit),
+            text().prop_map(J::Str),
+        ];
+        leaf.prop_recursive(4, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(J::Arr),
+                prop::collection::vec((key(), inner), 0..4).prop_map(J::Obj),
+            ]
+        })
+    }
+
+    /// A top-level member whose value fits its key most of the time.
+    fn member() -> impl Strategy<Value = (String, J)> {
+        let usage = prop_oneof![
+            prop::sample::select(vec!["true", "false", "null", "1"]).prop_map(J::Lit),
+            text().prop_map(J::Str)
+        ];
+        let so = prop::collection::vec(
+            (prop_oneof![Just("include_usage".to_string()), key()], usage),
+            0..3,
+        )
+        .prop_map(J::Obj);
+        prop_oneof![
+            3 => text().prop_map(|t| ("model".to_string(), J::Str(t))),
+            2 => prop::sample::select(vec!["true", "false", "null", "1", "\"true\""])
+                .prop_map(|l| ("stream".to_string(), J::Lit(l))),
+            2 => so.prop_map(|o| ("stream_options".to_string(), o)),
+            1 => text().prop_map(|t| ("user".to_string(), J::Str(t))),
+            4 => (key(), value()),
+        ]
+    }
+
+    /// Renders `j` with whitespace and escapes chosen by `noise`.
+    struct Render<'n> {
+        noise: &'n [u8],
+        at: usize,
+        out: String,
+    }
+
+    impl Render<'_> {
+        fn roll(&mut self) -> u8 {
+            let n = self.noise.get(self.at % self.noise.len().max(1)).copied().unwrap_or(0);
+            self.at += 1;
+            n
+        }
+
+        fn ws(&mut self) {
+            let n = self.roll();
+            if n < 40 {
+                let ws = [" ", "\n", "\t", "\r", "  \n "];
+                self.out.push_str(ws[usize::from(n) % ws.len()]);
+            }
+        }
+
+        fn string(&mut self, s: &str) {
+            self.out.push('"');
+            for c in s.chars() {
+                let n = self.roll();
+                match c {
+                    '"' => self.out.push_str(if n < 128 { "\\\"" } else { "\\u0022" }),
+                    '\\' => self.out.push_str("\\\\"),
+                    '/' if n < 100 => self.out.push_str("\\/"),
+                    '\n' if n < 128 => self.out.push_str("\\n"),
+                    c if (c as u32) < 0x20 || n < 70 => {
+                        let mut units = [0u16; 2];
+                        for u in c.encode_utf16(&mut units) {
+                            // Hex digits in either case.
+                            let hex = if n % 2 == 0 { format!("\\u{u:04x}") } else { format!("\\u{u:04X}") };
+                            self.out.push_str(&hex);
+                        }
+                    }
+                    c => self.out.push(c),
+                }
+            }
+            self.out.push('"');
+        }
+
+        fn value(&mut self, j: &J) {
+            match j {
+                J::Lit(l) => self.out.push_str(l),
+                J::Str(s) => self.string(s),
+                J::Arr(items) => {
+                    self.out.push('[');
+                    for (i, v) in items.iter().enumerate() {
+                        if i > 0 {
+                            self.out.push(',');
+                        }
+                        self.ws();
+                        self.value(v);
+                        self.ws();
+                    }
+                    self.out.push(']');
+                }
+                J::Obj(members) => {
+                    self.out.push('{');
+                    for (i, (k, v)) in members.iter().enumerate() {
+                        if i > 0 {
+                            self.out.push(',');
+                        }
+                        self.ws();
+                        self.string(k);
+                        self.ws();
+                        self.out.push(':');
+                        self.ws();
+                        self.value(v);
+                        self.ws();
+                    }
+                    self.ws();
+                    self.out.push('}');
+                }
+            }
+        }
+    }
+
+    fn body() -> impl Strategy<Value = Vec<u8>> {
+        (
+            prop::collection::vec(member(), 0..7),
+            prop::collection::vec(any::<u8>(), 1..64),
+        )
+            .prop_map(|(members, noise)| {
+                let mut r = Render { noise: &noise, at: 0, out: String::new() };
+                r.ws();
+                r.value(&J::Obj(members));
+                r.ws();
+                r.out.into_bytes()
+            })
+    }
+
+    #[derive(Clone, Debug)]
+    enum Edit {
+        Insert(usize, u8),
+        Delete(usize),
+        Replace(usize, u8),
+    }
+
+    fn edit() -> impl Strategy<Value = Edit> {
+        let byte = prop_oneof![
+            3 => prop::sample::select(b"\"\\{}[],: \n\t0912-+.eEuDdtfn/\x00\x01\x1f\x7f\x80\xbf\xc3\xed\xf0\xff".to_vec()),
+            1 => any::<u8>(),
+        ];
+        prop_oneof![
+            (any::<usize>(), byte.clone()).prop_map(|(i, b)| Edit::Insert(i, b)),
+            any::<usize>().prop_map(Edit::Delete),
+            (any::<usize>(), byte).prop_map(|(i, b)| Edit::Replace(i, b)),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1024))]
+
+        #[test]
+        fn reads_bodies_as_serde_does(body in body()) {
+            check(&body)?;
+        }
+
+        #[test]
+        fn mutated_bodies_decided_as_serde_does(body in body(), edits in prop::collection::vec(edit(), 1..3)) {
+            let mut body = body;
+            for e in edits {
+                let n = body.len();
+                match e {
+                    Edit::Insert(i, b) => body.insert(i % (n + 1), b),
+                    Edit::Delete(i) if n > 0 => { body.remove(i % n); }
+                    Edit::Replace(i, b) if n > 0 => body[i % n] = b,
+                    _ => {}
+                }
+            }
+            check(&body)?;
+        }
+    }
+
+    fn err(body: &str) -> String {
+        scan(body.as_bytes()).expect_err(body)
+    }
+
+    #[test]
+    fn escaped_duplicates_are_refused_by_name() {
+        let e = err(r#"{"model":"cheap","mo\u0064el":"gpt-4o","messages":[]}"#);
+        assert!(e.contains("duplicate key `model`"), "{e}");
+        let e = err(r#"{"model":"cheap","stream":false,"str\u0065am":true}"#);
+        assert!(e.contains("`stream`"), "{e}");
+        let e = err(r#"{"stream_options":{},"stream\u005foptions":null}"#);
+        assert!(e.contains("`stream_options`"), "{e}");
+        let e = err(r#"{"user":1,"\u0075ser":"u"}"#);
+        assert!(e.contains("`user`"), "{e}");
+        let e = err(r#"{"stream_options":{"include_usage":false,"include\u005Fusage":true}}"#);
+        assert!(e.contains("include_usage`"), "{e}");
+        // Unwatched keys may repeat, at the top and inside.
+        let h = scan(br#"{"a":1,"a":2,"model":"m","stream_options":{"x":1,"x":2}}"#).unwrap();
+        assert_eq!(h.model.as_deref(), Some("m"));
+    }
+
+    #[test]
+    fn escaped_keys_are_read() {
+        let body = br#"{ "mo\u0064el" : "ch\u0065ap", "\u0073tream" : true, "us\u0065r":"\ud83d\ude00",
+            "stream_options" : { "include\u005fusage" : false } }"#;
+        let h = scan(body).unwrap();
+        assert_eq!(h.model.as_deref(), Some("cheap"));
+        assert_eq!(&body[h.model_range.unwrap()], br#""ch\u0065ap""#);
+        assert!(h.stream);
+        assert_eq!(h.user.as_deref(), Some("\u{1F600}"));
+        assert_eq!(h.include_usage, Some(false));
+        // A key too long to be watched is never decoded in full.
+        let long = format!(r#"{{"{}":1,"model":"m"}}"#, "\\u0061".repeat(100));
+        assert_eq!(scan(long.as_bytes()).unwrap().model.as_deref(), Some("m"));
+    }
+
+    #[test]
+    fn watched_values_must_have_their_type() {
+        assert!(err(r#"{"stream":1}"#).contains("`stream`"));
+        assert!(err(r#"{"stream":"true"}"#).contains("`stream`"));
+        assert!(err(r#"{"stream_options":[]}"#).contains("`stream_options`"));
+        assert!(err(r#"{"model":null}"#).contains("`model`"));
+        let h = scan(br#"{"stream":null,"stream_options":null,"user":5}"#).unwrap();
+        assert!(!h.stream);
+        assert_eq!(h.user, None);
+        assert!(h.stream_options_range.is_some());
+    }
+
+    #[test]
+    fn refuses_what_serde_refuses() {
+        for bad in [
+            "{\"a\":01}",
+            "{\"a\":1.}",
+            "{\"a\":.5}",
+            "{\"a\":1e}",
+            "{\"a\":+1}",
+            "{\"a\":-}",
+            "{\"a\":1e400}",
+            "{\"a\":-1.8e308}",
+            "{\"a\":tru}",
+            "{\"a\":nul}",
+            "{\"a\":\"\t\"}",
+            "{\"a\":\"\\x\"}",
+            "{\"a\":\"\\ud800\"}",
+            "{\"a\":\"\\udc00\"}",
+            "{\"a\":\"\\ud800\\u0041\"}",
+            "{\"a\":\"\\u12\"}",
+            "{\"a\":NaN}",
+            "{\"a\":1}\u{0}",
+            "\u{feff}{}",
+            "{'a':1}",
+            "{a:1}",
+        ] {
+            assert!(serde_json::from_str::<Value>(bad).is_err(), "serde accepts {bad:?}");
+            assert!(scan(bad.as_bytes()).is_err(), "scan accepts {bad:?}");
+        }
+        assert!(scan(b"{\"a\":\"\xff\"}").is_err());
+        assert!(scan(b"{\"a\":\"\xed\xa0\x80\"}").is_err());
+        for good in [
+            "{\"a\":[0,-0,1e308,1e-400,0e99999999999,1.7976931348623157e308,\"\\ud83d\\ude00\\/\"]}",
+            " {\"\u{7f}\":\"é中\"}\r\n",
+        ] {
+            assert!(serde_json::from_str::<Value>(good).is_ok(), "serde refuses {good:?}");
+            assert!(scan(good.as_bytes()).is_ok(), "scan refuses {good:?}");
+        }
+    }
+
+    #[test]
+    fn nesting_limit_is_serdes() {
+        for depth in 120..=135 {
+            for (open, close) in [("[", "]"), ("{\"k\":", "}")] {
+                let body = format!(
+                    "{{\"a\":{}0{}}}",
+                    open.repeat(depth - 1),
+                    close.repeat(depth - 1)
+                );
+                let serde = serde_json::from_str::<Pairs<Value>>(&body).is_ok();
+                assert_eq!(scan(body.as_bytes()).is_ok(), serde, "depth {depth}");
+                assert_eq!(serde, depth <= MAX_DEPTH, "depth {depth}");
+            }
+        }
+    }
+
+    #[test]
+    fn include_usage_edit_with_escaped_keys() {
+        let body = Bytes::from_static(
+            br#"{"model":"m","stream":true,"stream_options":{"include\u005fusage":false,"x":1}}"#,
+        );
+        let h = scan(&body).unwrap();
+        assert_eq!(h.include_usage, Some(false));
+        let mut edits = vec![include_usage_edit(&body, &h)];
+        let out = splice_many(&body, &mut edits).to_bytes();
+        let h2 = scan(&out).unwrap();
+        assert_eq!(h2.include_usage, Some(true));
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["stream_options"], serde_json::json!({"include_usage": true, "x": 1}));
+    }
+}
 
 /// The `"usage"` key, with its searcher built once (`memmem::find` builds one per call,
 /// which cost more than searching an SSE line): the stream strip here and the usage
