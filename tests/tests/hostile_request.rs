@@ -18,17 +18,32 @@ const CHEAP_ONLY: &str = "sk-sy-cheap-only-key-0123456789";
 fn snap(m: &MockServer) -> pb::Snapshot {
     snapshot(
         1,
-        vec![provider("oa", "openai", &m.openai_base(), &[("k1", "sk-upstream-1")])],
+        vec![provider(
+            "oa",
+            "openai",
+            &m.openai_base(),
+            &[("k1", "sk-upstream-1")],
+        )],
         vec![
-            model("cheap", "round_robin", vec![backend("cheap-b", "oa", "real-cheap", 1, 0)]),
-            model("gpt-4o", "round_robin", vec![backend("big-b", "oa", "real-4o", 1, 0)]),
+            model(
+                "cheap",
+                "round_robin",
+                vec![backend("cheap-b", "oa", "real-cheap", 1, 0)],
+            ),
+            model(
+                "gpt-4o",
+                "round_robin",
+                vec![backend("big-b", "oa", "real-4o", 1, 0)],
+            ),
         ],
         vec![key("main", KEY, &[]), key("cheap-only", CHEAP_ONLY, &["cheap"])],
     )
 }
 
 async fn post(base: &str, key: &str, raw: &str) -> Result<reqwest::Response> {
-    let c = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
+    let c = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()?;
     Ok(c.post(format!("{base}/v1/chat/completions"))
         .bearer_auth(key)
         .header("content-type", "application/json")
@@ -57,7 +72,8 @@ async fn escaped_duplicate_keys_are_refused() -> Result<()> {
     let bypass = r#"{"model":"cheap","mo\u0064el":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#;
     assert_refused(post(&base, CHEAP_ONLY, bypass).await?, "model").await?;
     // Hiding `stream` would skip the usage injection and book a stream at zero tokens.
-    let hidden = r#"{"model":"cheap","stream":false,"str\u0065am":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    let hidden =
+        r#"{"model":"cheap","stream":false,"str\u0065am":true,"messages":[{"role":"user","content":"hi"}]}"#;
     assert_refused(post(&base, KEY, hidden).await?, "stream").await?;
     let so = r#"{"model":"cheap","stream":true,"stream_options":{"include_usage":false},"stream\u005foptions":{}}"#;
     assert_refused(post(&base, KEY, so).await?, "stream_options").await?;

@@ -607,7 +607,6 @@ fn include_usage(body: &[u8], at: usize) -> R<Option<bool>> {
     Ok(found.flatten())
 }
 
-
 /// The scan held to serde_json's reading: examples of each trick, then a differential
 /// proptest on generated and byte-mutated bodies.
 #[cfg(test)]
@@ -734,22 +733,38 @@ mod scan_tests {
             return Ok(());
         }
         let h = got.map_err(|e| TestCaseError::fail(format!("scan refuses ({e}): {shown}")))?;
-        prop_assert_eq!(h.model.as_deref(), get("model").and_then(Value::as_str), "{}", shown);
+        prop_assert_eq!(
+            h.model.as_deref(),
+            get("model").and_then(Value::as_str),
+            "{}",
+            shown
+        );
         prop_assert_eq!(h.stream, get("stream") == Some(&Value::Bool(true)), "{}", shown);
-        prop_assert_eq!(h.user.as_deref(), get("user").and_then(Value::as_str), "{}", shown);
+        prop_assert_eq!(
+            h.user.as_deref(),
+            get("user").and_then(Value::as_str),
+            "{}",
+            shown
+        );
         let so = get("stream_options");
         let usage = so.and_then(|s| s.get("include_usage")).and_then(Value::as_bool);
         prop_assert_eq!(h.include_usage, usage, "{}", shown);
         match (&h.model_range, get("model")) {
             (Some(r), Some(m)) => {
-                prop_assert_eq!(&serde_json::from_slice::<Value>(&body[r.clone()]).ok(), &Some(m.clone()));
+                prop_assert_eq!(
+                    &serde_json::from_slice::<Value>(&body[r.clone()]).ok(),
+                    &Some(m.clone())
+                );
                 prop_assert_eq!(body[r.start], b'"');
             }
             (None, None) => {}
             (r, m) => return Err(TestCaseError::fail(format!("model_range {r:?} for {m:?}"))),
         }
         let so_range = h.stream_options_range.clone();
-        prop_assert_eq!(so_range.map(|r| serde_json::from_slice::<Value>(&body[r]).ok()), so.map(|v| Some(v.clone())));
+        prop_assert_eq!(
+            so_range.map(|r| serde_json::from_slice::<Value>(&body[r]).ok()),
+            so.map(|v| Some(v.clone()))
+        );
         prop_assert_eq!(body[h.object_end], b'}');
         prop_assert!(body[h.object_end + 1..].iter().all(u8::is_ascii_whitespace));
         Ok(())
@@ -765,16 +780,62 @@ mod scan_tests {
 
     /// Numbers at the edges of serde_json's grammar and range, literals included.
     const LITS: [&str; 22] = [
-        "null", "true", "false", "0", "-0", "7", "-12", "1.5", "-0.0e0", "1e5", "2E+2",
-        "-3.25e-7", "18446744073709551615", "18446744073709551616", "-9223372036854775809",
-        "123456789012345678901234567890.5e-3", "1e308", "1.7976931348623157e308",
-        "1.8e308", "-1e400", "0e99999999999", "1e-99999999999",
+        "null",
+        "true",
+        "false",
+        "0",
+        "-0",
+        "7",
+        "-12",
+        "1.5",
+        "-0.0e0",
+        "1e5",
+        "2E+2",
+        "-3.25e-7",
+        "18446744073709551615",
+        "18446744073709551616",
+        "-9223372036854775809",
+        "123456789012345678901234567890.5e-3",
+        "1e308",
+        "1.7976931348623157e308",
+        "1.8e308",
+        "-1e400",
+        "0e99999999999",
+        "1e-99999999999",
+    ];
+
+    /// Strings written with escapes the renderer never makes: lone and paired surrogates.
+    const ESCAPED: [&str; 7] = [
+        r#""\ud800""#,
+        r#""x\udc00""#,
+        r#""\ud83d\ude00""#,
+        r#""\ud800\u0041""#,
+        r#""\uDBFF\uDFFF""#,
+        r#""\ud800\ud800\udc00""#,
+        r#""\u00e9\u0000""#,
     ];
 
     fn text() -> impl Strategy<Value = String> {
         let piece = prop::sample::select(vec![
-            "model", "stream", "stream_options", "include_usage", "user", "a", "é", "中",
-            "😀", "\u{10FFFF}", "\"", "\\", "/", "\n", "\u{1}", "\u{1f}", "\u{7f}", " ", "d",
+            "model",
+            "stream",
+            "stream_options",
+            "include_usage",
+            "user",
+            "a",
+            "é",
+            "中",
+            "😀",
+            "\u{10FFFF}",
+            "\"",
+            "\\",
+            "/",
+            "\n",
+            "\u{1}",
+            "\u{1f}",
+            "\u{7f}",
+            " ",
+            "d",
         ]);
         prop::collection::vec(piece, 0..4).prop_map(|v| v.concat())
     }
@@ -794,6 +855,7 @@ mod scan_tests {
         let leaf = prop_oneof![
             prop::sample::select(LITS.to_vec()).prop_map(J::Lit),
             text().prop_map(J::Str),
+            prop::sample::select(ESCAPED.to_vec()).prop_map(J::Lit),
         ];
         leaf.prop_recursive(4, 24, 4, |inner| {
             prop_oneof![
@@ -833,7 +895,11 @@ mod scan_tests {
 
     impl Render<'_> {
         fn roll(&mut self) -> u8 {
-            let n = self.noise.get(self.at % self.noise.len().max(1)).copied().unwrap_or(0);
+            let n = self
+                .noise
+                .get(self.at % self.noise.len().max(1))
+                .copied()
+                .unwrap_or(0);
             self.at += 1;
             n
         }
@@ -859,7 +925,11 @@ mod scan_tests {
                         let mut units = [0u16; 2];
                         for u in c.encode_utf16(&mut units) {
                             // Hex digits in either case.
-                            let hex = if n % 2 == 0 { format!("\\u{u:04x}") } else { format!("\\u{u:04X}") };
+                            let hex = if n.is_multiple_of(2) {
+                                format!("\\u{u:04x}")
+                            } else {
+                                format!("\\u{u:04X}")
+                            };
                             self.out.push_str(&hex);
                         }
                     }
@@ -912,7 +982,11 @@ mod scan_tests {
             prop::collection::vec(any::<u8>(), 1..64),
         )
             .prop_map(|(members, noise)| {
-                let mut r = Render { noise: &noise, at: 0, out: String::new() };
+                let mut r = Render {
+                    noise: &noise,
+                    at: 0,
+                    out: String::new(),
+                };
                 r.ws();
                 r.value(&J::Obj(members));
                 r.ws();
@@ -1036,7 +1110,10 @@ mod scan_tests {
             "{'a':1}",
             "{a:1}",
         ] {
-            assert!(serde_json::from_str::<Value>(bad).is_err(), "serde accepts {bad:?}");
+            assert!(
+                serde_json::from_str::<Value>(bad).is_err(),
+                "serde accepts {bad:?}"
+            );
             assert!(scan(bad.as_bytes()).is_err(), "scan accepts {bad:?}");
         }
         assert!(scan(b"{\"a\":\"\xff\"}").is_err());
@@ -1045,7 +1122,10 @@ mod scan_tests {
             "{\"a\":[0,-0,1e308,1e-400,0e99999999999,1.7976931348623157e308,\"\\ud83d\\ude00\\/\"]}",
             " {\"\u{7f}\":\"é中\"}\r\n",
         ] {
-            assert!(serde_json::from_str::<Value>(good).is_ok(), "serde refuses {good:?}");
+            assert!(
+                serde_json::from_str::<Value>(good).is_ok(),
+                "serde refuses {good:?}"
+            );
             assert!(scan(good.as_bytes()).is_ok(), "scan refuses {good:?}");
         }
     }
@@ -1054,11 +1134,7 @@ mod scan_tests {
     fn nesting_limit_is_serdes() {
         for depth in 120..=135 {
             for (open, close) in [("[", "]"), ("{\"k\":", "}")] {
-                let body = format!(
-                    "{{\"a\":{}0{}}}",
-                    open.repeat(depth - 1),
-                    close.repeat(depth - 1)
-                );
+                let body = format!("{{\"a\":{}0{}}}", open.repeat(depth - 1), close.repeat(depth - 1));
                 let serde = serde_json::from_str::<Pairs<Value>>(&body).is_ok();
                 assert_eq!(scan(body.as_bytes()).is_ok(), serde, "depth {depth}");
                 assert_eq!(serde, depth <= MAX_DEPTH, "depth {depth}");
@@ -1078,7 +1154,10 @@ mod scan_tests {
         let h2 = scan(&out).unwrap();
         assert_eq!(h2.include_usage, Some(true));
         let v: Value = serde_json::from_slice(&out).unwrap();
-        assert_eq!(v["stream_options"], serde_json::json!({"include_usage": true, "x": 1}));
+        assert_eq!(
+            v["stream_options"],
+            serde_json::json!({"include_usage": true, "x": 1})
+        );
     }
 }
 
