@@ -224,7 +224,8 @@ pub fn build(
             enabled: p.enabled.unwrap_or(true),
             credentials,
             cred_endpoints,
-            cred_selector: Selector::new(cred_strategy),
+            // Credential weights are always honoured (`round_robin` → smooth WRR).
+            cred_selector: Selector::new(cred_strategy.for_credentials()),
             client: connector
                 .client(&url, connect_timeout)
                 .map_err(|e| err(format!("{path}.base_url"), e))?,
@@ -458,6 +459,48 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(build_err(&s), "keys.ci.key_hash: must be 64 hex characters");
+    }
+
+    /// Credential weights are honoured: with the default `round_robin` credential
+    /// strategy, a 3:1 pair is picked exactly 3:1 over whole smooth-WRR cycles.
+    #[test]
+    fn credential_weights_are_applied() {
+        let mut s = snap();
+        s.providers[0].credentials = vec![
+            pb::Credential {
+                name: "heavy".into(),
+                secret: "sk-h".into(),
+                weight: Some(3),
+                ..Default::default()
+            },
+            pb::Credential {
+                name: "light".into(),
+                secret: "sk-l".into(),
+                weight: Some(1),
+                ..Default::default()
+            },
+        ];
+        let c = Connector::new().unwrap();
+        for strategy in ["", "round_robin"] {
+            s.providers[0].credential_strategy = strategy.into();
+            let r = build(&s, &States::default(), &c, BreakerConfig::default()).unwrap();
+            let p = &r.providers[0];
+            let ctx = crate::balance::PickContext::default();
+            let mut n = [0usize; 2];
+            for _ in 0..400 {
+                n[p.cred_selector.pick(&p.cred_endpoints, &ctx).unwrap().index] += 1;
+            }
+            assert_eq!(n, [300, 100], "strategy {strategy:?}");
+        }
+        // `random` becomes weighted random: about 3:1.
+        s.providers[0].credential_strategy = "random".into();
+        let r = build(&s, &States::default(), &c, BreakerConfig::default()).unwrap();
+        let p = &r.providers[0];
+        let ctx = crate::balance::PickContext::default();
+        let heavy = (0..4_000)
+            .filter(|_| p.cred_selector.pick(&p.cred_endpoints, &ctx).unwrap().index == 0)
+            .count();
+        assert!((2_700..=3_300).contains(&heavy), "{heavy}");
     }
 
     /// An endpoint keeps its live state across a swap unless what makes it the same
