@@ -2,7 +2,8 @@
 //! paths an operator opens (`allow_paths`) and the account-selecting client headers it
 //! lets through (`forward_headers`). One set of rules for the control plane (which
 //! refuses a bad setting with an error naming the field) and the worker (which checks
-//! every snapshot again and matches request paths against the patterns).
+//! every snapshot again). Request paths are matched against the patterns by the worker's
+//! `paths::extra_allows`.
 
 /// Longest accepted path pattern, in bytes.
 pub const MAX_PATH_LEN: usize = 256;
@@ -48,15 +49,6 @@ pub fn check_api_path(p: &str) -> Result<(), String> {
 /// RFC 3986 `pchar` without `%` (no encoding, so no encoded separators), plus `/`.
 fn allowed_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || "-._~!$&'()+,;=:@/".contains(c)
-}
-
-/// Does `path` (the request path, without query) match `pattern` (a checked
-/// [`check_api_path`] pattern)? Exact match, or for `/x/*` any path below `/x/`.
-pub fn path_matches(pattern: &str, path: &str) -> bool {
-    match pattern.strip_suffix('*') {
-        Some(prefix) => path.len() > prefix.len() && path.starts_with(prefix),
-        None => path == pattern,
-    }
 }
 
 /// Headers that can never be listed in `forward_headers`: the client's own credentials,
@@ -136,18 +128,6 @@ mod tests {
             assert!(e.contains(why), "{p}: {e}");
         }
         assert!(check_api_path(&format!("/v1/{}", "a".repeat(300))).is_err());
-    }
-
-    #[test]
-    fn matching() {
-        assert!(path_matches("/v1/files", "/v1/files"));
-        assert!(!path_matches("/v1/files", "/v1/files/abc"));
-        assert!(!path_matches("/v1/files", "/v1/file"));
-        assert!(path_matches("/v1/fine_tuning/*", "/v1/fine_tuning/jobs"));
-        assert!(path_matches("/v1/fine_tuning/*", "/v1/fine_tuning/jobs/x/cancel"));
-        assert!(!path_matches("/v1/fine_tuning/*", "/v1/fine_tuning/"));
-        assert!(!path_matches("/v1/fine_tuning/*", "/v1/fine_tuning"));
-        assert!(!path_matches("/v1/fine_tuning/*", "/v1/fine_tuningx"));
     }
 
     #[test]

@@ -186,8 +186,9 @@ pub struct ProviderCommon {
     #[arg(long = "metadata", value_name = "K=V", value_parser = parse_kv)]
     pub metadata: Vec<(String, String)>,
     /// API path forwarded beyond the kind's inference endpoints: exact (`/v1/files`) or a
-    /// prefix with a trailing `/*` (`/v1/fine_tuning/*`). Repeatable; on update the given
-    /// set replaces the old one and `--allow-path ''` clears it.
+    /// prefix with a trailing `/*` (`/v1/fine_tuning/*`: it and everything below).
+    /// Repeatable; on update the given set replaces the old one and `--allow-path ''`
+    /// clears it.
     #[arg(long = "allow-path", value_name = "PATH")]
     pub allow_paths: Vec<String>,
     /// Account-selecting client header let through (`openai-organization`, …; dropped by
