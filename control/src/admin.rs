@@ -442,8 +442,14 @@ impl Admin for AdminSvc {
         req: Request<pb::CreateApiKeyRequest>,
     ) -> Result<Response<pb::CreateApiKeyResponse>, Status> {
         let r = req.into_inner();
-        let spec =
-            convert::key_spec_from_proto(&r.name, &r.allowed_models, r.expires_at_ms, &r.description, None)?;
+        let spec = convert::key_spec_from_proto(
+            &r.name,
+            &r.allowed_models,
+            r.expires_at_ms,
+            &r.description,
+            None,
+            r.allow_pin,
+        )?;
         let plaintext = if r.import_plaintext.is_empty() {
             Secret::new(crypto::generate_api_key())
         } else {

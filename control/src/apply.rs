@@ -113,6 +113,7 @@ pub fn apply_document(
             dk.expires_at_ms,
             &dk.description,
             dk.enabled,
+            dk.allow_pin,
         )?;
         if !seen.insert(dk.name.clone()) {
             return Err(dup("key", &dk.name));
@@ -123,6 +124,7 @@ pub fn apply_document(
                 k.spec.allowed_models = spec.allowed_models;
                 k.spec.expires_at_ms = spec.expires_at_ms;
                 k.spec.description = spec.description;
+                k.spec.allow_pin = spec.allow_pin;
                 // Revocation is final: a document cannot bring a revoked key back.
                 k.spec.enabled = spec.enabled && !old.spec.revoked;
                 k

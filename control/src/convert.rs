@@ -123,6 +123,7 @@ pub fn provider_from_proto(p: &pb::Provider) -> Result<Provider, Error> {
             ))
         })?
     };
+    let (allow_paths, forward_headers) = passthrough_from_proto(&what, p, &auth.header)?;
     Ok(Provider {
         name: p.name.clone(),
         spec: ProviderSpec {
@@ -152,11 +153,52 @@ pub fn provider_from_proto(p: &pb::Provider) -> Result<Provider, Error> {
             enabled: p.enabled.unwrap_or(true),
             description: p.description.clone(),
             metadata: btree(&p.metadata),
+            allow_paths,
+            forward_headers,
         },
         credentials: BTreeMap::new(),
         created_at_ms: 0,
         updated_at_ms: 0,
     })
+}
+
+/// `allow_paths` and `forward_headers`, checked (errors name the entry:
+/// `allow_paths[1]`), then sorted and deduplicated; header names lowercased.
+fn passthrough_from_proto(
+    what: &str,
+    p: &pb::Provider,
+    auth_header: &str,
+) -> Result<(Vec<String>, Vec<String>), Error> {
+    use switchyard_common::passthrough::{check_api_path, check_forward_header, MAX_ENTRIES};
+    for (field, n) in [
+        ("allow_paths", p.allow_paths.len()),
+        ("forward_headers", p.forward_headers.len()),
+    ] {
+        if n > MAX_ENTRIES {
+            return Err(invalid(format!("{what}: {field}: at most {MAX_ENTRIES} entries")));
+        }
+    }
+    let mut paths = Vec::with_capacity(p.allow_paths.len());
+    for (i, path) in p.allow_paths.iter().enumerate() {
+        check_api_path(path).map_err(|e| invalid(format!("{what}: allow_paths[{i}]: {e}")))?;
+        paths.push(path.clone());
+    }
+    let mut headers = Vec::with_capacity(p.forward_headers.len());
+    for (i, h) in p.forward_headers.iter().enumerate() {
+        let h = h.to_ascii_lowercase();
+        check_forward_header(&h).map_err(|e| invalid(format!("{what}: forward_headers[{i}]: {e}")))?;
+        if !auth_header.is_empty() && h.eq_ignore_ascii_case(auth_header) {
+            return Err(invalid(format!(
+                "{what}: forward_headers[{i}]: {h:?} carries the provider's credential and cannot be forwarded"
+            )));
+        }
+        headers.push(h);
+    }
+    for v in [&mut paths, &mut headers] {
+        v.sort();
+        v.dedup();
+    }
+    Ok((paths, headers))
 }
 
 /// Proto credential → domain credential. An empty secret stays empty here; the caller
@@ -290,6 +332,7 @@ pub fn key_spec_from_proto(
     expires_at_ms: i64,
     description: &str,
     enabled: Option<bool>,
+    allow_pin: bool,
 ) -> Result<ApiKeySpec, Error> {
     validate_name("key", name)?;
     for m in allowed_models {
@@ -307,6 +350,7 @@ pub fn key_spec_from_proto(
         revoked: false,
         expires_at_ms,
         description: description.to_string(),
+        allow_pin,
     })
 }
 
@@ -353,6 +397,8 @@ pub fn provider_to_proto(p: &Provider, secrets: Secrets) -> pb::Provider {
         enabled: Some(s.enabled),
         description: s.description.clone(),
         metadata: hashmap(&s.metadata),
+        allow_paths: s.allow_paths.clone(),
+        forward_headers: s.forward_headers.clone(),
         credentials: p
             .credentials
             .values()
@@ -420,6 +466,7 @@ pub fn key_to_proto(k: &ApiKey, with_hash: bool) -> pb::ApiKey {
             String::new()
         },
         description: k.spec.description.clone(),
+        allow_pin: k.spec.allow_pin,
     }
 }
 
@@ -487,6 +534,8 @@ pub fn merge_provider(cur: &mut pb::Provider, req: &pb::Provider, mask: &[String
             "enabled" => cur.enabled = req.enabled,
             "description" => cur.description = req.description.clone(),
             "metadata" => cur.metadata = req.metadata.clone(),
+            "allow_paths" => cur.allow_paths = req.allow_paths.clone(),
+            "forward_headers" => cur.forward_headers = req.forward_headers.clone(),
             p => return Err(bad_path(&what, p)),
         }
     }
@@ -574,7 +623,7 @@ pub fn merge_key(cur: &mut ApiKeySpec, name: &str, req: &pb::ApiKey, mask: &[Str
     for path in mask {
         match path.as_str() {
             "allowed_models" => {
-                let s = key_spec_from_proto(name, &req.allowed_models, 0, "", None)?;
+                let s = key_spec_from_proto(name, &req.allowed_models, 0, "", None, false)?;
                 cur.allowed_models = s.allowed_models;
             }
             "enabled" => {
@@ -593,6 +642,7 @@ pub fn merge_key(cur: &mut ApiKeySpec, name: &str, req: &pb::ApiKey, mask: &[Str
                 cur.expires_at_ms = req.expires_at_ms
             }
             "description" => cur.description = req.description.clone(),
+            "allow_pin" => cur.allow_pin = req.allow_pin,
             p => return Err(bad_path(&what, p)),
         }
     }
@@ -612,5 +662,92 @@ pub fn worker_to_proto(w: &crate::watch::WorkerState) -> pb::WorkerInfo {
         rejected_at_ms: w.rejected_at_ms,
         address: w.address.clone(),
         software_version: w.software_version.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn provider(paths: &[&str], headers: &[&str]) -> pb::Provider {
+        pb::Provider {
+            name: "x".into(),
+            kind: "openai".into(),
+            base_url: "https://api.example.com/v1".into(),
+            allow_paths: paths.iter().map(|s| s.to_string()).collect(),
+            forward_headers: headers.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn err(p: &pb::Provider) -> String {
+        match provider_from_proto(p) {
+            Err(Error::InvalidArgument(m)) => m,
+            other => panic!("expected InvalidArgument, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn passthrough_settings_are_normalised() {
+        let p = provider_from_proto(&provider(
+            &["/v1/files", "/v1/batches", "/v1/files"],
+            &["OpenAI-Project", "openai-organization", "openai-project"],
+        ))
+        .unwrap();
+        assert_eq!(p.spec.allow_paths, ["/v1/batches", "/v1/files"]);
+        assert_eq!(p.spec.forward_headers, ["openai-organization", "openai-project"]);
+        let back = provider_to_proto(&p, Secrets::Redact);
+        assert_eq!(back.allow_paths, p.spec.allow_paths);
+        assert_eq!(back.forward_headers, p.spec.forward_headers);
+    }
+
+    #[test]
+    fn passthrough_errors_name_the_entry() {
+        assert_eq!(
+            err(&provider(&["/v1/files", "/v1/../admin"], &[])),
+            r#"provider x: allow_paths[1]: "/v1/../admin" must not contain `.` or `..` segments"#
+        );
+        for bad in [
+            "/v1/files/%2e%2e",
+            "/v2/x",
+            "/v1/a//b",
+            "/v1/a\\b",
+            "/v1/a?b",
+            "/v1/a*",
+        ] {
+            let m = err(&provider(&[bad], &[]));
+            assert!(m.starts_with("provider x: allow_paths[0]: "), "{bad}: {m}");
+        }
+        let m = err(&provider(&[], &["openai-project", "bad header"]));
+        assert!(m.starts_with("provider x: forward_headers[1]: "), "{m}");
+        let m = err(&provider(&[], &["Authorization"]));
+        assert!(m.starts_with("provider x: forward_headers[0]: "), "{m}");
+        let mut p = provider(&[], &["x-jb-token"]);
+        p.auth = Some(pb::AuthScheme {
+            header: "X-JB-Token".into(),
+            prefix: String::new(),
+        });
+        assert!(err(&p).contains("credential"), "{}", err(&p));
+    }
+
+    #[test]
+    fn masks_copy_the_new_fields() {
+        let mut cur = provider(&["/v1/files"], &["openai-project"]);
+        let req = provider(&["/v1/batches"], &[]);
+        merge_provider(&mut cur, &req, &["allow_paths".into()]).unwrap();
+        assert_eq!(cur.allow_paths, ["/v1/batches"]);
+        assert_eq!(cur.forward_headers, ["openai-project"], "not in the mask");
+        merge_provider(&mut cur, &req, &["forward_headers".into()]).unwrap();
+        assert!(cur.forward_headers.is_empty());
+
+        let mut spec = key_spec_from_proto("k", &[], 0, "", None, false).unwrap();
+        let req = pb::ApiKey {
+            allow_pin: true,
+            ..Default::default()
+        };
+        merge_key(&mut spec, "k", &req, &["description".into()]).unwrap();
+        assert!(!spec.allow_pin);
+        merge_key(&mut spec, "k", &req, &["allow_pin".into()]).unwrap();
+        assert!(spec.allow_pin);
     }
 }

@@ -169,6 +169,14 @@ pub struct ProviderSpec {
     pub enabled: bool,
     pub description: String,
     pub metadata: BTreeMap<String, String>,
+    /// Paths forwarded beyond the kind's inference endpoints (sorted, deduplicated).
+    /// Absent from specs stored before it existed, and left out when empty so that
+    /// their JSON and the snapshot hash stay the same.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_paths: Vec<String>,
+    /// Account-selecting client headers let through (lowercase, sorted, deduplicated).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub forward_headers: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -252,6 +260,9 @@ pub struct ApiKeySpec {
     pub revoked: bool,
     pub expires_at_ms: i64,
     pub description: String,
+    /// May pin a backend with `x-switchyard-backend`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_pin: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -374,6 +385,8 @@ fn spec_fields<T: Serialize>(a: &T, b: &T) -> Vec<String> {
             _ => out.push(k.clone()),
         }
     }
+    // Fields left out of `a` when empty (`skip_serializing_if`) but set in `b`.
+    out.extend(b.keys().filter(|k| !a.contains_key(*k)).cloned());
     out
 }
 
@@ -522,5 +535,33 @@ mod tests {
         }
         let f = spec_fields(&W { health: a, weight: 1 }, &W { health: b, weight: 2 });
         assert_eq!(f, vec!["health.interval_ms", "weight"]);
+    }
+
+    /// Settings left out of the stored JSON while empty still show in a diff, both ways.
+    #[test]
+    fn fields_skipped_when_empty_are_diffed() {
+        let a = ApiKeySpec {
+            allowed_models: vec![],
+            enabled: true,
+            revoked: false,
+            expires_at_ms: 0,
+            description: String::new(),
+            allow_pin: false,
+        };
+        let b = ApiKeySpec {
+            allow_pin: true,
+            ..a.clone()
+        };
+        assert_eq!(spec_fields(&a, &b), vec!["allow_pin"]);
+        assert_eq!(spec_fields(&b, &a), vec!["allow_pin"]);
+        // A spec stored before the field existed reads as the default.
+        let old =
+            r#"{"allowed_models":[],"enabled":true,"revoked":false,"expires_at_ms":0,"description":""}"#;
+        assert_eq!(serde_json::from_str::<ApiKeySpec>(old).unwrap(), a);
+        assert_eq!(
+            serde_json::to_string(&a).unwrap(),
+            old,
+            "unchanged JSON, unchanged hash"
+        );
     }
 }

@@ -185,6 +185,17 @@ pub struct ProviderCommon {
     /// Free-form metadata, `K=V` (repeatable; on update the given set replaces the old one).
     #[arg(long = "metadata", value_name = "K=V", value_parser = parse_kv)]
     pub metadata: Vec<(String, String)>,
+    /// API path forwarded beyond the kind's inference endpoints: exact (`/v1/files`) or a
+    /// prefix with a trailing `/*` (`/v1/fine_tuning/*`: it and everything below).
+    /// Repeatable; on update the given set replaces the old one and `--allow-path ''`
+    /// clears it.
+    #[arg(long = "allow-path", value_name = "PATH")]
+    pub allow_paths: Vec<String>,
+    /// Account-selecting client header let through (`openai-organization`, …; dropped by
+    /// default). Repeatable; on update the given set replaces the old one and
+    /// `--forward-header ''` clears it.
+    #[arg(long = "forward-header", value_name = "NAME")]
+    pub forward_headers: Vec<String>,
     /// Free text shown in `get` and `list`.
     #[arg(long)]
     pub description: Option<String>,
@@ -481,7 +492,7 @@ pub enum KeysCmd {
         /// Key name.
         name: String,
     },
-    /// Change a key's models, expiry, description or enabled state.
+    /// Change a key's models, expiry, description, pin permission or enabled state.
     Update(KeyUpdate),
     /// Revoke a key: it stops working at once but stays listed.
     Revoke {
@@ -512,6 +523,9 @@ pub struct KeyCreate {
     /// Register an existing client token read from this env var instead of generating one.
     #[arg(long, value_name = "VAR")]
     pub import_env: Option<String>,
+    /// Let the key pin a backend with the `x-switchyard-backend` header (skipping tiers).
+    #[arg(long)]
+    pub allow_pin: bool,
 }
 
 #[derive(Debug, Args)]
@@ -533,6 +547,12 @@ pub struct KeyUpdate {
     /// Stop the key working without revoking it.
     #[arg(long)]
     pub disable: bool,
+    /// Let the key pin a backend with the `x-switchyard-backend` header.
+    #[arg(long, conflicts_with = "no_allow_pin")]
+    pub allow_pin: bool,
+    /// Take the pin permission away.
+    #[arg(long)]
+    pub no_allow_pin: bool,
 }
 
 /// Parsed `--expires` value.

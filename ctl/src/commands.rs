@@ -110,6 +110,14 @@ fn provider_fields(p: &mut pb::Provider, c: &ProviderCommon, mask: &mut Vec<Stri
         p.metadata = to_map(&c.metadata);
         set("metadata");
     }
+    if !c.allow_paths.is_empty() {
+        p.allow_paths = non_empty_values(&c.allow_paths);
+        set("allow_paths");
+    }
+    if !c.forward_headers.is_empty() {
+        p.forward_headers = non_empty_values(&c.forward_headers);
+        set("forward_headers");
+    }
     if let Some(d) = &c.description {
         p.description = d.clone();
         set("description");
@@ -141,6 +149,19 @@ fn provider_fields(p: &mut pb::Provider, c: &ProviderCommon, mask: &mut Vec<Stri
             h.healthy_below = b;
             set("health.healthy_below");
         }
+    }
+}
+
+/// A repeatable flag's values without the empty ones (`--flag ''` clears the list).
+fn non_empty_values(v: &[String]) -> Vec<String> {
+    v.iter().filter(|s| !s.is_empty()).cloned().collect()
+}
+
+fn list_cell(v: &[String]) -> String {
+    if v.is_empty() {
+        "-".to_string()
+    } else {
+        v.join(", ")
     }
 }
 
@@ -181,6 +202,8 @@ fn provider_detail(v: &ProviderView) -> String {
         ),
         ("auth", auth),
         ("headers", map_cell(&v.headers)),
+        ("allow_paths", list_cell(&v.allow_paths)),
+        ("forward_headers", list_cell(&v.forward_headers)),
         ("health", health),
         ("metadata", map_cell(&v.metadata)),
         ("created", time_cell(v.created_at_ms)),
@@ -849,6 +872,7 @@ fn keys_table(keys: &[KeyView]) -> String {
                     k.allowed_models.join(",")
                 },
                 key_status(k, now).to_string(),
+                yes_no(k.allow_pin),
                 if k.expires_at_ms > 0 {
                     time_cell(k.expires_at_ms)
                 } else {
@@ -859,7 +883,7 @@ fn keys_table(keys: &[KeyView]) -> String {
         })
         .collect();
     table::render(
-        &["NAME", "PREFIX", "MODELS", "STATUS", "EXPIRES", "CREATED"],
+        &["NAME", "PREFIX", "MODELS", "STATUS", "PIN", "EXPIRES", "CREATED"],
         &rows,
     )
 }
@@ -890,6 +914,7 @@ pub async fn keys(ctx: &Ctx, admin: &mut Admin, cmd: KeysCmd) -> Result<()> {
                 expires_at_ms,
                 description: c.description.unwrap_or_default(),
                 import_plaintext,
+                allow_pin: c.allow_pin,
             };
             let r = admin
                 .client
@@ -960,6 +985,10 @@ pub async fn keys(ctx: &Ctx, admin: &mut Admin, cmd: KeysCmd) -> Result<()> {
             if u.enable || u.disable {
                 k.enabled = Some(u.enable);
                 mask.push("enabled".to_string());
+            }
+            if u.allow_pin || u.no_allow_pin {
+                k.allow_pin = u.allow_pin;
+                mask.push("allow_pin".to_string());
             }
             if mask.is_empty() {
                 return Err(nothing_to_update("keys"));

@@ -85,6 +85,13 @@ pub struct FileProvider {
     pub health: Option<FileHealth>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
+    /// API paths forwarded beyond the kind's inference endpoints (`/v1/files`,
+    /// `/v1/fine_tuning/*`). Omitted = none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_paths: Vec<String>,
+    /// Account-selecting client headers let through. Omitted = none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub forward_headers: Vec<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -195,6 +202,9 @@ pub struct FileKey {
     pub enabled: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revoked: Option<bool>,
+    /// May pin a backend with `x-switchyard-backend`. Omitted = false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_pin: Option<bool>,
 }
 
 // ---------------------------------------------------------------------------
@@ -326,6 +336,8 @@ impl FileProvider {
             credentials,
             created_at_ms: 0,
             updated_at_ms: 0,
+            allow_paths: self.allow_paths.clone(),
+            forward_headers: self.forward_headers.clone(),
         })
     }
 
@@ -359,6 +371,8 @@ impl FileProvider {
             auth: (auth != FileAuth::default()).then_some(auth),
             health: (health != FileHealth::default()).then_some(health),
             headers: p.headers.clone().into_iter().collect(),
+            allow_paths: p.allow_paths.clone(),
+            forward_headers: p.forward_headers.clone(),
             metadata: p.metadata.clone().into_iter().collect(),
             credentials: p
                 .credentials
@@ -535,6 +549,7 @@ impl FileKey {
             description: self.description.clone().unwrap_or_default(),
             enabled: Some(self.enabled.unwrap_or(true)),
             revoked: self.revoked.unwrap_or(false),
+            allow_pin: self.allow_pin.unwrap_or(false),
             ..Default::default()
         })
     }
@@ -547,6 +562,7 @@ impl FileKey {
             description: non_empty(&k.description),
             enabled: k.enabled.filter(|e| !e),
             revoked: k.revoked.then_some(true),
+            allow_pin: k.allow_pin.then_some(true),
         }
     }
 }
@@ -601,6 +617,8 @@ credential_strategy = "random"
 auth = { header = "grazie-authenticate-jwt", prefix = "" }
 headers = { "x-client" = "switchyard" }
 health = { interval = "15s", probe = "chat:gpt-4o-mini" }
+allow_paths = ["/v1/files", "/v1/fine_tuning/*"]
+forward_headers = ["openai-organization"]
 
 [[providers.credentials]]
 name = "jwt-1"
@@ -628,6 +646,7 @@ priority = 1
 name = "team-a"
 models = ["gpt-4o"]
 expires = 2027-01-01T00:00:00Z
+allow_pin = true
 "#;
 
     #[test]
@@ -645,12 +664,17 @@ expires = 2027-01-01T00:00:00Z
         assert_eq!(m.backends[0].name, "jb");
         assert_eq!(m.affinity.as_ref().unwrap().header, "x-session-id");
         assert_eq!(doc.keys[0].expires_at_ms, 1_798_761_600_000);
+        assert_eq!(p.allow_paths, ["/v1/files", "/v1/fine_tuning/*"]);
+        assert_eq!(p.forward_headers, ["openai-organization"]);
+        assert!(doc.keys[0].allow_pin);
 
         // proto -> file -> TOML -> file -> proto is the identity on the proto (secrets aside).
         let back = FileDoc::from_proto(&doc, true);
         let text = back.to_toml("# header\n").unwrap();
         let reparsed = parse(&text, "export").unwrap();
         assert_eq!(reparsed.into_proto(&env()).unwrap(), doc);
+        assert!(text.contains("allow_paths = ["), "{text}");
+        assert!(text.contains("allow_pin = true"), "{text}");
         // Defaults are omitted from the export.
         assert!(!text.contains("connect_timeout"), "{text}");
         assert!(!text.contains("healthy_below"), "{text}");

@@ -197,8 +197,10 @@ async fn apply(admin: &mut Admin, document: pb::ConfigDocument) -> Result<pb::Ap
     Ok(r)
 }
 
-/// Make sure the key named [`KEY_NAME`] exists and is the one in `up.json`.
-async fn ensure_client_key(admin: &mut Admin, state: &UpState) -> Result<()> {
+/// Make sure the key named [`KEY_NAME`] exists and is the one in `up.json`. With `pin`
+/// (`--demo`) it may also pin a backend (`x-switchyard-backend`), so that the demo can
+/// show pinning; without, an existing grant is left as the operator set it.
+async fn ensure_client_key(admin: &mut Admin, state: &UpState, pin: bool) -> Result<()> {
     let wanted_prefix = switchyard_control::crypto::key_prefix(&state.client_key);
     match admin
         .client
@@ -215,6 +217,20 @@ async fn ensure_client_key(admin: &mut Admin, state: &UpState) -> Result<()> {
                         key = KEY_NAME,
                         "the client key of `up` is revoked or disabled; the printed key will be refused"
                     );
+                }
+                if pin && !k.allow_pin {
+                    admin
+                        .client
+                        .update_api_key(pb::UpdateApiKeyRequest {
+                            key: Some(pb::ApiKey {
+                                name: KEY_NAME.into(),
+                                allow_pin: true,
+                                ..Default::default()
+                            }),
+                            update_mask: vec!["allow_pin".into()],
+                        })
+                        .await
+                        .map_err(|s| admin.status(s))?;
                 }
                 return Ok(());
             }
@@ -243,6 +259,7 @@ async fn ensure_client_key(admin: &mut Admin, state: &UpState) -> Result<()> {
             expires_at_ms: 0,
             description: "created by `switchyard up` (plaintext in up.json)".into(),
             import_plaintext: state.client_key.clone(),
+            allow_pin: pin,
         })
         .await
         .map_err(|s| admin.status(s))?;
@@ -409,7 +426,7 @@ pub async fn run(a: UpArgs) -> Result<()> {
 
     // 2. Configuration through the Admin API: client key, demo, --config.
     let mut admin = Admin::connect(&control_url, Some(&state.admin_token)).await?;
-    ensure_client_key(&mut admin, &state).await?;
+    ensure_client_key(&mut admin, &state, a.demo).await?;
     let mock = if a.demo {
         let mock = switchyard_mock::MockServer::start(switchyard_mock::MockOptions {
             name: DEMO.into(),

@@ -26,6 +26,10 @@ pub struct ProviderView {
     pub auth_header: String,
     pub auth_prefix: String,
     pub headers: BTreeMap<String, String>,
+    /// Paths forwarded beyond the kind's inference endpoints.
+    pub allow_paths: Vec<String>,
+    /// Account-selecting client headers let through.
+    pub forward_headers: Vec<String>,
     pub health: HealthView,
     pub metadata: BTreeMap<String, String>,
     pub credentials: Vec<CredentialView>,
@@ -95,6 +99,8 @@ pub struct KeyView {
     pub enabled: bool,
     pub revoked: bool,
     pub description: String,
+    /// May pin a backend with `x-switchyard-backend`.
+    pub allow_pin: bool,
     pub created_at_ms: i64,
     /// 0 = never.
     pub expires_at_ms: i64,
@@ -195,6 +201,8 @@ impl From<&pb::Provider> for ProviderView {
             auth_header: auth.header,
             auth_prefix: auth.prefix,
             headers: sorted(&p.headers),
+            allow_paths: p.allow_paths.clone(),
+            forward_headers: p.forward_headers.clone(),
             health: HealthView {
                 enabled: h.enabled.unwrap_or(true),
                 interval_ms: h.interval_ms,
@@ -275,6 +283,7 @@ impl From<&pb::ApiKey> for KeyView {
             enabled: k.enabled.unwrap_or(true) && !k.revoked,
             revoked: k.revoked,
             description: k.description.clone(),
+            allow_pin: k.allow_pin,
             created_at_ms: k.created_at_ms,
             expires_at_ms: k.expires_at_ms,
         }

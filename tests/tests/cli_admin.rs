@@ -688,6 +688,126 @@ async fn keys_create_once_list_revoke_remove() {
     assert_eq!(names, ["legacy", "team-a"]);
 }
 
+/// The provider's pass-through settings and the key's pin permission: flags, JSON and
+/// table views, replace-on-update, clearing, and validation errors that name the entry.
+#[tokio::test]
+async fn provider_passthrough_and_key_pin_flags() {
+    let env = Env::start().await.unwrap();
+    env.run(&[
+        "providers",
+        "add",
+        "oa",
+        "--kind",
+        "openai",
+        "--base-url",
+        "https://api.openai.com/v1",
+        "--allow-path",
+        "/v1/files",
+        "--allow-path",
+        "/v1/fine_tuning/*",
+        "--forward-header",
+        "OpenAI-Organization",
+    ])
+    .await
+    .ok();
+    let p = env.run(&["providers", "get", "oa", "-o", "json"]).await.json();
+    assert_eq!(
+        p["allow_paths"],
+        serde_json::json!(["/v1/files", "/v1/fine_tuning/*"])
+    );
+    assert_eq!(p["forward_headers"], serde_json::json!(["openai-organization"]));
+    let detail = env.run(&["providers", "get", "oa"]).await.ok().to_string();
+    assert!(
+        detail
+            .lines()
+            .any(|l| l.starts_with("allow_paths") && l.contains("/v1/files, /v1/fine_tuning/*")),
+        "{detail}"
+    );
+    assert!(
+        detail
+            .lines()
+            .any(|l| l.starts_with("forward_headers") && l.contains("openai-organization")),
+        "{detail}"
+    );
+
+    // Update replaces the given list only; `''` clears it.
+    env.run(&["providers", "update", "oa", "--allow-path", "/v1/batches"])
+        .await
+        .ok();
+    let p = env.run(&["providers", "get", "oa", "-o", "json"]).await.json();
+    assert_eq!(p["allow_paths"], serde_json::json!(["/v1/batches"]));
+    assert_eq!(p["forward_headers"], serde_json::json!(["openai-organization"]));
+    env.run(&["providers", "update", "oa", "--forward-header", ""])
+        .await
+        .ok();
+    let p = env.run(&["providers", "get", "oa", "-o", "json"]).await.json();
+    assert_eq!(p["forward_headers"], serde_json::json!([]));
+    assert_eq!(p["allow_paths"], serde_json::json!(["/v1/batches"]));
+
+    // Bad values: the error names the provider and the entry; nothing changes.
+    let err = env
+        .run(&[
+            "providers",
+            "update",
+            "oa",
+            "--allow-path",
+            "/v1/files",
+            "--allow-path",
+            "/v1/../admin",
+        ])
+        .await
+        .fails(1)
+        .to_string();
+    assert!(
+        err.contains("provider oa: allow_paths[1]") && err.contains("`..`"),
+        "{err}"
+    );
+    for bad in ["/v1/files/%2e%2e", "/files", "/v1/a*"] {
+        let err = env
+            .run(&["providers", "update", "oa", "--allow-path", bad])
+            .await
+            .fails(1)
+            .to_string();
+        assert!(err.contains("allow_paths[0]"), "{bad}: {err}");
+    }
+    let err = env
+        .run(&["providers", "update", "oa", "--forward-header", "authorization"])
+        .await
+        .fails(1)
+        .to_string();
+    assert!(err.contains("forward_headers[0]"), "{err}");
+    let p = env.run(&["providers", "get", "oa", "-o", "json"]).await.json();
+    assert_eq!(p["allow_paths"], serde_json::json!(["/v1/batches"]));
+
+    // Keys: pinning is off unless granted.
+    let k = env.run(&["keys", "create", "plain", "-o", "json"]).await.json();
+    env.secret(k["plaintext"].as_str().unwrap());
+    assert_eq!(k["key"]["allow_pin"], false);
+    let k = env
+        .run(&["keys", "create", "ops", "--allow-pin", "-o", "json"])
+        .await
+        .json();
+    env.secret(k["plaintext"].as_str().unwrap());
+    assert_eq!(k["key"]["allow_pin"], true);
+    let table = env.run(&["keys", "list"]).await.ok().to_string();
+    assert!(table.lines().next().unwrap().contains("PIN"), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("ops ") && l.contains(" yes ")),
+        "{table}"
+    );
+    env.run(&["keys", "update", "plain", "--allow-pin"]).await.ok();
+    let k = env.run(&["keys", "get", "plain", "-o", "json"]).await.json();
+    assert_eq!(k["allow_pin"], true);
+    env.run(&["keys", "update", "plain", "--no-allow-pin"]).await.ok();
+    let k = env.run(&["keys", "get", "plain", "-o", "json"]).await.json();
+    assert_eq!(k["allow_pin"], false);
+    env.run(&["keys", "update", "plain", "--allow-pin", "--no-allow-pin"])
+        .await
+        .fails(2);
+}
+
 #[tokio::test]
 async fn status_and_workers() {
     let env = Env::start().await.unwrap();

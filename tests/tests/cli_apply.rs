@@ -354,3 +354,95 @@ async fn apply_reads_stdin_and_accepts_toml_datetimes() {
     let out = env.run_with(&["apply", "-f", "-"], &[], Some(&exported)).await;
     assert_eq!(out.ok(), "no changes\n");
 }
+
+/// `allow_paths`, `forward_headers` and a key's `allow_pin` in the declarative file: applied,
+/// exported (redacted export included), re-applied as no change, diffed by field, and a
+/// bad path refused with its index and nothing changed.
+#[tokio::test]
+async fn passthrough_and_pin_settings_round_trip() {
+    let env = Env::start().await.unwrap();
+    let v1 = r#"
+[[providers]]
+name = "oa"
+kind = "openai"
+base_url = "https://api.openai.com/v1"
+allow_paths = ["/v1/files", "/v1/fine_tuning/*"]
+forward_headers = ["OpenAI-Organization", "openai-project"]
+
+[[keys]]
+name = "ops"
+allow_pin = true
+
+[[keys]]
+name = "plain"
+"#;
+    let out = env.run_with(&["apply", "-f", "-"], &[], Some(v1)).await;
+    let text = out.ok().to_string();
+    for l in text.lines().filter(|l| l.starts_with("key ")) {
+        env.secret(l.rsplit(' ').next().unwrap());
+    }
+    let p = env.run(&["providers", "get", "oa", "-o", "json"]).await.json();
+    assert_eq!(
+        p["allow_paths"],
+        serde_json::json!(["/v1/files", "/v1/fine_tuning/*"])
+    );
+    assert_eq!(
+        p["forward_headers"],
+        serde_json::json!(["openai-organization", "openai-project"])
+    );
+    let k = env.run(&["keys", "get", "ops", "-o", "json"]).await.json();
+    assert_eq!(k["allow_pin"], true);
+    let k = env.run(&["keys", "get", "plain", "-o", "json"]).await.json();
+    assert_eq!(k["allow_pin"], false);
+
+    // The redacted export shows all three, omits the defaults, and re-applies as no change.
+    let exported = env.run(&["export"]).await.ok().to_string();
+    assert!(
+        exported.contains(r#"allow_paths = ["/v1/files", "/v1/fine_tuning/*"]"#),
+        "{exported}"
+    );
+    assert!(
+        exported.contains(r#"forward_headers = ["openai-organization", "openai-project"]"#),
+        "{exported}"
+    );
+    assert_eq!(exported.matches("allow_pin = true").count(), 1, "{exported}");
+    assert!(!exported.contains("allow_pin = false"), "{exported}");
+    let out = env.run_with(&["apply", "-f", "-"], &[], Some(&exported)).await;
+    assert_eq!(out.ok(), "no changes\n");
+
+    // A change shows the field that differs.
+    let v2 = v1
+        .replace(r#"["/v1/files", "/v1/fine_tuning/*"]"#, r#"["/v1/files"]"#)
+        .replace("allow_pin = true", "allow_pin = false");
+    let diff = env
+        .run_with(&["apply", "-f", "-", "--dry-run"], &[], Some(&v2))
+        .await
+        .ok()
+        .to_string();
+    assert!(diff.contains("~ provider oa (allow_paths)\n"), "{diff}");
+    assert!(diff.contains("~ key ops (allow_pin)\n"), "{diff}");
+    let v3 = v1.replace(
+        "forward_headers = [\"OpenAI-Organization\", \"openai-project\"]",
+        "",
+    );
+    let diff = env
+        .run_with(&["apply", "-f", "-", "--dry-run"], &[], Some(&v3))
+        .await
+        .ok()
+        .to_string();
+    assert!(diff.contains("~ provider oa (forward_headers)\n"), "{diff}");
+
+    // A dot-segment path: the error names the provider and the entry; nothing changes.
+    let before = env.run(&["export"]).await.ok().to_string();
+    let bad = v1.replace(r#""/v1/fine_tuning/*""#, r#""/v1/../../admin""#);
+    let err = env
+        .run_with(&["apply", "-f", "-"], &[], Some(&bad))
+        .await
+        .fails(1)
+        .to_string();
+    assert!(
+        err.contains("provider oa: allow_paths[1]") && err.contains("`..`"),
+        "{err}"
+    );
+    assert_eq!(env.run(&["export"]).await.ok(), before);
+}

@@ -924,6 +924,171 @@ store_test!(apply_diff_atomic_idempotent, |db: TestDb| async move {
     Ok(())
 });
 
+// A provider's `allow_paths`/`forward_headers` and a key's `allow_pin` over gRPC:
+// normalised on create, validated with the entry named, copied by update masks, diffed by
+// Apply, shown by Export without secrets, and carried by the snapshot workers receive.
+store_test!(passthrough_and_pin_settings, |db: TestDb| async move {
+    let p = spawn_control(&db, &[]).await?;
+    let mut a = admin(&p).await?;
+    let v0 = version(&mut a).await?;
+
+    let mut oa = provider("oa", "https://api.openai.com/v1");
+    oa.allow_paths = vec!["/v1/files".into(), "/v1/batches".into(), "/v1/files".into()];
+    oa.forward_headers = vec!["OpenAI-Project".into()];
+    let created = a
+        .create_provider(pb::CreateProviderRequest { provider: Some(oa) })
+        .await?
+        .into_inner();
+    assert_eq!(created.allow_paths, ["/v1/batches", "/v1/files"]);
+    assert_eq!(created.forward_headers, ["openai-project"]);
+
+    for (paths, entry) in [
+        (vec!["/v1/files", "/v1/../admin"], "allow_paths[1]"),
+        (vec!["/v1/files/%2e%2e"], "allow_paths[0]"),
+        (vec!["/v1/a/./b"], "allow_paths[0]"),
+        (vec!["/v1/a//b"], "allow_paths[0]"),
+        (vec!["/v1/a\\b"], "allow_paths[0]"),
+        (vec!["/v1/a?b=1"], "allow_paths[0]"),
+        (vec!["/v1/*/x"], "allow_paths[0]"),
+        (vec!["/admin"], "allow_paths[0]"),
+    ] {
+        let mut bad = provider("bad", "https://x.example.com/v1");
+        bad.allow_paths = paths.iter().map(|s| s.to_string()).collect();
+        assert_status(
+            a.create_provider(pb::CreateProviderRequest { provider: Some(bad) })
+                .await,
+            Code::InvalidArgument,
+            &["provider bad", entry],
+        );
+    }
+    let mut bad = provider("bad", "https://x.example.com/v1");
+    bad.forward_headers = vec!["openai-project".into(), "x bad".into()];
+    assert_status(
+        a.create_provider(pb::CreateProviderRequest { provider: Some(bad) })
+            .await,
+        Code::InvalidArgument,
+        &["provider bad", "forward_headers[1]"],
+    );
+    assert_eq!(version(&mut a).await?, v0 + 1, "failed writes change nothing");
+
+    // Update masks copy only what they name.
+    let mut req = provider("oa", "");
+    req.allow_paths = vec!["/v1/fine_tuning/*".into()];
+    let up = a
+        .update_provider(pb::UpdateProviderRequest {
+            provider: Some(req.clone()),
+            update_mask: vec!["allow_paths".into()],
+        })
+        .await?
+        .into_inner();
+    assert_eq!(up.allow_paths, ["/v1/fine_tuning/*"]);
+    assert_eq!(up.forward_headers, ["openai-project"]);
+    req.allow_paths = vec!["/v1/../x".into()];
+    assert_status(
+        a.update_provider(pb::UpdateProviderRequest {
+            provider: Some(req),
+            update_mask: vec!["allow_paths".into()],
+        })
+        .await,
+        Code::InvalidArgument,
+        &["provider oa", "allow_paths[0]"],
+    );
+
+    // Keys: off unless granted; the mask switches it.
+    let k = a
+        .create_api_key(pb::CreateApiKeyRequest {
+            name: "ops".into(),
+            allow_pin: true,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert!(k.key.unwrap().allow_pin);
+    let k = a
+        .create_api_key(pb::CreateApiKeyRequest {
+            name: "plain".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert!(!k.key.unwrap().allow_pin);
+    let k = a
+        .update_api_key(pb::UpdateApiKeyRequest {
+            key: Some(pb::ApiKey {
+                name: "plain".into(),
+                allow_pin: true,
+                ..Default::default()
+            }),
+            update_mask: vec!["description".into()],
+        })
+        .await?
+        .into_inner();
+    assert!(!k.allow_pin, "not in the mask");
+
+    // Export (no secrets) shows them; Apply diffs them by field.
+    let doc = a
+        .export(pb::ExportRequest {
+            include_secrets: false,
+        })
+        .await?
+        .into_inner()
+        .document
+        .unwrap();
+    let e = doc.providers.iter().find(|p| p.name == "oa").unwrap();
+    assert_eq!(e.allow_paths, ["/v1/fine_tuning/*"]);
+    assert_eq!(e.forward_headers, ["openai-project"]);
+    assert!(doc.keys.iter().find(|k| k.name == "ops").unwrap().allow_pin);
+    let mut changed = doc.clone();
+    changed.providers[0].forward_headers.clear();
+    for k in &mut changed.keys {
+        k.allow_pin = !k.allow_pin;
+    }
+    let dry = a
+        .apply(pb::ApplyRequest {
+            document: Some(changed),
+            dry_run: true,
+            prune: false,
+        })
+        .await?
+        .into_inner();
+    let fields: BTreeSet<String> = dry
+        .changes
+        .iter()
+        .map(|c| format!("{} {} {}", c.kind, c.name, c.fields.join(",")))
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            "key ops allow_pin",
+            "key plain allow_pin",
+            "provider oa forward_headers"
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect::<BTreeSet<_>>()
+    );
+    let same = a
+        .apply(pb::ApplyRequest {
+            document: Some(doc),
+            dry_run: true,
+            prune: false,
+        })
+        .await?
+        .into_inner();
+    assert!(same.changes.is_empty(), "{:?}", same.changes);
+
+    // Workers receive them in the snapshot.
+    let v = version(&mut a).await?;
+    let mut w = Watcher::connect(&p, "w-passthrough", 0).await?;
+    let s = w.next_at(v).await?;
+    let sp = s.providers.iter().find(|p| p.name == "oa").unwrap();
+    assert_eq!(sp.allow_paths, ["/v1/fine_tuning/*"]);
+    assert_eq!(sp.forward_headers, ["openai-project"]);
+    let pins: BTreeSet<(String, bool)> = s.keys.iter().map(|k| (k.name.clone(), k.allow_pin)).collect();
+    assert!(pins.contains(&("ops".into(), true)) && pins.contains(&("plain".into(), false)));
+    Ok(())
+});
+
 store_test!(unauthenticated, |db: TestDb| async move {
     let p = spawn_control(&db, &[]).await?;
     for token in [None, Some("wrong-token"), Some(WORKER_TOKEN)] {

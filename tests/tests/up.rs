@@ -68,6 +68,24 @@ fn completion_text(v: &serde_json::Value) -> Option<&str> {
         .filter(|s| !s.is_empty())
 }
 
+/// `switchyard keys get up -o json` against a running `up` (admin token from `up.json`).
+async fn up_key(p: &Proc, data: &Path) -> Result<serde_json::Value> {
+    let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(data.join("up.json"))?)?;
+    let out = Command::new(bin_path("switchyard"))
+        .args(["keys", "get", "up", "-o", "json"])
+        .env("SWITCHYARD_CONTROL_URL", p.url("grpc"))
+        .env(
+            "SWITCHYARD_ADMIN_TOKEN",
+            state["admin_token"].as_str().unwrap_or_default(),
+        )
+        .output()
+        .await?;
+    if !out.status.success() {
+        bail!("keys get up: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
 async fn stop(mut p: Proc) -> Result<()> {
     let status = p.terminate(Duration::from_secs(20)).await?;
     assert!(status.success(), "up exited with {status}: {}", p.stderr_text());
@@ -114,6 +132,8 @@ async fn up_demo_curl_works_and_survives_a_restart() -> Result<()> {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let models: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     assert_eq!(models[0]["name"], "demo", "{models}");
+    // The demo key may pin a backend (`x-switchyard-backend`).
+    assert_eq!(up_key(&p, &data).await?["allow_pin"], true);
     // ... and refuses without the token.
     let out = Command::new(bin_path("switchyard"))
         .args(["models", "list"])
@@ -195,6 +215,13 @@ upstream_model = "upstream-x"
         Some("Bearer sk-upstream-from-env-1")
     );
     assert_eq!(last.json().unwrap()["model"], "upstream-x");
+    // Without --demo the key gets no pin permission; a later --demo start grants it.
+    let data = dir.path().join("data");
+    assert_eq!(up_key(&p, &data).await?["allow_pin"], false);
+    stop(p).await?;
+    let p = start_up(&data, &["--demo"], &[]).await?;
+    printed_curl(&p).await?;
+    assert_eq!(up_key(&p, &data).await?["allow_pin"], true);
     stop(p).await?;
 
     // A file that does not apply stops `up` with the file's error, before serving.

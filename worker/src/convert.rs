@@ -60,6 +60,49 @@ fn identity(tag: &str, owner: &str, name: &str, parts: &[&str]) -> Arc<str> {
     Arc::from(id)
 }
 
+/// A provider's `allow_paths` and `forward_headers`, checked by the same rules as the
+/// control plane's (a snapshot is validated again here, whoever wrote it).
+fn passthrough(
+    path: &str,
+    p: &pb::Provider,
+    auth_header: &HeaderName,
+) -> Result<(Vec<String>, Vec<HeaderName>), ConvertError> {
+    use switchyard_common::passthrough::{check_api_path, check_forward_header, MAX_ENTRIES};
+    if p.allow_paths.len() > MAX_ENTRIES {
+        return Err(err(
+            format!("{path}.allow_paths"),
+            format!("at most {MAX_ENTRIES} entries"),
+        ));
+    }
+    if p.forward_headers.len() > MAX_ENTRIES {
+        return Err(err(
+            format!("{path}.forward_headers"),
+            format!("at most {MAX_ENTRIES} entries"),
+        ));
+    }
+    for (i, ap) in p.allow_paths.iter().enumerate() {
+        check_api_path(ap).map_err(|e| err(format!("{path}.allow_paths[{i}]"), e))?;
+    }
+    let mut headers = Vec::with_capacity(p.forward_headers.len());
+    for (i, h) in p.forward_headers.iter().enumerate() {
+        let hpath = || format!("{path}.forward_headers[{i}]");
+        let lower = h.to_ascii_lowercase();
+        check_forward_header(&lower).map_err(|e| err(hpath(), e))?;
+        let name =
+            HeaderName::from_bytes(lower.as_bytes()).map_err(|_| err(hpath(), "invalid header name"))?;
+        if name == *auth_header {
+            return Err(err(
+                hpath(),
+                "the provider's credential header cannot be forwarded",
+            ));
+        }
+        if !headers.contains(&name) {
+            headers.push(name);
+        }
+    }
+    Ok((p.allow_paths.clone(), headers))
+}
+
 /// Build the routing table. `prev` states (by identity) are reused for unchanged
 /// backends and credentials, so health and load survive a swap.
 pub fn build(
@@ -164,6 +207,7 @@ pub fn build(
                 )
             })?,
         };
+        let (extra_paths, forward_headers) = passthrough(&path, p, &auth_header)?;
         let mut credentials = Vec::new();
         let mut cred_endpoints = Vec::new();
         let mut seen = FxHashSet::default();
@@ -217,14 +261,14 @@ pub fn build(
             total_timeout: (p.total_timeout_ms > 0).then(|| Duration::from_millis(p.total_timeout_ms)),
             auth_header,
             static_headers,
-            // Filled from the snapshot by the provider settings change (issue 16).
-            extra_paths: Vec::new(),
-            forward_headers: Vec::new(),
+            extra_paths,
+            forward_headers,
             health,
             enabled: p.enabled.unwrap_or(true),
             credentials,
             cred_endpoints,
-            cred_selector: Selector::new(cred_strategy),
+            // Credential weights are always honoured (`round_robin` → smooth WRR).
+            cred_selector: Selector::new(cred_strategy.for_credentials()),
             client: connector
                 .client(&url, connect_timeout)
                 .map_err(|e| err(format!("{path}.base_url"), e))?,
@@ -369,7 +413,7 @@ pub fn build(
                     .then(|| k.allowed_models.iter().cloned().collect()),
                 enabled: k.enabled.unwrap_or(true) && !k.revoked,
                 expires_at_ms: k.expires_at_ms,
-                may_pin: false,
+                may_pin: k.allow_pin,
             },
         );
     }
@@ -458,6 +502,112 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(build_err(&s), "keys.ci.key_hash: must be 64 hex characters");
+    }
+
+    /// The provider's pass-through settings and the key's pin permission reach the
+    /// routing table: header names lowercased, paths as given.
+    #[test]
+    fn passthrough_settings_and_pin_permission_reach_the_worker() {
+        let mut s = snap();
+        s.providers[0].allow_paths = vec!["/v1/files".into(), "/v1/fine_tuning/*".into()];
+        s.providers[0].forward_headers = vec!["OpenAI-Organization".into(), "openai-project".into()];
+        s.keys = vec![
+            pb::ApiKey {
+                name: "pinner".into(),
+                key_hash: "ab".repeat(32),
+                allow_pin: true,
+                ..Default::default()
+            },
+            pb::ApiKey {
+                name: "plain".into(),
+                key_hash: "cd".repeat(32),
+                ..Default::default()
+            },
+        ];
+        let c = Connector::new().unwrap();
+        let r = build(&s, &States::default(), &c, BreakerConfig::default()).unwrap();
+        let p = &r.providers[0];
+        assert_eq!(p.extra_paths, ["/v1/files", "/v1/fine_tuning/*"]);
+        assert_eq!(p.forward_headers, ["openai-organization", "openai-project"]);
+        let by_name = |n: &str| r.keys.values().find(|k| &*k.name == n).unwrap().may_pin;
+        assert!(by_name("pinner"));
+        assert!(!by_name("plain"), "pinning is off unless granted");
+        // Defaults: nothing opened, nothing forwarded.
+        let r = build(&snap(), &States::default(), &c, BreakerConfig::default()).unwrap();
+        assert!(r.providers[0].extra_paths.is_empty() && r.providers[0].forward_headers.is_empty());
+    }
+
+    #[test]
+    fn passthrough_errors_name_the_entry() {
+        let mut s = snap();
+        s.providers[0].allow_paths = vec!["/v1/files".into(), "/v1/../admin".into()];
+        assert_eq!(
+            build_err(&s),
+            r#"providers.p.allow_paths[1]: "/v1/../admin" must not contain `.` or `..` segments"#
+        );
+        let mut s = snap();
+        s.providers[0].allow_paths = vec!["/v1/files/%2e%2e".into()];
+        assert!(
+            build_err(&s).starts_with("providers.p.allow_paths[0]: "),
+            "{}",
+            build_err(&s)
+        );
+        let mut s = snap();
+        s.providers[0].forward_headers = vec!["openai-project".into(), "bad header".into()];
+        assert!(
+            build_err(&s).starts_with("providers.p.forward_headers[1]: "),
+            "{}",
+            build_err(&s)
+        );
+        let mut s = snap();
+        s.providers[0].forward_headers = vec!["Authorization".into()];
+        assert!(
+            build_err(&s).starts_with("providers.p.forward_headers[0]: "),
+            "{}",
+            build_err(&s)
+        );
+    }
+
+    /// Credential weights are honoured: with the default `round_robin` credential
+    /// strategy, a 3:1 pair is picked exactly 3:1 over whole smooth-WRR cycles.
+    #[test]
+    fn credential_weights_are_applied() {
+        let mut s = snap();
+        s.providers[0].credentials = vec![
+            pb::Credential {
+                name: "heavy".into(),
+                secret: "sk-h".into(),
+                weight: Some(3),
+                ..Default::default()
+            },
+            pb::Credential {
+                name: "light".into(),
+                secret: "sk-l".into(),
+                weight: Some(1),
+                ..Default::default()
+            },
+        ];
+        let c = Connector::new().unwrap();
+        for strategy in ["", "round_robin"] {
+            s.providers[0].credential_strategy = strategy.into();
+            let r = build(&s, &States::default(), &c, BreakerConfig::default()).unwrap();
+            let p = &r.providers[0];
+            let ctx = crate::balance::PickContext::default();
+            let mut n = [0usize; 2];
+            for _ in 0..400 {
+                n[p.cred_selector.pick(&p.cred_endpoints, &ctx).unwrap().index] += 1;
+            }
+            assert_eq!(n, [300, 100], "strategy {strategy:?}");
+        }
+        // `random` becomes weighted random: about 3:1.
+        s.providers[0].credential_strategy = "random".into();
+        let r = build(&s, &States::default(), &c, BreakerConfig::default()).unwrap();
+        let p = &r.providers[0];
+        let ctx = crate::balance::PickContext::default();
+        let heavy = (0..4_000)
+            .filter(|_| p.cred_selector.pick(&p.cred_endpoints, &ctx).unwrap().index == 0)
+            .count();
+        assert!((2_700..=3_300).contains(&heavy), "{heavy}");
     }
 
     /// An endpoint keeps its live state across a swap unless what makes it the same
