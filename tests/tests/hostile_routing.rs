@@ -314,3 +314,110 @@ async fn errors_disclose_no_internal_detail() -> Result<()> {
     );
     Ok(())
 }
+
+/// A provider opens more paths with `allow_paths` and lets an account header through with
+/// `forward_headers`; other providers of the same worker stay closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_opens_paths_and_headers_for_itself_only() -> Result<()> {
+    let open = mock().await;
+    let closed = mock().await;
+    let mut p_open = provider("open", "openai", &open.openai_base(), &[("k1", "sk-open")]);
+    p_open.allow_paths = vec!["/v1/files/*".into(), "/v1/batches".into()];
+    p_open.forward_headers = vec!["openai-organization".into()];
+    let p_closed = provider("closed", "openai", &closed.openai_base(), &[("k1", "sk-closed")]);
+    let snap = snapshot(
+        1,
+        vec![p_open, p_closed],
+        vec![
+            model("m-open", "round_robin", vec![backend("open", "open", "", 1, 0)]),
+            model(
+                "m-closed",
+                "round_robin",
+                vec![backend("closed", "closed", "", 1, 0)],
+            ),
+        ],
+        vec![key("main", KEY, &[])],
+    );
+    let (w, _d) = start_with_snapshot(&snap, &[]).await?;
+    let addr = w.addr("http");
+    for (path, model, want) in [
+        ("/v1/files", "m-open", 200),
+        ("/v1/files/file-1/content", "m-open", 200),
+        ("/v1/batches", "m-open", 200),
+        ("/v1/batches/b-1", "m-open", 404),
+        ("/v1/files/../fine_tuning/jobs", "m-open", 404),
+        ("/v1/files", "m-closed", 404),
+        ("/v1/fine_tuning/jobs", "m-open", 404),
+    ] {
+        let (status, text) = raw_post(addr, path, &json!({"model": model}).to_string()).await?;
+        assert_eq!(status, want, "{path} {model}: {text}");
+    }
+    assert_eq!(closed.request_count(), 0);
+    assert_eq!(
+        open.stats().by_path.keys().cloned().collect::<Vec<_>>(),
+        ["/v1/batches", "/v1/files", "/v1/files/file-1/content"]
+    );
+    // The header the provider allows goes through; the other account header does not.
+    let c = client();
+    for (m, mock) in [("m-open", &open), ("m-closed", &closed)] {
+        let r = c
+            .post(format!("{}/v1/chat/completions", w.url("http")))
+            .bearer_auth(KEY)
+            .header("openai-organization", "org-1")
+            .header("openai-project", "proj-1")
+            .json(&json!({"model": m, "messages": []}))
+            .send()
+            .await?;
+        assert_eq!(r.status(), 200);
+        let seen = mock.requests();
+        let last = seen.last().unwrap();
+        assert_eq!(
+            last.header("openai-organization"),
+            (m == "m-open").then_some("org-1"),
+            "{m}"
+        );
+        assert_eq!(last.header("openai-project"), None, "{m}");
+    }
+    Ok(())
+}
+
+/// `x-switchyard-backend` pins only for a key granted `allow_pin`; any other key's header
+/// is ignored (it would skip tiers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pinning_is_a_permission_of_the_key() -> Result<()> {
+    let a = mock().await;
+    let b = mock().await;
+    const PINNER: &str = "sk-sy-pinner-key-0123456789";
+    let mut pinner = key("pinner", PINNER, &[]);
+    pinner.allow_pin = true;
+    let snap = snapshot(
+        1,
+        vec![
+            provider("pa", "openai", &a.openai_base(), &[("k", "sk-a")]),
+            provider("pb", "openai", &b.openai_base(), &[("k", "sk-b")]),
+        ],
+        // `a` is tier 0; `b` is tier 1 and only serves when `a` is down.
+        vec![model(
+            "m",
+            "round_robin",
+            vec![backend("a", "pa", "", 1, 0), backend("b", "pb", "", 1, 1)],
+        )],
+        vec![key("main", KEY, &[]), pinner],
+    );
+    let (w, _d) = start_with_snapshot(&snap, &[]).await?;
+    let c = client();
+    for (k, want) in [(KEY, "a"), (PINNER, "b")] {
+        for _ in 0..3 {
+            let r = c
+                .post(format!("{}/v1/chat/completions", w.url("http")))
+                .bearer_auth(k)
+                .header("x-switchyard-backend", "b")
+                .json(&json!({"model": "m", "messages": []}))
+                .send()
+                .await?;
+            assert_eq!(r.status(), 200);
+            assert_eq!(r.headers()["x-switchyard-backend"], want, "key {k}");
+        }
+    }
+    Ok(())
+}

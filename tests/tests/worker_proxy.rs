@@ -33,7 +33,10 @@ fn client() -> reqwest::Client {
 }
 
 fn keys() -> Vec<pb::ApiKey> {
-    vec![key("main", KEY, &[]), key("limited", LIMITED, &["other"])]
+    // The main key may pin a backend (`x-switchyard-backend`); pinning is off by default.
+    let mut main = key("main", KEY, &[]);
+    main.allow_pin = true;
+    vec![main, key("limited", LIMITED, &["other"])]
 }
 
 async fn chat(c: &reqwest::Client, base: &str, body: &Value, headers: &[(&str, &str)]) -> reqwest::Response {
