@@ -96,8 +96,8 @@ impl BodyLimits {
         if self.min_rate > 0 {
             // Too slow once `received < min_rate × elapsed`, that is from `received /
             // min_rate` seconds after the start on, if nothing more arrives.
-            let enough_until =
-                Duration::try_from_secs_f64(received as f64 / self.min_rate as f64).map_or(FAR, |d| d.min(FAR));
+            let enough_until = Duration::try_from_secs_f64(received as f64 / self.min_rate as f64)
+                .map_or(FAR, |d| d.min(FAR));
             if elapsed >= self.grace && elapsed > enough_until {
                 return Err(ProxyError::BodyTimeout);
             }
@@ -181,4 +181,130 @@ where
         Some(m) => m.freeze(),
         None => first.unwrap_or_default(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use http_body_util::{Full, StreamBody};
+    use tokio::sync::mpsc;
+    use tokio_stream::wrappers::ReceiverStream;
+
+    use super::*;
+
+    type Tx = mpsc::Sender<Result<Frame<Bytes>, Infallible>>;
+
+    fn channel_body() -> (Tx, StreamBody<ReceiverStream<Result<Frame<Bytes>, Infallible>>>) {
+        let (tx, rx) = mpsc::channel(16);
+        (tx, StreamBody::new(ReceiverStream::new(rx)))
+    }
+
+    fn limits(timeout_s: u64, min_rate: u64, grace_s: u64) -> BodyLimits {
+        BodyLimits {
+            timeout: Duration::from_secs(timeout_s),
+            min_rate,
+            grace: Duration::from_secs(grace_s),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_there_at_once_is_read_whole_and_one_announced_too_large_is_refused() {
+        let b = Bytes::from_static(b"{\"model\":\"m\"}");
+        let got = read_body(Full::new(b.clone()), 100, &BodyLimits::default())
+            .await
+            .unwrap();
+        assert_eq!(got, b);
+        assert_eq!(got.as_ptr(), b.as_ptr(), "one frame is handed on, not copied");
+        let e = read_body(Full::new(b), 5, &BodyLimits::default())
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ProxyError::TooLarge(5)), "{e:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn frames_are_joined_and_the_size_limit_counts_what_arrives() {
+        let (tx, body) = channel_body();
+        for part in ["ab", "cd", "ef"] {
+            tx.send(Ok(Frame::data(Bytes::from(part)))).await.unwrap();
+        }
+        drop(tx);
+        assert_eq!(
+            read_body(body, 6, &BodyLimits::default()).await.unwrap(),
+            "abcdef"
+        );
+        let (tx, body) = channel_body();
+        tx.send(Ok(Frame::data(Bytes::from("abcdefg")))).await.unwrap();
+        let e = read_body(body, 6, &BodyLimits::default()).await.unwrap_err();
+        assert!(matches!(e, ProxyError::TooLarge(6)), "{e:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_body_times_out_at_the_deadline() {
+        let (tx, body) = channel_body();
+        tx.send(Ok(Frame::data(Bytes::from("part")))).await.unwrap();
+        let t0 = Instant::now();
+        let e = read_body(body, 100, &limits(5, 0, 0)).await.unwrap_err();
+        assert!(matches!(e, ProxyError::BodyTimeout), "{e:?}");
+        let took = t0.elapsed();
+        assert!(
+            took >= Duration::from_secs(5) && took < Duration::from_millis(5100),
+            "{took:?}"
+        );
+        drop(tx);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_slower_than_the_minimum_rate_is_cut_once_the_grace_is_over() {
+        // 10 bytes each 200 ms: 50 B/s, under 100 B/s.
+        let (tx, body) = channel_body();
+        let feed = tokio::spawn(async move {
+            loop {
+                if tx
+                    .send(Ok(Frame::data(Bytes::from_static(&[b' '; 10]))))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+        let t0 = Instant::now();
+        let e = read_body(body, 1 << 20, &limits(60, 100, 2)).await.unwrap_err();
+        assert!(matches!(e, ProxyError::BodyTimeout), "{e:?}");
+        let took = t0.elapsed();
+        assert!(
+            took >= Duration::from_secs(2) && took < Duration::from_millis(2100),
+            "{took:?}"
+        );
+        feed.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_at_the_minimum_rate_is_read_whole() {
+        // 150 bytes each second for 8 s, over a minimum of 100 B/s.
+        let (tx, body) = channel_body();
+        tokio::spawn(async move {
+            for _ in 0..8 {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                tx.send(Ok(Frame::data(Bytes::from_static(&[b' '; 150]))))
+                    .await
+                    .unwrap();
+            }
+        });
+        let got = read_body(body, 1 << 20, &limits(60, 100, 2)).await.unwrap();
+        assert_eq!(got.len(), 1200);
+    }
+
+    #[test]
+    fn absurd_limits_do_not_overflow() {
+        let l = BodyLimits {
+            timeout: Duration::MAX,
+            min_rate: 1,
+            grace: Duration::MAX,
+        };
+        let now = Instant::now();
+        assert!(l.check(now, now, u64::MAX).is_ok());
+    }
 }

@@ -225,7 +225,9 @@ impl Drop for Finish {
     /// logs such a request: 499.
     fn drop(&mut self) {
         if !self.settled {
-            self.status = STATUS_CLIENT_CLOSED;
+            if self.status == 0 {
+                self.status = STATUS_CLIENT_CLOSED;
+            }
             self.settle(Outcome::ClientAborted, None);
         }
     }
@@ -491,7 +493,10 @@ impl Body for RelayBody {
             // An error event may be appended: never promise an exact length.
             return SizeHint::default();
         }
-        let mut h = self.inner.as_ref().map_or_else(|| SizeHint::with_exact(0), |b| b.size_hint());
+        let mut h = self
+            .inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), |b| b.size_hint());
         if let Some(f) = &self.first {
             let n = f.len() as u64;
             h.set_lower(h.lower() + n);

@@ -47,7 +47,13 @@ pub struct Limits {
     pub send: Duration,
 }
 
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken, drain: Duration, limits: Limits) {
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+    drain: Duration,
+    limits: Limits,
+) {
     let header_timeout = limits.header;
     let mut builder = http1::Builder::new();
     // hyper's own header-read timeout arms, and then drops, a timer for every request
@@ -395,7 +401,11 @@ impl Sending {
 }
 
 impl AsyncRead for Sending {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
     }
 }
@@ -474,7 +484,7 @@ mod tests {
         type Output = ();
         fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
             self.0.waker.register(cx.waker());
-            if self.0.order.load(Acquire) == CLOSE {
+            if self.0.order.load(Acquire) >= CLOSE {
                 Poll::Ready(())
             } else {
                 Poll::Pending
@@ -483,7 +493,7 @@ mod tests {
     }
 
     fn closed(c: &Conn) -> bool {
-        c.order.load(Acquire) == CLOSE
+        c.order.load(Acquire) >= CLOSE
     }
 
     #[test]
@@ -525,6 +535,32 @@ mod tests {
             drop(Answering::begin(&c)); // answered at once, before the next look
         }
         assert!(!closed(&c));
+    }
+
+    #[test]
+    fn a_write_stalled_for_the_send_limit_closes_the_connection_and_progress_resets_it() {
+        let conns = Conns::new(Limits {
+            header: LIMIT,
+            send: LIMIT / 2,
+        });
+        assert_eq!((conns.header_periods, conns.send_periods), (4, 2));
+        let (c, _listed) = conns.add();
+        let _answering = Answering::begin(&c);
+        // Stalled, then resumed and stalled again before every other look: never a whole
+        // period in one stall.
+        for stall in 1..50u64 {
+            c.send.store(stall << 1 | 1, Relaxed);
+            conns.look();
+            conns.look();
+        }
+        assert!(!closed(&c));
+        c.send.store(50 << 1 | 1, Relaxed);
+        conns.look(); // the stall began during the period before this look
+        conns.look();
+        assert_eq!(c.order.load(Acquire), 0);
+        conns.look();
+        assert_eq!(c.order.load(Acquire), CLOSE_SEND);
+        assert!(closed(&c));
     }
 
     #[test]
