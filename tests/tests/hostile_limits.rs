@@ -31,19 +31,31 @@ async fn mock_with(b: Behavior) -> MockServer {
     m
 }
 
+/// Model `m` on the mock, in both dialects.
 fn snap(m: &MockServer) -> pb::Snapshot {
     snapshot(
         1,
-        vec![provider("oa", "openai", &m.openai_base(), &[("k", "s")])],
-        vec![model("m", "round_robin", vec![backend("oa", "oa", "", 1, 0)])],
+        vec![
+            provider("oa", "openai", &m.openai_base(), &[("k", "s")]),
+            provider("an", "anthropic", &m.url(), &[("k", "s")]),
+        ],
+        vec![model(
+            "m",
+            "round_robin",
+            vec![backend("oa", "oa", "", 1, 0), backend("an", "an", "", 1, 0)],
+        )],
         vec![key("main", KEY, &[])],
     )
 }
 
 /// A chat request's head (and, when `body` is given, its whole body) as raw bytes.
 fn chat_request(id: &str, body: &str, content_length: usize) -> Vec<u8> {
+    request("/v1/chat/completions", id, body, content_length)
+}
+
+fn request(path: &str, id: &str, body: &str, content_length: usize) -> Vec<u8> {
     format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {KEY}\r\n\
+        "POST {path} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {KEY}\r\n\
          content-type: application/json\r\nx-request-id: {id}\r\ncontent-length: {content_length}\r\n\r\n{body}"
     )
     .into_bytes()
@@ -239,12 +251,18 @@ async fn a_client_that_stops_reading_is_cut_after_the_send_timeout() -> Result<(
     Ok(())
 }
 
-/// Starts a stream, reads its head and first event, and hangs up; returns once the
-/// worker booked it, with its access line.
-async fn read_first_event_and_hang_up(w: &Proc, id: &str) -> Result<String> {
+/// Starts a stream (`/v1/chat/completions`, or `/v1/messages` when `anthropic`), reads
+/// its head and first event, and hangs up; returns once the worker booked it, with its
+/// access line.
+async fn read_first_event_and_hang_up(w: &Proc, id: &str, anthropic: bool) -> Result<String> {
     let mut s = TcpStream::connect(w.addr("http")).await?;
     let body = stream_body();
-    s.write_all(&chat_request(id, &body, body.len())).await?;
+    let path = if anthropic {
+        "/v1/messages"
+    } else {
+        "/v1/chat/completions"
+    };
+    s.write_all(&request(path, id, &body, body.len())).await?;
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     while !got.windows(6).any(|x| x == b"data: ") {
@@ -275,17 +293,21 @@ async fn an_aborted_stream_is_drained_for_its_usage_and_booked_client_aborted() 
 
     // Default: the worker reads on (up to 10 s / 1 MiB) and books the upstream's count.
     let (w, _d) = start_with_snapshot(&snap(&m), &[]).await?;
-    let line = read_first_event_and_hang_up(&w, "drained").await?;
+    let line = read_first_event_and_hang_up(&w, "drained", false).await?;
     assert!(line.contains(" outcome=client_aborted"), "{line}");
     assert!(line.contains(" stream=true"), "{line}");
+    assert!(line.contains(" status=200 "), "{line}");
     assert_eq!(metric(&w, prompt).await?, 7.0);
     assert_eq!(metric(&w, completion).await?, 11.0);
 
-    // `--abort-drain 0`: what was seen when the client left is booked (no usage yet).
+    // `--abort-drain 0`: what was seen when the client left is booked. An Anthropic
+    // stream's first event (`message_start`) carries the input tokens and one output token;
+    // the final count (11) comes in `message_delta` at the end.
     let (w, _d) = start_with_snapshot(&snap(&m), &["--abort-drain", "0"]).await?;
-    let line = read_first_event_and_hang_up(&w, "not-drained").await?;
+    let line = read_first_event_and_hang_up(&w, "not-drained", true).await?;
     assert!(line.contains(" outcome=client_aborted"), "{line}");
-    assert_eq!(metric(&w, prompt).await?, 0.0);
-    assert_eq!(metric(&w, completion).await?, 0.0);
+    assert!(line.contains(" backend=an "), "{line}");
+    assert_eq!(metric(&w, prompt).await?, 7.0);
+    assert_eq!(metric(&w, completion).await?, 1.0);
     Ok(())
 }

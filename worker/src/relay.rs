@@ -530,14 +530,17 @@ impl Drop for RelayBody {
         // The client went away before the end.
         let drain = f.shared.abort_drain;
         let runtime = tokio::runtime::Handle::try_current();
-        let (Some(finish), Ok(rt), true, false) = (
-            self.finish.take(),
+        let (Ok(rt), true, false) = (
             runtime,
             drain.enabled(),
             matches!(self.scanner, UsageScanner::Off),
         ) else {
+            // Nothing to drain for (no usage to find), or no drain: book what was seen.
             drop(rest);
             self.end(Some(Outcome::ClientAborted));
+            return;
+        };
+        let Some(finish) = self.finish.take() else {
             return;
         };
         self.ended = true;
