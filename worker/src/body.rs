@@ -193,9 +193,10 @@ mod tests {
 
     use super::*;
 
-    type Tx = mpsc::Sender<Result<Frame<Bytes>, Infallible>>;
+    type Item = Result<Frame<Bytes>, Infallible>;
+    type Tx = mpsc::Sender<Item>;
 
-    fn channel_body() -> (Tx, StreamBody<ReceiverStream<Result<Frame<Bytes>, Infallible>>>) {
+    fn channel_body() -> (Tx, StreamBody<ReceiverStream<Item>>) {
         let (tx, rx) = mpsc::channel(16);
         (tx, StreamBody::new(ReceiverStream::new(rx)))
     }
@@ -287,10 +288,10 @@ mod tests {
         let (tx, body) = channel_body();
         tokio::spawn(async move {
             for _ in 0..8 {
-                tokio::time::sleep(Duration::from_secs(1)).await;
                 tx.send(Ok(Frame::data(Bytes::from_static(&[b' '; 150]))))
                     .await
                     .unwrap();
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
         });
         let got = read_body(body, 1 << 20, &limits(60, 100, 2)).await.unwrap();
