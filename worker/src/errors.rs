@@ -29,6 +29,9 @@ pub enum ProxyError {
     UnknownModel(String),
     #[error("request body is larger than the limit of {0} bytes")]
     TooLarge(usize),
+    /// The request body did not arrive in time or came too slowly (`BodyLimits`).
+    #[error("the request body was not received in time")]
+    BodyTimeout,
     #[error("not found: {0}")]
     NotFound(String),
     #[error("method not allowed")]
@@ -56,6 +59,7 @@ impl ProxyError {
             Self::UnknownModel(_) | Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::Connect | Self::Upstream(_) | Self::CredentialRejected => StatusCode::BAD_GATEWAY,
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Self::NoConfig | Self::NoBackend(_) | Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
@@ -71,6 +75,7 @@ impl ProxyError {
             Self::BadKey => "bad_key",
             Self::UnknownModel(_) => "unknown_model",
             Self::TooLarge(_) => "too_large",
+            Self::BodyTimeout => "body_timeout",
             Self::NotFound(_) => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Connect => "connect",
@@ -93,7 +98,7 @@ impl ProxyError {
 
     fn openai_type(&self) -> &'static str {
         match self.status().as_u16() {
-            400 | 404 | 413 | 405 => "invalid_request_error",
+            400 | 404 | 405 | 408 | 413 => "invalid_request_error",
             401 => "authentication_error",
             403 => "permission_error",
             502 | 504 => "upstream_error",
@@ -103,7 +108,7 @@ impl ProxyError {
 
     fn anthropic_type(&self) -> &'static str {
         match self.status().as_u16() {
-            400 | 405 => "invalid_request_error",
+            400 | 405 | 408 => "invalid_request_error",
             401 => "authentication_error",
             403 => "permission_error",
             404 => "not_found_error",
@@ -174,6 +179,12 @@ impl ProxyError {
         *resp.status_mut() = self.status();
         resp.headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if matches!(self, Self::BodyTimeout) {
+            // The rest of the body may still be on its way: the connection cannot carry
+            // another request, so hyper closes it after this answer.
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         resp
     }
 }

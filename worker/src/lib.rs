@@ -89,8 +89,21 @@ pub struct Config {
     /// keep-alive included, before it is closed (`server::Conns`): from this to 1.5× this.
     pub header_timeout: Duration,
     pub max_body_bytes: usize,
-    /// Longest cool-down an upstream's `Retry-After` can put on a credential.
+    /// Deadline and minimum rate of a request body's arrival (`body::read_body`): 60 s,
+    /// and 1024 B/s on average once 10 s have passed. Too late or too slow: 408, and the
+    /// connection is closed.
+    pub body_limits: body::BodyLimits,
+    /// How long a client may leave a response unread (its socket's send buffer full, the
+    /// write pending) before its connection is closed and the request booked as
+    /// `client_aborted` (`server::Conns`, like nginx's `send_timeout`): from this to 1.5×
+    /// this. Default 60 s.
+    pub send_timeout: Duration,
+    /// The longest cool-down an upstream `Retry-After` can put on a credential. Default
+    /// 10 minutes.
     pub retry_after_cap: Duration,
+    /// How much of an upstream answer is still read, for its usage, after its client went
+    /// away (`relay::AbortDrain`). Default 10 s and 1 MiB.
+    pub abort_drain: relay::AbortDrain,
     pub breaker: BreakerConfig,
     /// Receives one `UsageEvent` per finished request (must not block).
     pub usage_sink: Option<Arc<dyn UsageSink>>,
@@ -134,7 +147,10 @@ impl Config {
             drain_timeout: Duration::from_secs(30),
             header_timeout: Duration::from_secs(30),
             max_body_bytes: 32 * 1024 * 1024,
+            body_limits: body::BodyLimits::default(),
+            send_timeout: Duration::from_secs(60),
             retry_after_cap: Duration::from_secs(600),
+            abort_drain: relay::AbortDrain::default(),
             breaker: BreakerConfig::default(),
             usage_sink: None,
             health_sink: None,
@@ -200,8 +216,15 @@ pub struct Shared {
     pub health_sink: Option<Arc<dyn account::HealthSink>>,
     pub access_log: Option<AccessLog>,
     pub max_body_bytes: usize,
-    /// Longest cool-down an upstream's `Retry-After` can put on a credential.
+    /// Limits on a request body's arrival, for `body::read_body`.
+    pub body_limits: body::BodyLimits,
+    /// Cap on the cool-down from an upstream `Retry-After`.
     pub retry_after_cap: Duration,
+    pub abort_drain: relay::AbortDrain,
+    /// The abort drains in progress (`relay::AbortDrain`), waited for on shutdown...
+    pub drains: TaskTracker,
+    /// ...once this told them to book what they have.
+    pub drain_stop: CancellationToken,
     pub worker_id: String,
     pub tasks: TaskTracker,
     /// Wakes the reporter from its quiet sleep (health flips, snapshot swaps; the usage
@@ -292,6 +315,10 @@ impl Running {
         self.shared.draining.store(true, Ordering::Relaxed);
         self.stop_accept.cancel();
         let _ = self.server.await;
+        // Abort drains book what they read before the reporter's last flush.
+        self.shared.drain_stop.cancel();
+        self.shared.drains.close();
+        self.shared.drains.wait().await;
         self.shared.shutdown.cancel();
         self.shared.tasks.close();
         self.shared.tasks.wait().await;
@@ -342,7 +369,11 @@ pub async fn start(cfg: Config) -> Result<Running, Error> {
         health_sink: cfg.health_sink.clone(),
         access_log: cfg.access_log.clone(),
         max_body_bytes: cfg.max_body_bytes,
+        body_limits: cfg.body_limits,
         retry_after_cap: cfg.retry_after_cap,
+        abort_drain: cfg.abort_drain,
+        drains: TaskTracker::new(),
+        drain_stop: CancellationToken::new(),
         worker_id: cfg.worker_id.clone(),
         tasks: TaskTracker::new(),
         activity,
@@ -388,7 +419,10 @@ pub async fn start(cfg: Config) -> Result<Running, Error> {
         shared.clone(),
         stop_accept.clone(),
         cfg.drain_timeout,
-        cfg.header_timeout,
+        server::Limits {
+            header: cfg.header_timeout,
+            send: cfg.send_timeout,
+        },
     ));
     Ok(Running {
         http_addr,

@@ -40,6 +40,31 @@ struct Args {
     /// Largest accepted request body.
     #[arg(long, env = "SWITCHYARD_MAX_BODY_BYTES", default_value_t = 32 * 1024 * 1024)]
     max_body_bytes: usize,
+    /// How long a request body may take to arrive whole (counted from the first wait for
+    /// it); later: 408 and the connection is closed.
+    #[arg(long, env = "SWITCHYARD_BODY_TIMEOUT", default_value = "60s", value_parser = positive_duration)]
+    body_timeout: Duration,
+    /// Slowest accepted request body, in bytes per second averaged since the first wait,
+    /// enforced once `--body-rate-grace` has passed (0: no minimum).
+    #[arg(long, env = "SWITCHYARD_BODY_MIN_RATE", default_value_t = 1024)]
+    body_min_rate: u64,
+    /// How long a request body may arrive slower than `--body-min-rate`.
+    #[arg(long, env = "SWITCHYARD_BODY_RATE_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    body_rate_grace: Duration,
+    /// How long a client may leave a response unread (its writes pending) before its
+    /// connection is closed and the request booked as client_aborted.
+    #[arg(long, env = "SWITCHYARD_SEND_TIMEOUT", default_value = "60s", value_parser = positive_duration)]
+    send_timeout: Duration,
+    /// Longest cool-down an upstream's `Retry-After` may put on a credential.
+    #[arg(long, env = "SWITCHYARD_RETRY_AFTER_CAP", default_value = "10m", value_parser = humantime::parse_duration)]
+    retry_after_cap: Duration,
+    /// How long the worker keeps reading an upstream answer, for its usage, after the
+    /// client went away mid-answer (0: not at all; what was seen is booked).
+    #[arg(long, env = "SWITCHYARD_ABORT_DRAIN", default_value = "10s", value_parser = humantime::parse_duration)]
+    abort_drain: Duration,
+    /// How many bytes of such an answer it reads at most (0: not at all).
+    #[arg(long, env = "SWITCHYARD_ABORT_DRAIN_BYTES", default_value_t = 1024 * 1024)]
+    abort_drain_bytes: usize,
     /// Threads serving traffic (default: the CPUs this process may run on). With one, the
     /// worker runs on a single-threaded runtime: no work-stealing machinery to pay for.
     #[arg(long, env = "SWITCHYARD_WORKER_THREADS")]
@@ -123,6 +148,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
     cfg.drain_timeout = args.drain_timeout;
     cfg.header_timeout = args.header_timeout;
     cfg.max_body_bytes = args.max_body_bytes;
+    cfg.body_limits = switchyard_worker::body::BodyLimits {
+        timeout: args.body_timeout,
+        min_rate: args.body_min_rate,
+        grace: args.body_rate_grace,
+    };
+    cfg.send_timeout = args.send_timeout;
+    cfg.retry_after_cap = args.retry_after_cap;
+    cfg.abort_drain = switchyard_worker::relay::AbortDrain {
+        time: args.abort_drain,
+        bytes: args.abort_drain_bytes,
+    };
     cfg.access_log = Some(access_log);
     cfg.breaker.failure_threshold = args.eject_after.max(1);
     cfg.breaker.base_ejection_ms = args.ejection_time.as_millis() as u64;

@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Instant};
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tracing::warn;
 
@@ -133,8 +133,10 @@ async fn proxy(
         ProviderKind::Anthropic => Dialect::Anthropic,
     };
     let request_id = request_id(req.headers());
-    shared.metrics.inflight.inc();
     shared.budget.record_request(shared.clock.now_ms());
+    // Counts the request in flight; books it as `client_aborted` if this future is dropped
+    // (the client hung up) before an answer is built. An answer takes it over
+    // (`Finish::hand_over` in `build_response`).
     let mut fin = Finish::new(shared.clone(), request_id.clone(), req.uri().path().to_string());
     let mut resp = match forward(&shared, req, kind, dialect, &mut fin, memo).await {
         Ok(r) => r,
@@ -151,13 +153,7 @@ async fn proxy(
                 _ => Outcome::Rejected,
             };
             let retries = fin.retries;
-            if e.retry_safe() {
-                shared
-                    .metrics
-                    .upstream_errors
-                    .get_or_create(&vec![("kind", e.label().to_string())])
-                    .inc();
-            }
+            // Upstream errors were counted per attempt in `forward`.
             fin.done(outcome, None);
             let mut r = e.into_response_for(dialect, Some(&request_id));
             if retries > 0 {
@@ -223,25 +219,7 @@ async fn forward(
     }
 
     let (parts, body) = req.into_parts();
-    let limit = shared.max_body_bytes;
-    if let Some(len) = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-    {
-        if len > limit as u64 {
-            return Err(ProxyError::TooLarge(limit));
-        }
-    }
-    let bytes: Bytes = match Limited::new(body, limit).collect().await {
-        Ok(c) => c.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(ProxyError::TooLarge(limit)),
-        Err(e) => {
-            return Err(ProxyError::BadRequest(format!(
-                "could not read the request body: {e}"
-            )))
-        }
-    };
+    let bytes = crate::body::read_body(body, shared.max_body_bytes, &shared.body_limits).await?;
     let head = extract::scan(&bytes).map_err(ProxyError::BadRequest)?;
     let model_name = head
         .model
@@ -620,25 +598,14 @@ fn build_response(
     let provider = &routing.providers[backend.provider];
     let cred = &provider.credentials[ci];
     let retries = fin.retries;
-    let f = Finish {
-        shared: fin.shared.clone(),
-        request_id: std::mem::take(&mut fin.request_id),
-        key_id: fin.key_id.clone(),
-        key_name: fin.key_name.clone(),
-        model: fin.model.clone(),
-        backend: backend.name.clone(),
-        provider: provider.name.clone(),
-        credential: cred.name.clone(),
-        endpoint: std::mem::take(&mut fin.endpoint),
-        model_metrics: fin.model_metrics.take(),
-        backend_metrics: Some(backend.metrics.clone()),
-        stream: fin.stream || sse,
-        retries,
-        status: rparts.status.as_u16(),
-        start: fin.start,
-        ttfb: fin.ttfb,
-        error: None,
-    };
+    let mut f = fin.hand_over();
+    f.backend = backend.name.clone();
+    f.provider = provider.name.clone();
+    f.credential = cred.name.clone();
+    f.backend_metrics = Some(backend.metrics.clone());
+    f.stream |= sse;
+    f.status = rparts.status.as_u16();
+    f.error = None;
     let relay = RelayBody::new(
         first,
         rbody,

@@ -2,6 +2,13 @@
 //! (never buffered), while watching it: idle and total timeouts, a dialect error event
 //! when a stream breaks after its first byte, usage counting, and the end-of-request
 //! log line, metrics and usage event (written when the stream ends or is dropped).
+//!
+//! Every request settles exactly once: `Finish` counts it in flight from its creation
+//! and, if dropped unsettled (the client hung up while the worker waited for the
+//! upstream), books it as `client_aborted` with status 499. A relayed body dropped before
+//! its end (the client hung up, or stopped reading for `--send-timeout`) is booked as
+//! `client_aborted` too, after a bounded drain of the upstream's rest for its usage
+//! (`AbortDrain`).
 use std::{
     pin::Pin,
     sync::Arc,
@@ -45,6 +52,8 @@ pub struct Finish {
     pub start: Instant,
     pub ttfb: Option<Duration>,
     pub error: Option<&'static str>,
+    /// Booked (or handed over): nothing left for `Drop` to do.
+    settled: bool,
 }
 
 /// The empty name, shared (an `Arc<str>` of "" would otherwise allocate per request).
@@ -54,7 +63,9 @@ pub fn empty_name() -> Arc<str> {
 }
 
 impl Finish {
+    /// Counts the request in flight until it is settled (`done`, or `Drop`).
     pub fn new(shared: Arc<Shared>, request_id: String, endpoint: String) -> Self {
+        shared.metrics.inflight.inc();
         let e = empty_name();
         Self {
             shared,
@@ -74,10 +85,45 @@ impl Finish {
             start: Instant::now(),
             ttfb: None,
             error: None,
+            settled: false,
         }
     }
 
-    pub fn done(self, outcome: Outcome, usage: Option<Usage>) {
+    /// The request's bookkeeping, moved into a new `Finish` (for the relayed body), which
+    /// now owns the in-flight count; `self` is left settled and books nothing.
+    pub fn hand_over(&mut self) -> Finish {
+        self.settled = true;
+        Finish {
+            shared: self.shared.clone(),
+            request_id: std::mem::take(&mut self.request_id),
+            key_id: self.key_id.clone(),
+            key_name: self.key_name.clone(),
+            model: self.model.clone(),
+            backend: self.backend.clone(),
+            provider: self.provider.clone(),
+            credential: self.credential.clone(),
+            endpoint: std::mem::take(&mut self.endpoint),
+            model_metrics: self.model_metrics.take(),
+            backend_metrics: self.backend_metrics.take(),
+            stream: self.stream,
+            retries: self.retries,
+            status: self.status,
+            start: self.start,
+            ttfb: self.ttfb,
+            error: self.error,
+            settled: false,
+        }
+    }
+
+    /// Books the request: metrics, access line, usage event.
+    pub fn done(mut self, outcome: Outcome, usage: Option<Usage>) {
+        self.settle(outcome, usage);
+    }
+
+    fn settle(&mut self, outcome: Outcome, usage: Option<Usage>) {
+        if std::mem::replace(&mut self.settled, true) {
+            return;
+        }
         let latency = self.start.elapsed();
         let m = &self.shared.metrics;
         m.inflight.dec();
@@ -120,14 +166,14 @@ impl Finish {
         if let Some(sink) = &self.shared.usage_sink {
             sink.record(UsageEvent {
                 ts_ms: crate::unix_ms(),
-                request_id: self.request_id,
-                key_id: self.key_id,
-                key_name: self.key_name,
-                model: self.model,
-                backend: self.backend,
-                provider: self.provider,
-                credential: self.credential,
-                endpoint: self.endpoint,
+                request_id: std::mem::take(&mut self.request_id),
+                key_id: self.key_id.clone(),
+                key_name: self.key_name.clone(),
+                model: self.model.clone(),
+                backend: self.backend.clone(),
+                provider: self.provider.clone(),
+                credential: self.credential.clone(),
+                endpoint: std::mem::take(&mut self.endpoint),
                 status: self.status,
                 stream: self.stream,
                 retries: self.retries,
@@ -172,6 +218,23 @@ impl Finish {
         l.push(b'\n');
     }
 }
+
+impl Drop for Finish {
+    /// Unsettled at its end: the request's future was dropped before an answer went out,
+    /// which hyper does when the client hangs up. Booked with what is known, as nginx
+    /// logs such a request: 499.
+    fn drop(&mut self) {
+        if !self.settled {
+            if self.status == 0 {
+                self.status = STATUS_CLIENT_CLOSED;
+            }
+            self.settle(Outcome::ClientAborted, None);
+        }
+    }
+}
+
+/// nginx's "client closed request", for a request whose client left before its answer.
+pub const STATUS_CLIENT_CLOSED: u16 = 499;
 
 /// The log target of the per-request line (`RUST_LOG=switchyard::access=off` silences it).
 pub const ACCESS_TARGET: &str = "switchyard::access";
@@ -225,10 +288,36 @@ fn kv(l: &mut Vec<u8>, k: &str, v: &str) {
     }
 }
 
+/// How much of an upstream answer the worker still reads, for its usage, after the client
+/// went away mid-body (`--abort-drain`, `--abort-drain-bytes`). The upstream bills for
+/// the whole answer; reading on (in a task tracked by `Shared::drains`) books the tokens
+/// it reports at the end. Either limit at zero turns the drain off: what was seen is booked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AbortDrain {
+    pub time: Duration,
+    pub bytes: usize,
+}
+
+impl Default for AbortDrain {
+    fn default() -> Self {
+        Self {
+            time: Duration::from_secs(10),
+            bytes: 1024 * 1024,
+        }
+    }
+}
+
+impl AbortDrain {
+    fn enabled(&self) -> bool {
+        !self.time.is_zero() && self.bytes > 0
+    }
+}
+
 #[derive(Debug)]
 pub struct RelayBody {
     first: Option<Bytes>,
-    inner: crate::upstream::Body,
+    /// `None` only once `Drop` gave it to the abort drain.
+    inner: Option<crate::upstream::Body>,
     sse: bool,
     dialect: Dialect,
     idle: Duration,
@@ -244,7 +333,8 @@ pub struct RelayBody {
     backend_state: Arc<EndpointState>,
     /// The worker added `include_usage` upstream: remove its traces from what the client sees.
     strip_usage: bool,
-    _guards: [InflightGuard; 2],
+    /// The backend's and credential's in-flight counts (moved to the abort drain, if any).
+    guards: Option<[InflightGuard; 2]>,
 }
 
 impl RelayBody {
@@ -273,7 +363,7 @@ impl RelayBody {
         };
         Self {
             first,
-            inner,
+            inner: Some(inner),
             sse,
             dialect,
             idle,
@@ -286,7 +376,7 @@ impl RelayBody {
             outcome,
             backend_state,
             strip_usage: strip_usage && sse,
-            _guards: guards,
+            guards: Some(guards),
         }
     }
 
@@ -347,7 +437,10 @@ impl Body for RelayBody {
         if this.ended {
             return Poll::Ready(None);
         }
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 let frame = match frame.into_data() {
                     Ok(d) => {
@@ -395,7 +488,7 @@ impl Body for RelayBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.first.is_none() && (self.ended || self.inner.is_end_stream())
+        self.first.is_none() && (self.ended || self.inner.as_ref().is_none_or(|b| b.is_end_stream()))
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -403,7 +496,10 @@ impl Body for RelayBody {
             // An error event may be appended: never promise an exact length.
             return SizeHint::default();
         }
-        let mut h = self.inner.size_hint();
+        let mut h = self
+            .inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), |b| b.size_hint());
         if let Some(f) = &self.first {
             let n = f.len() as u64;
             h.set_lower(h.lower() + n);
@@ -417,14 +513,90 @@ impl Body for RelayBody {
 
 impl Drop for RelayBody {
     fn drop(&mut self) {
-        if self.finish.is_some() {
-            // hyper stops polling once a body with a known length is complete, so a
-            // fully relayed body can be dropped without a final `None`.
-            if self.first.is_none() && self.inner.is_end_stream() {
+        let Some(f) = self.finish.as_ref() else {
+            return;
+        };
+        // hyper stops polling once a body with a known length is complete, so a fully
+        // relayed body can be dropped without a final `None`.
+        let rest = match self.inner.take() {
+            Some(b) if self.first.is_none() && b.is_end_stream() => {
+                self.inner = Some(b);
                 self.end(None);
-            } else {
-                self.end(Some(Outcome::ClientAborted));
+                return;
             }
+            Some(b) => b,
+            None => {
+                self.end(Some(Outcome::ClientAborted));
+                return;
+            }
+        };
+        // The client went away before the end.
+        let drain = f.shared.abort_drain;
+        let runtime = tokio::runtime::Handle::try_current();
+        let (Ok(rt), true, false) = (
+            runtime,
+            drain.enabled(),
+            matches!(self.scanner, UsageScanner::Off),
+        ) else {
+            // Nothing to drain for (no usage to find), or no drain: book what was seen.
+            drop(rest);
+            self.end(Some(Outcome::ClientAborted));
+            return;
+        };
+        let Some(finish) = self.finish.take() else {
+            return;
+        };
+        self.ended = true;
+        if let Some(b) = self.first.take() {
+            // Counted by the scanner already; never sent.
+            drop(b);
+        }
+        let mut scanner = std::mem::replace(&mut self.scanner, UsageScanner::Off);
+        let guards = self.guards.take();
+        let shared = finish.shared.clone();
+        let stop = shared.drain_stop.clone();
+        shared.drains.spawn_on(
+            async move {
+                let _guards = guards;
+                let complete = drain_rest(rest, &mut scanner, drain, &stop).await;
+                finish.done(Outcome::ClientAborted, scanner.finish(complete));
+            },
+            &rt,
+        );
+    }
+}
+
+/// Reads what is left of an upstream answer into `scanner`, within `limit`'s time and
+/// bytes, until `stop`; `true` when the answer was read to its end. Dropping the body
+/// then closes the connection, or returns it to its pool when read whole.
+async fn drain_rest(
+    mut rest: crate::upstream::Body,
+    scanner: &mut UsageScanner,
+    limit: AbortDrain,
+    stop: &tokio_util::sync::CancellationToken,
+) -> bool {
+    use http_body_util::BodyExt as _;
+    let deadline = tokio::time::sleep(limit.time.min(Duration::from_secs(365 * 86_400)));
+    tokio::pin!(deadline);
+    let mut read = 0usize;
+    loop {
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => return false,
+            () = &mut deadline => return false,
+            f = rest.frame() => match f {
+                None => return true,
+                Some(Err(_)) => return false,
+                Some(Ok(frame)) => {
+                    if let Ok(d) = frame.into_data() {
+                        read += d.len();
+                        scanner.observe(&d);
+                        if read >= limit.bytes {
+                            return rest.is_end_stream();
+                        }
+                    }
+                }
+            },
         }
     }
 }
