@@ -27,6 +27,8 @@ pub mod proxy;
 pub mod relay;
 pub mod report;
 pub mod server;
+pub mod strip;
+pub mod toplevel;
 pub mod upstream;
 pub mod watch;
 
