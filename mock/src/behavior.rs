@@ -36,6 +36,24 @@ pub struct Behavior {
     pub usage: Usage,
     /// Requests carrying one of these credentials get a 401 in their dialect.
     pub reject_credentials: Vec<String>,
+    /// How the JSON of answers (bodies and SSE events) is serialised. A long `reply`
+    /// makes a non-streamed answer as large as wanted (e.g. over the worker's 256 KiB).
+    pub json_style: JsonStyle,
+}
+
+/// The serialisation of the mock's JSON, for testing readers that must not assume one.
+///
+/// JSON: `"compact"` (default, serde_json's: no white space, keys sorted), `"spaced"`
+/// (white space around every token: new lines in bodies, spaces in SSE events, which
+/// must stay on one line), `"hostile"` (spaced, the top-level `usage` member first, and
+/// the keys `usage` and `choices` written with `\u` escapes).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JsonStyle {
+    #[default]
+    Compact,
+    Spaced,
+    Hostile,
 }
 
 impl Default for Behavior {
@@ -50,6 +68,7 @@ impl Default for Behavior {
             reply: DEFAULT_REPLY.to_string(),
             usage: Usage::default(),
             reject_credentials: Vec::new(),
+            json_style: JsonStyle::Compact,
         }
     }
 }
@@ -152,6 +171,12 @@ mod tests {
         let b: Behavior = serde_json::from_str(r#"{"fault":"hang","status":429}"#).unwrap();
         assert_eq!(b.fault, Fault::Hang);
         assert_eq!(b.status, Some(429));
+    }
+
+    #[test]
+    fn json_style_parses() {
+        let b: Behavior = serde_json::from_str(r#"{"json_style":"hostile"}"#).unwrap();
+        assert_eq!(b.json_style, JsonStyle::Hostile);
     }
 
     #[test]
