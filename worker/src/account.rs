@@ -748,7 +748,7 @@ fn object_follows(after_key: &[u8]) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -952,6 +952,166 @@ mod tests {
             }
             prop_assert_eq!(s.finish(true), seen.then_some(by_line));
         });
+    }
+
+    /// What a conformant parser (serde_json) reads as a document's usage, merged into
+    /// `u` with the scanner's rules; whether there was one.
+    pub(crate) fn serde_apply(doc: &serde_json::Value, u: &mut Usage) -> bool {
+        use serde_json::Value;
+        let top = doc.get("usage").filter(|v| v.is_object());
+        let Some(usage) = top.or_else(|| doc.get("message")?.get("usage").filter(|v| v.is_object())) else {
+            return false;
+        };
+        let g = |k: &str| usage.get(k).and_then(Value::as_u64);
+        if g("prompt_tokens").is_some() || g("completion_tokens").is_some() {
+            u.prompt_tokens = g("prompt_tokens").unwrap_or(0);
+            u.completion_tokens = g("completion_tokens").unwrap_or(0);
+            u.total_tokens = g("total_tokens").unwrap_or(u.prompt_tokens.saturating_add(u.completion_tokens));
+            u.cached_tokens = usage["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap_or(0);
+            u.reasoning_tokens = usage["completion_tokens_details"]["reasoning_tokens"].as_u64().unwrap_or(0);
+            return true;
+        }
+        let mut found = false;
+        if let Some(input) = g("input_tokens") {
+            let read = g("cache_read_input_tokens").unwrap_or(0);
+            u.prompt_tokens = input.saturating_add(read).saturating_add(g("cache_creation_input_tokens").unwrap_or(0));
+            u.cached_tokens = read;
+            found = true;
+        }
+        if let Some(out) = g("output_tokens") {
+            u.completion_tokens = out;
+            found = true;
+        }
+        u.total_tokens = u.prompt_tokens.saturating_add(u.completion_tokens);
+        found
+    }
+
+    /// `text` cut into reads at the points `cuts` picks.
+    pub(crate) fn reads(text: &[u8], cuts: &[usize]) -> Vec<Bytes> {
+        let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (text.len() + 1)).collect();
+        cuts.sort_unstable();
+        let mut at = 0;
+        let mut v = Vec::new();
+        for c in cuts.into_iter().chain([text.len()]) {
+            v.push(Bytes::copy_from_slice(&text[at..c]));
+            at = c;
+        }
+        v
+    }
+
+    /// An SSE stream of generated chunks in random serialisations and framings, and the
+    /// documents in it.
+    pub(crate) fn sse_stream(r: &mut crate::toplevel::testgen::Rng) -> (Vec<u8>, Vec<serde_json::Value>) {
+        use crate::toplevel::testgen::{document, serialise};
+        let mut text = Vec::new();
+        let mut docs = Vec::new();
+        for _ in 0..r.below(7) {
+            let nl: &[u8] = if r.chance(3) { b"\r\n" } else { b"\n" };
+            if r.chance(6) {
+                text.extend_from_slice(b": keep-alive");
+                text.extend_from_slice(nl);
+                text.extend_from_slice(nl);
+            }
+            let d = document(r, true);
+            if r.chance(4) {
+                text.extend_from_slice(b"event: chunk");
+                text.extend_from_slice(nl);
+            }
+            text.extend_from_slice(if r.chance(2) { b"data: " } else { b"data:" });
+            text.extend_from_slice(serialise(&d, r, true).as_bytes());
+            text.extend_from_slice(nl);
+            text.extend_from_slice(nl);
+            docs.push(d);
+        }
+        text.extend_from_slice(b"data: [DONE]\n\n");
+        (text, docs)
+    }
+
+    proptest::proptest! {
+        /// Non-streamed answers in any serialisation (white space, member order, key
+        /// escapes, duplicate `usage`), cut into reads anywhere: the scanner finds what
+        /// serde_json reads.
+        #[test]
+        fn json_usage_is_what_serde_reads(seed in 1u64.., cuts in proptest::collection::vec(0usize..4000, 0..6)) {
+            let mut r = crate::toplevel::testgen::Rng(seed);
+            let doc = crate::toplevel::testgen::document(&mut r, false);
+            let text = crate::toplevel::testgen::serialise(&doc, &mut r, false);
+            let mut want = Usage::default();
+            let want = serde_apply(&doc, &mut want).then_some(want);
+            let mut s = UsageScanner::new(false, true);
+            for c in reads(text.as_bytes(), &cuts) {
+                s.observe(&c);
+            }
+            proptest::prop_assert_eq!(s.finish(true), want, "{}", text);
+        }
+
+        /// Streams of such chunks, cut into reads anywhere: the scanner counts what
+        /// serde_json reads event by event.
+        #[test]
+        fn sse_usage_is_what_serde_reads(seed in 1u64.., cuts in proptest::collection::vec(0usize..4000, 0..10)) {
+            let mut r = crate::toplevel::testgen::Rng(seed);
+            let (text, docs) = sse_stream(&mut r);
+            let mut want = Usage::default();
+            let mut seen = false;
+            for d in &docs {
+                seen |= serde_apply(d, &mut want);
+            }
+            let mut s = UsageScanner::new(true, true);
+            for c in reads(&text, &cuts) {
+                s.observe(&c);
+            }
+            proptest::prop_assert_eq!(s.finish(true), seen.then_some(want), "{}", String::from_utf8_lossy(&text));
+        }
+    }
+
+    #[test]
+    fn a_body_over_the_kept_size_is_read_as_it_passes() {
+        // `usage` first, spaced, escaped, and a reply longer than MAX_JSON_KEEP.
+        let body = format!(
+            "{{ \"usag\\u0065\" : {{ \"prompt_tokens\" : 7 , \"completion_tokens\" : 9 }} ,\n \"choices\" : [ {{ \"message\" : {{ \"content\" : \"{}\" }} }} ] }}",
+            "x\\\"}".repeat(MAX_JSON_KEEP / 3)
+        );
+        let mut s = UsageScanner::new(false, true);
+        for c in body.as_bytes().chunks(8192) {
+            s.observe(&Bytes::copy_from_slice(c));
+        }
+        assert!(matches!(s, UsageScanner::Json { reader: Some(_), .. }));
+        let u = s.finish(true).unwrap();
+        assert_eq!((u.prompt_tokens, u.completion_tokens, u.total_tokens), (7, 9, 16));
+        // Cut short: nothing.
+        let mut s = UsageScanner::new(false, true);
+        s.observe(&Bytes::copy_from_slice(&body.as_bytes()[..body.len() - 1]));
+        assert_eq!(s.finish(false), None);
+    }
+
+    #[test]
+    fn an_sse_line_over_64_kib_is_read() {
+        let line = format!(
+            "data: {{\"choices\":[{{\"delta\":{{\"content\":\"{}\"}}}}],\"usage\":{{\"prompt_tokens\":1,\"completion_tokens\":2}}}}\n\n",
+            "y".repeat(200 * 1024)
+        );
+        let mut s = UsageScanner::new(true, true);
+        for c in line.as_bytes().chunks(5000) {
+            s.observe(&Bytes::copy_from_slice(c));
+        }
+        assert_eq!(s.finish(true).unwrap().total_tokens, 3);
+    }
+
+    #[test]
+    fn counts_saturate_and_odd_numbers_are_ignored() {
+        let parse = |body: &[u8]| {
+            let mut s = UsageScanner::new(false, true);
+            s.observe(&Bytes::copy_from_slice(body));
+            s.finish(true)
+        };
+        let u = parse(br#"{"usage":{"prompt_tokens":18446744073709551615,"completion_tokens":5}}"#).unwrap();
+        assert_eq!(u.total_tokens, u64::MAX);
+        let u = parse(br#"{"usage":{"input_tokens":18446744073709551615,"cache_read_input_tokens":9}}"#).unwrap();
+        assert_eq!(u.prompt_tokens, u64::MAX);
+        let u = parse(br#"{"usage":{"prompt_tokens":18446744073709551616,"completion_tokens":1.0,"total_tokens":-1}}"#);
+        assert_eq!(u, None);
+        let u = parse(br#"{"usage":{"prompt_tokens":3,"completion_tokens":1e1,"total_tokens":-1}}"#).unwrap();
+        assert_eq!((u.prompt_tokens, u.completion_tokens, u.total_tokens), (3, 0, 3));
     }
 
     #[test]

@@ -322,6 +322,64 @@ data: [DONE]\n\n";
         assert!(s.is_empty());
     }
 
+    /// The events of an SSE text, each as its data (a JSON value re-serialised by
+    /// serde_json, or the raw data), events without data left out.
+    fn events(text: &[u8]) -> Vec<String> {
+        let text = String::from_utf8_lossy(text);
+        let mut out = Vec::new();
+        let mut data: Option<String> = None;
+        for line in text.split('\n') {
+            let line = line.strip_suffix('\r').unwrap_or(line);
+            if line.is_empty() {
+                out.extend(data.take());
+                continue;
+            }
+            if let Some(d) = line.strip_prefix("data:") {
+                data = Some(match serde_json::from_str::<serde_json::Value>(d) {
+                    Ok(v) => v.to_string(),
+                    Err(_) => d.trim().to_string(),
+                });
+            }
+        }
+        out.extend(data);
+        out
+    }
+
+    proptest::proptest! {
+        /// Streams of generated OpenAI chunks in any serialisation (white space, member
+        /// order, key escapes, duplicate `usage`), framed with LF or CRLF, `data:` with
+        /// or without a space, cut into reads anywhere: parsed event by event with
+        /// serde_json, the stripped stream is the expected one (the usage-only event
+        /// gone, `usage: null` members gone, everything else equal).
+        #[test]
+        fn stripped_stream_is_what_serde_expects(seed in 1u64.., cuts in proptest::collection::vec(0usize..4000, 0..10)) {
+            use serde_json::Value;
+            let mut r = crate::toplevel::testgen::Rng(seed);
+            let (text, docs) = crate::account::tests::sse_stream(&mut r);
+            let mut want = Vec::new();
+            for d in docs {
+                let Value::Object(mut m) = d else { unreachable!() };
+                let no_choices = m.get("choices").and_then(Value::as_array).is_some_and(Vec::is_empty);
+                match m.get("usage") {
+                    Some(Value::Object(_)) if no_choices => continue,
+                    Some(Value::Null) => {
+                        m.remove("usage");
+                    }
+                    _ => {}
+                }
+                want.push(Value::Object(m).to_string());
+            }
+            want.push("[DONE]".to_string());
+            let mut s = Stripper::new();
+            let mut out = Vec::new();
+            for c in crate::account::tests::reads(&text, &cuts) {
+                out.extend_from_slice(&s.feed(c));
+            }
+            out.extend(s.finish().into_iter().flatten());
+            proptest::prop_assert_eq!(events(&out), want, "{}", String::from_utf8_lossy(&text));
+        }
+    }
+
     #[test]
     fn an_oversized_event_passes_through_unchanged() {
         let big = format!("data: {{\"choices\":[],\"x\":\"{}\",\"usage\":{{}}}}\n\n", "a".repeat(MAX_HELD_EVENT));
