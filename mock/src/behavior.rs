@@ -34,11 +34,11 @@ pub struct Behavior {
     pub reply: String,
     /// Token counts reported in usage blocks.
     pub usage: Usage,
-    /// Requests carrying one of these credentials get a 401 in their dialect.
-    pub reject_credentials: Vec<String>,
     /// How the JSON of answers (bodies and SSE events) is serialised. A long `reply`
     /// makes a non-streamed answer as large as wanted (e.g. over the worker's 256 KiB).
     pub json_style: JsonStyle,
+    /// Requests carrying one of these credentials get a 401 in their dialect.
+    pub reject_credentials: Vec<String>,
 }
 
 /// The serialisation of the mock's JSON, for testing readers that must not assume one.
@@ -67,8 +67,8 @@ impl Default for Behavior {
             chunk_delay_ms: 0,
             reply: DEFAULT_REPLY.to_string(),
             usage: Usage::default(),
-            reject_credentials: Vec::new(),
             json_style: JsonStyle::Compact,
+            reject_credentials: Vec::new(),
         }
     }
 }
