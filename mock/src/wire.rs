@@ -139,36 +139,45 @@ impl Prepared {
         let created = now_secs();
         let b = &behavior;
         let style = b.json_style;
-        let chat = Template::new(&json!({
-            "id": "chatcmpl-mock",
-            "object": "chat.completion",
-            "created": created,
-            "model": PLACEHOLDER,
-            "choices": [{
-                "index": 0,
-                "message": {"role": "assistant", "content": b.reply},
-                "finish_reason": "stop"
-            }],
-            "usage": openai_usage(&b.usage),
-        }), style);
-        let completion = Template::new(&json!({
-            "id": "cmpl-mock",
-            "object": "text_completion",
-            "created": created,
-            "model": PLACEHOLDER,
-            "choices": [{"text": b.reply, "index": 0, "logprobs": null, "finish_reason": "stop"}],
-            "usage": openai_usage(&b.usage),
-        }), style);
-        let message = Template::new(&json!({
-            "id": "msg_mock",
-            "type": "message",
-            "role": "assistant",
-            "model": PLACEHOLDER,
-            "content": [{"type": "text", "text": b.reply}],
-            "stop_reason": "end_turn",
-            "stop_sequence": null,
-            "usage": anthropic_usage(&b.usage),
-        }), style);
+        let chat = Template::new(
+            &json!({
+                "id": "chatcmpl-mock",
+                "object": "chat.completion",
+                "created": created,
+                "model": PLACEHOLDER,
+                "choices": [{
+                    "index": 0,
+                    "message": {"role": "assistant", "content": b.reply},
+                    "finish_reason": "stop"
+                }],
+                "usage": openai_usage(&b.usage),
+            }),
+            style,
+        );
+        let completion = Template::new(
+            &json!({
+                "id": "cmpl-mock",
+                "object": "text_completion",
+                "created": created,
+                "model": PLACEHOLDER,
+                "choices": [{"text": b.reply, "index": 0, "logprobs": null, "finish_reason": "stop"}],
+                "usage": openai_usage(&b.usage),
+            }),
+            style,
+        );
+        let message = Template::new(
+            &json!({
+                "id": "msg_mock",
+                "type": "message",
+                "role": "assistant",
+                "model": PLACEHOLDER,
+                "content": [{"type": "text", "text": b.reply}],
+                "stop_reason": "end_turn",
+                "stop_sequence": null,
+                "usage": anthropic_usage(&b.usage),
+            }),
+            style,
+        );
         Prepared {
             behavior,
             created,
@@ -354,7 +363,10 @@ impl StreamEvents {
     }
 
     fn sse_data(&self, v: &Value) -> Bytes {
-        Bytes::from(format!("data: {}\n\n", styled(v, self.prepared.behavior.json_style, " ")))
+        Bytes::from(format!(
+            "data: {}\n\n",
+            styled(v, self.prepared.behavior.json_style, " ")
+        ))
     }
 
     fn sse_event(&self, name: &str, v: &Value) -> Bytes {

@@ -26,8 +26,17 @@ async fn setup() -> Result<(MockServer, switchyard_tests::Proc, tempfile::TempDi
     .await?;
     let snap = snapshot(
         1,
-        vec![provider("oa", "openai", &m.openai_base(), &[("k1", "sk-upstream-1")])],
-        vec![model("gpt-x", "round_robin", vec![backend("oa-b", "oa", "real-x", 1, 0)])],
+        vec![provider(
+            "oa",
+            "openai",
+            &m.openai_base(),
+            &[("k1", "sk-upstream-1")],
+        )],
+        vec![model(
+            "gpt-x",
+            "round_robin",
+            vec![backend("oa-b", "oa", "real-x", 1, 0)],
+        )],
         vec![key("main", KEY, &[])],
     );
     let (w, dir) = start_with_snapshot(&snap, &[]).await?;
@@ -55,7 +64,10 @@ async fn tokens(c: &reqwest::Client, base: &str, ty: &str) -> Result<u64> {
 /// Wait until the worker booked `prompt` and `completion` tokens in all.
 async fn booked(c: &reqwest::Client, base: &str, prompt: u64, completion: u64) -> Result<()> {
     wait_for("tokens booked", Duration::from_secs(10), || async {
-        let got = (tokens(c, base, "prompt").await?, tokens(c, base, "completion").await?);
+        let got = (
+            tokens(c, base, "prompt").await?,
+            tokens(c, base, "completion").await?,
+        );
         if got == (prompt, completion) {
             Ok(Some(()))
         } else if got.0 > prompt || got.1 > completion {
@@ -108,7 +120,10 @@ async fn spaced_and_reordered_streams_lose_the_injected_usage_and_are_booked() -
         let events = data_events(&body);
         for e in &events {
             if let Some(o) = e.as_object() {
-                assert!(!o.contains_key("usage"), "{style:?}: a usage member reached the client: {body}");
+                assert!(
+                    !o.contains_key("usage"),
+                    "{style:?}: a usage member reached the client: {body}"
+                );
                 assert!(
                     o["choices"].as_array().is_some_and(|c| !c.is_empty()),
                     "{style:?}: an event with empty choices reached the client: {body}"

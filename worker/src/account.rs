@@ -281,9 +281,7 @@ impl UsageScanner {
     pub fn finish(&mut self, complete: bool) -> Option<Usage> {
         match self {
             Self::Off => None,
-            Self::Json {
-                reader: Some(r), ..
-            } => {
+            Self::Json { reader: Some(r), .. } => {
                 let mut u = Usage::default();
                 usage_of(r.usage(), r.message())?.apply(&mut u).then_some(u)
             }
@@ -325,7 +323,9 @@ fn continue_line(line: &mut Line, reader: &mut Option<Box<TopLevel>>, mut seg: &
         }
         seg = &seg[k..];
         *line = Line::Data;
-        reader.get_or_insert_with(|| Box::new(TopLevel::new(true))).reset();
+        reader
+            .get_or_insert_with(|| Box::new(TopLevel::new(true)))
+            .reset();
     }
     if *line == Line::Data {
         if let Some(r) = reader {
@@ -967,14 +967,20 @@ pub(crate) mod tests {
             u.prompt_tokens = g("prompt_tokens").unwrap_or(0);
             u.completion_tokens = g("completion_tokens").unwrap_or(0);
             u.total_tokens = g("total_tokens").unwrap_or(u.prompt_tokens.saturating_add(u.completion_tokens));
-            u.cached_tokens = usage["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap_or(0);
-            u.reasoning_tokens = usage["completion_tokens_details"]["reasoning_tokens"].as_u64().unwrap_or(0);
+            u.cached_tokens = usage["prompt_tokens_details"]["cached_tokens"]
+                .as_u64()
+                .unwrap_or(0);
+            u.reasoning_tokens = usage["completion_tokens_details"]["reasoning_tokens"]
+                .as_u64()
+                .unwrap_or(0);
             return true;
         }
         let mut found = false;
         if let Some(input) = g("input_tokens") {
             let read = g("cache_read_input_tokens").unwrap_or(0);
-            u.prompt_tokens = input.saturating_add(read).saturating_add(g("cache_creation_input_tokens").unwrap_or(0));
+            u.prompt_tokens = input
+                .saturating_add(read)
+                .saturating_add(g("cache_creation_input_tokens").unwrap_or(0));
             u.cached_tokens = read;
             found = true;
         }
@@ -1106,9 +1112,12 @@ pub(crate) mod tests {
         };
         let u = parse(br#"{"usage":{"prompt_tokens":18446744073709551615,"completion_tokens":5}}"#).unwrap();
         assert_eq!(u.total_tokens, u64::MAX);
-        let u = parse(br#"{"usage":{"input_tokens":18446744073709551615,"cache_read_input_tokens":9}}"#).unwrap();
+        let u =
+            parse(br#"{"usage":{"input_tokens":18446744073709551615,"cache_read_input_tokens":9}}"#).unwrap();
         assert_eq!(u.prompt_tokens, u64::MAX);
-        let u = parse(br#"{"usage":{"prompt_tokens":18446744073709551616,"completion_tokens":1.0,"total_tokens":-1}}"#);
+        let u = parse(
+            br#"{"usage":{"prompt_tokens":18446744073709551616,"completion_tokens":1.0,"total_tokens":-1}}"#,
+        );
         assert_eq!(u, None);
         let u = parse(br#"{"usage":{"prompt_tokens":3,"completion_tokens":1e1,"total_tokens":-1}}"#).unwrap();
         assert_eq!((u.prompt_tokens, u.completion_tokens, u.total_tokens), (3, 0, 3));

@@ -397,7 +397,10 @@ impl Body for RelayBody {
     fn is_end_stream(&self) -> bool {
         self.first.is_none()
             && (self.ended || self.inner.is_end_stream())
-            && self.stripper.as_ref().is_none_or(crate::strip::Stripper::is_empty)
+            && self
+                .stripper
+                .as_ref()
+                .is_none_or(crate::strip::Stripper::is_empty)
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -51,10 +51,12 @@ fn first_event_end(b: &[u8]) -> Option<usize> {
 
 /// Index just past the end of the last complete event in `b[from..]`, if any.
 fn last_event_end(b: &[u8], from: usize) -> Option<usize> {
-    memchr::memrchr_iter(b'\n', &b[from..]).map(|i| from + i).find_map(|p| {
-        let blank = matches!(b[..p], [.., b'\n'] | [.., b'\n', b'\r']);
-        blank.then_some(p + 1)
-    })
+    memchr::memrchr_iter(b'\n', &b[from..])
+        .map(|i| from + i)
+        .find_map(|p| {
+            let blank = matches!(b[..p], [.., b'\n'] | [.., b'\n', b'\r']);
+            blank.then_some(p + 1)
+        })
 }
 
 /// The stripper of one stream.
@@ -314,7 +316,9 @@ data: [DONE]\n\n";
         let c = Bytes::from_static(b"data: {\"choices\":[{}]}\n\n");
         let out = s.feed(c.clone());
         assert_eq!(out.as_ptr(), c.as_ptr());
-        let out = s.feed(Bytes::from_static(b"data: {\"choices\":[{}],\"usage\":null}\n\ndata: {\"cho"));
+        let out = s.feed(Bytes::from_static(
+            b"data: {\"choices\":[{}],\"usage\":null}\n\ndata: {\"cho",
+        ));
         assert_eq!(&out[..], b"data: {\"choices\":[{}]}\n\n");
         assert!(!s.is_empty());
         let out = s.feed(Bytes::from_static(b"ices\":[],\"usage\":{\"a\":1}}\n\n"));
@@ -382,7 +386,10 @@ data: [DONE]\n\n";
 
     #[test]
     fn an_oversized_event_passes_through_unchanged() {
-        let big = format!("data: {{\"choices\":[],\"x\":\"{}\",\"usage\":{{}}}}\n\n", "a".repeat(MAX_HELD_EVENT));
+        let big = format!(
+            "data: {{\"choices\":[],\"x\":\"{}\",\"usage\":{{}}}}\n\n",
+            "a".repeat(MAX_HELD_EVENT)
+        );
         let next = b"data: {\"choices\":[],\"usage\":{}}\n\ndata: [DONE]\n\n";
         let before = OVERSIZE_EVENTS.load(Ordering::Relaxed);
         let (a, b) = big.as_bytes().split_at(MAX_HELD_EVENT / 2);

@@ -236,7 +236,13 @@ impl TopLevel {
     }
 
     /// The value that started at `value_start` ends before `chunk[end]`.
-    fn end_value(&mut self, chunk: &[u8], cap_from: &mut Option<usize>, end: usize, on_member: &mut impl FnMut(&Member)) {
+    fn end_value(
+        &mut self,
+        chunk: &[u8],
+        cap_from: &mut Option<usize>,
+        end: usize,
+        on_member: &mut impl FnMut(&Member),
+    ) {
         if let (Some(from), Some(k)) = (cap_from.take(), self.capturing.take()) {
             if let Some(c) = self.capture_mut(k) {
                 c.append(&chunk[from..end]);
@@ -486,7 +492,17 @@ mod tests {
             let (m, r) = members(doc, &[cut, cut + 3]);
             assert!(r.is_done());
             let keys: Vec<Key> = m.iter().map(|m| m.key).collect();
-            assert_eq!(keys, [Key::Other, Key::Other, Key::Other, Key::Message, Key::Usage, Key::Choices]);
+            assert_eq!(
+                keys,
+                [
+                    Key::Other,
+                    Key::Other,
+                    Key::Other,
+                    Key::Message,
+                    Key::Usage,
+                    Key::Choices
+                ]
+            );
             assert_eq!(r.usage().unwrap(), br#"{"prompt_tokens":4}"#);
             assert_eq!(r.message().unwrap(), br#"{"usage":{"input_tokens":2}}"#);
             let ch = m[5];
@@ -508,7 +524,16 @@ mod tests {
 
     #[test]
     fn refuses_what_is_not_one_object() {
-        for bad in [&b"[1]"[..], b"{", b"{\"a\" 1}", b"{\"a\":1,}", b"{\"a\":1} x", b"{\"a\":}", b"{\"\\x\":1}", b"{\"\\u12g4\":1}"] {
+        for bad in [
+            &b"[1]"[..],
+            b"{",
+            b"{\"a\" 1}",
+            b"{\"a\":1,}",
+            b"{\"a\":1} x",
+            b"{\"a\":}",
+            b"{\"\\x\":1}",
+            b"{\"\\u12g4\":1}",
+        ] {
             let (_, r) = members(bad, &[]);
             assert!(!r.is_done(), "{:?}", String::from_utf8_lossy(bad));
             assert_eq!(r.usage(), None);
@@ -557,7 +582,12 @@ pub(crate) mod testgen {
     pub fn usage(r: &mut Rng) -> Value {
         let mut m = Map::new();
         if r.chance(4) {
-            for k in ["input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens"] {
+            for k in [
+                "input_tokens",
+                "output_tokens",
+                "cache_read_input_tokens",
+                "cache_creation_input_tokens",
+            ] {
                 if !r.chance(3) {
                     m.insert(k.into(), count(r));
                 }
@@ -570,17 +600,34 @@ pub(crate) mod testgen {
             }
         }
         if r.chance(2) {
-            m.insert("prompt_tokens_details".into(), json!({"cached_tokens": count(r), "audio_tokens": 0}));
+            m.insert(
+                "prompt_tokens_details".into(),
+                json!({"cached_tokens": count(r), "audio_tokens": 0}),
+            );
         }
         if r.chance(2) {
-            m.insert("completion_tokens_details".into(), json!({"reasoning_tokens": count(r)}));
+            m.insert(
+                "completion_tokens_details".into(),
+                json!({"reasoning_tokens": count(r)}),
+            );
         }
         Value::Object(m)
     }
 
     /// Text with quotes, backslashes, braces, the word usage, and non-ASCII.
     fn text(r: &mut Rng) -> String {
-        const PIECES: [&str; 10] = ["hi", " ", "\"usage\":{", "\\", "}", "é", "\u{1F600}", "choices", "\n", "\"usage\":null"];
+        const PIECES: [&str; 10] = [
+            "hi",
+            " ",
+            "\"usage\":{",
+            "\\",
+            "}",
+            "é",
+            "\u{1F600}",
+            "choices",
+            "\n",
+            "\"usage\":null",
+        ];
         (0..r.below(8)).map(|_| PIECES[r.below(10) as usize]).collect()
     }
 
@@ -592,7 +639,14 @@ pub(crate) mod testgen {
         }
         let mut m = Map::new();
         m.insert("id".into(), json!("chatcmpl-1"));
-        m.insert("object".into(), json!(if stream { "chat.completion.chunk" } else { "chat.completion" }));
+        m.insert(
+            "object".into(),
+            json!(if stream {
+                "chat.completion.chunk"
+            } else {
+                "chat.completion"
+            }),
+        );
         m.insert("created".into(), json!(r.below(2_000_000_000)));
         let choices = if r.chance(3) {
             json!([])
@@ -603,7 +657,10 @@ pub(crate) mod testgen {
         };
         m.insert("choices".into(), choices);
         if r.chance(4) {
-            m.insert("system_fingerprint".into(), json!({"usage": usage(r), "x": [text(r)]}));
+            m.insert(
+                "system_fingerprint".into(),
+                json!({"usage": usage(r), "x": [text(r)]}),
+            );
         }
         match r.below(3) {
             0 => {}
@@ -640,7 +697,9 @@ pub(crate) mod testgen {
         out.push('"');
         for c in k.chars() {
             match c {
-                c if c.is_ascii_alphanumeric() && r.chance(2) => out.push_str(&format!("\\u{:04x}", c as u32)),
+                c if c.is_ascii_alphanumeric() && r.chance(2) => {
+                    out.push_str(&format!("\\u{:04x}", c as u32))
+                }
                 '"' => out.push_str("\\\""),
                 '\\' => out.push_str("\\\\"),
                 c => out.push(c),
