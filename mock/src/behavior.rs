@@ -34,11 +34,29 @@ pub struct Behavior {
     pub reply: String,
     /// Token counts reported in usage blocks.
     pub usage: Usage,
+    /// How the JSON of answers (bodies and SSE events) is serialised. A long `reply`
+    /// makes a non-streamed answer as large as wanted (e.g. over the worker's 256 KiB).
+    pub json_style: JsonStyle,
     /// Requests carrying one of these credentials get a 401 in their dialect.
     pub reject_credentials: Vec<String>,
     /// Requests carrying this header (any value) get a 401 in their dialect: an upstream
     /// that reads an account from a client header.
     pub reject_header: Option<String>,
+}
+
+/// The serialisation of the mock's JSON, for testing readers that must not assume one.
+///
+/// JSON: `"compact"` (default, serde_json's: no white space, keys sorted), `"spaced"`
+/// (white space around every token: new lines in bodies, spaces in SSE events, which
+/// must stay on one line), `"hostile"` (spaced, the top-level `usage` member first, and
+/// the keys `usage` and `choices` written with `\u` escapes).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JsonStyle {
+    #[default]
+    Compact,
+    Spaced,
+    Hostile,
 }
 
 impl Default for Behavior {
@@ -52,6 +70,7 @@ impl Default for Behavior {
             chunk_delay_ms: 0,
             reply: DEFAULT_REPLY.to_string(),
             usage: Usage::default(),
+            json_style: JsonStyle::Compact,
             reject_credentials: Vec::new(),
             reject_header: None,
         }
@@ -156,6 +175,12 @@ mod tests {
         let b: Behavior = serde_json::from_str(r#"{"fault":"hang","status":429}"#).unwrap();
         assert_eq!(b.fault, Fault::Hang);
         assert_eq!(b.status, Some(429));
+    }
+
+    #[test]
+    fn json_style_parses() {
+        let b: Behavior = serde_json::from_str(r#"{"json_style":"hostile"}"#).unwrap();
+        assert_eq!(b.json_style, JsonStyle::Hostile);
     }
 
     #[test]

@@ -23,7 +23,7 @@ pub mod cli;
 mod server;
 pub mod wire;
 
-pub use behavior::{Behavior, Fault, Usage, DEFAULT_REPLY};
+pub use behavior::{Behavior, Fault, JsonStyle, Usage, DEFAULT_REPLY};
 pub use server::{
     MockBody, MockOptions, MockServer, SeenRequest, SeenRequestJson, Stats, REQUEST_LOG_CAPACITY,
 };

@@ -13,7 +13,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::behavior::{Behavior, Usage};
+use crate::behavior::{Behavior, JsonStyle, Usage};
 
 /// Which API family a request belongs to; decides error bodies and formats.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,8 +59,8 @@ pub struct Template {
 }
 
 impl Template {
-    fn new(v: &Value) -> Template {
-        let s = v.to_string();
+    fn new(v: &Value, style: JsonStyle) -> Template {
+        let s = styled(v, style, "\n  ");
         let marker = serde_json::to_string(PLACEHOLDER).unwrap_or_default();
         match s.rfind(&marker) {
             Some(i) => Template {
@@ -138,36 +138,46 @@ impl Prepared {
     pub fn new(behavior: Behavior) -> Prepared {
         let created = now_secs();
         let b = &behavior;
-        let chat = Template::new(&json!({
-            "id": "chatcmpl-mock",
-            "object": "chat.completion",
-            "created": created,
-            "model": PLACEHOLDER,
-            "choices": [{
-                "index": 0,
-                "message": {"role": "assistant", "content": b.reply},
-                "finish_reason": "stop"
-            }],
-            "usage": openai_usage(&b.usage),
-        }));
-        let completion = Template::new(&json!({
-            "id": "cmpl-mock",
-            "object": "text_completion",
-            "created": created,
-            "model": PLACEHOLDER,
-            "choices": [{"text": b.reply, "index": 0, "logprobs": null, "finish_reason": "stop"}],
-            "usage": openai_usage(&b.usage),
-        }));
-        let message = Template::new(&json!({
-            "id": "msg_mock",
-            "type": "message",
-            "role": "assistant",
-            "model": PLACEHOLDER,
-            "content": [{"type": "text", "text": b.reply}],
-            "stop_reason": "end_turn",
-            "stop_sequence": null,
-            "usage": anthropic_usage(&b.usage),
-        }));
+        let style = b.json_style;
+        let chat = Template::new(
+            &json!({
+                "id": "chatcmpl-mock",
+                "object": "chat.completion",
+                "created": created,
+                "model": PLACEHOLDER,
+                "choices": [{
+                    "index": 0,
+                    "message": {"role": "assistant", "content": b.reply},
+                    "finish_reason": "stop"
+                }],
+                "usage": openai_usage(&b.usage),
+            }),
+            style,
+        );
+        let completion = Template::new(
+            &json!({
+                "id": "cmpl-mock",
+                "object": "text_completion",
+                "created": created,
+                "model": PLACEHOLDER,
+                "choices": [{"text": b.reply, "index": 0, "logprobs": null, "finish_reason": "stop"}],
+                "usage": openai_usage(&b.usage),
+            }),
+            style,
+        );
+        let message = Template::new(
+            &json!({
+                "id": "msg_mock",
+                "type": "message",
+                "role": "assistant",
+                "model": PLACEHOLDER,
+                "content": [{"type": "text", "text": b.reply}],
+                "stop_reason": "end_turn",
+                "stop_sequence": null,
+                "usage": anthropic_usage(&b.usage),
+            }),
+            style,
+        );
         Prepared {
             behavior,
             created,
@@ -257,11 +267,11 @@ impl StreamEvents {
         if self.include_usage {
             v["usage"] = Value::Null;
         }
-        sse_data(&v)
+        self.sse_data(&v)
     }
 
     fn completion_chunk(&self, text: &str, finish: Value) -> Bytes {
-        sse_data(&json!({
+        self.sse_data(&json!({
             "id": "cmpl-mock",
             "object": "text_completion",
             "created": self.prepared.created,
@@ -271,7 +281,7 @@ impl StreamEvents {
     }
 
     fn usage_chunk(&self, id: &str, object: &str) -> Bytes {
-        sse_data(&json!({
+        self.sse_data(&json!({
             "id": id,
             "object": object,
             "created": self.prepared.created,
@@ -287,7 +297,7 @@ impl StreamEvents {
             (StreamKind::Chat, _) => {
                 self.chat_chunk(json!({"role": "assistant", "content": ""}), Value::Null)
             }
-            (StreamKind::Messages, 0) => sse_event(
+            (StreamKind::Messages, 0) => self.sse_event(
                 "message_start",
                 &json!({
                     "type": "message_start",
@@ -308,11 +318,11 @@ impl StreamEvents {
                     },
                 }),
             ),
-            (StreamKind::Messages, 1) => sse_event(
+            (StreamKind::Messages, 1) => self.sse_event(
                 "content_block_start",
                 &json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
             ),
-            _ => sse_event("ping", &json!({"type": "ping"})),
+            _ => self.sse_event("ping", &json!({"type": "ping"})),
         }
     }
 
@@ -321,7 +331,7 @@ impl StreamEvents {
         match self.kind {
             StreamKind::Chat => self.chat_chunk(json!({"content": piece}), Value::Null),
             StreamKind::Completion => self.completion_chunk(piece, Value::Null),
-            StreamKind::Messages => sse_event(
+            StreamKind::Messages => self.sse_event(
                 "content_block_delta",
                 &json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}}),
             ),
@@ -336,11 +346,11 @@ impl StreamEvents {
             (StreamKind::Completion, 0, _) => self.completion_chunk("", json!("stop")),
             (StreamKind::Completion, 1, true) => self.usage_chunk("cmpl-mock", "text_completion"),
             (StreamKind::Chat | StreamKind::Completion, _, _) => done(),
-            (StreamKind::Messages, 0, _) => sse_event(
+            (StreamKind::Messages, 0, _) => self.sse_event(
                 "content_block_stop",
                 &json!({"type": "content_block_stop", "index": 0}),
             ),
-            (StreamKind::Messages, 1, _) => sse_event(
+            (StreamKind::Messages, 1, _) => self.sse_event(
                 "message_delta",
                 &json!({
                     "type": "message_delta",
@@ -348,8 +358,20 @@ impl StreamEvents {
                     "usage": {"output_tokens": self.prepared.behavior.usage.completion_tokens},
                 }),
             ),
-            (StreamKind::Messages, _, _) => sse_event("message_stop", &json!({"type": "message_stop"})),
+            (StreamKind::Messages, _, _) => self.sse_event("message_stop", &json!({"type": "message_stop"})),
         }
+    }
+
+    fn sse_data(&self, v: &Value) -> Bytes {
+        Bytes::from(format!(
+            "data: {}\n\n",
+            styled(v, self.prepared.behavior.json_style, " ")
+        ))
+    }
+
+    fn sse_event(&self, name: &str, v: &Value) -> Bytes {
+        let v = styled(v, self.prepared.behavior.json_style, " ");
+        Bytes::from(format!("event: {name}\ndata: {v}\n\n"))
     }
 
     /// The next event, or `None` after the last one.
@@ -390,15 +412,61 @@ pub enum StreamKind {
     Messages,
 }
 
-fn sse_data(v: &Value) -> Bytes {
-    Bytes::from(format!("data: {v}\n\n"))
+/// `v` serialised in `style`; `ws` is the white space put around tokens when spaced.
+fn styled(v: &Value, style: JsonStyle, ws: &str) -> String {
+    if style == JsonStyle::Compact {
+        return v.to_string();
+    }
+    let mut out = String::new();
+    write_styled(&mut out, v, style == JsonStyle::Hostile, ws, true);
+    out
 }
 
-fn sse_event(name: &str, v: &Value) -> Bytes {
-    Bytes::from(format!("event: {name}\ndata: {v}\n\n"))
+fn write_styled(out: &mut String, v: &Value, hostile: bool, ws: &str, top: bool) {
+    match v {
+        Value::Object(m) => {
+            let mut members: Vec<(&String, &Value)> = m.iter().collect();
+            if hostile && top {
+                // `usage` first: a reader that expects it last must still find it.
+                members.sort_by_key(|(k, _)| k.as_str() != "usage");
+            }
+            out.push('{');
+            for (i, (k, v)) in members.iter().enumerate() {
+                out.push_str(ws);
+                if i > 0 {
+                    out.push(',');
+                    out.push_str(ws);
+                }
+                match k.as_str() {
+                    "usage" if hostile => out.push_str("\"usag\\u0065\""),
+                    "choices" if hostile => out.push_str("\"\\u0063hoices\""),
+                    _ => out.push_str(&Value::String((*k).clone()).to_string()),
+                }
+                out.push_str(ws);
+                out.push(':');
+                out.push_str(ws);
+                write_styled(out, v, hostile, ws, false);
+            }
+            out.push_str(ws);
+            out.push('}');
+        }
+        Value::Array(a) => {
+            out.push('[');
+            for (i, v) in a.iter().enumerate() {
+                out.push_str(ws);
+                if i > 0 {
+                    out.push(',');
+                    out.push_str(ws);
+                }
+                write_styled(out, v, hostile, ws, false);
+            }
+            out.push_str(ws);
+            out.push(']');
+        }
+        v => out.push_str(&v.to_string()),
+    }
 }
 
-/// An error body in the given dialect for `status`.
 pub fn error_body(dialect: Dialect, status: u16, message: &str) -> Bytes {
     let v = match dialect {
         Dialect::OpenAi => {

@@ -78,10 +78,11 @@ fn event(u: Usage) -> UsageEvent {
 
 fn scan(chunks: &[Bytes], sse: bool, strip: bool) -> Usage {
     let mut s = UsageScanner::new(sse, true);
+    let mut s2 = switchyard_worker::strip::Stripper::new();
     for c in chunks {
         s.observe(c);
         if strip {
-            std::hint::black_box(switchyard_worker::extract::strip_usage(c));
+            std::hint::black_box(s2.feed(c.clone()));
         }
     }
     s.finish(true).unwrap()

@@ -8,7 +8,11 @@ use std::sync::{
 
 use bytes::Bytes;
 
-use crate::extract::USAGE_KEY;
+use std::sync::LazyLock;
+
+use memchr::memmem::Finder;
+
+use crate::toplevel::{Key, Member, TopLevel};
 
 /// Token counts reported by the upstream.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -145,26 +149,49 @@ pub trait HealthSink: Send + Sync + std::fmt::Debug {
     fn record(&self, ev: HealthEvent);
 }
 
-/// Bodies above this size are not kept for usage parsing (non-streaming JSON only).
+/// A non-streaming body up to this size is kept (as `Bytes` handles, no copies) and read
+/// when it ends, from its end when `usage` is its last member; a longer one is read as it
+/// passes by an incremental reader ([`TopLevel`]) that keeps only the `usage` and
+/// `message` values (each up to [`crate::toplevel::MAX_CAPTURE`]).
 const MAX_JSON_KEEP: usize = 256 * 1024;
-/// A partial SSE line longer than this is skipped (usage lines are short).
-const MAX_SSE_LINE: usize = 64 * 1024;
+
+/// The `"usage"` key, with its searcher built once (`memmem::find` builds one per call,
+/// which cost more than searching an SSE line).
+static USAGE_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\""));
+/// An escaped ASCII character: the only way a key's letters can be escaped.
+static ASCII_ESCAPE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\\u00"));
 
 /// Watches response chunks for usage; keeps `Bytes` handles (no copies) for a JSON body,
-/// and only the unfinished tail line for SSE.
+/// and for SSE reads each `data:` line, of any length: lines that end in the chunk they
+/// began in are only read when they may hold a usage object; a line spread over chunks is
+/// fed to an incremental reader as it comes.
 #[derive(Debug)]
 pub enum UsageScanner {
     Off,
     Json {
         chunks: Vec<Bytes>,
         len: usize,
+        /// Past `MAX_JSON_KEEP`: the body is read as it passes.
+        reader: Option<Box<TopLevel>>,
     },
     Sse {
-        partial: Vec<u8>,
-        skipping: bool,
+        /// The state of the line begun in an earlier chunk and not ended yet.
+        line: Line,
+        reader: Option<Box<TopLevel>>,
         usage: Usage,
         seen: bool,
     },
+}
+
+/// Where the unfinished SSE line is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Line {
+    /// At a line's start, or `n` bytes of its `data:` prefix matched.
+    Prefix(u8),
+    /// In a `data:` line's value (fed to the reader).
+    Data,
+    /// In any other line.
+    Skip,
 }
 
 impl UsageScanner {
@@ -172,14 +199,15 @@ impl UsageScanner {
         match (success, sse) {
             (false, _) => Self::Off,
             (true, true) => Self::Sse {
-                partial: Vec::new(),
-                skipping: false,
+                line: Line::Prefix(0),
+                reader: None,
                 usage: Usage::default(),
                 seen: false,
             },
             (true, false) => Self::Json {
                 chunks: Vec::new(),
                 len: 0,
+                reader: None,
             },
         }
     }
@@ -187,58 +215,62 @@ impl UsageScanner {
     pub fn observe(&mut self, chunk: &Bytes) {
         match self {
             Self::Off => {}
-            Self::Json { chunks, len } => {
+            Self::Json { chunks, len, reader } => {
+                if let Some(r) = reader {
+                    r.feed(chunk, &mut |_| {});
+                    return;
+                }
                 *len += chunk.len();
                 if *len > MAX_JSON_KEEP {
-                    *self = Self::Off;
+                    let mut r = Box::new(TopLevel::new(true));
+                    for c in chunks.drain(..) {
+                        r.feed(&c, &mut |_| {});
+                    }
+                    r.feed(chunk, &mut |_| {});
+                    *chunks = Vec::new();
+                    *reader = Some(r);
                 } else {
                     chunks.push(chunk.clone());
                 }
             }
             Self::Sse {
-                partial,
-                skipping,
+                line,
+                reader,
                 usage,
                 seen,
             } => {
                 let mut rest: &[u8] = chunk;
-                if let Some(nl) = memchr::memchr(b'\n', rest) {
-                    // The line begun in an earlier chunk ends here.
-                    if *skipping {
-                        *skipping = false;
-                        rest = &rest[nl + 1..];
-                    } else if !partial.is_empty() {
-                        partial.extend_from_slice(&rest[..nl]);
-                        let l = std::mem::take(partial);
-                        sse_line(&l, usage, seen);
-                        rest = &rest[nl + 1..];
-                    }
-                    // The complete lines: only one with a usage object is read, so they
-                    // are found by their `"usage"` keys, one search over the chunk, not
-                    // one per line.
-                    let last = memchr::memrchr(b'\n', rest).map_or(0, |i| i + 1);
-                    let lines = &rest[..last];
-                    let mut from = 0;
-                    while let Some(k) = USAGE_KEY.find(&lines[from..]).map(|k| from + k) {
-                        let key_end = k + USAGE_KEY.needle().len();
-                        if !object_follows(&lines[key_end..]) {
-                            from = key_end;
-                            continue;
+                if *line != Line::Prefix(0) {
+                    // The line begun in an earlier chunk.
+                    let nl = memchr::memchr(b'\n', rest);
+                    let seg = &rest[..nl.unwrap_or(rest.len())];
+                    continue_line(line, reader, seg);
+                    let Some(nl) = nl else { return };
+                    if *line == Line::Data {
+                        if let Some(r) = reader.as_deref() {
+                            if let Some(obj) = usage_of(r.usage(), r.message()) {
+                                *seen |= obj.apply(usage);
+                            }
                         }
-                        let start = memchr::memrchr(b'\n', &lines[..k]).map_or(0, |i| i + 1);
-                        let end = key_end + memchr::memchr(b'\n', &lines[key_end..]).unwrap_or(0);
-                        sse_line(&lines[start..end], usage, seen);
-                        from = end;
                     }
-                    rest = &rest[last..];
+                    *line = Line::Prefix(0);
+                    rest = &rest[nl + 1..];
                 }
-                if !rest.is_empty() && !*skipping {
-                    if partial.len() + rest.len() > MAX_SSE_LINE {
-                        partial.clear();
-                        *skipping = true;
-                    } else {
-                        partial.extend_from_slice(rest);
-                    }
+                // The complete lines: only one that may hold a usage object is read, so
+                // they are found by their `"usage"` keys, one search over the chunk, not
+                // one per line.
+                let last = memchr::memrchr(b'\n', rest).map_or(0, |i| i + 1);
+                let lines = &rest[..last];
+                let mut from = 0;
+                while let Some(k) = next_candidate(&lines[from..]).map(|k| from + k) {
+                    let start = memchr::memrchr(b'\n', &lines[..k]).map_or(0, |i| i + 1);
+                    let end = k + memchr::memchr(b'\n', &lines[k..]).unwrap_or(lines.len() - k);
+                    sse_line(&lines[start..end], usage, seen);
+                    from = end;
+                }
+                let tail = &rest[last..];
+                if !tail.is_empty() {
+                    continue_line(line, reader, tail);
                 }
             }
         }
@@ -249,6 +281,10 @@ impl UsageScanner {
     pub fn finish(&mut self, complete: bool) -> Option<Usage> {
         match self {
             Self::Off => None,
+            Self::Json { reader: Some(r), .. } => {
+                let mut u = Usage::default();
+                usage_of(r.usage(), r.message())?.apply(&mut u).then_some(u)
+            }
             Self::Json { chunks, .. } => {
                 // Only the top level is walked (strings skipped with memchr, nothing
                 // decoded), and only the `usage` object is parsed, into plain integers:
@@ -269,13 +305,69 @@ impl UsageScanner {
     }
 }
 
+/// Feed `seg`, a piece of the unfinished line, to the line's state.
+fn continue_line(line: &mut Line, reader: &mut Option<Box<TopLevel>>, mut seg: &[u8]) {
+    const DATA: &[u8] = b"data:";
+    if let Line::Prefix(n) = *line {
+        let n = usize::from(n);
+        let want = &DATA[n..];
+        let k = want.len().min(seg.len());
+        if seg[..k] != want[..k] {
+            *line = Line::Skip;
+            return;
+        }
+        if k < want.len() {
+            // `k` < 5: fits.
+            *line = Line::Prefix((n + k) as u8);
+            return;
+        }
+        seg = &seg[k..];
+        *line = Line::Data;
+        reader
+            .get_or_insert_with(|| Box::new(TopLevel::new(true)))
+            .reset();
+    }
+    if *line == Line::Data {
+        if let Some(r) = reader {
+            r.feed(seg, &mut |_| {});
+        }
+    }
+}
+
+/// The start of the next place in `lines` where a line may hold a usage object: a
+/// `"usage"` key whose value is an object, or any escaped ASCII character (a key could
+/// read `usage` after unescaping). OpenAI stream chunks carry `"usage":null` when usage
+/// was requested: reading those would cost a walk per chunk for nothing.
+fn next_candidate(lines: &[u8]) -> Option<usize> {
+    let esc = ASCII_ESCAPE.find(lines);
+    let within = &lines[..esc.unwrap_or(lines.len())];
+    let mut from = 0;
+    while let Some(k) = USAGE_KEY.find(&within[from..]).map(|k| from + k) {
+        let key_end = k + USAGE_KEY.needle().len();
+        if object_follows(&lines[key_end..]) {
+            return Some(k);
+        }
+        from = key_end;
+    }
+    esc
+}
+
+/// The usage object of a document: its `usage` member, else `message.usage` (Anthropic
+/// `message_start`), given their raw values.
+fn usage_of(usage: Option<&[u8]>, message: Option<&[u8]>) -> Option<UsageObject> {
+    if let Some(u) = usage.and_then(UsageObject::parse) {
+        return Some(u);
+    }
+    UsageObject::parse(member(message?, b"usage")?)
+}
+
 /// The usage object of a JSON document (a response body or an SSE `data:` line): its
 /// top-level `usage`, else `message.usage` (Anthropic `message_start`).
 ///
 /// `complete`: the document arrived in full. Only then is `usage` read from its end
 /// (OpenAI and Anthropic put it last), which costs the size of the usage object instead
 /// of a walk over the whole document (10% of a request's instructions). A document cut
-/// short can end where a nested object does, so it gets the forward walk, which
+/// short can end where a nested object does, so it gets the exact reading, which
 /// refuses it.
 fn usage_in_document(doc: &[u8], complete: bool) -> Option<UsageObject> {
     if complete {
@@ -284,18 +376,15 @@ fn usage_in_document(doc: &[u8], complete: bool) -> Option<UsageObject> {
         }
     }
     let (usage, message) = top_level_members(doc)?;
-    if let Some(u) = usage.and_then(UsageObject::parse) {
-        return Some(u);
-    }
-    let (usage, _) = top_level_members(message?)?;
-    UsageObject::parse(usage?)
+    usage_of(usage, message)
 }
 
 /// The value of the document's last top-level member when that member is `usage` and
 /// its value an object, found by walking back from the end. Walking back is exact: JSON
 /// has no backslash outside strings, so a quote is a string's end or start unless an odd
 /// run of backslashes precedes it, and an object's opening brace is where its own braces
-/// balance. Anything unexpected gives `None` (the forward walk then decides).
+/// balance. The last member is the one a conformant parser keeps of duplicates. Anything
+/// unexpected (an escaped key too) gives `None`: the exact reading then decides.
 fn trailing_usage(doc: &[u8]) -> Option<&[u8]> {
     let j = rskip_ws(doc, doc.len());
     if j == 0 || doc[j - 1] != b'}' {
@@ -370,19 +459,52 @@ fn rstring_start(doc: &[u8], close: usize) -> Option<usize> {
 /// Raw values of `usage` and `message`, when present.
 type UsageAndMessage<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
 
-/// The values of the top-level members `usage` and `message` of a JSON object (the
-/// first of each). `None` when `doc` is not an object or is cut short.
+/// The raw values of the top-level members `usage` and `message` of a JSON object as a
+/// conformant parser reads it (keys unescaped, the last of duplicates). `None` when `doc`
+/// is not one object.
 fn top_level_members(doc: &[u8]) -> Option<UsageAndMessage<'_>> {
+    let mut r = TopLevel::new(false);
     let (mut usage, mut message) = (None, None);
-    for m in Members::new(doc)? {
+    r.feed(doc, &mut |m: &Member| match m.key {
+        Key::Usage => usage = Some(m.value_start..m.value_end),
+        Key::Message => message = Some(m.value_start..m.value_end),
+        _ => {}
+    });
+    r.is_done()
+        .then(|| (usage.map(|r| &doc[r]), message.map(|r| &doc[r])))
+}
+
+/// The value of `name` in the object `v` (keys unescaped, the last of duplicates).
+fn member<'a>(v: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    let mut found = None;
+    for m in Members::new(v)? {
         let (k, v) = m?;
-        match k {
-            b"usage" if usage.is_none() => usage = Some(v),
-            b"message" if message.is_none() => message = Some(v),
-            _ => {}
+        if key_is(k, name) {
+            found = Some(v);
         }
     }
-    Some((usage, message))
+    found
+}
+
+/// Whether the raw key `raw` (between its quotes) reads `name` once unescaped.
+fn key_is(raw: &[u8], name: &[u8]) -> bool {
+    unescape_key(raw, &mut Vec::new()) == name
+}
+
+/// The raw key `raw` (between its quotes) unescaped, in `buf` when it has escapes (rare:
+/// then decoded as a conformant parser does; an invalid key reads as empty).
+fn unescape_key<'a>(raw: &'a [u8], buf: &'a mut Vec<u8>) -> &'a [u8] {
+    if memchr::memchr(b'\\', raw).is_none() {
+        return raw;
+    }
+    buf.clear();
+    buf.push(b'"');
+    buf.extend_from_slice(raw);
+    buf.push(b'"');
+    let decoded = serde_json::from_slice::<String>(buf).unwrap_or_default();
+    buf.clear();
+    buf.extend_from_slice(decoded.as_bytes());
+    buf
 }
 
 /// The members of a JSON object as (raw key, raw value) slices, found by a structural
@@ -539,19 +661,18 @@ fn json_u64(v: &[u8]) -> Option<u64> {
 
 /// One member of a details object (`prompt_tokens_details.cached_tokens`, ...).
 fn detail(v: &[u8], name: &[u8]) -> Option<u64> {
-    Members::new(v)?
-        .map_while(|m| m)
-        .find(|(k, _)| *k == name)
-        .and_then(|(_, v)| json_u64(v))
+    member(v, name).and_then(json_u64)
 }
 
 impl UsageObject {
     /// `v` read as a usage object; `None` when it is not an object or is malformed.
     fn parse(v: &[u8]) -> Option<Self> {
         let mut u = Self::default();
+        let mut unescaped = Vec::new();
         for m in Members::new(v)? {
             let (k, v) = m?;
-            match k {
+            // Of duplicated keys the last counts, as in a conformant parser.
+            match unescape_key(k, &mut unescaped) {
                 b"prompt_tokens" => u.prompt_tokens = json_u64(v),
                 b"completion_tokens" => u.completion_tokens = json_u64(v),
                 b"total_tokens" => u.total_tokens = json_u64(v),
@@ -574,7 +695,9 @@ impl UsageObject {
             // OpenAI
             u.prompt_tokens = self.prompt_tokens.unwrap_or(0);
             u.completion_tokens = self.completion_tokens.unwrap_or(0);
-            u.total_tokens = self.total_tokens.unwrap_or(u.prompt_tokens + u.completion_tokens);
+            u.total_tokens = self
+                .total_tokens
+                .unwrap_or(u.prompt_tokens.saturating_add(u.completion_tokens));
             u.cached_tokens = self.cached_tokens.unwrap_or(0);
             u.reasoning_tokens = self.reasoning_tokens.unwrap_or(0);
             return true;
@@ -585,7 +708,7 @@ impl UsageObject {
         if let Some(input) = self.input_tokens {
             let cache_read = self.cache_read_input_tokens.unwrap_or(0);
             let cache_write = self.cache_creation_input_tokens.unwrap_or(0);
-            u.prompt_tokens = input + cache_read + cache_write;
+            u.prompt_tokens = input.saturating_add(cache_read).saturating_add(cache_write);
             u.cached_tokens = cache_read;
             found = true;
         }
@@ -593,7 +716,7 @@ impl UsageObject {
             u.completion_tokens = out;
             found = true;
         }
-        u.total_tokens = u.prompt_tokens + u.completion_tokens;
+        u.total_tokens = u.prompt_tokens.saturating_add(u.completion_tokens);
         found
     }
 }
@@ -603,7 +726,7 @@ fn sse_line(line: &[u8], usage: &mut Usage, seen: &mut bool) {
     let Some(data) = line.strip_prefix(b"data:") else {
         return;
     };
-    if !has_usage_object(data) {
+    if next_candidate(data).is_none() {
         return;
     }
     // An SSE line is only read once its newline arrived: it is complete.
@@ -613,20 +736,6 @@ fn sse_line(line: &[u8], usage: &mut Usage, seen: &mut bool) {
     if obj.apply(usage) {
         *seen = true;
     }
-}
-
-/// Whether `data` has a `"usage"` key whose value is an object. OpenAI stream chunks
-/// carry `"usage":null` when usage was requested: parsing those would cost a JSON parse
-/// per chunk for nothing.
-fn has_usage_object(data: &[u8]) -> bool {
-    let mut rest = data;
-    while let Some(i) = USAGE_KEY.find(rest) {
-        rest = &rest[i + USAGE_KEY.needle().len()..];
-        if object_follows(rest) {
-            return true;
-        }
-    }
-    false
 }
 
 /// After a key: its value is an object (`:` and white space, then `{`).
@@ -639,7 +748,7 @@ fn object_follows(after_key: &[u8]) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -843,6 +952,175 @@ mod tests {
             }
             prop_assert_eq!(s.finish(true), seen.then_some(by_line));
         });
+    }
+
+    /// What a conformant parser (serde_json) reads as a document's usage, merged into
+    /// `u` with the scanner's rules; whether there was one.
+    pub(crate) fn serde_apply(doc: &serde_json::Value, u: &mut Usage) -> bool {
+        use serde_json::Value;
+        let top = doc.get("usage").filter(|v| v.is_object());
+        let Some(usage) = top.or_else(|| doc.get("message")?.get("usage").filter(|v| v.is_object())) else {
+            return false;
+        };
+        let g = |k: &str| usage.get(k).and_then(Value::as_u64);
+        if g("prompt_tokens").is_some() || g("completion_tokens").is_some() {
+            u.prompt_tokens = g("prompt_tokens").unwrap_or(0);
+            u.completion_tokens = g("completion_tokens").unwrap_or(0);
+            u.total_tokens = g("total_tokens").unwrap_or(u.prompt_tokens.saturating_add(u.completion_tokens));
+            u.cached_tokens = usage["prompt_tokens_details"]["cached_tokens"]
+                .as_u64()
+                .unwrap_or(0);
+            u.reasoning_tokens = usage["completion_tokens_details"]["reasoning_tokens"]
+                .as_u64()
+                .unwrap_or(0);
+            return true;
+        }
+        let mut found = false;
+        if let Some(input) = g("input_tokens") {
+            let read = g("cache_read_input_tokens").unwrap_or(0);
+            u.prompt_tokens = input
+                .saturating_add(read)
+                .saturating_add(g("cache_creation_input_tokens").unwrap_or(0));
+            u.cached_tokens = read;
+            found = true;
+        }
+        if let Some(out) = g("output_tokens") {
+            u.completion_tokens = out;
+            found = true;
+        }
+        u.total_tokens = u.prompt_tokens.saturating_add(u.completion_tokens);
+        found
+    }
+
+    /// `text` cut into reads at the points `cuts` picks.
+    pub(crate) fn reads(text: &[u8], cuts: &[usize]) -> Vec<Bytes> {
+        let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (text.len() + 1)).collect();
+        cuts.sort_unstable();
+        let mut at = 0;
+        let mut v = Vec::new();
+        for c in cuts.into_iter().chain([text.len()]) {
+            v.push(Bytes::copy_from_slice(&text[at..c]));
+            at = c;
+        }
+        v
+    }
+
+    /// An SSE stream of generated chunks in random serialisations and framings, and the
+    /// documents in it.
+    pub(crate) fn sse_stream(r: &mut crate::toplevel::testgen::Rng) -> (Vec<u8>, Vec<serde_json::Value>) {
+        use crate::toplevel::testgen::{document, serialise};
+        let mut text = Vec::new();
+        let mut docs = Vec::new();
+        for _ in 0..r.below(7) {
+            let nl: &[u8] = if r.chance(3) { b"\r\n" } else { b"\n" };
+            if r.chance(6) {
+                text.extend_from_slice(b": keep-alive");
+                text.extend_from_slice(nl);
+                text.extend_from_slice(nl);
+            }
+            let d = document(r, true);
+            if r.chance(4) {
+                text.extend_from_slice(b"event: chunk");
+                text.extend_from_slice(nl);
+            }
+            text.extend_from_slice(if r.chance(2) { b"data: " } else { b"data:" });
+            text.extend_from_slice(serialise(&d, r, true).as_bytes());
+            text.extend_from_slice(nl);
+            text.extend_from_slice(nl);
+            docs.push(d);
+        }
+        text.extend_from_slice(b"data: [DONE]\n\n");
+        (text, docs)
+    }
+
+    proptest::proptest! {
+        /// Non-streamed answers in any serialisation (white space, member order, key
+        /// escapes, duplicate `usage`), cut into reads anywhere: the scanner finds what
+        /// serde_json reads.
+        #[test]
+        fn json_usage_is_what_serde_reads(seed in 1u64.., cuts in proptest::collection::vec(0usize..4000, 0..6)) {
+            let mut r = crate::toplevel::testgen::Rng(seed);
+            let doc = crate::toplevel::testgen::document(&mut r, false);
+            let text = crate::toplevel::testgen::serialise(&doc, &mut r, false);
+            let mut want = Usage::default();
+            let want = serde_apply(&doc, &mut want).then_some(want);
+            let mut s = UsageScanner::new(false, true);
+            for c in reads(text.as_bytes(), &cuts) {
+                s.observe(&c);
+            }
+            proptest::prop_assert_eq!(s.finish(true), want, "{}", text);
+        }
+
+        /// Streams of such chunks, cut into reads anywhere: the scanner counts what
+        /// serde_json reads event by event.
+        #[test]
+        fn sse_usage_is_what_serde_reads(seed in 1u64.., cuts in proptest::collection::vec(0usize..4000, 0..10)) {
+            let mut r = crate::toplevel::testgen::Rng(seed);
+            let (text, docs) = sse_stream(&mut r);
+            let mut want = Usage::default();
+            let mut seen = false;
+            for d in &docs {
+                seen |= serde_apply(d, &mut want);
+            }
+            let mut s = UsageScanner::new(true, true);
+            for c in reads(&text, &cuts) {
+                s.observe(&c);
+            }
+            proptest::prop_assert_eq!(s.finish(true), seen.then_some(want), "{}", String::from_utf8_lossy(&text));
+        }
+    }
+
+    #[test]
+    fn a_body_over_the_kept_size_is_read_as_it_passes() {
+        // `usage` first, spaced, escaped, and a reply longer than MAX_JSON_KEEP.
+        let body = format!(
+            "{{ \"usag\\u0065\" : {{ \"prompt_tokens\" : 7 , \"completion_tokens\" : 9 }} ,\n \"choices\" : [ {{ \"message\" : {{ \"content\" : \"{}\" }} }} ] }}",
+            "x\\\"}".repeat(MAX_JSON_KEEP / 3)
+        );
+        let mut s = UsageScanner::new(false, true);
+        for c in body.as_bytes().chunks(8192) {
+            s.observe(&Bytes::copy_from_slice(c));
+        }
+        assert!(matches!(s, UsageScanner::Json { reader: Some(_), .. }));
+        let u = s.finish(true).unwrap();
+        assert_eq!((u.prompt_tokens, u.completion_tokens, u.total_tokens), (7, 9, 16));
+        // Cut short: nothing.
+        let mut s = UsageScanner::new(false, true);
+        s.observe(&Bytes::copy_from_slice(&body.as_bytes()[..body.len() - 1]));
+        assert_eq!(s.finish(false), None);
+    }
+
+    #[test]
+    fn an_sse_line_over_64_kib_is_read() {
+        let line = format!(
+            "data: {{\"choices\":[{{\"delta\":{{\"content\":\"{}\"}}}}],\"usage\":{{\"prompt_tokens\":1,\"completion_tokens\":2}}}}\n\n",
+            "y".repeat(200 * 1024)
+        );
+        let mut s = UsageScanner::new(true, true);
+        for c in line.as_bytes().chunks(5000) {
+            s.observe(&Bytes::copy_from_slice(c));
+        }
+        assert_eq!(s.finish(true).unwrap().total_tokens, 3);
+    }
+
+    #[test]
+    fn counts_saturate_and_odd_numbers_are_ignored() {
+        let parse = |body: &[u8]| {
+            let mut s = UsageScanner::new(false, true);
+            s.observe(&Bytes::copy_from_slice(body));
+            s.finish(true)
+        };
+        let u = parse(br#"{"usage":{"prompt_tokens":18446744073709551615,"completion_tokens":5}}"#).unwrap();
+        assert_eq!(u.total_tokens, u64::MAX);
+        let u =
+            parse(br#"{"usage":{"input_tokens":18446744073709551615,"cache_read_input_tokens":9}}"#).unwrap();
+        assert_eq!(u.prompt_tokens, u64::MAX);
+        let u = parse(
+            br#"{"usage":{"prompt_tokens":18446744073709551616,"completion_tokens":1.0,"total_tokens":-1}}"#,
+        );
+        assert_eq!(u, None);
+        let u = parse(br#"{"usage":{"prompt_tokens":3,"completion_tokens":1e1,"total_tokens":-1}}"#).unwrap();
+        assert_eq!((u.prompt_tokens, u.completion_tokens, u.total_tokens), (3, 0, 3));
     }
 
     #[test]

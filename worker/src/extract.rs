@@ -14,7 +14,6 @@
 use std::{ops::Range, sync::LazyLock};
 
 use bytes::Bytes;
-use memchr::memmem::Finder;
 
 /// The routing-relevant head of a request body.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -1161,11 +1160,6 @@ mod scan_tests {
     }
 }
 
-/// The `"usage"` key, with its searcher built once (`memmem::find` builds one per call,
-/// which cost more than searching an SSE line): the stream strip here and the usage
-/// scan in `account` both look for it in every chunk.
-pub(crate) static USAGE_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\""));
-
 /// A request body as the pieces it goes out as: zero-copy slices of the client's bytes
 /// around each edit, and the edits' own bytes. The upstream client writes the pieces with
 /// one `writev` and never joins them, so rewriting the model of a 10 MB body copies none
@@ -1248,62 +1242,6 @@ pub fn include_usage_edit(body: &[u8], head: &RequestHead) -> (Range<usize>, Byt
     }
 }
 
-/// Undo the effect of an injected `include_usage` on one SSE chunk: drop the usage-only
-/// event (`"choices":[]` with a usage object) and the `"usage":null` members that the
-/// upstream adds to every other chunk. `None` when the chunk needs no change.
-/// Limitation: an event split across two chunks is passed through unchanged.
-///
-/// One pass over the chunk's `"usage"` keys, with searchers built once (`memmem::find`
-/// builds one per call, which cost more than the search); only an event with a usage
-/// object is searched as a whole. A proptest checks it against the event-by-event
-/// definition.
-pub fn strip_usage(chunk: &[u8]) -> Option<Vec<u8>> {
-    let key_len = USAGE_KEY.needle().len();
-    static EVENT_END: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\n\n"));
-    static NO_CHOICES: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"choices\":[]"));
-    let end_from = |s: usize| EVENT_END.find(&chunk[s..]).map_or(chunk.len(), |i| s + i + 2);
-    let mut next = Some(USAGE_KEY.find(chunk)?);
-    let mut out = Vec::with_capacity(chunk.len());
-    // `chunk[..done]` is decided: copied into `out` or left out.
-    let mut done = 0;
-    let (mut ev_start, mut ev_end) = (0, end_from(0));
-    let mut keys = Vec::new();
-    while let Some(first) = next {
-        while ev_end <= first {
-            (ev_start, ev_end) = (ev_end, end_from(ev_end));
-        }
-        // Every key of this event; `next` becomes the first key of a later one.
-        keys.clear();
-        let mut k = first;
-        loop {
-            keys.push(k);
-            let from = k + key_len;
-            match USAGE_KEY.find(&chunk[from..]).map(|i| from + i) {
-                Some(j) if j < ev_end => k = j,
-                later => {
-                    next = later;
-                    break;
-                }
-            }
-        }
-        let event = &chunk[ev_start..ev_end];
-        let has_object = keys.iter().any(|&k| chunk[k + key_len..].starts_with(b":{"));
-        if has_object && event.starts_with(b"data:") && NO_CHOICES.find(event).is_some() {
-            out.extend_from_slice(&chunk[done..ev_start]);
-            done = ev_end;
-            continue;
-        }
-        for &k in &keys {
-            if k > done && chunk[k - 1] == b',' && chunk[k + key_len..].starts_with(b":null") {
-                out.extend_from_slice(&chunk[done..k - 1]);
-                done = k + key_len + b":null".len();
-            }
-        }
-    }
-    out.extend_from_slice(&chunk[done..]);
-    Some(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1374,68 +1312,6 @@ mod tests {
             v["stream_options"],
             serde_json::json!({"include_usage": true, "a": 1})
         );
-
-        let chunk = b"data: {\"choices\":[{\"delta\":{}}],\"usage\":null}\n\ndata: {\"choices\":[],\"usage\":{\"total_tokens\":3}}\n\ndata: [DONE]\n\n";
-        let out = strip_usage(chunk).unwrap();
-        assert_eq!(
-            String::from_utf8_lossy(&out),
-            "data: {\"choices\":[{\"delta\":{}}]}\n\ndata: [DONE]\n\n"
-        );
-        assert!(strip_usage(b"data: {\"choices\":[]}\n\n").is_none());
-    }
-
-    /// `strip_usage` by its definition, event by event (what it did before the one-pass
-    /// version): the reference for the proptest below.
-    fn strip_usage_by_event(chunk: &[u8]) -> Option<Vec<u8>> {
-        let find = |h: &[u8], n: &[u8]| memchr::memmem::find(h, n);
-        find(chunk, b"\"usage\"")?;
-        let mut out = Vec::with_capacity(chunk.len());
-        let mut rest = chunk;
-        while !rest.is_empty() {
-            let end = find(rest, b"\n\n").map_or(rest.len(), |i| i + 2);
-            let event = &rest[..end];
-            let usage_only = event.starts_with(b"data:")
-                && find(event, b"\"choices\":[]").is_some()
-                && find(event, b"\"usage\":{").is_some();
-            if !usage_only {
-                let mut e = event;
-                while let Some(i) = find(e, b",\"usage\":null") {
-                    out.extend_from_slice(&e[..i]);
-                    e = &e[i + 13..];
-                }
-                out.extend_from_slice(e);
-            }
-            rest = &rest[end..];
-        }
-        Some(out)
-    }
-
-    /// SSE chunks built from the pieces an OpenAI stream with `include_usage` has, cut
-    /// anywhere: the one-pass strip agrees with the event-by-event definition.
-    #[test]
-    fn strip_usage_matches_its_definition() {
-        use proptest::prelude::*;
-        let piece = prop::sample::select(vec![
-            "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}],\"usage\":null}\n\n",
-            "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"total_tokens\":2}}\n\n",
-            "data: {\"usage\":{\"a\":1},\"choices\":[]}\n\n",
-            "data: {\"choices\":[{}],\"usage\":{\"total_tokens\":2}}\n\n",
-            ",\"usage\":null",
-            "\"usage\":null",
-            "\"usage\":{",
-            "\"choices\":[]",
-            "data: [DONE]\n\n",
-            ": keep-alive\n\n",
-            "\n\n",
-            "\n",
-            "data: ",
-            "x",
-        ]);
-        proptest!(|(pieces in prop::collection::vec(piece, 0..12), cut in 0usize..400)| {
-            let chunk = pieces.concat().into_bytes();
-            let chunk = &chunk[..cut.min(chunk.len())];
-            prop_assert_eq!(strip_usage(chunk), strip_usage_by_event(chunk));
-        });
     }
 
     proptest::proptest! {

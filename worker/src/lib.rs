@@ -28,6 +28,8 @@ pub mod proxy;
 pub mod relay;
 pub mod report;
 pub mod server;
+pub mod strip;
+pub mod toplevel;
 pub mod upstream;
 pub mod watch;
 

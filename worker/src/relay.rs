@@ -331,8 +331,9 @@ pub struct RelayBody {
     finish: Option<Finish>,
     outcome: Outcome,
     backend_state: Arc<EndpointState>,
-    /// The worker added `include_usage` upstream: remove its traces from what the client sees.
-    strip_usage: bool,
+    /// The worker added `include_usage` upstream: remove its traces from what the client
+    /// sees (complete events go out at once; an incomplete trailing one is held back).
+    stripper: Option<crate::strip::Stripper>,
     /// The backend's and credential's in-flight counts (moved to the abort drain, if any).
     guards: Option<[InflightGuard; 2]>,
 }
@@ -375,7 +376,7 @@ impl RelayBody {
             finish: Some(finish),
             outcome,
             backend_state,
-            strip_usage: strip_usage && sse,
+            stripper: (strip_usage && sse).then(crate::strip::Stripper::new),
             guards: Some(guards),
         }
     }
@@ -391,13 +392,11 @@ impl RelayBody {
         }
     }
 
-    fn client_view(&self, b: Bytes) -> Bytes {
-        if self.strip_usage {
-            if let Some(v) = crate::extract::strip_usage(&b) {
-                return Bytes::from(v);
-            }
+    fn client_view(&mut self, b: Bytes) -> Bytes {
+        match self.stripper.as_mut() {
+            Some(s) => s.feed(b),
+            None => b,
         }
-        b
     }
 
     /// The stream broke after bytes went out: emit the dialect error event (SSE) or
@@ -458,7 +457,11 @@ impl Body for RelayBody {
             }
             Poll::Ready(None) => {
                 this.end(None);
-                Poll::Ready(None)
+                // An event the upstream did not end: it goes out as it came.
+                match this.stripper.as_mut().and_then(crate::strip::Stripper::finish) {
+                    Some(rest) => Poll::Ready(Some(Ok(Frame::data(rest)))),
+                    None => Poll::Ready(None),
+                }
             }
             Poll::Pending => {
                 if let Some(t) = this.total.as_mut() {
@@ -488,7 +491,12 @@ impl Body for RelayBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.first.is_none() && (self.ended || self.inner.as_ref().is_none_or(|b| b.is_end_stream()))
+        self.first.is_none()
+            && (self.ended || self.inner.as_ref().is_none_or(|b| b.is_end_stream()))
+            && self
+                .stripper
+                .as_ref()
+                .is_none_or(crate::strip::Stripper::is_empty)
     }
 
     fn size_hint(&self) -> SizeHint {
