@@ -810,10 +810,6 @@ fn content_length(v: &[u8]) -> Option<u64> {
 /// among them but are hop-by-hop anyway. Costs one map lookup when there is no
 /// `connection` header.
 #[derive(Debug, Clone, Copy)]
-#[cfg_attr(
-    not(test),
-    expect(dead_code, reason = "the request direction in proxy.rs is wired separately")
-)]
 pub(crate) struct Nominated<'a>(&'a http::HeaderMap);
 
 /// See `Nominated`; for the request direction (`proxy`'s header filter).
