@@ -21,6 +21,8 @@ pub mod config;
 pub mod convert;
 pub mod errors;
 pub mod extract;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod health;
 pub mod metrics;
 pub mod paths;

@@ -565,12 +565,15 @@ impl Client {
     }
 }
 
-struct ParsedHead {
-    status: StatusCode,
-    headers: http::HeaderMap,
+/// A final response head, its framing already checked (see `head_from`).
+pub(crate) struct ParsedHead {
+    pub(crate) status: StatusCode,
+    /// What may be relayed: no hop-by-hop header, none that `connection` names, and no
+    /// `content-length` that disagrees with the body (a chunked head has none).
+    pub(crate) headers: http::HeaderMap,
     length: Option<u64>,
-    /// `transfer-encoding` was sent: `Some(true)` when its last coding is chunked.
-    te: Option<bool>,
+    /// `transfer-encoding: chunked` (the only transfer coding accepted).
+    chunked: bool,
     /// `connection: close`, or HTTP/1.0 without keep-alive.
     close: bool,
 }
@@ -625,24 +628,27 @@ async fn exchange(
             joined.extend_from_slice(&chunk);
             joined.freeze()
         };
-        loop {
-            match parse_head(&buf).map_err(Exchange::Failed)? {
-                None if buf.len() > MAX_HEAD_BYTES => {
-                    return Err(Exchange::Failed(protocol("response head too large")))
-                }
-                None => break,
-                Some((n, parsed)) => {
-                    let rest = buf.slice(n..);
-                    match parsed {
-                        // 100 Continue, 103 Early Hints: the final answer follows.
-                        None => {
-                            buf = rest;
-                            if buf.is_empty() {
-                                break;
-                            }
-                        }
-                        Some(p) => return Ok((p, rest)),
-                    }
+        if let Some(p) = take_final_head(&mut buf).map_err(Exchange::Failed)? {
+            return Ok((p, buf));
+        }
+    }
+}
+
+/// Parse response heads from the front of `buf`, skipping interim (1xx) ones. `Some`: the
+/// final head, and `buf` holds what follows it; `None`: more bytes are needed, and `buf`
+/// holds the unfinished head.
+pub(crate) fn take_final_head(buf: &mut Bytes) -> Result<Option<ParsedHead>, Error> {
+    loop {
+        match parse_head(buf)? {
+            None if buf.len() > MAX_HEAD_BYTES => return Err(protocol("response head too large")),
+            None => return Ok(None),
+            Some((n, parsed)) => {
+                buf.advance(n);
+                match parsed {
+                    // 100 Continue, 103 Early Hints: the final answer follows.
+                    None if buf.is_empty() => return Ok(None),
+                    None => {}
+                    Some(p) => return Ok(Some(p)),
                 }
             }
         }
@@ -678,42 +684,47 @@ fn head_from(
 ) -> Result<Option<(usize, Option<ParsedHead>)>, Error> {
     let code = r.code.unwrap_or(0);
     let status = StatusCode::from_u16(code).map_err(|_| protocol(format!("status {code}")))?;
-    if status.is_informational() && code != 101 {
+    // We never send `Upgrade`, so a 101 answers nothing we asked: whatever follows on the
+    // connection is not HTTP we can read. Refused (the connection is dropped, not pooled).
+    if code == 101 {
+        return Err(protocol("101 Switching Protocols to a request without Upgrade"));
+    }
+    if status.is_informational() {
         return Ok(Some((n, None)));
     }
+    let http10 = r.version == Some(0);
     // Room for the three `x-switchyard-*` headers the proxy adds before relaying it.
     let mut headers = http::HeaderMap::with_capacity(r.headers.len() + 3);
     let mut length: Option<u64> = None;
+    // `transfer-encoding` headers seen, and whether together they say exactly `chunked`.
+    let mut te_headers = 0u32;
     let mut chunked = false;
-    let mut has_te = false;
-    let mut close = r.version == Some(0);
+    let mut close = http10;
+    // A `connection` header names another header (not just `close` / `keep-alive`).
+    let mut nominates = false;
     for h in r.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| protocol(format!("header name `{}`", h.name)))?;
         if name == http::header::CONTENT_LENGTH {
-            let v = std::str::from_utf8(h.value)
-                .ok()
-                .and_then(|s| s.trim().parse::<u64>().ok())
-                .ok_or_else(|| protocol("content-length is not a number"))?;
+            let v = content_length(h.value).ok_or_else(|| protocol("content-length is not a number"))?;
             if length.is_some_and(|l| l != v) {
                 return Err(protocol("conflicting content-length headers"));
             }
             length = Some(v);
         } else if name == http::header::TRANSFER_ENCODING {
-            has_te = true;
-            // Only the last coding decides the framing.
-            chunked = h
-                .value
-                .rsplit(|&b| b == b',')
-                .next()
-                .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            te_headers += 1;
+            chunked = te_headers == 1 && h.value.trim_ascii().eq_ignore_ascii_case(b"chunked");
         } else if name == http::header::CONNECTION {
             for token in h.value.split(|&b| b == b',') {
                 let t = token.trim_ascii();
                 if t.eq_ignore_ascii_case(b"close") {
                     close = true;
-                } else if t.eq_ignore_ascii_case(b"keep-alive") && r.version == Some(0) {
-                    close = false;
+                } else if t.eq_ignore_ascii_case(b"keep-alive") {
+                    if http10 {
+                        close = false;
+                    }
+                } else if !t.is_empty() {
+                    nominates = true;
                 }
             }
         }
@@ -726,16 +737,103 @@ fn head_from(
             .map_err(|_| protocol(format!("header `{}`: invalid value", h.name)))?;
         headers.append(name, value);
     }
+    if te_headers > 0 {
+        // RFC 9112 §6.3: a response with both is what request smuggling and response
+        // splitting look like, and "ought to be handled as an error"; an intermediary may
+        // instead decode by the transfer coding and drop the length. We refuse, as hyper
+        // does for requests and as httparse-based servers do: an upstream that frames its
+        // answers two ways cannot be trusted about where this one ends, so nothing it
+        // sent is relayed and its connection is closed. The error happens before any byte
+        // goes to the client, so the proxy may try another backend.
+        if length.is_some() {
+            return Err(protocol("both transfer-encoding and content-length"));
+        }
+        // Only `chunked` alone: another coding (gzip, ...) would reach the client without
+        // a header saying so, and one that is not chunked last means "read to close",
+        // which a misbehaving upstream can use to make a truncated answer look complete.
+        if !chunked {
+            return Err(protocol("transfer-encoding other than chunked"));
+        }
+        // RFC 9112 §6.1: a transfer coding in an HTTP/1.0 message means faulty framing.
+        if http10 {
+            return Err(protocol("transfer-encoding in an HTTP/1.0 response"));
+        }
+    }
+    if nominates {
+        // RFC 9110 §7.6.1: headers that `connection` names are hop-by-hop too. Removed
+        // after the loop, as `connection` may come after the headers it names. Rare: the
+        // common head pays only for the flag. (`connection: content-length` still frames
+        // the body by its length; the length is just not relayed, and the server sets it
+        // again from the body's exact size hint.)
+        for h in r
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+        {
+            for token in h.value.split(|&b| b == b',') {
+                if let Ok(named) = HeaderName::from_bytes(token.trim_ascii()) {
+                    headers.remove(named);
+                }
+            }
+        }
+    }
     Ok(Some((
         n,
         Some(ParsedHead {
             status,
             headers,
             length,
-            te: has_te.then_some(chunked),
+            chunked,
             close,
         }),
     )))
+}
+
+/// A `content-length` value: one or more digits and nothing else (`+5`, `5, 5`, `0x5`
+/// are not), that fits in a `u64`.
+fn content_length(v: &[u8]) -> Option<u64> {
+    let v = v.trim_ascii();
+    if v.is_empty() || v.len() > 20 {
+        return None;
+    }
+    v.iter().try_fold(0u64, |acc, &b| {
+        if b.is_ascii_digit() {
+            acc.checked_mul(10)?.checked_add(u64::from(b - b'0'))
+        } else {
+            None
+        }
+    })
+}
+
+/// The header names that a message's `connection` header lists (RFC 9110 §7.6.1): they
+/// describe that connection only and are not forwarded. `close` and `keep-alive` are
+/// among them but are hop-by-hop anyway. Costs one map lookup when there is no
+/// `connection` header.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Nominated<'a>(&'a http::HeaderMap);
+
+/// See `Nominated`; for the request direction (`proxy`'s header filter).
+#[cfg_attr(
+    not(test),
+    expect(dead_code, reason = "the request direction in proxy.rs is wired separately")
+)]
+pub(crate) fn connection_nominated(headers: &http::HeaderMap) -> Nominated<'_> {
+    Nominated(headers)
+}
+
+#[cfg_attr(
+    not(test),
+    expect(dead_code, reason = "the request direction in proxy.rs is wired separately")
+)]
+impl Nominated<'_> {
+    /// Whether `name` is listed in a `connection` header.
+    pub(crate) fn contains(&self, name: &HeaderName) -> bool {
+        self.0.get_all(http::header::CONNECTION).iter().any(|v| {
+            v.as_bytes()
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(name.as_str().as_bytes()))
+        })
+    }
 }
 
 /// RFC 9110 §7.6.1 (and the legacy `keep-alive` / `proxy-connection`): never forwarded,
@@ -754,18 +852,17 @@ pub(crate) fn is_hop_by_hop(name: &HeaderName) -> bool {
 impl ParsedHead {
     /// How the body is delimited (RFC 9112 §6.3), and whether the connection can be
     /// reused after it.
-    fn framing(&self, head_method: bool) -> (Decoder, bool) {
+    pub(crate) fn framing(&self, head_method: bool) -> (Decoder, bool) {
         let s = self.status;
-        if head_method || s.is_informational() || s == StatusCode::NO_CONTENT || s == StatusCode::NOT_MODIFIED
-        {
+        if head_method || s == StatusCode::NO_CONTENT || s == StatusCode::NOT_MODIFIED {
             return (Decoder::Done, !self.close);
         }
-        match (self.te, self.length) {
-            // Transfer-encoding wins over content-length.
-            (Some(true), _) => (Decoder::Chunked(Chunked::default()), !self.close),
-            // Not chunked last, or no length at all: the body runs to the end of the connection.
-            (Some(false), _) | (None, None) => (Decoder::Eof, false),
-            (None, Some(l)) => (Decoder::Length(l), !self.close),
+        // `head_from` refused every other combination (both, or another coding).
+        match (self.chunked, self.length) {
+            (true, _) => (Decoder::Chunked(Chunked::default()), !self.close),
+            (false, Some(l)) => (Decoder::Length(l), !self.close),
+            // No length at all: the body runs to the end of the connection.
+            (false, None) => (Decoder::Eof, false),
         }
     }
 }
@@ -793,7 +890,7 @@ impl fmt::Debug for Body {
 }
 
 #[derive(Debug)]
-enum Decoder {
+pub(crate) enum Decoder {
     /// `content-length`: bytes still to come.
     Length(u64),
     Chunked(Chunked),
@@ -938,7 +1035,7 @@ impl Body {
 /// `transfer-encoding: chunked`, decoded incrementally: data slices are handed out as
 /// they arrive (zero-copy slices of the read), sizes, extensions and trailers skipped.
 #[derive(Debug, Default)]
-struct Chunked {
+pub(crate) struct Chunked {
     state: ChunkState,
     size: u64,
     digits: u8,
@@ -966,7 +1063,7 @@ enum ChunkState {
 
 impl Chunked {
     /// Consume from `input` up to and including the next data slice.
-    fn decode(&mut self, input: &mut Bytes) -> Result<Option<Bytes>, Error> {
+    pub(crate) fn decode(&mut self, input: &mut Bytes) -> Result<Option<Bytes>, Error> {
         use ChunkState::*;
         while !input.is_empty() {
             if self.state == Data {
@@ -985,7 +1082,11 @@ impl Chunked {
                     if self.digits > 16 {
                         return Err(protocol("chunk size too large"));
                     }
-                    self.size = self.size * 16 + u64::from((b as char).to_digit(16).unwrap_or(0));
+                    self.size = self
+                        .size
+                        .checked_mul(16)
+                        .and_then(|s| s.checked_add(u64::from((b as char).to_digit(16).unwrap_or(0))))
+                        .ok_or_else(|| protocol("chunk size too large"))?;
                     Size
                 }
                 (Size, b' ' | b'\t') | (SizeWs, b' ' | b'\t') if self.digits > 0 => SizeWs,
@@ -1032,7 +1133,7 @@ impl Chunked {
         Ok(None)
     }
 
-    fn done(&self) -> bool {
+    pub(crate) fn done(&self) -> bool {
         self.state == ChunkState::End
     }
 }
@@ -1513,6 +1614,117 @@ mod tests {
         assert_eq!(&first[..], b"hello");
         drop(body);
         assert!(cl.pool.idle.lock().is_empty());
+    }
+
+    /// Issue 16 (hole 7): answers whose framing is ambiguous or not ours to read are
+    /// refused before any byte is relayed, and their connection is never pooled.
+    #[tokio::test]
+    async fn ambiguous_framings_are_refused_and_their_connection_dropped() {
+        for bad in [
+            // Both framings: relaying the length cut the decoded body short.
+            &b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 2\r\n\r\n5\r\nhello\r\n0\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            // Not exactly `chunked`: read-to-close would take a cut answer for a whole one.
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, identity\r\n\r\nabc",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+            // Lengths: differing, signed, a list, past u64.
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\n{}",
+            b"HTTP/1.1 200 OK\r\ncontent-length: +2\r\n\r\n{}",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2, 2\r\n\r\n{}",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 18446744073709551616\r\n\r\n{}",
+            // We never ask to switch protocols.
+            b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n",
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 101 Switching Protocols\r\n\r\n",
+        ] {
+            let s = script(vec![bad, OK], 100).await;
+            let c = Connector::new().unwrap();
+            let cl = client(&c, s.addr);
+            let e = get(&cl, "/x").await.unwrap_err();
+            let what = String::from_utf8_lossy(bad);
+            assert!(matches!(e, Error::Protocol(_)) && !e.is_connect(), "{what}: {e}");
+            assert!(cl.pool.idle.lock().is_empty(), "{what}: pooled");
+            // The next request needs a new connection, and the refused one is closed.
+            let (st, _, body) = get(&cl, "/x").await.unwrap();
+            assert_eq!((st, body.as_slice()), (200, &b"{}"[..]), "{what}");
+            assert_eq!(s.conns.load(Ordering::SeqCst), 2, "{what}");
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while s.closed.load(Ordering::SeqCst) < 1 {
+                assert!(Instant::now() < deadline, "{what}: the refused connection stayed open");
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+    }
+
+    #[test]
+    fn content_length_is_digits_that_fit() {
+        assert_eq!(content_length(b"0"), Some(0));
+        assert_eq!(content_length(b" 42 "), Some(42));
+        assert_eq!(content_length(b"18446744073709551615"), Some(u64::MAX));
+        assert_eq!(content_length(b"00000000000000000000001"), None, "over 20 digits");
+        for bad in [
+            &b""[..],
+            b"+1",
+            b"-1",
+            b"1.0",
+            b"0x10",
+            b"1 1",
+            b"18446744073709551616",
+            b"99999999999999999999",
+        ] {
+            assert_eq!(content_length(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn chunk_sizes_never_wrap() {
+        // The largest size is accepted as that size (its data then never all arrives);
+        // one digit more is refused, never wrapped to a small size.
+        let mut c = Chunked::default();
+        let mut input = Bytes::from_static(b"ffffffffffffffff\r\nab");
+        assert_eq!(c.decode(&mut input).unwrap().as_deref(), Some(&b"ab"[..]));
+        assert_eq!(c.size, u64::MAX - 2);
+        assert!(decode_all(b"1ffffffffffffffff\r\nab", &[]).is_err());
+        assert!(decode_all(b"10000000000000000\r\nab", &[3, 9]).is_err());
+    }
+
+    /// Headers named in the upstream's `connection` header describe its connection only.
+    #[tokio::test]
+    async fn headers_named_by_connection_are_not_returned() {
+        let s = script(
+            vec![b"HTTP/1.1 200 OK\r\nx-foo: 1\r\nx-kept: 2\r\nConnection: X-Foo, keep-alive\r\ncontent-length: 2\r\nx-bar: 3\r\nconnection: x-bar\r\nkeep-alive: timeout=5\r\n\r\n{}"],
+            100,
+        )
+        .await;
+        let c = Connector::new().unwrap();
+        let cl = client(&c, s.addr);
+        for _ in 0..2 {
+            let (st, h, body) = get(&cl, "/x").await.unwrap();
+            assert_eq!((st, body.as_slice()), (200, &b"{}"[..]));
+            let mut names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+            names.sort_unstable();
+            assert_eq!(names, ["content-length", "x-kept"]);
+        }
+        assert_eq!(s.conns.load(Ordering::SeqCst), 1, "still kept alive");
+    }
+
+    #[test]
+    fn connection_nominated_reads_every_connection_header() {
+        let mut h = http::HeaderMap::new();
+        let n = |s: &'static str| HeaderName::from_static(s);
+        assert!(!connection_nominated(&h).contains(&n("x-foo")));
+        h.append(
+            http::header::CONNECTION,
+            HeaderValue::from_static("keep-alive , X-Foo"),
+        );
+        h.append(http::header::CONNECTION, HeaderValue::from_static("x-bar"));
+        let nominated = connection_nominated(&h);
+        assert!(nominated.contains(&n("x-foo")));
+        assert!(nominated.contains(&n("x-bar")));
+        assert!(nominated.contains(&n("keep-alive")));
+        assert!(!nominated.contains(&n("x-fo")));
+        assert!(!nominated.contains(&n("openai-organization")));
     }
 
     #[tokio::test]

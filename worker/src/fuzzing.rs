@@ -1,0 +1,247 @@
+//! Entry points for the fuzz targets in `fuzz/` and for the test that replays their
+//! corpus: one function per hand-written parser, taking the fuzzer's bytes. Each panics
+//! when the parser breaks a property it must keep (a panic is what the fuzzer reports),
+//! and returns quietly for any input the parser refuses.
+//!
+//! Not part of the worker's API: the targets only need these signatures to stay put
+//! while the parsers behind them change.
+//!
+//! Several targets feed their input in pieces, as it would arrive from a socket. The
+//! first byte says how many cuts (0..=7), the next that many bytes where (each a fraction
+//! of the rest), and the rest is the data: `split(data)`.
+use bytes::Bytes;
+
+use crate::{account::UsageScanner, extract, upstream};
+
+/// The data and the reads it arrives in (see the module docs).
+fn split(data: &[u8]) -> (&[u8], Vec<std::ops::Range<usize>>) {
+    let Some((&n, rest)) = data.split_first() else {
+        return (&[], vec![]);
+    };
+    let n = usize::from(n % 8).min(rest.len());
+    let (cuts, body) = rest.split_at(n);
+    let mut at: Vec<usize> = cuts
+        .iter()
+        .map(|&c| usize::from(c) * (body.len() + 1) / 256)
+        .collect();
+    at.push(0);
+    at.push(body.len());
+    at.sort_unstable();
+    (body, at.windows(2).map(|w| w[0]..w[1]).collect())
+}
+
+/// How a chunked body ended.
+#[derive(Debug, PartialEq)]
+enum ChunkedEnd {
+    /// Complete, with this many bytes after it.
+    Done(usize),
+    /// More bytes needed.
+    Incomplete,
+    Error,
+}
+
+fn chunked_decode(reads: impl Iterator<Item = Bytes>) -> (Vec<u8>, ChunkedEnd) {
+    let mut c = upstream::Chunked::default();
+    let mut out = Vec::new();
+    let mut reads = reads.peekable();
+    while let Some(mut input) = reads.next() {
+        while !input.is_empty() {
+            match c.decode(&mut input) {
+                Ok(Some(d)) => {
+                    assert!(!d.is_empty() || c.done(), "an empty data slice");
+                    out.extend_from_slice(&d);
+                }
+                Ok(None) => {}
+                Err(_) => return (out, ChunkedEnd::Error),
+            }
+            if c.done() {
+                let after = input.len() + reads.map(|r| r.len()).sum::<usize>();
+                return (out, ChunkedEnd::Done(after));
+            }
+        }
+    }
+    (out, ChunkedEnd::Incomplete)
+}
+
+/// The chunked decoder: decoding the data in any reads gives what decoding it in one
+/// read gives (the same bytes, ending the same way at the same place).
+pub fn chunked(data: &[u8]) {
+    let (body, reads) = split(data);
+    let whole = chunked_decode(std::iter::once(Bytes::copy_from_slice(body)));
+    let pieces = chunked_decode(reads.into_iter().map(|r| Bytes::copy_from_slice(&body[r])));
+    assert_eq!(whole, pieces, "decoding depends on how the input was read");
+    if let (out, ChunkedEnd::Done(after)) = &whole {
+        // The body cannot be longer than the bytes that carried it.
+        assert!(out.len() + after <= body.len());
+    }
+}
+
+/// A final head, the parts that matter to what is relayed.
+#[derive(Debug, PartialEq)]
+struct HeadSeen {
+    status: u16,
+    headers: Vec<(String, Vec<u8>)>,
+    framing: String,
+    rest: usize,
+}
+
+fn head_take(reads: impl Iterator<Item = Bytes>) -> Option<Result<HeadSeen, String>> {
+    let mut buf = Bytes::new();
+    let mut reads = reads.peekable();
+    while let Some(r) = reads.next() {
+        buf = if buf.is_empty() {
+            r
+        } else {
+            Bytes::from([&buf[..], &r[..]].concat())
+        };
+        match upstream::take_final_head(&mut buf) {
+            Err(e) => return Some(Err(e.to_string())),
+            Ok(None) => {}
+            Ok(Some(h)) => {
+                let framing = format!("{:?}", h.framing(false));
+                return Some(Ok(HeadSeen {
+                    status: h.status.as_u16(),
+                    headers: h
+                        .headers
+                        .iter()
+                        .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
+                        .collect(),
+                    framing,
+                    rest: buf.len() + reads.map(|r| r.len()).sum::<usize>(),
+                }));
+            }
+        }
+    }
+    None
+}
+
+/// The upstream response head parser (interim responses skipped): a head it accepts
+/// has a final status, relays no hop-by-hop header nor one its `connection` header
+/// names, never both a chunked framing and a length, and it reads the same in any
+/// reads.
+pub fn upstream_head(data: &[u8]) {
+    let (body, reads) = split(data);
+    let whole = head_take(std::iter::once(Bytes::copy_from_slice(body)));
+    let pieces = head_take(reads.into_iter().map(|r| Bytes::copy_from_slice(&body[r])));
+    // A head bigger than the limit may be refused whole yet complete when read in
+    // pieces that each stay under it, or the other way round: only compare below it.
+    if body.len() <= 32 * 1024 {
+        assert_eq!(whole, pieces, "the head reads differently in pieces");
+    }
+    let mut b = Bytes::copy_from_slice(body);
+    let Ok(Some(h)) = upstream::take_final_head(&mut b) else {
+        return;
+    };
+    assert!(!h.status.is_informational(), "an interim status as final");
+    let nominated = final_connection_tokens(body);
+    for (name, _) in &h.headers {
+        assert!(!upstream::is_hop_by_hop(name), "hop-by-hop `{name}` relayed");
+        assert!(
+            !nominated
+                .iter()
+                .any(|t| t.eq_ignore_ascii_case(name.as_str().as_bytes())),
+            "nominated `{name}` relayed"
+        );
+    }
+    let framing = format!("{:?}", h.framing(false));
+    if framing.starts_with("Chunked") {
+        assert!(
+            !h.headers.contains_key(http::header::CONTENT_LENGTH),
+            "a length relayed with a chunked body"
+        );
+    }
+}
+
+/// The `connection` tokens of the first non-1xx head in `data`, read with httparse alone.
+fn final_connection_tokens(mut data: &[u8]) -> Vec<Vec<u8>> {
+    loop {
+        let mut slots = [httparse::EMPTY_HEADER; 128];
+        let mut r = httparse::Response::new(&mut slots);
+        let Ok(httparse::Status::Complete(n)) = r.parse(data) else {
+            return vec![];
+        };
+        if r.code.is_some_and(|c| (100..200).contains(&c)) {
+            data = &data[n..];
+            continue;
+        }
+        return r
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+            .flat_map(|h| h.value.split(|&b| b == b','))
+            .map(|t| t.trim_ascii().to_vec())
+            .collect();
+    }
+}
+
+/// Request extraction: when `extract::scan` accepts a body that serde_json accepts, the
+/// edits the proxy makes (a new `model`, `include_usage` for a stream) keep it JSON, and
+/// `model` reads as it was.
+pub fn request_scan(data: &[u8]) {
+    let Ok(head) = extract::scan(data) else {
+        return;
+    };
+    assert_eq!(data.get(head.object_end), Some(&b'}'), "object_end is not a `}}`");
+    if serde_json::from_slice::<serde_json::Value>(data).is_err() {
+        // serde_json refuses some bodies that are valid JSON (nesting deeper than 128).
+        return;
+    }
+    let body = Bytes::copy_from_slice(data);
+    let mut edits = Vec::new();
+    if let Some(r) = &head.model_range {
+        let model: String = match serde_json::from_slice(&data[r.clone()]) {
+            Ok(m) => m,
+            Err(e) => panic!("model range is not a JSON string: {e}"),
+        };
+        assert_eq!(Some(&model), head.model.as_ref(), "model decoded differently");
+        edits.push((r.clone(), Bytes::from_static(b"\"routed\\u002Dmodel\"")));
+    }
+    if head.stream {
+        edits.push(extract::include_usage_edit(data, &head));
+    }
+    let out = extract::splice_many(&body, &mut edits).to_bytes();
+    if let Err(e) = serde_json::from_slice::<serde_json::Value>(&out) {
+        panic!("edited body is not JSON ({e}): {}", String::from_utf8_lossy(&out));
+    }
+}
+
+/// The usage scanner over a response in any reads: it must not panic, and an SSE
+/// stream's usage is the same however it was read. The first byte after the cuts picks
+/// the mode (even: SSE).
+pub fn usage_scan(data: &[u8]) {
+    let (body, reads) = split(data);
+    let Some((&mode, _)) = body.split_first() else {
+        return;
+    };
+    let sse = mode % 2 == 0;
+    let run = |reads: &mut dyn Iterator<Item = std::ops::Range<usize>>| {
+        let mut s = UsageScanner::new(sse, true);
+        for r in reads {
+            // Offset by the mode byte.
+            let r = r.start.max(1)..r.end.max(1);
+            s.observe(&Bytes::copy_from_slice(&body[r]));
+        }
+        s.finish(true)
+    };
+    let pieces = run(&mut reads.into_iter());
+    let whole = run(&mut std::iter::once(0..body.len()));
+    if sse {
+        assert_eq!(
+            format!("{whole:?}"),
+            format!("{pieces:?}"),
+            "SSE usage depends on how the stream was read"
+        );
+    }
+}
+
+/// The SSE usage stripper, each read stripped on its own (as the relay does): it must
+/// not panic, and a read it changes only loses bytes.
+pub fn usage_strip(data: &[u8]) {
+    let (body, reads) = split(data);
+    for r in reads {
+        let chunk = &body[r];
+        if let Some(out) = extract::strip_usage(chunk) {
+            assert!(out.len() <= chunk.len(), "stripping made a read longer");
+        }
+    }
+}
