@@ -11,7 +11,7 @@
 //! of the rest), and the rest is the data: `split(data)`.
 use bytes::Bytes;
 
-use crate::{account::UsageScanner, extract, upstream};
+use crate::{account::UsageScanner, extract, strip::Stripper, upstream};
 
 /// The data and the reads it arrives in (see the module docs).
 fn split(data: &[u8]) -> (&[u8], Vec<std::ops::Range<usize>>) {
@@ -234,14 +234,28 @@ pub fn usage_scan(data: &[u8]) {
     }
 }
 
-/// The SSE usage stripper, each read stripped on its own (as the relay does): it must
-/// not panic, and a read it changes only loses bytes.
+/// The SSE usage stripper over a stream in any reads (as the relay feeds it): it must not
+/// panic, it only removes bytes, and what the client gets does not depend on how the
+/// upstream's bytes were read (below the held-event bound).
 pub fn usage_strip(data: &[u8]) {
     let (body, reads) = split(data);
-    for r in reads {
-        let chunk = &body[r];
-        if let Some(out) = extract::strip_usage(chunk) {
-            assert!(out.len() <= chunk.len(), "stripping made a read longer");
+    let run = |reads: &mut dyn Iterator<Item = std::ops::Range<usize>>| {
+        let mut s = Stripper::new();
+        let mut out = Vec::new();
+        for r in reads {
+            out.extend_from_slice(&s.feed(Bytes::copy_from_slice(&body[r])));
         }
-    }
+        if let Some(rest) = s.finish() {
+            out.extend_from_slice(&rest);
+        }
+        out
+    };
+    let pieces = run(&mut reads.into_iter());
+    let whole = run(&mut std::iter::once(0..body.len()));
+    assert!(whole.len() <= body.len(), "stripping made the stream longer");
+    assert_eq!(
+        String::from_utf8_lossy(&whole),
+        String::from_utf8_lossy(&pieces),
+        "stripping depends on how the stream was read"
+    );
 }
