@@ -805,37 +805,6 @@ fn content_length(v: &[u8]) -> Option<u64> {
     })
 }
 
-/// The header names that a message's `connection` header lists (RFC 9110 §7.6.1): they
-/// describe that connection only and are not forwarded. `close` and `keep-alive` are
-/// among them but are hop-by-hop anyway. Costs one map lookup when there is no
-/// `connection` header.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Nominated<'a>(&'a http::HeaderMap);
-
-/// See `Nominated`; for the request direction (`proxy`'s header filter).
-#[cfg_attr(
-    not(test),
-    expect(dead_code, reason = "the request direction in proxy.rs is wired separately")
-)]
-pub(crate) fn connection_nominated(headers: &http::HeaderMap) -> Nominated<'_> {
-    Nominated(headers)
-}
-
-#[cfg_attr(
-    not(test),
-    expect(dead_code, reason = "the request direction in proxy.rs is wired separately")
-)]
-impl Nominated<'_> {
-    /// Whether `name` is listed in a `connection` header.
-    pub(crate) fn contains(&self, name: &HeaderName) -> bool {
-        self.0.get_all(http::header::CONNECTION).iter().any(|v| {
-            v.as_bytes()
-                .split(|&b| b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(name.as_str().as_bytes()))
-        })
-    }
-}
-
 /// RFC 9110 §7.6.1 (and the legacy `keep-alive` / `proxy-connection`): never forwarded,
 /// in either direction.
 pub(crate) fn is_hop_by_hop(name: &HeaderName) -> bool {
@@ -1707,24 +1676,6 @@ mod tests {
             assert_eq!(names, ["content-length", "x-kept"]);
         }
         assert_eq!(s.conns.load(Ordering::SeqCst), 1, "still kept alive");
-    }
-
-    #[test]
-    fn connection_nominated_reads_every_connection_header() {
-        let mut h = http::HeaderMap::new();
-        let n = |s: &'static str| HeaderName::from_static(s);
-        assert!(!connection_nominated(&h).contains(&n("x-foo")));
-        h.append(
-            http::header::CONNECTION,
-            HeaderValue::from_static("keep-alive , X-Foo"),
-        );
-        h.append(http::header::CONNECTION, HeaderValue::from_static("x-bar"));
-        let nominated = connection_nominated(&h);
-        assert!(nominated.contains(&n("x-foo")));
-        assert!(nominated.contains(&n("x-bar")));
-        assert!(nominated.contains(&n("keep-alive")));
-        assert!(!nominated.contains(&n("x-fo")));
-        assert!(!nominated.contains(&n("openai-organization")));
     }
 
     #[tokio::test]
