@@ -182,5 +182,14 @@ mod tests {
             connection_nominated(&h),
             vec![HeaderName::from_static("x-secret")]
         );
+        // Every `connection` header counts.
+        h.append(header::CONNECTION, "x-bar".parse().unwrap());
+        assert_eq!(
+            connection_nominated(&h),
+            vec![
+                HeaderName::from_static("x-secret"),
+                HeaderName::from_static("x-bar")
+            ]
+        );
     }
 }
