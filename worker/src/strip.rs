@@ -202,6 +202,11 @@ impl Stripper {
             out.extend_from_slice(event);
             return false;
         }
+        if let Some(cut) = lone_null_usage_last(json) {
+            out.extend_from_slice(&event[..json_at + cut.start]);
+            out.extend_from_slice(&event[json_at + cut.end..]);
+            return true;
+        }
         self.reader.reset();
         self.members.clear();
         let members = &mut self.members;
@@ -261,6 +266,49 @@ impl Stripper {
         }
         found
     }
+}
+
+/// The shape of almost every chunk of a stream whose `include_usage` the worker injected:
+/// `{…,"usage":null}`, with `usage` written once, unescaped, as the last member. Found by
+/// reading back from the end, without the general reader: the bytes to remove (what the
+/// reader's path removes: from the end of the previous value, or from the key when it is
+/// the only member, to the end of `null`), or `None` for anything else, which takes the
+/// general path.
+///
+/// Why reading back is exact for a JSON document: the last `}` closes the top-level
+/// object and the `l` before it cannot be inside a string, so `null` is the last value;
+/// the `"usage"` before its `:` is a key whose opening quote is not escaped when a `,` or
+/// `{` (not a `\`) precedes it; and with no other `usage` bytes and no `\u00` escape in
+/// the document there is no other `usage` key, so this is the last and only one.
+fn lone_null_usage_last(json: &[u8]) -> Option<std::ops::Range<usize>> {
+    let ws = |c: u8| matches!(c, b' ' | b'\t' | b'\r' | b'\n');
+    let back = |mut i: usize| {
+        while i > 0 && ws(json[i - 1]) {
+            i -= 1;
+        }
+        i
+    };
+    let end = back(json.len());
+    let i = end.checked_sub(1).filter(|&i| json[i] == b'}')?;
+    let i = back(i);
+    let null_end = i;
+    let i = i.checked_sub(4).filter(|&i| &json[i..null_end] == b"null")?;
+    let i = back(i).checked_sub(1).filter(|&i| json[i] == b':')?;
+    let key_end = back(i);
+    let key_start = key_end
+        .checked_sub(7)
+        .filter(|&k| &json[k..key_end] == b"\"usage\"")?;
+    let before = back(key_start).checked_sub(1)?;
+    let from = match json[before] {
+        b',' => back(before),
+        b'{' => key_start,
+        _ => return None,
+    };
+    let mut usage = USAGE.find_iter(json);
+    if usage.next().is_none() || usage.next().is_some() || ASCII_ESCAPE.find(json).is_some() {
+        return None;
+    }
+    Some(from..null_end)
 }
 
 /// Where the event being passed through ends in `b` (just past its blank line), given
@@ -381,6 +429,35 @@ data: [DONE]\n\n";
             }
             out.extend(s.finish().into_iter().flatten());
             proptest::prop_assert_eq!(events(&out), want, "{}", String::from_utf8_lossy(&text));
+        }
+    }
+
+    #[test]
+    fn the_common_null_usage_is_found_from_the_end_and_nothing_else_is() {
+        let cut =
+            |j: &str| lone_null_usage_last(j.as_bytes()).map(|r| format!("{}{}", &j[..r.start], &j[r.end..]));
+        assert_eq!(
+            cut(r#" {"id":"x","choices":[{"delta":{}}],"usage":null}"#).as_deref(),
+            Some(r#" {"id":"x","choices":[{"delta":{}}]}"#)
+        );
+        assert_eq!(
+            cut("{\"a\":1 ,\n \"usage\" : null }\r\n").as_deref(),
+            Some("{\"a\":1 }\r\n")
+        );
+        assert_eq!(cut(r#"{ "usage":null}"#).as_deref(), Some("{ }"));
+        for general in [
+            r#"{"a":{"usage":null}}"#,
+            r#"{"usage":null,"a":1}"#,
+            r#"{"usage":{"x":1},"usage":null}"#,
+            r#"{"a":"usage","usage":null}"#,
+            r#"{"x\"usage":null}"#,
+            r#"{"a":"\u0041","usage":null}"#,
+            r#"{"a":1,"usage":nul}"#,
+            r#"[{"usage":null}]"#,
+            "",
+            "}",
+        ] {
+            assert_eq!(cut(general), None, "{general}");
         }
     }
 
