@@ -99,6 +99,8 @@ pub struct Metrics {
     pub reports_pending: Gauge<i64, AtomicI64>,
     /// 1 while the reporter sleeps with no timer (see `report::run`), else 0.
     pub reporter_idle: Gauge<i64, AtomicI64>,
+    /// Mirrors `strip::OVERSIZE_EVENTS` (read at each render).
+    strip_oversize: Counter<u64, AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -184,10 +186,17 @@ impl Metrics {
             "1 while the usage reporter sleeps with no timer (nothing to send, every target healthy); the next request or health change wakes it",
             reporter_idle.clone(),
         );
+        let strip_oversize = Counter::<u64, AtomicU64>::default();
+        registry.register(
+            "stream_events_unstripped",
+            "SSE events longer than the stripper's bound (strip::MAX_HELD_EVENT) passed to the client without the injected usage removed",
+            strip_oversize.clone(),
+        );
         Self {
             registry,
             reports_pending,
             reporter_idle,
+            strip_oversize,
             requests,
             duration,
             ttfb,
@@ -270,6 +279,10 @@ impl Metrics {
                 }
             }
         }
+        let oversize = crate::strip::OVERSIZE_EVENTS.load(std::sync::atomic::Ordering::Relaxed);
+        self.strip_oversize
+            .inner()
+            .fetch_max(oversize, std::sync::atomic::Ordering::Relaxed);
         let mut out = String::with_capacity(8192);
         if encode(&mut out, &self.registry).is_err() {
             out.clear();
