@@ -116,10 +116,8 @@ pub fn confirm_credential(shared: &Arc<Shared>, routing: &Arc<Routing>, pi: usiz
     tasks.spawn(async move {
         let p = &routing.providers[pi];
         let c = &p.credentials[ci];
-        let timeout = p.health.as_ref().map_or(CONFIRM_TIMEOUT, |h| h.timeout);
-        let probed = tokio::time::timeout(timeout, send_probe(p, &c.auth_value, &ProbeKind::Models)).await;
-        match probed {
-            Ok(Ok(s @ (401 | 403))) => {
+        match models_probe(p, c).await {
+            Ok(s @ (401 | 403)) => {
                 let reason = format!("upstream {status}, confirmed by a probe ({s})");
                 let now = shared.clock.now_ms();
                 shared.transition(c.state.eject(now, &reason), || {
@@ -128,9 +126,8 @@ pub fn confirm_credential(shared: &Arc<Shared>, routing: &Arc<Routing>, pi: usiz
             }
             other => {
                 let seen = match other {
-                    Ok(Ok(s)) => s.to_string(),
-                    Ok(Err(e)) => e,
-                    Err(_) => "timeout".into(),
+                    Ok(s) => s.to_string(),
+                    Err(e) => e,
                 };
                 tracing::info!(provider = %p.name, credential = %c.name, status, probe = %seen,
                     "upstream rejected a request's credential; the probe did not confirm it: kept");
@@ -160,13 +157,10 @@ pub fn confirm_timeout(
     tasks.spawn(async move {
         let p = &routing.providers[pi];
         let c = &p.credentials[ci];
-        let timeout = p.health.as_ref().map_or(CONFIRM_TIMEOUT, |h| h.timeout);
-        let probed = tokio::time::timeout(timeout, send_probe(p, &c.auth_value, &ProbeKind::Models)).await;
-        let failed = match probed {
-            Err(_) => Some("timeout, and the probe timed out".to_string()),
-            Ok(Err(e)) => Some(format!("timeout, and the probe failed: {e}")),
-            Ok(Ok(s)) if s >= 500 => Some(format!("timeout, and the probe answered {s}")),
-            Ok(Ok(_)) => None,
+        let failed = match models_probe(p, c).await {
+            Err(e) => Some(format!("timeout, and the probe failed: {e}")),
+            Ok(s) if s >= 500 => Some(format!("timeout, and the probe answered {s}")),
+            Ok(_) => None,
         };
         match failed {
             Some(reason) => {
@@ -177,6 +171,15 @@ pub fn confirm_timeout(
                 "a request timed out, but the upstream answers a probe: slow, not dead"),
         }
     });
+}
+
+/// The models list asked with credential `c` alone (nothing of any client's request),
+/// within the provider's probe timeout (or `CONFIRM_TIMEOUT` without a health check).
+async fn models_probe(p: &Provider, c: &crate::config::Credential) -> Result<u16, String> {
+    let timeout = p.health.as_ref().map_or(CONFIRM_TIMEOUT, |h| h.timeout);
+    tokio::time::timeout(timeout, send_probe(p, &c.auth_value, &ProbeKind::Models))
+        .await
+        .unwrap_or_else(|_| Err("timed out".into()))
 }
 
 async fn send_probe(p: &Provider, auth: &HeaderValue, probe: &ProbeKind) -> Result<u16, String> {
