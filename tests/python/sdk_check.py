@@ -47,7 +47,8 @@ bad = openai.OpenAI(base_url=base + "/v1", api_key="sk-not-a-valid-key-xxxxxxxx"
 expect(openai.AuthenticationError, lambda: bad.chat.completions.create(model=oa_model, messages=[]), "openai bad key")
 expect(openai.NotFoundError, lambda: oa.chat.completions.create(model="no-such-model", messages=[]), "openai unknown model")
 lim = openai.OpenAI(base_url=base + "/v1", api_key=limited, max_retries=0)
-expect(openai.PermissionDeniedError, lambda: lim.chat.completions.create(model=oa_model, messages=[]), "openai forbidden model")
+# A model the key may not use answers as one that does not exist (no hidden-model oracle).
+expect(openai.NotFoundError, lambda: lim.chat.completions.create(model=oa_model, messages=[]), "openai forbidden model")
 
 an = anthropic.Anthropic(base_url=base, api_key=key, max_retries=0)
 m = an.messages.create(model=an_model, max_tokens=20, messages=[{"role": "user", "content": "hi"}])
@@ -62,5 +63,5 @@ bad = anthropic.Anthropic(base_url=base, api_key="sk-not-a-valid-key-xxxxxxxx", 
 expect(anthropic.AuthenticationError, lambda: bad.messages.create(model=an_model, max_tokens=5, messages=[{"role": "user", "content": "x"}]), "anthropic bad key")
 expect(anthropic.NotFoundError, lambda: an.messages.create(model="no-such-model", max_tokens=5, messages=[{"role": "user", "content": "x"}]), "anthropic unknown model")
 lim = anthropic.Anthropic(base_url=base, api_key=limited, max_retries=0)
-expect(anthropic.PermissionDeniedError, lambda: lim.messages.create(model=an_model, max_tokens=5, messages=[{"role": "user", "content": "x"}]), "anthropic forbidden model")
+expect(anthropic.NotFoundError, lambda: lim.messages.create(model=an_model, max_tokens=5, messages=[{"role": "user", "content": "x"}]), "anthropic forbidden model")
 print("ALL OK")
