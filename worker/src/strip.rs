@@ -219,6 +219,11 @@ impl Stripper {
         let usage = last(Key::Usage).map(|m| m.first);
         let no_choices = last(Key::Choices).is_some_and(|m| m.first == b'[' && m.empty);
         if usage == Some(b'{') && no_choices {
+            // Blank lines before the event are not part of it: they stay, so that what the
+            // client gets does not depend on whether they came in the same read as the
+            // event (a fuzz finding: `\n\n\r\n` read whole or cut after `\n\n`).
+            let lead = event.iter().take_while(|&&c| c == b'\r' || c == b'\n').count();
+            out.extend_from_slice(&event[..lead]);
             return true;
         }
         if usage != Some(b'n') {
