@@ -23,5 +23,11 @@ fi
 # Debian packages some tests drive as real peers (installed once, if missing).
 ./scripts/ensure-deps.sh
 
+# The test runner itself, on a machine that lacks it.
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "installing cargo-nextest (cargo install --locked)" >&2
+  cargo install --locked cargo-nextest
+fi
+
 cargo build --workspace --bins
 cargo nextest run --workspace --profile "${NEXTEST_PROFILE:-default}" "$@"
