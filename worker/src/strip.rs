@@ -28,8 +28,6 @@ pub static OVERSIZE_EVENTS: AtomicU64 = AtomicU64::new(0);
 
 static USAGE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"usage"));
 static ASCII_ESCAPE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\\u00"));
-static LF_LF: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\n\n"));
-static LF_CR_LF: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\n\r\n"));
 
 /// Whether `b` may hold a key that reads `usage`: either the bytes `usage`, or an
 /// escaped ASCII character (a key's letters can only be escaped as `\u00XX`; other
@@ -40,13 +38,16 @@ pub fn may_have_usage_key(b: &[u8]) -> bool {
 }
 
 /// Index just past the end of the first event (its blank line) in `b`, if any.
+///
+/// Walks the line ends from the front and stops at the first blank line, so splitting
+/// a chunk into its events reads each byte once (two searches for `\n\n` and `\n\r\n`
+/// over the rest of the chunk, per event, read it once per event).
 fn first_event_end(b: &[u8]) -> Option<usize> {
-    let lf = LF_LF.find(b).map(|i| i + 2);
-    let crlf = LF_CR_LF.find(b).map(|i| i + 3);
-    match (lf, crlf) {
-        (Some(a), Some(c)) => Some(a.min(c)),
-        (a, c) => a.or(c),
-    }
+    memchr::memchr_iter(b'\n', b).find_map(|p| match b[p + 1..] {
+        [b'\n', ..] => Some(p + 2),
+        [b'\r', b'\n', ..] => Some(p + 3),
+        _ => None,
+    })
 }
 
 /// Index just past the end of the last complete event in `b[from..]`, if any.
@@ -260,14 +261,15 @@ impl Stripper {
     fn single_data_line<'a>(&self, event: &'a [u8]) -> Option<(usize, &'a [u8])> {
         let mut found = None;
         let mut at = 0;
-        for line in event.split_inclusive(|&c| c == b'\n') {
-            if let Some(v) = line.strip_prefix(b"data:") {
+        while at < event.len() {
+            let end = memchr::memchr(b'\n', &event[at..]).map_or(event.len(), |i| at + i + 1);
+            if let Some(v) = event[at..end].strip_prefix(b"data:") {
                 if found.is_some() {
                     return None;
                 }
                 found = Some((at + 5, v));
             }
-            at += line.len();
+            at = end;
         }
         found
     }
