@@ -235,7 +235,7 @@ async fn forward(
         .ok_or_else(|| ProxyError::UnknownModel(model_name.to_string()))?;
     let route = model.routes[kind.index()]
         .as_ref()
-        .ok_or_else(|| ProxyError::UnknownModel(model_name.to_string()))?;
+        .ok_or_else(|| ProxyError::no_backend_for_api(model_name, kind))?;
     let path = parts.uri.path();
     if !default_path
         && !route
