@@ -58,6 +58,32 @@ pub struct CredentialView {
     pub metadata: BTreeMap<String, String>,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+    /// `credentials list` only: `disabled`, or the fleet's view from health reports
+    /// (see [`credential_state`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+}
+
+/// A credential's state for `credentials list`: `disabled` when the operator took it out
+/// of rotation; otherwise what the workers' health reports say: `healthy` (every
+/// connected worker uses it), `ejected` (none does: a confirmed 401/403, failing probes or
+/// the passive breaker), `ejected on N/M workers`, or `enabled` when no worker has
+/// reported on it yet.
+pub fn credential_state(enabled: bool, healthy_workers: u32, total_workers: u32) -> String {
+    if !enabled {
+        "disabled".to_string()
+    } else if total_workers == 0 {
+        "enabled".to_string()
+    } else if healthy_workers >= total_workers {
+        "healthy".to_string()
+    } else if healthy_workers == 0 {
+        "ejected".to_string()
+    } else {
+        format!(
+            "ejected on {}/{total_workers} workers",
+            total_workers - healthy_workers
+        )
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -230,6 +256,7 @@ impl From<&pb::Credential> for CredentialView {
             metadata: sorted(&c.metadata),
             created_at_ms: c.created_at_ms,
             updated_at_ms: c.updated_at_ms,
+            state: None,
         }
     }
 }
