@@ -450,4 +450,13 @@ mod tests {
         assert_eq!(j["health"]["enabled"], true);
         assert!(j["credentials"].as_array().unwrap().is_empty());
     }
+
+    #[test]
+    fn credential_state_words() {
+        assert_eq!(credential_state(false, 3, 3), "disabled");
+        assert_eq!(credential_state(true, 0, 0), "enabled");
+        assert_eq!(credential_state(true, 3, 3), "healthy");
+        assert_eq!(credential_state(true, 0, 3), "ejected");
+        assert_eq!(credential_state(true, 2, 3), "ejected on 1/3 workers");
+    }
 }

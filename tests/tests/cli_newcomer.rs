@@ -234,3 +234,91 @@ async fn output_piped_into_head_exits_quietly() {
         );
     }
 }
+
+/// A credential the upstream refuses (a 401 confirmed by a probe) shows `ejected` in
+/// `credentials list` once the worker has reported it, where it used to show `yes`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ejected_credential_shows_ejected() {
+    use std::time::Duration;
+    use switchyard_mock::{Behavior, MockOptions, MockServer};
+    use switchyard_tests::{bin_path, wait_for, Proc};
+
+    let env = Env::start().await.unwrap();
+    let revoked = env.secret("sk-upstream-revoked-0123456789");
+    let mock = MockServer::start(MockOptions::default()).await.unwrap();
+    mock.set_default(Behavior {
+        reject_credentials: vec![revoked.clone()],
+        ..Behavior::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = tokio::process::Command::new(bin_path("switchyard-worker"));
+    cmd.args(["--listen", "127.0.0.1:0", "--control", &env.url])
+        .args(["--worker-token", WORKER_TOKEN, "--worker-id", "w1"])
+        .arg("--state-dir")
+        .arg(dir.path());
+    let worker = Proc::spawn("worker", cmd).await.unwrap();
+
+    env.run(&[
+        "providers",
+        "add",
+        "p",
+        "--kind",
+        "openai",
+        "--base-url",
+        &mock.openai_base(),
+        "--no-health",
+    ])
+    .await
+    .ok();
+    env.run_with(
+        &["credentials", "add", "p", "--name", "k", "--secret-env", "S"],
+        &[("S", &revoked)],
+        None,
+    )
+    .await
+    .ok();
+    env.run(&["models", "add", "m"]).await.ok();
+    env.run(&["backends", "add", "m", "--provider", "p"]).await.ok();
+    let created = env.run(&["keys", "create", "client"]).await;
+    let key = created.ok().lines().nth(1).unwrap().to_string();
+    env.secret(&key);
+
+    let c = reqwest::Client::new();
+    let url = format!("{}/v1/chat/completions", worker.url("http"));
+    // The worker serves the config, the upstream refuses the credential, a probe confirms.
+    wait_for("a request the upstream refuses", Duration::from_secs(15), || {
+        let c = c.clone();
+        let (url, key) = (url.clone(), key.clone());
+        async move {
+            let r = c
+                .post(&url)
+                .bearer_auth(&key)
+                .json(&serde_json::json!({"model": "m", "messages": []}))
+                .send()
+                .await?;
+            // 503 until the worker has the config; then the upstream's refusal (502).
+            Ok((r.status() == 502).then_some(()))
+        }
+    })
+    .await
+    .unwrap();
+    let e = &env;
+    let state = wait_for(
+        "credentials list to show the ejection",
+        Duration::from_secs(15),
+        || async move {
+            let v = e.run(&["credentials", "list", "-o", "json"]).await.json();
+            let s = v[0]["state"].as_str().unwrap_or_default().to_string();
+            Ok((s != "healthy" && s != "enabled").then_some(s))
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(state, "ejected");
+    let table = env.run(&["credentials", "list"]).await.ok().to_string();
+    assert!(table.lines().nth(1).unwrap().contains(" ejected "), "{table}");
+    // An operator's disable wins over what the fleet reports.
+    env.run(&["credentials", "disable", "p", "k"]).await.ok();
+    let v = env.run(&["credentials", "list", "-o", "json"]).await.json();
+    assert_eq!(v[0]["state"], "disabled");
+}
