@@ -111,6 +111,87 @@ pub use stream::{
     MAX_RESPONSES_OUTPUT_BYTES,
 };
 
+/// The API a client called (decided by its path).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientApi {
+    /// `POST /v1/chat/completions`
+    ChatCompletions,
+    /// `POST /v1/responses`
+    Responses,
+    /// `POST /v1/messages`
+    Messages,
+}
+
+/// A translation the worker can make: a client's API onto a backend of the other kind.
+/// One value picks every translator a request needs, so the proxy's phases carry it in
+/// their context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pair {
+    /// An OpenAI Chat Completions client on an Anthropic backend.
+    ChatOnAnthropic,
+    /// An OpenAI Responses client on an Anthropic backend.
+    ResponsesOnAnthropic,
+    /// An Anthropic Messages client on an OpenAI-kind backend.
+    MessagesOnOpenAi,
+}
+
+impl Pair {
+    /// The translation `client` needs on an Anthropic (`backend_anthropic`) or OpenAI-kind
+    /// backend: `None` when the dialects match (passthrough), or for a Responses client
+    /// on an OpenAI-kind backend (also passthrough).
+    pub fn new(client: ClientApi, backend_anthropic: bool) -> Option<Self> {
+        match (client, backend_anthropic) {
+            (ClientApi::ChatCompletions, true) => Some(Self::ChatOnAnthropic),
+            (ClientApi::Responses, true) => Some(Self::ResponsesOnAnthropic),
+            (ClientApi::Messages, false) => Some(Self::MessagesOnOpenAi),
+            _ => None,
+        }
+    }
+
+    /// The dialect of the client's error bodies.
+    pub fn client_dialect(self) -> Dialect {
+        match self {
+            Self::ChatOnAnthropic | Self::ResponsesOnAnthropic => Dialect::OpenAi,
+            Self::MessagesOnOpenAi => Dialect::Anthropic,
+        }
+    }
+
+    /// The request body for the backend, its path, and the context for the answer.
+    pub fn request(self, body: &[u8], opts: &TranslateOptions) -> Result<Translated> {
+        match self {
+            Self::ChatOnAnthropic => chat_to_messages(body, opts),
+            Self::ResponsesOnAnthropic => responses_to_messages(body, opts),
+            Self::MessagesOnOpenAi => messages_to_chat(body, opts),
+        }
+    }
+
+    /// A complete (non-streamed, 2xx) answer for the client, and the usage it reported.
+    pub fn answer(self, body: &[u8], ctx: &ResponseContext) -> Result<(Vec<u8>, Usage)> {
+        match self {
+            Self::ChatOnAnthropic => message_to_chat(body, ctx),
+            Self::ResponsesOnAnthropic => message_to_responses(body, ctx),
+            Self::MessagesOnOpenAi => chat_to_message(body, ctx),
+        }
+    }
+
+    /// An upstream error answer (status kept) for the client.
+    pub fn error(self, status: u16, body: &[u8]) -> Vec<u8> {
+        match self {
+            Self::ChatOnAnthropic | Self::ResponsesOnAnthropic => error_to_openai(status, body),
+            Self::MessagesOnOpenAi => error_to_anthropic(status, body),
+        }
+    }
+
+    /// The translator for a streamed (2xx SSE) answer.
+    pub fn stream(self, ctx: ResponseContext) -> Box<dyn StreamTranslator> {
+        match self {
+            Self::ChatOnAnthropic => Box::new(AnthropicToChatStream::new(ctx)),
+            Self::ResponsesOnAnthropic => Box::new(AnthropicToResponsesStream::new(ctx)),
+            Self::MessagesOnOpenAi => Box::new(ChatToAnthropicStream::new(ctx)),
+        }
+    }
+}
+
 /// Choices the caller makes per backend or model.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TranslateOptions {

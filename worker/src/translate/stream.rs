@@ -54,7 +54,9 @@ fn merge_anthropic_usage(u: &mut Usage, v: &Value) {
     }
 }
 
-/// Drives `on_event` over every complete event of `input`.
+/// Drives `on_event` over every complete event of `input`. Events completed before a
+/// reader error (an oversized event) are still translated, so that the output does not
+/// depend on how the upstream's bytes were cut into reads.
 fn each_event(
     reader: &mut sse::Reader,
     input: &[u8],
@@ -62,11 +64,12 @@ fn each_event(
     mut on_event: impl FnMut(sse::Event) -> Result<()>,
 ) -> Result<()> {
     let mut events = Vec::new();
-    reader.push(input, &mut events)?;
-    if end {
-        reader.finish(&mut events)?;
+    let mut read = reader.push(input, &mut events);
+    if end && read.is_ok() {
+        read = reader.finish(&mut events);
     }
-    events.into_iter().try_for_each(&mut on_event)
+    events.into_iter().try_for_each(&mut on_event)?;
+    read
 }
 
 /// The kind of the Anthropic content block in hand.

@@ -478,6 +478,39 @@ fn translate_responses_request_fixture() {
     assert_eq!(ctx.json_tool.as_deref(), Some("out"));
 }
 
+#[test]
+fn translate_pair_picks_the_translators() {
+    assert_eq!(Pair::new(ClientApi::ChatCompletions, false), None);
+    assert_eq!(Pair::new(ClientApi::Messages, true), None);
+    assert_eq!(Pair::new(ClientApi::Responses, false), None);
+    let p = Pair::new(ClientApi::Messages, false).unwrap();
+    assert_eq!(p.client_dialect(), Dialect::Anthropic);
+    let t = p
+        .request(
+            br#"{"model":"m","max_tokens":9,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#,
+            &opts(),
+        )
+        .unwrap();
+    assert_eq!(t.path, "/v1/chat/completions");
+    assert!(t.ctx.stream && t.ctx.include_usage);
+    let mut s = p.stream(t.ctx);
+    let mut out = Vec::new();
+    s.push(b"data: {\"id\":\"c\",\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"yo\"}}]}\n\n", &mut out).unwrap();
+    assert!(out.starts_with(b"event: message_start\n"));
+    let e: Value = serde_json::from_slice(&p.error(429, b"{}")).unwrap();
+    assert_eq!(e["error"]["type"], "rate_limit_error");
+    let p = Pair::new(ClientApi::Responses, true).unwrap();
+    assert_eq!(p.client_dialect(), Dialect::OpenAi);
+    let (body, usage) = p
+        .answer(anthropic_answer().to_string().as_bytes(), &ctx())
+        .unwrap();
+    assert_eq!(
+        serde_json::from_slice::<Value>(&body).unwrap()["object"],
+        "response"
+    );
+    assert_eq!(usage.output, 50);
+}
+
 // ---------------------------------------------------------------- response fixtures
 
 fn anthropic_answer() -> Value {
@@ -1395,6 +1428,18 @@ proptest::proptest! {
         proptest::prop_assert_eq!(ctx.stream, req["stream"] == true);
     }
 
+    /// Anthropic → Chat → Anthropic keeps the Anthropic request (made from a generated
+    /// Chat request, so that it holds only what both dialects have).
+    #[test]
+    fn translate_anthropic_request_round_trip(seed in 1u64..) {
+        let mut r = Rng(seed);
+        let (msgs, _) = to_messages(gen_chat_request(&mut r)).unwrap();
+        let (chat, ctx) = to_chat(msgs.clone()).unwrap();
+        let (back, _) = to_messages(chat.clone()).unwrap();
+        proptest::prop_assert_eq!(&back, &msgs, "via {}", chat);
+        proptest::prop_assert_eq!(ctx.include_usage, msgs["stream"] == true);
+    }
+
     /// Anthropic → Chat → Anthropic, and Chat → Anthropic → Chat, for answers.
     #[test]
     fn translate_response_round_trip(seed in 1u64..) {
@@ -1493,9 +1538,11 @@ proptest::proptest! {
         let _ = message_to_responses(&data, &ctx());
         let _ = error_to_openai(500, &data);
         let _ = error_to_anthropic(500, &data);
-        let _ = run(&mut AnthropicToChatStream::new(ctx()), &data, &cuts);
-        let _ = run(&mut ChatToAnthropicStream::new(ctx()), &data, &cuts);
-        let _ = run(&mut AnthropicToResponsesStream::new(ctx()), &data, &cuts);
+        for pair in [Pair::ChatOnAnthropic, Pair::ResponsesOnAnthropic, Pair::MessagesOnOpenAi] {
+            let whole = run(&mut *pair.stream(ctx()), &data, &[]);
+            let cut = run(&mut *pair.stream(ctx()), &data, &cuts);
+            proptest::prop_assert_eq!((&whole.0, whole.1.is_err()), (&cut.0, cut.1.is_err()), "{:?}", pair);
+        }
     }
 
     /// Valid streams and bodies, truncated and with bytes flipped, never panic; a
@@ -1515,12 +1562,19 @@ proptest::proptest! {
                     bytes[at % n] = *b;
                 }
             }
+            let pairs: &[Pair] = match which {
+                0 => &[Pair::ChatOnAnthropic, Pair::ResponsesOnAnthropic],
+                1 => &[Pair::MessagesOnOpenAi],
+                _ => &[],
+            };
+            for pair in pairs {
+                // However damaged, the output does not depend on how the bytes were cut.
+                let whole = run(&mut *pair.stream(ctx()), &bytes, &[]);
+                let cut = run(&mut *pair.stream(ctx()), &bytes, &cuts);
+                proptest::prop_assert_eq!((&whole.0, whole.1.is_err()), (&cut.0, cut.1.is_err()), "{:?}", pair);
+            }
             match which {
-                0 => {
-                    let _ = run(&mut AnthropicToChatStream::new(ctx()), &bytes, &cuts);
-                    let _ = run(&mut AnthropicToResponsesStream::new(ctx()), &bytes, &cuts);
-                }
-                1 => { let _ = run(&mut ChatToAnthropicStream::new(ctx()), &bytes, &cuts); }
+                0 | 1 => {}
                 2 => {
                     let _ = chat_to_messages(&bytes, &opts());
                     let _ = messages_to_chat(&bytes, &opts());
