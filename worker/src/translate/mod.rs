@@ -37,6 +37,10 @@
 //! `max_tokens` becomes `max_tokens` or `max_completion_tokens`
 //! ([`TranslateOptions::max_completion_tokens`]).
 //!
+//! An Anthropic request whose last turn is the assistant's (prefill: Anthropic continues
+//! it) is refused, since OpenAI would answer it anew; the reverse (an OpenAI request ending
+//! with an assistant message) is sent as is, and Anthropic continues that message.
+//!
 //! OpenAI Responses → Anthropic: `instructions` and system/developer items → `system`;
 //! `input` string or items (`message` with `input_text`/`input_image`/`output_text`,
 //! `function_call` → `tool_use`, `function_call_output` → `tool_result`); function tools;
@@ -48,6 +52,13 @@
 //! The response side turns that tool's call back into the message text (the `input` JSON)
 //! and `tool_use` into `stop`. Combined with `tools` it is refused (forcing the JSON tool
 //! would forbid the client's tools), as is a schema whose top level is not an object.
+//!
+//! **Thinking.** `reasoning_effort` and `thinking` map onto each other by budget (table
+//! above). Thinking with JSON mode is refused (Anthropic refuses a forced tool while
+//! thinking). Known limit: with thinking on, Anthropic wants the signed thinking blocks of
+//! the last assistant turn back when that turn used tools; an OpenAI client has none to
+//! send, so such a request fails upstream (its error is mapped to the client's dialect).
+//! Anthropic's own rules on `temperature`/`top_p` with thinking are likewise left to it.
 //!
 //! **Dropped, documented as harmless** (hints that change nothing the client can observe
 //! in the answer's shape): Anthropic `cache_control` markers (prompt-cache hints; OpenAI
@@ -82,7 +93,9 @@
 //! fields), `stop_reason` `end_turn`/`stop_sequence`/`pause_turn` → `stop`, `max_tokens`
 //! → `length`, `tool_use` → `tool_calls`, `refusal` → `content_filter`; usage:
 //! `prompt_tokens` = input + cache read + cache write, `prompt_tokens_details.cached_tokens`
-//! = cache read. `chat.completion` → `message` is the reverse (input = prompt − cached).
+//! = cache read. `chat.completion` → `message` is the reverse (input = prompt − cached;
+//! `stop` is `end_turn`, since OpenAI does not say whether a stop sequence matched, and
+//! `reasoning_content`/`reasoning` becomes a thinking block with an empty signature).
 //! Anthropic `message` → Responses `response`: a `message` item per text block, a
 //! `function_call` item per `tool_use` (`id` `fc_<tool id>`, `call_id` the tool id), a
 //! `reasoning` item (summary text) per thinking block; `max_tokens` → status
@@ -191,6 +204,10 @@ impl Pair {
         }
     }
 }
+
+/// The `anthropic-version` header value the upstream-request phase sends with a
+/// translated request to an Anthropic backend (translation writes bodies only).
+pub const ANTHROPIC_VERSION: &str = "2023-06-01";
 
 /// Choices the caller makes per backend or model.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -263,6 +263,13 @@ impl Common {
                         format!("`{effort}` has no Anthropic equivalent"),
                     ));
                 };
+                if ctx.json_tool.is_some() {
+                    // Anthropic refuses a forced tool while thinking.
+                    return Err(unsupported(
+                        self.effort_param,
+                        "cannot be combined with JSON mode on an Anthropic backend",
+                    ));
+                }
                 if max_tokens <= 1024 {
                     return Err(unsupported(
                         self.effort_param,
@@ -944,6 +951,15 @@ pub(super) fn messages_to_chat_value(mut m: Obj, opts: &TranslateOptions) -> Res
         messages.push(json!({"role": "system", "content": content}));
     }
     let turns = as_array(take_required(&mut m, "", "messages")?, "messages")?;
+    if let Some(last) = turns.len().checked_sub(1) {
+        if turns[last].get("role").is_some_and(|r| r == "assistant") {
+            // Anthropic continues a final assistant turn; OpenAI would answer it anew.
+            return Err(unsupported(
+                format!("messages[{last}]"),
+                "a final assistant turn (prefill) has no OpenAI equivalent",
+            ));
+        }
+    }
     for (i, t) in turns.into_iter().enumerate() {
         anthropic_turn(t, &format!("messages[{i}]"), &mut messages)?;
     }

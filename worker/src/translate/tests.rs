@@ -224,7 +224,7 @@ fn translate_chat_request_json_mode_and_reasoning() {
         "model": "m", "messages": [{"role": "user", "content": "list two colours"}],
         "response_format": {"type": "json_schema", "json_schema": {"name": "colours", "strict": true,
             "schema": {"type": "object", "properties": {"c": {"type": "array"}}}}},
-        "reasoning_effort": "medium", "max_tokens": 5000,
+        "max_tokens": 5000,
     }))
     .unwrap();
     assert_eq!(got["tools"][0]["name"], "colours");
@@ -233,8 +233,19 @@ fn translate_chat_request_json_mode_and_reasoning() {
         "array"
     );
     assert_eq!(got["tool_choice"], json!({"type": "tool", "name": "colours"}));
-    assert_eq!(got["thinking"], json!({"type": "enabled", "budget_tokens": 4999}));
     assert_eq!(ctx.json_tool.as_deref(), Some("colours"));
+    // Thinking: the budget stays below max_tokens; not with JSON mode.
+    let (t, _) =
+        to_messages(json!({"model": "m", "messages": [], "reasoning_effort": "high", "max_tokens": 5000}))
+            .unwrap();
+    assert_eq!(t["thinking"], json!({"type": "enabled", "budget_tokens": 4999}));
+    assert_eq!(
+        refused_param(to_messages(
+            json!({"model": "m", "messages": [], "max_tokens": 5000,
+            "reasoning_effort": "low", "response_format": {"type": "json_object"}})
+        )),
+        "reasoning_effort"
+    );
     // The answer: the forced tool's input is the text, and it is a plain stop.
     let answer = json!({"id": "msg_1", "type": "message", "role": "assistant", "model": "m",
         "content": [{"type": "tool_use", "id": "toolu_1", "name": "colours", "input": {"c": ["red", "blue"]}}],
@@ -390,6 +401,9 @@ fn translate_anthropic_request_fixture() {
         refused_param(to_chat(json!({"model": "m", "messages": []}))),
         "max_tokens"
     );
+    let mut b = base();
+    b["messages"] = json!([{"role": "user", "content": "Say a colour."}, {"role": "assistant", "content": "The colour is"}]);
+    assert_eq!(refused_param(to_chat(b)), "messages[1]");
 }
 
 #[test]
@@ -1039,7 +1053,8 @@ fn gen_chat_request(r: &mut Rng) -> Value {
             messages.push(json!({"role": "tool", "tool_call_id": id, "content": content}));
         }
     }
-    if r.bool() {
+    // Never a final assistant turn: that is an Anthropic prefill, refused towards OpenAI.
+    if r.bool() || messages.last().is_some_and(|m| m["role"] == "assistant") {
         messages.push(json!({"role": "user", "content": gen_user_content(r)}));
     }
     let mut req = json!({"model": r.ident(), "messages": messages, "max_tokens": 1 + r.below(200_000)});
