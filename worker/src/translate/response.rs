@@ -62,7 +62,9 @@ pub(super) fn parse_message(m: &Obj, ctx: &ResponseContext) -> Result<Parsed> {
                     });
                 }
             }
-            other => return Err(upstream(format!("unexpected content block {other:?}"))),
+            // Blocks of features a translated request cannot ask for (server tools, ...):
+            // nothing to translate, as the stream translators skip them too.
+            _ => {}
         }
     }
     Ok(p)

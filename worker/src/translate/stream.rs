@@ -723,6 +723,13 @@ impl AnthropicToResponsesStream {
     }
 
     fn close_item(&mut self, index: u64, out: &mut Vec<u8>) -> Result<()> {
+        if let Some(i) = self.item.as_ref() {
+            if i.kind == Kind::JsonText && i.text.is_empty() && i.anthropic_index == index {
+                // A JSON answer with no fragment is `{}`, as in the complete answer.
+                let d = json!({"type": "input_json_delta", "partial_json": "{}"});
+                self.delta(index, &d, out)?;
+            }
+        }
         let Some(item) = self.item.take().filter(|i| i.anthropic_index == index) else {
             return Err(upstream("content_block_stop for a block that is not open"));
         };

@@ -1124,6 +1124,97 @@ fn normalize_chat(mut req: Value) -> Value {
     req
 }
 
+/// The Responses request that says what `chat` says (without `stop`, which Responses lacks).
+fn chat_to_responses_request(chat: &Value) -> Value {
+    let mut input = Vec::new();
+    let mut req = json!({"model": chat["model"], "max_output_tokens": chat["max_tokens"]});
+    for m in chat["messages"].as_array().unwrap() {
+        let parts = |c: &Value, ty: &str| -> Value {
+            match c {
+                Value::String(_) => c.clone(),
+                _ => Value::Array(
+                    c.as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|p| match p["type"].as_str().unwrap() {
+                            "text" => json!({"type": ty, "text": p["text"]}),
+                            _ => json!({"type": "input_image", "image_url": p["image_url"]["url"]}),
+                        })
+                        .collect(),
+                ),
+            }
+        };
+        match m["role"].as_str().unwrap() {
+            "system" => req["instructions"] = m["content"].clone(),
+            "user" => input.push(json!({"role": "user", "content": parts(&m["content"], "input_text")})),
+            "assistant" => {
+                if let Some(t) = m["content"].as_str() {
+                    input.push(
+                        json!({"type": "message", "role": "assistant", "id": "msg_x", "status": "completed",
+                        "content": [{"type": "output_text", "text": t, "annotations": []}]}),
+                    );
+                }
+                for c in m["tool_calls"].as_array().into_iter().flatten() {
+                    input.push(
+                        json!({"type": "function_call", "call_id": c["id"], "name": c["function"]["name"],
+                        "arguments": c["function"]["arguments"]}),
+                    );
+                }
+            }
+            _ => input.push(
+                json!({"type": "function_call_output", "call_id": m["tool_call_id"],
+                "output": parts(&m["content"], "input_text")}),
+            ),
+        }
+    }
+    req["input"] = Value::Array(input);
+    for k in [
+        "temperature",
+        "top_p",
+        "stream",
+        "user",
+        "tool_choice",
+        "parallel_tool_calls",
+    ] {
+        if let Some(v) = chat.get(k) {
+            req[k] = v.clone();
+        }
+    }
+    if let Some(name) = chat.pointer("/tool_choice/function/name") {
+        req["tool_choice"] = json!({"type": "function", "name": name});
+    }
+    if let Some(tools) = chat["tools"].as_array() {
+        req["tools"] = Value::Array(
+            tools
+                .iter()
+                .map(|t| {
+                    let mut f = t["function"].clone();
+                    f["type"] = json!("function");
+                    f
+                })
+                .collect(),
+        );
+    }
+    if let Some(e) = chat.get("reasoning_effort") {
+        req["reasoning"] = json!({"effort": e});
+    }
+    req
+}
+
+/// Anthropic content compared as both sources can say it: one text block is the string.
+fn normalize_anthropic(mut req: Value) -> Value {
+    if let Some(msgs) = req.get_mut("messages").and_then(Value::as_array_mut) {
+        for m in msgs {
+            if let Some([b]) = m.get("content").and_then(Value::as_array).map(Vec::as_slice) {
+                if b["type"] == "text" {
+                    m["content"] = b["text"].clone();
+                }
+            }
+        }
+    }
+    req
+}
+
 /// An Anthropic message (the answer) with text, thinking and tool use.
 fn gen_anthropic_message(r: &mut Rng, round_trip: bool) -> Value {
     let mut content = Vec::new();
@@ -1425,6 +1516,23 @@ fn assemble_anthropic(out: &[u8]) -> Value {
     msg
 }
 
+/// With `json_mode`, the context of a JSON-mode request whose tool is the message's last
+/// tool call (its input becomes text).
+fn json_ctx(msg: &Value, json_mode: bool) -> ResponseContext {
+    let tool = msg["content"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .rfind(|b| b["type"] == "tool_use");
+    ResponseContext {
+        json_tool: tool
+            .filter(|_| json_mode)
+            .and_then(|b| b["name"].as_str())
+            .map(str::to_owned),
+        ..ctx()
+    }
+}
+
 fn cuts() -> impl proptest::strategy::Strategy<Value = Vec<usize>> {
     proptest::collection::vec(0usize..100_000, 0..12)
 }
@@ -1455,6 +1563,20 @@ proptest::proptest! {
         proptest::prop_assert_eq!(ctx.include_usage, msgs["stream"] == true);
     }
 
+    /// A Responses request translates to the Anthropic request its Chat Completions twin
+    /// does: the Responses translation keeps every field the three APIs share.
+    #[test]
+    fn translate_responses_request_agrees_with_chat(seed in 1u64..) {
+        let mut r = Rng(seed);
+        let mut chat = gen_chat_request(&mut r);
+        let resp = chat_to_responses_request(&chat);
+        chat.as_object_mut().unwrap().remove("stop");
+        let (via_chat, _) = to_messages(chat).unwrap();
+        let (via_resp, ctx) = from_responses(resp.clone()).unwrap();
+        proptest::prop_assert_eq!(normalize_anthropic(via_resp), normalize_anthropic(via_chat), "from {}", resp);
+        proptest::prop_assert_eq!(ctx.stream, resp["stream"] == true);
+    }
+
     /// Anthropic → Chat → Anthropic, and Chat → Anthropic → Chat, for answers.
     #[test]
     fn translate_response_round_trip(seed in 1u64..) {
@@ -1472,14 +1594,15 @@ proptest::proptest! {
 
     /// Anthropic SSE cut anywhere → chat chunks that assemble into the complete translation.
     #[test]
-    fn translate_stream_anthropic_to_chat_equals_complete(seed in 1u64.., cuts in cuts()) {
+    fn translate_stream_anthropic_to_chat_equals_complete(seed in 1u64.., cuts in cuts(), json_mode: bool) {
         let mut r = Rng(seed);
         let msg = gen_anthropic_message(&mut r, false);
         let input = anthropic_sse(&mut r, &msg);
+        let ctx = || json_ctx(&msg, json_mode);
         let mut t = AnthropicToChatStream::new(ctx());
         let (out, res) = run(&mut t, &input, &cuts);
         res.unwrap();
-        let (want, usage) = message_to_chat_value(&obj(msg), &ctx()).unwrap();
+        let (want, usage) = message_to_chat_value(&obj(msg.clone()), &ctx()).unwrap();
         proptest::prop_assert_eq!(assemble_chat(&out), want);
         proptest::prop_assert_eq!(t.usage(), usage);
     }
@@ -1487,14 +1610,15 @@ proptest::proptest! {
     /// Anthropic SSE cut anywhere → Responses events whose final response is the complete
     /// translation, and whose deltas add up to its items.
     #[test]
-    fn translate_stream_anthropic_to_responses_equals_complete(seed in 1u64.., cuts in cuts()) {
+    fn translate_stream_anthropic_to_responses_equals_complete(seed in 1u64.., cuts in cuts(), json_mode: bool) {
         let mut r = Rng(seed);
         let msg = gen_anthropic_message(&mut r, false);
         let input = anthropic_sse(&mut r, &msg);
+        let ctx = || json_ctx(&msg, json_mode);
         let mut t = AnthropicToResponsesStream::new(ctx());
         let (out, res) = run(&mut t, &input, &cuts);
         res.unwrap();
-        let (want, usage) = message_to_responses_value(&obj(msg), &ctx()).unwrap();
+        let (want, usage) = message_to_responses_value(&obj(msg.clone()), &ctx()).unwrap();
         let ev = sse_data(&out);
         let (last_name, last) = ev.last().unwrap();
         proptest::prop_assert!(last_name == "response.completed" || last_name == "response.incomplete");
