@@ -99,7 +99,14 @@
 //! Anthropic `message` → Responses `response`: a `message` item per text block, a
 //! `function_call` item per `tool_use` (`id` `fc_<tool id>`, `call_id` the tool id), a
 //! `reasoning` item (summary text) per thinking block; `max_tokens` → status
-//! `incomplete`. Error bodies: [`error_to_openai`], [`error_to_anthropic`].
+//! `incomplete`. Answer blocks a translated request cannot ask for (server tools' blocks,
+//! `redacted_thinking`) are skipped, by the complete and the stream translators alike.
+//! Error bodies: [`error_to_openai`], [`error_to_anthropic`] (status kept, type by status).
+//!
+//! # Wiring
+//! [`Pair::new`] says whether a client's API on a backend's kind needs translation, and
+//! its methods pick the request, answer, error and stream translators; the
+//! upstream-request phase also sets the headers (e.g. [`ANTHROPIC_VERSION`]).
 //!
 //! # Streams
 //! [`AnthropicToChatStream`], [`ChatToAnthropicStream`], [`AnthropicToResponsesStream`]:
