@@ -1731,6 +1731,75 @@ proptest::proptest! {
     }
 }
 
+/// The mock upstream's own wire formats (what `switchyard up --demo` answers with), in
+/// each of its JSON styles: streamed translations equal the complete ones.
+#[test]
+fn translate_mock_wire_formats() {
+    use std::sync::Arc;
+    use switchyard_mock::{
+        wire::{Prepared, StreamEvents, StreamKind},
+        Behavior, JsonStyle,
+    };
+    for style in [JsonStyle::Compact, JsonStyle::Spaced, JsonStyle::Hostile] {
+        let b = Behavior {
+            json_style: style,
+            reply: "Héllo \"world\" 🦀 from the mock".into(),
+            stream_chunks: 7,
+            usage: switchyard_mock::Usage {
+                prompt_tokens: 30,
+                completion_tokens: 9,
+                cached_tokens: 4,
+                reasoning_tokens: 0,
+            },
+            ..Behavior::default()
+        };
+        let p = Arc::new(Prepared::new(b));
+        let stream = |kind| {
+            let mut ev = StreamEvents::new(p.clone(), kind, "demo", true);
+            let mut out = Vec::new();
+            while let Some(e) = ev.next_event() {
+                out.extend_from_slice(&e.bytes);
+            }
+            out
+        };
+        let message = p.message.render("demo");
+        let chat = p.chat.render("demo");
+        // An OpenAI client on the mock's Anthropic side.
+        let (want, usage) = message_to_chat(&message, &ctx()).unwrap();
+        let mut t = AnthropicToChatStream::new(ctx());
+        let (out, r) = run(&mut t, &stream(StreamKind::Messages), &[17, 301]);
+        r.unwrap();
+        assert_eq!(
+            assemble_chat(&out),
+            serde_json::from_slice::<Value>(&want).unwrap(),
+            "{style:?}"
+        );
+        assert_eq!((t.usage(), usage.input, usage.cache_read), (usage, 30, 4));
+        // A Responses client on the mock's Anthropic side.
+        let (want, _) = message_to_responses(&message, &ctx()).unwrap();
+        let mut t = AnthropicToResponsesStream::new(ctx());
+        let (out, r) = run(&mut t, &stream(StreamKind::Messages), &[5]);
+        r.unwrap();
+        let last = sse_data(&out).pop().unwrap().1;
+        assert_eq!(
+            last["response"],
+            serde_json::from_slice::<Value>(&want).unwrap(),
+            "{style:?}"
+        );
+        // An Anthropic client (Claude Code) on the mock's OpenAI side: the demo's case.
+        let (want, usage) = chat_to_message(&chat, &ctx()).unwrap();
+        let mut t = ChatToAnthropicStream::new(ctx());
+        let (out, r) = run(&mut t, &stream(StreamKind::Chat), &[1, 2, 3, 99]);
+        r.unwrap();
+        assert_eq!(
+            assemble_anthropic(&out),
+            serde_json::from_slice::<Value>(&want).unwrap(),
+            "{style:?}"
+        );
+        assert_eq!((t.usage(), usage.input, usage.cache_read), (usage, 26, 4));
+    }
+}
+
 #[test]
 fn translate_deep_nesting_is_refused_not_overflowed() {
     let depth = 100_000;
