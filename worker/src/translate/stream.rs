@@ -471,7 +471,7 @@ impl ChatToAnthropicStream {
                     if k < self.tools_seen {
                         return Err(upstream("tool call deltas interleaved across calls"));
                     }
-                    self.tools_seen = k + 1;
+                    self.tools_seen = k.saturating_add(1);
                     let id = str_of(c, "id").to_owned();
                     let name = c
                         .pointer("/function/name")

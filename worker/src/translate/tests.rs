@@ -878,6 +878,14 @@ fn translate_stream_chat_to_anthropic_fixture() {
     assert_eq!(ev[8].1["delta"]["stop_reason"], "tool_use");
     assert_eq!(ev[8].1["usage"]["input_tokens"], 9);
     assert_eq!(t.usage().output, 4);
+    // The largest index a call may have does not overflow the count of calls seen.
+    let max = json!({"id": "c1", "model": "gpt", "choices": [{"index": 0, "delta": {"tool_calls": [
+        {"index": u32::MAX, "id": "call_x", "type": "function", "function": {"name": "a", "arguments": "{}"}}]}}]});
+    let mut big = Vec::new();
+    sse::write_data(&mut big, &max);
+    sse::write_data(&mut big, &max);
+    let mut t = ChatToAnthropicStream::new(ctx());
+    assert!(run(&mut t, &big, &[]).1.is_err(), "no finish reason");
     // Interleaved argument deltas cannot be expressed as Anthropic blocks.
     let mut bad = Vec::new();
     sse::write_data(&mut bad, &chunks[1]);
@@ -1681,6 +1689,61 @@ proptest::proptest! {
             let whole = run(&mut *pair.stream(ctx()), &data, &[]);
             let cut = run(&mut *pair.stream(ctx()), &data, &cuts);
             proptest::prop_assert_eq!((&whole.0, whole.1.is_err()), (&cut.0, cut.1.is_err()), "{:?}", pair);
+        }
+    }
+
+    /// Well-formed events in any order, with odd indexes, types and values (what a
+    /// confused or hostile upstream could send): no panic, and the same output however
+    /// the bytes are cut.
+    #[test]
+    fn translate_scrambled_events_never_panic(seed in 1u64.., cuts in cuts()) {
+        let mut r = Rng(seed);
+        let num = |r: &mut Rng| match r.below(4) {
+            0 => json!(r.below(3)),
+            1 => json!(u64::MAX),
+            2 => json!(u32::MAX),
+            _ => json!(-1),
+        };
+        let mut anthropic = Vec::new();
+        let mut chat = Vec::new();
+        for _ in 0..r.below(24) {
+            let ty = r.pick(&["message_start", "content_block_start", "content_block_delta", "content_block_stop",
+                              "message_delta", "message_stop", "ping", "error", "weird"]);
+            let block = r.pick(&["text", "tool_use", "thinking", "redacted_thinking", "server_tool_use"]);
+            let delta = r.pick(&["text_delta", "input_json_delta", "thinking_delta", "signature_delta", "citations_delta"]);
+            let v = json!({
+                "type": ty, "index": num(&mut r),
+                "message": {"id": r.ident(), "model": r.ident(), "usage": {"input_tokens": num(&mut r), "output_tokens": num(&mut r)}},
+                "content_block": {"type": block, "id": r.ident(), "name": r.pick(&["json_response", "f"]), "text": r.text()},
+                "delta": {"type": delta, "text": r.text(), "partial_json": r.text(), "thinking": r.text(),
+                          "stop_reason": r.pick(&["end_turn", "max_tokens", "tool_use", "refusal"])},
+                "usage": {"output_tokens": num(&mut r), "cache_read_input_tokens": num(&mut r)},
+                "error": {"type": "overloaded_error", "message": r.text()},
+            });
+            sse::write_event(&mut anthropic, ty, &v);
+            let mut c = json!({"id": r.ident(), "model": r.ident(), "choices": [{"index": num(&mut r), "delta": {
+                "content": r.text(), "reasoning_content": if r.bool() { json!(r.text()) } else { Value::Null },
+                "tool_calls": [{"index": num(&mut r), "id": r.ident(), "function": {"name": r.ident(), "arguments": r.text()}}],
+            }, "finish_reason": if r.bool() { json!("tool_calls") } else { Value::Null }}]});
+            match r.below(5) {
+                0 => c["usage"] = json!({"prompt_tokens": num(&mut r), "prompt_tokens_details": {"cached_tokens": num(&mut r)}}),
+                1 => c["error"] = json!({"message": r.text(), "code": num(&mut r)}),
+                2 => c["choices"] = json!([]),
+                _ => {}
+            }
+            if r.below(8) == 0 {
+                chat.extend_from_slice(b"data: [DONE]\n\n");
+            } else {
+                sse::write_data(&mut chat, &c);
+            }
+        }
+        for (pair, input) in [(Pair::ChatOnAnthropic, &anthropic), (Pair::ResponsesOnAnthropic, &anthropic), (Pair::MessagesOnOpenAi, &chat)] {
+            for json_tool in [None, Some("json_response".to_owned())] {
+                let c = || ResponseContext { json_tool: json_tool.clone(), ..ctx() };
+                let whole = run(&mut *pair.stream(c()), input, &[]);
+                let cut = run(&mut *pair.stream(c()), input, &cuts);
+                proptest::prop_assert_eq!((&whole.0, whole.1.is_err()), (&cut.0, cut.1.is_err()), "{:?}", pair);
+            }
         }
     }
 
