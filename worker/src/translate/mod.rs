@@ -34,6 +34,9 @@
 //! plus: `thinking.budget_tokens` < 4096 → `low`, < 16384 → `medium`, else `high`;
 //! `stream: true` adds `stream_options.include_usage: true` (so usage can be read);
 //! `tool_result.is_error: true` prefixes the result with `Error: ` (OpenAI has no flag);
+//! images in a `tool_result` (OpenAI tool messages carry text only) go, after the turn's
+//! tool messages, at the head of the user message that carries the turn's other blocks;
+//! several system blocks become one system message of text parts;
 //! `max_tokens` becomes `max_tokens` or `max_completion_tokens`
 //! ([`TranslateOptions::max_completion_tokens`]).
 //!
@@ -80,8 +83,7 @@
 //! `modalities` other than text, `prediction`, `web_search_options`, `functions` /
 //! `function_call`, `store: true`, `metadata` (OpenAI's), `verbosity`, `temperature` > 1
 //! for Anthropic, `input_audio`/`file` parts, a message `name`, non-function tools, `top_k`,
-//! Anthropic server tools, `document`/`search_result` blocks, images in tool results
-//! (OpenAI tool messages carry text only), `container`, `mcp_servers`,
+//! Anthropic server tools, `document`/`search_result` blocks, `container`, `mcp_servers`,
 //! `previous_response_id`, `conversation`, `background: true`, built-in Responses tools
 //! (`web_search`, `file_search`, ...), `item_reference` items; and any field not listed
 //! here (never silently dropped).
@@ -95,7 +97,8 @@
 //! `prompt_tokens` = input + cache read + cache write, `prompt_tokens_details.cached_tokens`
 //! = cache read. `chat.completion` → `message` is the reverse (input = prompt − cached;
 //! `stop` is `end_turn`, since OpenAI does not say whether a stop sequence matched, and
-//! `reasoning_content`/`reasoning` becomes a thinking block with an empty signature).
+//! `reasoning_content`/`reasoning` becomes a thinking block with an empty signature;
+//! a `stop` with tool calls, which some OpenAI-compatible servers send, is `tool_use`).
 //! Anthropic `message` → Responses `response`: a `message` item per text block, a
 //! `function_call` item per `tool_use` (`id` `fc_<tool id>`, `call_id` the tool id), a
 //! `reasoning` item (summary text) per thinking block; `max_tokens` → status

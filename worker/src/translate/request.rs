@@ -1144,6 +1144,8 @@ fn anthropic_turn(t: Value, p: &str, out: &mut Vec<Value>) -> Result<()> {
     };
     let mut parts = Vec::new();
     let mut calls = Vec::new();
+    // Images of tool results, sent after the tool messages in the turn's user message.
+    let mut late_images = Vec::new();
     for (i, b) in blocks.into_iter().enumerate() {
         let bp = format!("{cp}[{i}]");
         let mut b = as_object(b, &bp)?;
@@ -1170,11 +1172,22 @@ fn anthropic_turn(t: Value, p: &str, out: &mut Vec<Value>) -> Result<()> {
                     Some(Value::Array(inner)) => {
                         let mut texts = Vec::with_capacity(inner.len());
                         for (j, ib) in inner.into_iter().enumerate() {
-                            texts.push(
-                                json!({"type": "text", "text": text_block(ib, &format!("{rp}[{j}]"))?}),
-                            );
+                            let ip = format!("{rp}[{j}]");
+                            if ib.get("type").is_some_and(|t| t == "image") {
+                                // OpenAI tool messages carry text only: the image follows
+                                // in a user message (module docs).
+                                let mut ib = as_object(ib, &ip)?;
+                                ib.remove("type");
+                                late_images.push(image_part(ib, &ip)?);
+                                continue;
+                            }
+                            texts.push(json!({"type": "text", "text": text_block(ib, &ip)?}));
                         }
-                        Value::Array(texts)
+                        if texts.is_empty() {
+                            Value::String(String::new())
+                        } else {
+                            Value::Array(texts)
+                        }
                     }
                     Some(_) => return Err(invalid(rp, "expected a string or an array of blocks")),
                 };
@@ -1214,8 +1227,9 @@ fn anthropic_turn(t: Value, p: &str, out: &mut Vec<Value>) -> Result<()> {
         }
     }
     if role == "user" {
-        if !parts.is_empty() {
-            out.push(json!({"role": "user", "content": parts}));
+        late_images.append(&mut parts);
+        if !late_images.is_empty() {
+            out.push(json!({"role": "user", "content": late_images}));
         }
         return Ok(());
     }

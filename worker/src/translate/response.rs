@@ -170,10 +170,15 @@ pub(super) fn chat_to_message_value(m: &Obj, _ctx: &ResponseContext) -> Result<(
         }
     }
     let usage = m.get("usage").map(usage_from_openai).unwrap_or_default();
+    let has_calls = content.iter().any(|b| b["type"] == "tool_use");
     let stop = choice
         .get("finish_reason")
         .and_then(Value::as_str)
-        .map(stop_reason);
+        .map(|f| match stop_reason(f) {
+            // Some OpenAI-compatible servers say `stop` after tool calls.
+            "end_turn" if has_calls => "tool_use",
+            s => s,
+        });
     let v = Value::Object(m.clone());
     Ok((
         json!({

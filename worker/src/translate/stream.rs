@@ -374,7 +374,11 @@ impl ChatToAnthropicStream {
 
     fn end(&mut self, out: &mut Vec<u8>) {
         self.close_block(out);
-        let stop = stop_reason(self.finish.as_deref().unwrap_or("stop"));
+        let stop = match stop_reason(self.finish.as_deref().unwrap_or("stop")) {
+            // Some OpenAI-compatible servers say `stop` after tool calls.
+            "end_turn" if self.tools_seen > 0 => "tool_use",
+            s => s,
+        };
         let u = &self.usage;
         sse::write_event(
             out,

@@ -326,7 +326,7 @@ fn translate_anthropic_request_fixture() {
         "temperature": 1,
         "stream": true,
     });
-    let (got, ctx) = to_chat(req).unwrap();
+    let (got, rctx) = to_chat(req).unwrap();
     assert_eq!(
         got,
         json!({
@@ -357,7 +357,7 @@ fn translate_anthropic_request_fixture() {
             "stream_options": {"include_usage": true},
         })
     );
-    assert!(ctx.stream && ctx.include_usage);
+    assert!(rctx.stream && rctx.include_usage);
     let t = messages_to_chat(
         br#"{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}"#,
         &TranslateOptions {
@@ -387,13 +387,48 @@ fn translate_anthropic_request_fixture() {
         b[k] = v;
         assert_eq!(refused_param(to_chat(b)), param, "{k}");
     }
+    // An image in a tool result follows the tool message, in the turn's user message.
     let mut b = base();
-    b["messages"] = json!([{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t",
-        "content": [{"type": "image", "source": {"type": "url", "url": "https://x"}}]}]}]);
+    b["messages"] = json!([{"role": "user", "content": [
+        {"type": "tool_result", "tool_use_id": "t", "content": [
+            {"type": "text", "text": "a screenshot"},
+            {"type": "image", "source": {"type": "url", "url": "https://x/1.png"}}]},
+        {"type": "tool_result", "tool_use_id": "u", "content": [
+            {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AA"}}]},
+        {"type": "text", "text": "what now?"}]}]);
     assert_eq!(
-        refused_param(to_chat(b)),
-        "messages[0].content[0].content[0].type"
+        to_chat(b).unwrap().0["messages"],
+        json!([
+            {"role": "tool", "tool_call_id": "t", "content": [{"type": "text", "text": "a screenshot"}]},
+            {"role": "tool", "tool_call_id": "u", "content": ""},
+            {"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": "https://x/1.png"}},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA"}},
+                {"type": "text", "text": "what now?"}]},
+        ])
     );
+    // A stop with tool calls (some OpenAI-compatible servers) is a tool_use.
+    let odd = json!({"id": "x", "model": "m", "choices": [{"index": 0, "finish_reason": "stop", "message": {
+        "role": "assistant", "content": null,
+        "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}}]});
+    assert_eq!(
+        chat_to_message_value(&obj(odd.clone()), &ctx()).unwrap().0["stop_reason"],
+        "tool_use"
+    );
+    let mut input = Vec::new();
+    sse::write_data(
+        &mut input,
+        &json!({"id": "x", "model": "m", "choices": [{"index": 0, "delta": {
+        "tool_calls": [{"index": 0, "id": "c", "function": {"name": "f", "arguments": "{}"}}]}}]}),
+    );
+    sse::write_data(
+        &mut input,
+        &json!({"id": "x", "model": "m", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}),
+    );
+    let mut t = ChatToAnthropicStream::new(ctx());
+    let (out, r) = run(&mut t, &input, &[]);
+    r.unwrap();
+    assert_eq!(assemble_anthropic(&out)["stop_reason"], "tool_use");
     let mut b = base();
     b["messages"] = json!([{"role": "user", "content": [{"type": "document", "source": {}}]}]);
     assert_eq!(refused_param(to_chat(b)), "messages[0].content[0].type");
