@@ -231,6 +231,9 @@ pub struct TranslateOptions {
     pub max_completion_tokens: bool,
     /// Unix seconds, for the `created` fields the translated answers carry.
     pub now_unix: u64,
+    /// The backend's name for the model, written into the translated request in place of
+    /// the client's (`None`: the client's stays).
+    pub model: Option<String>,
 }
 
 impl Default for TranslateOptions {
@@ -239,6 +242,7 @@ impl Default for TranslateOptions {
             default_max_tokens: 4096,
             max_completion_tokens: false,
             now_unix: 0,
+            model: None,
         }
     }
 }

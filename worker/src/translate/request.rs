@@ -396,6 +396,12 @@ fn max_tokens(m: &mut Obj, keys: &[&str], default: u64) -> Result<u64> {
     Ok(default)
 }
 
+/// The client's `model`, or the backend's name for it ([`TranslateOptions::model`]).
+fn model(m: &mut Obj, opts: &TranslateOptions) -> Result<String> {
+    let client = as_string(take_required(m, "", "model")?, "model")?;
+    Ok(opts.model.clone().unwrap_or(client))
+}
+
 fn finish(mut out: Obj, ctx: ResponseContext, target: &'static str) -> Translated {
     out.retain(|_, v| !v.is_null());
     Translated {
@@ -417,10 +423,7 @@ pub(super) fn chat_to_messages_value(mut m: Obj, opts: &TranslateOptions) -> Res
         created: opts.now_unix,
         ..Default::default()
     };
-    out.insert(
-        "model".into(),
-        Value::String(as_string(take_required(&mut m, "", "model")?, "model")?),
-    );
+    out.insert("model".into(), Value::String(model(&mut m, opts)?));
     let messages = as_array(take_required(&mut m, "", "messages")?, "messages")?;
     let mut system = Vec::new();
     let mut turns = Turns::default();
@@ -684,10 +687,7 @@ pub(super) fn responses_to_messages_value(
         include_usage: true,
         ..Default::default()
     };
-    out.insert(
-        "model".into(),
-        Value::String(as_string(take_required(&mut m, "", "model")?, "model")?),
-    );
+    out.insert("model".into(), Value::String(model(&mut m, opts)?));
     let mut system = Vec::new();
     if let Some(i) = take(&mut m, "instructions") {
         system.push(as_string(i, "instructions")?);
@@ -922,10 +922,7 @@ pub(super) fn messages_to_chat_value(mut m: Obj, opts: &TranslateOptions) -> Res
         created: opts.now_unix,
         ..Default::default()
     };
-    out.insert(
-        "model".into(),
-        Value::String(as_string(take_required(&mut m, "", "model")?, "model")?),
-    );
+    out.insert("model".into(), Value::String(model(&mut m, opts)?));
     let mut messages = Vec::new();
     if let Some(s) = take(&mut m, "system") {
         let content = match s {

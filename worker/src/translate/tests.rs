@@ -13,6 +13,7 @@ fn opts() -> TranslateOptions {
         default_max_tokens: 1000,
         max_completion_tokens: false,
         now_unix: NOW,
+        model: None,
     }
 }
 
@@ -369,6 +370,32 @@ fn translate_anthropic_request_fixture() {
     assert_eq!(t.path, "/v1/chat/completions");
     let body: Value = serde_json::from_slice(&t.body).unwrap();
     assert_eq!(body["max_completion_tokens"], 5);
+    // The backend's model name replaces the client's.
+    let o = TranslateOptions {
+        model: Some("gpt-4o-2024-08-06".into()),
+        ..opts()
+    };
+    let t = messages_to_chat(
+        br#"{"model":"claude-3-5-haiku-latest","max_tokens":5,"messages":[]}"#,
+        &o,
+    )
+    .unwrap();
+    assert_eq!(
+        serde_json::from_slice::<Value>(&t.body).unwrap()["model"],
+        "gpt-4o-2024-08-06"
+    );
+    let t = chat_to_messages(
+        br#"{"model":"gpt-4o","messages":[]}"#,
+        &TranslateOptions {
+            model: Some("claude-x".into()),
+            ..opts()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        serde_json::from_slice::<Value>(&t.body).unwrap()["model"],
+        "claude-x"
+    );
     // Refusals.
     let base = || json!({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]});
     for (k, v, param) in [
