@@ -23,7 +23,7 @@
 //! | `tools[].function` `{name, description, parameters}` | `tools[]` `{name, description, input_schema}` |
 //! | `tool_choice` `auto`/`none`/`required`/`{function:{name}}` | `{type:auto}`/`{type:none}`/`{type:any}`/`{type:tool,name}` |
 //! | `parallel_tool_calls: false` | `tool_choice.disable_parallel_tool_use: true` |
-//! | `max_completion_tokens`, else `max_tokens`, else [`TranslateOptions::default_max_tokens`] | `max_tokens` (required) |
+//! | `max_completion_tokens` or `max_tokens` (not both), else [`TranslateOptions::default_max_tokens`] | `max_tokens` (required) |
 //! | `temperature` (0..=1 only), `top_p`, `stop` (string or array) | `temperature`, `top_p`, `stop_sequences` |
 //! | `stream`, `stream_options.include_usage` | `stream`; `include_usage` goes to [`ResponseContext`] |
 //! | `user` (or `safety_identifier`) | `metadata.user_id` |
@@ -71,7 +71,8 @@
 //! `tools[].function.strict` and Responses tools' `strict`, `prompt_cache_key`,
 //! `stream_options.include_obfuscation`, `service_tier` `auto`/`default`, `n: 1`,
 //! `logprobs: false`, zero penalties, empty `logit_bias`/`metadata`, `modalities: ["text"]`,
-//! `store: false`; in Responses requests also `store` (nothing is stored, so a later
+//! `store: false`, `parallel_tool_calls` without tools, an empty `stop`; in Responses
+//! requests also `store` (nothing is stored, so a later
 //! `previous_response_id` is refused), `include: ["reasoning.encrypted_content"]` (no
 //! encrypted reasoning is produced), `reasoning.summary`, `truncation: "disabled"`,
 //! `background: false`, `text.verbosity: "medium"`, and `id`/`status` of echoed items and

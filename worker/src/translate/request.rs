@@ -387,13 +387,19 @@ fn stop_sequences(v: Value) -> Result<Option<Value>> {
     }
 }
 
+/// The output limit from the first of `keys` present, or `default`; more than one is
+/// refused (they could disagree).
 fn max_tokens(m: &mut Obj, keys: &[&str], default: u64) -> Result<u64> {
+    let mut found = None;
     for k in keys {
         if let Some(v) = take(m, k) {
-            return as_u64(&v, k);
+            if found.is_some() {
+                return Err(invalid(*k, format!("give only one of {}", keys.join(" and "))));
+            }
+            found = Some(as_u64(&v, k)?);
         }
     }
-    Ok(default)
+    Ok(found.unwrap_or(default))
 }
 
 /// The client's `model`, or the backend's name for it ([`TranslateOptions::model`]).

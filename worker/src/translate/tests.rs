@@ -181,6 +181,9 @@ fn translate_chat_request_refusals_name_the_field() {
     ] {
         assert_eq!(refused_param(to_messages(with(k, v))), param, "{k}");
     }
+    let mut both = with("max_tokens", json!(9));
+    both["max_completion_tokens"] = json!(10);
+    assert_eq!(refused_param(to_messages(both)), "max_tokens");
     // Message-level refusals.
     let msgs = |m: Value| json!({"model": "m", "messages": [m]});
     for (m, param) in [
