@@ -585,6 +585,12 @@ fn skip_ws(doc: &[u8], mut i: usize) -> usize {
 /// `doc[i]` is the opening quote; returns the index just past the closing one.
 fn skip_string(doc: &[u8], mut i: usize) -> Option<usize> {
     i += 1;
+    // Keys and most values are short: 8-byte words before memchr (`bytescan`).
+    if let Some((end, _)) = crate::bytescan::quote_or_backslash(doc, i, 64) {
+        if doc[end] == b'"' {
+            return Some(end + 1);
+        }
+    }
     loop {
         i += memchr::memchr2(b'"', b'\\', &doc[i..])?;
         if doc[i] == b'"' {

@@ -103,6 +103,26 @@ impl<'a> Scanner<'a> {
     fn string(&mut self) -> R<Key> {
         self.expect(b'"')?;
         let (b, inner_start) = (self.b, self.i);
+        // Most strings (every key, most values) are short and plain: 8-byte words find
+        // the closing quote and check the content at once (`bytescan`). An escape, a
+        // long string or the last bytes of the body take the loop below.
+        if let Some((end, low)) = crate::bytescan::quote_or_backslash(b, inner_start, SHORT_STRING) {
+            if b[end] == b'"' {
+                // A control character or a non-ASCII byte: the exact check decides.
+                if low && !content_ok(&b[inner_start..end]) {
+                    return Err(format!(
+                        "control character or invalid UTF-8 in the string at byte {}",
+                        inner_start - 1
+                    ));
+                }
+                self.i = end + 1;
+                return Ok(Key {
+                    inner_start,
+                    inner_end: end,
+                    escaped: false,
+                });
+            }
+        }
         // A local index: the loop runs once per escape, and `self.i` would be stored and
         // reloaded around every call.
         let mut i = inner_start;
@@ -305,6 +325,10 @@ impl<'a> Scanner<'a> {
         Ok(start..self.i)
     }
 }
+
+/// How far `Scanner::string` looks for a string's end 8 bytes at a time before it
+/// hands over to memchr.
+const SHORT_STRING: usize = 64;
 
 /// Whether a string's content is valid: no raw control characters and valid UTF-8. The
 /// common all-ASCII case is one branch-free pass that the compiler vectorises; anything

@@ -18,6 +18,7 @@ pub mod account;
 pub mod auth;
 pub mod balance;
 pub mod body;
+mod bytescan;
 pub mod config;
 pub mod convert;
 pub mod errors;

@@ -44,17 +44,41 @@ pub fn well_formed(path: &str) -> bool {
     let Some(rest) = path.strip_prefix("/v1/") else {
         return false;
     };
-    if rest.is_empty() || path.contains('\\') {
-        return false;
-    }
-    if path.contains('%') {
-        let lower = path.to_ascii_lowercase();
-        if ["%2e", "%2f", "%5c", "%25"].iter().any(|e| lower.contains(e)) {
-            return false;
+    // One pass over the bytes (this runs for every request): each segment must be
+    // non-empty and neither `.` nor `..`; `\` and the encodings above end the walk.
+    let b = rest.as_bytes();
+    let mut seg_start = 0;
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'/' => {
+                if !segment_ok(&b[seg_start..i]) {
+                    return false;
+                }
+                seg_start = i + 1;
+            }
+            b'\\' => return false,
+            b'%' => {
+                let hex = (
+                    b.get(i + 1).map(u8::to_ascii_lowercase),
+                    b.get(i + 2).map(u8::to_ascii_lowercase),
+                );
+                if matches!(
+                    hex,
+                    (Some(b'2'), Some(b'e' | b'f' | b'5')) | (Some(b'5'), Some(b'c'))
+                ) {
+                    return false;
+                }
+            }
+            _ => {}
         }
+        i += 1;
     }
-    rest.split('/')
-        .all(|seg| !seg.is_empty() && seg != "." && seg != "..")
+    segment_ok(&b[seg_start..])
+}
+
+fn segment_ok(seg: &[u8]) -> bool {
+    !matches!(seg, b"" | b"." | b"..")
 }
 
 /// Whether `path` is one of the kind's default inference paths.
@@ -86,26 +110,43 @@ pub fn extra_allows(extra: &[String], path: &str) -> bool {
 /// credentials (and cookies), ones the worker sets itself, and `expect` (the body is
 /// already read and goes out whole).
 pub fn never_forwarded(name: &HeaderName) -> bool {
-    crate::upstream::is_hop_by_hop(name)
-        || matches!(
-            name.as_str(),
-            "host"
-                | "content-length"
-                | "authorization"
-                | "x-api-key"
-                | "api-key"
-                | "x-goog-api-key"
-                | "cookie"
-                | "proxy-authorization"
-                | "accept-encoding"
-                | "expect"
-        )
-        || name.as_str().starts_with("x-switchyard-")
+    matches!(class(name), Class::Never)
 }
 
-/// Whether `name` is an account-selecting header that `provider` does not let through.
-pub fn account_header_dropped(provider: &Provider, name: &HeaderName) -> bool {
-    ACCOUNT_HEADERS.contains(&name.as_str()) && !provider.forward_headers.iter().any(|h| h == name)
+/// Whether the client's header `name` goes upstream to `provider`: not
+/// [`never_forwarded`], not one the provider sets itself, and not an account header it
+/// keeps out. (Headers that the client's `Connection:` names are the caller's check.)
+/// One match on the name: this runs for every header of every request.
+pub fn forwarded(provider: &Provider, name: &HeaderName) -> bool {
+    match class(name) {
+        Class::Never => false,
+        Class::Account => provider.forward_headers.iter().any(|h| h == name) && !provider.sets_header(name),
+        Class::Other => !provider.sets_header(name),
+    }
+}
+
+enum Class {
+    Never,
+    Account,
+    Other,
+}
+
+fn class(name: &HeaderName) -> Class {
+    match name.as_str() {
+        // Hop-by-hop (`upstream::is_hop_by_hop`).
+        "connection" | "transfer-encoding" | "te" | "trailer" | "upgrade" | "keep-alive"
+        | "proxy-connection"
+        // The client's credentials, and what the worker sets itself.
+        | "host" | "content-length" | "authorization" | "x-api-key" | "api-key"
+        | "x-goog-api-key" | "cookie" | "proxy-authorization" | "accept-encoding" | "expect" => {
+            Class::Never
+        }
+        // `ACCOUNT_HEADERS`.
+        "openai-organization" | "openai-project" | "chatgpt-account-id" | "x-goog-user-project"
+        | "anthropic-workspace" => Class::Account,
+        s if s.starts_with("x-switchyard-") => Class::Never,
+        _ => Class::Other,
+    }
 }
 
 /// The header names the client's `Connection:` header nominates as hop-by-hop (RFC 9110
@@ -191,5 +232,73 @@ mod tests {
                 HeaderName::from_static("x-bar")
             ]
         );
+    }
+
+    /// The one-pass walk answers as the plain reading of the rule does.
+    fn well_formed_reference(path: &str) -> bool {
+        let Some(rest) = path.strip_prefix("/v1/") else {
+            return false;
+        };
+        if rest.is_empty() || path.contains('\\') {
+            return false;
+        }
+        let lower = path.to_ascii_lowercase();
+        if ["%2e", "%2f", "%5c", "%25"].iter().any(|e| lower.contains(e)) {
+            return false;
+        }
+        rest.split('/')
+            .all(|seg| !seg.is_empty() && seg != "." && seg != "..")
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn well_formed_matches_its_reference(
+            path in proptest::string::string_regex("(/v1/)?([a-z.%25ecf\\\\/]|%2[eEfF5]|%5[cC]){0,12}").unwrap()
+        ) {
+            proptest::prop_assert_eq!(well_formed(&path), well_formed_reference(&path), "{}", path);
+        }
+    }
+
+    #[test]
+    fn one_match_classifies_as_the_lists_say() {
+        for name in [
+            "connection",
+            "transfer-encoding",
+            "te",
+            "trailer",
+            "upgrade",
+            "keep-alive",
+            "proxy-connection",
+        ] {
+            let n = HeaderName::from_static(name);
+            assert!(crate::upstream::is_hop_by_hop(&n), "{name}");
+            assert!(never_forwarded(&n), "{name}");
+        }
+        for name in [
+            "host",
+            "authorization",
+            "x-api-key",
+            "x-switchyard-backend",
+            "cookie",
+            "expect",
+        ] {
+            assert!(never_forwarded(&HeaderName::from_static(name)), "{name}");
+        }
+        for name in ACCOUNT_HEADERS {
+            let n = HeaderName::from_static(name);
+            assert!(matches!(class(&n), Class::Account), "{name}");
+        }
+        for name in [
+            "content-type",
+            "anthropic-version",
+            "anthropic-beta",
+            "user-agent",
+            "x-switchyard",
+        ] {
+            assert!(
+                matches!(class(&HeaderName::from_static(name)), Class::Other),
+                "{name}"
+            );
+        }
     }
 }

@@ -349,11 +349,7 @@ async fn forward(
             parts.headers.len() * 48 + 64,
         );
         for (n, v) in &parts.headers {
-            if !paths::never_forwarded(n)
-                && !provider.sets_header(n)
-                && !paths::account_header_dropped(provider, n)
-                && (nominated.is_empty() || !nominated.contains(n))
-            {
+            if paths::forwarded(provider, n) && (nominated.is_empty() || !nominated.contains(n)) {
                 up.header(n, v);
             }
         }

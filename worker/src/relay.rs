@@ -277,9 +277,7 @@ fn kv(l: &mut Vec<u8>, k: &str, v: &str) {
     l.push(b' ');
     l.extend_from_slice(k.as_bytes());
     l.push(b'=');
-    let plain = !v.is_empty()
-        && v.bytes()
-            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'=' && b != b'\\');
+    let plain = !v.is_empty() && crate::bytescan::plain_token(v.as_bytes());
     if plain {
         l.extend_from_slice(v.as_bytes());
     } else {
