@@ -30,6 +30,7 @@ pub mod paths;
 pub mod proxy;
 pub mod relay;
 pub mod report;
+pub mod respid;
 pub mod server;
 pub mod strip;
 pub mod toplevel;

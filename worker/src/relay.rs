@@ -330,11 +330,11 @@ pub struct RelayBody {
     scanner: UsageScanner,
     finish: Option<Finish>,
     outcome: Outcome,
-    backend_state: Arc<EndpointState>,
+    backend_state: Option<Arc<EndpointState>>,
     /// What the client sees of the upstream's bytes (`None`: those bytes).
     transform: Option<Transform>,
     /// The backend's and credential's in-flight counts (moved to the abort drain, if any).
-    guards: Option<[InflightGuard; 2]>,
+    guards: Option<[Option<InflightGuard>; 2]>,
 }
 
 /// Everything the body phase needs to relay one answer (the response head phase fills
@@ -352,9 +352,11 @@ pub struct RelaySpec {
     pub total: Option<tokio::time::Instant>,
     /// What the client sees of the upstream's bytes, if not those bytes.
     pub transform: Option<Transform>,
-    pub backend_state: Arc<EndpointState>,
+    /// The backend a broken stream is a failure of (none for the Responses API's
+    /// stateful calls, which have no backend).
+    pub backend_state: Option<Arc<EndpointState>>,
     /// The backend's and credential's in-flight counts.
-    pub guards: [InflightGuard; 2],
+    pub guards: [Option<InflightGuard>; 2],
     pub finish: Finish,
 }
 
@@ -368,6 +370,8 @@ pub enum Transform {
     /// The worker added `include_usage` upstream: remove its traces (complete events go
     /// out at once; an incomplete trailing one is held back).
     StripUsage(crate::strip::Stripper),
+    /// The Responses API: the upstream's response ids go out as gateway ids (`respid`).
+    ResponseIds(crate::respid::Rewriter),
 }
 
 impl Transform {
@@ -379,6 +383,7 @@ impl Transform {
     fn feed(&mut self, b: Bytes) -> Bytes {
         match self {
             Self::StripUsage(s) => s.feed(b),
+            Self::ResponseIds(r) => r.feed(b),
         }
     }
 
@@ -386,6 +391,7 @@ impl Transform {
     fn finish(&mut self) -> Option<Bytes> {
         match self {
             Self::StripUsage(s) => s.finish(),
+            Self::ResponseIds(r) => r.finish(),
         }
     }
 
@@ -393,6 +399,7 @@ impl Transform {
     fn is_empty(&self) -> bool {
         match self {
             Self::StripUsage(s) => s.is_empty(),
+            Self::ResponseIds(r) => r.is_empty(),
         }
     }
 }
@@ -470,7 +477,9 @@ impl RelayBody {
                 .get_or_create(&vec![("kind", format!("stream_{}", err.label()))])
                 .inc();
         }
-        self.backend_state.record_failure(now, "stream broken");
+        if let Some(s) = &self.backend_state {
+            s.record_failure(now, "stream broken");
+        }
         self.end(Some(Outcome::StreamError));
         if self.sse {
             Poll::Ready(Some(Ok(Frame::data(err.stream_event(self.dialect)))))

@@ -55,9 +55,20 @@ pub fn is_sse(h: &HeaderMap) -> bool {
 
 /// Send `head` and `body` to `t` and wait for its answer (and first event).
 pub async fn run(t: &Target<'_>, head: upstream::RequestHead, body: extract::Parts) -> Attempt {
+    send(&t.provider.client, t.header_timeout, head, body).await
+}
+
+/// Send `head` and `body` with `client`, and wait up to `header_timeout` for the answer
+/// (and an SSE 2xx answer's first event).
+pub async fn send(
+    client: &upstream::Client,
+    header_timeout: Duration,
+    head: upstream::RequestHead,
+    body: extract::Parts,
+) -> Attempt {
     let t0 = Instant::now();
-    let deadline = tokio::time::Instant::now() + t.header_timeout;
-    let resp = match tokio::time::timeout_at(deadline, t.provider.client.send(head, body.as_slice())).await {
+    let deadline = tokio::time::Instant::now() + header_timeout;
+    let resp = match tokio::time::timeout_at(deadline, client.send(head, body.as_slice())).await {
         Err(_) => return Attempt::HeadTimeout,
         Ok(Err(e)) => return Attempt::SendFailed(e),
         Ok(Ok(r)) => r,

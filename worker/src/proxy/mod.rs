@@ -13,6 +13,10 @@
 //! | body | `relay.rs` (`RelayBody`, `relay::Transform`) | frame by frame: timeouts, the stream transform (usage strip; **stream translation plugs in here**), usage |
 //! | logging | `relay.rs` (`Finish`) | access line, metrics, usage event: once per request |
 //!
+//! The Responses API's stateful calls (`GET /v1/responses/{id}`…) name no model: they
+//! take a shorter path through the same phases (`stateful.rs`), routed by the gateway id
+//! (`respid`).
+//!
 //! Each phase is a plain function of the context and its inputs, testable without
 //! sockets; only `attempt` does I/O.
 use std::sync::Arc;
@@ -34,6 +38,7 @@ pub mod classify;
 pub mod filter;
 pub mod respond;
 pub mod route;
+pub mod stateful;
 pub mod upstream_request;
 
 pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -64,6 +69,7 @@ pub async fn handle(
             r
         }
         (&Method::GET, "/v1/models") => models_response(&shared, req.headers(), &memo),
+        (m, p) if stateful::is_stateful(m, p) => stateful::handle(shared, req, &memo).await,
         (&Method::POST, _) if is_messages => proxy(shared, req, ProviderKind::Anthropic, &memo).await,
         (&Method::POST, p) if p.starts_with("/v1/") => proxy(shared, req, ProviderKind::OpenAi, &memo).await,
         (_, p) => {

@@ -24,7 +24,17 @@ pub fn response_head(
 ) -> Response<ProxyBody> {
     let success = answer.head.status.is_success();
     // The worker added `include_usage` upstream: the client sees the stream it asked for.
-    let transform = (ctx.plan.inject_usage && answer.sse && success).then(Transform::strip_usage);
+    let transform = if ctx.plan.inject_usage && answer.sse && success {
+        Some(Transform::strip_usage())
+    } else if ctx.plan.response_ids {
+        Some(Transform::ResponseIds(crate::respid::Rewriter::new(
+            t.provider,
+            t.ci,
+            ctx.req.key.id.clone(),
+        )))
+    } else {
+        None
+    };
     let total = t
         .provider
         .total_timeout
@@ -56,8 +66,8 @@ pub fn response_head(
         idle: t.provider.idle_timeout,
         total,
         transform,
-        backend_state: t.backend.state.clone(),
-        guards,
+        backend_state: Some(t.backend.state.clone()),
+        guards: guards.map(Some),
         finish: f,
     });
     let mut resp = Response::new(ProxyBody::Relay(Box::new(relay)));

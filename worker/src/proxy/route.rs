@@ -35,6 +35,16 @@ pub struct Plan<'a> {
     pub usage_edit: Option<(Range<usize>, Bytes)>,
     /// Where the `model` value is in the body (empty: nowhere to rewrite).
     pub model_range: Range<usize>,
+    /// Responses API (`POST /v1/responses`): response ids are rewritten both ways
+    /// (`respid`).
+    pub response_ids: bool,
+    /// The account (provider, credential) that made the responses the request names:
+    /// the only one that can answer it.
+    pub account: Option<(usize, usize)>,
+    /// The gateway ids in the body, with the upstream ids they go back to.
+    pub id_edits: Vec<(Range<usize>, Bytes)>,
+    /// Credential affinity (a Responses API session: `respid::session_affinity`).
+    pub cred_affinity: Option<u64>,
 }
 
 /// The model, its route for the dialect, and what the body asks of routing.
@@ -79,8 +89,20 @@ pub fn plan<'a>(
         && (path == "/v1/chat/completions" || path == "/v1/completions");
     let usage_edit = inject_usage.then(|| extract::include_usage_edit(&req.body, head));
     let headers = &req.parts.headers;
+    let response_ids = req.kind == ProviderKind::OpenAi && path == "/v1/responses";
+    let (id_edits, account, cred_affinity) = if response_ids {
+        let (edits, account) = crate::respid::inbound(routing, &req.key.id, &req.body)
+            .map_err(|e| ProxyError::BadRequest(e.into()))?;
+        let session = account
+            .is_none()
+            .then(|| crate::respid::session_affinity(headers))
+            .flatten();
+        (edits, account, session)
+    } else {
+        (Vec::new(), None, None)
+    };
     let affinity = match &model.affinity {
-        Affinity::None => None,
+        Affinity::None => cred_affinity,
         Affinity::Header(h) => headers.get(h).map(|v| stable_hash(v.as_bytes())),
         Affinity::User => head.user.as_deref().map(|u| stable_hash(u.as_bytes())),
     };
@@ -99,6 +121,10 @@ pub fn plan<'a>(
         inject_usage,
         usage_edit,
         model_range: head.model_range.clone().unwrap_or(0..0),
+        response_ids,
+        account,
+        id_edits,
+        cred_affinity,
     })
 }
 
@@ -147,23 +173,33 @@ pub fn next_target<'a>(ctx: &mut Ctx<'a>) -> Option<Target<'a>> {
             tries.excluded_b.push(bi);
             continue;
         }
-        let excl_c: Vec<usize> = tries
-            .excluded_c
-            .iter()
-            .filter(|(p, _)| *p == backend.provider)
-            .map(|&(_, c)| c)
-            .collect();
-        let Some(cp) = provider.cred_selector.pick(
-            &provider.cred_endpoints,
-            &PickContext {
-                now_ms: now,
-                excluded: &excl_c,
-                affinity: None,
-            },
-        ) else {
-            // No usable credential: the backend is not available for this request.
-            tries.excluded_b.push(bi);
-            continue;
+        let ci = if let Some((pi, ci)) = plan.account {
+            // Only the account that made the responses named can answer.
+            if backend.provider != pi || tries.excluded_c.contains(&(pi, ci)) {
+                tries.excluded_b.push(bi);
+                continue;
+            }
+            ci
+        } else {
+            let excl_c: Vec<usize> = tries
+                .excluded_c
+                .iter()
+                .filter(|(p, _)| *p == backend.provider)
+                .map(|&(_, c)| c)
+                .collect();
+            let Some(cp) = provider.cred_selector.pick(
+                &provider.cred_endpoints,
+                &PickContext {
+                    now_ms: now,
+                    excluded: &excl_c,
+                    affinity: plan.cred_affinity,
+                },
+            ) else {
+                // No usable credential: the backend is not available for this request.
+                tries.excluded_b.push(bi);
+                continue;
+            };
+            cp.index
         };
         if tries.attempts > 0 && !ctx.shared.budget.try_retry(now) {
             warn!(request_id = %ctx.fin.request_id, model = %plan.model.name, "retry budget exhausted");
@@ -175,8 +211,8 @@ pub fn next_target<'a>(ctx: &mut Ctx<'a>) -> Option<Target<'a>> {
             bi,
             backend,
             provider,
-            ci: cp.index,
-            cred: &provider.credentials[cp.index],
+            ci,
+            cred: &provider.credentials[ci],
             now,
             header_timeout: plan.model.per_try_timeout.unwrap_or(provider.request_timeout),
         });

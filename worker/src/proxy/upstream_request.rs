@@ -8,7 +8,10 @@
 //! kind here, and the body phase (`relay::Transform`) translates the answer back.
 use http::Method;
 
-use crate::{config::ProviderKind, extract, paths, upstream};
+use crate::{
+    config::{Credential, Provider, ProviderKind},
+    extract, paths, upstream,
+};
 
 use super::{route::Target, Ctx};
 
@@ -20,6 +23,20 @@ pub fn build(ctx: &Ctx<'_>, t: &Target<'_>) -> (upstream::RequestHead, extract::
     let body = match &plan.usage_edit {
         Some(edit) => {
             let mut edits = vec![edit.clone()];
+            if !plan.model_range.is_empty() {
+                edits.push((plan.model_range.clone(), t.backend.upstream_model_json.clone()));
+            }
+            extract::splice_many(&req.body, &mut edits)
+        }
+        None if !plan.id_edits.is_empty() => {
+            // Gateway response ids back to the upstream's (none overlaps the model: the
+            // model's value is one JSON string, and so is each id).
+            let mut edits: Vec<_> = plan
+                .id_edits
+                .iter()
+                .filter(|(r, _)| r.end <= plan.model_range.start || r.start >= plan.model_range.end)
+                .cloned()
+                .collect();
             if !plan.model_range.is_empty() {
                 edits.push((plan.model_range.clone(), t.backend.upstream_model_json.clone()));
             }
@@ -39,7 +56,20 @@ pub fn build(ctx: &Ctx<'_>, t: &Target<'_>) -> (upstream::RequestHead, extract::
         upstream_path(provider.kind, &req.parts.uri),
         headers.len() * 48 + 64,
     );
-    let nominated = &req.nominated;
+    forward_headers(&mut up, headers, &req.nominated, provider, t.cred);
+    (up, body)
+}
+
+/// The client's headers that go upstream (never its credentials, the hop-by-hop and
+/// `Connection`-nominated ones, nor account-selecting ones the provider does not allow),
+/// the provider's static headers and the credential.
+pub fn forward_headers(
+    up: &mut upstream::RequestHead,
+    headers: &http::HeaderMap,
+    nominated: &[http::HeaderName],
+    provider: &Provider,
+    cred: &Credential,
+) {
     for (n, v) in headers {
         if !paths::never_forwarded(n)
             && !provider.sets_header(n)
@@ -52,8 +82,7 @@ pub fn build(ctx: &Ctx<'_>, t: &Target<'_>) -> (upstream::RequestHead, extract::
     for (n, v) in &provider.static_headers {
         up.header(n, v);
     }
-    up.header(&provider.auth_header, &t.cred.auth_value);
-    (up, body)
+    up.header(&provider.auth_header, &cred.auth_value);
 }
 
 /// The upstream path for a client path: OpenAI-kind base URLs already end in `/v1`.
