@@ -259,3 +259,69 @@ async fn a_session_keeps_to_one_account() -> Result<()> {
     }
     Ok(())
 }
+
+/// The usage event of a Responses request, plain and streamed, carries the cached and
+/// reasoning tokens (the worker as a library, for its usage sink).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_usage_events_carry_cached_and_reasoning_tokens() -> Result<()> {
+    use std::sync::Arc;
+    use switchyard_mock::{Behavior, Usage};
+    use switchyard_worker::account::ChannelSink;
+    let m = mock("up").await;
+    m.set_default(Behavior {
+        usage: Usage {
+            prompt_tokens: 11,
+            completion_tokens: 7,
+            cached_tokens: 3,
+            reasoning_tokens: 2,
+        },
+        ..Behavior::default()
+    });
+    let snap = snapshot(
+        1,
+        vec![provider("oa", "openai", &m.openai_base(), &[("k", "s")])],
+        vec![model(
+            "gpt-r",
+            "round_robin",
+            vec![backend("b", "oa", "up", 1, 0)],
+        )],
+        vec![key("main", KEY, &[])],
+    );
+    let dir = tempfile::tempdir()?;
+    switchyard_tests::worker::write_state(dir.path(), &snap)?;
+    let (sink, mut rx) = ChannelSink::new(100);
+    let mut cfg = switchyard_worker::Config::new("127.0.0.1:0".parse()?);
+    cfg.state_dir = Some(dir.path().to_path_buf());
+    cfg.usage_sink = Some(Arc::new(sink));
+    let running = switchyard_worker::start(cfg).await?;
+    let base = format!("http://{}", running.http_addr());
+    let c = client();
+    for stream in [false, true] {
+        let r = c
+            .post(format!("{base}/v1/responses"))
+            .bearer_auth(KEY)
+            .json(&json!({"model": "gpt-r", "input": "hi", "stream": stream}))
+            .send()
+            .await?;
+        assert_eq!(r.status(), 200);
+        r.bytes().await?;
+        let e = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await?
+            .unwrap();
+        assert_eq!(e.stream, stream);
+        let u = e.usage;
+        assert_eq!(
+            (
+                u.prompt_tokens,
+                u.completion_tokens,
+                u.total_tokens,
+                u.cached_tokens,
+                u.reasoning_tokens
+            ),
+            (11, 7, 18, 3, 2),
+            "stream {stream}: {e:?}"
+        );
+    }
+    running.shutdown().await;
+    Ok(())
+}
