@@ -43,14 +43,17 @@ async fn setup() -> (MockServer, MockServer, pb::Snapshot) {
             provider("oa", "openai", &m1.openai_base(), &[("ka", "sa"), ("kb", "sb")]),
             provider("ob", "openai", &m2.openai_base(), &[("kc", "sc")]),
         ],
-        vec![model(
-            "gpt-r",
-            "round_robin",
-            vec![
-                backend("b1", "oa", "up-1", 1, 0),
-                backend("b2", "ob", "up-2", 1, 0),
-            ],
-        )],
+        vec![
+            model(
+                "gpt-r",
+                "round_robin",
+                vec![
+                    backend("b1", "oa", "up-1", 1, 0),
+                    backend("b2", "ob", "up-2", 1, 0),
+                ],
+            ),
+            model("gpt-two", "round_robin", vec![backend("b3", "ob", "up-3", 1, 0)]),
+        ],
         vec![key("main", KEY, &[]), key("other", OTHER, &[])],
     );
     (m1, m2, snap)
@@ -179,6 +182,16 @@ async fn responses_are_booked_and_their_state_found_from_any_worker() -> Result<
             "{sent}"
         );
     }
+
+    // A continuation through a model whose providers did not make the response: refused.
+    let (by_one, _) = made.iter().find(|(_, (m, _))| m == "one").unwrap();
+    let r = c
+        .post(format!("{b1}/v1/responses"))
+        .bearer_auth(KEY)
+        .json(&json!({"model": "gpt-two", "input": "and?", "previous_response_id": by_one}))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 400);
 
     // Another client key, or a forged id: as an id that does not exist.
     let (id, _) = &made[0];

@@ -93,6 +93,13 @@ pub fn plan<'a>(
     let (id_edits, account, cred_affinity) = if response_ids {
         let (edits, account) = crate::respid::inbound(routing, &req.key.id, &req.body)
             .map_err(|e| ProxyError::BadRequest(e.into()))?;
+        if let Some((pi, _)) = account {
+            if !route.backends.iter().any(|b| b.provider == pi) {
+                return Err(ProxyError::BadRequest(
+                    "the response named was made through a provider this model does not use".into(),
+                ));
+            }
+        }
         let session = account
             .is_none()
             .then(|| crate::respid::session_affinity(headers))
