@@ -406,44 +406,33 @@ impl Transform {
 
 impl RelayBody {
     pub fn new(spec: RelaySpec) -> Self {
-        let RelaySpec {
-            first,
-            inner,
-            sse,
-            success,
-            dialect,
-            idle,
-            total,
-            transform,
-            backend_state,
-            guards,
-            finish,
-        } = spec;
-        let mut scanner = UsageScanner::new(sse, success);
-        if let Some(f) = &first {
+        // Fields are moved from `spec` straight into the body (no destructuring into
+        // locals): `inner` holds its connection inline, and every move is a copy.
+        let mut scanner = UsageScanner::new(spec.sse, spec.success);
+        if let Some(f) = &spec.first {
             scanner.observe(f);
         }
-        let outcome = if success {
+        let outcome = if spec.success {
             Outcome::Ok
         } else {
             Outcome::ClientError
         };
         Self {
-            first,
-            inner: Some(inner),
-            sse,
-            dialect,
-            idle,
+            first: spec.first,
+            inner: Some(spec.inner),
+            sse: spec.sse,
+            dialect: spec.dialect,
+            idle: spec.idle,
             last_chunk: Instant::now(),
             idle_sleep: None,
-            total: total.map(|d| Box::pin(tokio::time::sleep_until(d))),
+            total: spec.total.map(|d| Box::pin(tokio::time::sleep_until(d))),
             ended: false,
             scanner,
-            finish: Some(finish),
+            finish: Some(spec.finish),
             outcome,
-            backend_state,
-            transform,
-            guards: Some(guards),
+            backend_state: spec.backend_state,
+            transform: spec.transform,
+            guards: Some(spec.guards),
         }
     }
 

@@ -1,5 +1,5 @@
 //! Attempt phase, the only one that does I/O before the answer is relayed: send the
-//! request to one [`Target`] under its per-try deadline (`upstream::Client`), and hold a
+//! request to one `route::Target` under its per-try deadline (`upstream::Client`), and hold a
 //! successful SSE answer back until its first event, so that a stream that dies before
 //! it can still be retried elsewhere. What happened is an [`Attempt`], for `classify`.
 use std::time::{Duration, Instant};
@@ -9,8 +9,6 @@ use http::{header, HeaderMap};
 use http_body_util::BodyExt;
 
 use crate::{extract, upstream};
-
-use super::route::Target;
 
 /// What one attempt came to.
 // Boxing the answer would cost an allocation per request; the value moves a few times
@@ -53,13 +51,8 @@ pub fn is_sse(h: &HeaderMap) -> bool {
         .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
 }
 
-/// Send `head` and `body` to `t` and wait for its answer (and first event).
-pub async fn run(t: &Target<'_>, head: upstream::RequestHead, body: extract::Parts) -> Attempt {
-    send(&t.provider.client, t.header_timeout, head, body).await
-}
-
-/// Send `head` and `body` with `client`, and wait up to `header_timeout` for the answer
-/// (and an SSE 2xx answer's first event).
+/// Send `head` and `body` with `client` (a target's provider's), and wait up to
+/// `header_timeout` (the target's) for the answer and an SSE 2xx answer's first event.
 pub async fn send(
     client: &upstream::Client,
     header_timeout: Duration,

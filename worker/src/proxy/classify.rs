@@ -106,22 +106,21 @@ pub struct Tries {
 }
 
 /// After recording a verdict: what the request does next.
-// Boxing the answer would cost an allocation per request; the value moves a few times
-// within one request's future.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Next {
     /// Try another target.
     Try,
     /// No more tries: answer with what was kept or the last error.
     Stop,
-    /// Relay this answer.
-    Relay(Answer),
+    /// Relay the attempt's answer.
+    Relay,
 }
 
 /// Book `verdict` for the attempt at `t`: the one place for breaker and health
-/// transitions, metrics, exclusions, the kept answer and the retry decision.
-pub fn record(ctx: &mut Ctx<'_>, t: &Target<'_>, attempt: Attempt, verdict: Verdict) -> Next {
+/// transitions, metrics, exclusions, the kept answer and the retry decision. The attempt
+/// is borrowed, not moved: an answer holds its connection inline, and every move of it is
+/// a copy on the request path (a kept answer is taken out of it).
+pub fn record(ctx: &mut Ctx<'_>, t: &Target<'_>, attempt: &mut Attempt, verdict: Verdict) -> Next {
     let shared = ctx.shared;
     let model = ctx.plan.model;
     let (backend, provider, cred, now) = (t.backend, t.provider, t.cred, t.now);
@@ -140,8 +139,8 @@ pub fn record(ctx: &mut Ctx<'_>, t: &Target<'_>, attempt: Attempt, verdict: Verd
     }
     match verdict {
         Verdict::Relay => {
-            let Attempt::Answered(answer) = attempt else {
-                unreachable!("only an answer is relayed")
+            let Attempt::Answered(answer) = &*attempt else {
+                return Next::Stop;
             };
             let ttfb_us = answer.ttfb.as_micros() as u64;
             shared.transition(backend.state.record_success(now, ttfb_us), backend_target);
@@ -149,7 +148,7 @@ pub fn record(ctx: &mut Ctx<'_>, t: &Target<'_>, attempt: Attempt, verdict: Verd
                 HealthTarget::credential(&provider.name, &cred.name)
             });
             ctx.fin.ttfb = Some(answer.ttfb);
-            return Next::Relay(answer);
+            return Next::Relay;
         }
         Verdict::Timeout => {
             // A timeout while the backend answers other requests is a long request, not a
@@ -183,7 +182,7 @@ pub fn record(ctx: &mut Ctx<'_>, t: &Target<'_>, attempt: Attempt, verdict: Verd
         }
         Verdict::Unreachable { connect } => {
             let label = if connect { "connect" } else { "upstream" };
-            if let Attempt::SendFailed(e) = &attempt {
+            if let Attempt::SendFailed(e) = &*attempt {
                 // The detail (addresses, backend names) is the operator's: logged, not sent.
                 warn!(request_id = %ctx.fin.request_id, backend = %backend.name, error = %e, "upstream attempt failed");
             }
@@ -193,14 +192,14 @@ pub fn record(ctx: &mut Ctx<'_>, t: &Target<'_>, attempt: Attempt, verdict: Verd
         }
         Verdict::StreamBroke => {
             shared.transition(backend.state.record_failure(now, "stream failed"), backend_target);
-            if let Attempt::StreamFailed(e) = &attempt {
+            if let Attempt::StreamFailed(e) = &*attempt {
                 warn!(request_id = %ctx.fin.request_id, backend = %backend.name, error = %e,
                     "upstream stream failed before its first event");
             }
             ctx.tries.last_err = Some(ProxyError::Upstream("the stream failed before its first event"));
         }
         Verdict::CredentialRejected => {
-            let status = status_of(&attempt);
+            let status = status_of(attempt);
             upstream_error("auth");
             warn!(request_id = %ctx.fin.request_id, provider = %provider.name, credential = %cred.name,
                 status, "upstream rejected the credential");
@@ -212,7 +211,7 @@ pub fn record(ctx: &mut Ctx<'_>, t: &Target<'_>, attempt: Attempt, verdict: Verd
             health::confirm_credential(shared, ctx.routing, backend.provider, t.ci, status);
         }
         Verdict::RateLimited => {
-            if let Attempt::Answered(a) = &attempt {
+            if let Attempt::Answered(a) = &*attempt {
                 let cap_ms = shared.retry_after_cap.as_millis().min(u128::from(u64::MAX)) as u64;
                 if let Some(ms) = retry_after_ms(&a.head.headers, cap_ms) {
                     cred.state.cool_down(now.saturating_add(ms));
@@ -221,7 +220,7 @@ pub fn record(ctx: &mut Ctx<'_>, t: &Target<'_>, attempt: Attempt, verdict: Verd
             upstream_error("429");
         }
         Verdict::ServerError => {
-            let status = status_of(&attempt);
+            let status = status_of(attempt);
             shared.transition(
                 backend.state.record_failure(now, &format!("upstream {status}")),
                 backend_target,
@@ -230,7 +229,7 @@ pub fn record(ctx: &mut Ctx<'_>, t: &Target<'_>, attempt: Attempt, verdict: Verd
         }
     }
     if verdict.keeps_answer() {
-        if let Attempt::Answered(answer) = attempt {
+        if let Attempt::Answered(answer) = std::mem::replace(attempt, Attempt::HeadTimeout) {
             ctx.tries.kept = Some(Kept {
                 answer,
                 bi: t.bi,

@@ -216,13 +216,16 @@ async fn forward(
         // The backend's and credential's in-flight counts, for this attempt (and the
         // relayed body, if it is the answer).
         let guards = [target.backend.state.start(), target.cred.state.start()];
-        let attempt = attempt::run(&target, head, body).await;
+        let mut attempt = attempt::send(&target.provider.client, target.header_timeout, head, body).await;
         let verdict = classify::classify(&attempt);
-        match classify::record(&mut ctx, &target, attempt, verdict) {
+        match classify::record(&mut ctx, &target, &mut attempt, verdict) {
             classify::Next::Try => {}
             classify::Next::Stop => break,
-            classify::Next::Relay(answer) => {
-                return Ok(respond::response_head(&mut ctx, &target, answer, guards))
+            classify::Next::Relay => {
+                if let attempt::Attempt::Answered(answer) = attempt {
+                    return Ok(respond::response_head(&mut ctx, &target, answer, guards));
+                }
+                break;
             }
         }
     }

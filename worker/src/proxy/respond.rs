@@ -48,18 +48,14 @@ pub fn response_head(
     f.stream |= answer.sse;
     f.status = answer.head.status.as_u16();
     f.error = None;
-    let Answer {
-        head,
-        body,
-        first,
-        sse,
-        ..
-    } = answer;
+    // Fields are moved out one by one: the body holds its connection inline, and each
+    // move of the whole answer is a copy.
+    let sse = answer.sse;
     // A transformed body has another length.
     let drop_length = sse || transform.is_some();
     let relay = RelayBody::new(RelaySpec {
-        first,
-        inner: body,
+        first: answer.first,
+        inner: answer.body,
         sse,
         success,
         dialect: ctx.dialect,
@@ -71,10 +67,10 @@ pub fn response_head(
         finish: f,
     });
     let mut resp = Response::new(ProxyBody::Relay(Box::new(relay)));
-    *resp.status_mut() = head.status;
+    *resp.status_mut() = answer.head.status;
     // The upstream's header map is relayed as it is (the upstream client keeps hop-by-hop
     // headers out of it).
-    let mut h = head.headers;
+    let mut h = answer.head.headers;
     if drop_length {
         h.remove(header::CONTENT_LENGTH);
     }
