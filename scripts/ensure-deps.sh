@@ -23,3 +23,16 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import openai, anthropic'
   python3 -m venv .venv
   .venv/bin/pip install -q --disable-pip-version-check openai anthropic >/dev/null
 fi
+
+# The Codex CLI (npm `@openai/codex`, its native binary comes in a platform package) for
+# the Codex end-to-end test, in .tools/codex.
+if [ ! -x .tools/codex/node_modules/.bin/codex ]; then
+  if command -v npm >/dev/null 2>&1; then
+    echo "installing the Codex CLI into .tools/codex" >&2
+    mkdir -p .tools/codex
+    npm install --prefix .tools/codex --no-audit --no-fund --silent @openai/codex >/dev/null \
+      || echo "warning: could not install @openai/codex; the Codex test will fail" >&2
+  else
+    echo "warning: npm is missing; the Codex test will fail" >&2
+  fi
+fi

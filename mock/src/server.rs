@@ -202,9 +202,41 @@ struct State {
     counters: Mutex<Counters>,
     log: Mutex<VecDeque<RawSeen>>,
     shutdown: CancellationToken,
+    /// Responses API state: each response id made here, with the credential that made
+    /// it (the last `RESPONSES_KEPT`), as a provider account keeps them: another
+    /// credential (account) does not find it.
+    responses: Mutex<VecDeque<(String, String)>>,
+    next_response: AtomicU64,
 }
 
+/// How many created responses the mock remembers.
+const RESPONSES_KEPT: usize = 10_000;
+
 impl State {
+    /// A new response id, remembered for `credential`.
+    fn new_response(&self, credential: &str) -> String {
+        let n = self.next_response.fetch_add(1, Ordering::Relaxed);
+        let id = format!("resp_{:016x}{:08x}", wire::now_secs(), n);
+        let mut r = self.responses.lock();
+        if r.len() >= RESPONSES_KEPT {
+            r.pop_front();
+        }
+        r.push_back((id.clone(), credential.to_string()));
+        id
+    }
+
+    /// Whether response `id` was made with `credential`.
+    fn owns_response(&self, credential: &str, id: &str) -> bool {
+        self.responses
+            .lock()
+            .iter()
+            .any(|(i, c)| i == id && c == credential)
+    }
+
+    fn forget_response(&self, id: &str) {
+        self.responses.lock().retain(|(i, _)| i != id);
+    }
+
     fn next_behavior(&self) -> Arc<Prepared> {
         // Fast path: an atomic load, no lock, when nothing is queued.
         if self.queue_len.load(Ordering::Acquire) > 0 {
@@ -325,6 +357,8 @@ impl MockServer {
             counters: Mutex::new(Counters::default()),
             log: Mutex::new(VecDeque::new()),
             shutdown: CancellationToken::new(),
+            responses: Mutex::new(VecDeque::new()),
+            next_response: AtomicU64::new(1),
         });
         let tracker = TaskTracker::new();
         tracker.spawn(accept_loop(listener, state.clone(), tracker.clone()));
@@ -547,6 +581,11 @@ enum Endpoint {
     Models,
     Messages,
     CountTokens,
+    /// `POST /v1/responses`.
+    Responses,
+    /// `GET`/`DELETE /v1/responses/{id}`, `POST /v1/responses/{id}/cancel`,
+    /// `GET /v1/responses/{id}/input_items`: answered only for the credential that made it.
+    ResponseById,
     OtherPost,
     NotFound,
 }
@@ -559,6 +598,17 @@ fn route(method: &Method, path: &str) -> Endpoint {
         (&Method::GET, "/v1/models") => Endpoint::Models,
         (&Method::POST, "/v1/messages") => Endpoint::Messages,
         (&Method::POST, "/v1/messages/count_tokens") => Endpoint::CountTokens,
+        (&Method::POST, "/v1/responses") => Endpoint::Responses,
+        (m, p) if p.starts_with("/v1/responses/") => {
+            let rest = &p["/v1/responses/".len()..];
+            match (m, rest.split_once('/')) {
+                (&Method::GET | &Method::DELETE, None) => Endpoint::ResponseById,
+                (&Method::POST, Some((_, "cancel"))) | (&Method::GET, Some((_, "input_items"))) => {
+                    Endpoint::ResponseById
+                }
+                _ => Endpoint::NotFound,
+            }
+        }
         (&Method::POST, p) if p.starts_with("/v1/") => Endpoint::OtherPost,
         _ => Endpoint::NotFound,
     }
@@ -661,6 +711,34 @@ async fn api(state: &State, req: Request<Incoming>) -> Result<Resp, io::Error> {
     }
 
     let model_out = if model.is_empty() { wire::NO_MODEL } else { model };
+    if endpoint == Endpoint::ResponseById {
+        return Ok(response_by_id(state, &parts, credential.unwrap_or(""), &prepared));
+    }
+    let cred = credential.unwrap_or("");
+    if endpoint == Endpoint::Responses {
+        if let Some(prev) = peek.previous_response_id.as_deref() {
+            if !state.owns_response(cred, prev) {
+                return Ok(json_resp(
+                    400,
+                    wire::error_body(
+                        dialect,
+                        400,
+                        &format!("Previous response with id '{prev}' not found."),
+                    ),
+                ));
+            }
+        }
+        let id = state.new_response(cred);
+        let previous = peek.previous_response_id.as_ref().map(|p| p.to_string());
+        if peek.stream {
+            let events = StreamEvents::responses(prepared.clone(), model_out, id, previous);
+            return Ok(sse_response(events, b.chunk_delay_ms, None));
+        }
+        return Ok(json_resp(
+            200,
+            wire::responses_body(&prepared, &id, model_out, previous.as_deref()),
+        ));
+    }
     let stream_kind = match endpoint {
         Endpoint::Chat if peek.stream => Some(StreamKind::Chat),
         Endpoint::Completions if peek.stream => Some(StreamKind::Completion),
@@ -672,8 +750,25 @@ async fn api(state: &State, req: Request<Incoming>) -> Result<Resp, io::Error> {
             Fault::CutStream { after_chunks } => Some(after_chunks),
             _ => None,
         };
-        let delay = Duration::from_millis(b.chunk_delay_ms);
         let events = StreamEvents::new(prepared.clone(), kind, model_out, peek.include_usage());
+        return Ok(sse_response(events, b.chunk_delay_ms, cut_after));
+    }
+    api_tail(
+        endpoint,
+        &prepared,
+        &state.models,
+        dialect,
+        &parts,
+        &body,
+        model_out,
+    )
+}
+
+/// A streamed answer of `events`, each content event `delay_ms` after the previous one,
+/// cut (`Fault::CutStream`) after `cut_after` content events.
+fn sse_response(events: StreamEvents, delay_ms: u64, cut_after: Option<usize>) -> Resp {
+    let delay = Duration::from_millis(delay_ms);
+    {
         let stream = futures::stream::unfold((events, false), move |(mut events, done)| async move {
             if done {
                 return None;
@@ -699,18 +794,88 @@ async fn api(state: &State, req: Request<Incoming>) -> Result<Resp, io::Error> {
             HeaderValue::from_static("text/event-stream"),
         );
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-        return Ok(r);
+        r
     }
+}
 
+/// `GET`/`DELETE /v1/responses/{id}`, `POST .../cancel`, `GET .../input_items`: found only
+/// by the credential that made the response, as an account keeps its own.
+fn response_by_id(
+    state: &State,
+    parts: &http::request::Parts,
+    credential: &str,
+    prepared: &Prepared,
+) -> Resp {
+    let rest = &parts.uri.path()["/v1/responses/".len()..];
+    let (id, sub) = rest.split_once('/').unwrap_or((rest, ""));
+    if !state.owns_response(credential, id) {
+        return json_resp(
+            404,
+            wire::error_body(
+                Dialect::OpenAi,
+                404,
+                &format!("No response found with id '{id}'."),
+            ),
+        );
+    }
+    let b = &prepared.behavior;
+    let body = match (&parts.method, sub) {
+        (&Method::DELETE, _) => {
+            state.forget_response(id);
+            serde_json::json!({"id": id, "object": "response.deleted", "deleted": true})
+        }
+        (_, "input_items") => serde_json::json!({
+            "object": "list",
+            "data": [{"id": "msg_in", "type": "message", "role": "user", "status": "completed",
+                      "content": [{"type": "input_text", "text": "hi"}]}],
+            "first_id": "msg_in", "last_id": "msg_in", "has_more": false,
+        }),
+        (_, "cancel") => {
+            let mut v = wire::response_object(
+                id,
+                wire::NO_MODEL,
+                prepared.created,
+                &b.reply,
+                &b.usage,
+                None,
+                true,
+            );
+            v["status"] = serde_json::json!("cancelled");
+            v
+        }
+        _ => wire::response_object(
+            id,
+            wire::NO_MODEL,
+            prepared.created,
+            &b.reply,
+            &b.usage,
+            None,
+            true,
+        ),
+    };
+    json_resp(200, Bytes::from(body.to_string()))
+}
+
+/// The non-streamed answers of the other endpoints.
+fn api_tail(
+    endpoint: Endpoint,
+    prepared: &Arc<Prepared>,
+    models: &[String],
+    dialect: Dialect,
+    parts: &http::request::Parts,
+    body: &Bytes,
+    model_out: &str,
+) -> Result<Resp, io::Error> {
+    let b = &prepared.behavior;
     let (status, body) = match endpoint {
         Endpoint::Chat => (200, prepared.chat.render(model_out)),
         Endpoint::Completions => (200, prepared.completion.render(model_out)),
         Endpoint::Messages => (200, prepared.message.render(model_out)),
-        Endpoint::Embeddings => (200, wire::embeddings_body(&body, model_out, &b.usage)),
-        Endpoint::Models => (200, wire::models_body(dialect, &state.models, prepared.created)),
+        Endpoint::Embeddings => (200, wire::embeddings_body(body, model_out, &b.usage)),
+        Endpoint::Models => (200, wire::models_body(dialect, models, prepared.created)),
         Endpoint::CountTokens => (200, wire::count_tokens_body(&b.usage)),
         Endpoint::OtherPost => (200, wire::echo_body(parts.uri.path(), model_out)),
-        Endpoint::NotFound => (
+        Endpoint::Responses | Endpoint::ResponseById | Endpoint::NotFound => (
             404,
             wire::error_body(dialect, 404, &format!("mock: no route for {}", parts.uri.path())),
         ),

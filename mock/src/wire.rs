@@ -31,6 +31,9 @@ pub struct Peek<'a> {
     pub stream: bool,
     #[serde(default)]
     pub stream_options: Option<StreamOptions>,
+    /// Responses API: the response this one continues.
+    #[serde(borrow, default)]
+    pub previous_response_id: Option<Cow<'a, str>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -98,7 +101,7 @@ fn write_json_str(buf: &mut BytesMut, s: &str) {
     }
 }
 
-fn now_secs() -> u64 {
+pub fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -113,6 +116,73 @@ fn openai_usage(u: &Usage) -> Value {
         "prompt_tokens_details": {"cached_tokens": u.cached_tokens},
         "completion_tokens_details": {"reasoning_tokens": u.reasoning_tokens},
     })
+}
+
+/// The Responses API's usage object (`response.usage`).
+pub fn responses_usage(u: &Usage) -> Value {
+    json!({
+        "input_tokens": u.prompt_tokens,
+        "input_tokens_details": {"cached_tokens": u.cached_tokens},
+        "output_tokens": u.completion_tokens,
+        "output_tokens_details": {"reasoning_tokens": u.reasoning_tokens},
+        "total_tokens": u.prompt_tokens + u.completion_tokens,
+    })
+}
+
+/// A Responses API response object (`POST /v1/responses`, `GET /v1/responses/{id}`, and
+/// inside the `response.*` stream events). `done`: completed, with its output and usage;
+/// else in progress, empty.
+pub fn response_object(
+    id: &str,
+    model: &str,
+    created: u64,
+    reply: &str,
+    usage: &Usage,
+    previous: Option<&str>,
+    done: bool,
+) -> Value {
+    let output = if done {
+        json!([{
+            "id": format!("msg_{}", id.trim_start_matches("resp_")),
+            "type": "message",
+            "status": "completed",
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": reply, "annotations": []}],
+        }])
+    } else {
+        json!([])
+    };
+    json!({
+        "id": id,
+        "object": "response",
+        "created_at": created,
+        "status": if done { "completed" } else { "in_progress" },
+        "error": null,
+        "incomplete_details": null,
+        "instructions": null,
+        "model": model,
+        "output": output,
+        "parallel_tool_calls": true,
+        "previous_response_id": previous,
+        "reasoning": {"effort": null, "summary": null},
+        "store": true,
+        "temperature": 1.0,
+        "text": {"format": {"type": "text"}},
+        "tool_choice": "auto",
+        "tools": [],
+        "top_p": 1.0,
+        "truncation": "disabled",
+        "usage": if done { responses_usage(usage) } else { Value::Null },
+        "user": null,
+        "metadata": {},
+    })
+}
+
+/// The non-streamed answer of `POST /v1/responses`.
+pub fn responses_body(prepared: &Prepared, id: &str, model: &str, previous: Option<&str>) -> Bytes {
+    let b = &prepared.behavior;
+    let v = response_object(id, model, prepared.created, &b.reply, &b.usage, previous, true);
+    Bytes::from(styled(&v, b.json_style, " "))
 }
 
 fn anthropic_usage(u: &Usage) -> Value {
@@ -218,6 +288,9 @@ pub struct StreamEvents {
     model: String,
     include_usage: bool,
     next: usize,
+    /// A Responses stream: its response id and `previous_response_id`.
+    response_id: String,
+    previous: Option<String>,
 }
 
 /// What [`StreamEvents::next_event`] yields.
@@ -238,7 +311,40 @@ impl StreamEvents {
             model: model.to_string(),
             include_usage,
             next: 0,
+            response_id: String::new(),
+            previous: None,
         }
+    }
+
+    /// A Responses stream (`StreamKind::Responses`) for response `id`.
+    pub fn responses(prepared: Arc<Prepared>, model: &str, id: String, previous: Option<String>) -> Self {
+        let mut s = Self::new(prepared, StreamKind::Responses, model, false);
+        s.response_id = id;
+        s.previous = previous;
+        s
+    }
+
+    fn response_event(&self, name: &str, seq: usize, mut v: Value) -> Bytes {
+        v["type"] = json!(name);
+        v["sequence_number"] = json!(seq);
+        self.sse_event(name, &v)
+    }
+
+    fn response_obj(&self, done: bool) -> Value {
+        let b = &self.prepared.behavior;
+        response_object(
+            &self.response_id,
+            &self.model,
+            self.prepared.created,
+            &b.reply,
+            &b.usage,
+            self.previous.as_deref(),
+            done,
+        )
+    }
+
+    fn item_id(&self) -> String {
+        format!("msg_{}", self.response_id.trim_start_matches("resp_"))
     }
 
     fn prelude_len(&self) -> usize {
@@ -246,6 +352,7 @@ impl StreamEvents {
             StreamKind::Chat => 1,
             StreamKind::Completion => 0,
             StreamKind::Messages => 3,
+            StreamKind::Responses => 4,
         }
     }
 
@@ -253,6 +360,7 @@ impl StreamEvents {
         match self.kind {
             StreamKind::Chat | StreamKind::Completion => 2 + usize::from(self.include_usage),
             StreamKind::Messages => 3,
+            StreamKind::Responses => 4,
         }
     }
 
@@ -318,6 +426,22 @@ impl StreamEvents {
                     },
                 }),
             ),
+            (StreamKind::Responses, 0) => {
+                self.response_event("response.created", i, json!({"response": self.response_obj(false)}))
+            }
+            (StreamKind::Responses, 1) => {
+                self.response_event("response.in_progress", i, json!({"response": self.response_obj(false)}))
+            }
+            (StreamKind::Responses, 2) => self.response_event(
+                "response.output_item.added",
+                i,
+                json!({"output_index": 0, "item": {"id": self.item_id(), "type": "message", "status": "in_progress", "role": "assistant", "content": []}}),
+            ),
+            (StreamKind::Responses, _) => self.response_event(
+                "response.content_part.added",
+                i,
+                json!({"item_id": self.item_id(), "output_index": 0, "content_index": 0, "part": {"type": "output_text", "text": "", "annotations": []}}),
+            ),
             (StreamKind::Messages, 1) => self.sse_event(
                 "content_block_start",
                 &json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
@@ -334,6 +458,11 @@ impl StreamEvents {
             StreamKind::Messages => self.sse_event(
                 "content_block_delta",
                 &json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}}),
+            ),
+            StreamKind::Responses => self.response_event(
+                "response.output_text.delta",
+                self.prelude_len() + i,
+                json!({"item_id": self.item_id(), "output_index": 0, "content_index": 0, "delta": piece}),
             ),
         }
     }
@@ -359,6 +488,28 @@ impl StreamEvents {
                 }),
             ),
             (StreamKind::Messages, _, _) => self.sse_event("message_stop", &json!({"type": "message_stop"})),
+            (StreamKind::Responses, t, _) => {
+                let seq = self.prelude_len() + self.prepared.behavior.stream_chunks + t;
+                let reply = &self.prepared.behavior.reply;
+                match t {
+                    0 => self.response_event(
+                        "response.output_text.done",
+                        seq,
+                        json!({"item_id": self.item_id(), "output_index": 0, "content_index": 0, "text": reply}),
+                    ),
+                    1 => self.response_event(
+                        "response.content_part.done",
+                        seq,
+                        json!({"item_id": self.item_id(), "output_index": 0, "content_index": 0, "part": {"type": "output_text", "text": reply, "annotations": []}}),
+                    ),
+                    2 => self.response_event(
+                        "response.output_item.done",
+                        seq,
+                        json!({"output_index": 0, "item": self.response_obj(true)["output"][0].clone()}),
+                    ),
+                    _ => self.response_event("response.completed", seq, json!({"response": self.response_obj(true)})),
+                }
+            }
         }
     }
 
@@ -410,6 +561,8 @@ pub enum StreamKind {
     Chat,
     Completion,
     Messages,
+    /// The Responses API's `response.*` events.
+    Responses,
 }
 
 /// `v` serialised in `style`; `ws` is the white space put around tokens when spaced.

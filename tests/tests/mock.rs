@@ -299,10 +299,14 @@ async fn anthropic_messages_plain_and_stream() {
 #[tokio::test]
 async fn other_paths_echo_or_404() {
     let m = mock().await;
-    let r = post(format!("{}/v1/responses", m.url()), json!({"model": "o3"})).await;
+    let r = post(
+        format!("{}/v1/images/generations", m.url()),
+        json!({"model": "o3"}),
+    )
+    .await;
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.unwrap();
-    assert_eq!(v["path"], "/v1/responses");
+    assert_eq!(v["path"], "/v1/images/generations");
     assert_eq!(v["model"], "o3");
     let r = client().get(format!("{}/nope", m.url())).send().await.unwrap();
     assert_eq!(r.status(), 404);

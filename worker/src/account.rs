@@ -248,7 +248,7 @@ impl UsageScanner {
                     let Some(nl) = nl else { return };
                     if *line == Line::Data {
                         if let Some(r) = reader.as_deref() {
-                            if let Some(obj) = usage_of(r.usage(), r.message()) {
+                            if let Some(obj) = usage_of(r.usage(), r.message(), r.response_usage()) {
                                 *seen |= obj.apply(usage);
                             }
                         }
@@ -283,7 +283,9 @@ impl UsageScanner {
             Self::Off => None,
             Self::Json { reader: Some(r), .. } => {
                 let mut u = Usage::default();
-                usage_of(r.usage(), r.message())?.apply(&mut u).then_some(u)
+                usage_of(r.usage(), r.message(), r.response_usage())?
+                    .apply(&mut u)
+                    .then_some(u)
             }
             Self::Json { chunks, .. } => {
                 // Only the top level is walked (strings skipped with memchr, nothing
@@ -353,16 +355,28 @@ fn next_candidate(lines: &[u8]) -> Option<usize> {
 }
 
 /// The usage object of a document: its `usage` member, else `message.usage` (Anthropic
-/// `message_start`), given their raw values.
-fn usage_of(usage: Option<&[u8]>, message: Option<&[u8]>) -> Option<UsageObject> {
+/// `message_start`), else `response.usage` (the Responses API's `response.completed`),
+/// given the raw values of `usage`, `message` and `response.usage`.
+fn usage_of(
+    usage: Option<&[u8]>,
+    message: Option<&[u8]>,
+    response_usage: Option<&[u8]>,
+) -> Option<UsageObject> {
     if let Some(u) = usage.and_then(UsageObject::parse) {
         return Some(u);
     }
-    UsageObject::parse(member(message?, b"usage")?)
+    if let Some(u) = message
+        .and_then(|m| member(m, b"usage"))
+        .and_then(UsageObject::parse)
+    {
+        return Some(u);
+    }
+    UsageObject::parse(response_usage?)
 }
 
 /// The usage object of a JSON document (a response body or an SSE `data:` line): its
-/// top-level `usage`, else `message.usage` (Anthropic `message_start`).
+/// top-level `usage`, else `message.usage` (Anthropic `message_start`), else
+/// `response.usage` (Responses API `response.completed`).
 ///
 /// `complete`: the document arrived in full. Only then is `usage` read from its end
 /// (OpenAI and Anthropic put it last), which costs the size of the usage object instead
@@ -375,8 +389,8 @@ fn usage_in_document(doc: &[u8], complete: bool) -> Option<UsageObject> {
             return Some(u);
         }
     }
-    let (usage, message) = top_level_members(doc)?;
-    usage_of(usage, message)
+    let m = top_level_members(doc)?;
+    usage_of(m.usage, m.message, m.response.and_then(|r| member(r, b"usage")))
 }
 
 /// The value of the document's last top-level member when that member is `usage` and
@@ -456,22 +470,31 @@ fn rstring_start(doc: &[u8], close: usize) -> Option<usize> {
     }
 }
 
-/// Raw values of `usage` and `message`, when present.
-type UsageAndMessage<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
+/// Raw values of the top-level members that may hold usage, when present.
+#[derive(Debug, Default)]
+struct UsageMembers<'a> {
+    usage: Option<&'a [u8]>,
+    message: Option<&'a [u8]>,
+    response: Option<&'a [u8]>,
+}
 
-/// The raw values of the top-level members `usage` and `message` of a JSON object as a
-/// conformant parser reads it (keys unescaped, the last of duplicates). `None` when `doc`
-/// is not one object.
-fn top_level_members(doc: &[u8]) -> Option<UsageAndMessage<'_>> {
+/// The raw values of the top-level members `usage`, `message` and `response` of a JSON
+/// object as a conformant parser reads it (keys unescaped, the last of duplicates).
+/// `None` when `doc` is not one object.
+fn top_level_members(doc: &[u8]) -> Option<UsageMembers<'_>> {
     let mut r = TopLevel::new(false);
-    let (mut usage, mut message) = (None, None);
+    let (mut usage, mut message, mut response) = (None, None, None);
     r.feed(doc, &mut |m: &Member| match m.key {
         Key::Usage => usage = Some(m.value_start..m.value_end),
         Key::Message => message = Some(m.value_start..m.value_end),
+        Key::Response => response = Some(m.value_start..m.value_end),
         _ => {}
     });
-    r.is_done()
-        .then(|| (usage.map(|r| &doc[r]), message.map(|r| &doc[r])))
+    r.is_done().then(|| UsageMembers {
+        usage: usage.map(|r| &doc[r]),
+        message: message.map(|r| &doc[r]),
+        response: response.map(|r| &doc[r]),
+    })
 }
 
 /// The value of `name` in the object `v` (keys unescaped, the last of duplicates).
@@ -494,7 +517,8 @@ fn key_is(raw: &[u8], name: &[u8]) -> bool {
 /// The raw key `raw` (between its quotes) unescaped, in `buf` when it has escapes (rare:
 /// then decoded as a conformant parser does; an invalid key reads as empty).
 fn unescape_key<'a>(raw: &'a [u8], buf: &'a mut Vec<u8>) -> &'a [u8] {
-    if memchr::memchr(b'\\', raw).is_none() {
+    // Keys are short: words, not a memchr call (`bytescan`).
+    if !crate::bytescan::has_byte(raw, b'\\') {
         return raw;
     }
     buf.clear();
@@ -650,6 +674,10 @@ struct UsageObject {
     output_tokens: Option<u64>,
     cache_read_input_tokens: Option<u64>,
     cache_creation_input_tokens: Option<u64>,
+    /// Responses API: `input_tokens_details.cached_tokens` (part of `input_tokens`).
+    input_cached_tokens: Option<u64>,
+    /// Responses API: `output_tokens_details.reasoning_tokens` (part of `output_tokens`).
+    output_reasoning_tokens: Option<u64>,
 }
 
 /// A JSON unsigned integer (no sign, fraction or exponent), else `None`.
@@ -688,6 +716,8 @@ impl UsageObject {
                 b"output_tokens" => u.output_tokens = json_u64(v),
                 b"cache_read_input_tokens" => u.cache_read_input_tokens = json_u64(v),
                 b"cache_creation_input_tokens" => u.cache_creation_input_tokens = json_u64(v),
+                b"input_tokens_details" => u.input_cached_tokens = detail(v, b"cached_tokens"),
+                b"output_tokens_details" => u.output_reasoning_tokens = detail(v, b"reasoning_tokens"),
                 _ => {}
             }
         }
@@ -709,17 +739,21 @@ impl UsageObject {
             return true;
         }
         // Anthropic: message_start carries input (and a first output count); message_delta
-        // carries the cumulative output count (and sometimes input counts again).
+        // carries the cumulative output count (and sometimes input counts again). Anthropic's
+        // cache reads come on top of `input_tokens`.
+        // The Responses API: one object, whose `input_tokens` already include the cached
+        // ones (`input_tokens_details`), and `output_tokens` the reasoning ones.
         let mut found = false;
         if let Some(input) = self.input_tokens {
             let cache_read = self.cache_read_input_tokens.unwrap_or(0);
             let cache_write = self.cache_creation_input_tokens.unwrap_or(0);
             u.prompt_tokens = input.saturating_add(cache_read).saturating_add(cache_write);
-            u.cached_tokens = cache_read;
+            u.cached_tokens = cache_read.saturating_add(self.input_cached_tokens.unwrap_or(0));
             found = true;
         }
         if let Some(out) = self.output_tokens {
             u.completion_tokens = out;
+            u.reasoning_tokens = self.output_reasoning_tokens.unwrap_or(0);
             found = true;
         }
         u.total_tokens = u.prompt_tokens.saturating_add(u.completion_tokens);
@@ -775,6 +809,49 @@ pub(crate) mod tests {
         ));
         let u = s.finish(true).unwrap();
         assert_eq!((u.prompt_tokens, u.completion_tokens, u.total_tokens), (5, 6, 11));
+    }
+
+    /// The Responses API: a streamed answer books `response.completed`'s
+    /// `response.usage`, however the event is cut and however long its output; the
+    /// non-streamed body its top-level `usage` (not last: `user` and `metadata` follow).
+    #[test]
+    fn responses_usage_streamed_and_not() {
+        let usage = r#"{"input_tokens":36,"input_tokens_details":{"cached_tokens":10},"output_tokens":87,"output_tokens_details":{"reasoning_tokens":64},"total_tokens":123}"#;
+        let want = Usage {
+            prompt_tokens: 36,
+            completion_tokens: 87,
+            total_tokens: 123,
+            cached_tokens: 10,
+            reasoning_tokens: 64,
+        };
+        for reply_len in [10, 100_000] {
+            let reply = "w\\\"}{".repeat(reply_len);
+            let object = |usage: &str| {
+                format!(
+                    r#"{{"id":"resp_1","object":"response","status":"completed","output":[{{"type":"message","content":[{{"type":"output_text","text":"{reply}","annotations":[]}}]}}],"usage":{usage},"user":null,"metadata":{{}}}}"#
+                )
+            };
+            let stream = format!(
+                "event: response.created\ndata: {{\"type\":\"response.created\",\"sequence_number\":0,\"response\":{}}}\n\n\
+                 event: response.output_text.delta\ndata: {{\"type\":\"response.output_text.delta\",\"sequence_number\":1,\"delta\":\"hi\"}}\n\n\
+                 event: response.completed\ndata: {{\"type\":\"response.completed\",\"sequence_number\":2,\"response\":{}}}\n\n",
+                object("null"),
+                object(usage)
+            );
+            for read in [7, 4096, usize::MAX] {
+                let mut s = UsageScanner::new(true, true);
+                for c in stream.as_bytes().chunks(read.min(stream.len())) {
+                    s.observe(&Bytes::copy_from_slice(c));
+                }
+                assert_eq!(s.finish(true), Some(want), "reply {reply_len}, reads of {read}");
+                let body = object(usage);
+                let mut s = UsageScanner::new(false, true);
+                for c in body.as_bytes().chunks(read.min(body.len())) {
+                    s.observe(&Bytes::copy_from_slice(c));
+                }
+                assert_eq!(s.finish(true), Some(want), "reply {reply_len}, reads of {read}");
+            }
+        }
     }
 
     #[test]
@@ -896,7 +973,7 @@ pub(crate) mod tests {
                 body
             };
             let doc = doc.as_bytes();
-            let forward = top_level_members(doc).unwrap().0;
+            let forward = top_level_members(doc).unwrap().usage;
             match trailing_usage(doc) {
                 Some(raw) => {
                     proptest::prop_assert!(trailing && usage.is_object());
@@ -934,6 +1011,8 @@ pub(crate) mod tests {
             "data: {\"choices\":[],\"usage\": {\"prompt_tokens\":7,\"completion_tokens\":1}}\r\n",
             "data: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":9,\"output_tokens\":1}}}\n",
             "data: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":12}}\n",
+            "data: {\"type\":\"response.created\",\"response\":{\"id\":\"resp_1\",\"usage\":null}}\n",
+            "data: {\"type\":\"response.completed\",\"response\":{\"id\":\"resp_1\",\"usage\":{\"input_tokens\":8,\"input_tokens_details\":{\"cached_tokens\":3},\"output_tokens\":5,\"output_tokens_details\":{\"reasoning_tokens\":2}},\"user\":null},\"sequence_number\":7}\n",
             "data: {\"text\":\"\\\"usage\\\":{\"}\n",
             "event: usage\n",
             ": \"usage\":{}\n",
@@ -965,7 +1044,10 @@ pub(crate) mod tests {
     pub(crate) fn serde_apply(doc: &serde_json::Value, u: &mut Usage) -> bool {
         use serde_json::Value;
         let top = doc.get("usage").filter(|v| v.is_object());
-        let Some(usage) = top.or_else(|| doc.get("message")?.get("usage").filter(|v| v.is_object())) else {
+        let Some(usage) = top
+            .or_else(|| doc.get("message")?.get("usage").filter(|v| v.is_object()))
+            .or_else(|| doc.get("response")?.get("usage").filter(|v| v.is_object()))
+        else {
             return false;
         };
         let g = |k: &str| usage.get(k).and_then(Value::as_u64);
@@ -987,11 +1069,22 @@ pub(crate) mod tests {
             u.prompt_tokens = input
                 .saturating_add(read)
                 .saturating_add(g("cache_creation_input_tokens").unwrap_or(0));
-            u.cached_tokens = read;
+            u.cached_tokens = read.saturating_add(
+                usage
+                    .get("input_tokens_details")
+                    .and_then(|d| d.get("cached_tokens"))
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0),
+            );
             found = true;
         }
         if let Some(out) = g("output_tokens") {
             u.completion_tokens = out;
+            u.reasoning_tokens = usage
+                .get("output_tokens_details")
+                .and_then(|d| d.get("reasoning_tokens"))
+                .and_then(Value::as_u64)
+                .unwrap_or(0);
             found = true;
         }
         u.total_tokens = u.prompt_tokens.saturating_add(u.completion_tokens);
@@ -1152,9 +1245,9 @@ pub(crate) mod tests {
     fn walker_finds_top_level_members_only() {
         let doc = br#" { "a\\" : "x\"}\\" , "n": -1.5e3, "arr": [1, {"usage": {"prompt_tokens": 9}}, "]"],
             "message" : {"usage":{"input_tokens":2}}, "usage" :{"prompt_tokens":4,"completion_tokens":1} } "#;
-        let (u, m) = top_level_members(doc).unwrap();
-        assert_eq!(u.unwrap(), br#"{"prompt_tokens":4,"completion_tokens":1}"#);
-        assert_eq!(m.unwrap(), br#"{"usage":{"input_tokens":2}}"#);
+        let m = top_level_members(doc).unwrap();
+        assert_eq!(m.usage.unwrap(), br#"{"prompt_tokens":4,"completion_tokens":1}"#);
+        assert_eq!(m.message.unwrap(), br#"{"usage":{"input_tokens":2}}"#);
         assert_eq!(usage_in_document(doc, true).unwrap().prompt_tokens, Some(4));
         assert_eq!(usage_in_document(doc, false).unwrap().prompt_tokens, Some(4));
         // Every strict prefix is cut short: never a panic, never a usage.

@@ -45,6 +45,27 @@ pub fn quote_or_backslash(s: &[u8], from: usize, window: usize) -> Option<(usize
     None
 }
 
+/// Whether `s` holds the byte `b`, read 8 bytes at a time (for short slices, where a
+/// memchr call costs more than the bytes); the last partial word is padded with a byte
+/// other than `b`.
+#[inline]
+pub fn has_byte(s: &[u8], b: u8) -> bool {
+    let mut words = s.chunks_exact(8);
+    let mut acc = 0u64;
+    for c in words.by_ref() {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        acc |= eq_mask(u64::from_le_bytes(w), b);
+    }
+    let rest = words.remainder();
+    if !rest.is_empty() {
+        let mut w = [!b; 8];
+        w[..rest.len()].copy_from_slice(rest);
+        acc |= eq_mask(u64::from_le_bytes(w), b);
+    }
+    acc != 0
+}
+
 /// Whether every byte of `v` is printable ASCII (`0x21..=0x7E`) other than `"`, `=` and
 /// `\\`: a value that an access line can carry unquoted. 8 bytes at a time; the last
 /// partial word is padded with a plain byte.
@@ -134,6 +155,13 @@ mod tests {
         ], 0..40)) {
             let want = v.iter().all(|&b| b.is_ascii_graphic() && b != b'"' && b != b'=' && b != b'\\');
             prop_assert_eq!(plain_token(&v), want);
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn has_byte_is_contains(v in prop::collection::vec(prop_oneof![Just(b'\\'), Just(0x5du8), Just(0x5bu8), Just(0u8), any::<u8>()], 0..40)) {
+            prop_assert_eq!(has_byte(&v, b'\\'), v.contains(&b'\\'));
         }
     }
 }

@@ -117,6 +117,8 @@ pub struct Credential {
     pub state: Arc<EndpointState>,
     /// Identity used to keep `state` across swaps.
     pub identity: Arc<str>,
+    /// Makes and reads the gateway's response ids for this credential (`respid`).
+    pub id_key: crate::respid::IdKey,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

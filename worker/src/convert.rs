@@ -240,6 +240,7 @@ pub fn build(
                 });
                 credentials.push(Credential {
                     name: c.name.as_str().into(),
+                    id_key: crate::respid::IdKey::new(&p.name, &c.name, c.secret.as_bytes()),
                     auth_value,
                     enabled,
                     state,

@@ -235,6 +235,15 @@ pub fn usage_scan(data: &[u8]) {
             "SSE usage depends on how the stream was read"
         );
     }
+    // A JSON body has one right reading too (a long one, and a Responses API event's
+    // `response.usage`, are read as they pass).
+    if !sse && serde_json::from_slice::<serde_json::Value>(&body[1..]).is_ok() {
+        assert_eq!(
+            format!("{whole:?}"),
+            format!("{pieces:?}"),
+            "JSON usage depends on how the body was read"
+        );
+    }
 }
 
 /// Whether every `data:` line of an SSE stream (but `[DONE]`) is one JSON document.

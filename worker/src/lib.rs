@@ -1,12 +1,13 @@
 //! Switchyard worker: the stateless data plane. Proxies OpenAI- and Anthropic-format
 //! traffic to upstream providers using the latest snapshot from the control plane.
 //!
-//! Request path (one module per stage, in order): `proxy` dispatches and drives the
-//! pipeline → `auth` (client key) → `extract` (model/stream/user, in-place model rewrite)
-//! → routing over `config::Routing` with `balance` (tier → strategy/affinity → backend →
-//! credential) → forward with held-back headers and retries (`balance::RetryBudget`) → `relay` (frame
-//! by frame, timeouts, error events, usage via `account`, the end-of-request log line and
-//! `metrics`). Around them: `convert` (proto snapshot → routing table), `watch` (control
+//! Request path: `proxy` runs it as named phases over one per-request context
+//! (`proxy::Ctx`; the table of phases and their files is in `proxy`'s docs): request
+//! filter (`auth`, `paths`, `extract`) → route (`balance`: tier → strategy/affinity →
+//! backend → credential, `balance::RetryBudget`) → upstream request → attempt (`upstream`)
+//! → classify and record → response head → body (`relay`: frame by frame, timeouts, error
+//! events, the stream transform, usage via `account`) → logging (`relay::Finish`, `metrics`).
+//! Around them: `convert` (proto snapshot → routing table), `watch` (control
 //! client and last-known-good file), `health` (active probes and `GET /health`),
 //! `errors` (the dialect error mapping), `server` (accept loop and graceful drain).
 //! `translate` holds the OpenAI ⇄ Anthropic translators, not yet on the request path.
@@ -31,6 +32,7 @@ pub mod paths;
 pub mod proxy;
 pub mod relay;
 pub mod report;
+pub mod respid;
 pub mod server;
 pub mod strip;
 pub mod toplevel;

@@ -328,54 +328,109 @@ pub struct RelayBody {
     scanner: UsageScanner,
     finish: Option<Finish>,
     outcome: Outcome,
-    backend_state: Arc<EndpointState>,
-    /// The worker added `include_usage` upstream: remove its traces from what the client
-    /// sees (complete events go out at once; an incomplete trailing one is held back).
-    stripper: Option<crate::strip::Stripper>,
+    backend_state: Option<Arc<EndpointState>>,
+    /// What the client sees of the upstream's bytes (`None`: those bytes).
+    transform: Option<Transform>,
     /// The backend's and credential's in-flight counts (moved to the abort drain, if any).
-    guards: Option<[InflightGuard; 2]>,
+    guards: Option<[Option<InflightGuard>; 2]>,
+}
+
+/// Everything the body phase needs to relay one answer (the response head phase fills
+/// it in: `proxy::respond`).
+#[derive(Debug)]
+pub struct RelaySpec {
+    /// The first event of an SSE answer, already read (sent before `inner`'s rest).
+    pub first: Option<Bytes>,
+    pub inner: crate::upstream::Body,
+    pub sse: bool,
+    /// A 2xx answer: usage is read, and an end counts as `ok`.
+    pub success: bool,
+    pub dialect: Dialect,
+    pub idle: Duration,
+    pub total: Option<tokio::time::Instant>,
+    /// What the client sees of the upstream's bytes, if not those bytes.
+    pub transform: Option<Transform>,
+    /// The backend a broken stream is a failure of (none for the Responses API's
+    /// stateful calls, which have no backend).
+    pub backend_state: Option<Arc<EndpointState>>,
+    /// The backend's and credential's in-flight counts.
+    pub guards: [Option<InflightGuard>; 2],
+    pub finish: Finish,
+}
+
+/// The body phase's stream transform: what the client sees of the upstream's bytes.
+/// Usage is always read from the upstream's own bytes, before the transform. An enum,
+/// not a `Box<dyn>`: the relay pays no allocation or indirect call for it.
+///
+/// Stream translation (OpenAI ⇄ Anthropic) plugs in here as another variant.
+#[derive(Debug)]
+pub enum Transform {
+    /// The worker added `include_usage` upstream: remove its traces (complete events go
+    /// out at once; an incomplete trailing one is held back).
+    StripUsage(crate::strip::Stripper),
+    /// The Responses API: the upstream's response ids go out as gateway ids (`respid`).
+    ResponseIds(crate::respid::Rewriter),
+}
+
+impl Transform {
+    pub fn strip_usage() -> Self {
+        Self::StripUsage(crate::strip::Stripper::new())
+    }
+
+    /// What the client gets of the next upstream chunk (possibly nothing yet).
+    fn feed(&mut self, b: Bytes) -> Bytes {
+        match self {
+            Self::StripUsage(s) => s.feed(b),
+            Self::ResponseIds(r) => r.feed(b),
+        }
+    }
+
+    /// The upstream's stream ended: what was held back.
+    fn finish(&mut self) -> Option<Bytes> {
+        match self {
+            Self::StripUsage(s) => s.finish(),
+            Self::ResponseIds(r) => r.finish(),
+        }
+    }
+
+    /// Nothing is held back.
+    fn is_empty(&self) -> bool {
+        match self {
+            Self::StripUsage(s) => s.is_empty(),
+            Self::ResponseIds(r) => r.is_empty(),
+        }
+    }
 }
 
 impl RelayBody {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        first: Option<Bytes>,
-        inner: crate::upstream::Body,
-        sse: bool,
-        dialect: Dialect,
-        idle: Duration,
-        total_deadline: Option<tokio::time::Instant>,
-        success: bool,
-        finish: Finish,
-        backend_state: Arc<EndpointState>,
-        strip_usage: bool,
-        guards: [InflightGuard; 2],
-    ) -> Self {
-        let mut scanner = UsageScanner::new(sse, success);
-        if let Some(f) = &first {
+    pub fn new(spec: RelaySpec) -> Self {
+        // Fields are moved from `spec` straight into the body (no destructuring into
+        // locals): `inner` holds its connection inline, and every move is a copy.
+        let mut scanner = UsageScanner::new(spec.sse, spec.success);
+        if let Some(f) = &spec.first {
             scanner.observe(f);
         }
-        let outcome = if success {
+        let outcome = if spec.success {
             Outcome::Ok
         } else {
             Outcome::ClientError
         };
         Self {
-            first,
-            inner: Some(inner),
-            sse,
-            dialect,
-            idle,
+            first: spec.first,
+            inner: Some(spec.inner),
+            sse: spec.sse,
+            dialect: spec.dialect,
+            idle: spec.idle,
             last_chunk: Instant::now(),
             idle_sleep: None,
-            total: total_deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
+            total: spec.total.map(|d| Box::pin(tokio::time::sleep_until(d))),
             ended: false,
             scanner,
-            finish: Some(finish),
+            finish: Some(spec.finish),
             outcome,
-            backend_state,
-            stripper: (strip_usage && sse).then(crate::strip::Stripper::new),
-            guards: Some(guards),
+            backend_state: spec.backend_state,
+            transform: spec.transform,
+            guards: Some(spec.guards),
         }
     }
 
@@ -391,8 +446,8 @@ impl RelayBody {
     }
 
     fn client_view(&mut self, b: Bytes) -> Bytes {
-        match self.stripper.as_mut() {
-            Some(s) => s.feed(b),
+        match self.transform.as_mut() {
+            Some(t) => t.feed(b),
             None => b,
         }
     }
@@ -409,7 +464,9 @@ impl RelayBody {
                 .get_or_create(&vec![("kind", format!("stream_{}", err.label()))])
                 .inc();
         }
-        self.backend_state.record_failure(now, "stream broken");
+        if let Some(s) = &self.backend_state {
+            s.record_failure(now, "stream broken");
+        }
         self.end(Some(Outcome::StreamError));
         if self.sse {
             Poll::Ready(Some(Ok(Frame::data(err.stream_event(self.dialect)))))
@@ -456,7 +513,7 @@ impl Body for RelayBody {
             Poll::Ready(None) => {
                 this.end(None);
                 // An event the upstream did not end: it goes out as it came.
-                match this.stripper.as_mut().and_then(crate::strip::Stripper::finish) {
+                match this.transform.as_mut().and_then(Transform::finish) {
                     Some(rest) => Poll::Ready(Some(Ok(Frame::data(rest)))),
                     None => Poll::Ready(None),
                 }
@@ -491,15 +548,13 @@ impl Body for RelayBody {
     fn is_end_stream(&self) -> bool {
         self.first.is_none()
             && (self.ended || self.inner.as_ref().is_none_or(|b| b.is_end_stream()))
-            && self
-                .stripper
-                .as_ref()
-                .is_none_or(crate::strip::Stripper::is_empty)
+            && self.transform.as_ref().is_none_or(Transform::is_empty)
     }
 
     fn size_hint(&self) -> SizeHint {
-        if self.sse {
-            // An error event may be appended: never promise an exact length.
+        if self.sse || self.transform.is_some() {
+            // An error event may be appended, or the transform changes the length: never
+            // promise an exact length.
             return SizeHint::default();
         }
         let mut h = self

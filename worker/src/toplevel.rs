@@ -9,7 +9,10 @@
 //! A malformed document may be read in some way, but never makes the reader panic or
 //! grow: what it keeps is the raw value of the last top-level `usage` and `message`
 //! members, each up to [`MAX_CAPTURE`] bytes (a longer one is dropped and reads as
-//! absent: real usage objects are a few hundred bytes).
+//! absent: real usage objects are a few hundred bytes), and, read by a second reader of
+//! the same kind as it passes (never kept whole: it carries the whole answer), the
+//! `usage` member of the last top-level `response` object (the Responses API's
+//! `response.completed` event).
 
 /// Largest raw value of a captured member (`usage`, `message`) that is kept.
 pub const MAX_CAPTURE: usize = 64 * 1024;
@@ -20,6 +23,8 @@ pub enum Key {
     Usage,
     Message,
     Choices,
+    /// The Responses API's events carry their response object here.
+    Response,
     Other,
 }
 
@@ -110,6 +115,7 @@ impl KeyBuf {
             b"usage" => Key::Usage,
             b"message" => Key::Message,
             b"choices" => Key::Choices,
+            b"response" => Key::Response,
             _ => Key::Other,
         }
     }
@@ -170,6 +176,13 @@ pub struct TopLevel {
     capturing: Option<Key>,
     usage: Capture,
     message: Capture,
+    /// Reads the value of the last top-level `response` member (made at the first one;
+    /// only a top-level reader that captures has one, and it has none itself).
+    response: Option<Box<TopLevel>>,
+    /// Whether this reader reads `response` values (`new(true)`, not a nested reader).
+    nest: bool,
+    /// A `response` member was read (its reader holds its value's reading).
+    response_present: bool,
 }
 
 fn is_ws(c: u8) -> bool {
@@ -196,6 +209,9 @@ impl TopLevel {
             capturing: None,
             usage: Capture::default(),
             message: Capture::default(),
+            response: None,
+            nest: capture,
+            response_present: false,
         }
     }
 
@@ -210,6 +226,7 @@ impl TopLevel {
         self.message.present = false;
         self.message.over = false;
         self.message.buf.clear();
+        self.response_present = false;
     }
 
     /// A complete object was read (and nothing but white space after it).
@@ -227,11 +244,56 @@ impl TopLevel {
         self.is_done().then(|| self.message.get()).flatten()
     }
 
+    /// The `usage` member of the last top-level `response` member, when that is an object
+    /// read whole, once the document is done.
+    pub fn response_usage(&self) -> Option<&[u8]> {
+        if !self.is_done() || !self.response_present {
+            return None;
+        }
+        self.response.as_deref()?.usage()
+    }
+
     fn capture_mut(&mut self, k: Key) -> Option<&mut Capture> {
         match k {
             Key::Usage => Some(&mut self.usage),
             Key::Message => Some(&mut self.message),
             _ => None,
+        }
+    }
+
+    /// A captured member's value begins: whether `k` is captured.
+    fn begin_capture(&mut self, k: Key) -> bool {
+        if k == Key::Response {
+            if !self.nest {
+                return false;
+            }
+            self.response_present = true;
+            self.response
+                .get_or_insert_with(|| {
+                    let mut r = Box::new(TopLevel::new(true));
+                    r.nest = false;
+                    r
+                })
+                .reset();
+            return true;
+        }
+        match self.capture_mut(k) {
+            Some(c) => {
+                c.begin();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// More bytes of the value of captured member `k`.
+    fn append_capture(&mut self, k: Key, s: &[u8]) {
+        if k == Key::Response {
+            if let Some(r) = self.response.as_mut() {
+                r.feed(s, &mut |_| {});
+            }
+        } else if let Some(c) = self.capture_mut(k) {
+            c.append(s);
         }
     }
 
@@ -244,9 +306,7 @@ impl TopLevel {
         on_member: &mut impl FnMut(&Member),
     ) {
         if let (Some(from), Some(k)) = (cap_from.take(), self.capturing.take()) {
-            if let Some(c) = self.capture_mut(k) {
-                c.append(&chunk[from..end]);
-            }
+            self.append_capture(k, &chunk[from..end]);
         }
         let m = Member {
             key: self.key.key(),
@@ -353,8 +413,7 @@ impl TopLevel {
                     self.empty = false;
                     if self.capture {
                         let k = self.key.key();
-                        if let Some(cap) = self.capture_mut(k) {
-                            cap.begin();
+                        if self.begin_capture(k) {
                             self.capturing = Some(k);
                             cap_from = Some(i);
                         }
@@ -460,9 +519,7 @@ impl TopLevel {
             }
         }
         if let (Some(from), Some(k)) = (cap_from, self.capturing) {
-            if let Some(cap) = self.capture_mut(k) {
-                cap.append(&chunk[from..n]);
-            }
+            self.append_capture(k, &chunk[from..n]);
         }
         self.pos += n;
     }
@@ -631,9 +688,80 @@ pub(crate) mod testgen {
         (0..r.below(8)).map(|_| PIECES[r.below(10) as usize]).collect()
     }
 
+    /// A Responses API usage object (`response.usage`).
+    pub fn responses_usage(r: &mut Rng) -> Value {
+        let mut m = Map::new();
+        for k in ["input_tokens", "output_tokens", "total_tokens"] {
+            if !r.chance(5) {
+                m.insert(k.into(), count(r));
+            }
+        }
+        if r.chance(2) {
+            m.insert("input_tokens_details".into(), json!({"cached_tokens": count(r)}));
+        }
+        if r.chance(2) {
+            m.insert(
+                "output_tokens_details".into(),
+                json!({"reasoning_tokens": count(r)}),
+            );
+        }
+        Value::Object(m)
+    }
+
+    /// A Responses API response object: `usage` absent, null or an object; a `usage` key
+    /// nested in its output text or items sometimes.
+    fn response_object(r: &mut Rng) -> Value {
+        let mut m = Map::new();
+        m.insert("id".into(), json!("resp_1"));
+        m.insert("object".into(), json!("response"));
+        m.insert(
+            "output".into(),
+            json!([{"type": "message", "content": [{"type": "output_text", "text": text(r)}]}]),
+        );
+        if r.chance(4) {
+            m.insert("metadata".into(), json!({"usage": usage(r)}));
+        }
+        match r.below(3) {
+            0 => {}
+            1 => {
+                m.insert("usage".into(), Value::Null);
+            }
+            _ => {
+                m.insert("usage".into(), responses_usage(r));
+            }
+        }
+        Value::Object(m)
+    }
+
+    /// A Responses API answer (`stream`: one of its events), sometimes with a top-level
+    /// `usage` too, which a conformant reading prefers.
+    fn responses_document(r: &mut Rng, stream: bool) -> Value {
+        let mut v = if !stream {
+            response_object(r)
+        } else {
+            match r.below(3) {
+                0 => json!({"type": "response.output_text.delta", "sequence_number": 3, "delta": text(r)}),
+                1 => {
+                    json!({"type": "response.created", "sequence_number": 0, "response": response_object(r)})
+                }
+                _ => {
+                    json!({"type": "response.completed", "sequence_number": 9, "response": response_object(r)})
+                }
+            }
+        };
+        if stream && r.chance(8) {
+            v["usage"] = if r.chance(2) { Value::Null } else { usage(r) };
+        }
+        v
+    }
+
     /// A streamed chunk (`stream`) or a complete answer: `usage` is absent, null or an
-    /// object; `choices` empty or not; sometimes an Anthropic `message_start`.
+    /// object; `choices` empty or not; sometimes an Anthropic `message_start`, sometimes a
+    /// Responses API answer or event.
     pub fn document(r: &mut Rng, stream: bool) -> Value {
+        if r.chance(6) {
+            return responses_document(r, stream);
+        }
         if r.chance(8) {
             return json!({"type": "message_start", "message": {"id": "m", "content": [], "usage": usage(r)}});
         }

@@ -487,6 +487,12 @@ impl RequestHead {
         self.buf.extend_from_slice(value.as_bytes());
         self.buf.extend_from_slice(b"\r\n");
     }
+
+    /// The head written so far (tests).
+    #[cfg(test)]
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf
+    }
 }
 
 impl Client {
@@ -869,6 +875,18 @@ pub(crate) enum Decoder {
 }
 
 impl Body {
+    /// A body already read whole, with no connection behind it (tests, and answers the
+    /// worker makes up itself).
+    pub fn detached(b: Bytes) -> Self {
+        Self {
+            conn: None,
+            dec: Decoder::Length(b.len() as u64),
+            pending: b,
+            keep_alive: false,
+            deferred: None,
+        }
+    }
+
     /// Once the body is complete, hand the connection back (if it may be reused and the
     /// upstream sent nothing beyond the body).
     fn maybe_release(&mut self) {

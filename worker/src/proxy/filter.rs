@@ -1,0 +1,84 @@
+//! Request filter phase: who is asking (`auth`), whether the path may go upstream at all
+//! (`paths`, before the body is read), and the body read under its limits and scanned
+//! once (`extract`). Everything after it routes on what this phase read.
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::Request;
+use hyper::body::Incoming;
+
+use crate::{
+    auth,
+    config::{ClientKey, ProviderKind, Routing},
+    errors::ProxyError,
+    extract, paths,
+    relay::Finish,
+    Shared,
+};
+
+/// The client's request as the later phases see it.
+#[derive(Debug)]
+pub struct Inbound<'a> {
+    pub parts: http::request::Parts,
+    /// The body, whole, as the client sent it.
+    pub body: Bytes,
+    /// The fields the gateway reads from the body.
+    pub head: extract::RequestHead,
+    /// The kind of provider the client's dialect goes to without translation.
+    pub kind: ProviderKind,
+    pub key: &'a ClientKey,
+    /// One of the kind's default inference paths (else a path some provider opened).
+    pub default_path: bool,
+    /// The headers the client's `Connection:` names: not forwarded (empty, no
+    /// allocation, for the usual `keep-alive`).
+    pub nominated: Vec<http::HeaderName>,
+}
+
+impl Inbound<'_> {
+    pub fn path(&self) -> &str {
+        self.parts.uri.path()
+    }
+}
+
+/// Authenticate, check the path, read and scan the body.
+pub async fn request_filter<'a>(
+    shared: &Shared,
+    routing: &'a Arc<Routing>,
+    req: Request<Incoming>,
+    kind: ProviderKind,
+    fin: &mut Finish,
+    memo: &auth::KeyMemo,
+) -> Result<Inbound<'a>, ProxyError> {
+    let key = auth::authenticate(routing, req.headers(), crate::unix_ms(), memo)?;
+    fin.key_id = key.id.clone();
+    fin.key_name = key.name.clone();
+    let default_path = path_filter(routing, kind, req.uri().path())?;
+    let (parts, body) = req.into_parts();
+    let bytes = crate::body::read_body(body, shared.max_body_bytes, &shared.body_limits).await?;
+    let head = extract::scan(&bytes).map_err(ProxyError::BadRequest)?;
+    fin.stream = head.stream;
+    let nominated = paths::connection_nominated(&parts.headers);
+    Ok(Inbound {
+        parts,
+        body: bytes,
+        head,
+        kind,
+        key,
+        default_path,
+        nominated,
+    })
+}
+
+/// Only inference paths, or ones an operator opened on a provider, go upstream with the
+/// operator's credentials (`paths`); checked before the body is read. `Ok(true)`: one of
+/// the kind's default paths.
+pub fn path_filter(routing: &Routing, kind: ProviderKind, path: &str) -> Result<bool, ProxyError> {
+    if !paths::well_formed(path) {
+        return Err(ProxyError::NotFound(path.to_string()));
+    }
+    let default_path = paths::is_default(kind, path);
+    if !default_path && !routing.providers.iter().any(|p| paths::provider_allows(p, path)) {
+        return Err(ProxyError::NotFound(path.to_string()));
+    }
+    Ok(default_path)
+}

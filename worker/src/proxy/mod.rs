@@ -1,0 +1,236 @@
+//! The request path, as named phases over one per-request context ([`Ctx`]), the way
+//! pingora's `ProxyHttp` hands each hook its `CTX`. [`forward`] reads top to bottom:
+//!
+//! | phase | file | what it does |
+//! |---|---|---|
+//! | dispatch | `mod.rs` ([`handle`]) | local answers (`/health`, `/ready`, `/metrics`, `/v1/models`); the client's dialect from the path |
+//! | request filter | `filter.rs` | authenticate, allowed path, read and scan the body → [`filter::Inbound`] |
+//! | route | `route.rs` | model → its route for the dialect ([`route::Plan`]); per attempt: pin or tier → strategy → backend → credential, retry budget → a [`route::Target`] |
+//! | upstream request | `upstream_request.rs` | the body and head for the target's provider (model rewrite, `include_usage`): **translation plugs in here** |
+//! | attempt | `attempt.rs` | send under the per-try deadline; hold an SSE answer back until its first event → an [`attempt::Attempt`] |
+//! | classify + record | `classify.rs` | [`classify::classify`]`(attempt) -> Verdict`, and the one place that books a verdict (breaker, health, metrics, exclusions, kept answer, retry or not) |
+//! | response head | `respond.rs` | status and headers to the client, or the kept answer / error once nothing succeeded |
+//! | body | `relay.rs` (`RelayBody`, `relay::Transform`) | frame by frame: timeouts, the stream transform (usage strip; **stream translation plugs in here**), usage |
+//! | logging | `relay.rs` (`Finish`) | access line, metrics, usage event: once per request |
+//!
+//! The Responses API's stateful calls (`GET /v1/responses/{id}`…) name no model: they
+//! take a shorter path through the same phases (`stateful.rs`), routed by the gateway id
+//! (`respid`).
+//!
+//! Each phase is a plain function of the context and its inputs, testable without
+//! sockets; only `attempt` does I/O.
+use std::sync::Arc;
+
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use crate::{
+    auth,
+    body::ProxyBody,
+    config::{ProviderKind, Routing},
+    errors::{Dialect, ProxyError},
+    relay::Finish,
+    Shared,
+};
+
+pub mod attempt;
+pub mod classify;
+pub mod filter;
+pub mod respond;
+pub mod route;
+pub mod stateful;
+pub mod upstream_request;
+
+pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) static X_BACKEND: HeaderName = HeaderName::from_static("x-switchyard-backend");
+pub(crate) static X_PROVIDER: HeaderName = HeaderName::from_static("x-switchyard-provider");
+pub(crate) static X_RETRIES: HeaderName = HeaderName::from_static("x-switchyard-retries");
+
+/// Entry point for every HTTP request the worker serves.
+/// `memo`: the connection's last presented key digest (see `auth::KeyMemo`).
+pub async fn handle(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+    memo: Arc<auth::KeyMemo>,
+) -> Response<ProxyBody> {
+    let path = req.uri().path();
+    let is_messages = path == "/v1/messages" || path.starts_with("/v1/messages/");
+    match (req.method(), path) {
+        (&Method::GET, "/health") => crate::health::health_response(&shared),
+        (&Method::GET, "/ready") => ready_response(&shared),
+        (&Method::GET, "/metrics") => {
+            let routing = shared.routing.load_full();
+            let text = shared.metrics.render(routing.as_deref(), shared.clock.now_ms());
+            let mut r = Response::new(ProxyBody::full(text));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r
+        }
+        (&Method::GET, "/v1/models") => models_response(&shared, req.headers(), &memo),
+        (m, p) if stateful::is_stateful(m, p) => stateful::handle(shared, req, &memo).await,
+        (&Method::POST, _) if is_messages => proxy(shared, req, ProviderKind::Anthropic, &memo).await,
+        (&Method::POST, p) if p.starts_with("/v1/") => proxy(shared, req, ProviderKind::OpenAi, &memo).await,
+        (_, p) => {
+            let dialect = if is_messages {
+                Dialect::Anthropic
+            } else {
+                Dialect::OpenAi
+            };
+            let e = if p.starts_with("/v1/") && req.method() != Method::POST {
+                ProxyError::MethodNotAllowed
+            } else {
+                ProxyError::NotFound(p.to_string())
+            };
+            e.into_response(dialect)
+        }
+    }
+}
+
+fn ready_response(shared: &Shared) -> Response<ProxyBody> {
+    let ready = !shared.draining() && shared.routing.load().is_some();
+    let mut r = Response::new(ProxyBody::full(if ready { "ready\n" } else { "not ready\n" }));
+    if !ready {
+        *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    }
+    r
+}
+
+fn models_response(shared: &Shared, headers: &HeaderMap, memo: &auth::KeyMemo) -> Response<ProxyBody> {
+    let Some(routing) = shared.routing.load_full() else {
+        return ProxyError::NoConfig.into_response(Dialect::OpenAi);
+    };
+    let key = match auth::authenticate(&routing, headers, crate::unix_ms(), memo) {
+        Ok(k) => k,
+        Err(e) => return e.into_response(Dialect::OpenAi),
+    };
+    let data: Vec<_> = routing
+        .model_names
+        .iter()
+        .filter(|m| key.may_use(m))
+        .map(|m| serde_json::json!({"id": m, "object": "model", "created": 0, "owned_by": "switchyard"}))
+        .collect();
+    let mut r = Response::new(ProxyBody::full(
+        serde_json::json!({"object": "list", "data": data}).to_string(),
+    ));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+/// `x-switchyard-retries`: the usual small counts without an allocation each.
+pub(crate) fn retries_header(n: u32) -> HeaderValue {
+    static SMALL: [HeaderValue; 4] = [
+        HeaderValue::from_static("0"),
+        HeaderValue::from_static("1"),
+        HeaderValue::from_static("2"),
+        HeaderValue::from_static("3"),
+    ];
+    SMALL
+        .get(n as usize)
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from(n))
+}
+
+fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get(&X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 200)
+        .map(str::to_owned)
+        .unwrap_or_else(crate::fast_uuid_v7_string)
+}
+
+/// A proxied request: runs the phases ([`forward`]) and answers an error that ended them
+/// early in the client's dialect.
+async fn proxy(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+    kind: ProviderKind,
+    memo: &auth::KeyMemo,
+) -> Response<ProxyBody> {
+    let dialect = match kind {
+        ProviderKind::OpenAi => Dialect::OpenAi,
+        ProviderKind::Anthropic => Dialect::Anthropic,
+    };
+    let request_id = request_id(req.headers());
+    shared.budget.record_request(shared.clock.now_ms());
+    // Counts the request in flight; books it as `client_aborted` if this future is dropped
+    // (the client hung up) before an answer is built. An answer takes it over
+    // (`Finish::hand_over` in `respond::response_head`).
+    let mut fin = Finish::new(shared.clone(), request_id.clone(), req.uri().path().to_string());
+    let mut resp = match forward(&shared, req, kind, dialect, &mut fin, memo).await {
+        Ok(r) => r,
+        Err(e) => respond::error(fin, e, dialect, &request_id),
+    };
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        resp.headers_mut().insert(&X_REQUEST_ID, v);
+    }
+    resp
+}
+
+/// The per-request context every phase after the request filter reads and writes: the
+/// snapshot, the request, its plan and what the attempts so far left behind. A new
+/// phase adds a field here, not a parameter to every call.
+pub struct Ctx<'a> {
+    pub shared: &'a Arc<Shared>,
+    pub routing: &'a Arc<Routing>,
+    /// The request's bookkeeping (logging phase), filled in as phases learn more.
+    pub fin: &'a mut Finish,
+    /// The client's dialect (the wire format of its request, answer and errors).
+    pub dialect: Dialect,
+    /// What the request filter read.
+    pub req: filter::Inbound<'a>,
+    /// Where the request may go.
+    pub plan: route::Plan<'a>,
+    /// What the attempts so far left behind.
+    pub tries: classify::Tries,
+}
+
+/// The phases, top to bottom: request filter → route → (upstream request → attempt →
+/// classify and record)* → response head. The body and logging phases run in the relayed
+/// body (`relay::RelayBody`, `relay::Finish`).
+async fn forward(
+    shared: &Arc<Shared>,
+    req: Request<Incoming>,
+    kind: ProviderKind,
+    dialect: Dialect,
+    fin: &mut Finish,
+    memo: &auth::KeyMemo,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let routing: Arc<Routing> = shared.routing.load_full().ok_or(ProxyError::NoConfig)?;
+    let req = filter::request_filter(shared, &routing, req, kind, fin, memo).await?;
+    let plan = route::plan(shared, &routing, &req, fin)?;
+    let mut ctx = Ctx {
+        shared,
+        routing: &routing,
+        fin,
+        dialect,
+        req,
+        plan,
+        tries: classify::Tries::default(),
+    };
+    while let Some(target) = route::next_target(&mut ctx) {
+        let (head, body) = upstream_request::build(&ctx, &target);
+        // The backend's and credential's in-flight counts, for this attempt (and the
+        // relayed body, if it is the answer).
+        let guards = [target.backend.state.start(), target.cred.state.start()];
+        let mut attempt = attempt::send(&target.provider.client, target.header_timeout, head, body).await;
+        let verdict = classify::classify(&attempt);
+        match classify::record(&mut ctx, &target, &mut attempt, verdict) {
+            classify::Next::Try => {}
+            classify::Next::Stop => break,
+            classify::Next::Relay => {
+                if let attempt::Attempt::Answered(answer) = attempt {
+                    return Ok(respond::response_head(&mut ctx, &target, answer, guards));
+                }
+                break;
+            }
+        }
+    }
+    respond::nothing_succeeded(ctx)
+}
+
+#[cfg(test)]
+pub(crate) mod testing;

@@ -1,0 +1,106 @@
+//! Upstream request phase: the body and head that go to one [`Target`]. Today: the
+//! backend's model spliced into the client's bytes (never re-serialised, never copied:
+//! `extract::Parts`), `include_usage` for OpenAI streams, the client's headers minus the
+//! ones that never go upstream, the provider's static headers and the credential.
+//!
+//! This is where translation plugs in: when the target's `provider.kind` differs from the
+//! client's (`ctx.req.kind`), the body, path and headers are rewritten for the backend's
+//! kind here, and the body phase (`relay::Transform`) translates the answer back.
+use http::Method;
+
+use crate::{
+    config::{Credential, Provider, ProviderKind},
+    extract, paths, upstream,
+};
+
+use super::{route::Target, Ctx};
+
+/// The head (request line and headers, written straight from the client's headers: no
+/// header map is built) and the body pieces for `t`.
+pub fn build(ctx: &Ctx<'_>, t: &Target<'_>) -> (upstream::RequestHead, extract::Parts) {
+    let req = &ctx.req;
+    let plan = &ctx.plan;
+    let body = match &plan.usage_edit {
+        Some(edit) => {
+            let mut edits = vec![edit.clone()];
+            if !plan.model_range.is_empty() {
+                edits.push((plan.model_range.clone(), t.backend.upstream_model_json.clone()));
+            }
+            extract::splice_many(&req.body, &mut edits)
+        }
+        None if !plan.id_edits.is_empty() => {
+            // Gateway response ids back to the upstream's (none overlaps the model: the
+            // model's value is one JSON string, and so is each id).
+            let mut edits: Vec<_> = plan
+                .id_edits
+                .iter()
+                .filter(|(r, _)| r.end <= plan.model_range.start || r.start >= plan.model_range.end)
+                .cloned()
+                .collect();
+            if !plan.model_range.is_empty() {
+                edits.push((plan.model_range.clone(), t.backend.upstream_model_json.clone()));
+            }
+            extract::splice_many(&req.body, &mut edits)
+        }
+        None if plan.model_range.is_empty() => extract::Parts::whole(req.body.clone()),
+        None => extract::splice(
+            &req.body,
+            plan.model_range.clone(),
+            &t.backend.upstream_model_json,
+        ),
+    };
+    let provider = t.provider;
+    let headers = &req.parts.headers;
+    let mut up = provider.client.head(
+        &Method::POST,
+        upstream_path(provider.kind, &req.parts.uri),
+        headers.len() * 48 + 64,
+    );
+    forward_headers(&mut up, headers, &req.nominated, provider, t.cred);
+    (up, body)
+}
+
+/// The client's headers that go upstream (never its credentials, the hop-by-hop and
+/// `Connection`-nominated ones, nor account-selecting ones the provider does not allow),
+/// the provider's static headers and the credential.
+pub fn forward_headers(
+    up: &mut upstream::RequestHead,
+    headers: &http::HeaderMap,
+    nominated: &[http::HeaderName],
+    provider: &Provider,
+    cred: &Credential,
+) {
+    for (n, v) in headers {
+        if paths::forwarded(provider, n) && (nominated.is_empty() || !nominated.contains(n)) {
+            up.header(n, v);
+        }
+    }
+    for (n, v) in &provider.static_headers {
+        up.header(n, v);
+    }
+    up.header(&provider.auth_header, &cred.auth_value);
+}
+
+/// The upstream path for a client path: OpenAI-kind base URLs already end in `/v1`.
+pub fn upstream_path(kind: ProviderKind, uri: &http::Uri) -> &str {
+    let pq = uri.path_and_query().map_or("/", |p| p.as_str());
+    match kind {
+        ProviderKind::OpenAi => pq.strip_prefix("/v1").unwrap_or(pq),
+        ProviderKind::Anthropic => pq,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openai_base_urls_carry_the_v1() {
+        let u: http::Uri = "/v1/chat/completions?x=1".parse().unwrap();
+        assert_eq!(upstream_path(ProviderKind::OpenAi, &u), "/chat/completions?x=1");
+        assert_eq!(
+            upstream_path(ProviderKind::Anthropic, &u),
+            "/v1/chat/completions?x=1"
+        );
+    }
+}
