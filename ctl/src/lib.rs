@@ -8,6 +8,7 @@ pub mod cli;
 pub mod client;
 pub mod commands;
 pub mod doc;
+pub mod price;
 pub mod secret;
 pub mod table;
 pub mod up;

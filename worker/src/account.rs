@@ -20,8 +20,58 @@ pub struct Usage {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
     pub total_tokens: u64,
+    /// Cache reads (OpenAI `prompt_tokens_details.cached_tokens`, Anthropic
+    /// `cache_read_input_tokens`); part of `prompt_tokens`.
     pub cached_tokens: u64,
     pub reasoning_tokens: u64,
+    /// Anthropic's `cache_creation_input_tokens`; part of `prompt_tokens`, apart from
+    /// `cached_tokens` (a cache write costs more than an input token, a read less).
+    pub cache_write_tokens: u64,
+}
+
+/// What one token of each class costs, in nano-units of the currency per token, with
+/// the fallbacks applied (an unset cached or cache-write price is the input price, an
+/// unset reasoning price the output price). From the snapshot the request ran under.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Price {
+    pub input: u64,
+    pub cached_input: u64,
+    pub cache_write: u64,
+    pub output: u64,
+    pub reasoning: u64,
+}
+
+impl Price {
+    /// The exact cost of `u` in nano-units: input not read from or written to a cache at
+    /// the input price, cache reads and writes at theirs, output (reasoning left out) at
+    /// the output price, reasoning at its own. Five integer products, saturating.
+    pub fn cost(&self, u: &Usage) -> u64 {
+        let uncached = u
+            .prompt_tokens
+            .saturating_sub(u.cached_tokens)
+            .saturating_sub(u.cache_write_tokens);
+        let reasoning = u.reasoning_tokens.min(u.completion_tokens);
+        let output = u.completion_tokens - reasoning;
+        [
+            (uncached, self.input),
+            (u.cached_tokens, self.cached_input),
+            (u.cache_write_tokens, self.cache_write),
+            (output, self.output),
+            (reasoning, self.reasoning),
+        ]
+        .iter()
+        .fold(0u64, |sum, &(n, p)| sum.saturating_add(n.saturating_mul(p)))
+    }
+}
+
+/// A request's cost with `price` (`None`: the backend has no price), in nano-units;
+/// `None` when it had tokens and no price (unpriced, never free).
+pub fn cost_of(price: Option<&Price>, u: &Usage) -> Option<u64> {
+    match price {
+        Some(p) => Some(p.cost(u)),
+        None if u.prompt_tokens == 0 && u.completion_tokens == 0 => Some(0),
+        None => None,
+    }
 }
 
 /// How a request ended (the `outcome` column of a usage record).
@@ -68,6 +118,8 @@ pub struct UsageEvent {
     pub latency_us: u64,
     pub ttfb_us: u64,
     pub usage: Usage,
+    /// Nano-units of the currency; `None` = unpriced (see [`cost_of`]).
+    pub cost_nano: Option<u64>,
     pub outcome: Outcome,
 }
 
@@ -710,6 +762,7 @@ impl UsageObject {
             let cache_write = self.cache_creation_input_tokens.unwrap_or(0);
             u.prompt_tokens = input.saturating_add(cache_read).saturating_add(cache_write);
             u.cached_tokens = cache_read;
+            u.cache_write_tokens = cache_write;
             found = true;
         }
         if let Some(out) = self.output_tokens {
@@ -978,10 +1031,10 @@ pub(crate) mod tests {
         let mut found = false;
         if let Some(input) = g("input_tokens") {
             let read = g("cache_read_input_tokens").unwrap_or(0);
-            u.prompt_tokens = input
-                .saturating_add(read)
-                .saturating_add(g("cache_creation_input_tokens").unwrap_or(0));
+            let write = g("cache_creation_input_tokens").unwrap_or(0);
+            u.prompt_tokens = input.saturating_add(read).saturating_add(write);
             u.cached_tokens = read;
+            u.cache_write_tokens = write;
             found = true;
         }
         if let Some(out) = g("output_tokens") {

@@ -603,6 +603,7 @@ fn build_response(
     f.provider = provider.name.clone();
     f.credential = cred.name.clone();
     f.backend_metrics = Some(backend.metrics.clone());
+    f.price = backend.price;
     f.stream |= sse;
     f.status = rparts.status.as_u16();
     f.error = None;
