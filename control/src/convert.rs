@@ -798,4 +798,43 @@ mod tests {
         merge_key(&mut spec, "k", &req, &["allow_pin".into()]).unwrap();
         assert!(spec.allow_pin);
     }
+
+    #[test]
+    fn prices_need_input_and_output_and_stay_in_range() {
+        let p = |input, output| pb::Price {
+            input,
+            output,
+            ..Default::default()
+        };
+        let err = |m: pb::Model| model_from_proto(&m).unwrap_err().to_string();
+        let model = |price| pb::Model {
+            name: "m".into(),
+            price: Some(price),
+            ..Default::default()
+        };
+        assert!(err(model(p(None, Some(1)))).contains("model m: price.input is required"));
+        assert!(err(model(p(Some(1), None))).contains("model m: price.output is required"));
+        assert!(err(model(p(Some(MAX_PRICE_NANO + 1), Some(1)))).contains("model m: price.input:"));
+        let m = model_from_proto(&model(pb::Price {
+            cache_write: Some(3750),
+            ..p(Some(3000), Some(15_000))
+        }))
+        .unwrap();
+        let want = Price {
+            input: 3000,
+            cached_input: None,
+            cache_write: Some(3750),
+            output: 15_000,
+            reasoning: None,
+        };
+        assert_eq!(m.spec.price, Some(want));
+        assert_eq!(price_to_proto(&want), model_to_proto(&m).price.unwrap());
+        let b = pb::Backend {
+            provider: "p".into(),
+            price: Some(p(Some(1), None)),
+            ..Default::default()
+        };
+        let e = backend_from_proto("m", &b).unwrap_err().to_string();
+        assert!(e.contains("backend m/p: price.output is required"), "{e}");
+    }
 }

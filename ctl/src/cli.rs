@@ -710,7 +710,9 @@ pub fn parse_price_class(s: &str) -> Result<(PriceClass, u64), String> {
         }
     };
     let v = crate::price::parse_decimal(v).ok_or_else(|| {
-        format!("{k}: expected a price per million tokens with at most 3 decimals (e.g. 2.5 or 0.075), got `{v}`")
+        format!(
+            "{k}: expected a price per million tokens with at most 3 decimals (e.g. 2.5 or 0.075), got `{v}`"
+        )
     })?;
     Ok((class, v))
 }
@@ -897,7 +899,17 @@ mod tests {
 
     #[test]
     fn set_price_parses_units_per_million() {
-        let cli = parse(&["models", "set-price", "m", "--backend", "b", "input=2.5", "output=10", "cache_write=3.125"]).unwrap();
+        let cli = parse(&[
+            "models",
+            "set-price",
+            "m",
+            "--backend",
+            "b",
+            "input=2.5",
+            "output=10",
+            "cache_write=3.125",
+        ])
+        .unwrap();
         let Command::Models(ModelsCmd::SetPrice(p)) = cli.command else {
             panic!("wrong command")
         };
@@ -910,12 +922,16 @@ mod tests {
         assert!(parse(&["models", "set-price", "m", "input=0.0001", "output=1"]).is_err());
         assert!(parse(&["models", "set-price", "m", "inputs=1", "output=1"]).is_err());
         assert!(parse(&["models", "set-price", "m"]).is_err());
-        let Command::Models(ModelsCmd::SetPrice(p)) = parse(&["models", "set-price", "m", "input=1"]).unwrap().command else {
+        let Command::Models(ModelsCmd::SetPrice(p)) =
+            parse(&["models", "set-price", "m", "input=1"]).unwrap().command
+        else {
             panic!("wrong command")
         };
         assert!(p.price().is_err());
         let Command::Models(ModelsCmd::SetPrice(p)) =
-            parse(&["models", "set-price", "m", "input=1", "output=1", "input=2"]).unwrap().command
+            parse(&["models", "set-price", "m", "input=1", "output=1", "input=2"])
+                .unwrap()
+                .command
         else {
             panic!("wrong command")
         };

@@ -899,7 +899,14 @@ pub fn prices(ctx: &Ctx) -> Result<()> {
             .map(|v| std::iter::once(v.name.clone()).chain(v.cells()).collect())
             .collect();
         let mut t = table::render(
-            &["UPSTREAM_MODEL", "INPUT", "CACHED_INPUT", "CACHE_WRITE", "OUTPUT", "REASONING"],
+            &[
+                "UPSTREAM_MODEL",
+                "INPUT",
+                "CACHED_INPUT",
+                "CACHE_WRITE",
+                "OUTPUT",
+                "REASONING",
+            ],
             &rows,
         );
         t.push_str("Per million tokens (USD list prices; check them). (x) = falls back to that price.\n");

@@ -51,7 +51,9 @@ fn amount(at: &str, v: &toml::Value) -> Result<u64> {
         // The shortest text that reads back as this float: what the file says.
         toml::Value::Float(f) if f.is_finite() && *f >= 0.0 => format!("{f}"),
         toml::Value::String(s) => s.clone(),
-        other => bail!("{at}: expected a non-negative number of currency units per million tokens, got {other}"),
+        other => {
+            bail!("{at}: expected a non-negative number of currency units per million tokens, got {other}")
+        }
     };
     parse_decimal(&text).ok_or_else(|| {
         anyhow!("{at}: `{text}` is not a price per million tokens with at most 3 decimals (e.g. 2.5 or \"0.075\")")
@@ -70,7 +72,7 @@ pub fn fmt_price(nano: u64) -> String {
 
 /// The TOML value `export` writes for a price: an integer or a float that reads back exactly.
 fn value(nano: u64) -> toml::Value {
-    if nano % 1000 == 0 {
+    if nano.is_multiple_of(1000) {
         toml::Value::Integer(i64::try_from(nano / 1000).unwrap_or(i64::MAX))
     } else {
         // `fmt_price` is exact and short; its float reads back as the same decimal.
@@ -137,8 +139,13 @@ fn undated(model: &str) -> Option<&str> {
     // `-YYYY-MM-DD`: three dash-separated number groups of 4, 2 and 2 digits.
     let mut parts = model.rsplitn(4, '-');
     let (dd, mm, yyyy, rest) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    (dd.len() == 2 && mm.len() == 2 && yyyy.len() == 4 && all_digits(dd) && all_digits(mm) && all_digits(yyyy))
-        .then_some(rest)
+    (dd.len() == 2
+        && mm.len() == 2
+        && yyyy.len() == 4
+        && all_digits(dd)
+        && all_digits(mm)
+        && all_digits(yyyy))
+    .then_some(rest)
 }
 
 /// The table's price of `upstream_model`: its own entry, else its undated one.
@@ -212,7 +219,11 @@ mod tests {
         let e = p.to_proto("models.m.backends[0].price").unwrap_err().to_string();
         assert_eq!(e, "models.m.backends[0].price.output is required");
         let p: FilePrice = toml::from_str("input = -1\noutput = 1").unwrap();
-        assert!(p.to_proto("p").unwrap_err().to_string().starts_with("p.input: expected"));
+        assert!(p
+            .to_proto("p")
+            .unwrap_err()
+            .to_string()
+            .starts_with("p.input: expected"));
         assert!(toml::from_str::<FilePrice>("input = 1\noutput = 1\ncache_read = 1").is_err());
     }
 
@@ -220,7 +231,10 @@ mod tests {
     fn default_table_loads_and_dated_ids_fall_back() {
         let t = default_table().unwrap();
         let p = lookup(&t, "claude-sonnet-4-5-20250929").unwrap();
-        assert_eq!((p.input, p.cached_input, p.cache_write, p.output), (Some(3000), Some(300), Some(3750), Some(15_000)));
+        assert_eq!(
+            (p.input, p.cached_input, p.cache_write, p.output),
+            (Some(3000), Some(300), Some(3750), Some(15_000))
+        );
         assert_eq!(lookup(&t, "gpt-4o-2024-08-06").unwrap().input, Some(2500));
         assert_eq!(lookup(&t, "gpt-4o-2024-05-13").unwrap().input, Some(5000));
         assert_eq!(lookup(&t, "claude-3-5-haiku-latest").unwrap().output, Some(4000));
@@ -230,7 +244,11 @@ mod tests {
 
     #[test]
     fn fill_defaults_respects_explicit_prices() {
-        let own = pb::Price { input: Some(1), output: Some(2), ..Default::default() };
+        let own = pb::Price {
+            input: Some(1),
+            output: Some(2),
+            ..Default::default()
+        };
         let backend = |name: &str, upstream: &str, price: Option<pb::Price>| pb::Backend {
             name: name.into(),
             upstream_model: upstream.into(),
@@ -241,7 +259,11 @@ mod tests {
             models: vec![
                 pb::Model {
                     name: "a".into(),
-                    backends: vec![backend("x", "gpt-4o", None), backend("y", "gpt-4o", Some(own)), backend("z", "local", None)],
+                    backends: vec![
+                        backend("x", "gpt-4o", None),
+                        backend("y", "gpt-4o", Some(own)),
+                        backend("z", "local", None),
+                    ],
                     ..Default::default()
                 },
                 pb::Model {
@@ -254,7 +276,10 @@ mod tests {
             ..Default::default()
         };
         let (priced, unpriced) = fill_defaults(&mut doc, &default_table().unwrap());
-        assert_eq!((priced, unpriced), (vec!["a/x".to_string()], vec!["a/z".to_string()]));
+        assert_eq!(
+            (priced, unpriced),
+            (vec!["a/x".to_string()], vec!["a/z".to_string()])
+        );
         assert_eq!(doc.models[0].backends[0].price.and_then(|p| p.input), Some(2500));
         assert_eq!(doc.models[0].backends[1].price, Some(own));
         assert_eq!(doc.models[1].backends[0].price, None);

@@ -71,24 +71,36 @@ impl Env {
             _control: None,
             _worker: None,
             worker_url: String::new(),
-            http: reqwest::Client::builder().timeout(Duration::from_secs(20)).build()?,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(20))
+                .build()?,
         };
         let mut cmd = Command::new(bin_path("switchyard-control"));
-        cmd.args(["--grpc-listen", &env.grpc.to_string(), "--http-listen", "127.0.0.1:0"])
-            .args(["--database-url", &env.db.url])
-            .arg("--data-dir")
-            .arg(env.dir.path().join("control"))
-            .env("SWITCHYARD_ADMIN_TOKEN", ADMIN_TOKEN)
-            .env("SWITCHYARD_WORKER_TOKEN", WORKER_TOKEN)
-            .env("RUST_LOG", "info,sqlx=warn");
+        cmd.args([
+            "--grpc-listen",
+            &env.grpc.to_string(),
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--database-url", &env.db.url])
+        .arg("--data-dir")
+        .arg(env.dir.path().join("control"))
+        .env("SWITCHYARD_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("SWITCHYARD_WORKER_TOKEN", WORKER_TOKEN)
+        .env("RUST_LOG", "info,sqlx=warn");
         env._control = Some(Proc::spawn("control", cmd).await?);
         let mut cmd = Command::new(bin_path("switchyard-worker"));
-        cmd.args(["--listen", "127.0.0.1:0", "--control", &format!("http://{}", env.grpc)])
-            .args(["--worker-id", "w0"])
-            .arg("--state-dir")
-            .arg(env.dir.path().join("w0"))
-            .env("SWITCHYARD_WORKER_TOKEN", WORKER_TOKEN)
-            .env("RUST_LOG", "info");
+        cmd.args([
+            "--listen",
+            "127.0.0.1:0",
+            "--control",
+            &format!("http://{}", env.grpc),
+        ])
+        .args(["--worker-id", "w0"])
+        .arg("--state-dir")
+        .arg(env.dir.path().join("w0"))
+        .env("SWITCHYARD_WORKER_TOKEN", WORKER_TOKEN)
+        .env("RUST_LOG", "info");
         let w = Proc::spawn("w0", cmd).await?;
         env.worker_url = w.url("http");
         env._worker = Some(w);
@@ -123,7 +135,12 @@ impl Env {
             .as_array()
             .ok_or_else(|| anyhow!("no created_keys in {v}"))?
             .iter()
-            .map(|k| (k["name"].as_str().unwrap().to_string(), k["plaintext"].as_str().unwrap().to_string()))
+            .map(|k| {
+                (
+                    k["name"].as_str().unwrap().to_string(),
+                    k["plaintext"].as_str().unwrap().to_string(),
+                )
+            })
             .collect())
     }
 
@@ -139,7 +156,10 @@ impl Env {
     async fn send(&self, key: &str, model: &str, kind: Kind) -> Result<()> {
         let msgs = serde_json::json!([{"role": "user", "content": "hi"}]);
         let (path, body) = match kind {
-            Kind::OaPlain => ("/v1/chat/completions", serde_json::json!({"model": model, "messages": msgs})),
+            Kind::OaPlain => (
+                "/v1/chat/completions",
+                serde_json::json!({"model": model, "messages": msgs}),
+            ),
             Kind::OaStream => (
                 "/v1/chat/completions",
                 serde_json::json!({"model": model, "messages": msgs, "stream": true}),
@@ -170,7 +190,8 @@ impl Env {
 
     /// `switchyard spend --by BY -o json`: group → row.
     async fn spend(&self, by: &str) -> Result<BTreeMap<String, serde_json::Value>> {
-        let v: serde_json::Value = serde_json::from_str(&self.ctl(&["spend", "--by", by, "-o", "json"]).await?)?;
+        let v: serde_json::Value =
+            serde_json::from_str(&self.ctl(&["spend", "--by", by, "-o", "json"]).await?)?;
         Ok(v["rows"]
             .as_array()
             .ok_or_else(|| anyhow!("no rows: {v}"))?
@@ -254,16 +275,28 @@ upstream_model = "local-llama"
 "#,
         oa = mock.openai_base(),
         an = mock.url(),
-    ) + &["oa-plain", "oa-stream", "an-plain", "an-stream", "def", "free", "oa-after"]
-        .iter()
-        .map(|k| format!("\n[[keys]]\nname = \"{k}\"\n"))
-        .collect::<String>();
+    ) + &[
+        "oa-plain",
+        "oa-stream",
+        "an-plain",
+        "an-stream",
+        "def",
+        "free",
+        "oa-after",
+    ]
+    .iter()
+    .map(|k| format!("\n[[keys]]\nname = \"{k}\"\n"))
+    .collect::<String>();
     std::fs::write(env.dir.path().join("switchyard.toml"), &file)?;
 
     // A price that is not exact to 0.001 per million tokens is refused, naming its path.
     let bad = file.replace("input = 3,", "input = 3.0001,");
     std::fs::write(env.dir.path().join("bad.toml"), bad)?;
-    let e = env.ctl(&["apply", "-f", "bad.toml"]).await.unwrap_err().to_string();
+    let e = env
+        .ctl(&["apply", "-f", "bad.toml"])
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("models.m-an.backends[0].price.input: `3.0001`"), "{e}");
 
     let applied = env
@@ -323,7 +356,12 @@ upstream_model = "local-llama"
     .collect();
     let last = parking_lot::Mutex::new(BTreeMap::new());
     let r = wait_for("every request booked", Duration::from_secs(30), || async {
-        let got: BTreeMap<String, Row> = env.spend("key").await?.iter().map(|(k, r)| (k.clone(), row(r))).collect();
+        let got: BTreeMap<String, Row> = env
+            .spend("key")
+            .await?
+            .iter()
+            .map(|(k, r)| (k.clone(), row(r)))
+            .collect();
         let same = got == want;
         *last.lock() = got;
         Ok(same.then_some(()))
@@ -343,7 +381,13 @@ upstream_model = "local-llama"
     assert_eq!(by_backend["an"]["cost_nano"], 5 * AN);
     let total = 5 * OA + OA_AFTER + 5 * AN + DEF;
     let by_day = env.spend("day").await?;
-    assert_eq!(by_day.values().map(|r| r["cost_nano"].as_u64().unwrap()).sum::<u64>(), total);
+    assert_eq!(
+        by_day
+            .values()
+            .map(|r| r["cost_nano"].as_u64().unwrap())
+            .sum::<u64>(),
+        total
+    );
     // The table shows the total in dollars, and the unpriced requests apart.
     let table = env.ctl(&["spend", "--by", "none"]).await?;
     let dollars = format!("{}.{:06}", total / 1_000_000_000, total % 1_000_000_000 / 1000);
@@ -353,6 +397,9 @@ upstream_model = "local-llama"
 
     // The default table is printed without a control plane.
     let prices = env.ctl(&["prices"]).await?;
-    assert!(prices.contains("claude-sonnet-4-5") && prices.contains("gpt-4o-mini"), "{prices}");
+    assert!(
+        prices.contains("claude-sonnet-4-5") && prices.contains("gpt-4o-mini"),
+        "{prices}"
+    );
     Ok(())
 }

@@ -862,6 +862,20 @@ pub(crate) mod tests {
         )
         .unwrap();
         assert_eq!((u.prompt_tokens, u.cached_tokens, u.completion_tokens), (5, 1, 5));
+        // Cache writes are counted in the prompt and kept apart from cache reads.
+        let u = parse(
+            br#"{"usage":{"input_tokens":4,"cache_read_input_tokens":1,"cache_creation_input_tokens":6,"output_tokens":5}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                u.prompt_tokens,
+                u.cached_tokens,
+                u.cache_write_tokens,
+                u.total_tokens
+            ),
+            (11, 1, 6, 16)
+        );
         let u = parse(br#"{"usage":null,"message":{"usage":{"input_tokens":7}}}"#).unwrap();
         assert_eq!(u.prompt_tokens, 7);
         // No usage, a non-object usage, a nested usage only, broken JSON: nothing.
@@ -869,6 +883,48 @@ pub(crate) mod tests {
         assert!(parse(br#"{"usage":12,"message":"hi"}"#).is_none());
         assert!(parse(br#"{"data":{"usage":{"prompt_tokens":1}}}"#).is_none());
         assert!(parse(br#"{"usage":{"prompt_tokens":1}"#).is_none());
+    }
+
+    #[test]
+    fn cost_prices_each_token_class_once() {
+        let p = Price {
+            input: 3000,
+            cached_input: 300,
+            cache_write: 3750,
+            output: 15_000,
+            reasoning: 20_000,
+        };
+        let u = Usage {
+            prompt_tokens: 1700,
+            completion_tokens: 200,
+            total_tokens: 1900,
+            cached_tokens: 300,
+            reasoning_tokens: 50,
+            cache_write_tokens: 400,
+        };
+        // 1000 uncached, 300 read, 400 written; 150 output, 50 reasoning.
+        let want = 1000 * 3000 + 300 * 300 + 400 * 3750 + 150 * 15_000 + 50 * 20_000;
+        assert_eq!(p.cost(&u), want);
+        assert_eq!(cost_of(Some(&p), &u), Some(want));
+        // No price: unpriced when there were tokens, free only when there were none.
+        assert_eq!(cost_of(None, &u), None);
+        assert_eq!(cost_of(None, &Usage::default()), Some(0));
+        // Counts that contradict each other (more cached than prompt, more reasoning
+        // than completion) are never charged twice, and nothing overflows.
+        let odd = Usage {
+            prompt_tokens: 10,
+            cached_tokens: 20,
+            completion_tokens: 5,
+            reasoning_tokens: 9,
+            ..Usage::default()
+        };
+        assert_eq!(p.cost(&odd), 20 * 300 + 5 * 20_000);
+        let huge = Usage {
+            prompt_tokens: u64::MAX,
+            completion_tokens: u64::MAX,
+            ..Usage::default()
+        };
+        assert_eq!(p.cost(&huge), u64::MAX);
     }
 
     fn json_value() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {

@@ -40,8 +40,12 @@ fn err(path: impl Into<String>, msg: impl Into<String>) -> ConvertError {
 /// input price unless set, reasoning the output price). Control requires `input` and
 /// `output`; a snapshot without them is refused here too, rather than priced at zero.
 fn price(path: &str, p: &pb::Price) -> Result<crate::account::Price, ConvertError> {
-    let input = p.input.ok_or_else(|| err(format!("{path}.input"), "is required"))?;
-    let output = p.output.ok_or_else(|| err(format!("{path}.output"), "is required"))?;
+    let input = p
+        .input
+        .ok_or_else(|| err(format!("{path}.input"), "is required"))?;
+    let output = p
+        .output
+        .ok_or_else(|| err(format!("{path}.output"), "is required"))?;
     Ok(crate::account::Price {
         input,
         cached_input: p.cached_input.unwrap_or(input),
