@@ -889,13 +889,13 @@ mod tests {
             (pg.usage.len(), pg.health.len()),
             (CHUNK_ROWS.len(), CHUNK_ROWS.len())
         );
-        // 22 columns: the last placeholder of a full chunk is 100 * 22.
-        assert!(pg.usage[0].contains("v.column22 FROM (VALUES ($1, "));
-        assert!(pg.usage[0].contains(", $2200)) AS v WHERE NOT EXISTS"));
+        // 24 columns: the last placeholder of a full chunk is 100 * 24.
+        assert!(pg.usage[0].contains("v.column24 FROM (VALUES ($1, "));
+        assert!(pg.usage[0].contains(", $2400)) AS v WHERE NOT EXISTS"));
         assert!(pg.health[7]
             .ends_with("VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (id) DO NOTHING"));
         let lite = ReportSql::get(DbKind::Sqlite);
-        assert_eq!(lite.usage[0].matches('?').count(), 2200);
+        assert_eq!(lite.usage[0].matches('?').count(), 2400);
         assert!(!lite.usage[0].contains('$'));
         let ids = ["a", "b", "a", "c", "b"];
         let firsts: Vec<_> = first_of_each_id(&ids, |s| s).into_iter().copied().collect();
