@@ -38,7 +38,7 @@ const USAGE: Usage = Usage {
 /// | an-*      | backend m-an/an: in 3, cached 0.3, write 3.75, out 15 | 1000×3000 | 300×300 | 400×3750 | 200×15000 | 0        | 7 590 000 |
 /// | def       | default table gpt-4o-mini: in 0.15, cached 0.075, out 0.6 | 700×150 | 300×75 | 0        | 150×600 | 50×600   |   247 500 |
 /// | free      | none                                               |             |        |             |        |           | unpriced |
-/// | oa-after  | m-oa after set-price: in 5, out 20 (cached = in, reasoning = out) | 700×5000 | 300×5000 | 0 | 150×20000 | 50×20000 | 9 500 000 |
+/// | oa-after  | m-oa after set-price: in 5, out 20 (cached = in, reasoning = out) | 700×5000 | 300×5000 | 0 | 150×20000 | 50×20000 | 9 000 000 |
 const OA: u64 = 700 * 2500 + 300 * 1250 + 150 * 10_000 + 50 * 12_000;
 const AN: u64 = 1000 * 3000 + 300 * 300 + 400 * 3750 + 200 * 15_000;
 const DEF: u64 = 700 * 150 + 300 * 75 + 150 * 600 + 50 * 600;
