@@ -41,6 +41,8 @@ fn record(i: usize) -> pb::UsageRecord {
         cached_tokens: 10,
         reasoning_tokens: 0,
         outcome: "ok".into(),
+        cache_write_tokens: 0,
+        cost_nano: Some(2_250_000),
     }
 }
 

@@ -225,6 +225,39 @@ pub fn credential_from_proto(provider: &str, c: &pb::Credential) -> Result<Crede
 }
 
 /// Proto model → domain model (without backends).
+/// A proto price, validated: `input` and `output` are required, and no class may cost
+/// more than [`MAX_PRICE_NANO`]. Errors name `what` (`model gpt-4o: price`).
+pub fn price_from_proto(what: &str, p: &pb::Price) -> Result<Price, Error> {
+    let check = |class: &str, v: Option<u64>| -> Result<Option<u64>, Error> {
+        match v {
+            Some(n) if n > MAX_PRICE_NANO => Err(invalid(format!(
+                "{what}.{class}: {n} nano-units per token is more than the largest price, {MAX_PRICE_NANO}"
+            ))),
+            v => Ok(v),
+        }
+    };
+    let required = |class: &str, v: Option<u64>| -> Result<u64, Error> {
+        check(class, v)?.ok_or_else(|| invalid(format!("{what}.{class} is required")))
+    };
+    Ok(Price {
+        input: required("input", p.input)?,
+        cached_input: check("cached_input", p.cached_input)?,
+        cache_write: check("cache_write", p.cache_write)?,
+        output: required("output", p.output)?,
+        reasoning: check("reasoning", p.reasoning)?,
+    })
+}
+
+pub fn price_to_proto(p: &Price) -> pb::Price {
+    pb::Price {
+        input: Some(p.input),
+        cached_input: p.cached_input,
+        cache_write: p.cache_write,
+        output: Some(p.output),
+        reasoning: p.reasoning,
+    }
+}
+
 pub fn model_from_proto(m: &pb::Model) -> Result<Model, Error> {
     validate_name("model", &m.name)?;
     let what = format!("model {}", m.name);
@@ -282,6 +315,11 @@ pub fn model_from_proto(m: &pb::Model) -> Result<Model, Error> {
             enabled: m.enabled.unwrap_or(true),
             description: m.description.clone(),
             metadata: btree(&m.metadata),
+            price: m
+                .price
+                .as_ref()
+                .map(|p| price_from_proto(&format!("{what}: price"), p))
+                .transpose()?,
         },
         backends: BTreeMap::new(),
         created_at_ms: 0,
@@ -319,6 +357,11 @@ pub fn backend_from_proto(model: &str, b: &pb::Backend) -> Result<Backend, Error
             weight,
             priority: b.priority.unwrap_or(0),
             enabled: b.enabled.unwrap_or(true),
+            price: b
+                .price
+                .as_ref()
+                .map(|p| price_from_proto(&format!("{what}: price"), p))
+                .transpose()?,
         },
         created_at_ms: 0,
         updated_at_ms: 0,
@@ -420,6 +463,7 @@ pub fn backend_to_proto(model: &str, b: &Backend) -> pb::Backend {
         enabled: Some(b.spec.enabled),
         created_at_ms: b.created_at_ms,
         updated_at_ms: b.updated_at_ms,
+        price: b.spec.price.as_ref().map(price_to_proto),
     }
 }
 
@@ -446,6 +490,7 @@ pub fn model_to_proto(m: &Model) -> pb::Model {
             .collect(),
         created_at_ms: m.created_at_ms,
         updated_at_ms: m.updated_at_ms,
+        price: s.price.as_ref().map(price_to_proto),
     }
 }
 
@@ -590,6 +635,8 @@ pub fn merge_model(cur: &mut pb::Model, req: &pb::Model, mask: &[String]) -> Res
             "enabled" => cur.enabled = req.enabled,
             "description" => cur.description = req.description.clone(),
             "metadata" => cur.metadata = req.metadata.clone(),
+            // The price is replaced whole (an absent one clears it).
+            "price" => cur.price = req.price,
             p => return Err(bad_path(&what, p)),
         }
     }
@@ -608,6 +655,7 @@ pub fn merge_backend(cur: &mut pb::Backend, req: &pb::Backend, mask: &[String]) 
             "weight" => cur.weight = req.weight,
             "priority" => cur.priority = req.priority,
             "enabled" => cur.enabled = req.enabled,
+            "price" => cur.price = req.price,
             p => return Err(bad_path(&what, p)),
         }
     }
@@ -749,5 +797,44 @@ mod tests {
         assert!(!spec.allow_pin);
         merge_key(&mut spec, "k", &req, &["allow_pin".into()]).unwrap();
         assert!(spec.allow_pin);
+    }
+
+    #[test]
+    fn prices_need_input_and_output_and_stay_in_range() {
+        let p = |input, output| pb::Price {
+            input,
+            output,
+            ..Default::default()
+        };
+        let err = |m: pb::Model| model_from_proto(&m).unwrap_err().to_string();
+        let model = |price| pb::Model {
+            name: "m".into(),
+            price: Some(price),
+            ..Default::default()
+        };
+        assert!(err(model(p(None, Some(1)))).contains("model m: price.input is required"));
+        assert!(err(model(p(Some(1), None))).contains("model m: price.output is required"));
+        assert!(err(model(p(Some(MAX_PRICE_NANO + 1), Some(1)))).contains("model m: price.input:"));
+        let m = model_from_proto(&model(pb::Price {
+            cache_write: Some(3750),
+            ..p(Some(3000), Some(15_000))
+        }))
+        .unwrap();
+        let want = Price {
+            input: 3000,
+            cached_input: None,
+            cache_write: Some(3750),
+            output: 15_000,
+            reasoning: None,
+        };
+        assert_eq!(m.spec.price, Some(want));
+        assert_eq!(price_to_proto(&want), model_to_proto(&m).price.unwrap());
+        let b = pb::Backend {
+            provider: "p".into(),
+            price: Some(p(Some(1), None)),
+            ..Default::default()
+        };
+        let e = backend_from_proto("m", &b).unwrap_err().to_string();
+        assert!(e.contains("backend m/p: price.output is required"), "{e}");
     }
 }

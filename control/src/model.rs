@@ -217,6 +217,25 @@ pub struct Affinity {
     pub header: String,
 }
 
+/// What one token of each class costs, in nano-units of the currency per token (=
+/// thousandths of a unit per million tokens). A class left unset falls back (cached input
+/// and cache write to input, reasoning to output); the worker applies the fallbacks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Price {
+    pub input: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_input: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_write: Option<u64>,
+    pub output: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning: Option<u64>,
+}
+
+/// The largest price accepted: 10^9 nano-units per token (1 000 000 units per million
+/// tokens), so a record's cost cannot overflow before 9.2 billion tokens of one class.
+pub const MAX_PRICE_NANO: u64 = 1_000_000_000;
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModelSpec {
     pub strategy: Strategy,
@@ -225,6 +244,9 @@ pub struct ModelSpec {
     pub enabled: bool,
     pub description: String,
     pub metadata: BTreeMap<String, String>,
+    /// The price of every backend that sets none; `None` = those are unpriced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price: Option<Price>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -243,6 +265,9 @@ pub struct BackendSpec {
     pub weight: u32,
     pub priority: i32,
     pub enabled: bool,
+    /// The price of `upstream_model` on this provider; `None` = the model's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price: Option<Price>,
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -552,7 +552,7 @@ impl Store {
 /// Row counts of the multi-row report INSERTs: full chunks of the first, then the rest
 /// in powers of two. Each table then has eight statement texts, which stay in sqlx's
 /// per-connection statement cache, instead of one per batch size. 100 usage rows bind
-/// 2,200 values: far below SQLite's limit (32,766 since 3.32; the bundled SQLite is
+/// 2,400 values: far below SQLite's limit (32,766 since 3.32; the bundled SQLite is
 /// newer) and Postgres's 65,535.
 const CHUNK_ROWS: [usize; 8] = [100, 64, 32, 16, 8, 4, 2, 1];
 
@@ -577,7 +577,7 @@ impl ReportSql {
     /// `VALUES` names its columns `column1`, `column2`, ... on SQLite and on Postgres
     /// alike; the `WHERE` also keeps SQLite from reading `ON CONFLICT` as a join constraint.
     fn new(kind: DbKind) -> ReportSql {
-        const USAGE: &str = "id, ts_ms, request_id, worker_id, key_id, key_name, model, backend, provider, credential, endpoint, status, stream, retries, latency_us, ttfb_us, prompt_tokens, completion_tokens, total_tokens, cached_tokens, reasoning_tokens, outcome";
+        const USAGE: &str = "id, ts_ms, request_id, worker_id, key_id, key_name, model, backend, provider, credential, endpoint, status, stream, retries, latency_us, ttfb_us, prompt_tokens, completion_tokens, total_tokens, cached_tokens, reasoning_tokens, outcome, cache_write_tokens, cost_nano";
         const HEALTH: &str =
             "id, ts_ms, worker_id, kind, model, backend, provider, credential, healthy, reason";
         let (nu, nh) = (USAGE.split(", ").count(), HEALTH.split(", ").count());
@@ -700,6 +700,8 @@ fn bind_usage<'q>(q: AnyQuery<'q>, u: &'q pb::UsageRecord, report_worker: &'q st
         .bind(to_i64(u.cached_tokens))
         .bind(to_i64(u.reasoning_tokens))
         .bind(&u.outcome)
+        .bind(to_i64(u.cache_write_tokens))
+        .bind(u.cost_nano.map(to_i64))
 }
 
 fn bind_health<'q>(q: AnyQuery<'q>, h: &'q pb::HealthEvent, report_worker: &'q str) -> AnyQuery<'q> {
@@ -887,13 +889,13 @@ mod tests {
             (pg.usage.len(), pg.health.len()),
             (CHUNK_ROWS.len(), CHUNK_ROWS.len())
         );
-        // 22 columns: the last placeholder of a full chunk is 100 * 22.
-        assert!(pg.usage[0].contains("v.column22 FROM (VALUES ($1, "));
-        assert!(pg.usage[0].contains(", $2200)) AS v WHERE NOT EXISTS"));
+        // 24 columns: the last placeholder of a full chunk is 100 * 24.
+        assert!(pg.usage[0].contains("v.column24 FROM (VALUES ($1, "));
+        assert!(pg.usage[0].contains(", $2400)) AS v WHERE NOT EXISTS"));
         assert!(pg.health[7]
             .ends_with("VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (id) DO NOTHING"));
         let lite = ReportSql::get(DbKind::Sqlite);
-        assert_eq!(lite.usage[0].matches('?').count(), 2200);
+        assert_eq!(lite.usage[0].matches('?').count(), 2400);
         assert!(!lite.usage[0].contains('$'));
         let ids = ["a", "b", "a", "c", "b"];
         let firsts: Vec<_> = first_of_each_id(&ids, |s| s).into_iter().copied().collect();

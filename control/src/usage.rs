@@ -22,6 +22,10 @@ const HOUR_MS: i64 = 3_600_000;
 /// A request counts as an error when its status is >= 400 or its outcome is not `ok`.
 const ERROR_EXPR: &str = "CASE WHEN status >= 400 OR outcome <> 'ok' THEN 1 ELSE 0 END";
 
+/// A record is unpriced when it has no cost (the worker found no price for a request
+/// with tokens, or it was stored before costs existed).
+const UNPRICED_EXPR: &str = "CASE WHEN cost_nano IS NULL THEN 1 ELSE 0 END";
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GroupBy {
     Key,
@@ -30,6 +34,8 @@ pub enum GroupBy {
     Provider,
     Worker,
     Credential,
+    /// The UTC calendar day, `YYYY-MM-DD`.
+    Day,
     None,
 }
 
@@ -42,27 +48,54 @@ impl GroupBy {
             "provider" => GroupBy::Provider,
             "worker" => GroupBy::Worker,
             "credential" => GroupBy::Credential,
+            "day" => GroupBy::Day,
             "" | "none" => GroupBy::None,
             other => {
                 return Err(Error::InvalidArgument(format!(
-                "group_by must be key, model, backend, provider, worker, credential or none (got {other:?})"
+                "group_by must be key, model, backend, provider, worker, credential, day or none (got {other:?})"
             )))
             }
         })
     }
 
-    /// The column grouped on (same name in `usage_records` and `usage_hourly`).
-    fn column(self) -> Option<&'static str> {
-        match self {
-            GroupBy::Key => Some("key_name"),
-            GroupBy::Model => Some("model"),
-            GroupBy::Backend => Some("backend"),
-            GroupBy::Provider => Some("provider"),
-            GroupBy::Worker => Some("worker_id"),
-            GroupBy::Credential => Some("credential"),
-            GroupBy::None => None,
-        }
+    /// The expression grouped on; `ts_col` is the table's time column (`ts_ms` in
+    /// `usage_records`, `hour_ms` in `usage_hourly`; the other columns share names). A
+    /// day groups on its first millisecond, as text, turned into a date by
+    /// [`day_label`] once summed.
+    fn column(self, ts_col: &str) -> Option<String> {
+        Some(
+            match self {
+                GroupBy::Key => "key_name",
+                GroupBy::Model => "model",
+                GroupBy::Backend => "backend",
+                GroupBy::Provider => "provider",
+                GroupBy::Worker => "worker_id",
+                GroupBy::Credential => "credential",
+                GroupBy::Day => {
+                    return Some(format!("CAST(({ts_col} / {DAY_MS}) * {DAY_MS} AS TEXT)"));
+                }
+                GroupBy::None => return None,
+            }
+            .to_string(),
+        )
     }
+}
+
+const DAY_MS: i64 = 86_400_000;
+
+/// `YYYY-MM-DD` of the UTC day that starts at `ms` (a day group's key), by the civil
+/// calendar (Howard Hinnant's `civil_from_days`).
+fn day_label(ms: i64) -> String {
+    let z = ms.div_euclid(DAY_MS) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
 }
 
 #[derive(Clone, Debug)]
@@ -102,6 +135,11 @@ pub struct UsageSummary {
     pub total_tokens: u64,
     pub cached_tokens: u64,
     pub reasoning_tokens: u64,
+    pub cache_write_tokens: u64,
+    /// The priced requests' cost, nano-units of the currency.
+    pub cost_nano: u64,
+    /// Requests with tokens and no price: their cost is unknown.
+    pub unpriced_requests: u64,
     pub p50_latency_ms: f64,
     pub p95_latency_ms: f64,
 }
@@ -120,6 +158,9 @@ impl UsageSummary {
             p50_latency_ms: self.p50_latency_ms,
             p95_latency_ms: self.p95_latency_ms,
             retries: self.retries,
+            cache_write_tokens: self.cache_write_tokens,
+            cost_nano: self.cost_nano,
+            unpriced_requests: self.unpriced_requests,
         }
     }
 }
@@ -155,12 +196,12 @@ fn filters(q: &UsageQuery, ts_col: &str) -> (String, Vec<String>) {
 
 /// Sum usage over `[from, to)` from raw records and hourly roll-ups.
 pub async fn query_usage(pool: &AnyPool, q: &UsageQuery) -> Result<Vec<UsageSummary>, Error> {
-    let group_sel = q.group_by.column().unwrap_or("''");
-    let group_by = q
-        .group_by
-        .column()
-        .map(|c| format!(" GROUP BY {c}"))
-        .unwrap_or_default();
+    let group = |ts: &str| {
+        let c = q.group_by.column(ts);
+        let by = c.as_ref().map(|c| format!(" GROUP BY {c}")).unwrap_or_default();
+        (c.unwrap_or_else(|| "''".into()), by)
+    };
+    let (group_sel, group_by) = group("ts_ms");
     let mut out: BTreeMap<String, UsageSummary> = BTreeMap::new();
 
     // Raw records: counts in SQL.
@@ -173,12 +214,16 @@ pub async fn query_usage(pool: &AnyPool, q: &UsageQuery) -> Result<Vec<UsageSumm
          COALESCE(CAST(SUM(completion_tokens) AS BIGINT), 0) AS c, \
          COALESCE(CAST(SUM(total_tokens) AS BIGINT), 0) AS t, \
          COALESCE(CAST(SUM(cached_tokens) AS BIGINT), 0) AS ca, \
-         COALESCE(CAST(SUM(reasoning_tokens) AS BIGINT), 0) AS r \
+         COALESCE(CAST(SUM(reasoning_tokens) AS BIGINT), 0) AS r, \
+         COALESCE(CAST(SUM(cache_write_tokens) AS BIGINT), 0) AS cw, \
+         COALESCE(CAST(SUM(cost_nano) AS BIGINT), 0) AS cost, \
+         COALESCE(CAST(SUM({UNPRICED_EXPR}) AS BIGINT), 0) AS unpriced \
          FROM usage_records{where_raw}{group_by}"
     );
     add_rows(pool, &sql, q, &binds, &mut out).await?;
 
     // Hourly roll-ups whose hour lies in the range.
+    let (group_sel, group_by) = group("hour_ms");
     let (where_h, binds_h) = filters(q, "hour_ms");
     let sql = format!(
         "SELECT {group_sel} AS g, COALESCE(CAST(SUM(requests) AS BIGINT), 0) AS requests, \
@@ -188,12 +233,16 @@ pub async fn query_usage(pool: &AnyPool, q: &UsageQuery) -> Result<Vec<UsageSumm
          COALESCE(CAST(SUM(completion_tokens) AS BIGINT), 0) AS c, \
          COALESCE(CAST(SUM(total_tokens) AS BIGINT), 0) AS t, \
          COALESCE(CAST(SUM(cached_tokens) AS BIGINT), 0) AS ca, \
-         COALESCE(CAST(SUM(reasoning_tokens) AS BIGINT), 0) AS r \
+         COALESCE(CAST(SUM(reasoning_tokens) AS BIGINT), 0) AS r, \
+         COALESCE(CAST(SUM(cache_write_tokens) AS BIGINT), 0) AS cw, \
+         COALESCE(CAST(SUM(cost_nano) AS BIGINT), 0) AS cost, \
+         COALESCE(CAST(SUM(unpriced_requests) AS BIGINT), 0) AS unpriced \
          FROM usage_hourly{where_h}{group_by}"
     );
     add_rows(pool, &sql, q, &binds_h, &mut out).await?;
 
     // Latency samples for percentiles (raw records only).
+    let (group_sel, _) = group("ts_ms");
     let sql = format!("SELECT {group_sel} AS g, latency_us FROM usage_records{where_raw}");
     let mut query = sqlx::query(&sql).bind(q.from_ms).bind(q.to_ms);
     for b in &binds {
@@ -212,7 +261,16 @@ pub async fn query_usage(pool: &AnyPool, q: &UsageQuery) -> Result<Vec<UsageSumm
             s.p95_latency_ms = percentile(&v, 95.0) as f64 / 1000.0;
         }
     }
-    Ok(out.into_values().filter(|s| s.requests > 0).collect())
+    let rows = out.into_values().filter(|s| s.requests > 0);
+    Ok(if q.group_by == GroupBy::Day {
+        rows.map(|mut s| {
+            s.group = day_label(s.group.parse().unwrap_or(0));
+            s
+        })
+        .collect()
+    } else {
+        rows.collect()
+    })
 }
 
 async fn add_rows(
@@ -240,6 +298,9 @@ async fn add_rows(
         s.total_tokens += u(row.try_get("t")?);
         s.cached_tokens += u(row.try_get("ca")?);
         s.reasoning_tokens += u(row.try_get("r")?);
+        s.cache_write_tokens += u(row.try_get("cw")?);
+        s.cost_nano += u(row.try_get("cost")?);
+        s.unpriced_requests += u(row.try_get("unpriced")?);
     }
     Ok(())
 }
@@ -261,12 +322,13 @@ pub async fn roll_up(pool: &AnyPool, retention: Duration, now: i64) -> Result<u6
     sqlx::query(&format!(
         "INSERT INTO usage_hourly (hour_ms, key_name, model, backend, provider, worker_id, credential, \
          requests, errors, retries, prompt_tokens, completion_tokens, total_tokens, cached_tokens, reasoning_tokens, \
-         latency_us_sum, latency_us_max) \
+         latency_us_sum, latency_us_max, cache_write_tokens, cost_nano, unpriced_requests) \
          SELECT (ts_ms / {HOUR_MS}) * {HOUR_MS}, key_name, model, backend, provider, worker_id, credential, \
          COUNT(*), CAST(SUM({ERROR_EXPR}) AS BIGINT), CAST(SUM(retries) AS BIGINT), \
          CAST(SUM(prompt_tokens) AS BIGINT), CAST(SUM(completion_tokens) AS BIGINT), CAST(SUM(total_tokens) AS BIGINT), \
          CAST(SUM(cached_tokens) AS BIGINT), CAST(SUM(reasoning_tokens) AS BIGINT), \
-         CAST(SUM(latency_us) AS BIGINT), MAX(latency_us) \
+         CAST(SUM(latency_us) AS BIGINT), MAX(latency_us), CAST(SUM(cache_write_tokens) AS BIGINT), \
+         COALESCE(CAST(SUM(cost_nano) AS BIGINT), 0), CAST(SUM({UNPRICED_EXPR}) AS BIGINT) \
          FROM usage_records WHERE ts_ms < $1 \
          GROUP BY (ts_ms / {HOUR_MS}) * {HOUR_MS}, key_name, model, backend, provider, worker_id, credential \
          ON CONFLICT (hour_ms, key_name, model, backend, provider, worker_id, credential) DO UPDATE SET \
@@ -279,6 +341,9 @@ pub async fn roll_up(pool: &AnyPool, retention: Duration, now: i64) -> Result<u6
          cached_tokens = usage_hourly.cached_tokens + excluded.cached_tokens, \
          reasoning_tokens = usage_hourly.reasoning_tokens + excluded.reasoning_tokens, \
          latency_us_sum = usage_hourly.latency_us_sum + excluded.latency_us_sum, \
+         cache_write_tokens = usage_hourly.cache_write_tokens + excluded.cache_write_tokens, \
+         cost_nano = usage_hourly.cost_nano + excluded.cost_nano, \
+         unpriced_requests = usage_hourly.unpriced_requests + excluded.unpriced_requests, \
          latency_us_max = CASE WHEN excluded.latency_us_max > usage_hourly.latency_us_max \
            THEN excluded.latency_us_max ELSE usage_hourly.latency_us_max END"
     ))

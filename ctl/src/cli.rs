@@ -101,6 +101,10 @@ pub enum Command {
     Status,
     /// Requests, errors, tokens and latency that workers reported (e.g. `--since 1h --by key`).
     Usage(crate::usage::UsageArgs),
+    /// What requests cost, by key, model, backend or UTC day (e.g. `--since 30d --by day`).
+    Spend(crate::usage::SpendArgs),
+    /// The default price table shipped with the CLI (`apply --default-prices` uses it).
+    Prices,
     /// Backend and credential health as the fleet sees it; `health history TARGET`.
     Health(crate::usage::HealthArgs),
     /// Print a shell completion script (e.g. `switchyard completions bash > /etc/bash_completion.d/switchyard`).
@@ -375,6 +379,65 @@ pub enum ModelsCmd {
         /// Model name.
         name: String,
     },
+    /// Set the price of a model (every backend without its own) or of one backend.
+    SetPrice(SetPrice),
+    /// Remove the price of a model or of one backend (its requests become unpriced,
+    /// unless the model has a price).
+    ClearPrice {
+        /// Model name.
+        model: String,
+        /// Only this backend of the model.
+        #[arg(long)]
+        backend: Option<String>,
+    },
+}
+
+/// `set-price MODEL input=2.5 cached_input=1.25 output=10`: the classes of the file's
+/// `price` table, in currency units per million tokens, at most 3 decimals.
+#[derive(Debug, Args)]
+pub struct SetPrice {
+    /// Model name.
+    pub model: String,
+    /// `CLASS=PRICE` per million tokens; classes: input and output (required),
+    /// cached_input and cache_write (default: the input price), reasoning (default: the
+    /// output price).
+    #[arg(value_name = "CLASS=PRICE", value_parser = parse_price_class, required = true)]
+    pub prices: Vec<(PriceClass, u64)>,
+    /// Price this backend of the model instead of the model.
+    #[arg(long)]
+    pub backend: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PriceClass {
+    Input,
+    CachedInput,
+    CacheWrite,
+    Output,
+    Reasoning,
+}
+
+impl SetPrice {
+    /// The price given, checked: each class once, input and output present.
+    pub fn price(&self) -> Result<switchyard_proto::Price, String> {
+        let mut p = switchyard_proto::Price::default();
+        for &(class, v) in &self.prices {
+            let slot = match class {
+                PriceClass::Input => &mut p.input,
+                PriceClass::CachedInput => &mut p.cached_input,
+                PriceClass::CacheWrite => &mut p.cache_write,
+                PriceClass::Output => &mut p.output,
+                PriceClass::Reasoning => &mut p.reasoning,
+            };
+            if slot.replace(v).is_some() {
+                return Err(format!("{class:?} is given twice"));
+            }
+        }
+        if p.input.is_none() || p.output.is_none() {
+            return Err("input=PRICE and output=PRICE are required".into());
+        }
+        Ok(p)
+    }
 }
 
 #[derive(Debug, Args)]
@@ -597,6 +660,10 @@ pub struct ApplyArgs {
     /// Also delete providers, credentials, models, backends and keys the file does not name.
     #[arg(long)]
     pub prune: bool,
+    /// Price every backend that has no price (and whose model has none) from the default
+    /// table (`switchyard prices`), by its upstream model.
+    #[arg(long)]
+    pub default_prices: bool,
 }
 
 #[derive(Debug, Args)]
@@ -623,6 +690,31 @@ pub fn parse_kv(s: &str) -> Result<(String, String), String> {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
         _ => Err(format!("expected KEY=VALUE, got `{s}`")),
     }
+}
+
+/// `CLASS=PRICE` (currency units per million tokens) → the class and nano-units per token.
+pub fn parse_price_class(s: &str) -> Result<(PriceClass, u64), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected CLASS=PRICE (e.g. input=2.5), got `{s}`"))?;
+    let class = match k {
+        "input" => PriceClass::Input,
+        "cached_input" => PriceClass::CachedInput,
+        "cache_write" => PriceClass::CacheWrite,
+        "output" => PriceClass::Output,
+        "reasoning" => PriceClass::Reasoning,
+        _ => {
+            return Err(format!(
+                "unknown price class `{k}` (input, cached_input, cache_write, output or reasoning)"
+            ))
+        }
+    };
+    let v = crate::price::parse_decimal(v).ok_or_else(|| {
+        format!(
+            "{k}: expected a price per million tokens with at most 3 decimals (e.g. 2.5 or 0.075), got `{v}`"
+        )
+    })?;
+    Ok((class, v))
 }
 
 pub fn parse_on_off(s: &str) -> Result<bool, String> {
@@ -803,6 +895,47 @@ mod tests {
             panic!("wrong command")
         };
         assert!(u.models.is_none());
+    }
+
+    #[test]
+    fn set_price_parses_units_per_million() {
+        let cli = parse(&[
+            "models",
+            "set-price",
+            "m",
+            "--backend",
+            "b",
+            "input=2.5",
+            "output=10",
+            "cache_write=3.125",
+        ])
+        .unwrap();
+        let Command::Models(ModelsCmd::SetPrice(p)) = cli.command else {
+            panic!("wrong command")
+        };
+        let price = p.price().unwrap();
+        assert_eq!(
+            (price.input, price.output, price.cache_write, price.cached_input),
+            (Some(2500), Some(10_000), Some(3125), None)
+        );
+        assert_eq!(p.backend.as_deref(), Some("b"));
+        assert!(parse(&["models", "set-price", "m", "input=0.0001", "output=1"]).is_err());
+        assert!(parse(&["models", "set-price", "m", "inputs=1", "output=1"]).is_err());
+        assert!(parse(&["models", "set-price", "m"]).is_err());
+        let Command::Models(ModelsCmd::SetPrice(p)) =
+            parse(&["models", "set-price", "m", "input=1"]).unwrap().command
+        else {
+            panic!("wrong command")
+        };
+        assert!(p.price().is_err());
+        let Command::Models(ModelsCmd::SetPrice(p)) =
+            parse(&["models", "set-price", "m", "input=1", "output=1", "input=2"])
+                .unwrap()
+                .command
+        else {
+            panic!("wrong command")
+        };
+        assert!(p.price().is_err());
     }
 
     #[test]

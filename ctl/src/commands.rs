@@ -13,7 +13,7 @@ use crate::{
     cli::*,
     client::Admin,
     doc::{self, system_time_ms, FileDoc, SecretEnv},
-    out, secret, table,
+    out, price, secret, table,
     view::*,
     UsageError,
 };
@@ -780,7 +780,138 @@ pub async fn models(ctx: &Ctx, admin: &mut Admin, cmd: ModelsCmd) -> Result<()> 
                 .into_inner();
             deleted(ctx, "model", name, r.version)
         }
+        ModelsCmd::SetPrice(p) => {
+            let price = p.price().map_err(UsageError)?;
+            set_price(ctx, admin, p.model, p.backend, Some(price)).await
+        }
+        ModelsCmd::ClearPrice { model, backend } => set_price(ctx, admin, model, backend, None).await,
     }
+}
+
+/// Set (or with `None` clear) the price of `model`, or of its backend `backend`.
+async fn set_price(
+    ctx: &Ctx,
+    admin: &mut Admin,
+    model: String,
+    backend: Option<String>,
+    price: Option<pb::Price>,
+) -> Result<()> {
+    let mask = vec!["price".to_string()];
+    let (what, shown) = match backend {
+        Some(name) => {
+            let b = admin
+                .client
+                .update_backend(pb::UpdateBackendRequest {
+                    backend: Some(pb::Backend {
+                        model,
+                        name,
+                        price,
+                        ..Default::default()
+                    }),
+                    update_mask: mask,
+                })
+                .await
+                .map_err(|s| admin.status(s))?
+                .into_inner();
+            (format!("backend {}/{}", b.model, b.name), b.price)
+        }
+        None => {
+            let m = admin
+                .client
+                .update_model(pb::UpdateModelRequest {
+                    model: Some(pb::Model {
+                        name: model,
+                        price,
+                        ..Default::default()
+                    }),
+                    update_mask: mask,
+                })
+                .await
+                .map_err(|s| admin.status(s))?
+                .into_inner();
+            (format!("model {}", m.name), m.price)
+        }
+    };
+    let v = PriceView::new(&what, shown.as_ref());
+    ctx.show(&v, || match &shown {
+        Some(_) => format!("price of {what} set: {}\n", v.text()),
+        None => format!("price of {what} cleared\n"),
+    })
+}
+
+/// A price as `set-price` and `prices` show it: units of the currency per million tokens.
+#[derive(Debug, Serialize)]
+pub struct PriceView {
+    pub name: String,
+    /// Nano-units per token (= thousandths of a unit per million tokens); `null` = unset.
+    pub input: Option<u64>,
+    pub cached_input: Option<u64>,
+    pub cache_write: Option<u64>,
+    pub output: Option<u64>,
+    pub reasoning: Option<u64>,
+}
+
+impl PriceView {
+    pub fn new(name: &str, p: Option<&pb::Price>) -> PriceView {
+        let p = p.copied().unwrap_or_default();
+        PriceView {
+            name: name.to_string(),
+            input: p.input,
+            cached_input: p.cached_input,
+            cache_write: p.cache_write,
+            output: p.output,
+            reasoning: p.reasoning,
+        }
+    }
+
+    /// Each class per million tokens; an unset class shows the price it falls back to.
+    pub fn cells(&self) -> [String; 5] {
+        let show = |v: Option<u64>, fallback: Option<u64>| match (v, fallback) {
+            (Some(n), _) => price::fmt_price(n),
+            (None, Some(n)) => format!("({})", price::fmt_price(n)),
+            (None, None) => "-".into(),
+        };
+        [
+            show(self.input, None),
+            show(self.cached_input, self.input),
+            show(self.cache_write, self.input),
+            show(self.output, None),
+            show(self.reasoning, self.output),
+        ]
+    }
+
+    fn text(&self) -> String {
+        let c = self.cells();
+        format!(
+            "input {}, cached input {}, cache write {}, output {}, reasoning {} per million tokens",
+            c[0], c[1], c[2], c[3], c[4]
+        )
+    }
+}
+
+/// `switchyard prices`: the default table.
+pub fn prices(ctx: &Ctx) -> Result<()> {
+    let table = price::default_table()?;
+    let views: Vec<PriceView> = table.iter().map(|(m, p)| PriceView::new(m, Some(p))).collect();
+    ctx.show(&views, || {
+        let rows: Vec<Vec<String>> = views
+            .iter()
+            .map(|v| std::iter::once(v.name.clone()).chain(v.cells()).collect())
+            .collect();
+        let mut t = table::render(
+            &[
+                "UPSTREAM_MODEL",
+                "INPUT",
+                "CACHED_INPUT",
+                "CACHE_WRITE",
+                "OUTPUT",
+                "REASONING",
+            ],
+            &rows,
+        );
+        t.push_str("Per million tokens (USD list prices; check them). (x) = falls back to that price.\n");
+        t
+    })
 }
 
 // ---------------------------------------------------------------------------

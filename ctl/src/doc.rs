@@ -19,6 +19,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use switchyard_proto as pb;
 
+use crate::price::FilePrice;
 use crate::secret::read_secret_file;
 
 /// Defaults the CLI fills in for omitted fields (documented in the proto).
@@ -164,6 +165,9 @@ pub struct FileModel {
     pub affinity: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
+    /// The price of every backend that sets none (currency units per million tokens).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price: Option<FilePrice>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub backends: Vec<FileBackend>,
 }
@@ -184,6 +188,9 @@ pub struct FileBackend {
     pub priority: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
+    /// The price of `upstream_model` on this provider. Omitted = the model's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price: Option<FilePrice>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -514,18 +521,26 @@ impl FileModel {
         let backends = self
             .backends
             .iter()
-            .map(|b| pb::Backend {
-                model: self.name.clone(),
-                name: b.name.clone().unwrap_or_else(|| b.provider.clone()),
-                provider: b.provider.clone(),
-                upstream_model: b.upstream_model.clone().unwrap_or_else(|| self.name.clone()),
-                weight: Some(b.weight.unwrap_or(defaults::WEIGHT)),
-                priority: Some(b.priority.unwrap_or(defaults::PRIORITY)),
-                enabled: Some(b.enabled.unwrap_or(true)),
-                created_at_ms: 0,
-                updated_at_ms: 0,
+            .enumerate()
+            .map(|(i, b)| {
+                Ok(pb::Backend {
+                    model: self.name.clone(),
+                    name: b.name.clone().unwrap_or_else(|| b.provider.clone()),
+                    provider: b.provider.clone(),
+                    upstream_model: b.upstream_model.clone().unwrap_or_else(|| self.name.clone()),
+                    weight: Some(b.weight.unwrap_or(defaults::WEIGHT)),
+                    priority: Some(b.priority.unwrap_or(defaults::PRIORITY)),
+                    enabled: Some(b.enabled.unwrap_or(true)),
+                    created_at_ms: 0,
+                    updated_at_ms: 0,
+                    price: b
+                        .price
+                        .as_ref()
+                        .map(|p| p.to_proto(&format!("{at}.backends[{i}].price")))
+                        .transpose()?,
+                })
             })
-            .collect();
+            .collect::<Result<_>>()?;
         Ok(pb::Model {
             name: self.name.clone(),
             strategy: self
@@ -543,6 +558,11 @@ impl FileModel {
             backends,
             created_at_ms: 0,
             updated_at_ms: 0,
+            price: self
+                .price
+                .as_ref()
+                .map(|p| p.to_proto(&format!("{at}.price")))
+                .transpose()?,
         })
     }
 
@@ -557,6 +577,7 @@ impl FileModel {
             per_try_timeout: (retry.per_try_timeout_ms != 0).then(|| fmt_ms(retry.per_try_timeout_ms)),
             affinity: m.affinity.as_ref().and_then(affinity_to_str),
             metadata: m.metadata.clone().into_iter().collect(),
+            price: m.price.as_ref().map(FilePrice::from_proto),
             backends: m
                 .backends
                 .iter()
@@ -567,6 +588,7 @@ impl FileModel {
                     weight: b.weight.filter(|w| *w != defaults::WEIGHT),
                     priority: b.priority.filter(|p| *p != defaults::PRIORITY),
                     enabled: b.enabled.filter(|e| !e),
+                    price: b.price.as_ref().map(FilePrice::from_proto),
                 })
                 .collect(),
         }

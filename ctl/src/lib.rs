@@ -8,6 +8,7 @@ pub mod cli;
 pub mod client;
 pub mod commands;
 pub mod doc;
+pub mod price;
 pub mod secret;
 pub mod table;
 pub mod up;
@@ -90,10 +91,23 @@ pub async fn run(cli: Cli) -> Result<()> {
             clap_complete::generate(*shell, &mut cmd, "switchyard", &mut script);
             return out(&String::from_utf8_lossy(&script));
         }
+        Command::Prices => return commands::prices(&ctx),
         // Read and check the file (and its secrets) before connecting: a typo in the file
         // should not depend on the control plane being up.
         Command::Apply(a) => {
-            let doc = commands::load_document(&a.file)?;
+            let mut doc = commands::load_document(&a.file)?;
+            if a.default_prices {
+                let (priced, unpriced) = price::fill_defaults(&mut doc.document, &price::default_table()?);
+                if !priced.is_empty() {
+                    eprintln!("priced from the default table: {}", priced.join(", "));
+                }
+                if !unpriced.is_empty() {
+                    eprintln!(
+                        "note: no price in the default table for {} (their requests stay unpriced)",
+                        unpriced.join(", ")
+                    );
+                }
+            }
             // An empty file with --prune would silently delete everything: almost always
             // a wrong path or an empty pipe, never what anyone meant.
             let d = &doc.document;
@@ -127,7 +141,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Workers(c) => commands::workers(&ctx, admin, c).await,
         Command::Status => commands::status(&ctx, admin).await,
         Command::Usage(a) => usage::usage(&ctx, admin, a).await,
+        Command::Spend(a) => usage::spend(&ctx, admin, a).await,
         Command::Health(a) => usage::health(&ctx, admin, a).await,
-        Command::Completions { .. } | Command::Up(_) => Ok(()),
+        Command::Completions { .. } | Command::Up(_) | Command::Prices => Ok(()),
     }
 }

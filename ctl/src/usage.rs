@@ -23,6 +23,8 @@ pub enum GroupBy {
     Provider,
     Worker,
     Credential,
+    /// The UTC calendar day.
+    Day,
     None,
 }
 
@@ -35,6 +37,7 @@ impl GroupBy {
             GroupBy::Provider => "provider",
             GroupBy::Worker => "worker",
             GroupBy::Credential => "credential",
+            GroupBy::Day => "day",
             GroupBy::None => "none",
         }
     }
@@ -61,6 +64,52 @@ pub struct UsageArgs {
     /// Only this public model.
     #[arg(long)]
     pub model: Option<String>,
+}
+
+/// What requests cost (their tokens at the price of the snapshot each ran under).
+#[derive(Debug, Args)]
+pub struct SpendArgs {
+    /// Window ending now (e.g. `1h`, `30d`). Default: everything.
+    #[arg(long, value_parser = humantime::parse_duration, conflicts_with_all = ["from", "to"])]
+    pub since: Option<Duration>,
+    /// Start of the window, RFC 3339, inclusive.
+    #[arg(long)]
+    pub from: Option<String>,
+    /// End of the window, RFC 3339, exclusive. Default: now.
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Group rows by this field (teams do not exist yet: group by key).
+    #[arg(long = "by", value_enum, default_value_t = SpendBy::Key)]
+    pub by: SpendBy,
+    /// Only this client key.
+    #[arg(long)]
+    pub key: Option<String>,
+    /// Only this public model.
+    #[arg(long)]
+    pub model: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SpendBy {
+    Key,
+    Model,
+    Backend,
+    Provider,
+    Day,
+    None,
+}
+
+impl SpendBy {
+    fn group(self) -> GroupBy {
+        match self {
+            SpendBy::Key => GroupBy::Key,
+            SpendBy::Model => GroupBy::Model,
+            SpendBy::Backend => GroupBy::Backend,
+            SpendBy::Provider => GroupBy::Provider,
+            SpendBy::Day => GroupBy::Day,
+            SpendBy::None => GroupBy::None,
+        }
+    }
 }
 
 /// Health of every backend and credential as the fleet sees it, or its history.
@@ -108,9 +157,25 @@ pub struct UsageRowView {
     pub total_tokens: u64,
     pub cached_tokens: u64,
     pub reasoning_tokens: u64,
+    pub cache_write_tokens: u64,
+    /// The priced requests' cost, nano-units of the currency (exact).
+    pub cost_nano: u64,
+    /// Requests with tokens and no price: not in `cost_nano`, unknown rather than free.
+    pub unpriced_requests: u64,
     pub retries: u64,
     pub p50_latency_ms: f64,
     pub p95_latency_ms: f64,
+}
+
+impl UsageRowView {
+    /// The cost column: the priced requests' cost, and a mark when some were unpriced.
+    fn cost_cell(&self) -> String {
+        match self.unpriced_requests {
+            0 => crate::price::fmt_cost(self.cost_nano),
+            n if n == self.requests => "unpriced".into(),
+            n => format!("{} +{n} unpriced", crate::price::fmt_cost(self.cost_nano)),
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -121,14 +186,24 @@ pub struct UsageView {
     pub rows: Vec<UsageRowView>,
 }
 
-pub async fn usage(ctx: &Ctx, admin: &mut Admin, a: UsageArgs) -> Result<()> {
+/// The window and grouping of a `usage` or `spend` query.
+struct Window<'a> {
+    since: Option<Duration>,
+    from: Option<&'a str>,
+    to: Option<&'a str>,
+    by: GroupBy,
+    key: Option<String>,
+    model: Option<String>,
+}
+
+async fn query(admin: &mut Admin, w: Window<'_>) -> Result<UsageView> {
     let now = unix_ms(SystemTime::now());
-    let from_ms = match (&a.since, &a.from) {
+    let from_ms = match (&w.since, &w.from) {
         (Some(d), _) => now - i64::try_from(d.as_millis()).unwrap_or(i64::MAX).min(now),
         (None, Some(f)) => parse_time("from", f)?,
         (None, None) => 0,
     };
-    let to_ms = match &a.to {
+    let to_ms = match &w.to {
         Some(t) => parse_time("to", t)?,
         None => 0,
     };
@@ -140,17 +215,17 @@ pub async fn usage(ctx: &Ctx, admin: &mut Admin, a: UsageArgs) -> Result<()> {
         .query_usage(pb::QueryUsageRequest {
             from_ms,
             to_ms,
-            group_by: a.by.as_str().into(),
-            key_name: a.key.unwrap_or_default(),
-            model: a.model.unwrap_or_default(),
+            group_by: w.by.as_str().into(),
+            key_name: w.key.unwrap_or_default(),
+            model: w.model.unwrap_or_default(),
         })
         .await
         .map_err(|s| admin.status(s))?
         .into_inner();
-    let v = UsageView {
+    Ok(UsageView {
         from_ms,
         to_ms: if to_ms == 0 { now } else { to_ms },
-        group_by: a.by.as_str().into(),
+        group_by: w.by.as_str().into(),
         rows: r
             .rows
             .into_iter()
@@ -163,12 +238,30 @@ pub async fn usage(ctx: &Ctx, admin: &mut Admin, a: UsageArgs) -> Result<()> {
                 total_tokens: r.total_tokens,
                 cached_tokens: r.cached_tokens,
                 reasoning_tokens: r.reasoning_tokens,
+                cache_write_tokens: r.cache_write_tokens,
+                cost_nano: r.cost_nano,
+                unpriced_requests: r.unpriced_requests,
                 retries: r.retries,
                 p50_latency_ms: r.p50_latency_ms,
                 p95_latency_ms: r.p95_latency_ms,
             })
             .collect(),
-    };
+    })
+}
+
+pub async fn usage(ctx: &Ctx, admin: &mut Admin, a: UsageArgs) -> Result<()> {
+    let v = query(
+        admin,
+        Window {
+            since: a.since,
+            from: a.from.as_deref(),
+            to: a.to.as_deref(),
+            by: a.by,
+            key: a.key,
+            model: a.model,
+        },
+    )
+    .await?;
     ctx.show(&v, || {
         let rows: Vec<Vec<String>> = v
             .rows
@@ -183,9 +276,11 @@ pub async fn usage(ctx: &Ctx, admin: &mut Admin, a: UsageArgs) -> Result<()> {
                     r.total_tokens.to_string(),
                     r.cached_tokens.to_string(),
                     r.reasoning_tokens.to_string(),
+                    r.cache_write_tokens.to_string(),
                     r.retries.to_string(),
                     format!("{:.1}", r.p50_latency_ms),
                     format!("{:.1}", r.p95_latency_ms),
+                    r.cost_cell(),
                 ]
             })
             .collect();
@@ -200,9 +295,74 @@ pub async fn usage(ctx: &Ctx, admin: &mut Admin, a: UsageArgs) -> Result<()> {
                 "TOTAL",
                 "CACHED",
                 "REASONING",
+                "CACHE_WRITE",
                 "RETRIES",
                 "P50_MS",
                 "P95_MS",
+                "COST",
+            ],
+            &rows,
+        )
+    })
+}
+
+/// `switchyard spend`: cost per group, with the token classes it was computed from.
+pub async fn spend(ctx: &Ctx, admin: &mut Admin, a: SpendArgs) -> Result<()> {
+    let v = query(
+        admin,
+        Window {
+            since: a.since,
+            from: a.from.as_deref(),
+            to: a.to.as_deref(),
+            by: a.by.group(),
+            key: a.key,
+            model: a.model,
+        },
+    )
+    .await?;
+    ctx.show(&v, || {
+        let mut rows: Vec<Vec<String>> = v
+            .rows
+            .iter()
+            .map(|r| {
+                vec![
+                    or_dash(&r.group),
+                    r.requests.to_string(),
+                    r.prompt_tokens.to_string(),
+                    r.cached_tokens.to_string(),
+                    r.cache_write_tokens.to_string(),
+                    r.completion_tokens.to_string(),
+                    r.reasoning_tokens.to_string(),
+                    crate::price::fmt_cost(r.cost_nano),
+                    r.unpriced_requests.to_string(),
+                ]
+            })
+            .collect();
+        let total = v.rows.iter().map(|r| r.cost_nano).fold(0u64, u64::saturating_add);
+        let unpriced: u64 = v.rows.iter().map(|r| r.unpriced_requests).sum();
+        rows.push(vec![
+            "(total)".into(),
+            v.rows.iter().map(|r| r.requests).sum::<u64>().to_string(),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+            crate::price::fmt_cost(total),
+            unpriced.to_string(),
+        ]);
+        let by = v.group_by.to_uppercase();
+        table::render(
+            &[
+                &by,
+                "REQUESTS",
+                "PROMPT",
+                "CACHED",
+                "CACHE_WRITE",
+                "COMPLETION",
+                "REASONING",
+                "COST",
+                "UNPRICED",
             ],
             &rows,
         )

@@ -135,7 +135,8 @@ pub enum Fault {
 /// OpenAI: `prompt_tokens`, `completion_tokens`, `total_tokens`,
 /// `prompt_tokens_details.cached_tokens`, `completion_tokens_details.reasoning_tokens`.
 /// Anthropic: `input_tokens` = `prompt_tokens`, `output_tokens` = `completion_tokens`,
-/// `cache_read_input_tokens` = `cached_tokens`.
+/// `cache_read_input_tokens` = `cached_tokens`, `cache_creation_input_tokens` =
+/// `cache_write_tokens` (which OpenAI's wire format has no field for).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Usage {
@@ -143,6 +144,7 @@ pub struct Usage {
     pub completion_tokens: u64,
     pub cached_tokens: u64,
     pub reasoning_tokens: u64,
+    pub cache_write_tokens: u64,
 }
 
 impl Default for Usage {
@@ -152,6 +154,7 @@ impl Default for Usage {
             completion_tokens: 48,
             cached_tokens: 0,
             reasoning_tokens: 0,
+            cache_write_tokens: 0,
         }
     }
 }

@@ -190,7 +190,7 @@ fn anthropic_usage(u: &Usage) -> Value {
         "input_tokens": u.prompt_tokens,
         "output_tokens": u.completion_tokens,
         "cache_read_input_tokens": u.cached_tokens,
-        "cache_creation_input_tokens": 0,
+        "cache_creation_input_tokens": u.cache_write_tokens,
     })
 }
 
@@ -421,7 +421,7 @@ impl StreamEvents {
                             "input_tokens": u.prompt_tokens,
                             "output_tokens": 1,
                             "cache_read_input_tokens": u.cached_tokens,
-                            "cache_creation_input_tokens": 0,
+                            "cache_creation_input_tokens": u.cache_write_tokens,
                         },
                     },
                 }),

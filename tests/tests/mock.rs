@@ -92,6 +92,7 @@ async fn chat_stream_without_and_with_include_usage() {
             completion_tokens: 9,
             cached_tokens: 2,
             reasoning_tokens: 4,
+            cache_write_tokens: 0,
         },
         ..Behavior::default()
     });
@@ -233,6 +234,7 @@ async fn anthropic_messages_plain_and_stream() {
             completion_tokens: 30,
             cached_tokens: 5,
             reasoning_tokens: 0,
+            cache_write_tokens: 0,
         },
         ..Behavior::default()
     });

@@ -287,6 +287,7 @@ async fn responses_usage_events_carry_cached_and_reasoning_tokens() -> Result<()
             completion_tokens: 7,
             cached_tokens: 3,
             reasoning_tokens: 2,
+            cache_write_tokens: 0,
         },
         ..Behavior::default()
     });

@@ -34,6 +34,7 @@ const USAGE: Usage = Usage {
     completion_tokens: 7,
     cached_tokens: 3,
     reasoning_tokens: 2,
+    cache_write_tokens: 0,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

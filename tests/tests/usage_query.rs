@@ -53,7 +53,16 @@ fn rec(
         cached_tokens: 1,
         reasoning_tokens: 0,
         outcome: outcome.into(),
+        cache_write_tokens: 2,
+        // Key b's backend has no price: its records are unpriced, not free.
+        cost_nano: (key != "b").then_some(p * 1000 + 7),
     }
+}
+
+/// The UTC date (`YYYY-MM-DD`) of `ms`.
+fn day(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_millis(ms as u64);
+    humantime::format_rfc3339(t).to_string()[..10].to_string()
 }
 
 fn row<'a>(rows: &'a [pb::UsageRow], g: &str) -> &'a pb::UsageRow {
@@ -116,8 +125,30 @@ store_test!(usage_sums_groups_percentiles_rollup, |db: TestDb| async move {
     assert_eq!(ra.total_tokens, 3 * (100 * 10 + 4));
     assert_eq!(ra.cached_tokens, 104);
     assert_eq!(ra.retries, 104);
+    assert_eq!(ra.cache_write_tokens, 208);
+    assert_eq!(
+        (ra.cost_nano, ra.unpriced_requests),
+        (100 * 10_007 + 4 * 1_007, 0)
+    );
     let rb = row(&by_key, "b");
     assert_eq!((rb.requests, rb.errors, rb.prompt_tokens), (5, 0, 20));
+    assert_eq!((rb.cost_nano, rb.unpriced_requests), (0, 5));
+    // By UTC day: the dates of the records, the same sums.
+    let by_day = a.query_usage(q("day", "")).await?.into_inner().rows;
+    let mut want: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
+    for (ts, n, cost) in [
+        (now - 1000, 105, 100 * 10_007),
+        (now - 3 * 3_600_000, 4, 4 * 1_007),
+    ] {
+        let e = want.entry(day(ts)).or_default();
+        e.0 += n;
+        e.1 += cost;
+    }
+    let got: std::collections::BTreeMap<String, (u64, u64)> = by_day
+        .iter()
+        .map(|r| (r.group.clone(), (r.requests, r.cost_nano)))
+        .collect();
+    assert_eq!(got, want);
     assert_eq!(rb.p50_latency_ms, 7.0);
 
     // Filters, other groupings, time range.
@@ -167,6 +198,15 @@ store_test!(usage_sums_groups_percentiles_rollup, |db: TestDb| async move {
     assert_eq!(row(&after, "a").requests, 104);
     assert_eq!(row(&after, "a").prompt_tokens, 1004);
     assert_eq!(row(&after, "a").errors, 3);
+    assert_eq!(row(&after, "a").cost_nano, 100 * 10_007 + 4 * 1_007);
+    assert_eq!(row(&after, "a").cache_write_tokens, 208);
+    assert_eq!(row(&after, "b").unpriced_requests, 5);
+    let by_day_after = a.query_usage(q("day", "")).await?.into_inner().rows;
+    let got_after: std::collections::BTreeMap<String, (u64, u64)> = by_day_after
+        .iter()
+        .map(|r| (r.group.clone(), (r.requests, r.cost_nano)))
+        .collect();
+    assert_eq!(got_after, want);
     // Resent after the roll-up: still all duplicates, sums unchanged.
     let r = w.report(batch.clone()).await?.into_inner();
     assert_eq!((r.usage_stored, r.usage_duplicates), (0, 109));

@@ -72,6 +72,7 @@ fn event(u: Usage) -> UsageEvent {
         latency_us: 1000,
         ttfb_us: 100,
         usage: u,
+        cost_nano: Some(1_234_000),
         outcome: Outcome::Ok,
     }
 }

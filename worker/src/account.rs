@@ -20,8 +20,58 @@ pub struct Usage {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
     pub total_tokens: u64,
+    /// Cache reads (OpenAI `prompt_tokens_details.cached_tokens`, Anthropic
+    /// `cache_read_input_tokens`); part of `prompt_tokens`.
     pub cached_tokens: u64,
     pub reasoning_tokens: u64,
+    /// Anthropic's `cache_creation_input_tokens`; part of `prompt_tokens`, apart from
+    /// `cached_tokens` (a cache write costs more than an input token, a read less).
+    pub cache_write_tokens: u64,
+}
+
+/// What one token of each class costs, in nano-units of the currency per token, with
+/// the fallbacks applied (an unset cached or cache-write price is the input price, an
+/// unset reasoning price the output price). From the snapshot the request ran under.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Price {
+    pub input: u64,
+    pub cached_input: u64,
+    pub cache_write: u64,
+    pub output: u64,
+    pub reasoning: u64,
+}
+
+impl Price {
+    /// The exact cost of `u` in nano-units: input not read from or written to a cache at
+    /// the input price, cache reads and writes at theirs, output (reasoning left out) at
+    /// the output price, reasoning at its own. Five integer products, saturating.
+    pub fn cost(&self, u: &Usage) -> u64 {
+        let uncached = u
+            .prompt_tokens
+            .saturating_sub(u.cached_tokens)
+            .saturating_sub(u.cache_write_tokens);
+        let reasoning = u.reasoning_tokens.min(u.completion_tokens);
+        let output = u.completion_tokens - reasoning;
+        [
+            (uncached, self.input),
+            (u.cached_tokens, self.cached_input),
+            (u.cache_write_tokens, self.cache_write),
+            (output, self.output),
+            (reasoning, self.reasoning),
+        ]
+        .iter()
+        .fold(0u64, |sum, &(n, p)| sum.saturating_add(n.saturating_mul(p)))
+    }
+}
+
+/// A request's cost with `price` (`None`: the backend has no price), in nano-units;
+/// `None` when it had tokens and no price (unpriced, never free).
+pub fn cost_of(price: Option<&Price>, u: &Usage) -> Option<u64> {
+    match price {
+        Some(p) => Some(p.cost(u)),
+        None if u.prompt_tokens == 0 && u.completion_tokens == 0 => Some(0),
+        None => None,
+    }
 }
 
 /// How a request ended (the `outcome` column of a usage record).
@@ -68,6 +118,8 @@ pub struct UsageEvent {
     pub latency_us: u64,
     pub ttfb_us: u64,
     pub usage: Usage,
+    /// Nano-units of the currency; `None` = unpriced (see [`cost_of`]).
+    pub cost_nano: Option<u64>,
     pub outcome: Outcome,
 }
 
@@ -749,6 +801,7 @@ impl UsageObject {
             let cache_write = self.cache_creation_input_tokens.unwrap_or(0);
             u.prompt_tokens = input.saturating_add(cache_read).saturating_add(cache_write);
             u.cached_tokens = cache_read.saturating_add(self.input_cached_tokens.unwrap_or(0));
+            u.cache_write_tokens = cache_write;
             found = true;
         }
         if let Some(out) = self.output_tokens {
@@ -823,6 +876,7 @@ pub(crate) mod tests {
             total_tokens: 123,
             cached_tokens: 10,
             reasoning_tokens: 64,
+            cache_write_tokens: 0,
         };
         for reply_len in [10, 100_000] {
             let reply = "w\\\"}{".repeat(reply_len);
@@ -892,6 +946,20 @@ pub(crate) mod tests {
         )
         .unwrap();
         assert_eq!((u.prompt_tokens, u.cached_tokens, u.completion_tokens), (5, 1, 5));
+        // Cache writes are counted in the prompt and kept apart from cache reads.
+        let u = parse(
+            br#"{"usage":{"input_tokens":4,"cache_read_input_tokens":1,"cache_creation_input_tokens":6,"output_tokens":5}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                u.prompt_tokens,
+                u.cached_tokens,
+                u.cache_write_tokens,
+                u.total_tokens
+            ),
+            (11, 1, 6, 16)
+        );
         let u = parse(br#"{"usage":null,"message":{"usage":{"input_tokens":7}}}"#).unwrap();
         assert_eq!(u.prompt_tokens, 7);
         // No usage, a non-object usage, a nested usage only, broken JSON: nothing.
@@ -899,6 +967,48 @@ pub(crate) mod tests {
         assert!(parse(br#"{"usage":12,"message":"hi"}"#).is_none());
         assert!(parse(br#"{"data":{"usage":{"prompt_tokens":1}}}"#).is_none());
         assert!(parse(br#"{"usage":{"prompt_tokens":1}"#).is_none());
+    }
+
+    #[test]
+    fn cost_prices_each_token_class_once() {
+        let p = Price {
+            input: 3000,
+            cached_input: 300,
+            cache_write: 3750,
+            output: 15_000,
+            reasoning: 20_000,
+        };
+        let u = Usage {
+            prompt_tokens: 1700,
+            completion_tokens: 200,
+            total_tokens: 1900,
+            cached_tokens: 300,
+            reasoning_tokens: 50,
+            cache_write_tokens: 400,
+        };
+        // 1000 uncached, 300 read, 400 written; 150 output, 50 reasoning.
+        let want = 1000 * 3000 + 300 * 300 + 400 * 3750 + 150 * 15_000 + 50 * 20_000;
+        assert_eq!(p.cost(&u), want);
+        assert_eq!(cost_of(Some(&p), &u), Some(want));
+        // No price: unpriced when there were tokens, free only when there were none.
+        assert_eq!(cost_of(None, &u), None);
+        assert_eq!(cost_of(None, &Usage::default()), Some(0));
+        // Counts that contradict each other (more cached than prompt, more reasoning
+        // than completion) are never charged twice, and nothing overflows.
+        let odd = Usage {
+            prompt_tokens: 10,
+            cached_tokens: 20,
+            completion_tokens: 5,
+            reasoning_tokens: 9,
+            ..Usage::default()
+        };
+        assert_eq!(p.cost(&odd), 20 * 300 + 5 * 20_000);
+        let huge = Usage {
+            prompt_tokens: u64::MAX,
+            completion_tokens: u64::MAX,
+            ..Usage::default()
+        };
+        assert_eq!(p.cost(&huge), u64::MAX);
     }
 
     fn json_value() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
@@ -1066,9 +1176,8 @@ pub(crate) mod tests {
         let mut found = false;
         if let Some(input) = g("input_tokens") {
             let read = g("cache_read_input_tokens").unwrap_or(0);
-            u.prompt_tokens = input
-                .saturating_add(read)
-                .saturating_add(g("cache_creation_input_tokens").unwrap_or(0));
+            let write = g("cache_creation_input_tokens").unwrap_or(0);
+            u.prompt_tokens = input.saturating_add(read).saturating_add(write);
             u.cached_tokens = read.saturating_add(
                 usage
                     .get("input_tokens_details")
@@ -1076,6 +1185,7 @@ pub(crate) mod tests {
                     .and_then(Value::as_u64)
                     .unwrap_or(0),
             );
+            u.cache_write_tokens = write;
             found = true;
         }
         if let Some(out) = g("output_tokens") {

@@ -163,6 +163,8 @@ pub struct Backend {
     pub state: Arc<EndpointState>,
     /// Identity used to keep `state` across swaps.
     pub identity: Arc<str>,
+    /// The backend's price, else its model's; `None` = unpriced.
+    pub price: Option<crate::account::Price>,
 }
 
 #[derive(Debug)]

@@ -36,6 +36,25 @@ fn err(path: impl Into<String>, msg: impl Into<String>) -> ConvertError {
     }
 }
 
+/// A snapshot price with its fallbacks applied (cached input and cache write cost the
+/// input price unless set, reasoning the output price). Control requires `input` and
+/// `output`; a snapshot without them is refused here too, rather than priced at zero.
+fn price(path: &str, p: &pb::Price) -> Result<crate::account::Price, ConvertError> {
+    let input = p
+        .input
+        .ok_or_else(|| err(format!("{path}.input"), "is required"))?;
+    let output = p
+        .output
+        .ok_or_else(|| err(format!("{path}.output"), "is required"))?;
+    Ok(crate::account::Price {
+        input,
+        cached_input: p.cached_input.unwrap_or(input),
+        cache_write: p.cache_write.unwrap_or(input),
+        output,
+        reasoning: p.reasoning.unwrap_or(output),
+    })
+}
+
 fn ms_or(v: u64, default_ms: u64) -> Duration {
     Duration::from_millis(if v == 0 { default_ms } else { v })
 }
@@ -349,6 +368,17 @@ pub fn build(
                 id_hash: stable_hash(name.as_bytes()),
                 state: state.clone(),
             };
+            let price = match b.price.as_ref().or(m.price.as_ref()) {
+                None => None,
+                Some(p) => {
+                    let ppath = if b.price.is_some() {
+                        format!("{}.price", bpath())
+                    } else {
+                        format!("{}.price", path())
+                    };
+                    Some(price(&ppath, p)?)
+                }
+            };
             let upstream_model_json =
                 Bytes::from(serde_json::to_vec(&upstream_model).map_err(|e| err(bpath(), e.to_string()))?);
             let name: Arc<str> = name.into();
@@ -362,6 +392,7 @@ pub fn build(
                     upstream_model_json,
                     state,
                     identity,
+                    price,
                 },
                 ep,
             ));

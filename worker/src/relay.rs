@@ -22,7 +22,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::time::Sleep;
 
 use crate::{
-    account::{Outcome, Usage, UsageEvent, UsageScanner},
+    account::{cost_of, Outcome, Price, Usage, UsageEvent, UsageScanner},
     balance::{EndpointState, InflightGuard},
     body::BoxError,
     errors::{Dialect, ProxyError},
@@ -46,6 +46,8 @@ pub struct Finish {
     /// Metric handles, once the model (and backend) are known.
     pub model_metrics: Option<Arc<ModelHandles>>,
     pub backend_metrics: Option<Arc<BackendHandles>>,
+    /// The backend's price in the request's snapshot (`None`: unpriced, or no backend).
+    pub price: Option<Price>,
     pub stream: bool,
     pub retries: u32,
     pub status: u16,
@@ -79,6 +81,7 @@ impl Finish {
             endpoint,
             model_metrics: None,
             backend_metrics: None,
+            price: None,
             stream: false,
             retries: 0,
             status: 0,
@@ -105,6 +108,7 @@ impl Finish {
             endpoint: std::mem::take(&mut self.endpoint),
             model_metrics: self.model_metrics.take(),
             backend_metrics: self.backend_metrics.take(),
+            price: self.price,
             stream: self.stream,
             retries: self.retries,
             status: self.status,
@@ -180,6 +184,7 @@ impl Finish {
                 latency_us: latency.as_micros() as u64,
                 ttfb_us: self.ttfb.map_or(0, |t| t.as_micros() as u64),
                 usage: usage.unwrap_or_default(),
+                cost_nano: cost_of(self.price.as_ref(), &usage.unwrap_or_default()),
                 outcome,
             });
         }

@@ -45,6 +45,7 @@ pub fn response_head(
     f.provider = t.provider.name.clone();
     f.credential = t.cred.name.clone();
     f.backend_metrics = Some(t.backend.metrics.clone());
+    f.price = t.backend.price;
     f.stream |= answer.sse;
     f.status = answer.head.status.as_u16();
     f.error = None;

@@ -88,6 +88,11 @@ fn usage_fields(ev: &UsageEvent, id: &str, f: &mut impl Fields) {
     f.varint(20, ev.usage.cached_tokens);
     f.varint(21, ev.usage.reasoning_tokens);
     f.str(22, ev.outcome.as_str());
+    f.varint(23, ev.usage.cache_write_tokens);
+    // `optional`: present even when 0 (free is not unpriced).
+    if let Some(c) = ev.cost_nano {
+        f.present_varint(24, c);
+    }
 }
 
 /// What a message's fields go to: their encoded length, or the buffer. One field list
@@ -96,6 +101,8 @@ trait Fields {
     fn str(&mut self, tag: u32, v: &str);
     /// int64, uint32, uint64 and bool are all a varint of the value as u64.
     fn varint(&mut self, tag: u32, v: u64);
+    /// An `optional` field that is set: written even when 0.
+    fn present_varint(&mut self, tag: u32, v: u64);
 }
 
 struct Len(usize);
@@ -108,8 +115,11 @@ impl Fields for Len {
     }
     fn varint(&mut self, tag: u32, v: u64) {
         if v != 0 {
-            self.0 += key_len(tag) + encoded_len_varint(v);
+            self.present_varint(tag, v);
         }
+    }
+    fn present_varint(&mut self, tag: u32, v: u64) {
+        self.0 += key_len(tag) + encoded_len_varint(v);
     }
 }
 
@@ -125,9 +135,12 @@ impl Fields for Write<'_> {
     }
     fn varint(&mut self, tag: u32, v: u64) {
         if v != 0 {
-            encode_key(tag, WireType::Varint, self.0);
-            encode_varint(v, self.0);
+            self.present_varint(tag, v);
         }
+    }
+    fn present_varint(&mut self, tag: u32, v: u64) {
+        encode_key(tag, WireType::Varint, self.0);
+        encode_varint(v, self.0);
     }
 }
 
@@ -167,6 +180,8 @@ mod tests {
             cached_tokens: ev.usage.cached_tokens,
             reasoning_tokens: ev.usage.reasoning_tokens,
             outcome: ev.outcome.as_str().to_string(),
+            cache_write_tokens: ev.usage.cache_write_tokens,
+            cost_nano: ev.cost_nano,
         }
     }
 
@@ -197,7 +212,8 @@ mod tests {
             status in any::<u16>(),
             stream in any::<bool>(),
             retries in prop_oneof![Just(0u32), any::<u32>()],
-            nums in proptest::collection::vec(num(), 7),
+            nums in proptest::collection::vec(num(), 8),
+            cost in prop_oneof![Just(None), Just(Some(0u64)), num().prop_map(Some)],
             outcome in 0..OUTCOMES.len(),
         ) -> UsageEvent {
             let a = |i: usize| -> Arc<str> { strs[i].as_str().into() };
@@ -222,7 +238,9 @@ mod tests {
                     total_tokens: nums[4],
                     cached_tokens: nums[5],
                     reasoning_tokens: nums[6],
+                    cache_write_tokens: nums[7],
                 },
+                cost_nano: cost,
                 outcome: OUTCOMES[outcome],
             }
         }

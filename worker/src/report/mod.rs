@@ -827,6 +827,7 @@ mod tests {
             latency_us: 1,
             ttfb_us: 1,
             usage: Default::default(),
+            cost_nano: Some(0),
             outcome: crate::account::Outcome::Ok,
         };
         sink.record(ev.clone());

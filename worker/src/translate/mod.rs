@@ -299,6 +299,7 @@ impl Usage {
             total_tokens: self.prompt().saturating_add(self.output),
             cached_tokens: self.cache_read,
             reasoning_tokens: self.reasoning,
+            cache_write_tokens: self.cache_write,
         }
     }
 }

@@ -1878,6 +1878,7 @@ fn translate_mock_wire_formats() {
                 completion_tokens: 9,
                 cached_tokens: 4,
                 reasoning_tokens: 0,
+                cache_write_tokens: 0,
             },
             ..Behavior::default()
         };
