@@ -154,7 +154,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let (access_log, _access_guard) =
         switchyard_worker::accesslog::spawn(std::io::stderr()).context("start the access log")?;
     let mut cfg = switchyard_worker::Config::new(args.listen);
-    cfg.control_url = Some(args.control);
+    cfg.control_url = Some(args.control.clone());
     let token = match (args.worker_token, &args.worker_token_file) {
         (Some(t), _) => Some(t),
         (None, Some(f)) => {
@@ -174,6 +174,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         cert: args.client_cert,
         key: args.client_key,
     };
+    // Bad TLS settings (a missing file, a CA with an http:// URL) fail here, not as a
+    // reconnect loop.
+    switchyard_proto::channel::endpoint(&args.control, &cfg.control_tls).context("--control")?;
     cfg.worker_id = args.worker_id.unwrap_or_else(default_worker_id);
     cfg.state_dir = Some(args.state_dir);
     cfg.drain_timeout = args.drain_timeout;
