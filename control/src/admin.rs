@@ -29,6 +29,9 @@ pub struct AdminSvc {
     pub snapshots: watch::Receiver<Arc<Published>>,
     pub registry: Arc<Registry>,
     pub started_at_ms: i64,
+    /// `plaintext`, `tls` or `mtls`.
+    pub transport: &'static str,
+    pub insecure: bool,
 }
 
 fn not_found(what: String) -> Error {
@@ -652,6 +655,8 @@ impl Admin for AdminSvc {
             software_version: env!("CARGO_PKG_VERSION").into(),
             started_at_ms: self.started_at_ms,
             secrets_encrypted: self.store.encrypts(),
+            transport: self.transport.into(),
+            insecure: self.insecure,
         }))
     }
 

@@ -51,3 +51,31 @@ impl tonic::service::Interceptor for BearerAuth {
         self.check(req)
     }
 }
+
+/// The WorkerApi gate. A plaintext connection from another machine is refused unless
+/// control runs with `--insecure`: snapshots carry every provider secret, and the
+/// bearer token itself would cross the network in the clear. A client certificate that
+/// the TLS layer verified (mTLS) authenticates the worker by itself; otherwise the
+/// worker token is checked.
+#[derive(Clone)]
+pub struct WorkerAuth {
+    pub bearer: BearerAuth,
+    pub insecure: bool,
+}
+
+impl tonic::service::Interceptor for WorkerAuth {
+    fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
+        let peer = crate::tls::Peer::of(&req);
+        if !crate::tls::may_stream_secrets(peer.tls, peer.addr, self.insecure) {
+            tracing::warn!(peer = ?peer.addr, "refused a worker over plaintext from a non-loopback address");
+            return Err(Status::permission_denied(
+                "control refuses workers over plaintext from a non-loopback address (snapshots carry secrets): \
+                 serve TLS (--tls-cert/--tls-key) and connect with https://, or start control with --insecure",
+            ));
+        }
+        if peer.identity.is_some() {
+            return Ok(req);
+        }
+        self.bearer.check(req)
+    }
+}

@@ -21,6 +21,7 @@ pub mod model;
 pub mod secret;
 pub mod snapshot;
 pub mod store;
+pub mod tls;
 pub mod usage;
 pub mod watch;
 
@@ -81,8 +82,12 @@ pub struct Config {
     pub http_listen: Option<SocketAddr>,
     pub admin_token: Option<Secret>,
     pub worker_token: Option<Secret>,
-    /// Allow listening on a non-loopback address without tokens.
+    /// Allow listening on a non-loopback address without tokens, and streaming
+    /// snapshots over plaintext to non-loopback workers.
     pub insecure: bool,
+    /// Serve the gRPC API over TLS (and require client certificates when it names a
+    /// client CA).
+    pub tls: Option<tls::TlsFiles>,
     /// Encrypts credential secrets at rest when set.
     pub master_key: Option<MasterKey>,
     /// Earlier keys, to decrypt (and re-encrypt at start) secrets after a rotation.
@@ -102,6 +107,7 @@ impl Default for Config {
             admin_token: None,
             worker_token: None,
             insecure: false,
+            tls: None,
             master_key: None,
             old_master_keys: Vec::new(),
             usage_retention: Some(std::time::Duration::from_secs(30 * 24 * 3600)),
@@ -116,7 +122,9 @@ impl Config {
             if self.admin_token.is_none() {
                 missing.push("admin token (SWITCHYARD_ADMIN_TOKEN)");
             }
-            if self.worker_token.is_none() {
+            // Under mTLS a worker's certificate is its credential.
+            let mtls = self.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+            if self.worker_token.is_none() && !mtls {
                 missing.push("worker token (SWITCHYARD_WORKER_TOKEN)");
             }
             if !missing.is_empty() {
@@ -199,6 +207,18 @@ pub async fn start(cfg: Config) -> Result<Running, Error> {
     let registry = Arc::new(watch::Registry::default());
     registry.seed(store.load_workers().await?);
 
+    let tls = cfg.tls.as_ref().map(tls::server_config).transpose()?;
+    let transport = match &cfg.tls {
+        None => "plaintext",
+        Some(t) if t.client_ca.is_some() => "mtls",
+        Some(_) => "tls",
+    };
+    if cfg.insecure {
+        tracing::warn!(
+            "--insecure: control accepts clients without tokens on any address and streams snapshots \
+             (provider secrets included) over plaintext to non-loopback workers"
+        );
+    }
     let grpc = TcpListener::bind(cfg.grpc_listen).await?;
     let grpc_addr = grpc.local_addr()?;
     let http = match cfg.http_listen {
@@ -236,6 +256,8 @@ pub async fn start(cfg: Config) -> Result<Running, Error> {
         snapshots: snap_rx.clone(),
         registry: registry.clone(),
         started_at_ms,
+        transport,
+        insecure: cfg.insecure,
     };
     let worker = watch::WorkerSvc {
         store: store.clone(),
@@ -273,7 +295,10 @@ pub async fn start(cfg: Config) -> Result<Running, Error> {
         WorkerApiServer::new(worker)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES),
-        auth::BearerAuth::new(cfg.worker_token.as_ref(), "worker"),
+        auth::WorkerAuth {
+            bearer: auth::BearerAuth::new(cfg.worker_token.as_ref(), "worker"),
+            insecure: cfg.insecure,
+        },
     );
     let server = tonic::transport::Server::builder()
         .add_service(health_svc)
@@ -281,17 +306,34 @@ pub async fn start(cfg: Config) -> Result<Running, Error> {
         .add_service(reflection_v1alpha)
         .add_service(admin_svc)
         .add_service(worker_svc);
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc);
     let c = cancel.clone();
-    tasks.spawn(async move {
-        if let Err(e) = server
-            .serve_with_incoming_shutdown(incoming, c.clone().cancelled_owned())
-            .await
-        {
-            tracing::error!(error = %e, "gRPC server failed");
+    match tls {
+        None => {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc);
+            tasks.spawn(async move {
+                if let Err(e) = server
+                    .serve_with_incoming_shutdown(incoming, c.clone().cancelled_owned())
+                    .await
+                {
+                    tracing::error!(error = %e, "gRPC server failed");
+                }
+                c.cancel();
+            });
         }
-        c.cancel();
-    });
+        Some((config, resolver)) => {
+            tasks.spawn(tls::run_reloader(resolver, cancel.clone()));
+            let incoming = tls::incoming(grpc, config, tasks.clone(), cancel.clone());
+            tasks.spawn(async move {
+                if let Err(e) = server
+                    .serve_with_incoming_shutdown(incoming, c.clone().cancelled_owned())
+                    .await
+                {
+                    tracing::error!(error = %e, "gRPC server failed");
+                }
+                c.cancel();
+            });
+        }
+    }
     if let Some(listener) = http {
         let c = cancel.clone();
         let router = http::router(metrics.clone());
@@ -306,7 +348,7 @@ pub async fn start(cfg: Config) -> Result<Running, Error> {
         });
     }
     tasks.close();
-    tracing::info!(%grpc_addr, ?http_addr, store = store.kind().as_str(), version, "control plane started");
+    tracing::info!(%grpc_addr, ?http_addr, store = store.kind().as_str(), version, transport, "control plane started");
     Ok(Running {
         grpc_addr,
         http_addr,

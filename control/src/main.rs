@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use clap::Parser;
-use switchyard_control::{Config, MasterKey, Secret};
+use switchyard_control::{tls::TlsFiles, Config, MasterKey, Secret};
 
 #[derive(Parser, Debug)]
 #[command(name = "switchyard-control", version, about = "Switchyard control plane")]
@@ -20,8 +20,24 @@ struct Args {
     http_listen: SocketAddr,
     #[arg(long, env = "SWITCHYARD_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// Read the admin token from this file (it then does not show in `ps`).
+    #[arg(long, env = "SWITCHYARD_ADMIN_TOKEN_FILE", conflicts_with = "admin_token")]
+    admin_token_file: Option<PathBuf>,
     #[arg(long, env = "SWITCHYARD_WORKER_TOKEN", hide_env_values = true)]
     worker_token: Option<String>,
+    /// Read the worker token from this file.
+    #[arg(long, env = "SWITCHYARD_WORKER_TOKEN_FILE", conflicts_with = "worker_token")]
+    worker_token_file: Option<PathBuf>,
+    /// PEM certificate (chain) for the gRPC listener: serve TLS. Re-read when it changes.
+    #[arg(long, env = "SWITCHYARD_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of `--tls-cert`.
+    #[arg(long, env = "SWITCHYARD_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// PEM CA certificate(s): require client certificates signed by it (mTLS). A
+    /// worker's certificate then names it (CN, else first DNS SAN) and replaces the token.
+    #[arg(long, env = "SWITCHYARD_TLS_CLIENT_CA", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
     /// 32 bytes, base64 or hex: encrypts credential secrets at rest.
     #[arg(long, env = "SWITCHYARD_MASTER_KEY", hide_env_values = true)]
     master_key: Option<String>,
@@ -34,9 +50,31 @@ struct Args {
     /// aggregates; `0` keeps them forever.
     #[arg(long, env = "SWITCHYARD_USAGE_RETENTION", default_value = "30d", value_parser = humantime::parse_duration)]
     usage_retention: std::time::Duration,
-    /// Allow a non-loopback listen address without tokens.
+    /// Allow a non-loopback listen address without tokens, and snapshots (with their
+    /// secrets) over plaintext to non-loopback workers. Logged as a warning at start.
     #[arg(long)]
     insecure: bool,
+}
+
+/// A token from its flag, else from its file (trailing newline removed).
+fn token(
+    value: Option<String>,
+    file: Option<&std::path::Path>,
+) -> Result<Option<Secret>, switchyard_control::Error> {
+    let v = match (value, file) {
+        (Some(v), _) => v,
+        (None, Some(f)) => {
+            let cfg = |m: String| switchyard_control::Error::Config(format!("{}: {m}", f.display()));
+            let v = std::fs::read_to_string(f).map_err(|e| cfg(e.to_string()))?;
+            let v = v.trim_end().to_string();
+            if v.is_empty() {
+                return Err(cfg("the token file is empty".into()));
+            }
+            v
+        }
+        (None, None) => return Ok(None),
+    };
+    Ok(Some(v).filter(|s| !s.is_empty()).map(Secret::new))
 }
 
 fn config(a: Args) -> Result<Config, switchyard_control::Error> {
@@ -45,9 +83,17 @@ fn config(a: Args) -> Result<Config, switchyard_control::Error> {
         data_dir: a.data_dir,
         grpc_listen: a.grpc_listen,
         http_listen: Some(a.http_listen),
-        admin_token: a.admin_token.filter(|s| !s.is_empty()).map(Secret::new),
-        worker_token: a.worker_token.filter(|s| !s.is_empty()).map(Secret::new),
+        admin_token: token(a.admin_token, a.admin_token_file.as_deref())?,
+        worker_token: token(a.worker_token, a.worker_token_file.as_deref())?,
         insecure: a.insecure,
+        tls: match (a.tls_cert, a.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert,
+                key,
+                client_ca: a.tls_client_ca,
+            }),
+            _ => None,
+        },
         usage_retention: Some(a.usage_retention).filter(|d| !d.is_zero()),
         master_key: a
             .master_key

@@ -85,6 +85,7 @@ impl WorkerApi for WorkerSvc {
         &self,
         req: Request<Streaming<pb::WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        let cert_identity = crate::tls::Peer::of(&req).identity;
         let mut inbound = req.into_inner();
         let first = tokio::time::timeout(Duration::from_secs(30), inbound.message())
             .await
@@ -102,7 +103,16 @@ impl WorkerApi for WorkerSvc {
                 "hello.worker_id must be 1..=200 printable characters",
             ));
         }
-        let id = hello.worker_id.clone();
+        // Under mTLS the certificate names the worker, whatever its Hello says.
+        let id = match cert_identity {
+            Some(c) if valid_worker_id(&c) => c,
+            Some(_) => {
+                return Err(Status::permission_denied(
+                    "the client certificate names no usable worker id",
+                ))
+            }
+            None => hello.worker_id.clone(),
+        };
         let now = now_ms();
         let w = self.registry.update(&id, |w| {
             w.connections += 1;
@@ -170,7 +180,17 @@ impl WorkerApi for WorkerSvc {
     }
 
     async fn report(&self, req: Request<pb::ReportRequest>) -> Result<Response<pb::ReportResponse>, Status> {
-        let req = req.into_inner();
+        let cert_identity = crate::tls::Peer::of(&req).identity;
+        let mut req = req.into_inner();
+        if let Some(id) = cert_identity {
+            for u in &mut req.usage {
+                u.worker_id.clone_from(&id);
+            }
+            for h in &mut req.health {
+                h.worker_id.clone_from(&id);
+            }
+            req.worker_id = id;
+        }
         let (us, ud, hs, hd) = self.store.report(&req).await?;
         self.metrics.report_batches.inc();
         self.metrics.report_usage_rows.inc_by(u64::from(us));

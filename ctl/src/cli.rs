@@ -38,6 +38,25 @@ pub struct Cli {
     #[arg(long, global = true, help_heading = "Global options", value_name = "TOKEN")]
     pub token: Option<String>,
 
+    /// Read the admin token from this file, so it does not show in `ps`
+    /// [env: SWITCHYARD_ADMIN_TOKEN_FILE].
+    #[arg(long, global = true, help_heading = "Global options", value_name = "FILE")]
+    pub token_file: Option<std::path::PathBuf>,
+
+    /// PEM CA that signs control's certificate, for an `https://` URL (default: the
+    /// public web roots) [env: SWITCHYARD_CONTROL_CA].
+    #[arg(long, global = true, help_heading = "Global options", value_name = "FILE")]
+    pub control_ca: Option<std::path::PathBuf>,
+
+    /// PEM client certificate for a control plane that requires mTLS
+    /// [env: SWITCHYARD_CLIENT_CERT].
+    #[arg(long, global = true, help_heading = "Global options", value_name = "FILE")]
+    pub client_cert: Option<std::path::PathBuf>,
+
+    /// PEM key of `--client-cert` [env: SWITCHYARD_CLIENT_KEY].
+    #[arg(long, global = true, help_heading = "Global options", value_name = "FILE")]
+    pub client_key: Option<std::path::PathBuf>,
+
     /// Output format. `json` is complete and stable, for scripts.
     #[arg(short, long, global = true, help_heading = "Global options", value_enum, default_value_t = Output::Table)]
     pub output: Output,
@@ -55,9 +74,39 @@ impl Cli {
             .unwrap_or_else(|| DEFAULT_CONTROL_URL.to_string())
     }
 
-    /// `--token`, else `SWITCHYARD_ADMIN_TOKEN`.
-    pub fn admin_token(&self) -> Option<String> {
-        self.token.clone().or_else(|| env_value("SWITCHYARD_ADMIN_TOKEN"))
+    /// `--token`, else `--token-file`, else `SWITCHYARD_ADMIN_TOKEN`, else
+    /// `SWITCHYARD_ADMIN_TOKEN_FILE` (a file's trailing newline removed).
+    pub fn admin_token(&self) -> std::io::Result<Option<String>> {
+        if let Some(t) = &self.token {
+            return Ok(Some(t.clone()));
+        }
+        let read = |p: &std::path::Path| {
+            std::fs::read_to_string(p)
+                .map(|t| Some(t.trim_end().to_string()))
+                .map_err(|e| std::io::Error::new(e.kind(), format!("token file {}: {e}", p.display())))
+        };
+        if let Some(f) = &self.token_file {
+            return read(f);
+        }
+        if let Some(t) = env_value("SWITCHYARD_ADMIN_TOKEN") {
+            return Ok(Some(t));
+        }
+        match env_value("SWITCHYARD_ADMIN_TOKEN_FILE") {
+            Some(f) => read(std::path::Path::new(&f)),
+            None => Ok(None),
+        }
+    }
+
+    /// TLS to control, from the flags, else the environment.
+    pub fn control_tls(&self) -> switchyard_proto::channel::ClientTls {
+        let pick = |flag: &Option<std::path::PathBuf>, env: &str| {
+            flag.clone().or_else(|| env_value(env).map(Into::into))
+        };
+        switchyard_proto::channel::ClientTls {
+            ca: pick(&self.control_ca, "SWITCHYARD_CONTROL_CA"),
+            cert: pick(&self.client_cert, "SWITCHYARD_CLIENT_CERT"),
+            key: pick(&self.client_key, "SWITCHYARD_CLIENT_KEY"),
+        }
     }
 }
 
@@ -107,6 +156,9 @@ pub enum Command {
     Prices,
     /// Backend and credential health as the fleet sees it; `health history TARGET`.
     Health(crate::usage::HealthArgs),
+    /// Certificates for running control and workers over mTLS (`certs init DIR`).
+    #[command(subcommand)]
+    Certs(CertsCmd),
     /// Print a shell completion script (e.g. `switchyard completions bash > /etc/bash_completion.d/switchyard`).
     Completions {
         #[arg(value_enum)]
@@ -115,6 +167,13 @@ pub enum Command {
     /// Run a whole gateway in one process: control plane (SQLite under --data-dir), one
     /// worker, and with --demo a mock upstream. Prints the URL, keys and a curl line.
     Up(crate::up::UpArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertsCmd {
+    /// Write a private CA, control's certificate and client certificates (keys 0600),
+    /// and print the flags that use them.
+    Init(crate::certs::CertsInitArgs),
 }
 
 // ---------------------------------------------------------------------------

@@ -9,7 +9,7 @@ use tonic::{
     codegen::InterceptedService,
     metadata::{Ascii, MetadataValue},
     service::Interceptor,
-    transport::{Channel, Endpoint},
+    transport::Channel,
     Code, Status,
 };
 
@@ -63,7 +63,11 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 
 impl Admin {
     /// Connect eagerly so that a wrong URL fails here with a clear message.
-    pub async fn connect(url: &str, token: Option<&str>) -> Result<Admin> {
+    pub async fn connect(
+        url: &str,
+        token: Option<&str>,
+        tls: &switchyard_proto::channel::ClientTls,
+    ) -> Result<Admin> {
         let auth = match token.filter(|t| !t.is_empty()) {
             None => None,
             Some(t) => Some(
@@ -72,8 +76,8 @@ impl Admin {
                     .map_err(|_| anyhow!("the admin token contains characters not allowed in a header"))?,
             ),
         };
-        let endpoint = Endpoint::from_shared(url.to_string())
-            .map_err(|e| anyhow!("invalid control URL `{url}`: {}", error_chain(&e)))?
+        let endpoint = switchyard_proto::channel::endpoint(url, tls)
+            .map_err(|e| anyhow!("{}", error_chain(&e)))?
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(60));
         let channel = endpoint
@@ -154,7 +158,11 @@ mod tests {
             .unwrap()
             .port();
         let url = format!("http://127.0.0.1:{port}");
-        let e = Admin::connect(&url, None).await.err().unwrap().to_string();
+        let e = Admin::connect(&url, None, &Default::default())
+            .await
+            .err()
+            .unwrap()
+            .to_string();
         assert!(
             e.starts_with(&format!("cannot reach the control plane at {url}: ")),
             "{e}"

@@ -1484,6 +1484,8 @@ pub async fn status(ctx: &Ctx, admin: &mut Admin) -> Result<()> {
         software_version: s.software_version,
         started_at_ms: s.started_at_ms,
         secrets_encrypted: s.secrets_encrypted,
+        transport: s.transport,
+        insecure: s.insecure,
     };
     ctx.show(&v, || {
         table::render_kv(&[
@@ -1496,6 +1498,17 @@ pub async fn status(ctx: &Ctx, admin: &mut Admin) -> Result<()> {
                 format!("{} ({})", or_dash(&v.store), or_dash(&v.store_location)),
             ),
             ("secrets encrypted", yes_no(v.secrets_encrypted)),
+            (
+                "transport",
+                if v.insecure {
+                    format!(
+                        "{} (--insecure: snapshots may go unencrypted to other hosts)",
+                        or_dash(&v.transport)
+                    )
+                } else {
+                    or_dash(&v.transport)
+                },
+            ),
             ("started", time_cell(v.started_at_ms)),
             (
                 "workers in sync",

@@ -4,6 +4,7 @@
 //! here so that it can be unit-tested. Admin commands talk to the control plane only
 //! through its gRPC API (see `client`).
 
+pub mod certs;
 pub mod cli;
 pub mod client;
 pub mod commands;
@@ -85,6 +86,10 @@ pub async fn run(cli: Cli) -> Result<()> {
     let ctx = commands::Ctx { output: cli.output };
     // Commands that need no control plane.
     let document = match &cli.command {
+        Command::Certs(cli::CertsCmd::Init(a)) => {
+            let msg = certs::init(a).map_err(|e| UsageError(format!("{e:#}")))?;
+            return out(&msg);
+        }
         Command::Completions { shell } => {
             let mut cmd = Cli::command();
             let mut script = Vec::new();
@@ -128,7 +133,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         _ => None,
     };
-    let mut admin = client::Admin::connect(&cli.control_url(), cli.admin_token().as_deref()).await?;
+    let token = cli.admin_token().map_err(|e| UsageError(e.to_string()))?;
+    let mut admin = client::Admin::connect(&cli.control_url(), token.as_deref(), &cli.control_tls()).await?;
     let admin = &mut admin;
     match cli.command {
         Command::Providers(c) => commands::providers(&ctx, admin, c).await,
@@ -143,6 +149,6 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Usage(a) => usage::usage(&ctx, admin, a).await,
         Command::Spend(a) => usage::spend(&ctx, admin, a).await,
         Command::Health(a) => usage::health(&ctx, admin, a).await,
-        Command::Completions { .. } | Command::Up(_) | Command::Prices => Ok(()),
+        Command::Completions { .. } | Command::Up(_) | Command::Prices | Command::Certs(_) => Ok(()),
     }
 }

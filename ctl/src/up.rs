@@ -514,7 +514,7 @@ pub async fn run(a: UpArgs) -> Result<()> {
     let control_url = format!("http://{grpc}");
 
     // 2. Configuration through the Admin API: client key, demo, --config.
-    let mut admin = Admin::connect(&control_url, Some(&state.admin_token)).await?;
+    let mut admin = Admin::connect(&control_url, Some(&state.admin_token), &Default::default()).await?;
     ensure_client_key(&mut admin, &state, a.demo).await?;
     let mock = if a.demo {
         let mock = start_demo_mock(&mut state, &a.data_dir).await?;

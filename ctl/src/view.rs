@@ -173,6 +173,10 @@ pub struct StatusView {
     pub software_version: String,
     pub started_at_ms: i64,
     pub secrets_encrypted: bool,
+    /// The gRPC listener: `plaintext`, `tls` or `mtls`.
+    pub transport: String,
+    /// Control was started with `--insecure`.
+    pub insecure: bool,
 }
 
 #[derive(Debug, Serialize)]

@@ -11,4 +11,6 @@ pub mod v1 {
 /// Encoded `FileDescriptorSet` for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/switchyard_descriptor.bin"));
 
+pub mod channel;
+
 pub use v1::*;

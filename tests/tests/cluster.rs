@@ -22,7 +22,8 @@ use switchyard_tests::{bin_path, stable_port, wait_for, DbKind, Proc, TestDb};
 use tokio::process::{Child, Command};
 
 const ADMIN_TOKEN: &str = "cluster-admin-token-0123456789";
-const WORKER_TOKEN: &str = "cluster-worker-token-0123456789";
+/// The directory `switchyard certs init` wrote (as compose's one-shot `certs` service does).
+static CERTS: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -75,24 +76,47 @@ struct Cluster {
 }
 
 impl Cluster {
+    /// Control over mTLS, as compose runs it: its certificate names `localhost`.
     fn control_url(&self) -> String {
-        format!("http://{}", self.control_grpc)
+        format!("https://localhost:{}", self.control_grpc.port())
+    }
+
+    /// What compose's `/certs/...` paths are here.
+    fn cert_paths(&self) -> Vec<(&'static str, String)> {
+        let d = self.dir.path().join("certs");
+        [
+            "ca.pem",
+            "control.pem",
+            "control-key.pem",
+            "worker.pem",
+            "worker-key.pem",
+        ]
+        .into_iter()
+        .map(|f| {
+            let from: &'static str = match f {
+                "ca.pem" => "/certs/ca.pem",
+                "control.pem" => "/certs/control.pem",
+                "control-key.pem" => "/certs/control-key.pem",
+                "worker.pem" => "/certs/worker.pem",
+                _ => "/certs/worker-key.pem",
+            };
+            (from, d.join(f).display().to_string())
+        })
+        .collect()
     }
 
     async fn start_control(&mut self) -> Result<()> {
-        let mut args = localise(
-            compose_command("control")?,
-            &[
-                ("0.0.0.0:50051", self.control_grpc.to_string()),
-                ("0.0.0.0:9090", "127.0.0.1:0".to_string()),
-            ],
-        );
+        let mut subst = vec![
+            ("0.0.0.0:50051", self.control_grpc.to_string()),
+            ("0.0.0.0:9090", "127.0.0.1:0".to_string()),
+        ];
+        subst.extend(self.cert_paths());
+        let mut args = localise(compose_command("control")?, &subst);
         let prog = args.remove(0);
         let mut cmd = Command::new(bin_path(&prog));
         cmd.args(&args)
             .env("SWITCHYARD_DATABASE_URL", &self.db.url)
             .env("SWITCHYARD_ADMIN_TOKEN", ADMIN_TOKEN)
-            .env("SWITCHYARD_WORKER_TOKEN", WORKER_TOKEN)
             .env("SWITCHYARD_DATA_DIR", self.dir.path().join("control"));
         self.control = Some(Proc::spawn("control", cmd).await?);
         Ok(())
@@ -100,19 +124,16 @@ impl Cluster {
 
     async fn start_worker(&mut self, i: usize) -> Result<()> {
         let state = self.dir.path().join(format!("worker-{i}"));
-        let mut args = localise(
-            compose_command("worker")?,
-            &[
-                ("0.0.0.0:8080", format!("127.0.0.1:{}", self.worker_ports[i])),
-                ("http://control:50051", self.control_url()),
-                ("/var/lib/switchyard/state", state.display().to_string()),
-            ],
-        );
+        let mut subst = vec![
+            ("0.0.0.0:8080", format!("127.0.0.1:{}", self.worker_ports[i])),
+            ("https://control:50051", self.control_url()),
+            ("/var/lib/switchyard/state", state.display().to_string()),
+        ];
+        subst.extend(self.cert_paths());
+        let mut args = localise(compose_command("worker")?, &subst);
         let prog = args.remove(0);
         let mut cmd = Command::new(bin_path(&prog));
-        cmd.args(&args)
-            .env("SWITCHYARD_WORKER_TOKEN", WORKER_TOKEN)
-            .env("SWITCHYARD_WORKER_ID", format!("worker-{i}"));
+        cmd.args(&args).env("SWITCHYARD_WORKER_ID", format!("worker-{i}"));
         let p = Proc::spawn(&format!("worker-{i}"), cmd).await?;
         if self.workers.len() <= i {
             self.workers.resize_with(i + 1, || None);
@@ -126,12 +147,18 @@ impl Cluster {
     }
 }
 
+/// The CLI against control, over mTLS with the admin certificate `certs init` made
+/// (`CERTS` is set by the test once the certificates exist).
 async fn ctl(control: &str, args: &[&str], env: &[(&str, &str)]) -> Result<String> {
+    let certs = CERTS.get().context("certificates not made yet")?;
     let mut cmd = Command::new(bin_path("switchyard"));
     cmd.arg("--control")
         .arg(control)
         .args(args)
-        .env("SWITCHYARD_ADMIN_TOKEN", ADMIN_TOKEN);
+        .env("SWITCHYARD_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("SWITCHYARD_CONTROL_CA", certs.join("ca.pem"))
+        .env("SWITCHYARD_CLIENT_CERT", certs.join("admin.pem"))
+        .env("SWITCHYARD_CLIENT_KEY", certs.join("admin-key.pem"));
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -193,6 +220,32 @@ async fn cluster_behind_haproxy() -> Result<()> {
 
     let mock = switchyard_mock::MockServer::start(switchyard_mock::MockOptions::default()).await?;
     let dir = tempfile::tempdir()?;
+    // What compose's one-shot `certs` service runs (its entrypoint in docker-compose.yml).
+    let certs = dir.path().join("certs");
+    let made = Command::new(bin_path("switchyard"))
+        .args(["certs", "init"])
+        .arg(&certs)
+        .args([
+            "--control-name",
+            "control",
+            "--control-name",
+            "localhost",
+            "--worker",
+            "worker",
+        ])
+        .output()
+        .await?;
+    if !made.status.success() {
+        bail!("certs init: {}", String::from_utf8_lossy(&made.stderr));
+    }
+    let compose = std::fs::read_to_string(repo_root().join("docker-compose.yml"))?;
+    assert!(
+        compose.contains(
+            "switchyard certs init /certs --control-name control --control-name localhost --worker worker"
+        ),
+        "the test makes its certificates as compose's certs service does: keep them in step"
+    );
+    CERTS.set(certs).ok();
     let control_grpc: SocketAddr = format!("127.0.0.1:{}", stable_port()).parse()?;
     let worker_ports: Vec<u16> = (0..4).map(|_| stable_port()).collect();
     let lb_port = stable_port();

@@ -90,6 +90,8 @@ pub struct Config {
     /// Control plane gRPC URL; `None` runs from the state file only.
     pub control_url: Option<String>,
     pub worker_token: Option<Secret>,
+    /// TLS to control: CA file and client certificate (`https://` control URLs).
+    pub control_tls: switchyard_proto::channel::ClientTls,
     pub worker_id: String,
     /// Where the last-known-good snapshot is kept; `None` disables it.
     pub state_dir: Option<PathBuf>,
@@ -151,6 +153,7 @@ impl Config {
             listen,
             control_url: None,
             worker_token: None,
+            control_tls: Default::default(),
             worker_id: format!("worker-{}", uuid::Uuid::new_v4().simple()),
             state_dir: None,
             drain_timeout: Duration::from_secs(30),
@@ -362,6 +365,7 @@ pub async fn start(cfg: Config) -> Result<Running, Error> {
     if let (None, Some(url)) = (&usage_sink, &cfg.control_url) {
         let mut rc = report::ReportConfig::new(url.clone(), cfg.worker_id.clone());
         rc.worker_token = cfg.worker_token.clone();
+        rc.tls = cfg.control_tls.clone();
         rc.state_dir = cfg.state_dir.clone();
         rc.shutdown_budget = cfg.drain_timeout;
         let (sink, rx) = report::ReportSink::new(rc.queue, metrics.usage_dropped.clone());
@@ -406,6 +410,7 @@ pub async fn start(cfg: Config) -> Result<Running, Error> {
         let wc = watch::WatchConfig {
             control_url: url.clone(),
             worker_token: cfg.worker_token.clone(),
+            tls: cfg.control_tls.clone(),
             worker_id: cfg.worker_id.clone(),
             state_dir: cfg.state_dir.clone(),
             advertise_address: http_addr.to_string(),

@@ -20,6 +20,19 @@ struct Args {
     /// Bearer token for the control plane's worker API.
     #[arg(long, env = "SWITCHYARD_WORKER_TOKEN", hide_env_values = true)]
     worker_token: Option<String>,
+    /// Read the worker token from this file (it then does not show in `ps`).
+    #[arg(long, env = "SWITCHYARD_WORKER_TOKEN_FILE", conflicts_with = "worker_token")]
+    worker_token_file: Option<PathBuf>,
+    /// PEM CA that signs control's certificate, for an `https://` control URL
+    /// (default: the public web roots).
+    #[arg(long, env = "SWITCHYARD_CONTROL_CA")]
+    control_ca: Option<PathBuf>,
+    /// PEM client certificate presented to control (mTLS); its CN names this worker.
+    #[arg(long, env = "SWITCHYARD_CLIENT_CERT", requires = "client_key")]
+    client_cert: Option<PathBuf>,
+    /// PEM private key of `--client-cert`.
+    #[arg(long, env = "SWITCHYARD_CLIENT_KEY", requires = "client_cert")]
+    client_key: Option<PathBuf>,
     /// Worker id reported to control (default: hostname-pid).
     #[arg(long, env = "SWITCHYARD_WORKER_ID")]
     worker_id: Option<String>,
@@ -141,8 +154,29 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let (access_log, _access_guard) =
         switchyard_worker::accesslog::spawn(std::io::stderr()).context("start the access log")?;
     let mut cfg = switchyard_worker::Config::new(args.listen);
-    cfg.control_url = Some(args.control);
-    cfg.worker_token = args.worker_token.map(switchyard_worker::Secret::new);
+    cfg.control_url = Some(args.control.clone());
+    let token = match (args.worker_token, &args.worker_token_file) {
+        (Some(t), _) => Some(t),
+        (None, Some(f)) => {
+            let t =
+                std::fs::read_to_string(f).with_context(|| format!("--worker-token-file {}", f.display()))?;
+            let t = t.trim_end().to_string();
+            anyhow::ensure!(!t.is_empty(), "--worker-token-file {} is empty", f.display());
+            Some(t)
+        }
+        (None, None) => None,
+    };
+    cfg.worker_token = token
+        .filter(|t| !t.is_empty())
+        .map(switchyard_worker::Secret::new);
+    cfg.control_tls = switchyard_proto::channel::ClientTls {
+        ca: args.control_ca,
+        cert: args.client_cert,
+        key: args.client_key,
+    };
+    // Bad TLS settings (a missing file, a CA with an http:// URL) fail here, not as a
+    // reconnect loop.
+    switchyard_proto::channel::endpoint(&args.control, &cfg.control_tls).context("--control")?;
     cfg.worker_id = args.worker_id.unwrap_or_else(default_worker_id);
     cfg.state_dir = Some(args.state_dir);
     cfg.drain_timeout = args.drain_timeout;

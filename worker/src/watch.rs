@@ -23,6 +23,8 @@ pub const STATE_FILE: &str = "snapshot.pb";
 pub struct WatchConfig {
     pub control_url: String,
     pub worker_token: Option<Secret>,
+    /// TLS to control (`https://` URLs).
+    pub tls: pb::channel::ClientTls,
     pub worker_id: String,
     pub state_dir: Option<PathBuf>,
     pub advertise_address: String,
@@ -118,7 +120,7 @@ struct SessionError {
 async fn session(shared: &Arc<Shared>, cfg: &WatchConfig) -> Result<(), SessionError> {
     let mut applied = false;
     let e = |applied: bool| move |m: String| SessionError { applied, msg: m };
-    let endpoint = tonic::transport::Endpoint::from_shared(cfg.control_url.clone())
+    let endpoint = pb::channel::endpoint(&cfg.control_url, &cfg.tls)
         .map_err(|x| e(false)(x.to_string()))?
         .connect_timeout(Duration::from_secs(3))
         .tcp_nodelay(true)

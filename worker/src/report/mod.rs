@@ -47,6 +47,8 @@ use encode::OpenBatch;
 pub struct ReportConfig {
     pub control_url: String,
     pub worker_token: Option<Secret>,
+    /// TLS to control (`https://` URLs).
+    pub tls: switchyard_proto::channel::ClientTls,
     pub worker_id: String,
     /// `<state_dir>/spool` holds unsent batches; `None` keeps them in memory only.
     pub state_dir: Option<PathBuf>,
@@ -70,6 +72,7 @@ impl ReportConfig {
         Self {
             control_url,
             worker_token: None,
+            tls: Default::default(),
             worker_id,
             state_dir: None,
             flush_every: Duration::from_secs(1),
@@ -373,7 +376,7 @@ impl State {
         if let Some(c) = &self.client {
             return Ok(c.clone());
         }
-        let ep = tonic::transport::Endpoint::from_shared(self.cfg.control_url.clone())
+        let ep = switchyard_proto::channel::endpoint(&self.cfg.control_url, &self.cfg.tls)
             .map_err(|e| SendError::Rpc(e.to_string()))?
             .connect_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(10))
