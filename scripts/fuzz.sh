@@ -5,8 +5,8 @@
 #   scripts/fuzz.sh TARGET [SECONDS]     # default 600 s
 #   scripts/fuzz.sh list                 # the targets
 #
-# Targets: request_scan usage_scan usage_strip upstream_head chunked. Each starts from the
-# committed seeds in fuzz/corpus/TARGET and writes its findings to
+# Targets: request_scan usage_scan usage_strip upstream_head chunked translate_stream.
+# Each starts from the committed seeds in fuzz/corpus/TARGET and writes its findings to
 # $FUZZ_OUT/TARGET/default/{crashes,hangs,queue} (FUZZ_OUT defaults to
 # $CARGO_TARGET_DIR/fuzz-out or target/fuzz-out). A crash file found there goes into
 # fuzz/regressions/TARGET/ with a fix: the normal tests replay that folder
@@ -18,7 +18,7 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
-targets="request_scan usage_scan usage_strip upstream_head chunked"
+targets="request_scan usage_scan usage_strip upstream_head chunked translate_stream"
 target=${1:-}
 secs=${2:-600}
 if [[ "$target" == list ]]; then

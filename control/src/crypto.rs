@@ -153,9 +153,12 @@ pub fn hash_api_key(plaintext: &str) -> String {
     hex::encode(Sha256::digest(plaintext.as_bytes()))
 }
 
-/// Display prefix of a client key: its first 10 characters.
+/// Display prefix of a client key: `sk-sy-` and 4 of its 40 random characters. An
+/// imported token (`--import-env`, as short as 16 characters, any shape) shows only its
+/// first 4: ten would be most of it.
 pub fn key_prefix(plaintext: &str) -> String {
-    plaintext.chars().take(10).collect()
+    let n = if plaintext.starts_with("sk-sy-") { 10 } else { 4 };
+    plaintext.chars().take(n).collect()
 }
 
 #[cfg(test)]
@@ -185,6 +188,7 @@ mod tests {
         assert_eq!(k.len(), 46);
         assert_eq!(hash_api_key(&k).len(), 64);
         assert_eq!(key_prefix(&k).len(), 10);
+        assert_eq!(key_prefix("legacy-bearer-token-0123"), "lega");
         assert!(MasterKey::parse(1, "short").is_err());
     }
 }

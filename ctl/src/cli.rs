@@ -25,18 +25,17 @@ pub const DEFAULT_CONTROL_URL: &str = "http://127.0.0.1:50051";
                   switchyard apply -f switchyard.toml --dry-run"
 )]
 pub struct Cli {
-    /// Control-plane gRPC URL.
-    #[arg(long, global = true, help_heading = "Global options", env = "SWITCHYARD_CONTROL_URL", default_value = DEFAULT_CONTROL_URL)]
-    pub control: String,
+    /// Control-plane gRPC URL [env: SWITCHYARD_CONTROL_URL] [default: http://127.0.0.1:50051].
+    //
+    // The environment is read in `control_url`, not by clap: clap lists an argument that
+    // came from the environment in the usage line of its errors, as if the user had to
+    // type it (`Usage: switchyard providers add --kind <KIND> ... --control <CONTROL>
+    // --token <TOKEN> <NAME>`), and README has everyone export these two.
+    #[arg(long, global = true, help_heading = "Global options", value_name = "URL")]
+    pub control: Option<String>,
 
-    /// Admin token, sent as `authorization: Bearer <token>`.
-    #[arg(
-        long,
-        global = true,
-        help_heading = "Global options",
-        env = "SWITCHYARD_ADMIN_TOKEN",
-        hide_env_values = true
-    )]
+    /// Admin token, sent as `authorization: Bearer <token>` [env: SWITCHYARD_ADMIN_TOKEN].
+    #[arg(long, global = true, help_heading = "Global options", value_name = "TOKEN")]
     pub token: Option<String>,
 
     /// Output format. `json` is complete and stable, for scripts.
@@ -45,6 +44,26 @@ pub struct Cli {
 
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// `--control`, else `SWITCHYARD_CONTROL_URL`, else [`DEFAULT_CONTROL_URL`].
+    pub fn control_url(&self) -> String {
+        self.control
+            .clone()
+            .or_else(|| env_value("SWITCHYARD_CONTROL_URL"))
+            .unwrap_or_else(|| DEFAULT_CONTROL_URL.to_string())
+    }
+
+    /// `--token`, else `SWITCHYARD_ADMIN_TOKEN`.
+    pub fn admin_token(&self) -> Option<String> {
+        self.token.clone().or_else(|| env_value("SWITCHYARD_ADMIN_TOKEN"))
+    }
+}
+
+/// A set, non-empty environment variable (what clap's `env` treats as given).
+fn env_value(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
 /// How results are printed.
@@ -689,7 +708,7 @@ mod tests {
     fn globals_work_after_the_subcommand() {
         let cli = parse(&["providers", "list", "-o", "json", "--control", "http://x:1"]).unwrap();
         assert_eq!(cli.output, Output::Json);
-        assert_eq!(cli.control, "http://x:1");
+        assert_eq!(cli.control_url(), "http://x:1");
     }
 
     #[test]

@@ -13,7 +13,7 @@ use crate::{
     cli::*,
     client::Admin,
     doc::{self, system_time_ms, FileDoc, SecretEnv},
-    secret, table,
+    out, secret, table,
     view::*,
     UsageError,
 };
@@ -25,18 +25,16 @@ pub struct Ctx {
 
 impl Ctx {
     fn json<T: Serialize>(&self, v: &T) -> Result<()> {
-        println!("{}", serde_json::to_string_pretty(v).context("render JSON")?);
-        Ok(())
+        let mut text = serde_json::to_string_pretty(v).context("render JSON")?;
+        text.push('\n');
+        out(&text)
     }
 
     /// Print `v` as JSON, or `text()` for tables.
     pub(crate) fn show<T: Serialize>(&self, v: &T, text: impl FnOnce() -> String) -> Result<()> {
         match self.output {
             Output::Json => self.json(v),
-            Output::Table => {
-                print!("{}", text());
-                Ok(())
-            }
+            Output::Table => out(&text()),
         }
     }
 }
@@ -223,13 +221,15 @@ fn credentials_table(creds: &[CredentialView]) -> String {
                 c.name.clone(),
                 or_dash(&c.secret_redacted),
                 c.weight.to_string(),
-                yes_no(c.enabled),
+                c.state
+                    .clone()
+                    .unwrap_or_else(|| credential_state(c.enabled, 0, 0)),
                 or_dash(&c.description),
             ]
         })
         .collect();
     table::render(
-        &["PROVIDER", "NAME", "SECRET", "WEIGHT", "ENABLED", "DESCRIPTION"],
+        &["PROVIDER", "NAME", "SECRET", "WEIGHT", "STATE", "DESCRIPTION"],
         &rows,
     )
 }
@@ -455,7 +455,28 @@ pub async fn credentials(ctx: &Ctx, admin: &mut Admin, cmd: CredentialsCmd) -> R
                 .into_inner()
                 .credentials;
             creds.sort_by(|a, b| (&a.provider, &a.name).cmp(&(&b.provider, &b.name)));
-            let views: Vec<CredentialView> = creds.iter().map(CredentialView::from).collect();
+            // What the fleet reports about each credential (control's GetHealth).
+            let health = admin
+                .client
+                .get_health(pb::GetHealthRequest::default())
+                .await
+                .map_err(|s| admin.status(s))?
+                .into_inner()
+                .targets;
+            let views: Vec<CredentialView> = creds
+                .iter()
+                .map(|c| {
+                    let mut v = CredentialView::from(c);
+                    let (ok, total) = health
+                        .iter()
+                        .find(|t| {
+                            t.kind == "credential" && t.provider == v.provider && t.credential == v.name
+                        })
+                        .map_or((0, 0), |t| (t.healthy_workers, t.total_workers));
+                    v.state = Some(credential_state(v.enabled, ok, total));
+                    v
+                })
+                .collect();
             ctx.show(&views, || credentials_table(&views))
         }
         CredentialsCmd::Update(u) => {
@@ -520,7 +541,22 @@ async fn set_credential_enabled(
         enabled: Some(on),
         ..Default::default()
     };
-    update_credential(ctx, admin, c, vec!["enabled".to_string()]).await
+    // The note names the state it is now in, not the field that changed.
+    let state = if on { "enabled" } else { "disabled" };
+    let req = pb::UpdateCredentialRequest {
+        credential: Some(c),
+        update_mask: vec!["enabled".to_string()],
+    };
+    let c = admin
+        .client
+        .update_credential(req)
+        .await
+        .map_err(|s| admin.status(s))?
+        .into_inner();
+    let v = CredentialView::from(&c);
+    ctx.show(&v, || {
+        format!("updated credential {}/{} ({state})\n", v.provider, v.name)
+    })
 }
 
 async fn update_credential(ctx: &Ctx, admin: &mut Admin, c: pb::Credential, mask: Vec<String>) -> Result<()> {
@@ -897,6 +933,30 @@ fn expiry_ms(e: Option<Expiry>) -> i64 {
     }
 }
 
+/// Shortest client token `keys create --import-env` accepts: the control plane's limit.
+pub const IMPORTED_KEY_MIN_CHARS: usize = switchyard_control::admin::IMPORTED_KEY_MIN_CHARS;
+
+/// Check an imported token here, so that the error names the flag and the variable the
+/// user gave rather than a field of the RPC. The value itself never appears in it.
+fn check_imported_key(var: &str, v: String) -> Result<String> {
+    let t = v.trim();
+    if t.chars().any(char::is_whitespace) {
+        return Err(UsageError(format!(
+            "the token in {var} (--import-env {var}) contains whitespace; a client key is one word"
+        ))
+        .into());
+    }
+    let n = t.chars().count();
+    if n < IMPORTED_KEY_MIN_CHARS {
+        return Err(UsageError(format!(
+            "the token in {var} (--import-env {var}) has {n} characters; an imported client key \
+             needs at least {IMPORTED_KEY_MIN_CHARS} (a shorter one is too easy to guess)"
+        ))
+        .into());
+    }
+    Ok(t.to_string())
+}
+
 pub async fn keys(ctx: &Ctx, admin: &mut Admin, cmd: KeysCmd) -> Result<()> {
     match cmd {
         KeysCmd::Create(c) => {
@@ -904,7 +964,7 @@ pub async fn keys(ctx: &Ctx, admin: &mut Admin, cmd: KeysCmd) -> Result<()> {
             let import_plaintext = match &c.import_env {
                 None => String::new(),
                 Some(var) => match getenv(var) {
-                    Some(v) if !v.is_empty() => v,
+                    Some(v) if !v.is_empty() => check_imported_key(var, v)?,
                     _ => anyhow::bail!("environment variable {var} (--import-env) is not set"),
                 },
             };
@@ -931,10 +991,12 @@ pub async fn keys(ctx: &Ctx, admin: &mut Admin, cmd: KeysCmd) -> Result<()> {
             match ctx.output {
                 Output::Json => ctx.json(&v)?,
                 Output::Table => {
-                    println!("created key {} ({})", v.key.name, or_dash(&v.key.prefix));
+                    let mut text = format!("created key {} ({})\n", v.key.name, or_dash(&v.key.prefix));
                     if !imported && !v.plaintext.is_empty() {
-                        println!("{}", v.plaintext);
+                        text.push_str(&v.plaintext);
+                        text.push('\n');
                     }
+                    out(&text)?;
                 }
             }
             if !imported {
@@ -1032,8 +1094,16 @@ pub async fn keys(ctx: &Ctx, admin: &mut Admin, cmd: KeysCmd) -> Result<()> {
 // apply / export
 // ---------------------------------------------------------------------------
 
+/// A document read from a file, ready to send, and the credentials whose `secret_env`
+/// is unset (sent empty: see [`check_unset_secrets`]).
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub document: pb::ConfigDocument,
+    pub unset: Vec<doc::UnsetSecret>,
+}
+
 /// Read and convert the document (secrets resolved) without contacting the server.
-pub fn load_document(file: &str) -> Result<pb::ConfigDocument> {
+pub fn load_document(file: &str) -> Result<Loaded> {
     let (text, origin, base_dir) = if file == "-" {
         let mut s = String::new();
         std::io::stdin()
@@ -1046,12 +1116,46 @@ pub fn load_document(file: &str) -> Result<pb::ConfigDocument> {
         (s, file.to_string(), path.parent().map(Path::to_path_buf))
     };
     let parsed = doc::parse(&text, &origin)?;
-    parsed
-        .into_proto(&SecretEnv {
-            base_dir: base_dir.as_deref(),
-            getenv: &getenv,
-        })
-        .map_err(|e| anyhow::anyhow!("{origin}: {e:#}"))
+    let env = SecretEnv {
+        base_dir: base_dir.as_deref(),
+        getenv: &getenv,
+    };
+    let document = parsed
+        .into_proto(&env)
+        .map_err(|e| anyhow::anyhow!("{origin}: {e:#}"))?;
+    Ok(Loaded {
+        document,
+        unset: parsed.unset_secrets(&env),
+    })
+}
+
+/// Credentials whose `secret_env` is unset keep their stored secret, with a note on
+/// stderr (also under `--dry-run`); one that does not exist yet has none to keep, and
+/// that is an error naming the variable. So a file applied once with its variables set
+/// can be re-applied after an edit without them.
+pub async fn check_unset_secrets(admin: &mut Admin, origin: &str, unset: &[doc::UnsetSecret]) -> Result<()> {
+    if unset.is_empty() {
+        return Ok(());
+    }
+    let stored = admin
+        .client
+        .list_credentials(pb::ListCredentialsRequest::default())
+        .await
+        .map_err(|s| admin.status(s))?
+        .into_inner()
+        .credentials;
+    let exists = |u: &doc::UnsetSecret| {
+        stored
+            .iter()
+            .any(|c| c.provider == u.provider && c.name == u.credential)
+    };
+    if let Some(u) = unset.iter().find(|u| !exists(u)) {
+        return Err(anyhow::anyhow!("{origin}: {:#}", u.error()));
+    }
+    for u in unset {
+        eprintln!("{}", u.notice());
+    }
+    Ok(())
 }
 
 /// Human rendering of an apply answer.
@@ -1083,9 +1187,11 @@ pub fn apply_text(r: &pb::ApplyResponse) -> String {
     out
 }
 
-pub async fn apply(ctx: &Ctx, admin: &mut Admin, a: ApplyArgs, document: pb::ConfigDocument) -> Result<()> {
+pub async fn apply(ctx: &Ctx, admin: &mut Admin, a: ApplyArgs, loaded: Loaded) -> Result<()> {
+    let origin = if a.file == "-" { "<stdin>" } else { &a.file };
+    check_unset_secrets(admin, origin, &loaded.unset).await?;
     let req = pb::ApplyRequest {
-        document: Some(document),
+        document: Some(loaded.document),
         dry_run: a.dry_run,
         prune: a.prune,
     };
@@ -1161,8 +1267,7 @@ pub async fn export(ctx: &Ctx, admin: &mut Admin, a: ExportArgs) -> Result<()> {
                  {secrets_note}\n",
                 r.version
             );
-            print!("{}", file.to_toml(&header)?);
-            Ok(())
+            out(&file.to_toml(&header)?)
         }
     }
 }

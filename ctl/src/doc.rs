@@ -251,6 +251,28 @@ impl FileDoc {
         Ok(doc)
     }
 
+    /// The credentials whose `secret_env` variable is unset or empty. Converting sends
+    /// them with an empty secret, which the control plane reads as "keep the stored one":
+    /// re-applying a file after `up` or in another shell does not need every variable
+    /// again. For a credential that does not exist yet it is an error
+    /// ([`UnsetSecret::error`]), which only the caller, knowing the stored state, can tell.
+    pub fn unset_secrets(&self, env: &SecretEnv<'_>) -> Vec<UnsetSecret> {
+        let mut out = Vec::new();
+        for p in &self.providers {
+            for c in &p.credentials {
+                let Some(var) = &c.secret_env else { continue };
+                if (env.getenv)(var).is_none_or(|v| v.is_empty()) {
+                    out.push(UnsetSecret {
+                        provider: p.name.clone(),
+                        credential: c.name.clone(),
+                        var: var.clone(),
+                    });
+                }
+            }
+        }
+        out
+    }
+
     /// Convert an exported proto document into the file form, omitting defaults.
     pub fn from_proto(doc: &pb::ConfigDocument, include_secrets: bool) -> FileDoc {
         FileDoc {
@@ -401,10 +423,9 @@ impl FileCredential {
             bail!("{at}: give only one of secret_env, secret_file and secret");
         }
         let secret = if let Some(var) = &self.secret_env {
-            match (env.getenv)(var) {
-                Some(v) if !v.is_empty() => v,
-                _ => bail!("{at}: environment variable {var} (secret_env) is not set"),
-            }
+            // Unset = empty = keep the stored secret; [`FileDoc::unset_secrets`] lists these
+            // so that the caller can refuse them for credentials that do not exist yet.
+            (env.getenv)(var).unwrap_or_default()
         } else if let Some(file) = &self.secret_file {
             let path = match env.base_dir {
                 Some(dir) => dir.join(file),
@@ -426,6 +447,38 @@ impl FileCredential {
             created_at_ms: 0,
             updated_at_ms: 0,
         })
+    }
+}
+
+/// A credential of the document whose `secret_env` variable is not set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnsetSecret {
+    pub provider: String,
+    pub credential: String,
+    pub var: String,
+}
+
+impl UnsetSecret {
+    fn at(&self) -> String {
+        format!("providers.{}.credentials.{}", self.provider, self.credential)
+    }
+
+    /// The note printed when the credential exists: its stored secret is kept.
+    pub fn notice(&self) -> String {
+        format!(
+            "note: {}: environment variable {} (secret_env) is not set; keeping the stored secret",
+            self.at(),
+            self.var
+        )
+    }
+
+    /// The error when the credential does not exist yet: there is nothing to keep.
+    pub fn error(&self) -> anyhow::Error {
+        anyhow!(
+            "{}: environment variable {} (secret_env) is not set",
+            self.at(),
+            self.var
+        )
     }
 }
 
@@ -571,9 +624,21 @@ fn non_empty(s: &str) -> Option<String> {
     (!s.is_empty()).then(|| s.to_string())
 }
 
-/// Milliseconds as a humantime string (`60s`, `1m 30s`, `250ms`).
+/// Milliseconds as a duration string in the largest unit that holds it exactly: `2m`,
+/// `90s`, `1500ms`, `1h`. One number and one unit, the forms README lists, and what
+/// [`dur_ms`] (humantime) reads back to the same value (humantime's own formatter writes
+/// `1m 30s`, which parses too but is a form nobody types).
 pub fn fmt_ms(ms: u64) -> String {
-    humantime::format_duration(Duration::from_millis(ms)).to_string()
+    const UNITS: [(u64, &str); 4] = [(3_600_000, "h"), (60_000, "m"), (1_000, "s"), (1, "ms")];
+    if ms == 0 {
+        return "0s".to_string();
+    }
+    let (size, unit) = UNITS
+        .iter()
+        .copied()
+        .find(|(size, _)| ms.is_multiple_of(*size))
+        .unwrap_or((1, "ms"));
+    format!("{}{unit}", ms / size)
 }
 
 /// Epoch milliseconds as RFC 3339 (seconds precision unless there are millis).
@@ -715,11 +780,16 @@ allow_pin = true
         let text = "[[providers]]\nname=\"p\"\nkind=\"openai\"\nbase_url=\"http://x\"\n\
                     [[providers.credentials]]\nname=\"k1\"\nsecret_env=\"SY_TEST_K1\"\n";
         let file = parse(text, "f").unwrap();
-        let msg = file.into_proto(&env()).unwrap_err().to_string();
+        // Unset: sent empty (keep the stored secret), and listed for the caller to check.
+        let doc = file.into_proto(&env()).unwrap();
+        assert_eq!(doc.providers[0].credentials[0].secret, "");
+        let unset = file.unset_secrets(&env());
+        assert_eq!(unset.len(), 1);
         assert_eq!(
-            msg,
+            unset[0].error().to_string(),
             "providers.p.credentials.k1: environment variable SY_TEST_K1 (secret_env) is not set"
         );
+        assert!(unset[0].notice().contains("keeping the stored secret"));
         let getenv = |k: &str| (k == "SY_TEST_K1").then(|| "s3cr3t".to_string());
         let doc = file
             .into_proto(&SecretEnv {
@@ -728,6 +798,11 @@ allow_pin = true
             })
             .unwrap();
         assert_eq!(doc.providers[0].credentials[0].secret, "s3cr3t");
+        let set = SecretEnv {
+            base_dir: None,
+            getenv: &getenv,
+        };
+        assert!(file.unset_secrets(&set).is_empty());
     }
 
     #[test]
@@ -766,6 +841,29 @@ allow_pin = true
             .unwrap_err()
             .to_string();
         assert!(msg.starts_with("keys.a.expires: `30d` is relative"), "{msg}");
+    }
+
+    #[test]
+    fn durations_export_in_one_unit_and_read_back() {
+        for (ms, text) in [
+            (0, "0s"),
+            (250, "250ms"),
+            (1_500, "1500ms"),
+            (30_000, "30s"),
+            (90_000, "90s"),
+            (120_000, "2m"),
+            (5_400_000, "90m"),
+            (7_200_000, "2h"),
+            (86_400_000, "24h"),
+        ] {
+            assert_eq!(fmt_ms(ms), text);
+            assert_eq!(dur_ms("t", &Some(fmt_ms(ms)), 1).unwrap(), ms, "{text}");
+        }
+        // Any value round-trips, not only round ones.
+        for ms in [1, 999, 1_001, 61_001, 3_599_999, 3_600_001] {
+            assert_eq!(dur_ms("t", &Some(fmt_ms(ms)), 7).unwrap(), ms);
+            assert!(!fmt_ms(ms).contains(' '));
+        }
     }
 
     #[test]

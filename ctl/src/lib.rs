@@ -32,10 +32,43 @@ impl std::fmt::Display for UsageError {
 
 impl std::error::Error for UsageError {}
 
-/// Exit code for an error returned by [`run`]: 2 for usage errors, 1 for everything else.
+/// The reader of stdout went away (`switchyard completions zsh | head -1`). Not a
+/// failure to report: `main` exits quietly with 141, the status a shell shows for a
+/// process that SIGPIPE ended, as `cat` or `grep` in the same pipe would.
+#[derive(Debug)]
+pub struct StdoutClosed;
+
+impl std::fmt::Display for StdoutClosed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("stdout was closed")
+    }
+}
+
+impl std::error::Error for StdoutClosed {}
+
+/// Exit status for [`StdoutClosed`]: 128 + SIGPIPE.
+pub const EXIT_STDOUT_CLOSED: i32 = 141;
+
+/// Write `s` to stdout. Every stdout write of the CLI goes through here: Rust ignores
+/// SIGPIPE, so `print!` would panic on a closed pipe (and resetting the signal needs
+/// `unsafe`, which the workspace forbids); a closed pipe becomes [`StdoutClosed`].
+pub fn out(s: &str) -> Result<()> {
+    use std::io::Write;
+    let mut o = std::io::stdout().lock();
+    match o.write_all(s.as_bytes()).and_then(|()| o.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(StdoutClosed.into()),
+        Err(e) => Err(anyhow::Error::new(e).context("cannot write to stdout")),
+    }
+}
+
+/// Exit code for an error returned by [`run`]: 2 for usage errors, 141 for a closed
+/// stdout, 1 for everything else.
 pub fn exit_code(e: &anyhow::Error) -> i32 {
     if e.downcast_ref::<UsageError>().is_some() {
         2
+    } else if e.downcast_ref::<StdoutClosed>().is_some() {
+        EXIT_STDOUT_CLOSED
     } else {
         1
     }
@@ -53,8 +86,9 @@ pub async fn run(cli: Cli) -> Result<()> {
     let document = match &cli.command {
         Command::Completions { shell } => {
             let mut cmd = Cli::command();
-            clap_complete::generate(*shell, &mut cmd, "switchyard", &mut std::io::stdout());
-            return Ok(());
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut cmd, "switchyard", &mut script);
+            return out(&String::from_utf8_lossy(&script));
         }
         // Read and check the file (and its secrets) before connecting: a typo in the file
         // should not depend on the control plane being up.
@@ -62,7 +96,8 @@ pub async fn run(cli: Cli) -> Result<()> {
             let doc = commands::load_document(&a.file)?;
             // An empty file with --prune would silently delete everything: almost always
             // a wrong path or an empty pipe, never what anyone meant.
-            if a.prune && doc.providers.is_empty() && doc.models.is_empty() && doc.keys.is_empty() {
+            let d = &doc.document;
+            if a.prune && d.providers.is_empty() && d.models.is_empty() && d.keys.is_empty() {
                 return Err(UsageError(format!(
                     "{}: the document is empty; refusing to --prune everything",
                     if a.file == "-" { "<stdin>" } else { &a.file }
@@ -79,7 +114,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         _ => None,
     };
-    let mut admin = client::Admin::connect(&cli.control, cli.token.as_deref()).await?;
+    let mut admin = client::Admin::connect(&cli.control_url(), cli.admin_token().as_deref()).await?;
     let admin = &mut admin;
     match cli.command {
         Command::Providers(c) => commands::providers(&ctx, admin, c).await,

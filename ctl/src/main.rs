@@ -17,8 +17,11 @@ fn main() {
         Err(e) => Err(anyhow::anyhow!("cannot start the async runtime: {e}")),
     };
     if let Err(e) = result {
-        // `{:#}` joins the context chain on one line: `file.toml: providers.x: ...`.
-        eprintln!("error: {e:#}");
-        std::process::exit(exit_code(&e));
+        let code = exit_code(&e);
+        if code != switchyard_ctl::EXIT_STDOUT_CLOSED {
+            // `{:#}` joins the context chain on one line: `file.toml: providers.x: ...`.
+            eprintln!("error: {e:#}");
+        }
+        std::process::exit(code);
     }
 }

@@ -78,6 +78,10 @@ pub struct UpState {
     pub client_key: String,
     /// 32 bytes, hex.
     pub master_key: String,
+    /// The port the `--demo` upstream listened on, reused on the next start so that the
+    /// stored provider's `base_url` (and a saved `export`) stays valid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub demo_port: Option<u16>,
 }
 
 impl std::fmt::Debug for UpState {
@@ -103,7 +107,16 @@ impl UpState {
             worker_token: format!("sy-worker-{}", random_alnum(40)),
             client_key: switchyard_control::crypto::generate_api_key(),
             master_key: key.iter().map(|b| format!("{b:02x}")).collect(),
+            demo_port: None,
         }
+    }
+
+    /// Write the state back (after `demo_port` changed).
+    fn save(&self, dir: &Path) -> Result<()> {
+        write_private(
+            &dir.join(STATE_FILE),
+            serde_json::to_string_pretty(self)?.as_bytes(),
+        )
     }
 
     /// Read `<dir>/up.json`, or generate and write it. `true` = generated now.
@@ -172,9 +185,10 @@ pub fn demo_document(mock_openai_base: &str) -> FileDoc {
         }],
         models: vec![FileModel {
             name: DEMO.into(),
+            // Upstream model = the public name, so the mock (which echoes the model it
+            // was sent) answers `"model":"demo"` to a request for `demo`.
             backends: vec![FileBackend {
                 provider: DEMO.into(),
-                upstream_model: Some("mock-model".into()),
                 ..Default::default()
             }],
             ..Default::default()
@@ -282,8 +296,8 @@ struct Banner<'a> {
     grpc: SocketAddr,
     data_dir: &'a Path,
     state: &'a UpState,
-    /// The model the curl line asks for, if any model exists.
-    model: Option<String>,
+    /// The model the curl line asks for, if any model exists, and the API it is served on.
+    model: Option<(String, Api)>,
     demo: bool,
 }
 
@@ -292,17 +306,55 @@ fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
-/// The ready-to-paste curl line (one line, runnable with `sh -c`).
-pub fn curl_line(worker: SocketAddr, key: &str, model: &str) -> String {
-    let body = serde_json::json!({
-        "model": model,
-        "messages": [{"role": "user", "content": "Say hello"}],
-    });
-    format!(
-        "curl -sS http://{worker}/v1/chat/completions -H {} -H 'content-type: application/json' -d {}",
-        sh_quote(&format!("authorization: Bearer {key}")),
-        sh_quote(&body.to_string()),
-    )
+/// The client API a model can be asked through: that of its backends' provider kind
+/// (until the worker translates between them, a model is served only in its providers'
+/// dialect).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    /// `POST /v1/chat/completions` (`openai` providers).
+    OpenAi,
+    /// `POST /v1/messages` (`anthropic` providers).
+    Anthropic,
+}
+
+impl Api {
+    /// The API for `model`: OpenAI if any enabled backend's provider is `openai`
+    /// (the SDK most tools speak), else Anthropic if one is `anthropic`.
+    fn of(model: &pb::Model, providers: &[pb::Provider]) -> Api {
+        let kinds: Vec<&str> = model
+            .backends
+            .iter()
+            .filter(|b| b.enabled != Some(false))
+            .filter_map(|b| providers.iter().find(|p| p.name == b.provider))
+            .map(|p| p.kind.as_str())
+            .collect();
+        if !kinds.contains(&"openai") && kinds.contains(&"anthropic") {
+            Api::Anthropic
+        } else {
+            Api::OpenAi
+        }
+    }
+}
+
+/// The ready-to-paste curl line (one line, runnable with `sh -c`), in the dialect the
+/// model is served in.
+pub fn curl_line(worker: SocketAddr, key: &str, model: &str, api: Api) -> String {
+    let messages = serde_json::json!([{"role": "user", "content": "Say hello"}]);
+    match api {
+        Api::OpenAi => format!(
+            "curl -sS http://{worker}/v1/chat/completions -H {} -H 'content-type: application/json' -d {}",
+            sh_quote(&format!("authorization: Bearer {key}")),
+            sh_quote(&serde_json::json!({"model": model, "messages": messages}).to_string()),
+        ),
+        Api::Anthropic => format!(
+            "curl -sS http://{worker}/v1/messages -H {} -H 'anthropic-version: 2023-06-01' \
+             -H 'content-type: application/json' -d {}",
+            sh_quote(&format!("x-api-key: {key}")),
+            sh_quote(
+                &serde_json::json!({"model": model, "max_tokens": 256, "messages": messages}).to_string()
+            ),
+        ),
+    }
 }
 
 impl Banner<'_> {
@@ -322,9 +374,9 @@ impl Banner<'_> {
         s.push_str(&format!("  Admin token     {admin}\n"));
         s.push_str(&format!("  Control (gRPC)  http://{}\n\n", self.grpc));
         match &self.model {
-            Some(m) => {
+            Some((m, api)) => {
                 s.push_str(&format!("Try it (model `{m}`):\n"));
-                s.push_str(&format!("  {}\n\n", curl_line(w, key, m)));
+                s.push_str(&format!("  {}\n\n", curl_line(w, key, m, *api)));
             }
             None => {
                 s.push_str(
@@ -334,7 +386,7 @@ impl Banner<'_> {
                      \x20 switchyard models add gpt-4o && switchyard backends add gpt-4o --provider openai\n\
                      Then:\n",
                 );
-                s.push_str(&format!("  {}\n\n", curl_line(w, key, "gpt-4o")));
+                s.push_str(&format!("  {}\n\n", curl_line(w, key, "gpt-4o", Api::OpenAi)));
             }
         }
         s.push_str("OpenAI SDKs (Python, Node, ...):\n");
@@ -374,6 +426,43 @@ async fn wait_worker_version(worker: &switchyard_worker::Running, version: u64) 
     }
 }
 
+/// Start the `--demo` upstream on the port it had last time (kept in `up.json`), so that
+/// the stored `demo` provider's `base_url` does not change across restarts; a new port
+/// (saved) only when that one is taken now.
+async fn start_demo_mock(state: &mut UpState, data_dir: &Path) -> Result<switchyard_mock::MockServer> {
+    let opts = |port: u16| switchyard_mock::MockOptions {
+        listen: Some(SocketAddr::from((Ipv4Addr::LOCALHOST, port))),
+        name: DEMO.into(),
+        models: vec![DEMO.into()],
+        no_request_log: true,
+        ..Default::default()
+    };
+    let mock = match state.demo_port {
+        Some(port) => match switchyard_mock::MockServer::start(opts(port)).await {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(
+                    port,
+                    error = %e,
+                    "the demo upstream's previous port is taken; using a new one (the demo provider's base_url changes)"
+                );
+                switchyard_mock::MockServer::start(opts(0))
+                    .await
+                    .context("start the demo upstream")?
+            }
+        },
+        None => switchyard_mock::MockServer::start(opts(0))
+            .await
+            .context("start the demo upstream")?,
+    };
+    let port = mock.addr().port();
+    if state.demo_port != Some(port) {
+        state.demo_port = Some(port);
+        state.save(data_dir)?;
+    }
+    Ok(mock)
+}
+
 /// Run the gateway until Ctrl-C or SIGTERM.
 pub async fn run(a: UpArgs) -> Result<()> {
     init_tracing();
@@ -384,7 +473,7 @@ pub async fn run(a: UpArgs) -> Result<()> {
         // The store and up.json hold secrets: keep the directory private.
         let _ = std::fs::set_permissions(&a.data_dir, std::fs::Permissions::from_mode(0o700));
     }
-    let (state, fresh) = UpState::load_or_create(&a.data_dir)?;
+    let (mut state, fresh) = UpState::load_or_create(&a.data_dir)?;
     if fresh {
         tracing::info!(path = %a.data_dir.join(STATE_FILE).display(), "generated tokens and a client key");
     }
@@ -428,13 +517,7 @@ pub async fn run(a: UpArgs) -> Result<()> {
     let mut admin = Admin::connect(&control_url, Some(&state.admin_token)).await?;
     ensure_client_key(&mut admin, &state, a.demo).await?;
     let mock = if a.demo {
-        let mock = switchyard_mock::MockServer::start(switchyard_mock::MockOptions {
-            name: DEMO.into(),
-            no_request_log: true,
-            ..Default::default()
-        })
-        .await
-        .context("start the demo upstream")?;
+        let mock = start_demo_mock(&mut state, &a.data_dir).await?;
         let document = demo_document(&mock.openai_base()).into_proto(&SecretEnv {
             base_dir: None,
             getenv: &|_| None,
@@ -451,41 +534,37 @@ pub async fn run(a: UpArgs) -> Result<()> {
     };
     if let Some(file) = &a.config {
         let file = file.to_string_lossy();
-        let document = commands::load_document(&file)?;
-        let r = apply(&mut admin, document)
+        let loaded = commands::load_document(&file)?;
+        commands::check_unset_secrets(&mut admin, &file, &loaded.unset).await?;
+        let r = apply(&mut admin, loaded.document)
             .await
             .with_context(|| format!("apply {file}"))?;
         eprint!("{file}: {}", commands::apply_text(&r));
     }
     // The committed version (GetStatus reports the published snapshot, which may lag a
     // just-committed change by a few milliseconds).
-    let committed = admin
+    let exported = admin
         .client
         .export(pb::ExportRequest {
             include_secrets: false,
         })
         .await
         .map_err(|s| admin.status(s))?
-        .into_inner()
-        .version;
-    let models = admin
-        .client
-        .list_models(pb::ListModelsRequest {})
-        .await
-        .map_err(|s| admin.status(s))?
-        .into_inner()
-        .models;
-    let model = if a.demo {
-        Some(DEMO.to_string())
+        .into_inner();
+    let committed = exported.version;
+    let document = exported.document.unwrap_or_default();
+    let mut models: Vec<&pb::Model> = document
+        .models
+        .iter()
+        .filter(|m| m.enabled != Some(false))
+        .collect();
+    models.sort_by(|x, y| x.name.cmp(&y.name));
+    let chosen = if a.demo {
+        models.iter().find(|m| m.name == DEMO)
     } else {
-        let mut names: Vec<String> = models
-            .iter()
-            .filter(|m| m.enabled != Some(false))
-            .map(|m| m.name.clone())
-            .collect();
-        names.sort();
-        names.into_iter().next()
+        models.first()
     };
+    let model = chosen.map(|m| (m.name.clone(), Api::of(m, &document.providers)));
 
     // 3. The worker, fed by the control plane over gRPC like any other worker.
     let mut wcfg = switchyard_worker::Config::new(a.listen);
@@ -511,7 +590,7 @@ pub async fn run(a: UpArgs) -> Result<()> {
     }
     let worker_addr = dial_addr(worker.http_addr());
 
-    println!("listening http={worker_addr} grpc={grpc}");
+    crate::out(&format!("listening http={worker_addr} grpc={grpc}\n"))?;
     let banner = Banner {
         worker: worker_addr,
         grpc,
@@ -520,8 +599,7 @@ pub async fn run(a: UpArgs) -> Result<()> {
         model,
         demo: a.demo,
     };
-    println!("{}", banner.render());
-    std::io::stdout().flush().ok();
+    crate::out(&format!("{}\n", banner.render()))?;
 
     // 4. Run until a signal (or a component stops on its own).
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -571,10 +649,29 @@ mod tests {
 
     #[test]
     fn curl_line_quotes_for_sh() {
-        let l = curl_line("127.0.0.1:8080".parse().unwrap(), "sk-sy-abc", "it's");
+        let l = curl_line(
+            "127.0.0.1:8080".parse().unwrap(),
+            "sk-sy-abc",
+            "it's",
+            Api::OpenAi,
+        );
         assert!(l.starts_with("curl -sS http://127.0.0.1:8080/v1/chat/completions "));
         assert!(l.contains(r#"'authorization: Bearer sk-sy-abc'"#));
         assert!(l.contains(r#""model":"it'\''s""#));
+        let l = curl_line(
+            "127.0.0.1:8080".parse().unwrap(),
+            "sk-sy-abc",
+            "c",
+            Api::Anthropic,
+        );
+        assert!(
+            l.starts_with("curl -sS http://127.0.0.1:8080/v1/messages "),
+            "{l}"
+        );
+        assert!(l.contains("'x-api-key: sk-sy-abc'"), "{l}");
+        assert!(l.contains("'anthropic-version: 2023-06-01'"), "{l}");
+        assert!(l.contains(r#""max_tokens":256"#), "{l}");
+        assert!(!l.contains('\n'), "one line: {l}");
     }
 
     #[test]

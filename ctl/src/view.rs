@@ -58,6 +58,32 @@ pub struct CredentialView {
     pub metadata: BTreeMap<String, String>,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+    /// `credentials list` only: `disabled`, or the fleet's view from health reports
+    /// (see [`credential_state`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+}
+
+/// A credential's state for `credentials list`: `disabled` when the operator took it out
+/// of rotation; otherwise what the workers' health reports say: `healthy` (every
+/// connected worker uses it), `ejected` (none does: a confirmed 401/403, failing probes or
+/// the passive breaker), `ejected on N/M workers`, or `enabled` when no worker has
+/// reported on it yet.
+pub fn credential_state(enabled: bool, healthy_workers: u32, total_workers: u32) -> String {
+    if !enabled {
+        "disabled".to_string()
+    } else if total_workers == 0 {
+        "enabled".to_string()
+    } else if healthy_workers >= total_workers {
+        "healthy".to_string()
+    } else if healthy_workers == 0 {
+        "ejected".to_string()
+    } else {
+        format!(
+            "ejected on {}/{total_workers} workers",
+            total_workers - healthy_workers
+        )
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -230,6 +256,7 @@ impl From<&pb::Credential> for CredentialView {
             metadata: sorted(&c.metadata),
             created_at_ms: c.created_at_ms,
             updated_at_ms: c.updated_at_ms,
+            state: None,
         }
     }
 }
@@ -422,5 +449,14 @@ mod tests {
         assert_eq!(j["enabled"], true);
         assert_eq!(j["health"]["enabled"], true);
         assert!(j["credentials"].as_array().unwrap().is_empty());
+    }
+
+    #[test]
+    fn credential_state_words() {
+        assert_eq!(credential_state(false, 3, 3), "disabled");
+        assert_eq!(credential_state(true, 0, 0), "enabled");
+        assert_eq!(credential_state(true, 3, 3), "healthy");
+        assert_eq!(credential_state(true, 0, 3), "ejected");
+        assert_eq!(credential_state(true, 2, 3), "ejected on 1/3 workers");
     }
 }

@@ -6,9 +6,24 @@ use clap::Parser;
 
 use crate::{Behavior, MockOptions, MockServer};
 
-/// Scriptable mock LLM upstream (OpenAI and Anthropic wire formats).
+/// What `--help` says about the control endpoints (served on the same address).
+pub const CONTROL_HELP: &str = "\
+Fault injection and inspection, over HTTP on the same address. A Behavior is JSON with every
+field optional: latency_ms, status, retry_after_s, fault (\"drop\", \"hang\" or
+{\"cut_stream\":{\"after_chunks\":N}}), stream_chunks, chunk_delay_ms, reply, usage, json_style,
+reject_credentials, reject_header.
+  POST /_mock/default    the behaviour of every request (e.g. -d '{\"status\":500}')
+  POST /_mock/push       a one-shot behaviour for the next request (a FIFO queue)
+  POST /_mock/reset      back to the defaults: empties the queue, counters and request log
+  GET  /_mock/stats      request counters
+  GET  /_mock/requests   the requests seen (method, path, headers, body, credential)
+
+API: POST /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/messages,
+/v1/messages/count_tokens, other POST /v1/* (echoed); GET /v1/models.";
+
+/// Scriptable mock LLM upstream (OpenAI and Anthropic wire formats) with fault injection.
 #[derive(Debug, Parser)]
-#[command(name = "switchyard-mock", version)]
+#[command(name = "switchyard-mock", version, after_help = CONTROL_HELP)]
 pub struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:0")]

@@ -86,6 +86,20 @@ async fn up_key(p: &Proc, data: &Path) -> Result<serde_json::Value> {
     Ok(serde_json::from_slice(&out.stdout)?)
 }
 
+/// `switchyard export` against a running `up`.
+async fn cli_export(p: &Proc, admin: &str) -> Result<String> {
+    let out = Command::new(bin_path("switchyard"))
+        .arg("export")
+        .env("SWITCHYARD_CONTROL_URL", p.url("grpc"))
+        .env("SWITCHYARD_ADMIN_TOKEN", admin)
+        .output()
+        .await?;
+    if !out.status.success() {
+        bail!("export: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
+
 async fn stop(mut p: Proc) -> Result<()> {
     let status = p.terminate(Duration::from_secs(20)).await?;
     assert!(status.success(), "up exited with {status}: {}", p.stderr_text());
@@ -107,6 +121,8 @@ async fn up_demo_curl_works_and_survives_a_restart() -> Result<()> {
     let answer = run_curl(&line).await?;
     assert!(completion_text(&answer).is_some(), "no completion in {answer}");
     assert_eq!(answer["object"], "chat.completion", "{answer}");
+    // The demo answers with the model asked for, not the mock's own name.
+    assert_eq!(answer["model"], "demo", "{answer}");
 
     // The tokens are in up.json, private, and the printed key is that one.
     let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(data.join("up.json"))?)?;
@@ -151,10 +167,29 @@ async fn up_demo_curl_works_and_survives_a_restart() -> Result<()> {
         "forged key answered: {refused}"
     );
 
+    let export_before = cli_export(&p, &admin).await?;
+    assert!(
+        export_before.contains("[[providers]]\nname = \"demo\""),
+        "{export_before}"
+    );
     stop(p).await?;
 
     // Restart on the same data dir: same key, new ports, the demo still answers.
     let p = start_up(&data, &["--demo"], &[]).await?;
+    // ... and the demo upstream is back on its port: an export saved before is still
+    // valid, and applying the demo document again changed nothing.
+    let export_after = cli_export(&p, &admin).await?;
+    let base_url = |t: &str| {
+        t.lines()
+            .find(|l| l.starts_with("base_url = "))
+            .map(str::to_string)
+    };
+    assert_eq!(base_url(&export_before), base_url(&export_after));
+    assert_eq!(
+        export_before.lines().skip(1).collect::<Vec<_>>(),
+        export_after.lines().skip(1).collect::<Vec<_>>(),
+        "the demo provider changed across a restart"
+    );
     let line2 = printed_curl(&p).await?;
     assert!(line2.contains(&key), "the key changed across restarts: {line2}");
     assert!(line2.contains(&format!("http://{}/", p.addr("http"))));
@@ -247,4 +282,115 @@ upstream_model = "upstream-x"
     assert!(err.contains("bad.toml") && err.contains("strategy"), "{err}");
     assert!(!String::from_utf8_lossy(&out.stdout).contains("listening "));
     Ok(())
+}
+
+/// An Anthropic-only config: the banner's curl asks `/v1/messages` (with `x-api-key` and
+/// `anthropic-version`) and works; asking that model on the OpenAI API answers "no
+/// backend for this API" in OpenAI's JSON, and an OpenAI-only model asked on
+/// `/v1/messages` answers it in Anthropic's JSON, not "does not exist".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_prints_a_curl_in_the_dialect_the_config_serves() -> Result<()> {
+    let mock = switchyard_mock::MockServer::start(switchyard_mock::MockOptions::default()).await?;
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("switchyard.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+[[providers]]
+name = "claude"
+kind = "anthropic"
+base_url = "{anthropic}"
+[[providers.credentials]]
+name = "key"
+secret = "sk-ant-upstream-0123456789"
+
+[[providers]]
+name = "oa"
+kind = "openai"
+base_url = "{openai}"
+[[providers.credentials]]
+name = "key"
+secret = "sk-upstream-0123456789"
+
+[[models]]
+name = "a-claude"
+[[models.backends]]
+provider = "claude"
+
+[[models]]
+name = "b-gpt"
+[[models.backends]]
+provider = "oa"
+"#,
+            anthropic = mock.url(),
+            openai = mock.openai_base()
+        ),
+    )?;
+    let file_arg = file.display().to_string();
+    let p = start_up(&dir.path().join("data"), &["--config", &file_arg], &[]).await?;
+    let line = printed_curl(&p).await?;
+    let http = p.addr("http");
+    assert!(
+        line.contains(&format!("http://{http}/v1/messages ")),
+        "an Anthropic-only model is asked on /v1/messages: {line}"
+    );
+    assert!(
+        line.contains("x-api-key: sk-sy-") && line.contains("anthropic-version: 2023-06-01"),
+        "{line}"
+    );
+    let answer = run_curl(&line).await?;
+    assert_eq!(answer["type"], "message", "{answer}");
+    assert!(
+        answer["content"][0]["text"]
+            .as_str()
+            .is_some_and(|t| !t.is_empty()),
+        "{answer}"
+    );
+
+    let key = printed_value(&p, "Client API key").context("no key printed")?;
+    let c = reqwest::Client::new();
+    let r = c
+        .post(format!("http://{http}/v1/chat/completions"))
+        .bearer_auth(&key)
+        .json(&serde_json::json!({"model": "a-claude", "messages": []}))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 404);
+    let v: serde_json::Value = r.json().await?;
+    assert_eq!(v["error"]["code"], "no_backend_for_api", "{v}");
+    let msg = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("no backend for this API") && !msg.contains("does not exist"),
+        "{v}"
+    );
+    let r = c
+        .post(format!("http://{http}/v1/messages"))
+        .header("x-api-key", &key)
+        .header("anthropic-version", "2023-06-01")
+        .json(&serde_json::json!({"model": "b-gpt", "max_tokens": 8, "messages": []}))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 404);
+    let v: serde_json::Value = r.json().await?;
+    assert_eq!(v["type"], "error", "{v}");
+    assert_eq!(v["error"]["type"], "not_found_error", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no backend for this API"),
+        "{v}"
+    );
+    // A model that does not exist still says so.
+    let r = c
+        .post(format!("http://{http}/v1/chat/completions"))
+        .bearer_auth(&key)
+        .json(&serde_json::json!({"model": "nope", "messages": []}))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 404);
+    let v: serde_json::Value = r.json().await?;
+    assert_eq!(v["error"]["code"], "model_not_found", "{v}");
+    stop(p).await
 }

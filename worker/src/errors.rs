@@ -27,6 +27,10 @@ pub enum ProxyError {
     /// Also the answer for a model the key may not use (OpenAI's own wording).
     #[error("the model `{0}` does not exist or you do not have access to it")]
     UnknownModel(String),
+    /// The model exists (and the key may use it) but none of its backends speaks the API
+    /// the client called: e.g. only `anthropic` providers, asked on `/v1/chat/completions`.
+    #[error("the model `{0}` has no backend for this API ({1}); its backends serve the other API")]
+    NoBackendForApi(String, &'static str),
     #[error("request body is larger than the limit of {0} bytes")]
     TooLarge(usize),
     /// The request body did not arrive in time or came too slowly (`BodyLimits`).
@@ -52,11 +56,20 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
+    /// [`ProxyError::NoBackendForApi`] for a request on `kind`'s API.
+    pub fn no_backend_for_api(model: &str, kind: crate::config::ProviderKind) -> ProxyError {
+        let api = match kind {
+            crate::config::ProviderKind::OpenAi => "OpenAI API",
+            crate::config::ProviderKind::Anthropic => "Anthropic Messages API",
+        };
+        ProxyError::NoBackendForApi(model.to_string(), api)
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::MissingKey | Self::BadKey => StatusCode::UNAUTHORIZED,
-            Self::UnknownModel(_) | Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::UnknownModel(_) | Self::NoBackendForApi(..) | Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -74,6 +87,7 @@ impl ProxyError {
             Self::MissingKey => "missing_key",
             Self::BadKey => "bad_key",
             Self::UnknownModel(_) => "unknown_model",
+            Self::NoBackendForApi(..) => "no_backend_for_api",
             Self::TooLarge(_) => "too_large",
             Self::BodyTimeout => "body_timeout",
             Self::NotFound(_) => "not_found",
@@ -192,6 +206,27 @@ impl ProxyError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_backend_for_api_is_a_404_in_either_dialect() {
+        use crate::config::ProviderKind;
+        let e = ProxyError::no_backend_for_api("claude", ProviderKind::OpenAi);
+        assert_eq!(e.status(), StatusCode::NOT_FOUND);
+        let v: serde_json::Value = serde_json::from_slice(&e.body(Dialect::OpenAi)).unwrap();
+        assert_eq!(v["error"]["code"], "no_backend_for_api");
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(msg.contains("no backend for this API (OpenAI API)"), "{msg}");
+        assert!(!msg.contains("does not exist"), "{msg}");
+        let e = ProxyError::no_backend_for_api("gpt", ProviderKind::Anthropic);
+        let v: serde_json::Value = serde_json::from_slice(&e.body(Dialect::Anthropic)).unwrap();
+        assert_eq!(v["type"], "error");
+        assert_eq!(v["error"]["type"], "not_found_error");
+        assert!(v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no backend for this API (Anthropic Messages API)"));
+    }
 
     #[test]
     fn dialect_shapes() {

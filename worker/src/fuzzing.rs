@@ -285,3 +285,45 @@ pub fn usage_strip(data: &[u8]) {
         "stripping depends on how the stream was read"
     );
 }
+
+/// The stream translators (`translate`): the first byte picks one (0: Anthropic → chat
+/// chunks, 1: Anthropic → Responses, 2: chat chunks → Anthropic; bit 2 adds a JSON-mode
+/// tool named `json_response`), `split` cuts the rest into reads. None may panic, and
+/// what the client gets (and whether the stream failed) does not depend on how the
+/// upstream's bytes were read.
+pub fn translate_stream(data: &[u8]) {
+    use crate::translate::{Pair, ResponseContext};
+    let Some((&pick, data)) = data.split_first() else {
+        return;
+    };
+    let pair = match pick % 3 {
+        0 => Pair::ChatOnAnthropic,
+        1 => Pair::ResponsesOnAnthropic,
+        _ => Pair::MessagesOnOpenAi,
+    };
+    let ctx = ResponseContext {
+        stream: true,
+        include_usage: true,
+        json_tool: (pick & 4 != 0).then(|| "json_response".to_owned()),
+        created: 0,
+    };
+    let (body, reads) = split(data);
+    let run = |reads: &mut dyn Iterator<Item = std::ops::Range<usize>>| {
+        let mut t = pair.stream(ctx.clone());
+        let mut out = Vec::new();
+        for r in reads {
+            if t.push(&body[r], &mut out).is_err() {
+                return (out, true);
+            }
+        }
+        let failed = t.finish(&mut out).is_err();
+        (out, failed)
+    };
+    let pieces = run(&mut reads.into_iter());
+    let whole = run(&mut std::iter::once(0..body.len()));
+    assert_eq!(
+        (String::from_utf8_lossy(&whole.0), whole.1),
+        (String::from_utf8_lossy(&pieces.0), pieces.1),
+        "translation depends on how the stream was read"
+    );
+}

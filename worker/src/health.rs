@@ -242,6 +242,10 @@ async fn send_probe(p: &Provider, auth: &HeaderValue, probe: &ProbeKind) -> Resu
 /// `GET /health`: overall status, config version, counts, and per-model/backend detail.
 pub fn health_response(shared: &Shared) -> Response<ProxyBody> {
     let now = shared.clock.now_ms();
+    // Breaker and cool-down deadlines live on the monotonic clock (`shared.clock`); the
+    // JSON gives every time as wall-clock Unix milliseconds, like `last_check_ms`.
+    let wall_now = crate::unix_ms().max(0) as u64;
+    let wall = |until: Option<u64>| until.map(|t| wall_now + t.saturating_sub(now));
     let routing = shared.routing.load_full();
     let body = match routing.as_deref() {
         None => {
@@ -277,7 +281,7 @@ pub fn health_response(shared: &Shared) -> Response<ProxyBody> {
                             "inflight": v.inflight,
                             "ewma_ttfb_ms": v.ewma_ttfb_ms,
                             "consecutive_failures": v.consecutive_failures,
-                            "ejected_until_ms": v.ejected_until_ms,
+                            "ejected_until_ms": wall(v.ejected_until_ms),
                             "last_check_ms": (last > 0).then_some(last),
                             "last_error": v.last_error,
                         }));
@@ -308,7 +312,7 @@ pub fn health_response(shared: &Shared) -> Response<ProxyBody> {
                             "healthy": v.healthy,
                             "available": ok,
                             "inflight": v.inflight,
-                            "cooldown_until_ms": v.cooldown_until_ms,
+                            "cooldown_until_ms": wall(v.cooldown_until_ms),
                             "last_error": v.last_error,
                         })
                     })

@@ -10,6 +10,7 @@
 //! Around them: `convert` (proto snapshot → routing table), `watch` (control
 //! client and last-known-good file), `health` (active probes and `GET /health`),
 //! `errors` (the dialect error mapping), `server` (accept loop and graceful drain).
+//! `translate` holds the OpenAI ⇄ Anthropic translators, not yet on the request path.
 //!
 //! Embedding: `start(Config)` binds, loads the state file, starts the watch client and
 //! returns a `Running`; no global state and no tracing initialisation here.
@@ -34,6 +35,7 @@ pub mod respid;
 pub mod server;
 pub mod strip;
 pub mod toplevel;
+pub mod translate;
 pub mod upstream;
 pub mod watch;
 

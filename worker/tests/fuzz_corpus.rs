@@ -14,6 +14,7 @@ const TARGETS: &[(&str, Target)] = &[
     ("usage_strip", switchyard_worker::fuzzing::usage_strip),
     ("upstream_head", switchyard_worker::fuzzing::upstream_head),
     ("chunked", switchyard_worker::fuzzing::chunked),
+    ("translate_stream", switchyard_worker::fuzzing::translate_stream),
 ];
 
 fn fuzz_dir() -> PathBuf {

@@ -69,7 +69,7 @@ pub fn plan<'a>(
     // The model has no backend for this dialect.
     let route = model.routes[req.kind.index()]
         .as_ref()
-        .ok_or_else(|| ProxyError::UnknownModel(model_name.to_string()))?;
+        .ok_or_else(|| ProxyError::no_backend_for_api(model_name, req.kind))?;
     let path = req.path();
     if !req.default_path
         && !route
@@ -260,7 +260,7 @@ mod tests {
         let req = testing::inbound(&routing, "/v1/messages", r#"{"model":"m"}"#, &[]);
         assert!(matches!(
             super::plan(&shared, &routing, &req, &mut fin),
-            Err(ProxyError::UnknownModel(_))
+            Err(ProxyError::NoBackendForApi(..))
         ));
     }
 
