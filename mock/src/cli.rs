@@ -19,7 +19,9 @@ reject_credentials, reject_header.
   GET  /_mock/requests   the requests seen (method, path, headers, body, credential)
 
 API: POST /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/messages,
-/v1/messages/count_tokens, other POST /v1/* (echoed); GET /v1/models.";
+/v1/messages/count_tokens, other POST /v1/* (echoed); GET /v1/models. A chat or messages
+request with `tools` gets a call of its first tool with {\"location\":\"Paris\"} (streamed
+too), unless its last message carries a tool result.";
 
 /// Scriptable mock LLM upstream (OpenAI and Anthropic wire formats) with fault injection.
 #[derive(Debug, Parser)]
