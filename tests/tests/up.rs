@@ -285,9 +285,10 @@ upstream_model = "upstream-x"
 }
 
 /// An Anthropic-only config: the banner's curl asks `/v1/messages` (with `x-api-key` and
-/// `anthropic-version`) and works; asking that model on the OpenAI API answers "no
-/// backend for this API" in OpenAI's JSON, and an OpenAI-only model asked on
-/// `/v1/messages` answers it in Anthropic's JSON, not "does not exist".
+/// `anthropic-version`) and works; that model answers on the OpenAI API too, and an
+/// OpenAI-only model on `/v1/messages`, translated; an API no translation reaches
+/// (embeddings, `count_tokens`) answers "no backend for this API" in the client's JSON,
+/// not "does not exist".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_prints_a_curl_in_the_dialect_the_config_serves() -> Result<()> {
     let mock = switchyard_mock::MockServer::start(switchyard_mock::MockOptions::default()).await?;
@@ -350,10 +351,33 @@ provider = "oa"
 
     let key = printed_value(&p, "Client API key").context("no key printed")?;
     let c = reqwest::Client::new();
+    // Each model answers the other dialect too, translated (issue 17 §3).
     let r = c
         .post(format!("http://{http}/v1/chat/completions"))
         .bearer_auth(&key)
-        .json(&serde_json::json!({"model": "a-claude", "messages": []}))
+        .json(&serde_json::json!({"model": "a-claude", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await?;
+    assert_eq!(v["object"], "chat.completion", "{v}");
+    assert!(v["choices"][0]["message"]["content"].is_string(), "{v}");
+    let r = c
+        .post(format!("http://{http}/v1/messages"))
+        .header("x-api-key", &key)
+        .header("anthropic-version", "2023-06-01")
+        .json(&serde_json::json!({"model": "b-gpt", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await?;
+    assert_eq!(v["type"], "message", "{v}");
+    assert!(v["content"][0]["text"].is_string(), "{v}");
+    // An API no translation reaches: "no backend for this API", not "does not exist".
+    let r = c
+        .post(format!("http://{http}/v1/embeddings"))
+        .bearer_auth(&key)
+        .json(&serde_json::json!({"model": "a-claude", "input": "x"}))
         .send()
         .await?;
     assert_eq!(r.status(), 404);
@@ -365,10 +389,10 @@ provider = "oa"
         "{v}"
     );
     let r = c
-        .post(format!("http://{http}/v1/messages"))
+        .post(format!("http://{http}/v1/messages/count_tokens"))
         .header("x-api-key", &key)
         .header("anthropic-version", "2023-06-01")
-        .json(&serde_json::json!({"model": "b-gpt", "max_tokens": 8, "messages": []}))
+        .json(&serde_json::json!({"model": "b-gpt", "messages": []}))
         .send()
         .await?;
     assert_eq!(r.status(), 404);

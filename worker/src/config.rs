@@ -137,18 +137,31 @@ pub struct Model {
     pub per_try_timeout: Option<Duration>,
     pub affinity: Affinity,
     pub enabled: bool,
-    /// Backends reachable from each client dialect (`ProviderKind::index`).
+    /// Backends reachable from each client dialect (`ProviderKind::index`): those of
+    /// the dialect's kind, then the other kind's, reached by translation.
     pub routes: [Option<ModelRoute>; 2],
 }
 
 #[derive(Debug)]
 pub struct ModelRoute {
+    /// `backends[..native]` are of the route's own kind (passthrough);
+    /// `backends[native..]` of the other kind (translated: `proxy::translate`). Each
+    /// backend is native in exactly one of its model's routes: listings walk
+    /// [`ModelRoute::native_backends`] so that none is counted twice.
+    pub native: usize,
     pub backends: Vec<Backend>,
     pub endpoints: Vec<Endpoint>,
     pub selector: Selector,
 }
 
-#[derive(Debug)]
+impl ModelRoute {
+    /// The backends of the route's own kind (each backend once per model across its routes).
+    pub fn native_backends(&self) -> &[Backend] {
+        &self.backends[..self.native]
+    }
+}
+
+#[derive(Debug, Clone)]
 pub struct Backend {
     pub name: Arc<str>,
     /// Metric series of this backend, created on first use.
@@ -198,7 +211,7 @@ impl Routing {
                 .models
                 .values()
                 .flat_map(|m| m.routes.iter().flatten())
-                .map(|r| r.backends.len())
+                .map(|r| r.native)
                 .sum::<usize>();
         let mut out = States::with_capacity_and_hasher(n, Default::default());
         for p in &self.providers {
@@ -208,7 +221,7 @@ impl Routing {
         }
         for m in self.models.values() {
             for r in m.routes.iter().flatten() {
-                for b in &r.backends {
+                for b in r.native_backends() {
                     out.insert(b.identity.clone(), b.state.clone());
                 }
             }

@@ -103,6 +103,40 @@ fn passthrough(
     Ok((p.allow_paths.clone(), headers))
 }
 
+/// The route a client dialect takes: the backends of its own kind (`native`), then those
+/// of the other kind (`other`), reached by translation (issue 17). Within a tier the
+/// native ones go first: each tier `p` becomes `2p` for them and `2p + 1` for the
+/// others, so a translated backend serves a dialect only when no native backend of its
+/// tier is available (translation costs CPU and keeps only what both dialects have).
+/// A route without backends of the other kind keeps its priorities as they are.
+fn route_for(
+    native: &[(Backend, Endpoint)],
+    other: &[(Backend, Endpoint)],
+    strategy: Strategy,
+) -> Option<ModelRoute> {
+    if native.is_empty() && other.is_empty() {
+        return None;
+    }
+    let mixed = !other.is_empty();
+    let (mut backends, mut endpoints) = (Vec::new(), Vec::new());
+    for (own, list) in [(true, native), (false, other)] {
+        for (b, e) in list {
+            backends.push(b.clone());
+            let mut e = e.clone();
+            if mixed {
+                e.priority = e.priority.saturating_mul(2).saturating_add(i32::from(!own));
+            }
+            endpoints.push(e);
+        }
+    }
+    Some(ModelRoute {
+        native: native.len(),
+        backends,
+        endpoints,
+        selector: Selector::new(strategy),
+    })
+}
+
 /// Build the routing table. `prev` states (by identity) are reused for unchanged
 /// backends and credentials, so health and load survive a swap.
 pub fn build(
@@ -366,18 +400,7 @@ pub fn build(
                 ep,
             ));
         }
-        let routes = per_kind.map(|v| {
-            if v.is_empty() {
-                None
-            } else {
-                let (backends, endpoints) = v.into_iter().unzip();
-                Some(ModelRoute {
-                    backends,
-                    endpoints,
-                    selector: Selector::new(strategy),
-                })
-            }
-        });
+        let routes = [0, 1].map(|k| route_for(&per_kind[k], &per_kind[1 - k], strategy));
         let model = Model {
             metrics: Arc::new(ModelHandles::new(model_name.clone())),
             name: model_name,

@@ -6,11 +6,11 @@
 //! | dispatch | `mod.rs` ([`handle`]) | local answers (`/health`, `/ready`, `/metrics`, `/v1/models`); the client's dialect from the path |
 //! | request filter | `filter.rs` | authenticate, allowed path, read and scan the body → [`filter::Inbound`] |
 //! | route | `route.rs` | model → its route for the dialect ([`route::Plan`]); per attempt: pin or tier → strategy → backend → credential, retry budget → a [`route::Target`] |
-//! | upstream request | `upstream_request.rs` | the body and head for the target's provider (model rewrite, `include_usage`): **translation plugs in here** |
+//! | upstream request | `upstream_request.rs` | the body and head for the target's provider (model rewrite, `include_usage`); a backend of the other kind gets the translated request (`translate.rs`) |
 //! | attempt | `attempt.rs` | send under the per-try deadline; hold an SSE answer back until its first event → an [`attempt::Attempt`] |
 //! | classify + record | `classify.rs` | [`classify::classify`]`(attempt) -> Verdict`, and the one place that books a verdict (breaker, health, metrics, exclusions, kept answer, retry or not) |
 //! | response head | `respond.rs` | status and headers to the client, or the kept answer / error once nothing succeeded |
-//! | body | `relay.rs` (`RelayBody`, `relay::Transform`) | frame by frame: timeouts, the stream transform (usage strip; **stream translation plugs in here**), usage |
+//! | body | `relay.rs` (`RelayBody`, `relay::Transform`) | frame by frame: timeouts, the stream transform (usage strip, response ids, translation: `translate::AnswerTranslator`), usage |
 //! | logging | `relay.rs` (`Finish`) | access line, metrics, usage event: once per request |
 //!
 //! The Responses API's stateful calls (`GET /v1/responses/{id}`…) name no model: they
@@ -39,6 +39,7 @@ pub mod filter;
 pub mod respond;
 pub mod route;
 pub mod stateful;
+pub mod translate;
 pub mod upstream_request;
 
 pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -223,6 +224,9 @@ async fn forward(
             classify::Next::Stop => break,
             classify::Next::Relay => {
                 if let attempt::Attempt::Answered(answer) = attempt {
+                    if translate::completes(&target, &answer) {
+                        return translate::complete(&mut ctx, &target, answer, guards).await;
+                    }
                     return Ok(respond::response_head(&mut ctx, &target, answer, guards));
                 }
                 break;
