@@ -158,6 +158,44 @@ async fn each_dialect_reaches_the_other_kind_translated() -> Result<()> {
     assert_eq!(v["error"]["param"], "seed", "{v}");
     assert_eq!(m.request_count(), before);
 
+    // `GET /v1/models`: Anthropic's list for an Anthropic-style request, OpenAI's else.
+    let v: Value = c
+        .get(format!("{base}/v1/models"))
+        .header("x-api-key", KEY)
+        .header("anthropic-version", "2023-06-01")
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(v["data"][0]["type"], "model", "{v}");
+    assert_eq!(v["data"][0]["id"], "claude-on-gpt", "{v}");
+    assert_eq!(
+        (&v["first_id"], &v["last_id"]),
+        (&json!("claude-on-gpt"), &json!("gpt-on-claude"))
+    );
+    assert_eq!(v["has_more"], false, "{v}");
+    let r = c
+        .get(format!("{base}/v1/models"))
+        .header("x-api-key", "sk-wrong-key-xxxxxxxxxxxx")
+        .send()
+        .await?;
+    assert_eq!(r.status(), 401);
+    let v: Value = r.json().await?;
+    assert_eq!(v["error"]["type"], "authentication_error", "{v}");
+    assert_eq!(v["type"], "error", "Anthropic's error shape: {v}");
+    let v: Value = c
+        .get(format!("{base}/v1/models"))
+        .bearer_auth(KEY)
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(
+        (&v["object"], &v["data"][0]["object"]),
+        (&json!("list"), &json!("model")),
+        "{v}"
+    );
+
     // Usage: the two successful translated requests, as their translators counted them.
     assert_eq!(tokens(&c, &base, "gpt-on-claude", "prompt").await?, 12);
     assert_eq!(tokens(&c, &base, "gpt-on-claude", "completion").await?, 48);

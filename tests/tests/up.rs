@@ -418,3 +418,48 @@ provider = "oa"
     assert_eq!(v["error"]["code"], "model_not_found", "{v}");
     stop(p).await
 }
+
+/// `up --demo` answers the Anthropic SDK (Claude Code's API) although its backend is
+/// OpenAI-kind: `/v1/messages` is translated, plain and streamed, and `GET /v1/models`
+/// answers in Anthropic's list format. Needs the repo's `.venv` (scripts/ensure-deps.sh).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_demo_answers_the_anthropic_sdk() -> Result<()> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let python = root.join(".venv/bin/python");
+    if !python.exists() {
+        bail!("{} is missing: run scripts/ensure-deps.sh", python.display());
+    }
+    let dir = tempfile::tempdir()?;
+    let p = start_up(&dir.path().join("data"), &["--demo"], &[]).await?;
+    printed_curl(&p).await?;
+    let key = printed_value(&p, "Client API key").context("no key printed")?;
+    let script = r#"
+import os, anthropic
+an = anthropic.Anthropic(base_url=os.environ["SY_BASE"], api_key=os.environ["SY_KEY"], max_retries=0)
+m = an.messages.create(model="demo", max_tokens=64, messages=[{"role": "user", "content": "hi"}])
+assert m.type == "message" and m.content[0].text and m.stop_reason == "end_turn", m
+with an.messages.stream(model="demo", max_tokens=64, messages=[{"role": "user", "content": "hi"}]) as s:
+    text = "".join(s.text_stream)
+assert text, "no streamed text"
+ids = [x.id for x in an.models.list()]
+assert ids == ["demo"], ids
+print("ALL OK")
+"#;
+    let out = Command::new(&python)
+        .args(["-c", script])
+        .env("SY_BASE", format!("http://{}", p.addr("http")))
+        .env("SY_KEY", &key)
+        .output()
+        .await?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("ALL OK"),
+        "{stdout}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        p.stderr_text()
+    );
+    Ok(())
+}

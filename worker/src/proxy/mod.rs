@@ -98,23 +98,43 @@ fn ready_response(shared: &Shared) -> Response<ProxyBody> {
     r
 }
 
+/// `GET /v1/models` in the asker's format: Anthropic's list (`type: model`, `has_more`,
+/// `first_id`/`last_id`) for an Anthropic-style request (an `anthropic-version` or
+/// `x-api-key` header: Claude Code's model picker), else OpenAI's.
 fn models_response(shared: &Shared, headers: &HeaderMap, memo: &auth::KeyMemo) -> Response<ProxyBody> {
+    let dialect = if headers.contains_key("anthropic-version") || headers.contains_key("x-api-key") {
+        Dialect::Anthropic
+    } else {
+        Dialect::OpenAi
+    };
     let Some(routing) = shared.routing.load_full() else {
-        return ProxyError::NoConfig.into_response(Dialect::OpenAi);
+        return ProxyError::NoConfig.into_response(dialect);
     };
     let key = match auth::authenticate(&routing, headers, crate::unix_ms(), memo) {
         Ok(k) => k,
-        Err(e) => return e.into_response(Dialect::OpenAi),
+        Err(e) => return e.into_response(dialect),
     };
-    let data: Vec<_> = routing
-        .model_names
-        .iter()
-        .filter(|m| key.may_use(m))
-        .map(|m| serde_json::json!({"id": m, "object": "model", "created": 0, "owned_by": "switchyard"}))
-        .collect();
-    let mut r = Response::new(ProxyBody::full(
-        serde_json::json!({"object": "list", "data": data}).to_string(),
-    ));
+    let names = routing.model_names.iter().filter(|m| key.may_use(m));
+    let body = match dialect {
+        Dialect::OpenAi => {
+            let data: Vec<_> = names
+                .map(|m| serde_json::json!({"id": m, "object": "model", "created": 0, "owned_by": "switchyard"}))
+                .collect();
+            serde_json::json!({"object": "list", "data": data})
+        }
+        Dialect::Anthropic => {
+            let data: Vec<_> = names
+                .map(|m| {
+                    serde_json::json!({"type": "model", "id": m, "display_name": m,
+                        "created_at": "1970-01-01T00:00:00Z"})
+                })
+                .collect();
+            let first = data.first().map(|m| m["id"].clone());
+            let last = data.last().map(|m| m["id"].clone());
+            serde_json::json!({"data": data, "has_more": false, "first_id": first, "last_id": last})
+        }
+    };
+    let mut r = Response::new(ProxyBody::full(body.to_string()));
     r.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r
