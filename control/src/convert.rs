@@ -263,9 +263,26 @@ pub fn model_from_proto(m: &pb::Model) -> Result<Model, Error> {
             "{what}: affinity.header must be a valid HTTP header name when affinity.kind is header"
         )));
     }
+    let mut aliases: Vec<String> = Vec::with_capacity(m.aliases.len());
+    for a in &m.aliases {
+        let ok = !a.is_empty()
+            && a.len() <= 128
+            && a.bytes().all(|b| b.is_ascii_graphic())
+            && a.bytes().any(|b| b != b'*');
+        if !ok {
+            return Err(invalid(format!(
+                "{what}: alias {a:?} must be 1 to 128 printable ASCII characters, not only `*`"
+            )));
+        }
+        if *a == m.name || aliases.contains(a) {
+            return Err(invalid(format!("{what}: alias {a:?} is given twice")));
+        }
+        aliases.push(a.clone());
+    }
     Ok(Model {
         name: m.name.clone(),
         spec: ModelSpec {
+            aliases,
             strategy,
             retry: RetryPolicy {
                 max_retries,
@@ -446,6 +463,7 @@ pub fn model_to_proto(m: &Model) -> pb::Model {
             .collect(),
         created_at_ms: m.created_at_ms,
         updated_at_ms: m.updated_at_ms,
+        aliases: s.aliases.clone(),
     }
 }
 
@@ -590,6 +608,7 @@ pub fn merge_model(cur: &mut pb::Model, req: &pb::Model, mask: &[String]) -> Res
             "enabled" => cur.enabled = req.enabled,
             "description" => cur.description = req.description.clone(),
             "metadata" => cur.metadata = req.metadata.clone(),
+            "aliases" => cur.aliases = req.aliases.clone(),
             p => return Err(bad_path(&what, p)),
         }
     }
@@ -685,6 +704,46 @@ mod tests {
             Err(Error::InvalidArgument(m)) => m,
             other => panic!("expected InvalidArgument, got {other:?}"),
         }
+    }
+
+    /// Aliases: kept in order, refused when empty, only `*`, a repeat or the model's own
+    /// name; across models an alias may not be another model's name or alias.
+    #[test]
+    fn model_aliases_are_checked() {
+        let model = |name: &str, aliases: &[&str]| pb::Model {
+            name: name.into(),
+            aliases: aliases.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
+        let m = model_from_proto(&model("haiku", &["claude-*-haiku-*", "claude-haiku"])).unwrap();
+        assert_eq!(m.spec.aliases, ["claude-*-haiku-*", "claude-haiku"]);
+        assert_eq!(model_to_proto(&m).aliases, m.spec.aliases);
+        for bad in [&["" as &str][..], &["**"], &["a", "a"], &["haiku"], &["a b"]] {
+            assert!(model_from_proto(&model("haiku", bad)).is_err(), "{bad:?}");
+        }
+        // An empty list is left out of the stored spec (and so of the snapshot hash).
+        assert!(
+            !serde_json::to_string(&model_from_proto(&model("x", &[])).unwrap().spec)
+                .unwrap()
+                .contains("aliases")
+        );
+        let state = |ms: &[pb::Model]| ConfigState {
+            providers: BTreeMap::new(),
+            models: ms
+                .iter()
+                .map(|m| (m.name.clone(), model_from_proto(m).unwrap()))
+                .collect(),
+            keys: BTreeMap::new(),
+        };
+        assert!(state(&[model("a", &["x", "y-*"]), model("b", &["z"])])
+            .validate_references()
+            .is_ok());
+        assert!(state(&[model("a", &["b"]), model("b", &[])])
+            .validate_references()
+            .is_err());
+        assert!(state(&[model("a", &["x"]), model("b", &["x"])])
+            .validate_references()
+            .is_err());
     }
 
     #[test]

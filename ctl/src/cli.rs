@@ -421,6 +421,13 @@ pub struct ModelCommon {
     /// Free-form metadata, `K=V` (repeatable; on update the given set replaces the old one).
     #[arg(long = "metadata", value_name = "K=V", value_parser = parse_kv)]
     pub metadata: Vec<(String, String)>,
+    /// Another name clients may ask the model by, exact or a pattern with `*` (e.g.
+    /// `claude-*-haiku-*`); repeatable; on update the given set replaces the old one.
+    #[arg(long = "alias", value_name = "NAME")]
+    pub aliases: Vec<String>,
+    /// On update: remove every alias.
+    #[arg(long, conflicts_with = "aliases")]
+    pub no_aliases: bool,
 }
 
 /// Parsed `--affinity` value.

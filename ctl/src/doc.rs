@@ -164,6 +164,9 @@ pub struct FileModel {
     pub affinity: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
+    /// Other names clients may ask the model by: exact, or patterns with `*`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub backends: Vec<FileBackend>,
 }
@@ -543,6 +546,7 @@ impl FileModel {
             backends,
             created_at_ms: 0,
             updated_at_ms: 0,
+            aliases: self.aliases.clone(),
         })
     }
 
@@ -557,6 +561,7 @@ impl FileModel {
             per_try_timeout: (retry.per_try_timeout_ms != 0).then(|| fmt_ms(retry.per_try_timeout_ms)),
             affinity: m.affinity.as_ref().and_then(affinity_to_str),
             metadata: m.metadata.clone().into_iter().collect(),
+            aliases: m.aliases.clone(),
             backends: m
                 .backends
                 .iter()
@@ -700,6 +705,7 @@ strategy = "least_connections"
 max_retries = 3
 per_try_timeout = "30s"
 affinity = "header:x-session-id"
+aliases = ["gpt-4o-latest", "gpt-4o-2024-*"]
 
 [[models.backends]]
 provider = "jb"
@@ -728,6 +734,7 @@ allow_pin = true
         let m = &doc.models[0];
         assert_eq!(m.backends[0].name, "jb");
         assert_eq!(m.affinity.as_ref().unwrap().header, "x-session-id");
+        assert_eq!(m.aliases, ["gpt-4o-latest", "gpt-4o-2024-*"]);
         assert_eq!(doc.keys[0].expires_at_ms, 1_798_761_600_000);
         assert_eq!(p.allow_paths, ["/v1/files", "/v1/fine_tuning/*"]);
         assert_eq!(p.forward_headers, ["openai-organization"]);

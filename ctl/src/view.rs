@@ -97,6 +97,9 @@ pub struct ModelView {
     /// `none`, `user` or `header:NAME`.
     pub affinity: String,
     pub metadata: BTreeMap<String, String>,
+    /// Other names the model is asked by (left out when none).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
     pub backends: Vec<BackendView>,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
@@ -277,6 +280,7 @@ impl From<&pb::Model> for ModelView {
                 .and_then(affinity_to_str)
                 .unwrap_or_else(|| "none".to_string()),
             metadata: sorted(&m.metadata),
+            aliases: m.aliases.clone(),
             backends: m.backends.iter().map(BackendView::from).collect(),
             created_at_ms: m.created_at_ms,
             updated_at_ms: m.updated_at_ms,

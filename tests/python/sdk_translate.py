@@ -94,6 +94,11 @@ e = expect(
 )
 check("logit_bias" in str(e), "openai refusal names the field", e)
 
+r = oa.responses.create(model=oa_model, input="Weather in Paris?", instructions="Be brief.")
+check(r.object == "response" and r.output_text and r.usage.output_tokens == 48, "openai responses", r)
+events = [e.type for e in oa.responses.create(model=oa_model, input="Weather in Paris?", stream=True)]
+check("response.output_text.delta" in events and events[-1] == "response.completed", "openai responses stream", events)
+
 # --- the anthropic SDK on an openai-kind backend ---
 an = anthropic.Anthropic(base_url=base, api_key=key, max_retries=0)
 tools_an = [{"name": "get_weather", "description": "Weather", "input_schema": SCHEMA}]

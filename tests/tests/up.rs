@@ -316,6 +316,7 @@ secret = "sk-upstream-0123456789"
 
 [[models]]
 name = "a-claude"
+aliases = ["claude-*-haiku-*"]
 [[models.backends]]
 provider = "claude"
 
@@ -373,6 +374,23 @@ provider = "oa"
     let v: serde_json::Value = r.json().await?;
     assert_eq!(v["type"], "message", "{v}");
     assert!(v["content"][0]["text"].is_string(), "{v}");
+    // A name the model declares as an alias pattern (Claude Code's dated names).
+    let r = c
+        .post(format!("http://{http}/v1/messages"))
+        .header("x-api-key", &key)
+        .header("anthropic-version", "2023-06-01")
+        .json(
+            &serde_json::json!({"model": "claude-3-5-haiku-20241022", "max_tokens": 8,
+            "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await?;
+    assert_eq!(
+        v["model"], "a-claude",
+        "the upstream was asked for the model: {v}"
+    );
     // An API no translation reaches: "no backend for this API", not "does not exist".
     let r = c
         .post(format!("http://{http}/v1/embeddings"))

@@ -49,6 +49,8 @@ pub struct Routing {
     pub models: FxHashMap<String, Model>,
     /// Sorted public model names (for `/v1/models`).
     pub model_names: Vec<String>,
+    /// Other names models may be asked by (looked up only when no model has the name).
+    pub aliases: Aliases,
     /// Client keys by SHA-256 digest of the plaintext.
     pub keys: FxHashMap<[u8; 32], ClientKey>,
 }
@@ -198,6 +200,50 @@ impl ClientKey {
     }
 }
 
+/// Models' aliases: exact ones, and patterns where `*` stands for any run of characters,
+/// in model-name order (the first that matches wins).
+#[derive(Debug, Default)]
+pub struct Aliases {
+    pub exact: FxHashMap<String, String>,
+    pub patterns: Vec<(String, String)>,
+}
+
+impl Aliases {
+    /// The model a name that is no model's own goes to.
+    pub fn resolve(&self, name: &str) -> Option<&str> {
+        if let Some(m) = self.exact.get(name) {
+            return Some(m);
+        }
+        self.patterns
+            .iter()
+            .find(|(p, _)| glob_match(p.as_bytes(), name.as_bytes()))
+            .map(|(_, m)| m.as_str())
+    }
+}
+
+/// `*` matches any run of bytes (none included); every other byte itself. Linear in
+/// practice: backtracks only to the last `*`.
+pub fn glob_match(p: &[u8], s: &[u8]) -> bool {
+    let (mut pi, mut si) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while si < s.len() {
+        if pi < p.len() && p[pi] == b'*' {
+            star = Some((pi, si));
+            pi += 1;
+        } else if pi < p.len() && p[pi] == s[si] {
+            pi += 1;
+            si += 1;
+        } else if let Some((sp, ss)) = star {
+            pi = sp + 1;
+            si = ss + 1;
+            star = Some((sp, ss + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&b| b == b'*')
+}
+
 /// Live endpoint states by identity, carried from one routing table into the next.
 /// Identities are shared `Arc<str>`s (a clone is a count) and come from the operator's
 /// config, not from clients, so Fx hashing has nothing to fear.
@@ -227,5 +273,39 @@ impl Routing {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn star_matches_any_run() {
+        for (p, s, want) in [
+            ("claude-*-haiku-*", "claude-3-5-haiku-20241022", true),
+            ("claude-*-haiku-*", "claude-haiku-4-5", false),
+            ("claude-*-haiku-*", "claude--haiku-", true),
+            ("*", "", true),
+            ("a*b*c", "abbbc", true),
+            ("a*b*c", "abbbcx", false),
+            ("exact", "exact", true),
+            ("exact", "exac", false),
+            ("*-latest", "gpt-4o-latest", true),
+        ] {
+            assert_eq!(glob_match(p.as_bytes(), s.as_bytes()), want, "{p} {s}");
+        }
+    }
+
+    #[test]
+    fn exact_aliases_first_then_patterns_in_order() {
+        let mut a = Aliases::default();
+        a.exact.insert("claude-3-5-haiku-latest".into(), "fast".into());
+        a.patterns.push(("claude-*-haiku-*".into(), "haiku".into()));
+        a.patterns.push(("claude-*".into(), "any".into()));
+        assert_eq!(a.resolve("claude-3-5-haiku-latest"), Some("fast"));
+        assert_eq!(a.resolve("claude-3-5-haiku-20241022"), Some("haiku"));
+        assert_eq!(a.resolve("claude-sonnet-4-5"), Some("any"));
+        assert_eq!(a.resolve("gpt-4o"), None);
     }
 }

@@ -15,8 +15,8 @@ use switchyard_proto as pb;
 use crate::{
     balance::{stable_hash, BreakerConfig, Endpoint, EndpointState, Selector, Strategy},
     config::{
-        Affinity, Backend, ClientKey, Credential, HealthProbe, Model, ModelRoute, ProbeKind, Provider,
-        ProviderKind, Routing, States,
+        Affinity, Aliases, Backend, ClientKey, Credential, HealthProbe, Model, ModelRoute, ProbeKind,
+        Provider, ProviderKind, Routing, States,
     },
     metrics::{BackendHandles, ModelHandles},
     upstream::Connector,
@@ -441,12 +441,28 @@ pub fn build(
             },
         );
     }
+    let mut aliases = Aliases::default();
+    let mut by_name: Vec<&pb::Model> = snap.models.iter().collect();
+    by_name.sort_by(|a, b| a.name.cmp(&b.name));
+    for m in by_name {
+        for a in &m.aliases {
+            if a.contains('*') {
+                aliases.patterns.push((a.clone(), m.name.clone()));
+            } else if models.contains_key(a) || aliases.exact.insert(a.clone(), m.name.clone()).is_some() {
+                return Err(err(
+                    format!("models.{}.aliases", m.name),
+                    format!("`{a}` names another model or alias"),
+                ));
+            }
+        }
+    }
     Ok(Routing {
         version: snap.version,
         hash: snap.hash.clone(),
         providers,
         models,
         model_names,
+        aliases,
         keys,
     })
 }

@@ -63,10 +63,13 @@ pub fn plan<'a>(
         .ok_or_else(|| ProxyError::BadRequest("missing `model`".into()))?;
     // A model the key may not use gets the very answer of a model that does not exist, so
     // that a restricted key cannot learn which hidden models there are.
+    // A name no model has may be one's alias (Claude Code's dated names); the key's
+    // permission is for the model it names.
     let model = routing
         .models
         .get(model_name)
-        .filter(|m| m.enabled && req.key.may_use(model_name))
+        .or_else(|| routing.models.get(routing.aliases.resolve(model_name)?))
+        .filter(|m| m.enabled && req.key.may_use(&m.name))
         .ok_or_else(|| ProxyError::UnknownModel(model_name.to_string()))?;
     let path = req.path();
     // The model has no backend for this dialect: none of its kind, and none of the other
@@ -278,6 +281,23 @@ mod tests {
         let p = plan_of(&shared, &routing, &req);
         assert_eq!(p.route.native, 0);
         assert_eq!(p.xlate.pair, Some(crate::translate::Pair::MessagesOnOpenAi));
+        // An alias (a pattern) reaches its model, which the key's permission is about;
+        // the upstream gets the backend's model.
+        let mut snap = testing::snapshot();
+        snap.models[0].aliases = vec!["claude-*-haiku-*".into()];
+        let aliased = testing::routing(&shared, &snap);
+        let req = testing::inbound(
+            &aliased,
+            "/v1/messages",
+            r#"{"model":"claude-3-5-haiku-2024"}"#,
+            &[],
+        );
+        assert_eq!(&*plan_of(&shared, &aliased, &req).model.name, "m");
+        let req = testing::inbound(&aliased, "/v1/messages", r#"{"model":"claude-3-opus"}"#, &[]);
+        assert!(matches!(
+            super::plan(&shared, &aliased, &req, &mut fin),
+            Err(ProxyError::UnknownModel(_))
+        ));
         let req = testing::inbound(&routing, "/v1/messages/count_tokens", r#"{"model":"m"}"#, &[]);
         assert!(matches!(
             super::plan(&shared, &routing, &req, &mut fin),

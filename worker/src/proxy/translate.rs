@@ -61,8 +61,9 @@ pub struct Xlate {
     /// The translation the route's backends of the other kind need; `None`: the client's
     /// path has none (or the route has no such backend), so they are never picked.
     pub pair: Option<Pair>,
-    /// The request as translated for the last upstream model it was made for.
-    done: Option<Prepared>,
+    /// The request as translated for the last upstream model it was made for (boxed: a
+    /// passthrough request's plan carries one pointer for it).
+    done: Option<Box<Prepared>>,
     /// The body does not translate: the other kind's backends are out for this request.
     failed: bool,
 }
@@ -130,12 +131,12 @@ pub fn prepare(x: &mut Xlate, req: &Inbound<'_>, backend: &Backend, tries: &mut 
     };
     match pair.request(&req.body, &opts) {
         Ok(t) => {
-            x.done = Some(Prepared {
+            x.done = Some(Box::new(Prepared {
                 model: backend.upstream_model.clone(),
                 body: Bytes::from(t.body),
                 path: t.path,
                 ctx: t.ctx,
-            });
+            }));
             true
         }
         Err(e) => {
