@@ -279,10 +279,14 @@ pub fn model_from_proto(m: &pb::Model) -> Result<Model, Error> {
         }
         aliases.push(a.clone());
     }
+    if m.default_max_tokens == Some(0) {
+        return Err(invalid(format!("{what}: default_max_tokens must be > 0")));
+    }
     Ok(Model {
         name: m.name.clone(),
         spec: ModelSpec {
             aliases,
+            default_max_tokens: m.default_max_tokens,
             strategy,
             retry: RetryPolicy {
                 max_retries,
@@ -464,6 +468,7 @@ pub fn model_to_proto(m: &Model) -> pb::Model {
         created_at_ms: m.created_at_ms,
         updated_at_ms: m.updated_at_ms,
         aliases: s.aliases.clone(),
+        default_max_tokens: s.default_max_tokens,
     }
 }
 
@@ -609,6 +614,7 @@ pub fn merge_model(cur: &mut pb::Model, req: &pb::Model, mask: &[String]) -> Res
             "description" => cur.description = req.description.clone(),
             "metadata" => cur.metadata = req.metadata.clone(),
             "aliases" => cur.aliases = req.aliases.clone(),
+            "default_max_tokens" => cur.default_max_tokens = req.default_max_tokens,
             p => return Err(bad_path(&what, p)),
         }
     }
@@ -727,6 +733,13 @@ mod tests {
                 .unwrap()
                 .contains("aliases")
         );
+        // `default_max_tokens`: kept, and 0 refused.
+        let mut dm = model("x", &[]);
+        dm.default_max_tokens = Some(2048);
+        let m = model_from_proto(&dm).unwrap();
+        assert_eq!(model_to_proto(&m).default_max_tokens, Some(2048));
+        dm.default_max_tokens = Some(0);
+        assert!(model_from_proto(&dm).is_err());
         let state = |ms: &[pb::Model]| ConfigState {
             providers: BTreeMap::new(),
             models: ms

@@ -229,6 +229,10 @@ pub struct ModelSpec {
     /// the stored spec (and the snapshot hash) when empty.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub aliases: Vec<String>,
+    /// `max_tokens` for a translated request whose client set none (`None`: the worker's
+    /// default). Left out of the stored spec when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_max_tokens: Option<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -428,6 +428,10 @@ pub struct ModelCommon {
     /// On update: remove every alias.
     #[arg(long, conflicts_with = "aliases")]
     pub no_aliases: bool,
+    /// `max_tokens` for a request translated to an Anthropic backend whose OpenAI client
+    /// set none (default 4096; `0` on update: back to the default).
+    #[arg(long)]
+    pub default_max_tokens: Option<u32>,
 }
 
 /// Parsed `--affinity` value.

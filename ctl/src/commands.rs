@@ -621,6 +621,10 @@ fn model_fields(m: &mut pb::Model, c: &ModelCommon, mask: &mut Vec<String>) {
         m.aliases = c.aliases.clone();
         mask.push("aliases".into());
     }
+    if let Some(n) = c.default_max_tokens {
+        m.default_max_tokens = (n > 0).then_some(n);
+        mask.push("default_max_tokens".into());
+    }
 }
 
 fn backends_table(bs: &[BackendView]) -> String {
@@ -745,6 +749,9 @@ pub async fn models(ctx: &Ctx, admin: &mut Admin, cmd: ModelsCmd) -> Result<()> 
                 ];
                 if !v.aliases.is_empty() {
                     rows.insert(7, ("aliases", v.aliases.join(", ")));
+                }
+                if let Some(n) = v.default_max_tokens {
+                    rows.insert(7, ("default_max_tokens", n.to_string()));
                 }
                 let mut out = table::render_kv(&rows);
                 out.push('\n');

@@ -167,6 +167,9 @@ pub struct FileModel {
     /// Other names clients may ask the model by: exact, or patterns with `*`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub aliases: Vec<String>,
+    /// `max_tokens` for a request translated to Anthropic whose client set none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_max_tokens: Option<u32>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub backends: Vec<FileBackend>,
 }
@@ -547,6 +550,7 @@ impl FileModel {
             created_at_ms: 0,
             updated_at_ms: 0,
             aliases: self.aliases.clone(),
+            default_max_tokens: self.default_max_tokens,
         })
     }
 
@@ -562,6 +566,7 @@ impl FileModel {
             affinity: m.affinity.as_ref().and_then(affinity_to_str),
             metadata: m.metadata.clone().into_iter().collect(),
             aliases: m.aliases.clone(),
+            default_max_tokens: m.default_max_tokens,
             backends: m
                 .backends
                 .iter()
@@ -706,6 +711,7 @@ max_retries = 3
 per_try_timeout = "30s"
 affinity = "header:x-session-id"
 aliases = ["gpt-4o-latest", "gpt-4o-2024-*"]
+default_max_tokens = 8192
 
 [[models.backends]]
 provider = "jb"
@@ -735,6 +741,7 @@ allow_pin = true
         assert_eq!(m.backends[0].name, "jb");
         assert_eq!(m.affinity.as_ref().unwrap().header, "x-session-id");
         assert_eq!(m.aliases, ["gpt-4o-latest", "gpt-4o-2024-*"]);
+        assert_eq!(m.default_max_tokens, Some(8192));
         assert_eq!(doc.keys[0].expires_at_ms, 1_798_761_600_000);
         assert_eq!(p.allow_paths, ["/v1/files", "/v1/fine_tuning/*"]);
         assert_eq!(p.forward_headers, ["openai-organization"]);

@@ -540,6 +540,17 @@ async fn models_and_backends() {
     env.run(&["models", "update", "smart", "--no-aliases"]).await.ok();
     let m = env.run(&["models", "get", "smart", "-o", "json"]).await.json();
     assert!(m.get("aliases").is_none(), "{m}");
+    // `default_max_tokens` (translated requests to Anthropic): set, then back to the default.
+    env.run(&["models", "update", "smart", "--default-max-tokens", "2048"])
+        .await
+        .ok();
+    let m = env.run(&["models", "get", "smart", "-o", "json"]).await.json();
+    assert_eq!(m["default_max_tokens"], 2048, "{m}");
+    env.run(&["models", "update", "smart", "--default-max-tokens", "0"])
+        .await
+        .ok();
+    let m = env.run(&["models", "get", "smart", "-o", "json"]).await.json();
+    assert!(m.get("default_max_tokens").is_none(), "{m}");
 
     let table = env.run(&["models", "list"]).await.ok().to_string();
     assert!(

@@ -35,6 +35,12 @@ async fn tokens(c: &reqwest::Client, base: &str, model: &str, ty: &str) -> Resul
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_dialect_reaches_the_other_kind_translated() -> Result<()> {
     let m = MockServer::start(MockOptions::default()).await?;
+    let mut short = model(
+        "short",
+        "round_robin",
+        vec![backend("an", "an", "claude-up", 1, 0)],
+    );
+    short.default_max_tokens = Some(1000);
     let snap = snapshot(
         1,
         vec![
@@ -52,6 +58,7 @@ async fn each_dialect_reaches_the_other_kind_translated() -> Result<()> {
                 "round_robin",
                 vec![backend("oa", "oa", "gpt-up", 1, 0)],
             ),
+            short,
         ],
         vec![key("main", KEY, &[])],
     );
@@ -78,6 +85,15 @@ async fn each_dialect_reaches_the_other_kind_translated() -> Result<()> {
     let body = seen.json().unwrap();
     assert_eq!(body["model"], "claude-up");
     assert_eq!(body["max_tokens"], 4096, "the documented default: {body}");
+    // ... or the model's own.
+    let r = c
+        .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth(KEY)
+        .json(&json!({"model": "short", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200);
+    assert_eq!(m.requests().pop().unwrap().json().unwrap()["max_tokens"], 1000);
 
     // An Anthropic client (Claude Code's headers and query) on an OpenAI-kind backend.
     let r = c
@@ -171,7 +187,7 @@ async fn each_dialect_reaches_the_other_kind_translated() -> Result<()> {
     assert_eq!(v["data"][0]["id"], "claude-on-gpt", "{v}");
     assert_eq!(
         (&v["first_id"], &v["last_id"]),
-        (&json!("claude-on-gpt"), &json!("gpt-on-claude"))
+        (&json!("claude-on-gpt"), &json!("short"))
     );
     assert_eq!(v["has_more"], false, "{v}");
     let r = c

@@ -139,6 +139,9 @@ pub struct Model {
     pub per_try_timeout: Option<Duration>,
     pub affinity: Affinity,
     pub enabled: bool,
+    /// `max_tokens` for a request translated to an Anthropic backend whose client set
+    /// none (`proxy::translate`).
+    pub default_max_tokens: u64,
     /// Backends reachable from each client dialect (`ProviderKind::index`): those of
     /// the dialect's kind, then the other kind's, reached by translation.
     pub routes: [Option<ModelRoute>; 2],

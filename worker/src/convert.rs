@@ -409,6 +409,11 @@ pub fn build(
                 .then(|| Duration::from_millis(retry.per_try_timeout_ms)),
             affinity,
             enabled: m.enabled.unwrap_or(true),
+            default_max_tokens: match m.default_max_tokens {
+                Some(0) => return Err(err(format!("{}.default_max_tokens", path()), "must be > 0")),
+                Some(n) => u64::from(n),
+                None => crate::proxy::translate::DEFAULT_MAX_TOKENS,
+            },
             routes,
         };
         if models.insert(m.name.clone(), model).is_some() {

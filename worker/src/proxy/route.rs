@@ -194,7 +194,7 @@ pub fn next_target<'a>(ctx: &mut Ctx<'a>) -> Option<Target<'a>> {
             continue;
         }
         // A backend of the other kind: only if the request translates for it.
-        if bi >= route.native && !translate::prepare(&mut plan.xlate, &ctx.req, backend, tries) {
+        if bi >= route.native && !translate::prepare(&mut plan.xlate, &ctx.req, plan.model, backend, tries) {
             tries.excluded_b.push(bi);
             continue;
         }

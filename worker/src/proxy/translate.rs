@@ -20,8 +20,8 @@
 //!   ([`AnswerTranslator`], the body phase's `relay::Transform::Translate`). Usage is
 //!   booked from the translator's count (cache reads and writes included).
 //!
-//! `max_tokens`, which Anthropic requires, defaults to [`DEFAULT_MAX_TOKENS`] for an
-//! OpenAI client that sets none (models have no setting for it yet).
+//! `max_tokens`, which Anthropic requires, is the model's `default_max_tokens`, else
+//! [`DEFAULT_MAX_TOKENS`], for an OpenAI client that sets none.
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -33,7 +33,7 @@ use crate::{
     account::{self, Outcome},
     balance::InflightGuard,
     body::ProxyBody,
-    config::{Backend, ModelRoute, ProviderKind},
+    config::{Backend, Model, ModelRoute, ProviderKind},
     errors::{Dialect, ProxyError},
     extract,
     translate::{ClientApi, Pair, ResponseContext, StreamTranslator, TranslateOptions, ANTHROPIC_VERSION},
@@ -46,7 +46,8 @@ use super::{
 };
 
 /// `max_tokens` for a translated request to an Anthropic backend whose OpenAI client set
-/// no limit (Anthropic requires one).
+/// no limit (Anthropic requires one), unless the model sets its own
+/// (`default_max_tokens`).
 pub const DEFAULT_MAX_TOKENS: u64 = 4096;
 
 /// The most of an answer buffered for translation: a complete answer (translated whole)
@@ -116,7 +117,13 @@ pub fn pair_of(route: &ModelRoute, x: &Xlate, bi: usize) -> Option<Pair> {
 
 /// Whether `backend` (of the other kind) can take the request: the body translates for
 /// it. A failure is remembered (the request's answer if nothing else is tried).
-pub fn prepare(x: &mut Xlate, req: &Inbound<'_>, backend: &Backend, tries: &mut Tries) -> bool {
+pub fn prepare(
+    x: &mut Xlate,
+    req: &Inbound<'_>,
+    model: &Model,
+    backend: &Backend,
+    tries: &mut Tries,
+) -> bool {
     let Some(pair) = x.pair.filter(|_| !x.failed) else {
         return false;
     };
@@ -124,7 +131,7 @@ pub fn prepare(x: &mut Xlate, req: &Inbound<'_>, backend: &Backend, tries: &mut 
         return true;
     }
     let opts = TranslateOptions {
-        default_max_tokens: DEFAULT_MAX_TOKENS,
+        default_max_tokens: model.default_max_tokens,
         max_completion_tokens: false,
         now_unix: crate::unix_ms() as u64 / 1000,
         model: Some(backend.upstream_model.clone()),
