@@ -109,28 +109,33 @@ fn passthrough(
 /// others, so a translated backend serves a dialect only when no native backend of its
 /// tier is available (translation costs CPU and keeps only what both dialects have).
 /// A route without backends of the other kind keeps its priorities as they are.
+/// Takes both lists by value: the caller clones each backend once, for the route in which
+/// it is the other kind's.
 fn route_for(
-    native: &[(Backend, Endpoint)],
-    other: &[(Backend, Endpoint)],
+    native: Vec<(Backend, Endpoint)>,
+    other: Vec<(Backend, Endpoint)>,
     strategy: Strategy,
 ) -> Option<ModelRoute> {
     if native.is_empty() && other.is_empty() {
         return None;
     }
     let mixed = !other.is_empty();
-    let (mut backends, mut endpoints) = (Vec::new(), Vec::new());
+    let n = native.len();
+    let (mut backends, mut endpoints) = (
+        Vec::with_capacity(n + other.len()),
+        Vec::with_capacity(n + other.len()),
+    );
     for (own, list) in [(true, native), (false, other)] {
-        for (b, e) in list {
-            backends.push(b.clone());
-            let mut e = e.clone();
+        for (b, mut e) in list {
             if mixed {
                 e.priority = e.priority.saturating_mul(2).saturating_add(i32::from(!own));
             }
+            backends.push(b);
             endpoints.push(e);
         }
     }
     Some(ModelRoute {
-        native: native.len(),
+        native: n,
         backends,
         endpoints,
         selector: Selector::new(strategy),
@@ -400,7 +405,12 @@ pub fn build(
                 ep,
             ));
         }
-        let routes = [0, 1].map(|k| route_for(&per_kind[k], &per_kind[1 - k], strategy));
+        let [openai, anthropic] = per_kind;
+        let (openai_other, anthropic_other) = (openai.clone(), anthropic.clone());
+        let routes = [
+            route_for(openai, anthropic_other, strategy),
+            route_for(anthropic, openai_other, strategy),
+        ];
         let model = Model {
             metrics: Arc::new(ModelHandles::new(model_name.clone())),
             name: model_name,
