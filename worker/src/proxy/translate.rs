@@ -537,6 +537,54 @@ mod tests {
         assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
     }
 
+    /// The body phase's stream translation goes out event by event: what a read brings
+    /// is translated before the upstream's next read (no buffering of the answer), and the
+    /// usage booked is the translator's, cache reads included.
+    #[test]
+    fn a_stream_is_translated_as_it_comes() {
+        let mut t = AnswerTranslator {
+            dialect: Dialect::OpenAi,
+            mode: Mode::Stream {
+                t: Pair::ChatOnAnthropic.stream(ResponseContext {
+                    stream: true,
+                    include_usage: true,
+                    ..Default::default()
+                }),
+                failed: false,
+                finished: false,
+            },
+            out: Vec::new(),
+        };
+        let start = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"c\",\"content\":[],\"stop_reason\":null,\"usage\":{\"input_tokens\":10,\"output_tokens\":1,\"cache_read_input_tokens\":5,\"cache_creation_input_tokens\":2}}}\n\nevent: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n";
+        let delta = "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hello\"}}\n\n";
+        let end = "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\nevent: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":7}}\n\nevent: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
+        t.feed(Bytes::from(start));
+        // The delta cut in two reads: nothing of it before its end, all of it at once then.
+        let (a, b) = delta.split_at(40);
+        assert!(!String::from_utf8_lossy(&t.feed(Bytes::from(a))).contains("Hello"));
+        let out = t.feed(Bytes::from(b));
+        assert!(
+            String::from_utf8_lossy(&out).contains("\"content\":\"Hello\""),
+            "{out:?}"
+        );
+        assert!(!t.is_empty(), "held until the upstream's end");
+        let out = t.feed(Bytes::from(end));
+        let rest = t.finish().unwrap_or_default();
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out),
+            String::from_utf8_lossy(&rest)
+        );
+        assert!(all.contains("\"finish_reason\":\"stop\""), "{all}");
+        assert!(all.trim_end().ends_with("data: [DONE]"), "{all}");
+        assert!(t.is_empty());
+        let u = t.usage().unwrap();
+        assert_eq!(
+            (u.prompt_tokens, u.completion_tokens, u.cached_tokens),
+            (17, 7, 5)
+        );
+    }
+
     /// A model with backends of both kinds in one tier: the client's own kind first (a
     /// half-tier ahead), the other kind's only once those are out.
     #[test]
