@@ -296,9 +296,30 @@ pub fn model_from_proto(m: &pb::Model) -> Result<Model, Error> {
             "{what}: affinity.header must be a valid HTTP header name when affinity.kind is header"
         )));
     }
+    let mut aliases: Vec<String> = Vec::with_capacity(m.aliases.len());
+    for a in &m.aliases {
+        let ok = !a.is_empty()
+            && a.len() <= 128
+            && a.bytes().all(|b| b.is_ascii_graphic())
+            && a.bytes().any(|b| b != b'*');
+        if !ok {
+            return Err(invalid(format!(
+                "{what}: alias {a:?} must be 1 to 128 printable ASCII characters, not only `*`"
+            )));
+        }
+        if *a == m.name || aliases.contains(a) {
+            return Err(invalid(format!("{what}: alias {a:?} is given twice")));
+        }
+        aliases.push(a.clone());
+    }
+    if m.default_max_tokens == Some(0) {
+        return Err(invalid(format!("{what}: default_max_tokens must be > 0")));
+    }
     Ok(Model {
         name: m.name.clone(),
         spec: ModelSpec {
+            aliases,
+            default_max_tokens: m.default_max_tokens,
             strategy,
             retry: RetryPolicy {
                 max_retries,
@@ -491,6 +512,8 @@ pub fn model_to_proto(m: &Model) -> pb::Model {
         created_at_ms: m.created_at_ms,
         updated_at_ms: m.updated_at_ms,
         price: s.price.as_ref().map(price_to_proto),
+        aliases: s.aliases.clone(),
+        default_max_tokens: s.default_max_tokens,
     }
 }
 
@@ -637,6 +660,8 @@ pub fn merge_model(cur: &mut pb::Model, req: &pb::Model, mask: &[String]) -> Res
             "metadata" => cur.metadata = req.metadata.clone(),
             // The price is replaced whole (an absent one clears it).
             "price" => cur.price = req.price,
+            "aliases" => cur.aliases = req.aliases.clone(),
+            "default_max_tokens" => cur.default_max_tokens = req.default_max_tokens,
             p => return Err(bad_path(&what, p)),
         }
     }
@@ -733,6 +758,53 @@ mod tests {
             Err(Error::InvalidArgument(m)) => m,
             other => panic!("expected InvalidArgument, got {other:?}"),
         }
+    }
+
+    /// Aliases: kept in order, refused when empty, only `*`, a repeat or the model's own
+    /// name; across models an alias may not be another model's name or alias.
+    #[test]
+    fn model_aliases_are_checked() {
+        let model = |name: &str, aliases: &[&str]| pb::Model {
+            name: name.into(),
+            aliases: aliases.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
+        let m = model_from_proto(&model("haiku", &["claude-*-haiku-*", "claude-haiku"])).unwrap();
+        assert_eq!(m.spec.aliases, ["claude-*-haiku-*", "claude-haiku"]);
+        assert_eq!(model_to_proto(&m).aliases, m.spec.aliases);
+        for bad in [&["" as &str][..], &["**"], &["a", "a"], &["haiku"], &["a b"]] {
+            assert!(model_from_proto(&model("haiku", bad)).is_err(), "{bad:?}");
+        }
+        // An empty list is left out of the stored spec (and so of the snapshot hash).
+        assert!(
+            !serde_json::to_string(&model_from_proto(&model("x", &[])).unwrap().spec)
+                .unwrap()
+                .contains("aliases")
+        );
+        // `default_max_tokens`: kept, and 0 refused.
+        let mut dm = model("x", &[]);
+        dm.default_max_tokens = Some(2048);
+        let m = model_from_proto(&dm).unwrap();
+        assert_eq!(model_to_proto(&m).default_max_tokens, Some(2048));
+        dm.default_max_tokens = Some(0);
+        assert!(model_from_proto(&dm).is_err());
+        let state = |ms: &[pb::Model]| ConfigState {
+            providers: BTreeMap::new(),
+            models: ms
+                .iter()
+                .map(|m| (m.name.clone(), model_from_proto(m).unwrap()))
+                .collect(),
+            keys: BTreeMap::new(),
+        };
+        assert!(state(&[model("a", &["x", "y-*"]), model("b", &["z"])])
+            .validate_references()
+            .is_ok());
+        assert!(state(&[model("a", &["b"]), model("b", &[])])
+            .validate_references()
+            .is_err());
+        assert!(state(&[model("a", &["x"]), model("b", &["x"])])
+            .validate_references()
+            .is_err());
     }
 
     #[test]

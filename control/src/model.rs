@@ -247,6 +247,14 @@ pub struct ModelSpec {
     /// The price of every backend that sets none; `None` = those are unpriced.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub price: Option<Price>,
+    /// Other names (exact, or patterns with `*`) clients may ask this model by. Left out of
+    /// the stored spec (and the snapshot hash) when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
+    /// `max_tokens` for a translated request whose client set none (`None`: the worker's
+    /// default). Left out of the stored spec when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_max_tokens: Option<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -333,6 +341,24 @@ pub fn validate_name(what: &str, name: &str) -> Result<(), Error> {
 impl ConfigState {
     /// Cross-object rules: every backend names an existing provider.
     pub fn validate_references(&self) -> Result<(), Error> {
+        // An exact alias names one model; the same pattern on two models is ambiguous.
+        let mut taken: BTreeMap<&str, &str> = BTreeMap::new();
+        for m in self.models.values() {
+            for a in &m.spec.aliases {
+                if let Some(other) = self.models.get(a.as_str()).map(|o| o.name.as_str()) {
+                    return Err(Error::InvalidArgument(format!(
+                        "model {}: alias {a:?} is the name of model {other}",
+                        m.name
+                    )));
+                }
+                if let Some(other) = taken.insert(a, &m.name) {
+                    return Err(Error::InvalidArgument(format!(
+                        "model {}: alias {a:?} is also an alias of model {other}",
+                        m.name
+                    )));
+                }
+            }
+        }
         for m in self.models.values() {
             for b in m.backends.values() {
                 if !self.providers.contains_key(&b.spec.provider) {

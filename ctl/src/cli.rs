@@ -543,6 +543,17 @@ pub struct ModelCommon {
     /// Free-form metadata, `K=V` (repeatable; on update the given set replaces the old one).
     #[arg(long = "metadata", value_name = "K=V", value_parser = parse_kv)]
     pub metadata: Vec<(String, String)>,
+    /// Another name clients may ask the model by, exact or a pattern with `*` (e.g.
+    /// `claude-*-haiku-*`); repeatable; on update the given set replaces the old one.
+    #[arg(long = "alias", value_name = "NAME")]
+    pub aliases: Vec<String>,
+    /// On update: remove every alias.
+    #[arg(long, conflicts_with = "aliases")]
+    pub no_aliases: bool,
+    /// `max_tokens` for a request translated to an Anthropic backend whose OpenAI client
+    /// set none (default 4096; `0` on update: back to the default).
+    #[arg(long)]
+    pub default_max_tokens: Option<u32>,
 }
 
 /// Parsed `--affinity` value.

@@ -617,6 +617,14 @@ fn model_fields(m: &mut pb::Model, c: &ModelCommon, mask: &mut Vec<String>) {
         m.metadata = to_map(&c.metadata);
         mask.push("metadata".into());
     }
+    if !c.aliases.is_empty() || c.no_aliases {
+        m.aliases = c.aliases.clone();
+        mask.push("aliases".into());
+    }
+    if let Some(n) = c.default_max_tokens {
+        m.default_max_tokens = (n > 0).then_some(n);
+        mask.push("default_max_tokens".into());
+    }
 }
 
 fn backends_table(bs: &[BackendView]) -> String {
@@ -727,7 +735,7 @@ pub async fn models(ctx: &Ctx, admin: &mut Admin, cmd: ModelsCmd) -> Result<()> 
             let mut v = ModelView::from(&m);
             sort_backends(&mut v.backends);
             ctx.show(&v, || {
-                let mut out = table::render_kv(&[
+                let mut rows = vec![
                     ("name", v.name.clone()),
                     ("strategy", v.strategy.clone()),
                     ("enabled", yes_no(v.enabled)),
@@ -738,7 +746,14 @@ pub async fn models(ctx: &Ctx, admin: &mut Admin, cmd: ModelsCmd) -> Result<()> 
                     ("metadata", map_cell(&v.metadata)),
                     ("created", time_cell(v.created_at_ms)),
                     ("updated", time_cell(v.updated_at_ms)),
-                ]);
+                ];
+                if !v.aliases.is_empty() {
+                    rows.insert(7, ("aliases", v.aliases.join(", ")));
+                }
+                if let Some(n) = v.default_max_tokens {
+                    rows.insert(7, ("default_max_tokens", n.to_string()));
+                }
+                let mut out = table::render_kv(&rows);
                 out.push('\n');
                 out.push_str(&backends_table(&v.backends));
                 out

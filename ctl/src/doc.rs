@@ -168,6 +168,12 @@ pub struct FileModel {
     /// The price of every backend that sets none (currency units per million tokens).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub price: Option<FilePrice>,
+    /// Other names clients may ask the model by: exact, or patterns with `*`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
+    /// `max_tokens` for a request translated to Anthropic whose client set none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_max_tokens: Option<u32>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub backends: Vec<FileBackend>,
 }
@@ -563,6 +569,8 @@ impl FileModel {
                 .as_ref()
                 .map(|p| p.to_proto(&format!("{at}.price")))
                 .transpose()?,
+            aliases: self.aliases.clone(),
+            default_max_tokens: self.default_max_tokens,
         })
     }
 
@@ -578,6 +586,8 @@ impl FileModel {
             affinity: m.affinity.as_ref().and_then(affinity_to_str),
             metadata: m.metadata.clone().into_iter().collect(),
             price: m.price.as_ref().map(FilePrice::from_proto),
+            aliases: m.aliases.clone(),
+            default_max_tokens: m.default_max_tokens,
             backends: m
                 .backends
                 .iter()
@@ -722,6 +732,8 @@ strategy = "least_connections"
 max_retries = 3
 per_try_timeout = "30s"
 affinity = "header:x-session-id"
+aliases = ["gpt-4o-latest", "gpt-4o-2024-*"]
+default_max_tokens = 8192
 
 [[models.backends]]
 provider = "jb"
@@ -750,6 +762,8 @@ allow_pin = true
         let m = &doc.models[0];
         assert_eq!(m.backends[0].name, "jb");
         assert_eq!(m.affinity.as_ref().unwrap().header, "x-session-id");
+        assert_eq!(m.aliases, ["gpt-4o-latest", "gpt-4o-2024-*"]);
+        assert_eq!(m.default_max_tokens, Some(8192));
         assert_eq!(doc.keys[0].expires_at_ms, 1_798_761_600_000);
         assert_eq!(p.allow_paths, ["/v1/files", "/v1/fine_tuning/*"]);
         assert_eq!(p.forward_headers, ["openai-organization"]);

@@ -97,6 +97,12 @@ pub struct ModelView {
     /// `none`, `user` or `header:NAME`.
     pub affinity: String,
     pub metadata: BTreeMap<String, String>,
+    /// Other names the model is asked by (left out when none).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
+    /// Left out when unset (the worker's default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default_max_tokens: Option<u32>,
     pub backends: Vec<BackendView>,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
@@ -281,6 +287,8 @@ impl From<&pb::Model> for ModelView {
                 .and_then(affinity_to_str)
                 .unwrap_or_else(|| "none".to_string()),
             metadata: sorted(&m.metadata),
+            aliases: m.aliases.clone(),
+            default_max_tokens: m.default_max_tokens,
             backends: m.backends.iter().map(BackendView::from).collect(),
             created_at_ms: m.created_at_ms,
             updated_at_ms: m.updated_at_ms,

@@ -19,7 +19,9 @@ reject_credentials, reject_header.
   GET  /_mock/requests   the requests seen (method, path, headers, body, credential)
 
 API: POST /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/messages,
-/v1/messages/count_tokens, other POST /v1/* (echoed); GET /v1/models.";
+/v1/messages/count_tokens, other POST /v1/* (echoed); GET /v1/models. A chat or messages
+request with `tools` gets a call of its first tool with {\"location\":\"Paris\"} (streamed
+too), unless its last message carries a tool result.";
 
 /// Scriptable mock LLM upstream (OpenAI and Anthropic wire formats) with fault injection.
 #[derive(Debug, Parser)]
@@ -80,18 +82,17 @@ impl Args {
 
 /// Start the server, print the `listening http=ADDR` line, serve until SIGINT/SIGTERM.
 pub async fn run(opts: MockOptions) -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    // The handlers exist before the line is printed: a SIGTERM sent as soon as the line
+    // is read must reach them, not the default action (which would kill the process).
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
     let server = MockServer::start(opts).await?;
     println!("listening http={}", server.addr());
-    shutdown_signal().await?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
     server.shutdown().await;
     Ok(())
-}
-
-async fn shutdown_signal() -> std::io::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r,
-        _ = term.recv() => Ok(()),
-    }
 }

@@ -739,6 +739,24 @@ async fn api(state: &State, req: Request<Incoming>) -> Result<Resp, io::Error> {
             wire::responses_body(&prepared, &id, model_out, previous.as_deref()),
         ));
     }
+    if matches!(endpoint, Endpoint::Chat | Endpoint::Messages) {
+        if let Some(tool) = wire::tool_to_call(&body) {
+            let answer = wire::tool_call_body(
+                dialect,
+                peek.stream,
+                peek.include_usage(),
+                &tool,
+                model_out,
+                &b.usage,
+            );
+            let ct = if peek.stream {
+                "text/event-stream"
+            } else {
+                "application/json"
+            };
+            return Ok(full(200, ct, answer));
+        }
+    }
     let stream_kind = match endpoint {
         Endpoint::Chat if peek.stream => Some(StreamKind::Chat),
         Endpoint::Completions if peek.stream => Some(StreamKind::Completion),

@@ -555,6 +555,125 @@ impl StreamEvents {
     }
 }
 
+/// The arguments of every tool call the mock makes.
+pub const TOOL_ARGUMENTS: &str = r#"{"location":"Paris"}"#;
+
+/// The tool the mock calls for a Chat Completions or Messages request: the first of its
+/// `tools`, unless its last message already carries a tool result (then it answers with
+/// text, as a model would after a tool ran). Requests without `"tools"` are not parsed.
+pub fn tool_to_call(body: &[u8]) -> Option<String> {
+    body.windows(7).position(|w| w == b"\"tools\"")?;
+    let v: Value = serde_json::from_slice(body).ok()?;
+    let t = v.get("tools")?.as_array()?.first()?;
+    let name = t
+        .get("function")
+        .and_then(|f| f.get("name"))
+        .or_else(|| t.get("name"))?
+        .as_str()?;
+    let last = v.get("messages")?.as_array()?.last()?;
+    let answered = last["role"] == "tool"
+        || last["content"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|b| b["type"] == "tool_result"));
+    (!answered).then(|| name.to_string())
+}
+
+/// A tool call of `name` with [`TOOL_ARGUMENTS`]: a complete answer, or (`stream`) the
+/// whole SSE transcript, whose arguments come in two deltas.
+pub fn tool_call_body(
+    dialect: Dialect,
+    stream: bool,
+    include_usage: bool,
+    name: &str,
+    model: &str,
+    u: &Usage,
+) -> Bytes {
+    let created = now_secs();
+    let (a1, a2) = TOOL_ARGUMENTS.split_at(12);
+    let data = |v: Value| format!("data: {v}\n\n");
+    let event = |n: &str, v: Value| format!("event: {n}\ndata: {v}\n\n");
+    let out = match (dialect, stream) {
+        (Dialect::OpenAi, false) => json!({
+            "id": "chatcmpl-mock", "object": "chat.completion", "created": created, "model": model,
+            "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+                "role": "assistant", "content": null,
+                "tool_calls": [{"id": "call_mock", "type": "function",
+                    "function": {"name": name, "arguments": TOOL_ARGUMENTS}}]}}],
+            "usage": openai_usage(u),
+        })
+        .to_string(),
+        (Dialect::OpenAi, true) => {
+            let chunk = |delta: Value, finish: Value| {
+                data(
+                    json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": created,
+                    "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}),
+                )
+            };
+            let mut s = chunk(json!({"role": "assistant", "content": null}), Value::Null);
+            s += &chunk(
+                json!({"tool_calls": [{"index": 0, "id": "call_mock", "type": "function",
+                    "function": {"name": name, "arguments": ""}}]}),
+                Value::Null,
+            );
+            for a in [a1, a2] {
+                s += &chunk(
+                    json!({"tool_calls": [{"index": 0, "function": {"arguments": a}}]}),
+                    Value::Null,
+                );
+            }
+            s += &chunk(json!({}), json!("tool_calls"));
+            if include_usage {
+                s += &data(
+                    json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": created,
+                    "model": model, "choices": [], "usage": openai_usage(u)}),
+                );
+            }
+            s + "data: [DONE]\n\n"
+        }
+        (Dialect::Anthropic, false) => json!({
+            "id": "msg_mock", "type": "message", "role": "assistant", "model": model,
+            "content": [{"type": "tool_use", "id": "toolu_mock", "name": name,
+                "input": serde_json::from_str::<Value>(TOOL_ARGUMENTS).unwrap_or_default()}],
+            "stop_reason": "tool_use", "stop_sequence": null, "usage": anthropic_usage(u),
+        })
+        .to_string(),
+        (Dialect::Anthropic, true) => {
+            let mut usage = anthropic_usage(u);
+            usage["output_tokens"] = json!(1);
+            let mut s = event(
+                "message_start",
+                json!({"type": "message_start", "message": {
+                "id": "msg_mock", "type": "message", "role": "assistant", "model": model, "content": [],
+                "stop_reason": null, "stop_sequence": null, "usage": usage}}),
+            );
+            s += &event(
+                "content_block_start",
+                json!({"type": "content_block_start", "index": 0,
+                "content_block": {"type": "tool_use", "id": "toolu_mock", "name": name, "input": {}}}),
+            );
+            for a in [a1, a2] {
+                s += &event(
+                    "content_block_delta",
+                    json!({"type": "content_block_delta", "index": 0,
+                    "delta": {"type": "input_json_delta", "partial_json": a}}),
+                );
+            }
+            s += &event(
+                "content_block_stop",
+                json!({"type": "content_block_stop", "index": 0}),
+            );
+            s += &event(
+                "message_delta",
+                json!({"type": "message_delta",
+                "delta": {"stop_reason": "tool_use", "stop_sequence": null},
+                "usage": {"output_tokens": u.completion_tokens}}),
+            );
+            s + &event("message_stop", json!({"type": "message_stop"}))
+        }
+    };
+    Bytes::from(out)
+}
+
 /// Which streamed format to produce.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StreamKind {
@@ -779,6 +898,42 @@ mod tests {
             ..Behavior::default()
         });
         assert_eq!(p.pieces().concat(), "héllo wörld ✓");
+    }
+
+    #[test]
+    fn the_first_tool_is_called_until_a_result_comes_back() {
+        let chat = br#"{"tools":[{"type":"function","function":{"name":"f"}}],"messages":[{"role":"user","content":"x"}]}"#;
+        assert_eq!(tool_to_call(chat).as_deref(), Some("f"));
+        let done = br#"{"tools":[{"type":"function","function":{"name":"f"}}],"messages":[{"role":"tool","content":"x"}]}"#;
+        assert_eq!(tool_to_call(done), None);
+        let msgs =
+            br#"{"tools":[{"name":"g"}],"messages":[{"role":"user","content":[{"type":"tool_result"}]}]}"#;
+        assert_eq!(tool_to_call(msgs), None);
+        assert_eq!(tool_to_call(br#"{"messages":[]}"#), None);
+        let u = Usage::default();
+        let v: Value =
+            serde_json::from_slice(&tool_call_body(Dialect::OpenAi, false, false, "f", "m", &u)).unwrap();
+        assert_eq!(
+            v["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"],
+            TOOL_ARGUMENTS
+        );
+        let v: Value =
+            serde_json::from_slice(&tool_call_body(Dialect::Anthropic, false, false, "g", "m", &u)).unwrap();
+        assert_eq!(v["content"][0]["input"]["location"], "Paris");
+        // Streamed: the argument deltas add up to the arguments.
+        let s = tool_call_body(Dialect::OpenAi, true, true, "f", "m", &u);
+        let args: String = String::from_utf8_lossy(&s)
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+            .filter_map(|v| {
+                v["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"]
+                    .as_str()
+                    .map(String::from)
+            })
+            .collect();
+        assert_eq!(args, TOOL_ARGUMENTS);
+        assert!(String::from_utf8_lossy(&s).ends_with("data: [DONE]\n\n"));
     }
 
     #[test]

@@ -512,6 +512,46 @@ async fn models_and_backends() {
     assert_eq!(backup["enabled"], false);
     assert_eq!(backup["upstream_model"], "claude-sonnet-4-5");
 
+    // Aliases: set (the given set replaces the old one), shown, unique, cleared.
+    env.run(&[
+        "models",
+        "update",
+        "smart",
+        "--alias",
+        "claude-*-haiku-*",
+        "--alias",
+        "smart-latest",
+    ])
+    .await
+    .ok();
+    let m = env.run(&["models", "get", "smart", "-o", "json"]).await.json();
+    assert_eq!(
+        m["aliases"],
+        serde_json::json!(["claude-*-haiku-*", "smart-latest"])
+    );
+    let text = env.run(&["models", "get", "smart"]).await.ok().to_string();
+    assert!(text.contains("claude-*-haiku-*, smart-latest"), "{text}");
+    let err = env
+        .run(&["models", "add", "m4", "--alias", "smart-latest"])
+        .await
+        .fails(1)
+        .to_string();
+    assert!(err.contains("smart-latest") && err.lines().count() == 1, "{err}");
+    env.run(&["models", "update", "smart", "--no-aliases"]).await.ok();
+    let m = env.run(&["models", "get", "smart", "-o", "json"]).await.json();
+    assert!(m.get("aliases").is_none(), "{m}");
+    // `default_max_tokens` (translated requests to Anthropic): set, then back to the default.
+    env.run(&["models", "update", "smart", "--default-max-tokens", "2048"])
+        .await
+        .ok();
+    let m = env.run(&["models", "get", "smart", "-o", "json"]).await.json();
+    assert_eq!(m["default_max_tokens"], 2048, "{m}");
+    env.run(&["models", "update", "smart", "--default-max-tokens", "0"])
+        .await
+        .ok();
+    let m = env.run(&["models", "get", "smart", "-o", "json"]).await.json();
+    assert!(m.get("default_max_tokens").is_none(), "{m}");
+
     let table = env.run(&["models", "list"]).await.ok().to_string();
     assert!(
         table.lines().nth(1).unwrap().starts_with("smart  failover  2"),

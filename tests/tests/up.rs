@@ -285,9 +285,10 @@ upstream_model = "upstream-x"
 }
 
 /// An Anthropic-only config: the banner's curl asks `/v1/messages` (with `x-api-key` and
-/// `anthropic-version`) and works; asking that model on the OpenAI API answers "no
-/// backend for this API" in OpenAI's JSON, and an OpenAI-only model asked on
-/// `/v1/messages` answers it in Anthropic's JSON, not "does not exist".
+/// `anthropic-version`) and works; that model answers on the OpenAI API too, and an
+/// OpenAI-only model on `/v1/messages`, translated; an API no translation reaches
+/// (embeddings, `count_tokens`) answers "no backend for this API" in the client's JSON,
+/// not "does not exist".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_prints_a_curl_in_the_dialect_the_config_serves() -> Result<()> {
     let mock = switchyard_mock::MockServer::start(switchyard_mock::MockOptions::default()).await?;
@@ -315,6 +316,7 @@ secret = "sk-upstream-0123456789"
 
 [[models]]
 name = "a-claude"
+aliases = ["claude-*-haiku-*"]
 [[models.backends]]
 provider = "claude"
 
@@ -350,10 +352,50 @@ provider = "oa"
 
     let key = printed_value(&p, "Client API key").context("no key printed")?;
     let c = reqwest::Client::new();
+    // Each model answers the other dialect too, translated (issue 17 §3).
     let r = c
         .post(format!("http://{http}/v1/chat/completions"))
         .bearer_auth(&key)
-        .json(&serde_json::json!({"model": "a-claude", "messages": []}))
+        .json(&serde_json::json!({"model": "a-claude", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await?;
+    assert_eq!(v["object"], "chat.completion", "{v}");
+    assert!(v["choices"][0]["message"]["content"].is_string(), "{v}");
+    let r = c
+        .post(format!("http://{http}/v1/messages"))
+        .header("x-api-key", &key)
+        .header("anthropic-version", "2023-06-01")
+        .json(&serde_json::json!({"model": "b-gpt", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await?;
+    assert_eq!(v["type"], "message", "{v}");
+    assert!(v["content"][0]["text"].is_string(), "{v}");
+    // A name the model declares as an alias pattern (Claude Code's dated names).
+    let r = c
+        .post(format!("http://{http}/v1/messages"))
+        .header("x-api-key", &key)
+        .header("anthropic-version", "2023-06-01")
+        .json(
+            &serde_json::json!({"model": "claude-3-5-haiku-20241022", "max_tokens": 8,
+            "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await?;
+    assert_eq!(
+        v["model"], "a-claude",
+        "the upstream was asked for the model: {v}"
+    );
+    // An API no translation reaches: "no backend for this API", not "does not exist".
+    let r = c
+        .post(format!("http://{http}/v1/embeddings"))
+        .bearer_auth(&key)
+        .json(&serde_json::json!({"model": "a-claude", "input": "x"}))
         .send()
         .await?;
     assert_eq!(r.status(), 404);
@@ -365,10 +407,10 @@ provider = "oa"
         "{v}"
     );
     let r = c
-        .post(format!("http://{http}/v1/messages"))
+        .post(format!("http://{http}/v1/messages/count_tokens"))
         .header("x-api-key", &key)
         .header("anthropic-version", "2023-06-01")
-        .json(&serde_json::json!({"model": "b-gpt", "max_tokens": 8, "messages": []}))
+        .json(&serde_json::json!({"model": "b-gpt", "messages": []}))
         .send()
         .await?;
     assert_eq!(r.status(), 404);
@@ -393,4 +435,49 @@ provider = "oa"
     let v: serde_json::Value = r.json().await?;
     assert_eq!(v["error"]["code"], "model_not_found", "{v}");
     stop(p).await
+}
+
+/// `up --demo` answers the Anthropic SDK (Claude Code's API) although its backend is
+/// OpenAI-kind: `/v1/messages` is translated, plain and streamed, and `GET /v1/models`
+/// answers in Anthropic's list format. Needs the repo's `.venv` (scripts/ensure-deps.sh).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_demo_answers_the_anthropic_sdk() -> Result<()> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let python = root.join(".venv/bin/python");
+    if !python.exists() {
+        bail!("{} is missing: run scripts/ensure-deps.sh", python.display());
+    }
+    let dir = tempfile::tempdir()?;
+    let p = start_up(&dir.path().join("data"), &["--demo"], &[]).await?;
+    printed_curl(&p).await?;
+    let key = printed_value(&p, "Client API key").context("no key printed")?;
+    let script = r#"
+import os, anthropic
+an = anthropic.Anthropic(base_url=os.environ["SY_BASE"], api_key=os.environ["SY_KEY"], max_retries=0)
+m = an.messages.create(model="demo", max_tokens=64, messages=[{"role": "user", "content": "hi"}])
+assert m.type == "message" and m.content[0].text and m.stop_reason == "end_turn", m
+with an.messages.stream(model="demo", max_tokens=64, messages=[{"role": "user", "content": "hi"}]) as s:
+    text = "".join(s.text_stream)
+assert text, "no streamed text"
+ids = [x.id for x in an.models.list()]
+assert ids == ["demo"], ids
+print("ALL OK")
+"#;
+    let out = Command::new(&python)
+        .args(["-c", script])
+        .env("SY_BASE", format!("http://{}", p.addr("http")))
+        .env("SY_KEY", &key)
+        .output()
+        .await?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("ALL OK"),
+        "{stdout}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        p.stderr_text()
+    );
+    Ok(())
 }

@@ -328,14 +328,15 @@ async fn errors_in_both_dialects() -> Result<()> {
             "",
             "request_too_large",
         ),
-        // An OpenAI-only model is not found on the Anthropic route.
+        // An OpenAI-only model is reached from the Anthropic route by translation: a body
+        // without `messages` does not translate, a 400 before any upstream request.
         (
             &an,
             Some(KEY),
             json!({"model":"gpt-x"}).to_string(),
-            404,
+            400,
             "",
-            "not_found_error",
+            "invalid_request_error",
         ),
     ];
     for (url, k, body, status, oty, aty) in cases {

@@ -96,6 +96,7 @@ mod tests {
             providers: Vec::new(),
             models: Default::default(),
             model_names: Vec::new(),
+            aliases: Default::default(),
             keys: Default::default(),
         };
         for (plain, enabled) in keys {

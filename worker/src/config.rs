@@ -49,6 +49,8 @@ pub struct Routing {
     pub models: FxHashMap<String, Model>,
     /// Sorted public model names (for `/v1/models`).
     pub model_names: Vec<String>,
+    /// Other names models may be asked by (looked up only when no model has the name).
+    pub aliases: Aliases,
     /// Client keys by SHA-256 digest of the plaintext.
     pub keys: FxHashMap<[u8; 32], ClientKey>,
 }
@@ -137,18 +139,34 @@ pub struct Model {
     pub per_try_timeout: Option<Duration>,
     pub affinity: Affinity,
     pub enabled: bool,
-    /// Backends reachable from each client dialect (`ProviderKind::index`).
+    /// `max_tokens` for a request translated to an Anthropic backend whose client set
+    /// none (`proxy::translate`).
+    pub default_max_tokens: u64,
+    /// Backends reachable from each client dialect (`ProviderKind::index`): those of
+    /// the dialect's kind, then the other kind's, reached by translation.
     pub routes: [Option<ModelRoute>; 2],
 }
 
 #[derive(Debug)]
 pub struct ModelRoute {
+    /// `backends[..native]` are of the route's own kind (passthrough);
+    /// `backends[native..]` of the other kind (translated: `proxy::translate`). Each
+    /// backend is native in exactly one of its model's routes: listings walk
+    /// [`ModelRoute::native_backends`] so that none is counted twice.
+    pub native: usize,
     pub backends: Vec<Backend>,
     pub endpoints: Vec<Endpoint>,
     pub selector: Selector,
 }
 
-#[derive(Debug)]
+impl ModelRoute {
+    /// The backends of the route's own kind (each backend once per model across its routes).
+    pub fn native_backends(&self) -> &[Backend] {
+        &self.backends[..self.native]
+    }
+}
+
+#[derive(Debug, Clone)]
 pub struct Backend {
     pub name: Arc<str>,
     /// Metric series of this backend, created on first use.
@@ -187,6 +205,50 @@ impl ClientKey {
     }
 }
 
+/// Models' aliases: exact ones, and patterns where `*` stands for any run of characters,
+/// in model-name order (the first that matches wins).
+#[derive(Debug, Default)]
+pub struct Aliases {
+    pub exact: FxHashMap<String, String>,
+    pub patterns: Vec<(String, String)>,
+}
+
+impl Aliases {
+    /// The model a name that is no model's own goes to.
+    pub fn resolve(&self, name: &str) -> Option<&str> {
+        if let Some(m) = self.exact.get(name) {
+            return Some(m);
+        }
+        self.patterns
+            .iter()
+            .find(|(p, _)| glob_match(p.as_bytes(), name.as_bytes()))
+            .map(|(_, m)| m.as_str())
+    }
+}
+
+/// `*` matches any run of bytes (none included); every other byte itself. Linear in
+/// practice: backtracks only to the last `*`.
+pub fn glob_match(p: &[u8], s: &[u8]) -> bool {
+    let (mut pi, mut si) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while si < s.len() {
+        if pi < p.len() && p[pi] == b'*' {
+            star = Some((pi, si));
+            pi += 1;
+        } else if pi < p.len() && p[pi] == s[si] {
+            pi += 1;
+            si += 1;
+        } else if let Some((sp, ss)) = star {
+            pi = sp + 1;
+            si = ss + 1;
+            star = Some((sp, ss + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&b| b == b'*')
+}
+
 /// Live endpoint states by identity, carried from one routing table into the next.
 /// Identities are shared `Arc<str>`s (a clone is a count) and come from the operator's
 /// config, not from clients, so Fx hashing has nothing to fear.
@@ -200,7 +262,7 @@ impl Routing {
                 .models
                 .values()
                 .flat_map(|m| m.routes.iter().flatten())
-                .map(|r| r.backends.len())
+                .map(|r| r.native)
                 .sum::<usize>();
         let mut out = States::with_capacity_and_hasher(n, Default::default());
         for p in &self.providers {
@@ -210,11 +272,45 @@ impl Routing {
         }
         for m in self.models.values() {
             for r in m.routes.iter().flatten() {
-                for b in &r.backends {
+                for b in r.native_backends() {
                     out.insert(b.identity.clone(), b.state.clone());
                 }
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn star_matches_any_run() {
+        for (p, s, want) in [
+            ("claude-*-haiku-*", "claude-3-5-haiku-20241022", true),
+            ("claude-*-haiku-*", "claude-haiku-4-5", false),
+            ("claude-*-haiku-*", "claude--haiku-", true),
+            ("*", "", true),
+            ("a*b*c", "abbbc", true),
+            ("a*b*c", "abbbcx", false),
+            ("exact", "exact", true),
+            ("exact", "exac", false),
+            ("*-latest", "gpt-4o-latest", true),
+        ] {
+            assert_eq!(glob_match(p.as_bytes(), s.as_bytes()), want, "{p} {s}");
+        }
+    }
+
+    #[test]
+    fn exact_aliases_first_then_patterns_in_order() {
+        let mut a = Aliases::default();
+        a.exact.insert("claude-3-5-haiku-latest".into(), "fast".into());
+        a.patterns.push(("claude-*-haiku-*".into(), "haiku".into()));
+        a.patterns.push(("claude-*".into(), "any".into()));
+        assert_eq!(a.resolve("claude-3-5-haiku-latest"), Some("fast"));
+        assert_eq!(a.resolve("claude-3-5-haiku-20241022"), Some("haiku"));
+        assert_eq!(a.resolve("claude-sonnet-4-5"), Some("any"));
+        assert_eq!(a.resolve("gpt-4o"), None);
     }
 }

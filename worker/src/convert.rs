@@ -15,8 +15,8 @@ use switchyard_proto as pb;
 use crate::{
     balance::{stable_hash, BreakerConfig, Endpoint, EndpointState, Selector, Strategy},
     config::{
-        Affinity, Backend, ClientKey, Credential, HealthProbe, Model, ModelRoute, ProbeKind, Provider,
-        ProviderKind, Routing, States,
+        Affinity, Aliases, Backend, ClientKey, Credential, HealthProbe, Model, ModelRoute, ProbeKind,
+        Provider, ProviderKind, Routing, States,
     },
     metrics::{BackendHandles, ModelHandles},
     upstream::Connector,
@@ -120,6 +120,45 @@ fn passthrough(
         }
     }
     Ok((p.allow_paths.clone(), headers))
+}
+
+/// The route a client dialect takes: the backends of its own kind (`native`), then those
+/// of the other kind (`other`), reached by translation (issue 17). Within a tier the
+/// native ones go first: each tier `p` becomes `2p` for them and `2p + 1` for the
+/// others, so a translated backend serves a dialect only when no native backend of its
+/// tier is available (translation costs CPU and keeps only what both dialects have).
+/// A route without backends of the other kind keeps its priorities as they are.
+/// Takes both lists by value: the caller clones each backend once, for the route in which
+/// it is the other kind's.
+fn route_for(
+    native: Vec<(Backend, Endpoint)>,
+    other: Vec<(Backend, Endpoint)>,
+    strategy: Strategy,
+) -> Option<ModelRoute> {
+    if native.is_empty() && other.is_empty() {
+        return None;
+    }
+    let mixed = !other.is_empty();
+    let n = native.len();
+    let (mut backends, mut endpoints) = (
+        Vec::with_capacity(n + other.len()),
+        Vec::with_capacity(n + other.len()),
+    );
+    for (own, list) in [(true, native), (false, other)] {
+        for (b, mut e) in list {
+            if mixed {
+                e.priority = e.priority.saturating_mul(2).saturating_add(i32::from(!own));
+            }
+            backends.push(b);
+            endpoints.push(e);
+        }
+    }
+    Some(ModelRoute {
+        native: n,
+        backends,
+        endpoints,
+        selector: Selector::new(strategy),
+    })
 }
 
 /// Build the routing table. `prev` states (by identity) are reused for unchanged
@@ -397,18 +436,12 @@ pub fn build(
                 ep,
             ));
         }
-        let routes = per_kind.map(|v| {
-            if v.is_empty() {
-                None
-            } else {
-                let (backends, endpoints) = v.into_iter().unzip();
-                Some(ModelRoute {
-                    backends,
-                    endpoints,
-                    selector: Selector::new(strategy),
-                })
-            }
-        });
+        let [openai, anthropic] = per_kind;
+        let (openai_other, anthropic_other) = (openai.clone(), anthropic.clone());
+        let routes = [
+            route_for(openai, anthropic_other, strategy),
+            route_for(anthropic, openai_other, strategy),
+        ];
         let model = Model {
             metrics: Arc::new(ModelHandles::new(model_name.clone())),
             name: model_name,
@@ -417,6 +450,11 @@ pub fn build(
                 .then(|| Duration::from_millis(retry.per_try_timeout_ms)),
             affinity,
             enabled: m.enabled.unwrap_or(true),
+            default_max_tokens: match m.default_max_tokens {
+                Some(0) => return Err(err(format!("{}.default_max_tokens", path()), "must be > 0")),
+                Some(n) => u64::from(n),
+                None => crate::proxy::translate::DEFAULT_MAX_TOKENS,
+            },
             routes,
         };
         if models.insert(m.name.clone(), model).is_some() {
@@ -449,12 +487,28 @@ pub fn build(
             },
         );
     }
+    let mut aliases = Aliases::default();
+    let mut by_name: Vec<&pb::Model> = snap.models.iter().collect();
+    by_name.sort_by(|a, b| a.name.cmp(&b.name));
+    for m in by_name {
+        for a in &m.aliases {
+            if a.contains('*') {
+                aliases.patterns.push((a.clone(), m.name.clone()));
+            } else if models.contains_key(a) || aliases.exact.insert(a.clone(), m.name.clone()).is_some() {
+                return Err(err(
+                    format!("models.{}.aliases", m.name),
+                    format!("`{a}` names another model or alias"),
+                ));
+            }
+        }
+    }
     Ok(Routing {
         version: snap.version,
         hash: snap.hash.clone(),
         providers,
         models,
         model_names,
+        aliases,
         keys,
     })
 }

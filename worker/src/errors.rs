@@ -53,6 +53,10 @@ pub enum ProxyError {
     CredentialRejected,
     #[error("worker is shutting down")]
     ShuttingDown,
+    /// A request that cannot be translated for the backend's dialect (400, naming the
+    /// field), or an upstream answer that cannot be translated back (502).
+    #[error("{0}")]
+    Translate(crate::translate::TranslateError),
 }
 
 impl ProxyError {
@@ -76,6 +80,7 @@ impl ProxyError {
             Self::Connect | Self::Upstream(_) | Self::CredentialRejected => StatusCode::BAD_GATEWAY,
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Self::NoConfig | Self::NoBackend(_) | Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Translate(e) => StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_GATEWAY),
         }
     }
 
@@ -98,6 +103,8 @@ impl ProxyError {
             Self::Upstream(_) => "upstream",
             Self::CredentialRejected => "auth",
             Self::ShuttingDown => "shutting_down",
+            Self::Translate(e) if e.status() == 400 => "untranslatable",
+            Self::Translate(_) => "translate_answer",
         }
     }
 
@@ -148,6 +155,10 @@ impl ProxyError {
     /// The JSON error body in `dialect`; a server-side failure names the request id for the
     /// operator to look up (as OpenAI's own 5xx bodies do), never an internal detail.
     fn body_with(&self, dialect: Dialect, request_id: Option<&str>) -> Bytes {
+        if let Self::Translate(e) = self {
+            // Its own body: the OpenAI one names the field (`param`).
+            return Bytes::from(e.body(dialect));
+        }
         let mut msg = self.to_string();
         if let Some(id) = request_id.filter(|_| self.status().is_server_error()) {
             msg.push_str(" (request id ");

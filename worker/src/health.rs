@@ -86,7 +86,7 @@ pub async fn probe_once(shared: &Shared, routing: &Routing, pi: usize) {
     let reason = if any_ok { "probe ok" } else { last_reason.as_str() };
     for m in routing.models.values() {
         for r in m.routes.iter().flatten() {
-            for b in r.backends.iter().filter(|b| b.provider == pi) {
+            for b in r.native_backends().iter().filter(|b| b.provider == pi) {
                 shared.transition(b.state.set_probe_result(now, any_ok, reason), || {
                     crate::account::HealthTarget::backend(&m.name, &b.name, &p.name)
                 });
@@ -262,7 +262,7 @@ pub fn health_response(shared: &Shared) -> Response<ProxyBody> {
                 let mut backends = Vec::new();
                 let mut model_ok = false;
                 for route in m.routes.iter().flatten() {
-                    for b in &route.backends {
+                    for b in route.native_backends() {
                         let p = &r.providers[b.provider];
                         let v = b.state.snapshot(now);
                         let creds_ok = p.credentials.iter().any(|c| c.state.is_available(now));

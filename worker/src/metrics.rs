@@ -255,7 +255,7 @@ impl Metrics {
             self.config_version.set(r.version as i64);
             for m in r.models.values() {
                 for route in m.routes.iter().flatten() {
-                    for b in &route.backends {
+                    for b in route.native_backends() {
                         let labels = vec![
                             ("model", m.name.to_string()),
                             ("backend", b.name.to_string()),

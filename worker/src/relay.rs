@@ -375,6 +375,10 @@ pub enum Transform {
     StripUsage(crate::strip::Stripper),
     /// The Responses API: the upstream's response ids go out as gateway ids (`respid`).
     ResponseIds(crate::respid::Rewriter),
+    /// A backend of the other kind than the client's dialect: its answer translated
+    /// (`proxy::translate`); its usage is the translator's. Boxed: translated requests
+    /// only, and a trait object inside.
+    Translate(Box<crate::proxy::translate::AnswerTranslator>),
 }
 
 impl Transform {
@@ -387,6 +391,7 @@ impl Transform {
         match self {
             Self::StripUsage(s) => s.feed(b),
             Self::ResponseIds(r) => r.feed(b),
+            Self::Translate(t) => t.feed(b),
         }
     }
 
@@ -395,6 +400,7 @@ impl Transform {
         match self {
             Self::StripUsage(s) => s.finish(),
             Self::ResponseIds(r) => r.finish(),
+            Self::Translate(t) => t.finish(),
         }
     }
 
@@ -403,6 +409,15 @@ impl Transform {
         match self {
             Self::StripUsage(s) => s.is_empty(),
             Self::ResponseIds(r) => r.is_empty(),
+            Self::Translate(t) => t.is_empty(),
+        }
+    }
+
+    /// The usage to book instead of the one read from the upstream's bytes.
+    fn usage(&self) -> Option<Usage> {
+        match self {
+            Self::Translate(t) => t.usage(),
+            _ => None,
         }
     }
 }
@@ -445,7 +460,10 @@ impl RelayBody {
             self.outcome = o;
         }
         if let Some(f) = self.finish.take() {
-            let usage = self.scanner.finish(outcome.is_none());
+            let usage = match self.transform.as_ref().and_then(Transform::usage) {
+                Some(u) => Some(u),
+                None => self.scanner.finish(outcome.is_none()),
+            };
             f.done(self.outcome, usage);
         }
     }
@@ -516,9 +534,12 @@ impl Body for RelayBody {
                 this.fail(ProxyError::Upstream("stream interrupted"))
             }
             Poll::Ready(None) => {
+                // What the transform held back (an event the upstream did not end goes
+                // out as it came; a translation's last events), before the request is
+                // booked with the transform's usage.
+                let rest = this.transform.as_mut().and_then(Transform::finish);
                 this.end(None);
-                // An event the upstream did not end: it goes out as it came.
-                match this.transform.as_mut().and_then(Transform::finish) {
+                match rest {
                     Some(rest) => Poll::Ready(Some(Ok(Frame::data(rest)))),
                     None => Poll::Ready(None),
                 }

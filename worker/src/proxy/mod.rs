@@ -6,11 +6,11 @@
 //! | dispatch | `mod.rs` ([`handle`]) | local answers (`/health`, `/ready`, `/metrics`, `/v1/models`); the client's dialect from the path |
 //! | request filter | `filter.rs` | authenticate, allowed path, read and scan the body → [`filter::Inbound`] |
 //! | route | `route.rs` | model → its route for the dialect ([`route::Plan`]); per attempt: pin or tier → strategy → backend → credential, retry budget → a [`route::Target`] |
-//! | upstream request | `upstream_request.rs` | the body and head for the target's provider (model rewrite, `include_usage`): **translation plugs in here** |
+//! | upstream request | `upstream_request.rs` | the body and head for the target's provider (model rewrite, `include_usage`); a backend of the other kind gets the translated request (`translate.rs`) |
 //! | attempt | `attempt.rs` | send under the per-try deadline; hold an SSE answer back until its first event → an [`attempt::Attempt`] |
 //! | classify + record | `classify.rs` | [`classify::classify`]`(attempt) -> Verdict`, and the one place that books a verdict (breaker, health, metrics, exclusions, kept answer, retry or not) |
 //! | response head | `respond.rs` | status and headers to the client, or the kept answer / error once nothing succeeded |
-//! | body | `relay.rs` (`RelayBody`, `relay::Transform`) | frame by frame: timeouts, the stream transform (usage strip; **stream translation plugs in here**), usage |
+//! | body | `relay.rs` (`RelayBody`, `relay::Transform`) | frame by frame: timeouts, the stream transform (usage strip, response ids, translation: `translate::AnswerTranslator`), usage |
 //! | logging | `relay.rs` (`Finish`) | access line, metrics, usage event: once per request |
 //!
 //! The Responses API's stateful calls (`GET /v1/responses/{id}`…) name no model: they
@@ -39,6 +39,7 @@ pub mod filter;
 pub mod respond;
 pub mod route;
 pub mod stateful;
+pub mod translate;
 pub mod upstream_request;
 
 pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -97,23 +98,43 @@ fn ready_response(shared: &Shared) -> Response<ProxyBody> {
     r
 }
 
+/// `GET /v1/models` in the asker's format: Anthropic's list (`type: model`, `has_more`,
+/// `first_id`/`last_id`) for an Anthropic-style request (an `anthropic-version` or
+/// `x-api-key` header: Claude Code's model picker), else OpenAI's.
 fn models_response(shared: &Shared, headers: &HeaderMap, memo: &auth::KeyMemo) -> Response<ProxyBody> {
+    let dialect = if headers.contains_key("anthropic-version") || headers.contains_key("x-api-key") {
+        Dialect::Anthropic
+    } else {
+        Dialect::OpenAi
+    };
     let Some(routing) = shared.routing.load_full() else {
-        return ProxyError::NoConfig.into_response(Dialect::OpenAi);
+        return ProxyError::NoConfig.into_response(dialect);
     };
     let key = match auth::authenticate(&routing, headers, crate::unix_ms(), memo) {
         Ok(k) => k,
-        Err(e) => return e.into_response(Dialect::OpenAi),
+        Err(e) => return e.into_response(dialect),
     };
-    let data: Vec<_> = routing
-        .model_names
-        .iter()
-        .filter(|m| key.may_use(m))
-        .map(|m| serde_json::json!({"id": m, "object": "model", "created": 0, "owned_by": "switchyard"}))
-        .collect();
-    let mut r = Response::new(ProxyBody::full(
-        serde_json::json!({"object": "list", "data": data}).to_string(),
-    ));
+    let names = routing.model_names.iter().filter(|m| key.may_use(m));
+    let body = match dialect {
+        Dialect::OpenAi => {
+            let data: Vec<_> = names
+                .map(|m| serde_json::json!({"id": m, "object": "model", "created": 0, "owned_by": "switchyard"}))
+                .collect();
+            serde_json::json!({"object": "list", "data": data})
+        }
+        Dialect::Anthropic => {
+            let data: Vec<_> = names
+                .map(|m| {
+                    serde_json::json!({"type": "model", "id": m, "display_name": m,
+                        "created_at": "1970-01-01T00:00:00Z"})
+                })
+                .collect();
+            let first = data.first().map(|m| m["id"].clone());
+            let last = data.last().map(|m| m["id"].clone());
+            serde_json::json!({"data": data, "has_more": false, "first_id": first, "last_id": last})
+        }
+    };
+    let mut r = Response::new(ProxyBody::full(body.to_string()));
     r.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r
@@ -223,6 +244,9 @@ async fn forward(
             classify::Next::Stop => break,
             classify::Next::Relay => {
                 if let attempt::Attempt::Answered(answer) = attempt {
+                    if translate::completes(&target, &answer) {
+                        return translate::complete(&mut ctx, &target, answer, guards).await;
+                    }
                     return Ok(respond::response_head(&mut ctx, &target, answer, guards));
                 }
                 break;

@@ -24,7 +24,12 @@ pub fn response_head(
 ) -> Response<ProxyBody> {
     let success = answer.head.status.is_success();
     // The worker added `include_usage` upstream: the client sees the stream it asked for.
-    let transform = if ctx.plan.inject_usage && answer.sse && success {
+    let transform = if let Some(pair) = t.pair {
+        // A backend of the other kind: the client sees the answer in its own dialect.
+        Some(Transform::Translate(Box::new(
+            super::translate::AnswerTranslator::new(ctx, pair, &answer),
+        )))
+    } else if ctx.plan.inject_usage && answer.sse && success {
         Some(Transform::strip_usage())
     } else if ctx.plan.response_ids {
         Some(Transform::ResponseIds(crate::respid::Rewriter::new(
@@ -98,6 +103,7 @@ pub fn nothing_succeeded(mut ctx: Ctx<'_>) -> Result<Response<ProxyBody>, ProxyE
             cred,
             now: 0,
             header_timeout: provider.request_timeout,
+            pair: super::translate::pair_of(route, &ctx.plan.xlate, k.bi),
         };
         // Relayed as it came: not a success, so no stream transform.
         return Ok(response_head(&mut ctx, &t, k.answer, guards));
@@ -128,6 +134,7 @@ pub fn error(mut fin: Finish, e: ProxyError, dialect: Dialect, request_id: &str)
         | ProxyError::Timeout
         | ProxyError::Upstream(_)
         | ProxyError::CredentialRejected => Outcome::UpstreamError,
+        ProxyError::Translate(ref t) if t.status() != 400 => Outcome::UpstreamError,
         _ => Outcome::Rejected,
     };
     let retries = fin.retries;

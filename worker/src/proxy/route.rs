@@ -16,7 +16,7 @@ use crate::{
     Shared,
 };
 
-use super::{filter::Inbound, Ctx, X_BACKEND};
+use super::{filter::Inbound, translate, Ctx, X_BACKEND};
 
 /// Where a request may go, decided once.
 #[derive(Debug)]
@@ -45,6 +45,8 @@ pub struct Plan<'a> {
     pub id_edits: Vec<(Range<usize>, Bytes)>,
     /// Credential affinity (a Responses API session: `respid::session_affinity`).
     pub cred_affinity: Option<u64>,
+    /// Translation for the route's backends of the other kind (`translate`).
+    pub xlate: translate::Xlate,
 }
 
 /// The model, its route for the dialect, and what the body asks of routing.
@@ -61,16 +63,24 @@ pub fn plan<'a>(
         .ok_or_else(|| ProxyError::BadRequest("missing `model`".into()))?;
     // A model the key may not use gets the very answer of a model that does not exist, so
     // that a restricted key cannot learn which hidden models there are.
+    // A name no model has may be one's alias (Claude Code's dated names); the key's
+    // permission is for the model it names.
     let model = routing
         .models
         .get(model_name)
-        .filter(|m| m.enabled && req.key.may_use(model_name))
+        .or_else(|| routing.models.get(routing.aliases.resolve(model_name)?))
+        .filter(|m| m.enabled && req.key.may_use(&m.name))
         .ok_or_else(|| ProxyError::UnknownModel(model_name.to_string()))?;
-    // The model has no backend for this dialect.
+    let path = req.path();
+    // The model has no backend for this dialect: none of its kind, and none of the other
+    // kind that a translation reaches from this path.
     let route = model.routes[req.kind.index()]
         .as_ref()
         .ok_or_else(|| ProxyError::no_backend_for_api(model_name, req.kind))?;
-    let path = req.path();
+    let xlate = translate::Xlate::new(translate::pair_for(req.kind, path, route));
+    if route.native == 0 && xlate.pair.is_none() {
+        return Err(ProxyError::no_backend_for_api(model_name, req.kind));
+    }
     if !req.default_path
         && !route
             .backends
@@ -135,6 +145,7 @@ pub fn plan<'a>(
         account,
         id_edits,
         cred_affinity,
+        xlate,
     })
 }
 
@@ -152,6 +163,8 @@ pub struct Target<'a> {
     pub now: u64,
     /// How long the upstream has for its head (and an SSE answer for its first event).
     pub header_timeout: std::time::Duration,
+    /// The backend is of the other kind than the client's dialect: the translation.
+    pub pair: Option<crate::translate::Pair>,
 }
 
 /// The next backend and credential to try, or `None` when the request has no try left:
@@ -180,6 +193,11 @@ pub fn next_target<'a>(ctx: &mut Ctx<'a>) -> Option<Target<'a>> {
         let backend = &route.backends[bi];
         let provider = &routing.providers[backend.provider];
         if !ctx.req.default_path && !paths::extra_allows(&provider.extra_paths, ctx.req.path()) {
+            tries.excluded_b.push(bi);
+            continue;
+        }
+        // A backend of the other kind: only if the request translates for it.
+        if bi >= route.native && !translate::prepare(&mut plan.xlate, &ctx.req, plan.model, backend, tries) {
             tries.excluded_b.push(bi);
             continue;
         }
@@ -225,6 +243,7 @@ pub fn next_target<'a>(ctx: &mut Ctx<'a>) -> Option<Target<'a>> {
             cred: &provider.credentials[ci],
             now,
             header_timeout: plan.model.per_try_timeout.unwrap_or(provider.request_timeout),
+            pair: translate::pair_of(route, &plan.xlate, bi),
         });
     }
 }
@@ -252,7 +271,8 @@ mod tests {
         assert_eq!(plan.route.backends.len(), 2);
         assert!(plan.inject_usage && plan.usage_edit.is_some());
         assert_eq!(&*fin.model, "m");
-        // Not a stream; an unknown model; no route for the other dialect.
+        // Not a stream; an unknown model; the other dialect: by translation on its API's
+        // path, and on no other (`count_tokens` has no translation).
         let req = testing::inbound(&routing, "/v1/chat/completions", r#"{"model":"m"}"#, &[]);
         assert!(!plan_of(&shared, &routing, &req).inject_usage);
         let req = testing::inbound(&routing, "/v1/chat/completions", r#"{"model":"x"}"#, &[]);
@@ -261,6 +281,27 @@ mod tests {
             Err(ProxyError::UnknownModel(_))
         ));
         let req = testing::inbound(&routing, "/v1/messages", r#"{"model":"m"}"#, &[]);
+        let p = plan_of(&shared, &routing, &req);
+        assert_eq!(p.route.native, 0);
+        assert_eq!(p.xlate.pair, Some(crate::translate::Pair::MessagesOnOpenAi));
+        // An alias (a pattern) reaches its model, which the key's permission is about;
+        // the upstream gets the backend's model.
+        let mut snap = testing::snapshot();
+        snap.models[0].aliases = vec!["claude-*-haiku-*".into()];
+        let aliased = testing::routing(&shared, &snap);
+        let req = testing::inbound(
+            &aliased,
+            "/v1/messages",
+            r#"{"model":"claude-3-5-haiku-2024"}"#,
+            &[],
+        );
+        assert_eq!(&*plan_of(&shared, &aliased, &req).model.name, "m");
+        let req = testing::inbound(&aliased, "/v1/messages", r#"{"model":"claude-3-opus"}"#, &[]);
+        assert!(matches!(
+            super::plan(&shared, &aliased, &req, &mut fin),
+            Err(ProxyError::UnknownModel(_))
+        ));
+        let req = testing::inbound(&routing, "/v1/messages/count_tokens", r#"{"model":"m"}"#, &[]);
         assert!(matches!(
             super::plan(&shared, &routing, &req, &mut fin),
             Err(ProxyError::NoBackendForApi(..))

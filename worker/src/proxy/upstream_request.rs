@@ -3,9 +3,9 @@
 //! `extract::Parts`), `include_usage` for OpenAI streams, the client's headers minus the
 //! ones that never go upstream, the provider's static headers and the credential.
 //!
-//! This is where translation plugs in: when the target's `provider.kind` differs from the
-//! client's (`ctx.req.kind`), the body, path and headers are rewritten for the backend's
-//! kind here, and the body phase (`relay::Transform`) translates the answer back.
+//! Translation branches off here: a target of the other kind than the client's dialect
+//! (`Target::pair`) gets the translated body, path and headers (`proxy::translate`), and
+//! the body phase (`relay::Transform::Translate`) translates the answer back.
 use http::Method;
 
 use crate::{
@@ -18,6 +18,9 @@ use super::{route::Target, Ctx};
 /// The head (request line and headers, written straight from the client's headers: no
 /// header map is built) and the body pieces for `t`.
 pub fn build(ctx: &Ctx<'_>, t: &Target<'_>) -> (upstream::RequestHead, extract::Parts) {
+    if t.pair.is_some() {
+        return super::translate::build(ctx, t);
+    }
     let req = &ctx.req;
     let plan = &ctx.plan;
     let body = match &plan.usage_edit {

@@ -495,7 +495,7 @@ impl State {
         };
         for m in routing.models.values() {
             for r in m.routes.iter().flatten() {
-                for b in &r.backends {
+                for b in r.native_backends() {
                     visit(
                         TargetKey {
                             kind: "backend",

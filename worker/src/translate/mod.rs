@@ -1,8 +1,9 @@
 //! Pure translators between the OpenAI and Anthropic dialects: requests, complete
-//! responses, error bodies and SSE streams. **Not yet wired into the request path**
-//! (issue 17 §3): the proxy's upstream-request phase will call a request translator when
-//! the client's dialect differs from the backend's kind, and its body phase will run a
-//! [`StreamTranslator`] (or a complete-body translator) on the answer.
+//! responses, error bodies and SSE streams. Wired into the request path by
+//! `proxy::translate` (issue 17 §3): when the client's dialect differs from the picked
+//! backend's kind, the route phase translates the request, the upstream-request phase
+//! sends it, and the answer comes back through [`Pair::answer`] (complete), a
+//! [`StreamTranslator`] (`relay::Transform::Translate`) or [`Pair::error`].
 //!
 //! Everything here is a function of its input (the clock comes in through
 //! [`TranslateOptions::now_unix`]); nothing does I/O. Translation runs once per translated
