@@ -72,6 +72,20 @@ fn each_event(
     read
 }
 
+/// A stream translator's event-by-event half: its SSE reader, and what one event becomes.
+trait Events {
+    fn reader(&mut self) -> &mut sse::Reader;
+    fn on_event(&mut self, ev: sse::Event, out: &mut Vec<u8>) -> Result<()>;
+}
+
+/// [`each_event`] over `t`'s own reader, taken out while its events go to `t`.
+fn drive(t: &mut impl Events, input: &[u8], end: bool, out: &mut Vec<u8>) -> Result<()> {
+    let mut reader = std::mem::take(t.reader());
+    let r = each_event(&mut reader, input, end, |ev| t.on_event(ev, out));
+    *t.reader() = reader;
+    r
+}
+
 /// The kind of the Anthropic content block in hand.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -269,19 +283,22 @@ impl AnthropicToChatStream {
     }
 }
 
+impl Events for AnthropicToChatStream {
+    fn reader(&mut self) -> &mut sse::Reader {
+        &mut self.reader
+    }
+    fn on_event(&mut self, ev: sse::Event, out: &mut Vec<u8>) -> Result<()> {
+        self.event(ev, out)
+    }
+}
+
 impl StreamTranslator for AnthropicToChatStream {
     fn push(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<()> {
-        let mut reader = std::mem::take(&mut self.reader);
-        let r = each_event(&mut reader, input, false, |ev| self.event(ev, out));
-        self.reader = reader;
-        r
+        drive(self, input, false, out)
     }
 
     fn finish(&mut self, out: &mut Vec<u8>) -> Result<()> {
-        let mut reader = std::mem::take(&mut self.reader);
-        let r = each_event(&mut reader, &[], true, |ev| self.event(ev, out));
-        self.reader = reader;
-        r?;
+        drive(self, &[], true, out)?;
         if self.done {
             Ok(())
         } else {
@@ -505,19 +522,22 @@ impl ChatToAnthropicStream {
     }
 }
 
+impl Events for ChatToAnthropicStream {
+    fn reader(&mut self) -> &mut sse::Reader {
+        &mut self.reader
+    }
+    fn on_event(&mut self, ev: sse::Event, out: &mut Vec<u8>) -> Result<()> {
+        self.event(ev, out)
+    }
+}
+
 impl StreamTranslator for ChatToAnthropicStream {
     fn push(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<()> {
-        let mut reader = std::mem::take(&mut self.reader);
-        let r = each_event(&mut reader, input, false, |ev| self.event(ev, out));
-        self.reader = reader;
-        r
+        drive(self, input, false, out)
     }
 
     fn finish(&mut self, out: &mut Vec<u8>) -> Result<()> {
-        let mut reader = std::mem::take(&mut self.reader);
-        let r = each_event(&mut reader, &[], true, |ev| self.event(ev, out));
-        self.reader = reader;
-        r?;
+        drive(self, &[], true, out)?;
         if !self.done && self.finish.is_some() {
             // Some OpenAI-compatible servers end without `[DONE]`.
             self.end(out);
@@ -878,19 +898,22 @@ impl AnthropicToResponsesStream {
     }
 }
 
+impl Events for AnthropicToResponsesStream {
+    fn reader(&mut self) -> &mut sse::Reader {
+        &mut self.reader
+    }
+    fn on_event(&mut self, ev: sse::Event, out: &mut Vec<u8>) -> Result<()> {
+        self.event(ev, out)
+    }
+}
+
 impl StreamTranslator for AnthropicToResponsesStream {
     fn push(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<()> {
-        let mut reader = std::mem::take(&mut self.reader);
-        let r = each_event(&mut reader, input, false, |ev| self.event(ev, out));
-        self.reader = reader;
-        r
+        drive(self, input, false, out)
     }
 
     fn finish(&mut self, out: &mut Vec<u8>) -> Result<()> {
-        let mut reader = std::mem::take(&mut self.reader);
-        let r = each_event(&mut reader, &[], true, |ev| self.event(ev, out));
-        self.reader = reader;
-        r?;
+        drive(self, &[], true, out)?;
         if self.done {
             Ok(())
         } else {
