@@ -204,6 +204,16 @@ fn tool_choice(v: Value, param: &str, named: impl Fn(Obj) -> Result<String>) -> 
     }
 }
 
+/// The OpenAI `user` and `safety_identifier` fields, each with the name it came by.
+fn take_users(m: &mut Obj, common: &mut Common) -> Result<()> {
+    for key in ["user", "safety_identifier"] {
+        if let Some(u) = take(m, key) {
+            common.users.push((as_string(u, key)?, key));
+        }
+    }
+    Ok(())
+}
+
 /// The shared tail of both OpenAI → Anthropic translations.
 #[derive(Default)]
 struct Common {
@@ -469,18 +479,7 @@ pub(super) fn chat_to_messages_value(mut m: Obj, opts: &TranslateOptions) -> Res
         effort_param: "reasoning_effort",
         ..Default::default()
     };
-    for key in ["user", "safety_identifier"] {
-        if let Some(u) = take(&mut m, key) {
-            common.users.push((
-                as_string(u, key)?,
-                if key == "user" {
-                    "user"
-                } else {
-                    "safety_identifier"
-                },
-            ));
-        }
-    }
+    take_users(&mut m, &mut common)?;
     if let Some(tools) = take(&mut m, "tools") {
         for (i, t) in as_array(tools, "tools")?.into_iter().enumerate() {
             let p = format!("tools[{i}]");
@@ -729,18 +728,7 @@ pub(super) fn responses_to_messages_value(
         effort_param: "reasoning.effort",
         ..Default::default()
     };
-    for key in ["user", "safety_identifier"] {
-        if let Some(u) = take(&mut m, key) {
-            common.users.push((
-                as_string(u, key)?,
-                if key == "user" {
-                    "user"
-                } else {
-                    "safety_identifier"
-                },
-            ));
-        }
-    }
+    take_users(&mut m, &mut common)?;
     if let Some(tools) = take(&mut m, "tools") {
         for (i, t) in as_array(tools, "tools")?.into_iter().enumerate() {
             let p = format!("tools[{i}]");
