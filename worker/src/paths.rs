@@ -106,16 +106,12 @@ pub fn extra_allows(extra: &[String], path: &str) -> bool {
     })
 }
 
-/// Request headers that are never forwarded upstream: hop-by-hop headers, the client's
-/// credentials (and cookies), ones the worker sets itself, and `expect` (the body is
-/// already read and goes out whole).
-pub fn never_forwarded(name: &HeaderName) -> bool {
-    matches!(class(name), Class::Never)
-}
-
-/// Whether the client's header `name` goes upstream to `provider`: not
-/// [`never_forwarded`], not one the provider sets itself, and not an account header it
-/// keeps out. (Headers that the client's `Connection:` names are the caller's check.)
+/// Whether the client's header `name` goes upstream to `provider`: not a hop-by-hop
+/// header, one of the client's credentials (or cookies), one the worker sets itself
+/// (`host`, `content-length`, `accept-encoding`, `x-switchyard-*`) or `expect` (the body
+/// is already read and goes out whole); not one the provider sets itself, and not an
+/// account header it keeps out. (Headers that the client's `Connection:` names are the
+/// caller's check.)
 /// One match on the name: this runs for every header of every request.
 pub fn forwarded(provider: &Provider, name: &HeaderName) -> bool {
     match class(name) {
@@ -272,7 +268,7 @@ mod tests {
         ] {
             let n = HeaderName::from_static(name);
             assert!(crate::upstream::is_hop_by_hop(&n), "{name}");
-            assert!(never_forwarded(&n), "{name}");
+            assert!(matches!(class(&n), Class::Never), "{name}");
         }
         for name in [
             "host",
@@ -282,7 +278,10 @@ mod tests {
             "cookie",
             "expect",
         ] {
-            assert!(never_forwarded(&HeaderName::from_static(name)), "{name}");
+            assert!(
+                matches!(class(&HeaderName::from_static(name)), Class::Never),
+                "{name}"
+            );
         }
         for name in ACCOUNT_HEADERS {
             let n = HeaderName::from_static(name);

@@ -173,15 +173,9 @@ pub fn build(ctx: &Ctx<'_>, t: &Target<'_>) -> (upstream::RequestHead, extract::
     let mut up = provider
         .client
         .head(&http::Method::POST, path, headers.len() * 48 + 96);
-    for (n, v) in headers {
-        let own_api = n.as_str().starts_with("anthropic-") || n.as_str().starts_with("openai-");
-        if !own_api
-            && crate::paths::forwarded(provider, n)
-            && (ctx.req.nominated.is_empty() || !ctx.req.nominated.contains(n))
-        {
-            up.header(n, v);
-        }
-    }
+    let own_api =
+        |n: &http::HeaderName| n.as_str().starts_with("anthropic-") || n.as_str().starts_with("openai-");
+    super::upstream_request::client_headers(&mut up, headers, &ctx.req.nominated, provider, own_api);
     for (n, v) in &provider.static_headers {
         up.header(n, v);
     }

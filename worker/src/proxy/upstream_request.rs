@@ -73,15 +73,27 @@ pub fn forward_headers(
     provider: &Provider,
     cred: &Credential,
 ) {
-    for (n, v) in headers {
-        if paths::forwarded(provider, n) && (nominated.is_empty() || !nominated.contains(n)) {
-            up.header(n, v);
-        }
-    }
+    client_headers(up, headers, nominated, provider, |_| false);
     for (n, v) in &provider.static_headers {
         up.header(n, v);
     }
     up.header(&provider.auth_header, &cred.auth_value);
+}
+
+/// The client's headers that go upstream (see [`forward_headers`]), less those `skip`
+/// names (a translated request drops the client dialect's own headers).
+pub fn client_headers(
+    up: &mut upstream::RequestHead,
+    headers: &http::HeaderMap,
+    nominated: &[http::HeaderName],
+    provider: &Provider,
+    skip: impl Fn(&http::HeaderName) -> bool,
+) {
+    for (n, v) in headers {
+        if paths::forwarded(provider, n) && (nominated.is_empty() || !nominated.contains(n)) && !skip(n) {
+            up.header(n, v);
+        }
+    }
 }
 
 /// The upstream path for a client path: OpenAI-kind base URLs already end in `/v1`.
