@@ -36,3 +36,16 @@ if [ ! -x .tools/codex/node_modules/.bin/codex ]; then
     echo "warning: npm is missing; the Codex test will fail" >&2
   fi
 fi
+
+# The Claude Code CLI (npm `@anthropic-ai/claude-code`, native binary in a platform
+# package) for the Claude Code end-to-end test, in .tools/claude.
+if [ ! -x .tools/claude/node_modules/.bin/claude ]; then
+  if command -v npm >/dev/null 2>&1; then
+    echo "installing the Claude Code CLI into .tools/claude" >&2
+    mkdir -p .tools/claude
+    npm install --prefix .tools/claude --no-audit --no-fund --silent @anthropic-ai/claude-code >/dev/null \
+      || echo "warning: could not install @anthropic-ai/claude-code; the Claude Code test will fail" >&2
+  else
+    echo "warning: npm is missing; the Claude Code test will fail" >&2
+  fi
+fi

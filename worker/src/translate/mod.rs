@@ -71,6 +71,8 @@
 //! messages and Responses `reasoning` input items (the same, reversed), `image_url.detail`,
 //! `tools[].function.strict` and Responses tools' `strict`, `prompt_cache_key`,
 //! `stream_options.include_obfuscation`, `service_tier` `auto`/`default`, `n: 1`,
+//! Anthropic `context_management` whose edits are all `clear_thinking_*` (they clear
+//! earlier thinking blocks, which translation drops anyway; Claude Code sends one),
 //! `logprobs: false`, zero penalties, empty `logit_bias`/`metadata`, `modalities: ["text"]`,
 //! `store: false`, `parallel_tool_calls` without tools, an empty `stop`; in Responses
 //! requests also `store` (nothing is stored, so a later
@@ -86,6 +88,7 @@
 //! `function_call`, `store: true`, `metadata` (OpenAI's), `verbosity`, `temperature` > 1
 //! for Anthropic, `input_audio`/`file` parts, a message `name`, non-function tools, `top_k`,
 //! Anthropic server tools, `document`/`search_result` blocks, `container`, `mcp_servers`,
+//! `context_management` edits other than `clear_thinking_*`,
 //! `previous_response_id`, `conversation`, `background: true`, built-in Responses tools
 //! (`web_search`, `file_search`, ...), `item_reference` items; and any field not listed
 //! here (never silently dropped).

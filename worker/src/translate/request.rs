@@ -1068,9 +1068,38 @@ pub(super) fn messages_to_chat_value(mut m: Obj, opts: &TranslateOptions) -> Res
         }
         reject_rest(&t, "thinking")?;
     }
+    if let Some(c) = take(&mut m, "context_management") {
+        context_management(c)?;
+    }
     only_if(&mut m, "service_tier", |v| v == "auto")?;
     reject_rest(&m, "")?;
     Ok((out, ctx))
+}
+
+/// Anthropic's `context_management` (Claude Code sends it with thinking on): edits the
+/// server applies to the conversation before the model reads it. `clear_thinking_*` edits
+/// drop earlier turns' thinking blocks, which the translation drops anyway, so they are
+/// harmless; any other edit (clearing tool results, say) changes what the model sees and
+/// has no OpenAI equivalent, so it is refused, naming the edit.
+fn context_management(c: Value) -> Result<()> {
+    let mut c = as_object(c, "context_management")?;
+    if let Some(edits) = take(&mut c, "edits") {
+        for (i, e) in as_array(edits, "context_management.edits")?
+            .into_iter()
+            .enumerate()
+        {
+            let p = format!("context_management.edits[{i}]");
+            let e = as_object(e, &p)?;
+            let ty = e.get("type").and_then(Value::as_str).unwrap_or_default();
+            if !ty.starts_with("clear_thinking_") {
+                return Err(unsupported(
+                    path(&p, "type"),
+                    format!("the `{ty}` edit has no OpenAI equivalent"),
+                ));
+            }
+        }
+    }
+    reject_rest(&c, "context_management")
 }
 
 /// A `{type: text, text}` block (its `cache_control` dropped) → its text.

@@ -412,11 +412,25 @@ fn translate_anthropic_request_fixture() {
         ("mcp_servers", json!([]), "mcp_servers"),
         ("container", json!("c"), "container"),
         ("thinking", json!({"type": "adaptive"}), "thinking.type"),
+        (
+            "context_management",
+            json!({"edits": [{"type": "clear_thinking_20251015"}, {"type": "clear_tool_uses_20250919"}]}),
+            "context_management.edits[1].type",
+        ),
+        (
+            "context_management",
+            json!({"other": 1}),
+            "context_management.other",
+        ),
     ] {
         let mut b = base();
         b[k] = v;
         assert_eq!(refused_param(to_chat(b)), param, "{k}");
     }
+    // Claude Code's thinking-clearing edit is harmless: the request translates as without it.
+    let mut b = base();
+    b["context_management"] = json!({"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]});
+    assert_eq!(to_chat(b).unwrap().0, to_chat(base()).unwrap().0);
     // An image in a tool result follows the tool message, in the turn's user message.
     let mut b = base();
     b["messages"] = json!([{"role": "user", "content": [
