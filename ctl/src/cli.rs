@@ -278,6 +278,27 @@ pub struct ProviderCommon {
     /// `--forward-header ''` clears it.
     #[arg(long = "forward-header", value_name = "NAME")]
     pub forward_headers: Vec<String>,
+    /// Outbound HTTP proxy for this provider: `http://[user@]host[:port]`, `env` (the
+    /// worker's HTTPS_PROXY/HTTP_PROXY/NO_PROXY), or `''` (direct).
+    #[arg(long, value_name = "URL|env")]
+    pub proxy: Option<String>,
+    /// The proxy user's password, from this environment variable (stored encrypted).
+    #[arg(long, value_name = "VAR", conflicts_with = "proxy_password_file")]
+    pub proxy_password_env: Option<String>,
+    /// The proxy user's password, from this file.
+    #[arg(long, value_name = "PATH")]
+    pub proxy_password_file: Option<std::path::PathBuf>,
+    /// PEM file on the worker host with the CAs the upstream's certificate chains to; it
+    /// replaces the public web roots for this provider (`''` clears).
+    #[arg(long, value_name = "PATH")]
+    pub ca_file: Option<String>,
+    /// PEM client certificate on the worker host, for upstreams that require mTLS
+    /// (with `--client-key`; `''` clears).
+    #[arg(long, value_name = "PATH")]
+    pub client_cert: Option<String>,
+    /// PEM private key of `--client-cert`, on the worker host.
+    #[arg(long, value_name = "PATH")]
+    pub client_key: Option<String>,
     /// Free text shown in `get` and `list`.
     #[arg(long)]
     pub description: Option<String>,

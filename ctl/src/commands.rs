@@ -67,8 +67,33 @@ fn nothing_to_update(what: &str) -> anyhow::Error {
 // ---------------------------------------------------------------------------
 
 /// Copy the flags the user gave into `p`, recording each one's mask path.
-fn provider_fields(p: &mut pb::Provider, c: &ProviderCommon, mask: &mut Vec<String>) {
+fn provider_fields(p: &mut pb::Provider, c: &ProviderCommon, mask: &mut Vec<String>) -> Result<()> {
     let mut set = |path: &str| mask.push(path.to_string());
+    if let Some(x) = &c.proxy {
+        p.proxy = x.clone();
+        set("proxy");
+    }
+    if let Some(var) = &c.proxy_password_env {
+        p.proxy_password = std::env::var(var)
+            .ok()
+            .filter(|v| !v.is_empty())
+            .with_context(|| format!("environment variable {var} (--proxy-password-env) is not set"))?;
+        set("proxy_password");
+    }
+    if let Some(path) = &c.proxy_password_file {
+        p.proxy_password = crate::secret::read_secret_file(path).context("--proxy-password-file")?;
+        set("proxy_password");
+    }
+    for (v, field, out) in [
+        (&c.ca_file, "ca_file", &mut p.ca_file),
+        (&c.client_cert, "client_cert_file", &mut p.client_cert_file),
+        (&c.client_key, "client_key_file", &mut p.client_key_file),
+    ] {
+        if let Some(v) = v {
+            *out = v.clone();
+            set(field);
+        }
+    }
     if let Some(d) = c.timeout {
         p.request_timeout_ms = ms(d);
         set("request_timeout_ms");
@@ -148,6 +173,7 @@ fn provider_fields(p: &mut pb::Provider, c: &ProviderCommon, mask: &mut Vec<Stri
             set("health.healthy_below");
         }
     }
+    Ok(())
 }
 
 /// A repeatable flag's values without the empty ones (`--flag ''` clears the list).
@@ -244,7 +270,7 @@ pub async fn providers(ctx: &Ctx, admin: &mut Admin, cmd: ProvidersCmd) -> Resul
                 enabled: a.disabled.then_some(false),
                 ..Default::default()
             };
-            provider_fields(&mut p, &a.common, &mut Vec::new());
+            provider_fields(&mut p, &a.common, &mut Vec::new())?;
             let req = pb::CreateProviderRequest { provider: Some(p) };
             let p = admin
                 .client
@@ -344,7 +370,7 @@ pub async fn providers(ctx: &Ctx, admin: &mut Admin, cmd: ProvidersCmd) -> Resul
                 p.enabled = Some(u.enable);
                 mask.push("enabled".to_string());
             }
-            provider_fields(&mut p, &u.common, &mut mask);
+            provider_fields(&mut p, &u.common, &mut mask)?;
             if mask.is_empty() {
                 return Err(nothing_to_update("providers"));
             }
@@ -1568,7 +1594,7 @@ mod tests {
         };
         let mut p = pb::Provider::default();
         let mut mask = Vec::new();
-        provider_fields(&mut p, &u.common, &mut mask);
+        provider_fields(&mut p, &u.common, &mut mask).unwrap();
         assert_eq!(mask, ["request_timeout_ms", "auth.header", "health.interval_ms"]);
         assert_eq!(p.request_timeout_ms, 90_000);
         assert_eq!(p.health.unwrap().interval_ms, 15_000);

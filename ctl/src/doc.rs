@@ -93,6 +93,21 @@ pub struct FileProvider {
     /// Account-selecting client headers let through. Omitted = none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub forward_headers: Vec<String>,
+    /// Outbound HTTP proxy: `http://[user@]host[:port]` or `env`. Omitted = direct.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<String>,
+    /// Environment variable holding the proxy user's password (resolved by the CLI;
+    /// unset: the stored one is kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_password_env: Option<String>,
+    /// PEM files on the worker host: the upstream's CAs (replacing the public roots),
+    /// and a client certificate and key for mTLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert_file: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key_file: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -373,6 +388,16 @@ impl FileProvider {
             updated_at_ms: 0,
             allow_paths: self.allow_paths.clone(),
             forward_headers: self.forward_headers.clone(),
+            proxy: self.proxy.clone().unwrap_or_default(),
+            // Unset: empty, and control keeps the stored password.
+            proxy_password: self
+                .proxy_password_env
+                .as_deref()
+                .and_then(|v| (env.getenv)(v))
+                .unwrap_or_default(),
+            ca_file: self.ca_file.clone().unwrap_or_default(),
+            client_cert_file: self.client_cert_file.clone().unwrap_or_default(),
+            client_key_file: self.client_key_file.clone().unwrap_or_default(),
         })
     }
 
@@ -408,6 +433,12 @@ impl FileProvider {
             headers: p.headers.clone().into_iter().collect(),
             allow_paths: p.allow_paths.clone(),
             forward_headers: p.forward_headers.clone(),
+            proxy: non_empty(&p.proxy),
+            // Never exported: name the variable to read it from when applying.
+            proxy_password_env: None,
+            ca_file: non_empty(&p.ca_file),
+            client_cert_file: non_empty(&p.client_cert_file),
+            client_key_file: non_empty(&p.client_key_file),
             metadata: p.metadata.clone().into_iter().collect(),
             credentials: p
                 .credentials
