@@ -200,7 +200,9 @@ fn egress_from_proto(what: &str, p: &pb::Provider) -> Result<EgressSpec, Error> 
             )));
         }
         if !matches!(u.path(), "" | "/") || u.query().is_some() || u.fragment().is_some() {
-            return Err(invalid(format!("{what}: proxy: a proxy URL has no path, query or fragment")));
+            return Err(invalid(format!(
+                "{what}: proxy: a proxy URL has no path, query or fragment"
+            )));
         }
         has_user = !u.username().is_empty();
     }

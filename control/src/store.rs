@@ -93,7 +93,10 @@ fn provider_spec_json(spec: &ProviderSpec, keyring: &Keyring) -> Result<String, 
 /// The stored sealed proxy password of a provider row, if any: (sealed text, key version).
 fn sealed_proxy_password(v: &serde_json::Value) -> Option<(String, i64)> {
     let pw = v.get("proxy_password")?;
-    Some((pw.get("sealed")?.as_str()?.to_string(), pw.get("key_version")?.as_i64()?))
+    Some((
+        pw.get("sealed")?.as_str()?.to_string(),
+        pw.get("key_version")?.as_i64()?,
+    ))
 }
 
 fn provider_spec_from(stored: &str, keyring: &Keyring) -> Result<ProviderSpec, Error> {

@@ -183,7 +183,7 @@ pub enum CertsCmd {
 #[derive(Debug, Subcommand)]
 pub enum ProvidersCmd {
     /// Register a provider.
-    Add(ProviderAdd),
+    Add(Box<ProviderAdd>),
     /// List providers.
     #[command(visible_alias = "ls")]
     List,
@@ -193,7 +193,7 @@ pub enum ProvidersCmd {
         name: String,
     },
     /// Change the given fields of a provider; others stay as they are.
-    Update(ProviderUpdate),
+    Update(Box<ProviderUpdate>),
     /// Delete a provider and its credentials (fails while backends use it).
     #[command(visible_alias = "rm")]
     Remove {

@@ -68,7 +68,9 @@ pub struct MockTls {
 impl MockTls {
     fn acceptor(&self) -> io::Result<tokio_rustls::TlsAcceptor> {
         use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
-        let bad = |what: &str, e: &dyn std::fmt::Display| io::Error::new(io::ErrorKind::InvalidInput, format!("{what}: {e}"));
+        let bad = |what: &str, e: &dyn std::fmt::Display| {
+            io::Error::new(io::ErrorKind::InvalidInput, format!("{what}: {e}"))
+        };
         let certs = CertificateDer::pem_file_iter(&self.cert)
             .and_then(|i| i.collect::<Result<Vec<_>, _>>())
             .map_err(|e| bad("tls cert", &e))?;
@@ -82,15 +84,20 @@ impl MockTls {
             Some(ca) => {
                 let mut roots = rustls::RootCertStore::empty();
                 for c in CertificateDer::pem_file_iter(ca).map_err(|e| bad("tls client ca", &e))? {
-                    roots.add(c.map_err(|e| bad("tls client ca", &e))?).map_err(|e| bad("tls client ca", &e))?;
+                    roots
+                        .add(c.map_err(|e| bad("tls client ca", &e))?)
+                        .map_err(|e| bad("tls client ca", &e))?;
                 }
-                let v = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                    .build()
-                    .map_err(|e| bad("tls client ca", &e))?;
+                let v =
+                    rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                        .build()
+                        .map_err(|e| bad("tls client ca", &e))?;
                 builder.with_client_cert_verifier(v)
             }
         };
-        let mut cfg = builder.with_single_cert(certs, key).map_err(|e| bad("tls cert and key", &e))?;
+        let mut cfg = builder
+            .with_single_cert(certs, key)
+            .map_err(|e| bad("tls cert and key", &e))?;
         cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
     }

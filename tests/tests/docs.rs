@@ -524,10 +524,17 @@ impl Runner {
             .env_remove("SWITCHYARD_MASTER_KEY");
         let control = Proc::spawn("control", cmd).await?;
         let mut cmd = Command::new(bin_path("switchyard-worker"));
-        cmd.args(["--listen", "127.0.0.1:0", "--ops-listen", "127.0.0.1:0", "--control", &control.url("grpc")])
-            .args(["--worker-token", WORKER_TOKEN, "--worker-id", "docs-1"])
-            .arg("--state-dir")
-            .arg(dir.path().join("worker"));
+        cmd.args([
+            "--listen",
+            "127.0.0.1:0",
+            "--ops-listen",
+            "127.0.0.1:0",
+            "--control",
+            &control.url("grpc"),
+        ])
+        .args(["--worker-token", WORKER_TOKEN, "--worker-id", "docs-1"])
+        .arg("--state-dir")
+        .arg(dir.path().join("worker"));
         let worker = Proc::spawn("worker", cmd).await?;
 
         let mut subst = Subst::default();

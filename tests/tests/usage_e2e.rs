@@ -177,12 +177,19 @@ impl Env {
 
     async fn start_worker_with(&mut self, i: usize, drain: &str) -> Result<()> {
         let mut cmd = Command::new(bin_path("switchyard-worker"));
-        cmd.args(["--listen", "127.0.0.1:0", "--ops-listen", "127.0.0.1:0", "--control", &self.control_url()])
-            .args(["--worker-id", &format!("w{i}"), "--drain-timeout", drain])
-            .arg("--state-dir")
-            .arg(self.dir.path().join(format!("w{i}")))
-            .env("SWITCHYARD_WORKER_TOKEN", WORKER_TOKEN)
-            .env("RUST_LOG", "info");
+        cmd.args([
+            "--listen",
+            "127.0.0.1:0",
+            "--ops-listen",
+            "127.0.0.1:0",
+            "--control",
+            &self.control_url(),
+        ])
+        .args(["--worker-id", &format!("w{i}"), "--drain-timeout", drain])
+        .arg("--state-dir")
+        .arg(self.dir.path().join(format!("w{i}")))
+        .env("SWITCHYARD_WORKER_TOKEN", WORKER_TOKEN)
+        .env("RUST_LOG", "info");
         let p = Proc::spawn(&format!("w{i}"), cmd).await?;
         self.worker_urls[i] = p.url("http");
         self.worker_ops[i] = p.url("ops");

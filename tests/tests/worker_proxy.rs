@@ -804,7 +804,12 @@ async fn metrics_and_graceful_drain() -> Result<()> {
     let r = chat(&c, &base, &json!({"model":"m","messages":[]}), &[]).await;
     assert_eq!(r.status(), 200);
     let _ = r.bytes().await;
-    let text = c.get(format!("{}/metrics", w.url("ops"))).send().await?.text().await?;
+    let text = c
+        .get(format!("{}/metrics", w.url("ops")))
+        .send()
+        .await?
+        .text()
+        .await?;
     assert!(
         text.contains("switchyard_requests_total{model=\"m\",backend=\"oa\",status_class=\"2xx\"} 1"),
         "{text}"
@@ -883,7 +888,12 @@ async fn openai_stream_usage_is_counted_but_invisible_to_the_client() -> Result<
     .text()
     .await?;
     assert!(with.contains("\"prompt_tokens\":12"), "{with}");
-    let text = c.get(format!("{}/metrics", w.url("ops"))).send().await?.text().await?;
+    let text = c
+        .get(format!("{}/metrics", w.url("ops")))
+        .send()
+        .await?
+        .text()
+        .await?;
     assert!(
         text.contains("switchyard_tokens_total{model=\"gpt-x\",type=\"prompt\"} 24"),
         "{text}"

@@ -521,10 +521,14 @@ fn egress(p: &pb::Provider, url: &url::Url, path: &str) -> Result<crate::upstrea
     use crate::upstream::{Egress, ProxyConfig, UpstreamTls};
     let proxy = match p.proxy.trim() {
         "" => None,
-        "env" => ProxyConfig::from_env(url, &|k| std::env::var(k).ok()).map_err(|e| err(format!("{path}.proxy"), e))?,
+        "env" => ProxyConfig::from_env(url, &|k| std::env::var(k).ok())
+            .map_err(|e| err(format!("{path}.proxy"), e))?,
         text => Some(
-            ProxyConfig::parse(text, (!p.proxy_password.is_empty()).then_some(p.proxy_password.as_str()))
-                .map_err(|e| err(format!("{path}.proxy"), e))?,
+            ProxyConfig::parse(
+                text,
+                (!p.proxy_password.is_empty()).then_some(p.proxy_password.as_str()),
+            )
+            .map_err(|e| err(format!("{path}.proxy"), e))?,
         ),
     };
     let read = |field: &str, file: &str| {
@@ -547,7 +551,11 @@ fn egress(p: &pb::Provider, url: &url::Url, path: &str) -> Result<crate::upstrea
     let tls = if ca.is_none() && client.is_none() {
         None
     } else {
-        let field = if ca.is_some() { "ca_file" } else { "client_cert_file" };
+        let field = if ca.is_some() {
+            "ca_file"
+        } else {
+            "client_cert_file"
+        };
         Some(
             UpstreamTls::from_pem(ca.as_deref(), client.as_ref().map(|(c, k)| (&c[..], &k[..])))
                 .map_err(|e| err(format!("{path}.{field}"), e))?,

@@ -178,7 +178,10 @@ impl ProxyConfig {
     pub fn parse(text: &str, password: Option<&str>) -> Result<Self, String> {
         let u = url::Url::parse(text).map_err(|e| format!("{e}"))?;
         if u.scheme() != "http" {
-            return Err(format!("scheme `{}`: only http:// proxies are supported", u.scheme()));
+            return Err(format!(
+                "scheme `{}`: only http:// proxies are supported",
+                u.scheme()
+            ));
         }
         if !matches!(u.path(), "" | "/") || u.query().is_some() || u.fragment().is_some() {
             return Err("a proxy URL has no path, query or fragment".into());
@@ -194,7 +197,8 @@ impl ProxyConfig {
             None
         } else {
             let dec = |s: &str| {
-                percent_decode(s).ok_or_else(|| "user or password is not valid percent-encoded UTF-8".to_string())
+                percent_decode(s)
+                    .ok_or_else(|| "user or password is not valid percent-encoded UTF-8".to_string())
             };
             let user = dec(u.username())?;
             let pass = match u.password() {
@@ -225,7 +229,11 @@ impl ProxyConfig {
             _ => ("HTTP_PROXY", get("HTTP_PROXY")),
         };
         let Some(value) = value else { return Ok(None) };
-        let host = url.host_str().unwrap_or("").trim_start_matches('[').trim_end_matches(']');
+        let host = url
+            .host_str()
+            .unwrap_or("")
+            .trim_start_matches('[')
+            .trim_end_matches(']');
         if let Some(no) = get("NO_PROXY") {
             let host = host.to_ascii_lowercase();
             for entry in no.split(',').map(str::trim).filter(|e| !e.is_empty()) {
@@ -235,9 +243,15 @@ impl ProxyConfig {
                 let e = entry.trim_start_matches('[');
                 let e = match e.split_once(']') {
                     Some((ip6, _)) => ip6,
-                    None => e.rsplit_once(':').filter(|(h, _)| !h.contains(':')).map_or(e, |(h, _)| h),
+                    None => e
+                        .rsplit_once(':')
+                        .filter(|(h, _)| !h.contains(':'))
+                        .map_or(e, |(h, _)| h),
                 };
-                let e = e.trim_start_matches("*.").trim_start_matches('.').to_ascii_lowercase();
+                let e = e
+                    .trim_start_matches("*.")
+                    .trim_start_matches('.')
+                    .to_ascii_lowercase();
                 if host == e || host.ends_with(&format!(".{e}")) {
                     return Ok(None);
                 }
@@ -249,7 +263,9 @@ impl ProxyConfig {
         } else {
             format!("http://{value}")
         };
-        Self::parse(&value, None).map(Some).map_err(|e| format!("{var}: {e}"))
+        Self::parse(&value, None)
+            .map(Some)
+            .map_err(|e| format!("{var}: {e}"))
     }
 
     fn name(&self) -> String {
@@ -372,7 +388,12 @@ impl Connector {
 
     /// A client for `base_url` (`http` or `https`). Clients of the same origin, connect
     /// timeout and `Egress` share one pool.
-    pub fn client(&self, base_url: &url::Url, connect_timeout: Duration, egress: &Egress) -> Result<Client, String> {
+    pub fn client(
+        &self,
+        base_url: &url::Url,
+        connect_timeout: Duration,
+        egress: &Egress,
+    ) -> Result<Client, String> {
         let tls = match base_url.scheme() {
             "http" => false,
             "https" => true,
@@ -437,7 +458,11 @@ impl Connector {
                         let tunnel = if tls {
                             // The tunnel's target always names its port.
                             let to = format!("{host_str}:{port}");
-                            Some(format!("CONNECT {to} HTTP/1.1\r\nhost: {to}\r\n{auth}\r\n").into_bytes().into())
+                            Some(
+                                format!("CONNECT {to} HTTP/1.1\r\nhost: {to}\r\n{auth}\r\n")
+                                    .into_bytes()
+                                    .into(),
+                            )
                         } else {
                             host_lines.push_str(&auth);
                             None
@@ -445,7 +470,10 @@ impl Connector {
                         (t, p.port, tunnel, Some(p.name()))
                     }
                 };
-                let connector = egress.tls.as_ref().map_or_else(|| self.tls.clone(), |t| t.connector.clone());
+                let connector = egress
+                    .tls
+                    .as_ref()
+                    .map_or_else(|| self.tls.clone(), |t| t.connector.clone());
                 Arc::new(Pool {
                     target,
                     port: tcp_port,
@@ -453,13 +481,16 @@ impl Connector {
                     host_lines: host_lines.into_bytes().into(),
                     tunnel,
                     via,
-                    tls: tls.then(|| (connector, server_name)),
+                    tls: tls.then_some((connector, server_name)),
                     connect_timeout,
                     idle: Mutex::new(VecDeque::new()),
                 })
             })
             .clone();
-        Ok(Client { pool, base_path: prefix })
+        Ok(Client {
+            pool,
+            base_path: prefix,
+        })
     }
 }
 
@@ -640,7 +671,9 @@ async fn open_tunnel(tcp: &mut TcpStream, req: &[u8], via: &str) -> Result<(), E
                 let code = r.code.unwrap_or(0);
                 if !(200..300).contains(&code) {
                     let reason = r.reason.unwrap_or("").to_string();
-                    return Err(fail(format!("CONNECT answered {code} {reason}").trim_end().to_string()));
+                    return Err(fail(
+                        format!("CONNECT answered {code} {reason}").trim_end().to_string(),
+                    ));
                 }
                 if len != buf.len() {
                     // The origin speaks first only after our TLS hello: bytes here are the
@@ -1607,7 +1640,8 @@ mod tests {
 
     fn client(c: &Connector, addr: SocketAddr) -> Client {
         let url = url::Url::parse(&format!("http://{addr}/v1")).unwrap();
-        c.client(&url, Duration::from_secs(2), &Egress::default()).unwrap()
+        c.client(&url, Duration::from_secs(2), &Egress::default())
+            .unwrap()
     }
 
     async fn get(cl: &Client, path: &str) -> Result<(u16, http::HeaderMap, Vec<u8>), Error> {
@@ -2061,7 +2095,9 @@ mod tests {
         roots.add(cert).unwrap();
         let c = Connector::with_roots(roots).unwrap();
         let url = url::Url::parse(&format!("https://localhost:{port}/v1")).unwrap();
-        let cl = c.client(&url, Duration::from_secs(2), &Egress::default()).unwrap();
+        let cl = c
+            .client(&url, Duration::from_secs(2), &Egress::default())
+            .unwrap();
         for _ in 0..3 {
             let resp = cl.send(cl.head(&Method::POST, "/x", 0), &[]).await.unwrap();
             assert_eq!(resp.status(), 200);
@@ -2072,7 +2108,9 @@ mod tests {
 
         // The same server under a name its certificate does not carry is refused.
         let url = url::Url::parse(&format!("https://127.0.0.1:{port}/v1")).unwrap();
-        let cl = c.client(&url, Duration::from_secs(2), &Egress::default()).unwrap();
+        let cl = c
+            .client(&url, Duration::from_secs(2), &Egress::default())
+            .unwrap();
         let e = cl.send(cl.head(&Method::POST, "/x", 0), &[]).await.unwrap_err();
         assert!(matches!(e, Error::Tls { .. }) && e.is_connect(), "{e}");
     }
