@@ -293,12 +293,12 @@ pub struct ProviderCommon {
     #[arg(long, value_name = "PATH")]
     pub ca_file: Option<String>,
     /// PEM client certificate on the worker host, for upstreams that require mTLS
-    /// (with `--client-key`; `''` clears).
+    /// (with `--client-key-file`; `''` clears). Not `--client-cert`, the CLI's own to control.
     #[arg(long, value_name = "PATH")]
-    pub client_cert: Option<String>,
-    /// PEM private key of `--client-cert`, on the worker host.
+    pub client_cert_file: Option<String>,
+    /// PEM private key of `--client-cert-file`, on the worker host.
     #[arg(long, value_name = "PATH")]
-    pub client_key: Option<String>,
+    pub client_key_file: Option<String>,
     /// Free text shown in `get` and `list`.
     #[arg(long)]
     pub description: Option<String>,

@@ -86,8 +86,8 @@ fn provider_fields(p: &mut pb::Provider, c: &ProviderCommon, mask: &mut Vec<Stri
     }
     for (v, field, out) in [
         (&c.ca_file, "ca_file", &mut p.ca_file),
-        (&c.client_cert, "client_cert_file", &mut p.client_cert_file),
-        (&c.client_key, "client_key_file", &mut p.client_key_file),
+        (&c.client_cert_file, "client_cert_file", &mut p.client_cert_file),
+        (&c.client_key_file, "client_key_file", &mut p.client_key_file),
     ] {
         if let Some(v) = v {
             *out = v.clone();
@@ -1598,6 +1598,49 @@ mod tests {
         assert_eq!(mask, ["request_timeout_ms", "auth.header", "health.interval_ms"]);
         assert_eq!(p.request_timeout_ms, 90_000);
         assert_eq!(p.health.unwrap().interval_ms, 15_000);
+    }
+
+    #[test]
+    fn provider_egress_flags() {
+        use clap::Parser;
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "proxy-secret\n").unwrap();
+        let cli = Cli::try_parse_from([
+            "switchyard",
+            "providers",
+            "update",
+            "p",
+            "--proxy",
+            "http://egress@proxy:3128",
+            "--proxy-password-file",
+            pw.to_str().unwrap(),
+            "--ca-file",
+            "/etc/ca.pem",
+            "--client-cert-file",
+            "/etc/c.pem",
+            "--client-key-file",
+            "/etc/k.pem",
+        ])
+        .unwrap();
+        let Command::Providers(ProvidersCmd::Update(u)) = cli.command else {
+            panic!()
+        };
+        let mut p = pb::Provider::default();
+        let mut mask = Vec::new();
+        provider_fields(&mut p, &u.common, &mut mask).unwrap();
+        assert_eq!(
+            mask,
+            [
+                "proxy",
+                "proxy_password",
+                "ca_file",
+                "client_cert_file",
+                "client_key_file"
+            ]
+        );
+        assert_eq!(p.proxy_password, "proxy-secret");
+        assert_eq!(p.client_key_file, "/etc/k.pem");
     }
 
     #[test]

@@ -813,6 +813,39 @@ allow_pin = true
     }
 
     #[test]
+    fn egress_fields_round_trip_and_the_proxy_password_comes_from_the_env() {
+        let text =
+            "[[providers]]\nname = \"v\"\nkind = \"openai\"\nbase_url = \"https://vllm.internal/v1\"\n\
+                    proxy = \"http://egress@proxy.corp:3128\"\nproxy_password_env = \"SY_PROXY_PW\"\n\
+                    ca_file = \"/etc/ssl/private-ca.pem\"\nclient_cert_file = \"/etc/sy/c.pem\"\n\
+                    client_key_file = \"/etc/sy/c-key.pem\"\n";
+        let getenv = |k: &str| (k == "SY_PROXY_PW").then(|| "pw-from-env".to_string());
+        let doc = parse(text, "t")
+            .unwrap()
+            .into_proto(&SecretEnv {
+                base_dir: None,
+                getenv: &getenv,
+            })
+            .unwrap();
+        let p = &doc.providers[0];
+        assert_eq!(p.proxy, "http://egress@proxy.corp:3128");
+        assert_eq!(p.proxy_password, "pw-from-env");
+        assert_eq!(p.ca_file, "/etc/ssl/private-ca.pem");
+        assert_eq!(
+            (p.client_cert_file.as_str(), p.client_key_file.as_str()),
+            ("/etc/sy/c.pem", "/etc/sy/c-key.pem")
+        );
+        // Unset: empty, so control keeps the stored password.
+        let doc2 = parse(text, "t").unwrap().into_proto(&env()).unwrap();
+        assert_eq!(doc2.providers[0].proxy_password, "");
+        // Exported even with secrets: the files and proxy, never the password.
+        let out = FileDoc::from_proto(&doc, true).to_toml("").unwrap();
+        assert!(out.contains("proxy = \"http://egress@proxy.corp:3128\""), "{out}");
+        assert!(out.contains("ca_file = "), "{out}");
+        assert!(!out.contains("pw-from-env"), "{out}");
+    }
+
+    #[test]
     fn redacted_export_omits_secrets() {
         let doc = parse(SAMPLE, "t").unwrap().into_proto(&env()).unwrap();
         let text = FileDoc::from_proto(&doc, false).to_toml("").unwrap();

@@ -2114,4 +2114,172 @@ mod tests {
         let e = cl.send(cl.head(&Method::POST, "/x", 0), &[]).await.unwrap_err();
         assert!(matches!(e, Error::Tls { .. }) && e.is_connect(), "{e}");
     }
+
+    #[test]
+    fn proxy_urls_and_the_environment() {
+        let p = ProxyConfig::parse("http://proxy.corp:3128", None).unwrap();
+        assert_eq!(
+            (p.host.as_str(), p.port, p.auth.is_none()),
+            ("proxy.corp", 3128, true)
+        );
+        let p = ProxyConfig::parse("http://egress@10.0.0.1", Some("pa:ss")).unwrap();
+        assert_eq!(p.port, 80);
+        // base64("egress:pa:ss")
+        assert_eq!(p.auth.as_deref(), Some("Basic ZWdyZXNzOnBhOnNz"));
+        assert!(
+            !format!("{p:?}").contains("ZWdy"),
+            "Debug redacts the credentials"
+        );
+        for bad in [
+            "https://proxy:3128",
+            "socks5://proxy:1080",
+            "http://proxy:3128/path",
+            "proxy",
+        ] {
+            assert!(ProxyConfig::parse(bad, None).is_err(), "{bad}");
+        }
+
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |k: &str| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+        };
+        let https = url::Url::parse("https://api.openai.com/v1").unwrap();
+        let http = url::Url::parse("http://vllm.internal:8000/v1").unwrap();
+        let vars = env(&[
+            ("HTTPS_PROXY", "http://upper:1"),
+            ("https_proxy", "lower:2"),
+            ("HTTP_PROXY", "http://u:p@plain:3"),
+            ("NO_PROXY", "localhost, .internal:8000"),
+        ]);
+        let p = ProxyConfig::from_env(&https, &vars).unwrap().unwrap();
+        assert_eq!(
+            (p.host.as_str(), p.port),
+            ("lower", 2),
+            "lowercase first, scheme optional"
+        );
+        assert!(
+            ProxyConfig::from_env(&http, &vars).unwrap().is_none(),
+            "NO_PROXY domain"
+        );
+        let other = url::Url::parse("http://elsewhere/v1").unwrap();
+        let p = ProxyConfig::from_env(&other, &vars).unwrap().unwrap();
+        assert_eq!(
+            p.auth.as_deref(),
+            Some("Basic dTpw"),
+            "user:password from the URL"
+        );
+        assert!(
+            ProxyConfig::from_env(&https, &env(&[("NO_PROXY", "*"), ("HTTPS_PROXY", "x:1")]))
+                .unwrap()
+                .is_none()
+        );
+        assert!(ProxyConfig::from_env(&https, &env(&[])).unwrap().is_none());
+    }
+
+    /// A fake proxy that answers CONNECT with `answer`, then relays to `to`.
+    async fn fake_proxy(answer: &'static [u8], to: SocketAddr) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let h2 = heads.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = l.accept().await.unwrap();
+                let mut buf = Vec::new();
+                let Some(head) = read_request(&mut s, &mut buf).await else {
+                    continue;
+                };
+                h2.lock().push(head);
+                s.write_all(answer).await.unwrap();
+                if answer.starts_with(b"HTTP/1.1 200") {
+                    let mut up = TcpStream::connect(to).await.unwrap();
+                    tokio::spawn(async move {
+                        let _ = tokio::io::copy_bidirectional(&mut s, &mut up).await;
+                    });
+                }
+            }
+        });
+        (addr, heads)
+    }
+
+    #[tokio::test]
+    async fn a_connect_tunnel_is_opened_once_and_refusals_are_proxy_errors() {
+        // The origin is plain HTTP behind the tunnel here: what is tested is the tunnel.
+        let origin = script(vec![b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"], 10).await;
+        let (paddr, heads) = fake_proxy(b"HTTP/1.1 200 Connection established\r\n\r\n", origin.addr).await;
+        let mut tcp = TcpStream::connect(paddr).await.unwrap();
+        let req = format!("CONNECT {0} HTTP/1.1\r\nhost: {0}\r\n\r\n", origin.addr);
+        open_tunnel(&mut tcp, req.as_bytes(), "p").await.unwrap();
+        assert!(heads.lock()[0].starts_with(&format!("CONNECT {}", origin.addr)));
+        // The tunnel carries what follows to the origin.
+        tcp.write_all(b"GET /x HTTP/1.1\r\nhost: o\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = vec![0u8; 64];
+        let n = tcp.read(&mut got).await.unwrap();
+        assert!(got[..n].starts_with(b"HTTP/1.1 200 OK"));
+        drop(tcp);
+
+        // An http origin through a proxy: absolute form to the proxy (here the scripted
+        // server, which records what it is sent), its credentials on every request.
+        let c = Connector::new().unwrap();
+        let via = Egress {
+            proxy: Some(ProxyConfig::parse(&format!("http://u@{}", origin.addr), Some("pw")).unwrap()),
+            tls: None,
+        };
+        let url = url::Url::parse("http://upstream.example:8000/v1").unwrap();
+        let cl = c.client(&url, Duration::from_secs(2), &via).unwrap();
+        let (st, _, body) = get(&cl, "/models").await.unwrap();
+        assert_eq!((st, &body[..]), (200, &b"ok"[..]));
+        let h = origin.heads.lock().last().cloned().unwrap();
+        assert!(
+            h.starts_with("POST http://upstream.example:8000/v1/models HTTP/1.1\r\n"),
+            "{h}"
+        );
+        assert!(h.contains("host: upstream.example:8000\r\n"), "{h}");
+        assert!(h.contains("proxy-authorization: Basic dTpwdw==\r\n"), "{h}");
+
+        // A refusal: an Error::Proxy with the status, counted as a connect error.
+        let (refusing, _) =
+            fake_proxy(b"HTTP/1.1 407 Proxy Authentication Required\r\n\r\n", origin.addr).await;
+        let mut tcp = TcpStream::connect(refusing).await.unwrap();
+        let e = open_tunnel(&mut tcp, b"CONNECT x:443 HTTP/1.1\r\n\r\n", "p:1")
+            .await
+            .unwrap_err();
+        assert!(e.is_connect(), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "proxy p:1: CONNECT answered 407 Proxy Authentication Required"
+        );
+        // Bytes after the answer would corrupt the tunnel: refused.
+        let (chatty, _) = fake_proxy(b"HTTP/1.1 200 OK\r\n\r\nextra", origin.addr).await;
+        let mut tcp = TcpStream::connect(chatty).await.unwrap();
+        let e = open_tunnel(&mut tcp, b"CONNECT x:443 HTTP/1.1\r\n\r\n", "p:1")
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("after its CONNECT answer"), "{e}");
+    }
+
+    #[test]
+    fn pools_are_kept_apart_by_proxy_and_tls_settings() {
+        let c = Connector::new().unwrap();
+        let url = url::Url::parse("https://api.example.com/v1").unwrap();
+        let t = Duration::from_secs(1);
+        let proxied = |auth: &str| Egress {
+            proxy: Some(ProxyConfig::parse(&format!("http://{auth}@proxy:3128"), Some("pw")).unwrap()),
+            tls: None,
+        };
+        let a = c.client(&url, t, &Egress::default()).unwrap();
+        let b = c.client(&url, t, &Egress::default()).unwrap();
+        assert!(Arc::ptr_eq(&a.pool, &b.pool));
+        let p1 = c.client(&url, t, &proxied("u1")).unwrap();
+        let p2 = c.client(&url, t, &proxied("u2")).unwrap();
+        assert!(!Arc::ptr_eq(&a.pool, &p1.pool) && !Arc::ptr_eq(&p1.pool, &p2.pool));
+        let tls = Egress {
+            proxy: None,
+            tls: Some(UpstreamTls::from_pem(None, None).unwrap()),
+        };
+        let t1 = c.client(&url, t, &tls).unwrap();
+        assert!(!Arc::ptr_eq(&a.pool, &t1.pool));
+        assert!(Arc::ptr_eq(&t1.pool, &c.client(&url, t, &tls).unwrap().pool));
+    }
 }
