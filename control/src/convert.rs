@@ -703,6 +703,15 @@ pub fn merge_provider(cur: &mut pb::Provider, req: &pb::Provider, mask: &[String
             p => return Err(bad_path(&what, p)),
         }
     }
+    // A proxy changed to one without a user (or none) takes the stored password with it,
+    // unless the same update sets one (which validation then refuses).
+    let given = |f: &str| mask.iter().any(|m| m == f);
+    if given("proxy")
+        && !given("proxy_password")
+        && url::Url::parse(&cur.proxy).map_or(true, |u| u.username().is_empty())
+    {
+        cur.proxy_password.clear();
+    }
     Ok(())
 }
 
@@ -944,6 +953,51 @@ mod tests {
             prefix: String::new(),
         });
         assert!(err(&p).contains("credential"), "{}", err(&p));
+    }
+
+    #[test]
+    fn egress_fields_are_checked_and_the_password_goes_with_its_user() {
+        let mut p = provider(&[], &[]);
+        p.proxy = "http://egress@proxy.corp:3128".into();
+        p.proxy_password = "pw-0123456789".into();
+        p.ca_file = "/etc/ssl/ca.pem".into();
+        let m = provider_from_proto(&p).unwrap();
+        assert_eq!(m.spec.proxy_password.expose(), "pw-0123456789");
+        let back = provider_to_proto(&m, Secrets::Redact);
+        assert_eq!(back.proxy_password, "…6789");
+        assert_eq!(back.ca_file, "/etc/ssl/ca.pem");
+        assert_eq!(
+            provider_to_proto(&m, Secrets::Clear).proxy_password,
+            "pw-0123456789"
+        );
+
+        let err = |p: &pb::Provider| provider_from_proto(p).unwrap_err().to_string();
+        let mut bad = p.clone();
+        bad.proxy = "http://proxy.corp:3128".into();
+        assert!(
+            err(&bad).contains("proxy_password: needs a proxy URL with a user"),
+            "{}",
+            err(&bad)
+        );
+        bad.proxy = "socks5://proxy:1080".into();
+        assert!(
+            err(&bad).contains("provider x: proxy: scheme `socks5`"),
+            "{}",
+            err(&bad)
+        );
+        let mut bad = p.clone();
+        bad.client_key_file = "/k.pem".into();
+        assert!(err(&bad).contains("client_cert_file: client_cert_file and client_key_file go together"));
+
+        // Clearing the proxy by mask clears its password too; `env` is fine.
+        let mut cur = p.clone();
+        let req = pb::Provider {
+            proxy: "env".into(),
+            ..Default::default()
+        };
+        merge_provider(&mut cur, &req, &["proxy".into()]).unwrap();
+        assert!(cur.proxy_password.is_empty());
+        assert!(provider_from_proto(&cur).is_ok());
     }
 
     #[test]
