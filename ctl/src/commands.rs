@@ -207,7 +207,7 @@ fn provider_detail(v: &ProviderView) -> String {
     } else {
         format!("{}: {}<secret>", or_dash(&v.auth_header), v.auth_prefix)
     };
-    let mut out = table::render_kv(&[
+    let mut rows = vec![
         ("name", v.name.clone()),
         ("kind", v.kind.clone()),
         ("base_url", v.base_url.clone()),
@@ -228,11 +228,32 @@ fn provider_detail(v: &ProviderView) -> String {
         ("headers", map_cell(&v.headers)),
         ("allow_paths", list_cell(&v.allow_paths)),
         ("forward_headers", list_cell(&v.forward_headers)),
+    ];
+    // Egress rows only when set: most providers are reached directly.
+    if !v.proxy.is_empty() {
+        let pw = if v.proxy_password.is_empty() {
+            String::new()
+        } else {
+            format!(" (password {})", v.proxy_password)
+        };
+        rows.push(("proxy", format!("{}{pw}", v.proxy)));
+    }
+    for (k, f) in [
+        ("ca_file", &v.ca_file),
+        ("client_cert_file", &v.client_cert_file),
+        ("client_key_file", &v.client_key_file),
+    ] {
+        if !f.is_empty() {
+            rows.push((k, f.clone()));
+        }
+    }
+    rows.extend([
         ("health", health),
         ("metadata", map_cell(&v.metadata)),
         ("created", time_cell(v.created_at_ms)),
         ("updated", time_cell(v.updated_at_ms)),
     ]);
+    let mut out = table::render_kv(&rows);
     out.push('\n');
     out.push_str(&credentials_table(&v.credentials));
     out
