@@ -8,7 +8,8 @@
 //! → classify and record → response head → body (`relay`: frame by frame, timeouts, error
 //! events, the stream transform, usage via `account`) → logging (`relay::Finish`, `metrics`).
 //! Around them: `convert` (proto snapshot → routing table), `watch` (control
-//! client and last-known-good file), `health` (active probes and `GET /health`),
+//! client and last-known-good file, sealed under a state key), `health` (active probes
+//! and `GET /health`), `ops` (the ops listener: detailed `/health`, `/metrics`),
 //! `errors` (the dialect error mapping), `server` (accept loop and graceful drain).
 //! `translate` holds the OpenAI ⇄ Anthropic translators, not yet on the request path.
 //!
