@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests need from outside Cargo, only if it is missing:
 # Debian packages (haproxy for the cluster test, prometheus for promtool, tinyproxy for
-# the egress-proxy test) and a Python
-# venv with the official openai and anthropic SDKs for the SDK compatibility tests.
+# the egress-proxy test in tests/security) and a Python venv with the official openai and
+# anthropic SDKs for the SDK compatibility tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
