@@ -242,9 +242,10 @@ EOF
   key="$("$BIN/switchyard" -o json keys create bench 2>"$WORK/keys.err" \
          | python3 -c 'import json,sys; print(json.load(sys.stdin)["plaintext"])')" \
     || { SKIPPED+="switchyard (keys create failed: $(tail -1 "$WORK/keys.err")); "; return 1; }
-  start worker "$SUT_CPU" "$BIN/switchyard-worker" --listen 127.0.0.1:0 --control "http://$grpc" \
-    --state-dir "$WORK/worker" --worker-id bench --drain-timeout 2s
+  start worker "$SUT_CPU" "$BIN/switchyard-worker" --listen 127.0.0.1:0 --ops-listen 127.0.0.1:0 \
+    --control "http://$grpc" --state-dir "$WORK/worker" --worker-id bench --drain-timeout 2s
   local http; http="$(wait_listening worker http)" || { SKIPPED+="switchyard (worker did not start); "; return 1; }
+  OPS_URL="http://$(wait_listening worker ops)"
   URL[switchyard]="http://$http"; PID[switchyard]=$PID_worker; KEY[switchyard]="$key"; EXTRA[switchyard]=$PID_control
   wait_http "${URL[switchyard]}/v1/chat/completions" 30 "authorization: Bearer $key" \
     || { SKIPPED+="switchyard (worker never answered 200 on /v1/chat/completions); "; return 1; }
@@ -293,7 +294,7 @@ asleep() {
 }
 settle() {  # settle ROW: wait until the row's processes are idle (deadline 60 s); for the
   # worker also until control has acknowledged every usage record (switchyard_reports_pending 0)
-  local m=(); [[ "$1" == switchyard ]] && m=(--metrics-url "${URL[switchyard]}/metrics" --zero-metric switchyard_reports_pending)
+  local m=(); [[ "$1" == switchyard ]] && m=(--metrics-url "$OPS_URL/metrics" --zero-metric switchyard_reports_pending)
   python3 "$LIB" settle --pid "${PID[$1]}" ${EXTRA[$1]:+--pid "${EXTRA[$1]}"} "${m[@]}"
 }
 

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Installs what the tests need from outside Cargo, only if it is missing:
-# Debian packages (haproxy for the cluster test, prometheus for promtool) and a Python
-# venv with the official openai and anthropic SDKs for the SDK compatibility tests.
+# Debian packages (haproxy for the cluster test, prometheus for promtool, tinyproxy for
+# the egress-proxy test in tests/security) and a Python venv with the official openai and
+# anthropic SDKs for the SDK compatibility tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v haproxy >/dev/null 2>&1 || need_apt+=(haproxy)
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
+command -v tinyproxy >/dev/null 2>&1 || need_apt+=(tinyproxy)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing Debian packages: ${need_apt[*]}" >&2

@@ -43,6 +43,17 @@ pub fn apply_document(
             return Err(dup("provider", &p.name));
         }
         let existing = state.providers.get(&p.name);
+        // The proxy password is write-only like a secret: left out or redacted, the stored
+        // one stays (while the proxy still names a user).
+        let pw = p.spec.proxy_password.expose();
+        if pw.is_empty() || is_redacted(pw) {
+            p.spec.proxy_password = match existing {
+                Some(e) if url::Url::parse(&p.spec.proxy).is_ok_and(|u| !u.username().is_empty()) => {
+                    e.spec.proxy_password.clone()
+                }
+                _ => Default::default(),
+            };
+        }
         let mut creds = match (prune, existing) {
             (false, Some(e)) => e.credentials.clone(),
             _ => BTreeMap::new(),

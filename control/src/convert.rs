@@ -124,6 +124,7 @@ pub fn provider_from_proto(p: &pb::Provider) -> Result<Provider, Error> {
         })?
     };
     let (allow_paths, forward_headers) = passthrough_from_proto(&what, p, &auth.header)?;
+    let egress = egress_from_proto(&what, p)?;
     Ok(Provider {
         name: p.name.clone(),
         spec: ProviderSpec {
@@ -155,10 +156,91 @@ pub fn provider_from_proto(p: &pb::Provider) -> Result<Provider, Error> {
             metadata: btree(&p.metadata),
             allow_paths,
             forward_headers,
+            proxy: egress.proxy,
+            proxy_password: crate::secret::Secret::new(p.proxy_password.clone()),
+            ca_file: egress.ca_file,
+            client_cert_file: egress.client_cert_file,
+            client_key_file: egress.client_key_file,
         },
         credentials: BTreeMap::new(),
         created_at_ms: 0,
         updated_at_ms: 0,
+    })
+}
+
+/// The egress fields of a provider, checked (errors name the field).
+struct EgressSpec {
+    proxy: String,
+    ca_file: String,
+    client_cert_file: String,
+    client_key_file: String,
+}
+
+fn egress_from_proto(what: &str, p: &pb::Provider) -> Result<EgressSpec, Error> {
+    let proxy = p.proxy.trim().to_string();
+    let mut has_user = false;
+    if !proxy.is_empty() && proxy != "env" {
+        let u = url::Url::parse(&proxy).map_err(|e| {
+            invalid(format!(
+                "{what}: proxy: {e} (want `env` or http://[user@]host[:port])"
+            ))
+        })?;
+        if u.scheme() != "http" {
+            return Err(invalid(format!(
+                "{what}: proxy: scheme `{}`: only http:// proxies are supported (CONNECT carries https)",
+                u.scheme()
+            )));
+        }
+        if u.host_str().is_none_or(str::is_empty) {
+            return Err(invalid(format!("{what}: proxy: no host")));
+        }
+        if u.password().is_some() {
+            return Err(invalid(format!(
+                "{what}: proxy: put the password in proxy_password (stored encrypted), not in the URL"
+            )));
+        }
+        if !matches!(u.path(), "" | "/") || u.query().is_some() || u.fragment().is_some() {
+            return Err(invalid(format!(
+                "{what}: proxy: a proxy URL has no path, query or fragment"
+            )));
+        }
+        has_user = !u.username().is_empty();
+    }
+    let pw = &p.proxy_password;
+    if !pw.is_empty() && !crate::secret::is_redacted(pw) && !has_user {
+        return Err(invalid(format!(
+            "{what}: proxy_password: needs a proxy URL with a user (http://user@host:port)"
+        )));
+    }
+    let file = |field: &str, v: &str| -> Result<String, Error> {
+        if v.is_empty() {
+            return Ok(String::new());
+        }
+        if !v.starts_with('/') || v.contains(['\0', '\n', '\r']) {
+            return Err(invalid(format!(
+                "{what}: {field}: {v:?} must be an absolute path on the worker host"
+            )));
+        }
+        Ok(v.to_string())
+    };
+    let ca_file = file("ca_file", &p.ca_file)?;
+    let client_cert_file = file("client_cert_file", &p.client_cert_file)?;
+    let client_key_file = file("client_key_file", &p.client_key_file)?;
+    if client_cert_file.is_empty() != client_key_file.is_empty() {
+        let missing = if client_cert_file.is_empty() {
+            "client_cert_file"
+        } else {
+            "client_key_file"
+        };
+        return Err(invalid(format!(
+            "{what}: {missing}: client_cert_file and client_key_file go together"
+        )));
+    }
+    Ok(EgressSpec {
+        proxy,
+        ca_file,
+        client_cert_file,
+        client_key_file,
     })
 }
 
@@ -463,6 +545,15 @@ pub fn provider_to_proto(p: &Provider, secrets: Secrets) -> pb::Provider {
         metadata: hashmap(&s.metadata),
         allow_paths: s.allow_paths.clone(),
         forward_headers: s.forward_headers.clone(),
+        proxy: s.proxy.clone(),
+        proxy_password: match secrets {
+            Secrets::Clear => s.proxy_password.expose().to_string(),
+            Secrets::Redact if s.proxy_password.is_empty() => String::new(),
+            Secrets::Redact => s.proxy_password.redacted(),
+        },
+        ca_file: s.ca_file.clone(),
+        client_cert_file: s.client_cert_file.clone(),
+        client_key_file: s.client_key_file.clone(),
         credentials: p
             .credentials
             .values()
@@ -604,8 +695,22 @@ pub fn merge_provider(cur: &mut pb::Provider, req: &pb::Provider, mask: &[String
             "metadata" => cur.metadata = req.metadata.clone(),
             "allow_paths" => cur.allow_paths = req.allow_paths.clone(),
             "forward_headers" => cur.forward_headers = req.forward_headers.clone(),
+            "proxy" => cur.proxy = req.proxy.clone(),
+            "proxy_password" => cur.proxy_password = req.proxy_password.clone(),
+            "ca_file" => cur.ca_file = req.ca_file.clone(),
+            "client_cert_file" => cur.client_cert_file = req.client_cert_file.clone(),
+            "client_key_file" => cur.client_key_file = req.client_key_file.clone(),
             p => return Err(bad_path(&what, p)),
         }
+    }
+    // A proxy changed to one without a user (or none) takes the stored password with it,
+    // unless the same update sets one (which validation then refuses).
+    let given = |f: &str| mask.iter().any(|m| m == f);
+    if given("proxy")
+        && !given("proxy_password")
+        && url::Url::parse(&cur.proxy).map_or(true, |u| u.username().is_empty())
+    {
+        cur.proxy_password.clear();
     }
     Ok(())
 }
@@ -848,6 +953,51 @@ mod tests {
             prefix: String::new(),
         });
         assert!(err(&p).contains("credential"), "{}", err(&p));
+    }
+
+    #[test]
+    fn egress_fields_are_checked_and_the_password_goes_with_its_user() {
+        let mut p = provider(&[], &[]);
+        p.proxy = "http://egress@proxy.corp:3128".into();
+        p.proxy_password = "pw-0123456789".into();
+        p.ca_file = "/etc/ssl/ca.pem".into();
+        let m = provider_from_proto(&p).unwrap();
+        assert_eq!(m.spec.proxy_password.expose(), "pw-0123456789");
+        let back = provider_to_proto(&m, Secrets::Redact);
+        assert_eq!(back.proxy_password, "…6789");
+        assert_eq!(back.ca_file, "/etc/ssl/ca.pem");
+        assert_eq!(
+            provider_to_proto(&m, Secrets::Clear).proxy_password,
+            "pw-0123456789"
+        );
+
+        let err = |p: &pb::Provider| provider_from_proto(p).unwrap_err().to_string();
+        let mut bad = p.clone();
+        bad.proxy = "http://proxy.corp:3128".into();
+        assert!(
+            err(&bad).contains("proxy_password: needs a proxy URL with a user"),
+            "{}",
+            err(&bad)
+        );
+        bad.proxy = "socks5://proxy:1080".into();
+        assert!(
+            err(&bad).contains("provider x: proxy: scheme `socks5`"),
+            "{}",
+            err(&bad)
+        );
+        let mut bad = p.clone();
+        bad.client_key_file = "/k.pem".into();
+        assert!(err(&bad).contains("client_cert_file: client_cert_file and client_key_file go together"));
+
+        // Clearing the proxy by mask clears its password too; `env` is fine.
+        let mut cur = p.clone();
+        let req = pb::Provider {
+            proxy: "env".into(),
+            ..Default::default()
+        };
+        merge_provider(&mut cur, &req, &["proxy".into()]).unwrap();
+        assert!(cur.proxy_password.is_empty());
+        assert!(provider_from_proto(&cur).is_ok());
     }
 
     #[test]

@@ -177,6 +177,21 @@ pub struct ProviderSpec {
     /// Account-selecting client headers let through (lowercase, sorted, deduplicated).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub forward_headers: Vec<String>,
+    /// Outbound proxy: empty (direct), `env`, or `http://[user@]host[:port]`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub proxy: String,
+    /// The proxy user's password. Not in the spec's JSON: the store seals it under the
+    /// master key into the row's `proxy_password` member (`store::provider_spec_json`).
+    #[serde(skip)]
+    pub proxy_password: crate::secret::Secret,
+    /// PEM files on the worker host (absolute paths): the upstream's CAs (replacing the
+    /// public roots), and a client certificate and key.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub ca_file: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub client_cert_file: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub client_key_file: String,
 }
 
 #[derive(Clone, Debug, PartialEq)]

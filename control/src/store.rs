@@ -72,6 +72,44 @@ fn unjson<T: serde::de::DeserializeOwned>(what: &str, s: &str) -> Result<T, Erro
     serde_json::from_str(s).map_err(|e| Error::Internal(format!("decode stored {what}: {e}")))
 }
 
+/// A provider's spec as stored: its JSON, with the proxy password (if any) sealed under the
+/// master key like a credential secret, as `"proxy_password": {"sealed": …, "key_version": N}`.
+/// A spec without one is stored exactly as before it existed.
+fn provider_spec_json(spec: &ProviderSpec, keyring: &Keyring) -> Result<String, Error> {
+    if spec.proxy_password.is_empty() {
+        return json(spec);
+    }
+    let mut v = serde_json::to_value(spec).map_err(|e| Error::Internal(format!("encode spec: {e}")))?;
+    let (sealed, kv) = keyring.seal(spec.proxy_password.expose())?;
+    if let Some(o) = v.as_object_mut() {
+        o.insert(
+            "proxy_password".into(),
+            serde_json::json!({"sealed": sealed, "key_version": kv}),
+        );
+    }
+    json(&v)
+}
+
+/// The stored sealed proxy password of a provider row, if any: (sealed text, key version).
+fn sealed_proxy_password(v: &serde_json::Value) -> Option<(String, i64)> {
+    let pw = v.get("proxy_password")?;
+    Some((
+        pw.get("sealed")?.as_str()?.to_string(),
+        pw.get("key_version")?.as_i64()?,
+    ))
+}
+
+fn provider_spec_from(stored: &str, keyring: &Keyring) -> Result<ProviderSpec, Error> {
+    let v: serde_json::Value = unjson("provider", stored)?;
+    let sealed = sealed_proxy_password(&v);
+    let mut spec: ProviderSpec =
+        serde_json::from_value(v).map_err(|e| Error::Internal(format!("decode stored provider: {e}")))?;
+    if let Some((s, kv)) = sealed {
+        spec.proxy_password = Secret::new(keyring.open(&s, kv)?);
+    }
+    Ok(spec)
+}
+
 /// `host:port/db` of a Postgres URL, without user or password.
 fn pg_location(url: &str) -> String {
     match url::Url::parse(url) {
@@ -222,6 +260,25 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
+        // Providers' proxy passwords, sealed inside their spec.
+        let mut n = n;
+        for r in sqlx::query("SELECT name, spec FROM providers")
+            .fetch_all(&mut *tx)
+            .await?
+        {
+            let stored: String = r.try_get("spec")?;
+            let v: serde_json::Value = unjson("provider", &stored)?;
+            if sealed_proxy_password(&v).is_none_or(|(_, kv)| kv == self.keyring.current_version()) {
+                continue;
+            }
+            let spec = provider_spec_from(&stored, &self.keyring)?;
+            sqlx::query("UPDATE providers SET spec = $1 WHERE name = $2")
+                .bind(provider_spec_json(&spec, &self.keyring)?)
+                .bind(r.try_get::<String, _>("name")?)
+                .execute(&mut *tx)
+                .await?;
+            n += 1;
+        }
         tx.commit().await?;
         if n > 0 {
             tracing::info!(
@@ -359,7 +416,7 @@ impl Store {
                         "UPDATE providers SET spec = $1, created_at_ms = $2, updated_at_ms = $3 WHERE name = $4"
                     };
                     sqlx::query(sql)
-                        .bind(json(&p.spec)?)
+                        .bind(provider_spec_json(&p.spec, &self.keyring)?)
                         .bind(p.created_at_ms)
                         .bind(p.updated_at_ms)
                         .bind(&p.name)
@@ -737,7 +794,7 @@ pub(crate) async fn load_state(conn: &mut AnyConnection, keyring: &Keyring) -> R
         s.providers.insert(
             name.clone(),
             Provider {
-                spec: unjson("provider", &r.try_get::<String, _>("spec")?)?,
+                spec: provider_spec_from(&r.try_get::<String, _>("spec")?, keyring)?,
                 name,
                 credentials: Default::default(),
                 created_at_ms: r.try_get("created_at_ms")?,

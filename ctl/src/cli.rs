@@ -183,7 +183,7 @@ pub enum CertsCmd {
 #[derive(Debug, Subcommand)]
 pub enum ProvidersCmd {
     /// Register a provider.
-    Add(ProviderAdd),
+    Add(Box<ProviderAdd>),
     /// List providers.
     #[command(visible_alias = "ls")]
     List,
@@ -193,7 +193,7 @@ pub enum ProvidersCmd {
         name: String,
     },
     /// Change the given fields of a provider; others stay as they are.
-    Update(ProviderUpdate),
+    Update(Box<ProviderUpdate>),
     /// Delete a provider and its credentials (fails while backends use it).
     #[command(visible_alias = "rm")]
     Remove {
@@ -278,6 +278,27 @@ pub struct ProviderCommon {
     /// `--forward-header ''` clears it.
     #[arg(long = "forward-header", value_name = "NAME")]
     pub forward_headers: Vec<String>,
+    /// Outbound HTTP proxy for this provider: `http://[user@]host[:port]`, `env` (the
+    /// worker's HTTPS_PROXY/HTTP_PROXY/NO_PROXY), or `''` (direct).
+    #[arg(long, value_name = "URL|env")]
+    pub proxy: Option<String>,
+    /// The proxy user's password, from this environment variable (stored encrypted).
+    #[arg(long, value_name = "VAR", conflicts_with = "proxy_password_file")]
+    pub proxy_password_env: Option<String>,
+    /// The proxy user's password, from this file.
+    #[arg(long, value_name = "PATH")]
+    pub proxy_password_file: Option<std::path::PathBuf>,
+    /// PEM file on the worker host with the CAs the upstream's certificate chains to; it
+    /// replaces the public web roots for this provider (`''` clears).
+    #[arg(long, value_name = "PATH")]
+    pub ca_file: Option<String>,
+    /// PEM client certificate on the worker host, for upstreams that require mTLS
+    /// (with `--client-key-file`; `''` clears). Not `--client-cert`, the CLI's own to control.
+    #[arg(long, value_name = "PATH")]
+    pub client_cert_file: Option<String>,
+    /// PEM private key of `--client-cert-file`, on the worker host.
+    #[arg(long, value_name = "PATH")]
+    pub client_key_file: Option<String>,
     /// Free text shown in `get` and `list`.
     #[arg(long)]
     pub description: Option<String>,

@@ -67,8 +67,33 @@ fn nothing_to_update(what: &str) -> anyhow::Error {
 // ---------------------------------------------------------------------------
 
 /// Copy the flags the user gave into `p`, recording each one's mask path.
-fn provider_fields(p: &mut pb::Provider, c: &ProviderCommon, mask: &mut Vec<String>) {
+fn provider_fields(p: &mut pb::Provider, c: &ProviderCommon, mask: &mut Vec<String>) -> Result<()> {
     let mut set = |path: &str| mask.push(path.to_string());
+    if let Some(x) = &c.proxy {
+        p.proxy = x.clone();
+        set("proxy");
+    }
+    if let Some(var) = &c.proxy_password_env {
+        p.proxy_password = std::env::var(var)
+            .ok()
+            .filter(|v| !v.is_empty())
+            .with_context(|| format!("environment variable {var} (--proxy-password-env) is not set"))?;
+        set("proxy_password");
+    }
+    if let Some(path) = &c.proxy_password_file {
+        p.proxy_password = crate::secret::read_secret_file(path).context("--proxy-password-file")?;
+        set("proxy_password");
+    }
+    for (v, field, out) in [
+        (&c.ca_file, "ca_file", &mut p.ca_file),
+        (&c.client_cert_file, "client_cert_file", &mut p.client_cert_file),
+        (&c.client_key_file, "client_key_file", &mut p.client_key_file),
+    ] {
+        if let Some(v) = v {
+            *out = v.clone();
+            set(field);
+        }
+    }
     if let Some(d) = c.timeout {
         p.request_timeout_ms = ms(d);
         set("request_timeout_ms");
@@ -148,6 +173,7 @@ fn provider_fields(p: &mut pb::Provider, c: &ProviderCommon, mask: &mut Vec<Stri
             set("health.healthy_below");
         }
     }
+    Ok(())
 }
 
 /// A repeatable flag's values without the empty ones (`--flag ''` clears the list).
@@ -181,7 +207,7 @@ fn provider_detail(v: &ProviderView) -> String {
     } else {
         format!("{}: {}<secret>", or_dash(&v.auth_header), v.auth_prefix)
     };
-    let mut out = table::render_kv(&[
+    let mut rows = vec![
         ("name", v.name.clone()),
         ("kind", v.kind.clone()),
         ("base_url", v.base_url.clone()),
@@ -202,11 +228,32 @@ fn provider_detail(v: &ProviderView) -> String {
         ("headers", map_cell(&v.headers)),
         ("allow_paths", list_cell(&v.allow_paths)),
         ("forward_headers", list_cell(&v.forward_headers)),
+    ];
+    // Egress rows only when set: most providers are reached directly.
+    if !v.proxy.is_empty() {
+        let pw = if v.proxy_password.is_empty() {
+            String::new()
+        } else {
+            format!(" (password {})", v.proxy_password)
+        };
+        rows.push(("proxy", format!("{}{pw}", v.proxy)));
+    }
+    for (k, f) in [
+        ("ca_file", &v.ca_file),
+        ("client_cert_file", &v.client_cert_file),
+        ("client_key_file", &v.client_key_file),
+    ] {
+        if !f.is_empty() {
+            rows.push((k, f.clone()));
+        }
+    }
+    rows.extend([
         ("health", health),
         ("metadata", map_cell(&v.metadata)),
         ("created", time_cell(v.created_at_ms)),
         ("updated", time_cell(v.updated_at_ms)),
     ]);
+    let mut out = table::render_kv(&rows);
     out.push('\n');
     out.push_str(&credentials_table(&v.credentials));
     out
@@ -244,7 +291,7 @@ pub async fn providers(ctx: &Ctx, admin: &mut Admin, cmd: ProvidersCmd) -> Resul
                 enabled: a.disabled.then_some(false),
                 ..Default::default()
             };
-            provider_fields(&mut p, &a.common, &mut Vec::new());
+            provider_fields(&mut p, &a.common, &mut Vec::new())?;
             let req = pb::CreateProviderRequest { provider: Some(p) };
             let p = admin
                 .client
@@ -344,7 +391,7 @@ pub async fn providers(ctx: &Ctx, admin: &mut Admin, cmd: ProvidersCmd) -> Resul
                 p.enabled = Some(u.enable);
                 mask.push("enabled".to_string());
             }
-            provider_fields(&mut p, &u.common, &mut mask);
+            provider_fields(&mut p, &u.common, &mut mask)?;
             if mask.is_empty() {
                 return Err(nothing_to_update("providers"));
             }
@@ -1568,10 +1615,53 @@ mod tests {
         };
         let mut p = pb::Provider::default();
         let mut mask = Vec::new();
-        provider_fields(&mut p, &u.common, &mut mask);
+        provider_fields(&mut p, &u.common, &mut mask).unwrap();
         assert_eq!(mask, ["request_timeout_ms", "auth.header", "health.interval_ms"]);
         assert_eq!(p.request_timeout_ms, 90_000);
         assert_eq!(p.health.unwrap().interval_ms, 15_000);
+    }
+
+    #[test]
+    fn provider_egress_flags() {
+        use clap::Parser;
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "proxy-secret\n").unwrap();
+        let cli = Cli::try_parse_from([
+            "switchyard",
+            "providers",
+            "update",
+            "p",
+            "--proxy",
+            "http://egress@proxy:3128",
+            "--proxy-password-file",
+            pw.to_str().unwrap(),
+            "--ca-file",
+            "/etc/ca.pem",
+            "--client-cert-file",
+            "/etc/c.pem",
+            "--client-key-file",
+            "/etc/k.pem",
+        ])
+        .unwrap();
+        let Command::Providers(ProvidersCmd::Update(u)) = cli.command else {
+            panic!()
+        };
+        let mut p = pb::Provider::default();
+        let mut mask = Vec::new();
+        provider_fields(&mut p, &u.common, &mut mask).unwrap();
+        assert_eq!(
+            mask,
+            [
+                "proxy",
+                "proxy_password",
+                "ca_file",
+                "client_cert_file",
+                "client_key_file"
+            ]
+        );
+        assert_eq!(p.proxy_password, "proxy-secret");
+        assert_eq!(p.client_key_file, "/etc/k.pem");
     }
 
     #[test]

@@ -93,6 +93,21 @@ pub struct FileProvider {
     /// Account-selecting client headers let through. Omitted = none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub forward_headers: Vec<String>,
+    /// Outbound HTTP proxy: `http://[user@]host[:port]` or `env`. Omitted = direct.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<String>,
+    /// Environment variable holding the proxy user's password (resolved by the CLI;
+    /// unset: the stored one is kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_password_env: Option<String>,
+    /// PEM files on the worker host: the upstream's CAs (replacing the public roots),
+    /// and a client certificate and key for mTLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert_file: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key_file: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -373,6 +388,16 @@ impl FileProvider {
             updated_at_ms: 0,
             allow_paths: self.allow_paths.clone(),
             forward_headers: self.forward_headers.clone(),
+            proxy: self.proxy.clone().unwrap_or_default(),
+            // Unset: empty, and control keeps the stored password.
+            proxy_password: self
+                .proxy_password_env
+                .as_deref()
+                .and_then(|v| (env.getenv)(v))
+                .unwrap_or_default(),
+            ca_file: self.ca_file.clone().unwrap_or_default(),
+            client_cert_file: self.client_cert_file.clone().unwrap_or_default(),
+            client_key_file: self.client_key_file.clone().unwrap_or_default(),
         })
     }
 
@@ -408,6 +433,12 @@ impl FileProvider {
             headers: p.headers.clone().into_iter().collect(),
             allow_paths: p.allow_paths.clone(),
             forward_headers: p.forward_headers.clone(),
+            proxy: non_empty(&p.proxy),
+            // Never exported: name the variable to read it from when applying.
+            proxy_password_env: None,
+            ca_file: non_empty(&p.ca_file),
+            client_cert_file: non_empty(&p.client_cert_file),
+            client_key_file: non_empty(&p.client_key_file),
             metadata: p.metadata.clone().into_iter().collect(),
             credentials: p
                 .credentials
@@ -779,6 +810,39 @@ allow_pin = true
         // Defaults are omitted from the export.
         assert!(!text.contains("connect_timeout"), "{text}");
         assert!(!text.contains("healthy_below"), "{text}");
+    }
+
+    #[test]
+    fn egress_fields_round_trip_and_the_proxy_password_comes_from_the_env() {
+        let text =
+            "[[providers]]\nname = \"v\"\nkind = \"openai\"\nbase_url = \"https://vllm.internal/v1\"\n\
+                    proxy = \"http://egress@proxy.corp:3128\"\nproxy_password_env = \"SY_PROXY_PW\"\n\
+                    ca_file = \"/etc/ssl/private-ca.pem\"\nclient_cert_file = \"/etc/sy/c.pem\"\n\
+                    client_key_file = \"/etc/sy/c-key.pem\"\n";
+        let getenv = |k: &str| (k == "SY_PROXY_PW").then(|| "pw-from-env".to_string());
+        let doc = parse(text, "t")
+            .unwrap()
+            .into_proto(&SecretEnv {
+                base_dir: None,
+                getenv: &getenv,
+            })
+            .unwrap();
+        let p = &doc.providers[0];
+        assert_eq!(p.proxy, "http://egress@proxy.corp:3128");
+        assert_eq!(p.proxy_password, "pw-from-env");
+        assert_eq!(p.ca_file, "/etc/ssl/private-ca.pem");
+        assert_eq!(
+            (p.client_cert_file.as_str(), p.client_key_file.as_str()),
+            ("/etc/sy/c.pem", "/etc/sy/c-key.pem")
+        );
+        // Unset: empty, so control keeps the stored password.
+        let doc2 = parse(text, "t").unwrap().into_proto(&env()).unwrap();
+        assert_eq!(doc2.providers[0].proxy_password, "");
+        // Exported even with secrets: the files and proxy, never the password.
+        let out = FileDoc::from_proto(&doc, true).to_toml("").unwrap();
+        assert!(out.contains("proxy = \"http://egress@proxy.corp:3128\""), "{out}");
+        assert!(out.contains("ca_file = "), "{out}");
+        assert!(!out.contains("pw-from-env"), "{out}");
     }
 
     #[test]

@@ -47,10 +47,13 @@ pub struct UpArgs {
     /// The control plane's gRPC API (for the `switchyard` CLI).
     #[arg(long, default_value = "127.0.0.1:50051")]
     pub grpc_listen: SocketAddr,
-    /// Control-plane `/metrics` and `/healthz` (off unless given; the worker serves its
-    /// own `/metrics` on `--listen`).
+    /// Control-plane `/metrics` and `/healthz` (off unless given).
     #[arg(long)]
     pub control_http_listen: Option<SocketAddr>,
+    /// The worker's ops listener: its `/metrics` and detailed `/health` (off unless given;
+    /// `--listen` answers a `/health` of counts only). Keep it on loopback.
+    #[arg(long)]
+    pub ops_listen: Option<SocketAddr>,
     /// Use this database instead of `<data-dir>/switchyard.db` (`postgres://...`).
     #[arg(long, env = "SWITCHYARD_DATABASE_URL")]
     pub database_url: Option<String>,
@@ -568,6 +571,7 @@ pub async fn run(a: UpArgs) -> Result<()> {
 
     // 3. The worker, fed by the control plane over gRPC like any other worker.
     let mut wcfg = switchyard_worker::Config::new(a.listen);
+    wcfg.ops_listen = a.ops_listen;
     wcfg.control_url = Some(control_url);
     wcfg.worker_token = Some(switchyard_worker::Secret::new(state.worker_token.clone()));
     wcfg.worker_id = "up".into();
@@ -590,7 +594,10 @@ pub async fn run(a: UpArgs) -> Result<()> {
     }
     let worker_addr = dial_addr(worker.http_addr());
 
-    crate::out(&format!("listening http={worker_addr} grpc={grpc}\n"))?;
+    match worker.ops_addr() {
+        Some(ops) => crate::out(&format!("listening http={worker_addr} grpc={grpc} ops={ops}\n"))?,
+        None => crate::out(&format!("listening http={worker_addr} grpc={grpc}\n"))?,
+    }
     let banner = Banner {
         worker: worker_addr,
         grpc,

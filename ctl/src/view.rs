@@ -30,6 +30,18 @@ pub struct ProviderView {
     pub allow_paths: Vec<String>,
     /// Account-selecting client headers let through.
     pub forward_headers: Vec<String>,
+    /// Outbound proxy (`env` or a URL); its password only as control redacts it.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub proxy: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub proxy_password: String,
+    /// TLS files on the worker host.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub ca_file: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub client_cert_file: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub client_key_file: String,
     pub health: HealthView,
     pub metadata: BTreeMap<String, String>,
     pub credentials: Vec<CredentialView>,
@@ -239,6 +251,11 @@ impl From<&pb::Provider> for ProviderView {
             headers: sorted(&p.headers),
             allow_paths: p.allow_paths.clone(),
             forward_headers: p.forward_headers.clone(),
+            proxy: p.proxy.clone(),
+            proxy_password: p.proxy_password.clone(),
+            ca_file: p.ca_file.clone(),
+            client_cert_file: p.client_cert_file.clone(),
+            client_key_file: p.client_key_file.clone(),
             health: HealthView {
                 enabled: h.enabled.unwrap_or(true),
                 interval_ms: h.interval_ms,

@@ -51,6 +51,15 @@ pub struct Args {
     /// Do not keep the in-memory request log (for benchmarks).
     #[arg(long)]
     pub no_request_log: bool,
+    /// Serve HTTPS with this PEM certificate (with `--tls-key`).
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key of `--tls-cert`.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// Require client certificates signed by this PEM CA (mTLS).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_client_ca: Option<std::path::PathBuf>,
     /// Runtime worker threads (default: number of CPUs).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -76,6 +85,14 @@ impl Args {
             credential_header: self.credential_header.clone(),
             models: self.models.clone(),
             no_request_log: self.no_request_log,
+            tls: match (&self.tls_cert, &self.tls_key) {
+                (Some(cert), Some(key)) => Some(crate::MockTls {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    client_ca: self.tls_client_ca.clone(),
+                }),
+                _ => None,
+            },
         })
     }
 }

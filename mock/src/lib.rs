@@ -25,5 +25,5 @@ pub mod wire;
 
 pub use behavior::{Behavior, Fault, JsonStyle, Usage, DEFAULT_REPLY};
 pub use server::{
-    MockBody, MockOptions, MockServer, SeenRequest, SeenRequestJson, Stats, REQUEST_LOG_CAPACITY,
+    MockBody, MockOptions, MockServer, MockTls, SeenRequest, SeenRequestJson, Stats, REQUEST_LOG_CAPACITY,
 };

@@ -51,6 +51,56 @@ pub struct MockOptions {
     pub models: Vec<String>,
     /// Do not keep the request log (stats are still counted). For the benchmark.
     pub no_request_log: bool,
+    /// Serve HTTPS with this certificate (tests of upstreams behind a private CA).
+    pub tls: Option<MockTls>,
+}
+
+/// PEM files for serving TLS; with `client_ca`, clients must present a certificate it
+/// signed (mTLS).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MockTls {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    pub client_ca: Option<std::path::PathBuf>,
+}
+
+impl MockTls {
+    fn acceptor(&self) -> io::Result<tokio_rustls::TlsAcceptor> {
+        use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+        let bad = |what: &str, e: &dyn std::fmt::Display| {
+            io::Error::new(io::ErrorKind::InvalidInput, format!("{what}: {e}"))
+        };
+        let certs = CertificateDer::pem_file_iter(&self.cert)
+            .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| bad("tls cert", &e))?;
+        let key = PrivateKeyDer::from_pem_file(&self.key).map_err(|e| bad("tls key", &e))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| bad("tls", &e))?;
+        let builder = match &self.client_ca {
+            None => builder.with_no_client_auth(),
+            Some(ca) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for c in CertificateDer::pem_file_iter(ca).map_err(|e| bad("tls client ca", &e))? {
+                    roots
+                        .add(c.map_err(|e| bad("tls client ca", &e))?)
+                        .map_err(|e| bad("tls client ca", &e))?;
+                }
+                let v =
+                    rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                        .build()
+                        .map_err(|e| bad("tls client ca", &e))?;
+                builder.with_client_cert_verifier(v)
+            }
+        };
+        let mut cfg = builder
+            .with_single_cert(certs, key)
+            .map_err(|e| bad("tls cert and key", &e))?;
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
+    }
 }
 
 /// Counters since start or the last reset.
@@ -302,6 +352,8 @@ pub struct MockServer {
 
 struct Handle {
     addr: SocketAddr,
+    /// `http`, or `https` with `MockOptions::tls`.
+    scheme: &'static str,
     state: Arc<State>,
     tracker: TaskTracker,
 }
@@ -327,6 +379,7 @@ impl MockServer {
         let listen = opts
             .listen
             .unwrap_or_else(|| SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
+        let tls = opts.tls.as_ref().map(MockTls::acceptor).transpose()?;
         let listener = TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
         let name = if opts.name.is_empty() { "mock" } else { &opts.name };
@@ -361,9 +414,15 @@ impl MockServer {
             next_response: AtomicU64::new(1),
         });
         let tracker = TaskTracker::new();
-        tracker.spawn(accept_loop(listener, state.clone(), tracker.clone()));
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        tracker.spawn(accept_loop(listener, state.clone(), tracker.clone(), tls));
         Ok(MockServer {
-            inner: Arc::new(Handle { addr, state, tracker }),
+            inner: Arc::new(Handle {
+                addr,
+                scheme,
+                state,
+                tracker,
+            }),
         })
     }
 
@@ -373,12 +432,12 @@ impl MockServer {
 
     /// `http://ADDR` — the Anthropic-style base URL.
     pub fn url(&self) -> String {
-        format!("http://{}", self.inner.addr)
+        format!("{}://{}", self.inner.scheme, self.inner.addr)
     }
 
     /// `http://ADDR/v1` — the OpenAI-style base URL.
     pub fn openai_base(&self) -> String {
-        format!("http://{}/v1", self.inner.addr)
+        format!("{}://{}/v1", self.inner.scheme, self.inner.addr)
     }
 
     /// Behaviour for every request that finds the push queue empty.
@@ -421,7 +480,12 @@ impl MockServer {
     }
 }
 
-async fn accept_loop(listener: TcpListener, state: Arc<State>, tracker: TaskTracker) {
+async fn accept_loop(
+    listener: TcpListener,
+    state: Arc<State>,
+    tracker: TaskTracker,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     loop {
         let accepted = tokio::select! {
             _ = state.shutdown.cancelled() => return,
@@ -439,23 +503,48 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>, tracker: TaskTrac
         // Nagle plus delayed ACKs would add ~40 ms to every small response.
         let _ = stream.set_nodelay(true);
         let state = state.clone();
+        let tls = tls.clone();
         tracker.spawn(async move {
             state.open.fetch_add(1, Ordering::Relaxed);
-            let svc_state = state.clone();
-            let svc = service_fn(move |req| handle(svc_state.clone(), req));
-            let conn = hyper::server::conn::http1::Builder::new()
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), svc);
-            tokio::select! {
-                _ = state.shutdown.cancelled() => {}
-                r = conn => {
-                    if let Err(e) = r {
-                        debug!(error = %e, "connection ended with error");
+            match tls {
+                None => serve_conn(stream, &state).await,
+                Some(acceptor) => {
+                    let accepted = tokio::select! {
+                        _ = state.shutdown.cancelled() => None,
+                        r = acceptor.accept(stream) => match r {
+                            Ok(s) => Some(s),
+                            Err(e) => {
+                                debug!(error = %e, "TLS handshake failed");
+                                None
+                            }
+                        },
+                    };
+                    if let Some(s) = accepted {
+                        serve_conn(s, &state).await;
                     }
                 }
             }
             state.open.fetch_sub(1, Ordering::Relaxed);
         });
+    }
+}
+
+async fn serve_conn<I>(io: I, state: &Arc<State>)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc_state = state.clone();
+    let svc = service_fn(move |req| handle(svc_state.clone(), req));
+    let conn = hyper::server::conn::http1::Builder::new()
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(io), svc);
+    tokio::select! {
+        _ = state.shutdown.cancelled() => {}
+        r = conn => {
+            if let Err(e) = r {
+                debug!(error = %e, "connection ended with error");
+            }
+        }
     }
 }
 

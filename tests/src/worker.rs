@@ -101,6 +101,8 @@ pub async fn start_worker(state_dir: &Path, control: &str, extra: &[&str]) -> Re
     let mut cmd = Command::new(bin_path("switchyard-worker"));
     cmd.arg("--listen")
         .arg("127.0.0.1:0")
+        .arg("--ops-listen")
+        .arg("127.0.0.1:0")
         .arg("--control")
         .arg(control)
         .arg("--state-dir")

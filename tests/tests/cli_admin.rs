@@ -1127,3 +1127,75 @@ async fn help_for_every_command_and_completions() {
         );
     }
 }
+
+/// `providers add|update --proxy … --proxy-password-env … --ca-file …`: the proxy password
+/// is write-only (never in any output), the rest shows in `get`; clearing the proxy
+/// clears its password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_egress_flags() {
+    let env = Env::start().await.unwrap();
+    let pw = env.secret("proxy-password-0123456789");
+    env.run_with(
+        &[
+            "providers",
+            "add",
+            "vllm",
+            "--kind",
+            "openai",
+            "--base-url",
+            "https://vllm.internal/v1",
+            "--proxy",
+            "http://egress@proxy.corp:3128",
+            "--proxy-password-env",
+            "SY_PROXY_PW",
+            "--ca-file",
+            "/etc/switchyard/private-ca.pem",
+        ],
+        &[("SY_PROXY_PW", &pw)],
+        None,
+    )
+    .await
+    .ok();
+    let p = env.run(&["providers", "get", "vllm", "-o", "json"]).await.json();
+    assert_eq!(p["proxy"], "http://egress@proxy.corp:3128");
+    assert_eq!(p["proxy_password"], "…6789", "redacted by control");
+    assert_eq!(p["ca_file"], "/etc/switchyard/private-ca.pem");
+    let detail = env.run(&["providers", "get", "vllm"]).await.ok().to_string();
+    assert!(
+        detail
+            .lines()
+            .any(|l| l.starts_with("proxy") && l.contains("proxy.corp:3128")),
+        "{detail}"
+    );
+    env.run(&["export", "--include-secrets"]).await.ok();
+
+    // Control names the field it refuses.
+    let out = env
+        .run_unchecked(
+            &["providers", "update", "vllm", "--proxy", "https://proxy.corp"],
+            &[],
+            None,
+        )
+        .await;
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("proxy: scheme `https`"), "{}", out.stderr);
+    let out = env
+        .run_unchecked(
+            &["providers", "update", "vllm", "--client-cert-file", "/c.pem"],
+            &[],
+            None,
+        )
+        .await;
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("client_key_file"), "{}", out.stderr);
+
+    // No proxy any more: no password either.
+    env.run(&["providers", "update", "vllm", "--proxy", ""])
+        .await
+        .ok();
+    let p = env.run(&["providers", "get", "vllm", "-o", "json"]).await.json();
+    assert!(
+        p.get("proxy").is_none() && p.get("proxy_password").is_none(),
+        "{p}"
+    );
+}

@@ -252,10 +252,17 @@ async fn an_ejected_credential_shows_ejected() {
     });
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = tokio::process::Command::new(bin_path("switchyard-worker"));
-    cmd.args(["--listen", "127.0.0.1:0", "--control", &env.url])
-        .args(["--worker-token", WORKER_TOKEN, "--worker-id", "w1"])
-        .arg("--state-dir")
-        .arg(dir.path());
+    cmd.args([
+        "--listen",
+        "127.0.0.1:0",
+        "--ops-listen",
+        "127.0.0.1:0",
+        "--control",
+        &env.url,
+    ])
+    .args(["--worker-token", WORKER_TOKEN, "--worker-id", "w1"])
+    .arg("--state-dir")
+    .arg(dir.path());
     let worker = Proc::spawn("worker", cmd).await.unwrap();
 
     env.run(&[

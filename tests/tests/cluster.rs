@@ -126,6 +126,7 @@ impl Cluster {
         let state = self.dir.path().join(format!("worker-{i}"));
         let mut subst = vec![
             ("0.0.0.0:8080", format!("127.0.0.1:{}", self.worker_ports[i])),
+            ("0.0.0.0:9091", "127.0.0.1:0".to_string()),
             ("https://control:50051", self.control_url()),
             ("/var/lib/switchyard/state", state.display().to_string()),
         ];
@@ -555,6 +556,8 @@ async fn cluster_behind_haproxy() -> Result<()> {
     )
     .await?;
     // Requests sent to it directly above are counted too: compare with that baseline.
+    // Counted on its ops port: the client port has no /metrics.
+    let four_ops = c.workers[3].as_ref().context("worker 4")?.url("ops");
     let metrics = |base: String| {
         let http = http.clone();
         async move {
@@ -562,7 +565,7 @@ async fn cluster_behind_haproxy() -> Result<()> {
             served_requests(&text).ok_or_else(|| anyhow!("no switchyard_requests_total in {base}/metrics"))
         }
     };
-    let direct = metrics(four.clone()).await?;
+    let direct = metrics(four_ops.clone()).await?;
     assert!(direct > 0, "worker 4 served requests but its counter is 0");
     let before = mock.request_count();
     // New TCP connections only: HAProxy balances connections, and pooled keep-alive
@@ -579,7 +582,7 @@ async fn cluster_behind_haproxy() -> Result<()> {
                 let s = chat(&http, &c.lb, &key, "m2").await?;
                 assert!(s.is_success(), "haproxy answered {s}");
             }
-            Ok((metrics(four.clone()).await? > direct).then_some(()))
+            Ok((metrics(four_ops.clone()).await? > direct).then_some(()))
         },
     )
     .await?;

@@ -79,7 +79,7 @@ async fn codex_exec_answers_through_the_worker() -> Result<()> {
         "{:?}",
         seen.iter().map(|r| (&r.method, &r.path)).collect::<Vec<_>>()
     );
-    let metrics = reqwest::get(format!("{}/metrics", w.url("http")))
+    let metrics = reqwest::get(format!("{}/metrics", w.url("ops")))
         .await?
         .text()
         .await?;

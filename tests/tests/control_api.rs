@@ -1193,13 +1193,24 @@ store_test!(concurrent_writes_lose_nothing, |db: TestDb| async move {
 store_test!(secrets_encrypted_at_rest, |db: TestDb| async move {
     let key_hex = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
     let secret = "sk-plaintext-must-not-be-stored-42";
+    // A proxy password is sealed the same way, inside the provider's stored spec.
+    let proxy_pw = "proxy-plaintext-must-not-be-stored-7";
+    let stored_pw = |spec: &str| -> (String, i64) {
+        let v: serde_json::Value = serde_json::from_str(spec).unwrap();
+        let pw = &v["proxy_password"];
+        (
+            pw["sealed"].as_str().unwrap().to_string(),
+            pw["key_version"].as_i64().unwrap(),
+        )
+    };
     {
         let p = spawn_control(&db, &[("SWITCHYARD_MASTER_KEY", key_hex)]).await?;
         let mut a = admin(&p).await?;
-        a.create_provider(pb::CreateProviderRequest {
-            provider: Some(provider("openai", "https://api.openai.com/v1")),
-        })
-        .await?;
+        let mut pr = provider("openai", "https://api.openai.com/v1");
+        pr.proxy = "http://egress@proxy.internal:3128".into();
+        pr.proxy_password = proxy_pw.into();
+        a.create_provider(pb::CreateProviderRequest { provider: Some(pr) })
+            .await?;
         a.create_credential(pb::CreateCredentialRequest {
             credential: Some(credential("openai", "k", secret)),
         })
@@ -1211,6 +1222,7 @@ store_test!(secrets_encrypted_at_rest, |db: TestDb| async move {
         let mut w = Watcher::connect(&p, "w-enc", 0).await?;
         let s = w.next_at(v).await?;
         assert_eq!(s.providers[0].credentials[0].secret, secret);
+        assert_eq!(s.providers[0].proxy_password, proxy_pw);
     }
     sqlx::any::install_default_drivers();
     let pool = sqlx::AnyPool::connect(&db.url).await?;
@@ -1220,6 +1232,14 @@ store_test!(secrets_encrypted_at_rest, |db: TestDb| async move {
     assert_eq!(row.1, 1);
     assert!(!row.0.contains("plaintext"), "secret stored in clear");
     assert_ne!(row.0, secret);
+    let (spec,): (String,) = sqlx::query_as("SELECT spec FROM providers")
+        .fetch_one(&pool)
+        .await?;
+    assert!(
+        !spec.contains("plaintext"),
+        "proxy password stored in clear: {spec}"
+    );
+    assert_eq!(stored_pw(&spec).1, 1);
     pool.close().await;
 
     // Rotation: a new current key, the old one listed; the secret is re-encrypted.
@@ -1243,6 +1263,12 @@ store_test!(secrets_encrypted_at_rest, |db: TestDb| async move {
         .await?;
     assert_eq!(row.1, 2);
     assert!(!row.0.contains("plaintext"));
+    assert_eq!(s.providers[0].proxy_password, proxy_pw);
+    let (spec,): (String,) = sqlx::query_as("SELECT spec FROM providers")
+        .fetch_one(&pool)
+        .await?;
+    assert!(!spec.contains("plaintext"));
+    assert_eq!(stored_pw(&spec).1, 2, "re-sealed with the new key: {spec}");
     pool.close().await;
     drop(p);
 

@@ -93,6 +93,8 @@ impl Env {
         cmd.args([
             "--listen",
             "127.0.0.1:0",
+            "--ops-listen",
+            "127.0.0.1:0",
             "--control",
             &format!("http://{}", env.grpc),
         ])

@@ -318,10 +318,15 @@ async fn start_up(line: &str, cwd: &Path, tools: &Tools, subst: &mut Subst) -> R
     }
     let mut args: Vec<String> = Vec::new();
     let mut doc_listen = "0.0.0.0:8080".to_string();
+    let mut doc_ops: Option<String> = None;
     let mut rest = words[at + 1..].iter();
     while let Some(w) = rest.next() {
         match *w {
             "--listen" => doc_listen = rest.next().context("--listen without a value")?.to_string(),
+            "--ops-listen" => {
+                doc_ops = Some(rest.next().context("--ops-listen without a value")?.to_string());
+                args.extend(["--ops-listen".to_string(), "127.0.0.1:0".to_string()]);
+            }
             "--grpc-listen" | "--data-dir" => {
                 rest.next();
             }
@@ -375,6 +380,14 @@ async fn start_up(line: &str, cwd: &Path, tools: &Tools, subst: &mut Subst) -> R
     let port = doc_listen.rsplit(':').next().unwrap_or("8080");
     for host in ["127.0.0.1", "localhost", "0.0.0.0"] {
         subst.add(format!("{host}:{port}"), http.to_string());
+    }
+    // And its documented ops address is the ops listener it bound.
+    if let Some(doc_ops) = doc_ops {
+        let ops = proc.addr("ops");
+        let port = doc_ops.rsplit(':').next().unwrap_or("9091");
+        for host in ["127.0.0.1", "localhost"] {
+            subst.add(format!("{host}:{port}"), ops.to_string());
+        }
     }
     subst.known.insert("ANTHROPIC_API_KEY".into(), client_key.clone());
     subst.known.insert("OPENAI_API_KEY".into(), client_key.clone());
@@ -511,10 +524,17 @@ impl Runner {
             .env_remove("SWITCHYARD_MASTER_KEY");
         let control = Proc::spawn("control", cmd).await?;
         let mut cmd = Command::new(bin_path("switchyard-worker"));
-        cmd.args(["--listen", "127.0.0.1:0", "--control", &control.url("grpc")])
-            .args(["--worker-token", WORKER_TOKEN, "--worker-id", "docs-1"])
-            .arg("--state-dir")
-            .arg(dir.path().join("worker"));
+        cmd.args([
+            "--listen",
+            "127.0.0.1:0",
+            "--ops-listen",
+            "127.0.0.1:0",
+            "--control",
+            &control.url("grpc"),
+        ])
+        .args(["--worker-token", WORKER_TOKEN, "--worker-id", "docs-1"])
+        .arg("--state-dir")
+        .arg(dir.path().join("worker"));
         let worker = Proc::spawn("worker", cmd).await?;
 
         let mut subst = Subst::default();

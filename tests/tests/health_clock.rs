@@ -55,9 +55,9 @@ async fn health_deadlines_are_wall_clock() -> Result<()> {
         Duration::from_secs(10),
         || {
             let c = c.clone();
-            let base = base.clone();
+            let ops = w.url("ops");
             async move {
-                let h: Value = c.get(format!("{base}/health")).send().await?.json().await?;
+                let h: Value = c.get(format!("{ops}/health")).send().await?.json().await?;
                 let ejected = !h["models"]["m"]["backends"][0]["ejected_until_ms"].is_null();
                 let cooling =
                     h["providers"].as_array().unwrap().iter().any(|p| {

@@ -67,7 +67,7 @@ fn stream_body() -> String {
 
 /// The value of the `/metrics` sample whose line starts with `series ` (0 when absent).
 async fn metric(w: &Proc, series: &str) -> Result<f64> {
-    let text = reqwest::get(format!("{}/metrics", w.url("http")))
+    let text = reqwest::get(format!("{}/metrics", w.url("ops")))
         .await?
         .text()
         .await?;

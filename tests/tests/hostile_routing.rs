@@ -205,7 +205,7 @@ async fn a_client_provoked_401_takes_no_credential_out() -> Result<()> {
             .await?;
         assert_eq!(r.status(), 200);
     }
-    let h = health(&c, &base).await?;
+    let h = health(&c, &w.url("ops")).await?;
     for k in ["k1", "k2", "k3"] {
         assert_eq!(credential(&h, k)["available"], true, "{k}: {h}");
     }
@@ -253,7 +253,7 @@ async fn slow_answers_on_a_live_backend_do_not_eject_it() -> Result<()> {
             .await?;
         }
     }
-    let h = health(&c, &base).await?;
+    let h = health(&c, &w.url("ops")).await?;
     let b = &h["models"]["m"]["backends"][0];
     assert_eq!(b["healthy"], true, "{h}");
     assert_eq!(b["consecutive_failures"], 0, "{h}");

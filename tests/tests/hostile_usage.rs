@@ -62,11 +62,11 @@ async fn tokens(c: &reqwest::Client, base: &str, ty: &str) -> Result<u64> {
 }
 
 /// Wait until the worker booked `prompt` and `completion` tokens in all.
-async fn booked(c: &reqwest::Client, base: &str, prompt: u64, completion: u64) -> Result<()> {
+async fn booked(c: &reqwest::Client, ops: &str, prompt: u64, completion: u64) -> Result<()> {
     wait_for("tokens booked", Duration::from_secs(10), || async {
         let got = (
-            tokens(c, base, "prompt").await?,
-            tokens(c, base, "completion").await?,
+            tokens(c, ops, "prompt").await?,
+            tokens(c, ops, "completion").await?,
         );
         if got == (prompt, completion) {
             Ok(Some(()))
@@ -141,7 +141,7 @@ async fn spaced_and_reordered_streams_lose_the_injected_usage_and_are_booked() -
         let direct: Vec<Value> = data_events(&direct).into_iter().map(strip_model).collect();
         assert_eq!(got, direct, "{style:?}");
         want = (want.0 + 12, want.1 + 48);
-        booked(&c, &base, want.0, want.1).await?;
+        booked(&c, &w.url("ops"), want.0, want.1).await?;
     }
     Ok(())
 }
@@ -170,7 +170,7 @@ async fn a_non_streamed_answer_over_256_kib_is_booked() -> Result<()> {
         let v: Value = serde_json::from_slice(&body)?;
         assert_eq!(v["usage"]["prompt_tokens"], 12, "{style:?}");
         want = (want.0 + 12, want.1 + 48);
-        booked(&c, &base, want.0, want.1).await?;
+        booked(&c, &w.url("ops"), want.0, want.1).await?;
     }
     Ok(())
 }

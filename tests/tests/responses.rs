@@ -128,7 +128,12 @@ async fn responses_are_booked_and_their_state_found_from_any_worker() -> Result<
     assert_eq!(accounts.len(), 3, "round robin over the accounts: {made:?}");
 
     // Usage: every response booked, streamed ones from `response.completed`.
-    let text = c.get(format!("{b1}/metrics")).send().await?.text().await?;
+    let text = c
+        .get(format!("{}/metrics", w1.url("ops")))
+        .send()
+        .await?
+        .text()
+        .await?;
     assert!(
         text.contains("switchyard_tokens_total{model=\"gpt-r\",type=\"prompt\"} 72"),
         "{text}"

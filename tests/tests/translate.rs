@@ -213,10 +213,16 @@ async fn each_dialect_reaches_the_other_kind_translated() -> Result<()> {
     );
 
     // Usage: the two successful translated requests, as their translators counted them.
-    assert_eq!(tokens(&c, &base, "gpt-on-claude", "prompt").await?, 12);
-    assert_eq!(tokens(&c, &base, "gpt-on-claude", "completion").await?, 48);
-    assert_eq!(tokens(&c, &base, "claude-on-gpt", "prompt").await?, 12);
-    assert_eq!(tokens(&c, &base, "claude-on-gpt", "completion").await?, 48);
+    assert_eq!(tokens(&c, &w.url("ops"), "gpt-on-claude", "prompt").await?, 12);
+    assert_eq!(
+        tokens(&c, &w.url("ops"), "gpt-on-claude", "completion").await?,
+        48
+    );
+    assert_eq!(tokens(&c, &w.url("ops"), "claude-on-gpt", "prompt").await?, 12);
+    assert_eq!(
+        tokens(&c, &w.url("ops"), "claude-on-gpt", "completion").await?,
+        48
+    );
     Ok(())
 }
 

@@ -90,6 +90,8 @@ struct Env {
     control: Option<Proc>,
     workers: Vec<Option<Proc>>,
     worker_urls: Vec<String>,
+    /// Each worker's ops listener (`/metrics`).
+    worker_ops: Vec<String>,
     http: reqwest::Client,
 }
 
@@ -103,6 +105,7 @@ impl Env {
             control: None,
             workers: (0..workers).map(|_| None).collect(),
             worker_urls: vec![String::new(); workers],
+            worker_ops: vec![String::new(); workers],
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(20))
                 .build()?,
@@ -174,14 +177,22 @@ impl Env {
 
     async fn start_worker_with(&mut self, i: usize, drain: &str) -> Result<()> {
         let mut cmd = Command::new(bin_path("switchyard-worker"));
-        cmd.args(["--listen", "127.0.0.1:0", "--control", &self.control_url()])
-            .args(["--worker-id", &format!("w{i}"), "--drain-timeout", drain])
-            .arg("--state-dir")
-            .arg(self.dir.path().join(format!("w{i}")))
-            .env("SWITCHYARD_WORKER_TOKEN", WORKER_TOKEN)
-            .env("RUST_LOG", "info");
+        cmd.args([
+            "--listen",
+            "127.0.0.1:0",
+            "--ops-listen",
+            "127.0.0.1:0",
+            "--control",
+            &self.control_url(),
+        ])
+        .args(["--worker-id", &format!("w{i}"), "--drain-timeout", drain])
+        .arg("--state-dir")
+        .arg(self.dir.path().join(format!("w{i}")))
+        .env("SWITCHYARD_WORKER_TOKEN", WORKER_TOKEN)
+        .env("RUST_LOG", "info");
         let p = Proc::spawn(&format!("w{i}"), cmd).await?;
         self.worker_urls[i] = p.url("http");
+        self.worker_ops[i] = p.url("ops");
         self.workers[i] = Some(p);
         Ok(())
     }
@@ -569,7 +580,7 @@ async fn usage_and_health_end_to_end() -> Result<()> {
     // promtool accepts both /metrics outputs.
     let wm = env
         .http
-        .get(format!("{}/metrics", env.worker_urls[0]))
+        .get(format!("{}/metrics", env.worker_ops[0]))
         .send()
         .await?
         .text()
@@ -718,7 +729,7 @@ async fn a_request_wakes_an_idle_reporter() -> Result<()> {
     let key = env.create_key("ka").await?;
     env.add_model("oa", "openai", &mock.openai_base()).await?;
     let base = env.worker_urls[0].clone();
-    let metrics = format!("{base}/metrics");
+    let metrics = format!("{}/metrics", env.worker_ops[0]);
     let has_line = |want: fn(&str) -> bool| {
         let (http, metrics) = (&env.http, &metrics);
         async move {

@@ -633,7 +633,7 @@ async fn credentials_rotate_401_ejects_429_cools_down() -> Result<()> {
         "k3 ejected after a confirming probe",
         Duration::from_secs(10),
         || {
-            let (c, base) = (c.clone(), base.clone());
+            let (c, base) = (c.clone(), w.url("ops"));
             async move {
                 let h: Value = c.get(format!("{base}/health")).send().await?.json().await?;
                 let out = h["providers"][0]["credentials"]
@@ -761,7 +761,7 @@ async fn recovery_passive_and_active() -> Result<()> {
     m.set_default(Behavior::error(503));
     wait_for("probe marks p unhealthy", Duration::from_secs(10), || {
         let c = c.clone();
-        let base = base.clone();
+        let base = w.url("ops");
         async move {
             let h: Value = c.get(format!("{base}/health")).send().await?.json().await?;
             Ok((h["models"]["m"]["backends"][0]["healthy"] == false).then_some(h))
@@ -777,7 +777,7 @@ async fn recovery_passive_and_active() -> Result<()> {
     m.reset();
     wait_for("probe restores p", Duration::from_secs(10), || {
         let c = c.clone();
-        let base = base.clone();
+        let base = w.url("ops");
         async move {
             let h: Value = c.get(format!("{base}/health")).send().await?.json().await?;
             Ok((h["models"]["m"]["backends"][0]["healthy"] == true).then_some(()))
@@ -804,7 +804,12 @@ async fn metrics_and_graceful_drain() -> Result<()> {
     let r = chat(&c, &base, &json!({"model":"m","messages":[]}), &[]).await;
     assert_eq!(r.status(), 200);
     let _ = r.bytes().await;
-    let text = c.get(format!("{base}/metrics")).send().await?.text().await?;
+    let text = c
+        .get(format!("{}/metrics", w.url("ops")))
+        .send()
+        .await?
+        .text()
+        .await?;
     assert!(
         text.contains("switchyard_requests_total{model=\"m\",backend=\"oa\",status_class=\"2xx\"} 1"),
         "{text}"
@@ -883,7 +888,12 @@ async fn openai_stream_usage_is_counted_but_invisible_to_the_client() -> Result<
     .text()
     .await?;
     assert!(with.contains("\"prompt_tokens\":12"), "{with}");
-    let text = c.get(format!("{base}/metrics")).send().await?.text().await?;
+    let text = c
+        .get(format!("{}/metrics", w.url("ops")))
+        .send()
+        .await?
+        .text()
+        .await?;
     assert!(
         text.contains("switchyard_tokens_total{model=\"gpt-x\",type=\"prompt\"} 24"),
         "{text}"

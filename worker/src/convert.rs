@@ -329,7 +329,7 @@ pub fn build(
             // Credential weights are always honoured (`round_robin` → smooth WRR).
             cred_selector: Selector::new(cred_strategy.for_credentials()),
             client: connector
-                .client(&url, connect_timeout)
+                .client(&url, connect_timeout, &egress(p, &url, &path)?)
                 .map_err(|e| err(format!("{path}.base_url"), e))?,
             last_check_ms: AtomicU64::new(0),
         });
@@ -511,6 +511,57 @@ pub fn build(
         aliases,
         keys,
     })
+}
+
+/// A provider's way to its origin (`upstream::Egress`): its proxy (`env`: the worker's
+/// environment, read now) and its own TLS files, read now (a changed file takes effect at
+/// the next snapshot; a new file's contents make a new pool). Nothing to do, and no pool
+/// of its own, for a provider with none of them.
+fn egress(p: &pb::Provider, url: &url::Url, path: &str) -> Result<crate::upstream::Egress, ConvertError> {
+    use crate::upstream::{Egress, ProxyConfig, UpstreamTls};
+    let proxy = match p.proxy.trim() {
+        "" => None,
+        "env" => ProxyConfig::from_env(url, &|k| std::env::var(k).ok())
+            .map_err(|e| err(format!("{path}.proxy"), e))?,
+        text => Some(
+            ProxyConfig::parse(
+                text,
+                (!p.proxy_password.is_empty()).then_some(p.proxy_password.as_str()),
+            )
+            .map_err(|e| err(format!("{path}.proxy"), e))?,
+        ),
+    };
+    let read = |field: &str, file: &str| {
+        std::fs::read(file).map_err(|e| err(format!("{path}.{field}"), format!("{file}: {e}")))
+    };
+    let ca = match p.ca_file.as_str() {
+        "" => None,
+        f => Some(read("ca_file", f)?),
+    };
+    let client = match (p.client_cert_file.as_str(), p.client_key_file.as_str()) {
+        ("", "") => None,
+        ("", _) | (_, "") => {
+            return Err(err(
+                format!("{path}.client_cert_file"),
+                "client_cert_file and client_key_file go together",
+            ))
+        }
+        (c, k) => Some((read("client_cert_file", c)?, read("client_key_file", k)?)),
+    };
+    let tls = if ca.is_none() && client.is_none() {
+        None
+    } else {
+        let field = if ca.is_some() {
+            "ca_file"
+        } else {
+            "client_cert_file"
+        };
+        Some(
+            UpstreamTls::from_pem(ca.as_deref(), client.as_ref().map(|(c, k)| (&c[..], &k[..])))
+                .map_err(|e| err(format!("{path}.{field}"), e))?,
+        )
+    };
+    Ok(Egress { proxy, tls })
 }
 
 #[cfg(test)]

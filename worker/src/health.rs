@@ -239,8 +239,19 @@ async fn send_probe(p: &Provider, auth: &HeaderValue, probe: &ProbeKind) -> Resu
     Ok(status)
 }
 
-/// `GET /health`: overall status, config version, counts, and per-model/backend detail.
-pub fn health_response(shared: &Shared) -> Response<ProxyBody> {
+/// How much `GET /health` tells: the client port answers counts only (anyone who can
+/// send a request can read it), the ops port the names, states and last errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detail {
+    /// Status, version, and healthy/total counts of backends and credentials.
+    Counts,
+    /// Also every model, backend, provider and credential by name, with its state.
+    Full,
+}
+
+/// `GET /health`: overall status, config version, counts, and (`Detail::Full`)
+/// per-model/backend detail.
+pub fn health_response(shared: &Shared, detail: Detail) -> Response<ProxyBody> {
     let now = shared.clock.now_ms();
     // Breaker and cool-down deadlines live on the monotonic clock (`shared.clock`); the
     // JSON gives every time as wall-clock Unix milliseconds, like `last_check_ms`.
@@ -327,16 +338,19 @@ pub fn health_response(shared: &Shared) -> Response<ProxyBody> {
             } else {
                 "ok"
             };
-            serde_json::json!({
+            let mut body = serde_json::json!({
                 "status": status,
                 "version": r.version,
-                "hash": r.hash,
                 "draining": shared.draining(),
                 "backends": {"healthy": b_ok, "total": b_total},
                 "credentials": {"healthy": c_ok, "total": c_total},
-                "models": models,
-                "providers": providers,
-            })
+            });
+            if detail == Detail::Full {
+                body["hash"] = r.hash.clone().into();
+                body["models"] = models.into();
+                body["providers"] = providers.into();
+            }
+            body
         }
     };
     let unavailable = body["status"] == "unavailable";

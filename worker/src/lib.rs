@@ -8,7 +8,8 @@
 //! → classify and record → response head → body (`relay`: frame by frame, timeouts, error
 //! events, the stream transform, usage via `account`) → logging (`relay::Finish`, `metrics`).
 //! Around them: `convert` (proto snapshot → routing table), `watch` (control
-//! client and last-known-good file), `health` (active probes and `GET /health`),
+//! client and last-known-good file, sealed under a state key), `health` (active probes
+//! and `GET /health`), `ops` (the ops listener: detailed `/health`, `/metrics`),
 //! `errors` (the dialect error mapping), `server` (accept loop and graceful drain).
 //! `translate` holds the OpenAI ⇄ Anthropic translators, not yet on the request path.
 //!
@@ -28,6 +29,7 @@ pub mod extract;
 pub mod fuzzing;
 pub mod health;
 pub mod metrics;
+pub mod ops;
 pub mod paths;
 pub mod proxy;
 pub mod relay;
@@ -87,6 +89,8 @@ impl std::fmt::Display for Secret {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// The ops listener (`ops`: detailed `/health`, `/metrics`); `None`: none.
+    pub ops_listen: Option<SocketAddr>,
     /// Control plane gRPC URL; `None` runs from the state file only.
     pub control_url: Option<String>,
     pub worker_token: Option<Secret>,
@@ -95,6 +99,8 @@ pub struct Config {
     pub worker_id: String,
     /// Where the last-known-good snapshot is kept; `None` disables it.
     pub state_dir: Option<PathBuf>,
+    /// Seals that snapshot (AES-256-GCM); `None`: it is written in the clear, mode 0600.
+    pub state_key: Option<watch::StateKey>,
     pub drain_timeout: Duration,
     /// How long a client connection may wait to send a complete request head, idle
     /// keep-alive included, before it is closed (`server::Conns`): from this to 1.5× this.
@@ -151,11 +157,13 @@ impl Config {
     pub fn new(listen: SocketAddr) -> Self {
         Self {
             listen,
+            ops_listen: None,
             control_url: None,
             worker_token: None,
             control_tls: Default::default(),
             worker_id: format!("worker-{}", uuid::Uuid::new_v4().simple()),
             state_dir: None,
+            state_key: None,
             drain_timeout: Duration::from_secs(30),
             header_timeout: Duration::from_secs(30),
             max_body_bytes: 32 * 1024 * 1024,
@@ -307,6 +315,7 @@ impl Shared {
 #[derive(Debug)]
 pub struct Running {
     http_addr: SocketAddr,
+    ops_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
     stop_accept: CancellationToken,
     server: tokio::task::JoinHandle<()>,
@@ -315,6 +324,11 @@ pub struct Running {
 impl Running {
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// Where the ops listener is bound, if there is one.
+    pub fn ops_addr(&self) -> Option<SocketAddr> {
+        self.ops_addr
     }
 
     pub fn shared(&self) -> &Arc<Shared> {
@@ -354,6 +368,21 @@ pub async fn start(cfg: Config) -> Result<Running, Error> {
         addr: cfg.listen,
         source,
     })?;
+    let ops_listener = match cfg.ops_listen {
+        None => None,
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| Error::Bind { addr, source })?,
+        ),
+    };
+    let ops_addr = match &ops_listener {
+        None => None,
+        Some(l) => Some(l.local_addr().map_err(|source| Error::Bind {
+            addr: cfg.ops_listen.unwrap_or(cfg.listen),
+            source,
+        })?),
+    };
     let shutdown = CancellationToken::new();
     let metrics = metrics::Metrics::new();
     // Reporting to control: unless the embedder brought its own sink, usage goes into
@@ -397,12 +426,15 @@ pub async fn start(cfg: Config) -> Result<Running, Error> {
         shutdown: shutdown.clone(),
     });
     if let Some(dir) = &cfg.state_dir {
-        match watch::load_state(dir) {
+        match watch::load_state(dir, cfg.state_key.as_ref()) {
             Ok(Some(snap)) => match shared.apply(&snap) {
                 Ok(()) => info!(version = snap.version, "serving the last-known-good snapshot"),
                 Err(e) => warn!(error = %e, "last-known-good snapshot is invalid; ignoring it"),
             },
             Ok(None) => {}
+            // A sealed file the key does not open is a setup error: starting without it
+            // would silently drop the fallback that serves while control is down.
+            Err(e) if e.is_key() => return Err(Error::State(e)),
             Err(e) => warn!(error = %e, "could not read the last-known-good snapshot"),
         }
     }
@@ -413,6 +445,7 @@ pub async fn start(cfg: Config) -> Result<Running, Error> {
             tls: cfg.control_tls.clone(),
             worker_id: cfg.worker_id.clone(),
             state_dir: cfg.state_dir.clone(),
+            state_key: cfg.state_key.clone(),
             advertise_address: http_addr.to_string(),
         };
         let s = shared.clone();
@@ -427,6 +460,13 @@ pub async fn start(cfg: Config) -> Result<Running, Error> {
             .tasks
             .spawn(async move { report::run(s, rc, rx, dropped, c).await });
     }
+    if let Some(l) = ops_listener {
+        // Stopped with the other background tasks, after the client connections drained:
+        // scrapers see the drain.
+        let s = shared.clone();
+        let c = shutdown.child_token();
+        shared.tasks.spawn(async move { ops::serve(l, s, c).await });
+    }
     let stop_accept = CancellationToken::new();
     let server = tokio::spawn(server::serve(
         listener,
@@ -440,6 +480,7 @@ pub async fn start(cfg: Config) -> Result<Running, Error> {
     ));
     Ok(Running {
         http_addr,
+        ops_addr,
         shared,
         stop_accept,
         server,

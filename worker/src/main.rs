@@ -10,6 +10,11 @@ struct Args {
     /// Address to serve client traffic on.
     #[arg(long, env = "SWITCHYARD_LISTEN", default_value = "0.0.0.0:8080")]
     listen: SocketAddr,
+    /// Address of the ops listener: the detailed `/health` (names, states, last errors)
+    /// and `/metrics`. Keep it off the client network; the client port's `/health`
+    /// shows counts only.
+    #[arg(long, env = "SWITCHYARD_OPS_LISTEN", default_value = "127.0.0.1:9091")]
+    ops_listen: SocketAddr,
     /// Control plane gRPC URL.
     #[arg(
         long,
@@ -43,6 +48,10 @@ struct Args {
         default_value = "./switchyard-worker-state"
     )]
     state_dir: PathBuf,
+    /// File holding a 32-byte key (base64 or hex) that encrypts the last-known-good
+    /// snapshot (AES-256-GCM). Without it the file is written in the clear, mode 0600.
+    #[arg(long, env = "SWITCHYARD_STATE_KEY_FILE")]
+    state_key_file: Option<PathBuf>,
     /// How long to wait for in-flight requests on shutdown.
     #[arg(long, env = "SWITCHYARD_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     drain_timeout: Duration,
@@ -154,6 +163,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let (access_log, _access_guard) =
         switchyard_worker::accesslog::spawn(std::io::stderr()).context("start the access log")?;
     let mut cfg = switchyard_worker::Config::new(args.listen);
+    cfg.ops_listen = Some(args.ops_listen);
     cfg.control_url = Some(args.control.clone());
     let token = match (args.worker_token, &args.worker_token_file) {
         (Some(t), _) => Some(t),
@@ -179,6 +189,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     switchyard_proto::channel::endpoint(&args.control, &cfg.control_tls).context("--control")?;
     cfg.worker_id = args.worker_id.unwrap_or_else(default_worker_id);
     cfg.state_dir = Some(args.state_dir);
+    if let Some(f) = &args.state_key_file {
+        let text = std::fs::read_to_string(f).with_context(|| format!("--state-key-file {}", f.display()))?;
+        cfg.state_key = Some(
+            switchyard_worker::watch::StateKey::parse(&text)
+                .map_err(|e| anyhow::anyhow!("--state-key-file {}: {e}", f.display()))?,
+        );
+    }
     cfg.drain_timeout = args.drain_timeout;
     cfg.header_timeout = args.header_timeout;
     cfg.max_body_bytes = args.max_body_bytes;
@@ -198,7 +215,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     cfg.breaker.base_ejection_ms = args.ejection_time.as_millis() as u64;
     cfg.breaker.max_ejection_ms = cfg.breaker.max_ejection_ms.max(cfg.breaker.base_ejection_ms);
     let running = switchyard_worker::start(cfg).await.context("start worker")?;
-    println!("listening http={}", running.http_addr());
+    match running.ops_addr() {
+        Some(ops) => println!("listening http={} ops={ops}", running.http_addr()),
+        None => println!("listening http={}", running.http_addr()),
+    }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = term.recv() => {}

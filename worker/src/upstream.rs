@@ -18,8 +18,17 @@
 //! * the body (`Body`) decodes `content-length`, `chunked` or read-to-close framing as the
 //!   relay polls it, and puts the connection back in the pool the moment its last byte is
 //!   read;
-//! * pools are per origin (scheme, host, port, connect timeout), LIFO, shared by every
-//!   snapshot, and taken with a lock held for a `pop`, never across an await.
+//! * pools are per origin (scheme, host, port, connect timeout) and way there (`Egress`:
+//!   the outbound proxy and its credentials, the provider's own TLS roots and client
+//!   certificate), LIFO, shared by every snapshot, and taken with a lock held for a `pop`,
+//!   never across an await.
+//!
+//! Through an outbound HTTP proxy (`Egress::proxy`), an `https` origin is reached through a
+//! `CONNECT` tunnel opened when the connection is made (its answer read with `httparse`,
+//! bounded in size and, with the rest of connecting, by the connect timeout); an `http`
+//! origin gets requests in absolute form (`POST http://host/v1/...`) on a connection to
+//! the proxy. Both are settled when the pool is made: the request path writes the same
+//! bytes in the same number of steps with or without a proxy.
 //!
 //! A pooled connection is checked before reuse (a close or stray bytes from the upstream
 //! show as readiness, so the check costs no syscall otherwise). One that still turns out
@@ -77,6 +86,9 @@ pub enum Error {
     ConnectTimeout(String),
     #[error("TLS handshake with {host}: {source}")]
     Tls { host: String, source: io::Error },
+    /// The outbound proxy refused or broke the tunnel (`CONNECT`).
+    #[error("proxy {proxy}: {msg}")]
+    Proxy { proxy: String, msg: String },
     #[error("sending the request: {0}")]
     Write(io::Error),
     #[error("reading the response: {0}")]
@@ -92,7 +104,11 @@ impl Error {
     pub fn is_connect(&self) -> bool {
         matches!(
             self,
-            Self::Resolve { .. } | Self::Connect { .. } | Self::ConnectTimeout(_) | Self::Tls { .. }
+            Self::Resolve { .. }
+                | Self::Connect { .. }
+                | Self::ConnectTimeout(_)
+                | Self::Tls { .. }
+                | Self::Proxy { .. }
         )
     }
 }
@@ -122,6 +138,230 @@ struct PoolKey {
     host: String,
     port: u16,
     connect_timeout: Duration,
+    proxy: Option<ProxyConfig>,
+    /// `UpstreamTls::digest` of the provider's own TLS settings, if any.
+    tls_settings: Option<[u8; 32]>,
+}
+
+/// How a provider's connections reach its origin beyond what its URL says. Part of the
+/// pool key: a connection made one way is never used for another.
+#[derive(Debug, Clone, Default)]
+pub struct Egress {
+    pub proxy: Option<ProxyConfig>,
+    /// The provider's own roots and client certificate (else the public web roots).
+    pub tls: Option<UpstreamTls>,
+}
+
+/// An outbound HTTP proxy (`http://host:port`).
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct ProxyConfig {
+    /// As in a URL: an IPv6 address in brackets.
+    pub host: String,
+    pub port: u16,
+    /// `Proxy-Authorization` value (`Basic base64(user:password)`).
+    pub auth: Option<String>,
+}
+
+impl fmt::Debug for ProxyConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProxyConfig")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("auth", &self.auth.as_ref().map(|_| "***"))
+            .finish()
+    }
+}
+
+impl ProxyConfig {
+    /// `http://[user[:password]@]host[:port]` (port 80 by default). `password` (from the
+    /// provider's secret) is used when the URL has a user and no password of its own.
+    pub fn parse(text: &str, password: Option<&str>) -> Result<Self, String> {
+        let u = url::Url::parse(text).map_err(|e| format!("{e}"))?;
+        if u.scheme() != "http" {
+            return Err(format!(
+                "scheme `{}`: only http:// proxies are supported",
+                u.scheme()
+            ));
+        }
+        if !matches!(u.path(), "" | "/") || u.query().is_some() || u.fragment().is_some() {
+            return Err("a proxy URL has no path, query or fragment".into());
+        }
+        let host = match u.host() {
+            Some(url::Host::Domain(d)) => d.to_string(),
+            Some(url::Host::Ipv4(ip)) => ip.to_string(),
+            Some(url::Host::Ipv6(ip)) => format!("[{ip}]"),
+            None => return Err("no host".into()),
+        };
+        let port = u.port_or_known_default().unwrap_or(80);
+        let auth = if u.username().is_empty() {
+            None
+        } else {
+            let dec = |s: &str| {
+                percent_decode(s)
+                    .ok_or_else(|| "user or password is not valid percent-encoded UTF-8".to_string())
+            };
+            let user = dec(u.username())?;
+            let pass = match u.password() {
+                Some(p) => dec(p)?,
+                None => password.unwrap_or("").to_string(),
+            };
+            use base64::Engine;
+            Some(format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
+            ))
+        };
+        Ok(Self { host, port, auth })
+    }
+
+    /// The proxy the worker's environment names for `url` (`HTTPS_PROXY` for https,
+    /// `HTTP_PROXY` for http, lowercase first as curl does), unless `NO_PROXY` lists its
+    /// host (`*`, the host itself, or a domain it is under; ports in entries ignored).
+    /// `getenv` is `std::env::var` outside tests.
+    pub fn from_env(url: &url::Url, getenv: &dyn Fn(&str) -> Option<String>) -> Result<Option<Self>, String> {
+        let get = |k: &str| {
+            getenv(&k.to_ascii_lowercase())
+                .or_else(|| getenv(k))
+                .filter(|v| !v.trim().is_empty())
+        };
+        let (var, value) = match url.scheme() {
+            "https" => ("HTTPS_PROXY", get("HTTPS_PROXY")),
+            _ => ("HTTP_PROXY", get("HTTP_PROXY")),
+        };
+        let Some(value) = value else { return Ok(None) };
+        let host = url
+            .host_str()
+            .unwrap_or("")
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        if let Some(no) = get("NO_PROXY") {
+            let host = host.to_ascii_lowercase();
+            for entry in no.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+                if entry == "*" {
+                    return Ok(None);
+                }
+                let e = entry.trim_start_matches('[');
+                let e = match e.split_once(']') {
+                    Some((ip6, _)) => ip6,
+                    None => e
+                        .rsplit_once(':')
+                        .filter(|(h, _)| !h.contains(':'))
+                        .map_or(e, |(h, _)| h),
+                };
+                let e = e
+                    .trim_start_matches("*.")
+                    .trim_start_matches('.')
+                    .to_ascii_lowercase();
+                if host == e || host.ends_with(&format!(".{e}")) {
+                    return Ok(None);
+                }
+            }
+        }
+        // `host:port` without a scheme is common in these variables.
+        let value = if value.contains("://") {
+            value
+        } else {
+            format!("http://{value}")
+        };
+        Self::parse(&value, None)
+            .map(Some)
+            .map_err(|e| format!("{var}: {e}"))
+    }
+
+    fn name(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let h = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(h, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// A provider's own TLS settings: the CAs its upstream's certificate must chain to (they
+/// replace the public web roots), and a client certificate for upstreams that want mTLS.
+#[derive(Clone)]
+pub struct UpstreamTls {
+    digest: [u8; 32],
+    connector: tokio_rustls::TlsConnector,
+}
+
+impl fmt::Debug for UpstreamTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UpstreamTls").finish_non_exhaustive()
+    }
+}
+
+impl UpstreamTls {
+    /// From PEM: `ca` (every certificate in it is a root; `None`: the public web roots)
+    /// and `client` (certificate chain, private key). Errors name which input is wrong.
+    pub fn from_pem(ca: Option<&[u8]>, client: Option<(&[u8], &[u8])>) -> Result<Self, String> {
+        use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+        use sha2::Digest;
+        let mut digest = sha2::Sha256::new();
+        let mut roots = rustls::RootCertStore::empty();
+        match ca {
+            None => {
+                digest.update(b"public roots\0");
+                roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+            }
+            Some(pem) => {
+                digest.update(b"ca\0");
+                digest.update((pem.len() as u64).to_le_bytes());
+                digest.update(pem);
+                let mut n = 0;
+                for cert in CertificateDer::pem_slice_iter(pem) {
+                    let cert = cert.map_err(|e| format!("ca: {e}"))?;
+                    roots.add(cert).map_err(|e| format!("ca: {e}"))?;
+                    n += 1;
+                }
+                if n == 0 {
+                    return Err("ca: no certificate in the PEM".into());
+                }
+            }
+        }
+        let builder =
+            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .map_err(|e| e.to_string())?
+                .with_root_certificates(roots);
+        let mut cfg = match client {
+            None => builder.with_no_client_auth(),
+            Some((cert, key)) => {
+                digest.update(b"client\0");
+                digest.update((cert.len() as u64).to_le_bytes());
+                digest.update(cert);
+                digest.update(key);
+                let chain = CertificateDer::pem_slice_iter(cert)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| format!("client certificate: {e}"))?;
+                if chain.is_empty() {
+                    return Err("client certificate: no certificate in the PEM".into());
+                }
+                let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| format!("client key: {e}"))?;
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|e| format!("client certificate and key: {e}"))?
+            }
+        };
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Self {
+            digest: digest.finalize().into(),
+            connector: tokio_rustls::TlsConnector::from(Arc::new(cfg)),
+        })
+    }
 }
 
 impl Connector {
@@ -146,9 +386,14 @@ impl Connector {
         })
     }
 
-    /// A client for `base_url` (`http` or `https`). Clients of the same origin and connect
-    /// timeout share one pool.
-    pub fn client(&self, base_url: &url::Url, connect_timeout: Duration) -> Result<Client, String> {
+    /// A client for `base_url` (`http` or `https`). Clients of the same origin, connect
+    /// timeout and `Egress` share one pool.
+    pub fn client(
+        &self,
+        base_url: &url::Url,
+        connect_timeout: Duration,
+        egress: &Egress,
+    ) -> Result<Client, String> {
         let tls = match base_url.scheme() {
             "http" => false,
             "https" => true,
@@ -177,22 +422,66 @@ impl Connector {
             Some(p) => format!("{host_str}:{p}"),
             None => host_str.clone(),
         };
+        let proxy = egress.proxy.clone();
         let key = PoolKey {
             tls,
-            host: host_str,
+            host: host_str.clone(),
             port,
             connect_timeout,
+            proxy: proxy.clone(),
+            tls_settings: egress.tls.as_ref().map(|t| t.digest),
+        };
+        let base_path = base_url.path().trim_end_matches('/');
+        // Through a proxy, an http origin's requests go in absolute form.
+        let prefix: Arc<str> = match (&proxy, tls) {
+            (Some(_), false) => format!("http://{authority}{base_path}").into(),
+            _ => base_path.into(),
         };
         let pool = self
             .pools
             .lock()
             .entry(key)
             .or_insert_with(|| {
+                let mut host_lines = format!("host: {authority}\r\n");
+                let (target, tcp_port, tunnel, via) = match &proxy {
+                    None => (target, port, None, None),
+                    Some(p) => {
+                        let t = match p.host.trim_start_matches('[').trim_end_matches(']').parse() {
+                            Ok(ip) => Target::Addr(SocketAddr::new(ip, p.port)),
+                            Err(_) => Target::Name(p.host.clone()),
+                        };
+                        let auth = p
+                            .auth
+                            .as_ref()
+                            .map(|a| format!("proxy-authorization: {a}\r\n"))
+                            .unwrap_or_default();
+                        let tunnel = if tls {
+                            // The tunnel's target always names its port.
+                            let to = format!("{host_str}:{port}");
+                            Some(
+                                format!("CONNECT {to} HTTP/1.1\r\nhost: {to}\r\n{auth}\r\n")
+                                    .into_bytes()
+                                    .into(),
+                            )
+                        } else {
+                            host_lines.push_str(&auth);
+                            None
+                        };
+                        (t, p.port, tunnel, Some(p.name()))
+                    }
+                };
+                let connector = egress
+                    .tls
+                    .as_ref()
+                    .map_or_else(|| self.tls.clone(), |t| t.connector.clone());
                 Arc::new(Pool {
                     target,
-                    port,
+                    port: tcp_port,
                     authority: authority.clone(),
-                    tls: tls.then(|| (self.tls.clone(), server_name)),
+                    host_lines: host_lines.into_bytes().into(),
+                    tunnel,
+                    via,
+                    tls: tls.then_some((connector, server_name)),
                     connect_timeout,
                     idle: Mutex::new(VecDeque::new()),
                 })
@@ -200,7 +489,7 @@ impl Connector {
             .clone();
         Ok(Client {
             pool,
-            base_path: Arc::from(base_url.path().trim_end_matches('/')),
+            base_path: prefix,
         })
     }
 }
@@ -213,10 +502,18 @@ enum Target {
 
 /// One origin's connections.
 struct Pool {
+    /// Where the TCP connection goes: the origin, or the proxy.
     target: Target,
     port: u16,
-    /// The `Host` header value.
+    /// The origin's `host[:port]` (the `Host` header value).
     authority: String,
+    /// The request head's header lines that never change: `host`, and through a proxy
+    /// to an http origin its `proxy-authorization`.
+    host_lines: Box<[u8]>,
+    /// Through a proxy to an https origin: the `CONNECT` request that opens the tunnel.
+    tunnel: Option<Box<[u8]>>,
+    /// The proxy's `host:port`, for errors.
+    via: Option<String>,
     tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
     connect_timeout: Duration,
     /// Newest last (checkout is LIFO: the warmest connection, and the oldest expire first).
@@ -312,9 +609,9 @@ impl Pool {
                 }
             }
         }
-        let tcp = tcp.ok_or_else(|| {
+        let mut tcp = tcp.ok_or_else(|| {
             last.unwrap_or_else(|| Error::Connect {
-                addr: self.authority.clone(),
+                addr: self.via.clone().unwrap_or_else(|| self.authority.clone()),
                 source: io::Error::new(io::ErrorKind::NotFound, "no address"),
             })
         })?;
@@ -322,6 +619,9 @@ impl Pool {
         let _ = tcp.set_nodelay(true);
         let _ = socket2::SockRef::from(&tcp)
             .set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE));
+        if let (Some(req), Some(via)) = (&self.tunnel, &self.via) {
+            open_tunnel(&mut tcp, req, via).await?;
+        }
         match &self.tls {
             None => Ok(Io::Plain(tcp)),
             Some((connector, name)) => {
@@ -334,6 +634,57 @@ impl Pool {
                     })?;
                 Ok(Io::Tls(Box::new(s)))
             }
+        }
+    }
+}
+
+/// Largest answer head a proxy may give to `CONNECT`.
+const MAX_TUNNEL_HEAD: usize = 16 * 1024;
+
+/// Ask the proxy on `tcp` for a tunnel (`req` is the whole `CONNECT` request) and read its
+/// answer head. Any 2xx opens it; anything else is an `Error::Proxy` naming the status.
+/// The caller bounds the time (the connect timeout covers it).
+async fn open_tunnel(tcp: &mut TcpStream, req: &[u8], via: &str) -> Result<(), Error> {
+    use tokio::io::AsyncReadExt;
+    let fail = |msg: String| Error::Proxy {
+        proxy: via.to_string(),
+        msg,
+    };
+    tcp.write_all(req)
+        .await
+        .map_err(|e| fail(format!("sending CONNECT: {e}")))?;
+    let mut buf = Vec::with_capacity(1024);
+    loop {
+        let mut chunk = [0u8; 2048];
+        let n = tcp
+            .read(&mut chunk)
+            .await
+            .map_err(|e| fail(format!("reading the CONNECT answer: {e}")))?;
+        if n == 0 {
+            return Err(fail("closed the connection before answering CONNECT".into()));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut r = httparse::Response::new(&mut headers);
+        match r.parse(&buf) {
+            Ok(httparse::Status::Complete(len)) => {
+                let code = r.code.unwrap_or(0);
+                if !(200..300).contains(&code) {
+                    let reason = r.reason.unwrap_or("").to_string();
+                    return Err(fail(
+                        format!("CONNECT answered {code} {reason}").trim_end().to_string(),
+                    ));
+                }
+                if len != buf.len() {
+                    // The origin speaks first only after our TLS hello: bytes here are the
+                    // proxy's, and would corrupt the tunnel.
+                    return Err(fail("sent bytes after its CONNECT answer".into()));
+                }
+                return Ok(());
+            }
+            Ok(httparse::Status::Partial) if buf.len() <= MAX_TUNNEL_HEAD => {}
+            Ok(httparse::Status::Partial) => return Err(fail("CONNECT answer head too large".into())),
+            Err(e) => return Err(fail(format!("invalid CONNECT answer: {e}"))),
         }
     }
 }
@@ -499,9 +850,9 @@ impl Client {
     /// Start a request for `base path + path` (`path` starts with `/` and may carry a
     /// query). `headers_hint` is the expected size of the headers to come.
     pub fn head(&self, method: &Method, path: &str, headers_hint: usize) -> RequestHead {
-        let authority = &self.pool.authority;
+        let host_lines = &self.pool.host_lines;
         let mut buf = Vec::with_capacity(
-            method.as_str().len() + self.base_path.len() + path.len() + authority.len() + 48 + headers_hint,
+            method.as_str().len() + self.base_path.len() + path.len() + host_lines.len() + 40 + headers_hint,
         );
         buf.extend_from_slice(method.as_str().as_bytes());
         buf.push(b' ');
@@ -511,9 +862,8 @@ impl Client {
         } else {
             buf.extend_from_slice(path.as_bytes());
         }
-        buf.extend_from_slice(b" HTTP/1.1\r\nhost: ");
-        buf.extend_from_slice(authority.as_bytes());
-        buf.extend_from_slice(b"\r\n");
+        buf.extend_from_slice(b" HTTP/1.1\r\n");
+        buf.extend_from_slice(host_lines);
         RequestHead {
             buf,
             head_method: method == Method::HEAD,
@@ -1290,7 +1640,8 @@ mod tests {
 
     fn client(c: &Connector, addr: SocketAddr) -> Client {
         let url = url::Url::parse(&format!("http://{addr}/v1")).unwrap();
-        c.client(&url, Duration::from_secs(2)).unwrap()
+        c.client(&url, Duration::from_secs(2), &Egress::default())
+            .unwrap()
     }
 
     async fn get(cl: &Client, path: &str) -> Result<(u16, http::HeaderMap, Vec<u8>), Error> {
@@ -1744,7 +2095,9 @@ mod tests {
         roots.add(cert).unwrap();
         let c = Connector::with_roots(roots).unwrap();
         let url = url::Url::parse(&format!("https://localhost:{port}/v1")).unwrap();
-        let cl = c.client(&url, Duration::from_secs(2)).unwrap();
+        let cl = c
+            .client(&url, Duration::from_secs(2), &Egress::default())
+            .unwrap();
         for _ in 0..3 {
             let resp = cl.send(cl.head(&Method::POST, "/x", 0), &[]).await.unwrap();
             assert_eq!(resp.status(), 200);
@@ -1755,8 +2108,178 @@ mod tests {
 
         // The same server under a name its certificate does not carry is refused.
         let url = url::Url::parse(&format!("https://127.0.0.1:{port}/v1")).unwrap();
-        let cl = c.client(&url, Duration::from_secs(2)).unwrap();
+        let cl = c
+            .client(&url, Duration::from_secs(2), &Egress::default())
+            .unwrap();
         let e = cl.send(cl.head(&Method::POST, "/x", 0), &[]).await.unwrap_err();
         assert!(matches!(e, Error::Tls { .. }) && e.is_connect(), "{e}");
+    }
+
+    #[test]
+    fn proxy_urls_and_the_environment() {
+        let p = ProxyConfig::parse("http://proxy.corp:3128", None).unwrap();
+        assert_eq!(
+            (p.host.as_str(), p.port, p.auth.is_none()),
+            ("proxy.corp", 3128, true)
+        );
+        let p = ProxyConfig::parse("http://egress@10.0.0.1", Some("pa:ss")).unwrap();
+        assert_eq!(p.port, 80);
+        // base64("egress:pa:ss")
+        assert_eq!(p.auth.as_deref(), Some("Basic ZWdyZXNzOnBhOnNz"));
+        assert!(
+            !format!("{p:?}").contains("ZWdy"),
+            "Debug redacts the credentials"
+        );
+        for bad in [
+            "https://proxy:3128",
+            "socks5://proxy:1080",
+            "http://proxy:3128/path",
+            "proxy",
+        ] {
+            assert!(ProxyConfig::parse(bad, None).is_err(), "{bad}");
+        }
+
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |k: &str| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+        };
+        let https = url::Url::parse("https://api.openai.com/v1").unwrap();
+        let http = url::Url::parse("http://vllm.internal:8000/v1").unwrap();
+        let vars = env(&[
+            ("HTTPS_PROXY", "http://upper:1"),
+            ("https_proxy", "lower:2"),
+            ("HTTP_PROXY", "http://u:p@plain:3"),
+            ("NO_PROXY", "localhost, .internal:8000"),
+        ]);
+        let p = ProxyConfig::from_env(&https, &vars).unwrap().unwrap();
+        assert_eq!(
+            (p.host.as_str(), p.port),
+            ("lower", 2),
+            "lowercase first, scheme optional"
+        );
+        assert!(
+            ProxyConfig::from_env(&http, &vars).unwrap().is_none(),
+            "NO_PROXY domain"
+        );
+        let other = url::Url::parse("http://elsewhere/v1").unwrap();
+        let p = ProxyConfig::from_env(&other, &vars).unwrap().unwrap();
+        assert_eq!(
+            p.auth.as_deref(),
+            Some("Basic dTpw"),
+            "user:password from the URL"
+        );
+        assert!(
+            ProxyConfig::from_env(&https, &env(&[("NO_PROXY", "*"), ("HTTPS_PROXY", "x:1")]))
+                .unwrap()
+                .is_none()
+        );
+        assert!(ProxyConfig::from_env(&https, &env(&[])).unwrap().is_none());
+    }
+
+    /// A fake proxy that answers CONNECT with `answer`, then relays to `to`.
+    async fn fake_proxy(answer: &'static [u8], to: SocketAddr) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let h2 = heads.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = l.accept().await.unwrap();
+                let mut buf = Vec::new();
+                let Some(head) = read_request(&mut s, &mut buf).await else {
+                    continue;
+                };
+                h2.lock().push(head);
+                s.write_all(answer).await.unwrap();
+                if answer.starts_with(b"HTTP/1.1 200") {
+                    let mut up = TcpStream::connect(to).await.unwrap();
+                    tokio::spawn(async move {
+                        let _ = tokio::io::copy_bidirectional(&mut s, &mut up).await;
+                    });
+                }
+            }
+        });
+        (addr, heads)
+    }
+
+    #[tokio::test]
+    async fn a_connect_tunnel_is_opened_once_and_refusals_are_proxy_errors() {
+        // The origin is plain HTTP behind the tunnel here: what is tested is the tunnel.
+        let origin = script(vec![b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"], 10).await;
+        let (paddr, heads) = fake_proxy(b"HTTP/1.1 200 Connection established\r\n\r\n", origin.addr).await;
+        let mut tcp = TcpStream::connect(paddr).await.unwrap();
+        let req = format!("CONNECT {0} HTTP/1.1\r\nhost: {0}\r\n\r\n", origin.addr);
+        open_tunnel(&mut tcp, req.as_bytes(), "p").await.unwrap();
+        assert!(heads.lock()[0].starts_with(&format!("CONNECT {}", origin.addr)));
+        // The tunnel carries what follows to the origin.
+        tcp.write_all(b"GET /x HTTP/1.1\r\nhost: o\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = vec![0u8; 64];
+        let n = tcp.read(&mut got).await.unwrap();
+        assert!(got[..n].starts_with(b"HTTP/1.1 200 OK"));
+        drop(tcp);
+
+        // An http origin through a proxy: absolute form to the proxy (here the scripted
+        // server, which records what it is sent), its credentials on every request.
+        let c = Connector::new().unwrap();
+        let via = Egress {
+            proxy: Some(ProxyConfig::parse(&format!("http://u@{}", origin.addr), Some("pw")).unwrap()),
+            tls: None,
+        };
+        let url = url::Url::parse("http://upstream.example:8000/v1").unwrap();
+        let cl = c.client(&url, Duration::from_secs(2), &via).unwrap();
+        let (st, _, body) = get(&cl, "/models").await.unwrap();
+        assert_eq!((st, &body[..]), (200, &b"ok"[..]));
+        let h = origin.heads.lock().last().cloned().unwrap();
+        assert!(
+            h.starts_with("POST http://upstream.example:8000/v1/models HTTP/1.1\r\n"),
+            "{h}"
+        );
+        assert!(h.contains("host: upstream.example:8000\r\n"), "{h}");
+        assert!(h.contains("proxy-authorization: Basic dTpwdw==\r\n"), "{h}");
+
+        // A refusal: an Error::Proxy with the status, counted as a connect error.
+        let (refusing, _) =
+            fake_proxy(b"HTTP/1.1 407 Proxy Authentication Required\r\n\r\n", origin.addr).await;
+        let mut tcp = TcpStream::connect(refusing).await.unwrap();
+        let e = open_tunnel(&mut tcp, b"CONNECT x:443 HTTP/1.1\r\n\r\n", "p:1")
+            .await
+            .unwrap_err();
+        assert!(e.is_connect(), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "proxy p:1: CONNECT answered 407 Proxy Authentication Required"
+        );
+        // Bytes after the answer would corrupt the tunnel: refused.
+        let (chatty, _) = fake_proxy(b"HTTP/1.1 200 OK\r\n\r\nextra", origin.addr).await;
+        let mut tcp = TcpStream::connect(chatty).await.unwrap();
+        let e = open_tunnel(&mut tcp, b"CONNECT x:443 HTTP/1.1\r\n\r\n", "p:1")
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("after its CONNECT answer"), "{e}");
+    }
+
+    #[test]
+    fn pools_are_kept_apart_by_proxy_and_tls_settings() {
+        let c = Connector::new().unwrap();
+        let url = url::Url::parse("https://api.example.com/v1").unwrap();
+        let t = Duration::from_secs(1);
+        let proxied = |auth: &str| Egress {
+            proxy: Some(ProxyConfig::parse(&format!("http://{auth}@proxy:3128"), Some("pw")).unwrap()),
+            tls: None,
+        };
+        let a = c.client(&url, t, &Egress::default()).unwrap();
+        let b = c.client(&url, t, &Egress::default()).unwrap();
+        assert!(Arc::ptr_eq(&a.pool, &b.pool));
+        let p1 = c.client(&url, t, &proxied("u1")).unwrap();
+        let p2 = c.client(&url, t, &proxied("u2")).unwrap();
+        assert!(!Arc::ptr_eq(&a.pool, &p1.pool) && !Arc::ptr_eq(&p1.pool, &p2.pool));
+        let tls = Egress {
+            proxy: None,
+            tls: Some(UpstreamTls::from_pem(None, None).unwrap()),
+        };
+        let t1 = c.client(&url, t, &tls).unwrap();
+        assert!(!Arc::ptr_eq(&a.pool, &t1.pool));
+        assert!(Arc::ptr_eq(&t1.pool, &c.client(&url, t, &tls).unwrap().pool));
     }
 }

@@ -2,6 +2,8 @@
 //! (Ack, or Nack and keep the previous one), and reconnects with exponential backoff and
 //! jitter; plus the last-known-good state file (`<state-dir>/snapshot.pb`, mode 0600,
 //! written atomically) that a worker serves from when it starts while control is down.
+//! Given a key (`--state-key-file`), the file is sealed with AES-256-GCM (`StateKey`): it
+//! holds every provider secret, and then only a process with the key reads them.
 use std::{
     io::Write,
     path::{Path, PathBuf},
@@ -27,7 +29,83 @@ pub struct WatchConfig {
     pub tls: pb::channel::ClientTls,
     pub worker_id: String,
     pub state_dir: Option<PathBuf>,
+    /// Seals the state file (`None`: written in the clear, mode 0600).
+    pub state_key: Option<StateKey>,
     pub advertise_address: String,
+}
+
+/// The key that seals the state file: 32 bytes, given as base64 or hex (like control's
+/// master key). The file is then `SYSTATE1` ‖ 12-byte random nonce ‖ AES-256-GCM(snapshot),
+/// the magic as associated data.
+#[derive(Clone)]
+pub struct StateKey([u8; 32]);
+
+impl std::fmt::Debug for StateKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StateKey(…)")
+    }
+}
+
+const SEALED_MAGIC: &[u8; 8] = b"SYSTATE1";
+
+impl StateKey {
+    /// Parse 32 bytes written as hex (64 digits) or base64 (standard, URL-safe, unpadded).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        use base64::Engine;
+        let t = text.trim();
+        let bytes = if t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()) {
+            hex::decode(t).ok()
+        } else {
+            base64::engine::general_purpose::STANDARD
+                .decode(t)
+                .or_else(|_| base64::engine::general_purpose::URL_SAFE.decode(t))
+                .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(t))
+                .ok()
+        };
+        bytes
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .map(Self)
+            .ok_or_else(|| "the state key must be 32 bytes, base64 or hex encoded".to_string())
+    }
+
+    fn seal(&self, plain: &[u8]) -> Vec<u8> {
+        use aes_gcm::{aead::Aead, Aes256Gcm, KeyInit, Nonce};
+        let nonce: [u8; 12] = rand::random();
+        let cipher = Aes256Gcm::new(&self.0.into());
+        let ct = cipher
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                aes_gcm::aead::Payload {
+                    msg: plain,
+                    aad: SEALED_MAGIC,
+                },
+            )
+            // Only fails for inputs beyond 64 GiB.
+            .unwrap_or_default();
+        let mut out = Vec::with_capacity(SEALED_MAGIC.len() + nonce.len() + ct.len());
+        out.extend_from_slice(SEALED_MAGIC);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&ct);
+        out
+    }
+
+    fn open(&self, sealed: &[u8]) -> Option<Vec<u8>> {
+        use aes_gcm::{aead::Aead, Aes256Gcm, KeyInit, Nonce};
+        let rest = sealed.strip_prefix(SEALED_MAGIC.as_slice())?;
+        if rest.len() < 12 {
+            return None;
+        }
+        let (nonce, ct) = rest.split_at(12);
+        Aes256Gcm::new(&self.0.into())
+            .decrypt(
+                Nonce::from_slice(nonce),
+                aes_gcm::aead::Payload {
+                    msg: ct,
+                    aad: SEALED_MAGIC,
+                },
+            )
+            .ok()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -39,22 +117,50 @@ pub enum StateError {
         path: PathBuf,
         source: prost::DecodeError,
     },
+    /// Sealed, and the key given does not open it (or none was given).
+    #[error("state file {path}: {msg}")]
+    Key { path: PathBuf, msg: &'static str },
 }
 
-/// Read `<dir>/snapshot.pb` if it exists.
-pub fn load_state(dir: &Path) -> Result<Option<pb::Snapshot>, StateError> {
-    let path = dir.join(STATE_FILE);
-    match std::fs::read(&path) {
-        Ok(b) => pb::Snapshot::decode(b.as_slice())
-            .map(Some)
-            .map_err(|source| StateError::Decode { path, source }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(StateError::Io { path, source }),
+impl StateError {
+    /// The file is sealed and cannot be opened with the key given: a setup error, unlike
+    /// a missing or damaged file, which the worker can start without.
+    pub fn is_key(&self) -> bool {
+        matches!(self, Self::Key { .. })
     }
 }
 
-/// Write the snapshot atomically: temp file (0600) → fsync → rename → fsync dir.
-pub fn save_state(dir: &Path, snap: &pb::Snapshot) -> Result<(), StateError> {
+/// Read `<dir>/snapshot.pb` if it exists, opening it with `key` if it is sealed. A file
+/// in the clear is read with a key given too (it is sealed at the next write).
+pub fn load_state(dir: &Path, key: Option<&StateKey>) -> Result<Option<pb::Snapshot>, StateError> {
+    let path = dir.join(STATE_FILE);
+    let b = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(StateError::Io { path, source }),
+    };
+    let plain = if b.starts_with(SEALED_MAGIC) {
+        let Some(key) = key else {
+            return Err(StateError::Key {
+                path,
+                msg: "it is encrypted and no --state-key-file was given",
+            });
+        };
+        key.open(&b).ok_or(StateError::Key {
+            path: path.clone(),
+            msg: "the state key does not open it (wrong --state-key-file, or the file was altered)",
+        })?
+    } else {
+        b
+    };
+    pb::Snapshot::decode(plain.as_slice())
+        .map(Some)
+        .map_err(|source| StateError::Decode { path, source })
+}
+
+/// Write the snapshot atomically: temp file (0600) → fsync → rename → fsync dir; sealed
+/// with `key` when one is given.
+pub fn save_state(dir: &Path, snap: &pb::Snapshot, key: Option<&StateKey>) -> Result<(), StateError> {
     let io = |source| StateError::Io {
         path: dir.join(STATE_FILE),
         source,
@@ -69,7 +175,12 @@ pub fn save_state(dir: &Path, snap: &pb::Snapshot) -> Result<(), StateError> {
         opts.mode(0o600);
     }
     let mut f = opts.open(&tmp).map_err(io)?;
-    f.write_all(&snap.encode_to_vec()).map_err(io)?;
+    let bytes = snap.encode_to_vec();
+    let bytes = match key {
+        Some(k) => k.seal(&bytes),
+        None => bytes,
+    };
+    f.write_all(&bytes).map_err(io)?;
     f.sync_all().map_err(io)?;
     drop(f);
     std::fs::rename(&tmp, dir.join(STATE_FILE)).map_err(io)?;
@@ -171,7 +282,8 @@ async fn session(shared: &Arc<Shared>, cfg: &WatchConfig) -> Result<(), SessionE
                 if let Some(dir) = &cfg.state_dir {
                     let dir = dir.clone();
                     let snap2 = snap.clone();
-                    let r = tokio::task::spawn_blocking(move || save_state(&dir, &snap2)).await;
+                    let key = cfg.state_key.clone();
+                    let r = tokio::task::spawn_blocking(move || save_state(&dir, &snap2, key.as_ref())).await;
                     match r {
                         Ok(Ok(())) => {}
                         Ok(Err(err)) => warn!(error = %err, "could not write the last-known-good snapshot"),

@@ -57,18 +57,9 @@ pub async fn handle(
     let path = req.uri().path();
     let is_messages = path == "/v1/messages" || path.starts_with("/v1/messages/");
     match (req.method(), path) {
-        (&Method::GET, "/health") => crate::health::health_response(&shared),
+        // Counts only: the names, states and errors are the ops port's (`crate::ops`).
+        (&Method::GET, "/health") => crate::health::health_response(&shared, crate::health::Detail::Counts),
         (&Method::GET, "/ready") => ready_response(&shared),
-        (&Method::GET, "/metrics") => {
-            let routing = shared.routing.load_full();
-            let text = shared.metrics.render(routing.as_deref(), shared.clock.now_ms());
-            let mut r = Response::new(ProxyBody::full(text));
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-            );
-            r
-        }
         (&Method::GET, "/v1/models") => models_response(&shared, req.headers(), &memo),
         (m, p) if stateful::is_stateful(m, p) => stateful::handle(shared, req, &memo).await,
         (&Method::POST, _) if is_messages => proxy(shared, req, ProviderKind::Anthropic, &memo).await,
@@ -89,7 +80,7 @@ pub async fn handle(
     }
 }
 
-fn ready_response(shared: &Shared) -> Response<ProxyBody> {
+pub(crate) fn ready_response(shared: &Shared) -> Response<ProxyBody> {
     let ready = !shared.draining() && shared.routing.load().is_some();
     let mut r = Response::new(ProxyBody::full(if ready { "ready\n" } else { "not ready\n" }));
     if !ready {
