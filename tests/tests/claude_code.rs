@@ -87,7 +87,7 @@ async fn run_claude(kind: &str) -> Result<()> {
         "{:?}",
         seen.iter().map(|r| (&r.method, &r.path)).collect::<Vec<_>>()
     );
-    let metrics = reqwest::get(format!("{}/metrics", w.url("http")))
+    let metrics = reqwest::get(format!("{}/metrics", w.url("ops")))
         .await?
         .text()
         .await?;
