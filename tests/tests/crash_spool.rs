@@ -69,8 +69,16 @@ impl Env {
         self.ctl(&["credentials", "add", p, "--secret-env", "UPSTREAM_KEY"])
             .await?;
         self.ctl(&["models", "add", &model]).await?;
-        self.ctl(&["backends", "add", &model, "--provider", p, "--upstream-model", &format!("up-{p}")])
-            .await?;
+        self.ctl(&[
+            "backends",
+            "add",
+            &model,
+            "--provider",
+            p,
+            "--upstream-model",
+            &format!("up-{p}"),
+        ])
+        .await?;
         Ok(())
     }
 
@@ -114,7 +122,10 @@ const KINDS: [Kind; 4] = [Kind::OaPlain, Kind::OaStream, Kind::AnPlain, Kind::An
 async fn send(http: &reqwest::Client, base: &str, key: &str, kind: Kind, rid: &str) -> bool {
     let msgs = serde_json::json!([{"role": "user", "content": "hi"}]);
     let (path, body) = match kind {
-        Kind::OaPlain => ("/v1/chat/completions", serde_json::json!({"model": "m-oa", "messages": msgs})),
+        Kind::OaPlain => (
+            "/v1/chat/completions",
+            serde_json::json!({"model": "m-oa", "messages": msgs}),
+        ),
         Kind::OaStream => (
             "/v1/chat/completions",
             serde_json::json!({"model": "m-oa", "messages": msgs, "stream": true}),
@@ -209,8 +220,22 @@ async fn sigkill_under_load_loses_no_answered_request() -> Result<()> {
     wait_for("both models served", Duration::from_secs(30), || {
         let (http, base, key) = (&http, &base, &key);
         async move {
-            let oa = send(http, base, key, Kind::OaPlain, &format!("warm-{}", uuid::Uuid::new_v4())).await;
-            let an = send(http, base, key, Kind::AnPlain, &format!("warm-{}", uuid::Uuid::new_v4())).await;
+            let oa = send(
+                http,
+                base,
+                key,
+                Kind::OaPlain,
+                &format!("warm-{}", uuid::Uuid::new_v4()),
+            )
+            .await;
+            let an = send(
+                http,
+                base,
+                key,
+                Kind::AnPlain,
+                &format!("warm-{}", uuid::Uuid::new_v4()),
+            )
+            .await;
             Ok((oa && an).then_some(()))
         }
     })
@@ -237,11 +262,18 @@ async fn sigkill_under_load_loses_no_answered_request() -> Result<()> {
             }
         }));
     }
-    // Kill once a good number were answered, the load still running.
-    wait_for("answered requests under load", Duration::from_secs(60), || {
-        let n = answered.lock().len();
-        async move { Ok((n >= 600).then_some(())) }
-    })
+    // Kill once a good number were answered and control booked some of them (so the
+    // restart finds acknowledged offsets as well as unsent records), the load still
+    // running.
+    wait_for(
+        "answered requests under load, some booked",
+        Duration::from_secs(60),
+        || {
+            let n = answered.lock().len();
+            let env = &env;
+            async move { Ok((n >= 600 && env.booked().await?.len() >= 100).then_some(())) }
+        },
+    )
     .await?;
     worker.signal("KILL").await?;
     // Whatever completes after the kill signal was sent completed before the process
@@ -289,8 +321,9 @@ async fn sigkill_under_load_loses_no_answered_request() -> Result<()> {
         "{missing_at_kill} answered requests were unbooked at the kill, but no replay was logged:\n{log}"
     );
     println!(
-        "FIGURE crash_spool answered={} sent={total_sent} unbooked_at_kill={missing_at_kill} booked_after_restart={} booked_twice=0",
+        "FIGURE crash_spool answered={} sent={total_sent} booked_at_kill={} unbooked_at_kill={missing_at_kill} booked_after_restart={} booked_twice=0",
         answered.len(),
+        answered.len() - missing_at_kill,
         answered.iter().filter(|r| booked.contains_key(*r)).count()
     );
     // The test proves something only if the kill left records to recover.

@@ -364,14 +364,20 @@ pub fn journal(data: &[u8]) {
         .map(|p| p.records.into_iter().map(<[u8]>::to_vec).collect())
         .unwrap_or_default();
     // The records that fit in the image, in order.
-    assert!(recs.starts_with(&intact), "an intact segment reads back differently");
+    assert!(
+        recs.starts_with(&intact),
+        "an intact segment reads back differently"
+    );
     for d in damage.chunks_exact(3) {
         let at = usize::from(u16::from_le_bytes([d[0], d[1]])) % bytes.len();
         bytes[at] ^= d[2] | 1;
     }
     if let Some(p) = parse(&bytes) {
         for r in p.records {
-            assert!(recs.iter().any(|w| w.as_slice() == r), "a record that was never written");
+            assert!(
+                recs.iter().any(|w| w.as_slice() == r),
+                "a record that was never written"
+            );
         }
     }
 }

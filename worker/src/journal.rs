@@ -116,7 +116,9 @@ pub struct Segment {
 
 impl std::fmt::Debug for Segment {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Segment").field("seq", &self.seq).finish_non_exhaustive()
+        f.debug_struct("Segment")
+            .field("seq", &self.seq)
+            .finish_non_exhaustive()
     }
 }
 
@@ -226,11 +228,19 @@ impl Segment {
             return Read::Pending;
         }
         let len = (w0 & 0xffff_ffff) as usize;
-        if w0 == END || w0 & !0xffff_ffff != REC_TAG || len == 0 || len > MAX_RECORD || at + record_words(len) > WORDS {
+        if w0 == END
+            || w0 & !0xffff_ffff != REC_TAG
+            || len == 0
+            || len > MAX_RECORD
+            || at + record_words(len) > WORDS
+        {
             // END, or (never written so by this process) a broken word: nothing after it
             // can be found in order.
             if w0 != END {
-                warn!(segment = self.seq, at, "usage journal: unreadable record; segment closed");
+                warn!(
+                    segment = self.seq,
+                    at, "usage journal: unreadable record; segment closed"
+                );
             }
             return Read::End;
         }
@@ -280,14 +290,20 @@ pub struct Journal {
 
 impl std::fmt::Debug for Journal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Journal").field("current", &self.current.load().seq).finish()
+        f.debug_struct("Journal")
+            .field("current", &self.current.load().seq)
+            .finish()
     }
 }
 
 impl Journal {
     /// A journal in `dir` whose first segment has number `first_seq` (after what
     /// [`recover`] found). Returns the shared writer end and the reporter's end.
-    pub fn open(dir: &Path, first_seq: u64, activity: Arc<tokio::sync::Notify>) -> io::Result<(Arc<Journal>, Tail)> {
+    pub fn open(
+        dir: &Path,
+        first_seq: u64,
+        activity: Arc<tokio::sync::Notify>,
+    ) -> io::Result<(Arc<Journal>, Tail)> {
         let first = Segment::create(dir, first_seq)?;
         let journal = Arc::new(Journal {
             current: ArcSwap::new(first.clone()),
@@ -405,7 +421,10 @@ impl Tail {
                             end: next,
                         };
                     }
-                    warn!(segment = l.seg.seq, "usage journal: record fails its check; skipped");
+                    warn!(
+                        segment = l.seg.seq,
+                        "usage journal: record fails its check; skipped"
+                    );
                 }
             }
         }
@@ -802,7 +821,9 @@ mod tests {
     #[test]
     fn reads_the_documented_format() {
         let seed = |name: &str| {
-            let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/journal").join(name);
+            let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../fuzz/corpus/journal")
+                .join(name);
             fs::read(p).unwrap()[1..].to_vec()
         };
         let whole = seed("segment_three_records");
@@ -810,9 +831,23 @@ mod tests {
         assert_eq!(p.seq, 7);
         assert_eq!(p.records.len(), 3);
         assert_eq!(p.records[1], b"x");
-        assert_eq!(parse(&seed("segment_acked_first")).unwrap().records, p.records[1..]);
-        assert_eq!(parse(&seed("segment_torn_first")).unwrap().records, p.records[1..]);
-        assert_eq!(segment_image(0x1234_5678_9abc_def0, 7, &p.records.iter().map(|r| r.to_vec()).collect::<Vec<_>>(), 96), whole);
+        assert_eq!(
+            parse(&seed("segment_acked_first")).unwrap().records,
+            p.records[1..]
+        );
+        assert_eq!(
+            parse(&seed("segment_torn_first")).unwrap().records,
+            p.records[1..]
+        );
+        assert_eq!(
+            segment_image(
+                0x1234_5678_9abc_def0,
+                7,
+                &p.records.iter().map(|r| r.to_vec()).collect::<Vec<_>>(),
+                96
+            ),
+            whole
+        );
     }
 
     /// A parse of any bytes never panics.

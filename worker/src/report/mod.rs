@@ -191,9 +191,8 @@ impl ReportSink {
     ) -> (Arc<Self>, ReportQueue) {
         let (sink, mut rx) = Self::new(cfg.queue, dropped);
         let dir = state_dir.join("journal");
-        let opened = recover_journal(&dir, &state_dir.join("spool"), cfg).and_then(|first| {
-            Journal::open(&dir, first, rx.activity())
-        });
+        let opened = recover_journal(&dir, &state_dir.join("spool"), cfg)
+            .and_then(|first| Journal::open(&dir, first, rx.activity()));
         let journal = match opened {
             Ok((journal, tail)) => {
                 rx.tail = Some(tail);
@@ -236,7 +235,10 @@ fn recover_journal(dir: &Path, spool: &Path, cfg: &ReportConfig) -> std::io::Res
         std::fs::remove_file(&seg.path)?;
     }
     if records > 0 {
-        info!(records, "usage journal: records of an earlier run not known to be acknowledged; replaying them");
+        info!(
+            records,
+            "usage journal: records of an earlier run not known to be acknowledged; replaying them"
+        );
     }
     Ok(next)
 }
