@@ -125,7 +125,7 @@ impl std::fmt::Debug for Segment {
 /// The mapping's bytes as atomic words.
 #[allow(unsafe_code)]
 fn as_words(map: &memmap2::MmapRaw) -> &'static [AtomicU64] {
-    debug_assert!(map.len() % 8 == 0);
+    debug_assert!(map.len().is_multiple_of(8));
     // SAFETY: the mapping is page-aligned and `map.len()` bytes long, readable and
     // writable (`map_raw` of a file opened read-write), and zero-initialised or written
     // only through these atomics. `AtomicU64` has the size and alignment of `u64` and
