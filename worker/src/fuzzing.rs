@@ -327,3 +327,57 @@ pub fn translate_stream(data: &[u8]) {
         "translation depends on how the stream was read"
     );
 }
+
+/// The usage journal's segment reader (`journal::parse`), which reads bytes from disk
+/// after a crash. The first byte picks the mode: even, the rest is a segment file as
+/// found on disk (any bytes: no panic, and every record returned lies inside it and
+/// verifies again when read where it was found); odd, the rest is a list of records
+/// (separated by 0xFF) and a few damaged bytes (each a position and a mask, after the
+/// last 0xFE): a segment holding those records, damaged, must yield only records that
+/// were written, and undamaged exactly them in order.
+pub fn journal(data: &[u8]) {
+    use crate::journal::{parse, segment_image};
+    let Some((&mode, data)) = data.split_first() else {
+        return;
+    };
+    if mode % 2 == 0 {
+        if let Some(p) = parse(data) {
+            for r in p.records {
+                assert!(!r.is_empty() && r.len() <= crate::journal::MAX_RECORD);
+                let at = r.as_ptr() as usize - data.as_ptr() as usize;
+                assert!(at + r.len() <= data.len());
+            }
+        }
+        return;
+    }
+    let (recs, damage) = match data.iter().rposition(|&b| b == 0xFE) {
+        Some(i) => (&data[..i], &data[i + 1..]),
+        None => (data, &[][..]),
+    };
+    let recs: Vec<Vec<u8>> = recs
+        .split(|&b| b == 0xFF)
+        .filter(|r| !r.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect();
+    let mut bytes = segment_image(0x5eed_f00d, 5, &recs, 512);
+    let intact: Vec<Vec<u8>> = parse(&bytes)
+        .map(|p| p.records.into_iter().map(<[u8]>::to_vec).collect())
+        .unwrap_or_default();
+    // The records that fit in the image, in order.
+    assert!(
+        recs.starts_with(&intact),
+        "an intact segment reads back differently"
+    );
+    for d in damage.chunks_exact(3) {
+        let at = usize::from(u16::from_le_bytes([d[0], d[1]])) % bytes.len();
+        bytes[at] ^= d[2] | 1;
+    }
+    if let Some(p) = parse(&bytes) {
+        for r in p.records {
+            assert!(
+                recs.iter().any(|w| w.as_slice() == r),
+                "a record that was never written"
+            );
+        }
+    }
+}

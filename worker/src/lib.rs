@@ -28,6 +28,7 @@ pub mod extract;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod health;
+pub mod journal;
 pub mod metrics;
 pub mod ops;
 pub mod paths;
@@ -397,7 +398,16 @@ pub async fn start(cfg: Config) -> Result<Running, Error> {
         rc.tls = cfg.control_tls.clone();
         rc.state_dir = cfg.state_dir.clone();
         rc.shutdown_budget = cfg.drain_timeout;
-        let (sink, rx) = report::ReportSink::new(rc.queue, metrics.usage_dropped.clone());
+        // With a state dir, finished requests are journaled (`journal`) before the queue.
+        let (sink, rx) = match &rc.state_dir {
+            Some(dir) => report::ReportSink::journaled(
+                &rc,
+                dir,
+                metrics.usage_dropped.clone(),
+                metrics.usage_journal_fallback.clone(),
+            ),
+            None => report::ReportSink::new(rc.queue, metrics.usage_dropped.clone()),
+        };
         usage_sink = Some(sink);
         activity = rx.activity();
         reporter = Some((rc, rx));

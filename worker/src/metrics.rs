@@ -95,6 +95,9 @@ pub struct Metrics {
     credential_healthy: Family<Labels, Gauge>,
     config_version: Gauge<i64, AtomicI64>,
     pub usage_dropped: Counter<u64, AtomicU64>,
+    /// Usage records kept in the in-memory queue because the journal had no room or is
+    /// unavailable (lost if the worker is killed before they are reported).
+    pub usage_journal_fallback: Counter<u64, AtomicU64>,
     /// Usage records finished but not yet acknowledged by control (queued, batched or spooled).
     pub reports_pending: Gauge<i64, AtomicI64>,
     /// 1 while the reporter sleeps with no timer (see `report::run`), else 0.
@@ -174,6 +177,12 @@ impl Metrics {
             "Usage records not reported to control (queue or buffer full)",
             usage_dropped.clone(),
         );
+        let usage_journal_fallback = Counter::<u64, AtomicU64>::default();
+        registry.register(
+            "usage_journal_fallback",
+            "Usage records queued in memory because the usage journal was full or unavailable",
+            usage_journal_fallback.clone(),
+        );
         let reports_pending = Gauge::<i64, AtomicI64>::default();
         registry.register(
             "reports_pending",
@@ -208,6 +217,7 @@ impl Metrics {
             credential_healthy,
             config_version,
             usage_dropped,
+            usage_journal_fallback,
         }
     }
 

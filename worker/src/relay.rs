@@ -468,6 +468,20 @@ impl RelayBody {
         }
     }
 
+    /// The frame about to go out is the last (the upstream's body ended with it, and
+    /// the transform holds nothing back): book the request now, so that its usage
+    /// record is journaled before hyper writes the end of the response (hyper ends it
+    /// with this frame when `is_end_stream` says so, and drops the body after). The
+    /// usage is what `Drop` would book a moment later: nothing more can arrive.
+    fn settle_if_last(&mut self) {
+        if self.finish.is_some()
+            && self.inner.as_ref().is_some_and(|b| b.is_end_stream())
+            && self.transform.as_ref().is_none_or(Transform::is_empty)
+        {
+            self.end(None);
+        }
+    }
+
     fn client_view(&mut self, b: Bytes) -> Bytes {
         match self.transform.as_mut() {
             Some(t) => t.feed(b),
@@ -509,7 +523,9 @@ impl Body for RelayBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         if let Some(b) = this.first.take() {
-            return Poll::Ready(Some(Ok(Frame::data(this.client_view(b)))));
+            let b = this.client_view(b);
+            this.settle_if_last();
+            return Poll::Ready(Some(Ok(Frame::data(b))));
         }
         if this.ended {
             return Poll::Ready(None);
@@ -523,7 +539,9 @@ impl Body for RelayBody {
                     Ok(d) => {
                         this.scanner.observe(&d);
                         this.last_chunk = Instant::now();
-                        Frame::data(this.client_view(d))
+                        let d = this.client_view(d);
+                        this.settle_if_last();
+                        Frame::data(d)
                     }
                     Err(f) => f,
                 };

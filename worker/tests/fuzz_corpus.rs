@@ -15,6 +15,7 @@ const TARGETS: &[(&str, Target)] = &[
     ("upstream_head", switchyard_worker::fuzzing::upstream_head),
     ("chunked", switchyard_worker::fuzzing::chunked),
     ("translate_stream", switchyard_worker::fuzzing::translate_stream),
+    ("journal", switchyard_worker::fuzzing::journal),
 ];
 
 fn fuzz_dir() -> PathBuf {

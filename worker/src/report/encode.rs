@@ -50,6 +50,15 @@ impl OpenBatch {
         self.usage += 1;
     }
 
+    /// Append a usage record already encoded ([`encode_record`], read back from the
+    /// journal).
+    pub fn push_encoded(&mut self, rec: &[u8]) {
+        encode_key(REQ_USAGE, WireType::LengthDelimited, &mut self.buf);
+        encode_varint(rec.len() as u64, &mut self.buf);
+        self.buf.extend_from_slice(rec);
+        self.usage += 1;
+    }
+
     /// The finished `ReportRequest`, with `health` after the usage records.
     pub fn finish(mut self, health: &[pb::HealthEvent]) -> Bytes {
         for h in health {
@@ -62,6 +71,12 @@ impl OpenBatch {
         }
         self.buf.freeze()
     }
+}
+
+/// `ev` as an encoded `pb::UsageRecord` with id `record_id`, appended to `buf` (what the
+/// request path journals).
+pub(crate) fn encode_record(ev: &UsageEvent, record_id: &str, buf: &mut BytesMut) {
+    usage_fields(ev, record_id, &mut Write(buf));
 }
 
 /// The fields of `pb::UsageRecord` for `ev`, in field order, defaults left out (as
@@ -265,13 +280,23 @@ mod tests {
             worker in text(),
             evs in proptest::collection::vec(event(), 0..6),
             n_health in 0usize..3,
+            journaled in proptest::collection::vec(any::<bool>(), 6),
         ) {
             let ids: Vec<String> = (0..evs.len()).map(|i| format!("rec-{i}")).collect();
             let health: Vec<_> = (0..n_health).map(health).collect();
             let mut open = OpenBatch::new(&worker);
             let batch_id = open.id.clone();
-            for (ev, id) in evs.iter().zip(&ids) {
-                open.push_usage(ev, id);
+            for (i, (ev, id)) in evs.iter().zip(&ids).enumerate() {
+                // Written directly, or encoded on the request path and read back from the
+                // journal: the same bytes.
+                if journaled[i] {
+                    let mut rec = BytesMut::new();
+                    encode_record(ev, id, &mut rec);
+                    prop_assert_eq!(&rec[..], &record(ev, id).encode_to_vec()[..]);
+                    open.push_encoded(&rec);
+                } else {
+                    open.push_usage(ev, id);
+                }
             }
             prop_assert_eq!(open.usage, evs.len());
             let ours = open.finish(&health);

@@ -1,10 +1,17 @@
 //! Reporting usage and health to control (`WorkerApi.Report`).
 //!
-//! The hot path only calls [`ReportSink::record`], a push onto a bounded queue:
-//! when it is full the record is counted as dropped (`switchyard_reports_dropped_total`
+//! The hot path only calls [`ReportSink::record`]. With a state dir it encodes the
+//! record (with its uuid-v7 id) and appends it to the usage journal ([`crate::journal`],
+//! memory-mapped segment files a SIGKILL does not lose); when the journal has no room or
+//! could not be opened, and without a state dir, the record is pushed onto a bounded
+//! queue instead (`switchyard_usage_journal_fallback_total` counts the first case): when
+//! that is full the record is counted as dropped (`switchyard_reports_dropped_total`
 //! plus a rate-limited warning) and the request goes on. One owned background task
-//! ([`run`]) turns the queue into batches (every second or 500 records) with uuid-v7
-//! record ids and a batch id, and sends them. A batch is written in its wire form as
+//! ([`run`]) reads the journal and the queue into batches (every second or 500 records)
+//! with a batch id, and sends them; it writes the offset control acknowledged into each
+//! segment's header and deletes a segment once all its records are acknowledged or
+//! spooled. At start, what an earlier run left in the journal (past the acknowledged
+//! offsets) becomes spool files, replayed like any: control dedupes by record id. A batch is written in its wire form as
 //! the records are drained ([`encode`]), and kept that way. It stays in memory until
 //! control acknowledges it (control commits before it answers, and ids make a resent
 //! batch harmless). While control is unreachable for a while, or too much is buffered,
@@ -36,6 +43,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     account::{UsageEvent, UsageSink},
+    journal::{self, Journal, Next, Tail},
     Secret, Shared,
 };
 
@@ -92,6 +100,11 @@ impl ReportConfig {
 #[derive(Debug)]
 pub struct ReportSink {
     queue: Arc<Queue>,
+    /// Where records go first (with a state dir).
+    journal: Option<Arc<Journal>>,
+    /// A journal was asked for: a record that falls back to the queue is counted.
+    journaling: bool,
+    fallback: Counter,
     dropped: Counter,
     last_warn_s: AtomicU64,
     start: Instant,
@@ -111,6 +124,8 @@ struct Queue {
 pub struct ReportQueue {
     queue: Arc<Queue>,
     spare: Vec<UsageEvent>,
+    /// The journal's reading end (with a state dir).
+    tail: Option<Tail>,
 }
 
 impl ReportQueue {
@@ -150,6 +165,9 @@ impl ReportSink {
         (
             Arc::new(Self {
                 queue: queue.clone(),
+                journal: None,
+                journaling: false,
+                fallback: Counter::default(),
                 dropped,
                 last_warn_s: AtomicU64::new(0),
                 start: Instant::now(),
@@ -157,13 +175,96 @@ impl ReportSink {
             ReportQueue {
                 queue,
                 spare: Vec::new(),
+                tail: None,
             },
         )
     }
+
+    /// A sink that journals every record under `<state_dir>/journal/` first, after
+    /// turning what an earlier run left there into spool files. A journal that cannot be
+    /// opened leaves the queue alone (warned, each record counted in `fallback`).
+    pub fn journaled(
+        cfg: &ReportConfig,
+        state_dir: &Path,
+        dropped: Counter,
+        fallback: Counter,
+    ) -> (Arc<Self>, ReportQueue) {
+        let (sink, mut rx) = Self::new(cfg.queue, dropped);
+        let dir = state_dir.join("journal");
+        let opened = recover_journal(&dir, &state_dir.join("spool"), cfg)
+            .and_then(|first| Journal::open(&dir, first, rx.activity()));
+        let journal = match opened {
+            Ok((journal, tail)) => {
+                rx.tail = Some(tail);
+                Some(journal)
+            }
+            Err(e) => {
+                warn!(dir = %dir.display(), error = %e, "cannot open the usage journal; usage records are kept in memory only until reported");
+                None
+            }
+        };
+        let sink = Arc::new(Self {
+            queue: sink.queue.clone(),
+            journal,
+            journaling: true,
+            fallback,
+            dropped: sink.dropped.clone(),
+            last_warn_s: AtomicU64::new(0),
+            start: sink.start,
+        });
+        (sink, rx)
+    }
+}
+
+/// What an earlier run left in the journal `dir`, past each segment's acknowledged
+/// offset, written as spool batches (fsynced) before the segment files are deleted.
+/// Returns the number for the next segment.
+fn recover_journal(dir: &Path, spool: &Path, cfg: &ReportConfig) -> std::io::Result<u64> {
+    let (left, next) = journal::recover(dir)?;
+    let mut records = 0;
+    for seg in left {
+        for chunk in seg.records.chunks(cfg.batch_max.max(1)) {
+            let mut open = OpenBatch::new(&cfg.worker_id);
+            for r in chunk {
+                open.push_encoded(r);
+            }
+            let id = open.id.clone();
+            write_spool(spool, &id, &open.finish(&[]))?;
+        }
+        records += seg.records.len();
+        std::fs::remove_file(&seg.path)?;
+    }
+    if records > 0 {
+        info!(
+            records,
+            "usage journal: records of an earlier run not known to be acknowledged; replaying them"
+        );
+    }
+    Ok(next)
+}
+
+thread_local! {
+    /// The record being journaled (one per thread, reused).
+    static ENCODED: std::cell::RefCell<bytes::BytesMut> = std::cell::RefCell::new(bytes::BytesMut::with_capacity(512));
 }
 
 impl UsageSink for ReportSink {
     fn record(&self, ev: UsageEvent) {
+        if let Some(j) = &self.journal {
+            let kept = ENCODED.with_borrow_mut(|buf| {
+                buf.clear();
+                let mut id = uuid::Uuid::encode_buffer();
+                let id = crate::fast_uuid_v7().hyphenated().encode_lower(&mut id);
+                encode::encode_record(&ev, id, buf);
+                j.append(buf)
+            });
+            if kept {
+                return;
+            }
+        }
+        if self.journaling {
+            self.fallback.inc();
+        }
         let (full, first) = {
             let mut q = self.queue.events.lock();
             if q.len() < self.queue.capacity {
@@ -207,6 +308,8 @@ struct Batch {
     req: Option<Bytes>,
     spool: Option<PathBuf>,
     records: usize,
+    /// The journal segment its journaled records came from, and where they end.
+    mark: Option<(u64, usize)>,
 }
 
 /// `WorkerApi/Report`, as the generated client calls it (a test checks it against the
@@ -283,6 +386,11 @@ struct State {
     health: HashMap<TargetKey, bool>,
     health_seeded: bool,
     dropped: Counter,
+    /// The journal's reading end, and the segment (and end) of the open batch's journaled
+    /// records.
+    tail: Option<Tail>,
+    open_mark: Option<(u64, usize)>,
+    scratch: Vec<u8>,
 }
 
 impl State {
@@ -319,7 +427,47 @@ impl State {
             req: Some(open.finish(&health)),
             spool: None,
             records,
+            mark: self.open_mark.take(),
         });
+    }
+
+    /// Read the journal's committed records into batches (one segment's records per
+    /// batch); prepare the next segment. Whether any record was read.
+    fn drain_journal(&mut self) -> bool {
+        let Some(mut tail) = self.tail.take() else {
+            return false;
+        };
+        let mut any = false;
+        loop {
+            match tail.next(&mut self.scratch) {
+                Next::Record { seq, end } => {
+                    any = true;
+                    if self.open_mark.is_none_or(|(s, _)| s != seq) {
+                        if self.open_mark.is_some() {
+                            self.close_batch();
+                        }
+                        tail.hold(seq);
+                    }
+                    self.open_mark = Some((seq, end));
+                    let open = self
+                        .open
+                        .get_or_insert_with(|| OpenBatch::new(&self.cfg.worker_id));
+                    open.push_encoded(&self.scratch);
+                    if open.usage >= self.cfg.batch_max {
+                        self.close_batch();
+                    }
+                }
+                Next::SegmentDone(seq) => {
+                    if self.open_mark.is_some_and(|(s, _)| s == seq) {
+                        self.close_batch();
+                    }
+                }
+                Next::Idle => break,
+            }
+        }
+        tail.maintain();
+        self.tail = Some(tail);
+        any
     }
 
     /// Keep at most `max_in_memory` unsent records in memory: spool the newest
@@ -344,6 +492,9 @@ impl State {
                                 debug!(batch = %b.id, records = b.records, "batch spooled");
                                 b.spool = Some(p);
                                 self.in_memory -= b.records;
+                                if let (Some((seq, _)), Some(t)) = (b.mark.take(), self.tail.as_mut()) {
+                                    t.released(seq);
+                                }
                             }
                             Err(e) => {
                                 warn!(error = %e, "cannot spool report batch; keeping it in memory");
@@ -361,6 +512,9 @@ impl State {
                     };
                     if let Some(b) = self.batches.remove(pos) {
                         self.in_memory -= b.records;
+                        if let (Some((seq, _)), Some(t)) = (b.mark, self.tail.as_mut()) {
+                            t.released(seq);
+                        }
                         self.dropped.inc_by(b.records as u64);
                         warn!(
                             records = b.records,
@@ -434,6 +588,9 @@ impl State {
         if let Some(b) = self.batches.pop_front() {
             if b.req.is_some() {
                 self.in_memory -= b.records;
+            }
+            if let (Some((seq, end)), Some(t)) = (b.mark, self.tail.as_mut()) {
+                t.acked(seq, end);
             }
             if let Some(p) = &b.spool {
                 if let Err(e) = tokio::fs::remove_file(p).await {
@@ -618,6 +775,7 @@ fn load_spool(dir: &Path) -> Vec<Batch> {
             req: None,
             spool: Some(p),
             records: 0,
+            mark: None,
         })
         .collect()
 }
@@ -650,6 +808,9 @@ pub async fn run(
         health: HashMap::new(),
         health_seeded: false,
         dropped,
+        tail: rx.tail.take(),
+        open_mark: None,
+        scratch: Vec::new(),
         cfg,
     };
     if let Some(dir) = st.spool_dir() {
@@ -669,11 +830,16 @@ pub async fn run(
     let mut last_activity = Instant::now();
     let mut unsettled = true;
     loop {
-        if st.quiet(unsettled, last_activity) {
+        // With a journal, the next record wakes it only once it knows the reporter
+        // sleeps (records reserved before that are read first).
+        if st.quiet(unsettled, last_activity) && st.tail.as_ref().is_none_or(Tail::may_sleep) {
             shared.metrics.reporter_idle.set(1);
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = activity.notified() => last_activity = Instant::now(),
+            }
+            if let Some(t) = &st.tail {
+                t.awake();
             }
             shared.metrics.reporter_idle.set(0);
             // Both intervals missed their ticks while asleep: they fire at once (drain
@@ -690,6 +856,9 @@ pub async fn run(
                     st.push_usage(&ev);
                 }
                 rx.recycle(evs);
+                if st.drain_journal() {
+                    last_activity = Instant::now();
+                }
             },
             _ = tick.tick() => {
                 unsettled = st.sample_health(&shared);
@@ -719,6 +888,7 @@ pub async fn run(
     for ev in rx.drain() {
         st.push_usage(&ev);
     }
+    st.drain_journal();
     st.sample_health(&shared);
     st.close_batch();
     st.enforce_memory_bound();
@@ -753,6 +923,9 @@ pub async fn run(
         .sum();
     if unsent == 0 {
         info!("usage reports flushed");
+        if let Some(t) = st.tail.take() {
+            t.close();
+        }
         return;
     }
     match st.spool_dir() {
@@ -761,7 +934,12 @@ pub async fn run(
             for b in &mut st.batches {
                 if let Some(req) = b.req.take() {
                     match write_spool(&dir, &b.id, &req) {
-                        Ok(_) => spooled += b.records,
+                        Ok(_) => {
+                            spooled += b.records;
+                            if let (Some((seq, _)), Some(t)) = (b.mark.take(), st.tail.as_mut()) {
+                                t.released(seq);
+                            }
+                        }
                         Err(e) => {
                             warn!(error = %e, records = b.records, "cannot spool report batch at shutdown; records lost")
                         }
@@ -777,6 +955,9 @@ pub async fn run(
             records = unsent,
             "control unreachable at shutdown and no state dir; usage records lost"
         ),
+    }
+    if let Some(t) = st.tail.take() {
+        t.close();
     }
 }
 
