@@ -696,4 +696,29 @@ impl Admin for AdminSvc {
         let events = usage::health_history(self.store.pool(), &r.backend, r.limit).await?;
         Ok(Response::new(pb::HealthHistoryResponse { events }))
     }
+    // LIMITS-TODO(helper A): the limit RPCs replace these.
+    async fn create_limit(
+        &self,
+        _req: Request<pb::CreateLimitRequest>,
+    ) -> Result<Response<pb::Limit>, Status> {
+        Err(Status::unimplemented("limits are not implemented yet"))
+    }
+    async fn list_limits(
+        &self,
+        _req: Request<pb::ListLimitsRequest>,
+    ) -> Result<Response<pb::ListLimitsResponse>, Status> {
+        Err(Status::unimplemented("limits are not implemented yet"))
+    }
+    async fn update_limit(
+        &self,
+        _req: Request<pb::UpdateLimitRequest>,
+    ) -> Result<Response<pb::Limit>, Status> {
+        Err(Status::unimplemented("limits are not implemented yet"))
+    }
+    async fn delete_limit(
+        &self,
+        _req: Request<pb::DeleteLimitRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
+        Err(Status::unimplemented("limits are not implemented yet"))
+    }
 }

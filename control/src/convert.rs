@@ -535,6 +535,7 @@ pub fn key_to_proto(k: &ApiKey, with_hash: bool) -> pb::ApiKey {
         },
         description: k.spec.description.clone(),
         allow_pin: k.spec.allow_pin,
+        team: String::new(), // LIMITS-TODO(helper A): the key's team
     }
 }
 
@@ -557,6 +558,7 @@ pub fn document_from_state(s: &ConfigState, secrets: Secrets) -> pb::ConfigDocum
             .collect(),
         models: s.models.values().map(model_to_proto).collect(),
         keys: s.keys.values().map(|k| key_to_proto(k, false)).collect(),
+        limits: vec![], // LIMITS-TODO(helper A)
     }
 }
 

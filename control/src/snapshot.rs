@@ -132,6 +132,7 @@ pub fn build(version: u64, state: &ConfigState) -> Published {
         keys: snapshot_keys(state, now)
             .map(|k| convert::key_to_proto(k, true))
             .collect(),
+        limits: vec![], // LIMITS-TODO(helper A)
     };
     Published {
         version,

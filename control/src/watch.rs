@@ -206,6 +206,11 @@ impl WorkerApi for WorkerSvc {
             health_duplicates: hd,
         }))
     }
+
+    async fn lease(&self, _req: Request<pb::LeaseRequest>) -> Result<Response<pb::LeaseResponse>, Status> {
+        // LIMITS-TODO(helper A): the lease allocator replaces this.
+        Err(Status::unimplemented("Lease: limits are not implemented yet"))
+    }
 }
 
 async fn handle_reply(id: &str, m: pb::WatchRequest, registry: &Registry, store: &Store, metrics: &Metrics) {

@@ -1115,6 +1115,7 @@ pub async fn keys(ctx: &Ctx, admin: &mut Admin, cmd: KeysCmd) -> Result<()> {
                 },
             };
             let req = pb::CreateApiKeyRequest {
+                team: Default::default(),
                 name: c.name,
                 allowed_models: c.models,
                 expires_at_ms,

@@ -268,6 +268,7 @@ async fn ensure_client_key(admin: &mut Admin, state: &UpState, pin: bool) -> Res
     admin
         .client
         .create_api_key(pb::CreateApiKeyRequest {
+            team: Default::default(),
             name: KEY_NAME.into(),
             allowed_models: Vec::new(),
             expires_at_ms: 0,

@@ -213,6 +213,7 @@ async fn query(admin: &mut Admin, w: Window<'_>) -> Result<UsageView> {
     let r = admin
         .client
         .query_usage(pb::QueryUsageRequest {
+            team: Default::default(),
             from_ms,
             to_ms,
             group_by: w.by.as_str().into(),

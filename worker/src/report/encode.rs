@@ -158,6 +158,7 @@ mod tests {
     /// before batches were written directly).
     fn record(ev: &UsageEvent, id: &str) -> pb::UsageRecord {
         pb::UsageRecord {
+            team: Default::default(),
             id: id.to_string(),
             ts_ms: ev.ts_ms,
             request_id: ev.request_id.clone(),
