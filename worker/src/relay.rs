@@ -54,6 +54,8 @@ pub struct Finish {
     pub start: Instant,
     pub ttfb: Option<Duration>,
     pub error: Option<&'static str>,
+    /// The limits' reservations (`limits::Held`; empty without limits).
+    pub limits: crate::limits::Held,
     /// Booked (or handed over): nothing left for `Drop` to do.
     settled: bool,
 }
@@ -88,6 +90,7 @@ impl Finish {
             start: Instant::now(),
             ttfb: None,
             error: None,
+            limits: crate::limits::Held::default(),
             settled: false,
         }
     }
@@ -115,6 +118,7 @@ impl Finish {
             start: self.start,
             ttfb: self.ttfb,
             error: self.error,
+            limits: self.limits.hand_over(),
             settled: false,
         }
     }
@@ -128,6 +132,7 @@ impl Finish {
         if std::mem::replace(&mut self.settled, true) {
             return;
         }
+        self.limits.settle(usage.as_ref(), self.price.as_ref());
         let latency = self.start.elapsed();
         let m = &self.shared.metrics;
         m.inflight.dec();
