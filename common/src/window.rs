@@ -3,7 +3,8 @@
 //! agree on which window a consumption belongs to.
 
 /// A fixed calendar window in UTC. A month starts on the 1st at 00:00 UTC.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Window {
     Minute,
     Hour,
