@@ -613,10 +613,16 @@ impl Held {
     /// Settle: real usage replaces the estimates, concurrency slots end. `usage` `None`:
     /// nothing was consumed upstream.
     pub fn settle(&mut self, usage: Option<&Usage>, price: Option<&crate::account::Price>) {
+        if self.owns {
+            self.settle_at(usage, price, crate::unix_ms());
+        }
+    }
+
+    /// [`Held::settle`] at `now`.
+    pub fn settle_at(&mut self, usage: Option<&Usage>, price: Option<&crate::account::Price>, now: i64) {
         if !std::mem::take(&mut self.owns) {
             return;
         }
-        let now = crate::unix_ms();
         let u = usage.copied().unwrap_or_default();
         for l in self.sets.iter().flatten().flat_map(|s| s.iter()) {
             let reserved = l.amount_of(self.est);
@@ -797,7 +803,9 @@ mod tests {
         );
         grant(&l, now, 4, 0);
         for _ in 0..4 {
-            admit(&set, Estimate::default(), now).unwrap().settle(None, None);
+            admit(&set, Estimate::default(), now)
+                .unwrap()
+                .settle_at(None, None, now);
         }
         // The slice is out, not the fleet: retry at once.
         let r = admit(&set, Estimate::default(), now).unwrap_err();
@@ -845,20 +853,21 @@ mod tests {
             completion_tokens: 20,
             ..Default::default()
         };
-        h.settle(Some(&u), None);
+        h.settle_at(Some(&u), None, now);
         assert_eq!(l.used(), 110);
         // Settled once only.
-        h.settle(Some(&u), None);
+        h.settle_at(Some(&u), None, now);
         assert_eq!(l.used(), 110);
         // More than estimated counts too.
         let mut h = admit(&set, Estimate::of(4, Some(1)), now).unwrap();
-        h.settle(
+        h.settle_at(
             Some(&Usage {
                 prompt_tokens: 1_000,
                 completion_tokens: 1_000,
                 ..Default::default()
             }),
             None,
+            now,
         );
         assert_eq!(l.used(), 2_110);
         // An estimate is capped at the limit's amount, so a huge max_tokens can pass.
@@ -895,9 +904,9 @@ mod tests {
             completion_tokens: 2,
             ..Default::default()
         };
-        a.settle(Some(&u), Some(&price));
+        a.settle_at(Some(&u), Some(&price), now);
         assert_eq!((spend.used(), conc.used()), (231, 1));
-        b.settle(None, None);
+        b.settle_at(None, None, now);
         assert_eq!((spend.used(), conc.used()), (230, 0));
         // A slice spent to its last unit refuses.
         grant(&spend, now, 230, 0);
@@ -919,7 +928,7 @@ mod tests {
         assert_eq!(key.used(), 0);
         // The refusal still carries the headers' state, and settles nothing.
         assert!(h.quota_at(now).is_some());
-        h.settle(None, None);
+        h.settle_at(None, None, now);
         assert_eq!((key.used(), model.used()), (0, 0));
     }
 
@@ -943,13 +952,14 @@ mod tests {
         h.admit_credential(&sb, est, now, &ENV).unwrap();
         assert_eq!((a.used(), b.used()), (0, 10));
         assert!(h.quota_at(now).is_none());
-        h.settle(
+        h.settle_at(
             Some(&Usage {
                 prompt_tokens: 3,
                 completion_tokens: 4,
                 ..Default::default()
             }),
             None,
+            now,
         );
         assert_eq!(b.used(), 7);
     }
@@ -1099,7 +1109,7 @@ mod tests {
                                         o.fetch_sub(l.amount_of(est), Ordering::Relaxed);
                                     }
                                 }
-                                h.settle(None, None);
+                                h.settle_at(None, None, now);
                             };
                             for i in 0..per_thread {
                                 let est = Estimate { input: (i % 3) as u64, output: 1 };
