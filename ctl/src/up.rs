@@ -194,6 +194,7 @@ pub fn demo_document(mock_openai_base: &str) -> FileDoc {
             ..Default::default()
         }],
         keys: Vec::new(),
+        limits: Vec::new(),
     }
 }
 
