@@ -3,7 +3,7 @@
 //!
 //! While the snapshot has limits it sends one claim per limit every [`PERIOD`]
 //! (`used`, `ceiling`, `refused`, absolute in the window, and `want`: the consumption of
-//! the last second × the period × 2, plus what was refused since the last claim), and at
+//! the last second × the period × 4, plus what was refused since the last claim), and at
 //! once when an admission finds a slice's headroom below half of it (`Shared::lease_wake`,
 //! poked once per grant by the request that crosses that edge: no wake-up per request).
 //! Grants are applied to the limits' atomics. Control unreachable: it backs off (up to
@@ -73,7 +73,9 @@ fn claim(l: &LimitState, now_ms: i64, samples: &mut FxHashMap<Arc<str>, Sample>)
     } else {
         let span = (now_ms - s.at_ms).max(1) as u64;
         let delta = v.used.saturating_sub(s.used);
-        let rate_want = delta.saturating_mul(period * 2) / span.max(period);
+        // Enough for four periods at the last second's rate: a slice outlasts a renewal
+        // that is slow to come back (a loaded control) rather than refusing meanwhile.
+        let rate_want = delta.saturating_mul(period * 4) / span.max(period);
         let active = delta > 0 || v.refused_amount > 0;
         if active {
             rate_want.saturating_add(v.refused_amount).max(min_want(l))
@@ -101,7 +103,7 @@ fn claim(l: &LimitState, now_ms: i64, samples: &mut FxHashMap<Arc<str>, Sample>)
 /// The least a limit with traffic asks for: a request or two's worth.
 fn min_want(l: &LimitState) -> u64 {
     let m = match l.def.kind {
-        Kind::Requests | Kind::Concurrency => 2,
+        Kind::Requests | Kind::Concurrency => 4,
         Kind::Tokens | Kind::InputTokens | Kind::OutputTokens => 2 * crate::limits::DEFAULT_OUTPUT_ESTIMATE,
         Kind::Spend => l.def.amount / 1_000,
     };
@@ -236,7 +238,7 @@ mod tests {
     }
 
     /// No traffic: want 0 (an idle worker holds no more than its last small slice).
-    /// Traffic: twice what a period consumes at the last second's rate, at least a
+    /// Traffic: four times what a period consumes at the last second's rate, at least a
     /// minimum; what was refused is asked for on top.
     #[test]
     fn want_follows_the_rate() {
@@ -257,7 +259,7 @@ mod tests {
             metrics: None,
             wake: None,
         };
-        // 100 requests over the next second: 100/s → 2 × 25 = 50.
+        // 100 requests over the next second: 100/s → 4 × 25 = 100.
         let shared_l = Arc::new(l);
         let set: crate::limits::LimitSet = Arc::from(vec![shared_l.clone()]);
         for _ in 0..100 {
@@ -266,7 +268,7 @@ mod tests {
                 .unwrap();
         }
         let c = claim(&shared_l, t0 + 1_000, &mut samples);
-        assert_eq!((c.used, c.want, c.ceiling), (100, 50, 1_000));
+        assert_eq!((c.used, c.want, c.ceiling), (100, 100, 1_000));
         // A quiet second later: nothing wanted.
         assert_eq!(claim(&shared_l, t0 + 2_000, &mut samples).want, 0);
     }
