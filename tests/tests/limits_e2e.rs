@@ -497,7 +497,7 @@ async fn concurrency_holds_under_parallel_streams() -> Result<()> {
         .await?;
     env.start_worker().await?;
     // Get a grant first (a short request), then slow streams: 6 chunks, 300 ms apart.
-    let _ = env.until_slot(&k).await?;
+    env.until_slot(&k).await?;
     env.mock.set_default(Behavior {
         usage: USAGE,
         stream_chunks: 6,

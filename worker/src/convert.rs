@@ -525,12 +525,15 @@ pub fn build(
     })
 }
 
+/// Limit states by the name of what they apply to.
+type ByName = FxHashMap<String, Vec<Arc<LimitState>>>;
+
 /// The snapshot's limits, validated, with their live states, by what they apply to.
 struct Limits {
     all: Vec<Arc<LimitState>>,
-    keys: FxHashMap<String, Vec<Arc<LimitState>>>,
-    teams: FxHashMap<String, Vec<Arc<LimitState>>>,
-    models: FxHashMap<String, Vec<Arc<LimitState>>>,
+    keys: ByName,
+    teams: ByName,
+    models: ByName,
     credentials: FxHashMap<(String, String), Vec<Arc<LimitState>>>,
 }
 
@@ -538,9 +541,9 @@ impl Limits {
     /// `name`'s limits in `map`, and those of `and` (a key's team), as one set.
     fn set(
         &self,
-        map: &FxHashMap<String, Vec<Arc<LimitState>>>,
+        map: &ByName,
         name: &str,
-        and: Option<(&FxHashMap<String, Vec<Arc<LimitState>>>, &str)>,
+        and: Option<(&ByName, &str)>,
     ) -> Option<LimitSet> {
         let own = map.get(name).map(Vec::as_slice).unwrap_or_default();
         let more = and
