@@ -509,6 +509,7 @@ store_test!(usage_groups_and_filters_by_team, |db: TestDb| async move {
             rec("4", "dave", "", 80),
         ],
         health: vec![],
+        ..Default::default()
     })
     .await?;
     let q = |group_by: &str, team: &str| pb::QueryUsageRequest {
