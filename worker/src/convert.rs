@@ -539,12 +539,7 @@ struct Limits {
 
 impl Limits {
     /// `name`'s limits in `map`, and those of `and` (a key's team), as one set.
-    fn set(
-        &self,
-        map: &ByName,
-        name: &str,
-        and: Option<(&ByName, &str)>,
-    ) -> Option<LimitSet> {
+    fn set(&self, map: &ByName, name: &str, and: Option<(&ByName, &str)>) -> Option<LimitSet> {
         let own = map.get(name).map(Vec::as_slice).unwrap_or_default();
         let more = and
             .and_then(|(m, n)| m.get(n))
