@@ -9,6 +9,8 @@
 #   benchmark's pinned worker runs (valgrind itself would report 2 CPUs).
 #   STREAM=1: streamed requests (the mock answers 20 SSE chunks at once, as in (c) burst;
 #   STREAM_DELAY_MS=5 paces them as in (c) paced).
+#   LIMITS=1: three enforced limits on the bench key (requests and tokens per minute, and
+#   concurrency), with amounts too large to refuse: the cost of the limits phase (issue 18).
 #   SUT=nginx: count nginx instead (one process, the bench's nginx row configuration: keep-alive
 #   upstream, proxy_buffering off, buffered access log), through the same mock and requests.
 set -euo pipefail
@@ -85,6 +87,11 @@ upstream_model = "mock-model"
 T
 $BIN/switchyard apply -f $W/c.toml >/dev/null
 KEY=$($BIN/switchyard -o json keys create bench 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["plaintext"])')
+if [[ ${LIMITS:-0} == 1 ]]; then
+  $BIN/switchyard limits create bench-rpm --scope key:bench --kind requests --window minute --amount 1000000000 >/dev/null
+  $BIN/switchyard limits create bench-tpm --scope key:bench --kind tokens --window minute --amount 1000000000000 >/dev/null
+  $BIN/switchyard limits create bench-conc --scope key:bench --kind concurrency --amount 100000 >/dev/null
+fi
 start worker valgrind --tool=callgrind --callgrind-out-file=$W/cg.out --dump-instr=no $BIN/switchyard-worker --listen 127.0.0.1:0 --control http://$G --state-dir $W/wk --worker-id bench --threads ${THREADS:-1}
 H=$(wl worker http)
 fi

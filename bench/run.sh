@@ -30,6 +30,7 @@ TOOLS_DIR="${TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/switchyard-bench}"
 RESULTS_DIR="${RESULTS_DIR:-$BENCH/results}"
 NO_BUILD="${NO_BUILD:-0}"                        # 1: use binaries already in the target dir
 KEEP_AWAKE="${KEEP_AWAKE:-0}"   # 1: SCHED_IDLE spinners keep both CPUs out of idle during (b) and (c)
+LIMITS="${LIMITS:-0}"           # 1: three enforced limits on the bench key (rpm, tpm, concurrency; never refusing)
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 BIN="${BIN_DIR:-$CARGO_TARGET_DIR/release}"   # BIN_DIR: use binaries built elsewhere
 
@@ -242,6 +243,12 @@ EOF
   key="$("$BIN/switchyard" -o json keys create bench 2>"$WORK/keys.err" \
          | python3 -c 'import json,sys; print(json.load(sys.stdin)["plaintext"])')" \
     || { SKIPPED+="switchyard (keys create failed: $(tail -1 "$WORK/keys.err")); "; return 1; }
+  if [[ "$LIMITS" == 1 ]]; then  # issue 18's bench (a) condition: amounts too large to refuse
+    { "$BIN/switchyard" limits create bench-rpm --scope key:bench --kind requests --window minute --amount 1000000000 \
+      && "$BIN/switchyard" limits create bench-tpm --scope key:bench --kind tokens --window minute --amount 1000000000000 \
+      && "$BIN/switchyard" limits create bench-conc --scope key:bench --kind concurrency --amount 100000; } \
+      >"$WORK/limits.out" 2>&1 || { SKIPPED+="switchyard (limits create failed: $(tail -1 "$WORK/limits.out")); "; return 1; }
+  fi
   start worker "$SUT_CPU" "$BIN/switchyard-worker" --listen 127.0.0.1:0 --ops-listen 127.0.0.1:0 \
     --control "http://$grpc" --state-dir "$WORK/worker" --worker-id bench --drain-timeout 2s
   local http; http="$(wait_listening worker http)" || { SKIPPED+="switchyard (worker did not start); "; return 1; }

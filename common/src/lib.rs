@@ -1,6 +1,7 @@
 //! Helpers shared by `switchyard-control` and `switchyard-worker`.
 
 pub mod passthrough;
+pub mod window;
 
 /// `prometheus_client` writes OpenMetrics; Prometheus text format 0.0.4 (what we serve,
 /// and what `promtool check metrics` reads) names a counter family with its `_total`

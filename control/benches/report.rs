@@ -19,6 +19,7 @@ const BATCH: usize = 500;
 
 fn record(i: usize) -> pb::UsageRecord {
     pb::UsageRecord {
+        team: Default::default(),
         id: uuid::Uuid::now_v7().to_string(),
         ts_ms: switchyard_control::store::now_ms(),
         request_id: format!("req-{i}"),

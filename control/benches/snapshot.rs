@@ -44,6 +44,7 @@ fn document(n: usize) -> pb::ConfigDocument {
         })
         .collect();
     pb::ConfigDocument {
+        limits: Default::default(),
         providers,
         models,
         keys: vec![],

@@ -10,7 +10,8 @@ use crate::{
     apply,
     convert::{self, Secrets},
     crypto,
-    model::{ApiKey, ConfigState},
+    limits::Allocator,
+    model::{ApiKey, ConfigState, Limit, LimitScope},
     secret::Secret,
     snapshot::Published,
     store::{now_ms, Store},
@@ -28,6 +29,8 @@ pub struct AdminSvc {
     pub store: Arc<Store>,
     pub snapshots: watch::Receiver<Arc<Published>>,
     pub registry: Arc<Registry>,
+    /// Lease state, for ListLimits' fleet-wide consumption.
+    pub limits: Arc<Allocator>,
     pub started_at_ms: i64,
     /// `plaintext`, `tls` or `mtls`.
     pub transport: &'static str,
@@ -78,6 +81,23 @@ fn backend_out(s: &ConfigState, m: &str, n: &str) -> Result<pb::Backend, Error> 
         .and_then(|mo| mo.backends.get(n))
         .map(|b| convert::backend_to_proto(m, b))
         .ok_or_else(|| not_found(format!("backend {m}/{n}")))
+}
+
+fn limit_out(s: &ConfigState, n: &str) -> Result<pb::Limit, Error> {
+    s.limits
+        .get(n)
+        .map(convert::limit_to_proto)
+        .ok_or_else(|| not_found(format!("limit {n}")))
+}
+
+/// The object a limit's scope names must exist (a team need not: see [`LimitScope`]).
+fn check_scope(s: &ConfigState, l: &Limit) -> Result<(), Error> {
+    let scope =
+        LimitScope::parse(&l.spec.scope).map_err(|e| Error::InvalidArgument(format!("limit.scope: {e}")))?;
+    match scope.missing_in(s) {
+        Some(why) => Err(Error::InvalidArgument(format!("limit.scope: {why}"))),
+        None => Ok(()),
+    }
 }
 
 fn key_out(s: &ConfigState, n: &str) -> Result<pb::ApiKey, Error> {
@@ -457,6 +477,7 @@ impl Admin for AdminSvc {
             &r.description,
             None,
             r.allow_pin,
+            &r.team,
         )?;
         let plaintext = if r.import_plaintext.is_empty() {
             Secret::new(crypto::generate_api_key())
@@ -695,5 +716,94 @@ impl Admin for AdminSvc {
         let r = req.get_ref();
         let events = usage::health_history(self.store.pool(), &r.backend, r.limit).await?;
         Ok(Response::new(pb::HealthHistoryResponse { events }))
+    }
+
+    async fn create_limit(
+        &self,
+        req: Request<pb::CreateLimitRequest>,
+    ) -> Result<Response<pb::Limit>, Status> {
+        let rl = required(req.into_inner().limit, "limit")?;
+        let l = convert::limit_from_proto("limit", &rl)?;
+        let name = l.name.clone();
+        let m = self
+            .store
+            .mutate(false, |s| {
+                if s.limits.contains_key(&l.name) {
+                    return Err(exists(format!("limit {}", l.name)));
+                }
+                check_scope(s, &l)?;
+                s.limits.insert(l.name.clone(), l);
+                Ok(())
+            })
+            .await?;
+        Ok(Response::new(limit_out(&m.state, &name)?))
+    }
+
+    async fn list_limits(
+        &self,
+        _req: Request<pb::ListLimitsRequest>,
+    ) -> Result<Response<pb::ListLimitsResponse>, Status> {
+        let s = self.store.load().await?;
+        let status = self.limits.status(&s.limits, now_ms());
+        Ok(Response::new(pb::ListLimitsResponse {
+            limits: s
+                .limits
+                .values()
+                .map(|l| {
+                    let st = status.get(&l.name).cloned().unwrap_or_default();
+                    pb::LimitStatus {
+                        limit: Some(convert::limit_to_proto(l)),
+                        window_start_ms: st.window_start_ms,
+                        window_end_ms: st.window_end_ms,
+                        used: st.used,
+                        leased: st.leased,
+                        workers: st.workers,
+                        refused: st.refused,
+                    }
+                })
+                .collect(),
+        }))
+    }
+
+    async fn update_limit(
+        &self,
+        req: Request<pb::UpdateLimitRequest>,
+    ) -> Result<Response<pb::Limit>, Status> {
+        let req = req.into_inner();
+        let rl = required(req.limit, "limit")?;
+        let name = rl.name.clone();
+        let m = self
+            .store
+            .mutate(false, |s| {
+                let cur = s
+                    .limits
+                    .get(&rl.name)
+                    .ok_or_else(|| not_found(format!("limit {}", rl.name)))?;
+                let mut merged = convert::limit_to_proto(cur);
+                convert::merge_limit(&mut merged, &rl, &req.update_mask)?;
+                let l = convert::limit_from_proto("limit", &merged)?;
+                check_scope(s, &l)?;
+                s.limits.insert(l.name.clone(), l);
+                Ok(())
+            })
+            .await?;
+        Ok(Response::new(limit_out(&m.state, &name)?))
+    }
+
+    async fn delete_limit(
+        &self,
+        req: Request<pb::DeleteLimitRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
+        let name = req.into_inner().name;
+        let m = self
+            .store
+            .mutate(false, |s| {
+                s.limits
+                    .remove(&name)
+                    .map(|_| ())
+                    .ok_or_else(|| not_found(format!("limit {name}")))
+            })
+            .await?;
+        Ok(deleted(m.version))
     }
 }

@@ -7,7 +7,7 @@ use switchyard_proto::v1 as pb;
 
 use crate::{
     convert, crypto,
-    model::{ApiKey, ConfigState},
+    model::{ApiKey, ConfigState, LimitScope},
     secret::is_redacted,
     store::now_ms,
     Error,
@@ -125,6 +125,7 @@ pub fn apply_document(
             &dk.description,
             dk.enabled,
             dk.allow_pin,
+            &dk.team,
         )?;
         if !seen.insert(dk.name.clone()) {
             return Err(dup("key", &dk.name));
@@ -136,6 +137,7 @@ pub fn apply_document(
                 k.spec.expires_at_ms = spec.expires_at_ms;
                 k.spec.description = spec.description;
                 k.spec.allow_pin = spec.allow_pin;
+                k.spec.team = spec.team;
                 // Revocation is final: a document cannot bring a revoked key back.
                 k.spec.enabled = spec.enabled && !old.spec.revoked;
                 k
@@ -160,5 +162,30 @@ pub fn apply_document(
         keys.insert(k.name.clone(), k);
     }
     state.keys = keys;
+
+    // Limits last: their scopes may name keys, models and credentials of this document.
+    let mut seen = BTreeSet::new();
+    let mut limits = if prune {
+        BTreeMap::new()
+    } else {
+        state.limits.clone()
+    };
+    for (i, dl) in doc.limits.iter().enumerate() {
+        let what = format!("limits[{i}]");
+        let l = convert::limit_from_proto(&what, dl)?;
+        if !seen.insert(l.name.clone()) {
+            return Err(Error::InvalidArgument(format!(
+                "{what}.name: limit {} is defined more than once in the document",
+                l.name
+            )));
+        }
+        let scope = LimitScope::parse(&l.spec.scope)
+            .map_err(|e| Error::InvalidArgument(format!("{what}.scope: {e}")))?;
+        if let Some(why) = scope.missing_in(state) {
+            return Err(Error::InvalidArgument(format!("{what}.scope: {why}")));
+        }
+        limits.insert(l.name.clone(), l);
+    }
+    state.limits = limits;
     Ok(created)
 }

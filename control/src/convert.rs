@@ -479,8 +479,12 @@ pub fn key_spec_from_proto(
     description: &str,
     enabled: Option<bool>,
     allow_pin: bool,
+    team: &str,
 ) -> Result<ApiKeySpec, Error> {
     validate_name("key", name)?;
+    if !team.is_empty() {
+        validate_name(&format!("key {name}: team"), team)?;
+    }
     for m in allowed_models {
         validate_name(&format!("key {name}: allowed_models"), m)?;
     }
@@ -497,7 +501,115 @@ pub fn key_spec_from_proto(
         expires_at_ms,
         description: description.to_string(),
         allow_pin,
+        team: team.to_string(),
     })
+}
+
+/// Proto limit → domain limit, applying defaults (`enforce`, `closed`). `what` is the
+/// field path errors start with: `limit` for the CRUD RPCs, `limits[2]` in a document.
+/// Whether the scope's object exists is checked against the whole config later
+/// ([`LimitScope::missing_in`]).
+pub fn limit_from_proto(what: &str, l: &pb::Limit) -> Result<Limit, Error> {
+    use switchyard_common::window::Window;
+    if validate_name("", &l.name).is_err() {
+        return Err(invalid(format!(
+            "{what}.name: {:?} must match [a-z0-9][a-z0-9._-]{{0,62}}",
+            l.name
+        )));
+    }
+    LimitScope::parse(&l.scope).map_err(|e| invalid(format!("{what}.scope: {e}")))?;
+    let kind = LimitKind::parse(&l.kind).ok_or_else(|| {
+        invalid(format!(
+            "{what}.kind: {:?} is not one of {}",
+            l.kind,
+            LimitKind::ALL
+        ))
+    })?;
+    let window = match (kind, l.window.as_str()) {
+        (LimitKind::Concurrency, "") => None,
+        (LimitKind::Concurrency, w) => {
+            return Err(invalid(format!(
+                "{what}.window: a concurrency limit has no window (got {w:?})"
+            )))
+        }
+        (_, "") => {
+            return Err(invalid(format!(
+                "{what}.window is required (one of {})",
+                Window::ALL
+            )))
+        }
+        (_, w) => Some(
+            Window::parse(w)
+                .ok_or_else(|| invalid(format!("{what}.window: {w:?} is not one of {}", Window::ALL)))?,
+        ),
+    };
+    if l.amount == 0 {
+        return Err(invalid(format!("{what}.amount must be > 0")));
+    }
+    if i64::try_from(l.amount).is_err() {
+        return Err(invalid(format!("{what}.amount must be below 2^63")));
+    }
+    let mode = match l.mode.as_str() {
+        "" => LimitMode::Enforce,
+        m => LimitMode::parse(m)
+            .ok_or_else(|| invalid(format!("{what}.mode: {m:?} is not one of {}", LimitMode::ALL)))?,
+    };
+    let on_outage = match l.on_outage.as_str() {
+        "" => OnOutage::Closed,
+        o => OnOutage::parse(o)
+            .ok_or_else(|| invalid(format!("{what}.on_outage: {o:?} is not one of {}", OnOutage::ALL)))?,
+    };
+    Ok(Limit {
+        name: l.name.clone(),
+        spec: LimitSpec {
+            scope: l.scope.clone(),
+            kind,
+            window,
+            amount: l.amount,
+            mode,
+            on_outage,
+            description: l.description.clone(),
+        },
+        created_at_ms: 0,
+        updated_at_ms: 0,
+    })
+}
+
+pub fn limit_to_proto(l: &Limit) -> pb::Limit {
+    let s = &l.spec;
+    pb::Limit {
+        name: l.name.clone(),
+        scope: s.scope.clone(),
+        kind: s.kind.as_str().into(),
+        window: s.window.map(|w| w.as_str().to_string()).unwrap_or_default(),
+        amount: s.amount,
+        mode: s.mode.as_str().into(),
+        on_outage: s.on_outage.as_str().into(),
+        description: s.description.clone(),
+        created_at_ms: l.created_at_ms,
+        updated_at_ms: l.updated_at_ms,
+    }
+}
+
+/// Copy the fields named in `mask` from `req` into `cur` (both limits in proto form).
+pub fn merge_limit(cur: &mut pb::Limit, req: &pb::Limit, mask: &[String]) -> Result<(), Error> {
+    let what = format!("limit {}", cur.name);
+    if mask.is_empty() {
+        return Err(empty_mask(&what));
+    }
+    for path in mask {
+        match path.as_str() {
+            "scope" => cur.scope = req.scope.clone(),
+            "kind" => cur.kind = req.kind.clone(),
+            "window" => cur.window = req.window.clone(),
+            "amount" => cur.amount = req.amount,
+            "mode" => cur.mode = req.mode.clone(),
+            "on_outage" => cur.on_outage = req.on_outage.clone(),
+            "description" => cur.description = req.description.clone(),
+            p => return Err(bad_path(&what, p)),
+        }
+    }
+    Ok(())
 }
 
 pub fn credential_to_proto(provider: &str, c: &Credential, secrets: Secrets) -> pb::Credential {
@@ -626,6 +738,7 @@ pub fn key_to_proto(k: &ApiKey, with_hash: bool) -> pb::ApiKey {
         },
         description: k.spec.description.clone(),
         allow_pin: k.spec.allow_pin,
+        team: k.spec.team.clone(),
     }
 }
 
@@ -648,6 +761,7 @@ pub fn document_from_state(s: &ConfigState, secrets: Secrets) -> pb::ConfigDocum
             .collect(),
         models: s.models.values().map(model_to_proto).collect(),
         keys: s.keys.values().map(|k| key_to_proto(k, false)).collect(),
+        limits: s.limits.values().map(limit_to_proto).collect(),
     }
 }
 
@@ -801,7 +915,7 @@ pub fn merge_key(cur: &mut ApiKeySpec, name: &str, req: &pb::ApiKey, mask: &[Str
     for path in mask {
         match path.as_str() {
             "allowed_models" => {
-                let s = key_spec_from_proto(name, &req.allowed_models, 0, "", None, false)?;
+                let s = key_spec_from_proto(name, &req.allowed_models, 0, "", None, false, "")?;
                 cur.allowed_models = s.allowed_models;
             }
             "enabled" => {
@@ -821,6 +935,12 @@ pub fn merge_key(cur: &mut ApiKeySpec, name: &str, req: &pb::ApiKey, mask: &[Str
             }
             "description" => cur.description = req.description.clone(),
             "allow_pin" => cur.allow_pin = req.allow_pin,
+            "team" => {
+                if !req.team.is_empty() {
+                    validate_name(&format!("{what}: team"), &req.team)?;
+                }
+                cur.team = req.team.clone();
+            }
             p => return Err(bad_path(&what, p)),
         }
     }
@@ -900,6 +1020,7 @@ mod tests {
                 .map(|m| (m.name.clone(), model_from_proto(m).unwrap()))
                 .collect(),
             keys: BTreeMap::new(),
+            limits: BTreeMap::new(),
         };
         assert!(state(&[model("a", &["x", "y-*"]), model("b", &["z"])])
             .validate_references()
@@ -1010,7 +1131,7 @@ mod tests {
         merge_provider(&mut cur, &req, &["forward_headers".into()]).unwrap();
         assert!(cur.forward_headers.is_empty());
 
-        let mut spec = key_spec_from_proto("k", &[], 0, "", None, false).unwrap();
+        let mut spec = key_spec_from_proto("k", &[], 0, "", None, false, "").unwrap();
         let req = pb::ApiKey {
             allow_pin: true,
             ..Default::default()

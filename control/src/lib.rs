@@ -16,6 +16,7 @@ pub mod auth;
 pub mod convert;
 pub mod crypto;
 pub mod http;
+pub mod limits;
 pub mod metrics;
 pub mod model;
 pub mod secret;
@@ -207,6 +208,19 @@ pub async fn start(cfg: Config) -> Result<Running, Error> {
     let registry = Arc::new(watch::Registry::default());
     registry.seed(store.load_workers().await?);
 
+    // Limits: the lease allocator starts from the ledger of the current windows (the
+    // earliest a current window can start is the 1st of this month).
+    let allocator = Arc::new(limits::Allocator::default());
+    let month_start = switchyard_common::window::Window::Month.start_ms(started_at_ms);
+    let loaded = allocator.load(
+        &state.limits,
+        store.load_ledger(month_start).await?,
+        started_at_ms,
+    );
+    if loaded > 0 {
+        tracing::info!(rows = loaded, "limit ledger loaded");
+    }
+
     let tls = cfg.tls.as_ref().map(tls::server_config).transpose()?;
     let transport = match &cfg.tls {
         None => "plaintext",
@@ -251,10 +265,18 @@ pub async fn start(cfg: Config) -> Result<Running, Error> {
         ));
     }
 
+    tasks.spawn(limits::run_ledger(
+        store.clone(),
+        allocator.clone(),
+        std::time::Duration::from_secs(1),
+        cancel.clone(),
+    ));
+
     let admin = admin::AdminSvc {
         store: store.clone(),
         snapshots: snap_rx.clone(),
         registry: registry.clone(),
+        limits: allocator.clone(),
         started_at_ms,
         transport,
         insecure: cfg.insecure,
@@ -264,6 +286,7 @@ pub async fn start(cfg: Config) -> Result<Running, Error> {
         snapshots: snap_rx,
         registry,
         metrics: metrics.clone(),
+        limits: allocator,
         cancel: cancel.clone(),
         tasks: tasks.clone(),
     };

@@ -20,6 +20,7 @@ pub struct Metrics {
     pub report_health_rows: Counter<u64, AtomicU64>,
     pub acks: Counter<u64, AtomicU64>,
     pub nacks: Counter<u64, AtomicU64>,
+    pub lease_calls: Counter<u64, AtomicU64>,
     db_seconds: Histogram,
 }
 
@@ -41,6 +42,7 @@ impl Metrics {
             report_health_rows: Counter::default(),
             acks: Counter::default(),
             nacks: Counter::default(),
+            lease_calls: Counter::default(),
             db_seconds: Histogram::new([
                 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
             ]),
@@ -78,6 +80,11 @@ impl Metrics {
         );
         registry.register("acks", "Snapshot ACKs from workers", m.acks.clone());
         registry.register("nacks", "Snapshot NACKs from workers", m.nacks.clone());
+        registry.register(
+            "lease_calls",
+            "Lease RPCs answered (limit leases renewed by workers)",
+            m.lease_calls.clone(),
+        );
         registry.register(
             "db_transaction_seconds",
             "Time spent in database transactions",

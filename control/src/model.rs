@@ -17,6 +17,7 @@ pub struct ConfigState {
     pub providers: BTreeMap<String, Provider>,
     pub models: BTreeMap<String, Model>,
     pub keys: BTreeMap<String, ApiKey>,
+    pub limits: BTreeMap<String, Limit>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -311,6 +312,10 @@ pub struct ApiKeySpec {
     /// May pin a backend with `x-switchyard-backend`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_pin: bool,
+    /// The team the key belongs to; empty = none. Left out of the stored spec (and the
+    /// snapshot hash) when empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub team: String,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -331,6 +336,179 @@ impl ApiKey {
             && !self.spec.revoked
             && (self.spec.expires_at_ms == 0 || self.spec.expires_at_ms > now_ms)
     }
+}
+
+/// What a limit counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitKind {
+    Requests,
+    Tokens,
+    InputTokens,
+    OutputTokens,
+    Concurrency,
+    Spend,
+}
+
+impl LimitKind {
+    pub const ALL: &'static str = "requests, tokens, input_tokens, output_tokens, concurrency, spend";
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "requests" => Self::Requests,
+            "tokens" => Self::Tokens,
+            "input_tokens" => Self::InputTokens,
+            "output_tokens" => Self::OutputTokens,
+            "concurrency" => Self::Concurrency,
+            "spend" => Self::Spend,
+            _ => return None,
+        })
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Requests => "requests",
+            Self::Tokens => "tokens",
+            Self::InputTokens => "input_tokens",
+            Self::OutputTokens => "output_tokens",
+            Self::Concurrency => "concurrency",
+            Self::Spend => "spend",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitMode {
+    Enforce,
+    Observe,
+}
+
+impl LimitMode {
+    pub const ALL: &'static str = "enforce, observe";
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "enforce" => Some(Self::Enforce),
+            "observe" => Some(Self::Observe),
+            _ => None,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Enforce => "enforce",
+            Self::Observe => "observe",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnOutage {
+    Closed,
+    Open,
+}
+
+impl OnOutage {
+    pub const ALL: &'static str = "closed, open";
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "closed" => Some(Self::Closed),
+            "open" => Some(Self::Open),
+            _ => None,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::Open => "open",
+        }
+    }
+}
+
+/// What a limit applies to, parsed from `key:NAME`, `team:NAME`, `model:NAME` or
+/// `credential:PROVIDER/NAME`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LimitScope {
+    Key(String),
+    Team(String),
+    Model(String),
+    Credential(String, String),
+}
+
+impl LimitScope {
+    pub const FORMS: &'static str = "key:NAME, team:NAME, model:NAME or credential:PROVIDER/NAME";
+    /// Parse and check the names (errors without a prefix; the caller names the field).
+    pub fn parse(s: &str) -> Result<LimitScope, String> {
+        let bad = || format!("{s:?} must be {}", Self::FORMS);
+        let (kind, rest) = s.split_once(':').ok_or_else(bad)?;
+        let name_ok = |n: &str| validate_name("", n).is_ok();
+        let scope = match kind {
+            "key" => LimitScope::Key(rest.to_string()),
+            "team" => LimitScope::Team(rest.to_string()),
+            "model" => LimitScope::Model(rest.to_string()),
+            "credential" => {
+                let (p, c) = rest.split_once('/').ok_or_else(bad)?;
+                if !name_ok(p) || !name_ok(c) {
+                    return Err(format!(
+                        "{s:?}: provider and credential names must match [a-z0-9][a-z0-9._-]{{0,62}}"
+                    ));
+                }
+                return Ok(LimitScope::Credential(p.to_string(), c.to_string()));
+            }
+            _ => return Err(bad()),
+        };
+        if !name_ok(rest) {
+            return Err(format!("{s:?}: the name must match [a-z0-9][a-z0-9._-]{{0,62}}"));
+        }
+        Ok(scope)
+    }
+
+    /// Whether the object the scope names exists in `s` (a team always does: it exists
+    /// while a key names it, and a team's limit may come before its first key).
+    pub fn missing_in(&self, s: &ConfigState) -> Option<String> {
+        match self {
+            LimitScope::Key(k) if !s.keys.contains_key(k) => Some(format!("key {k:?} does not exist")),
+            LimitScope::Model(m) if !s.models.contains_key(m) => Some(format!("model {m:?} does not exist")),
+            LimitScope::Credential(p, c)
+                if !s
+                    .providers
+                    .get(p)
+                    .is_some_and(|pr| pr.credentials.contains_key(c)) =>
+            {
+                Some(format!("credential {p}/{c} does not exist"))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A limit's definition. `scope` is kept as written (it was checked by [`LimitScope::parse`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LimitSpec {
+    pub scope: String,
+    pub kind: LimitKind,
+    /// `None` only for `concurrency`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<switchyard_common::window::Window>,
+    pub amount: u64,
+    pub mode: LimitMode,
+    pub on_outage: OnOutage,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+}
+
+impl LimitSpec {
+    /// Whether consumption counted under `self` still means the same under `other`
+    /// (same scope, kind and window): if not, the ledger starts again.
+    pub fn same_meter(&self, other: &LimitSpec) -> bool {
+        self.scope == other.scope && self.kind == other.kind && self.window == other.window
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Limit {
+    pub name: String,
+    pub spec: LimitSpec,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
 }
 
 /// Check an object name against `[a-z0-9][a-z0-9._-]{0,62}`. `what` prefixes the error.
@@ -382,6 +560,17 @@ impl ConfigState {
                         m.name, b.name, b.spec.provider
                     )));
                 }
+            }
+        }
+        for l in self.limits.values() {
+            let missing = LimitScope::parse(&l.spec.scope)
+                .map(|s| s.missing_in(self))
+                .unwrap_or_else(Some);
+            if let Some(why) = missing {
+                return Err(Error::InvalidArgument(format!(
+                    "limit {}: scope {:?}: {why}",
+                    l.name, l.spec.scope
+                )));
             }
         }
         Ok(())
@@ -566,6 +755,14 @@ pub fn diff(old: &ConfigState, new: &ConfigState) -> Vec<Change> {
         },
         &mut out,
     );
+    diff_map(
+        "limit",
+        "",
+        &old.limits,
+        &new.limits,
+        |a, b| spec_fields(&a.spec, &b.spec),
+        &mut out,
+    );
     out
 }
 
@@ -613,6 +810,7 @@ mod tests {
             expires_at_ms: 0,
             description: String::new(),
             allow_pin: false,
+            team: String::new(),
         };
         let b = ApiKeySpec {
             allow_pin: true,

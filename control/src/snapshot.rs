@@ -23,6 +23,8 @@ pub struct Published {
     pub version: u64,
     pub hash: String,
     pub snapshot: pb::Snapshot,
+    /// The snapshot's limits in domain form, for the lease allocator and ListLimits.
+    pub limits: std::collections::BTreeMap<String, crate::model::Limit>,
 }
 
 /// Keys that go into snapshots. Revoked, disabled and already-expired keys are left
@@ -62,6 +64,9 @@ pub fn content_hash(state: &ConfigState, now: i64) -> String {
         providers: Vec<P<'a>>,
         models: Vec<M<'a>>,
         keys: Vec<K<'a>>,
+        // Left out when empty, so a config without limits hashes as it did before them.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        limits: Vec<(&'a str, &'a crate::model::LimitSpec)>,
     }
     let all = All {
         providers: state
@@ -94,6 +99,11 @@ pub fn content_hash(state: &ConfigState, now: i64) -> String {
                 prefix: &k.prefix,
                 spec: &k.spec,
             })
+            .collect(),
+        limits: state
+            .limits
+            .values()
+            .map(|l| (l.name.as_str(), &l.spec))
             .collect(),
     };
     let mut h = Sha256::new();
@@ -132,11 +142,13 @@ pub fn build(version: u64, state: &ConfigState) -> Published {
         keys: snapshot_keys(state, now)
             .map(|k| convert::key_to_proto(k, true))
             .collect(),
+        limits: state.limits.values().map(convert::limit_to_proto).collect(),
     };
     Published {
         version,
         hash,
         snapshot,
+        limits: state.limits.clone(),
     }
 }
 

@@ -389,6 +389,12 @@ impl Store {
                 "provider" => sqlx::query("DELETE FROM credentials WHERE provider = $1 AND name <> $2")
                     .bind(a)
                     .bind(""),
+                // A limit's consumption goes with it (a new limit of that name starts at 0).
+                "limit" => {
+                    sqlx::query("DELETE FROM limit_ledger WHERE limit_name = $1 AND instance_id <> $2")
+                        .bind(a)
+                        .bind("")
+                }
                 _ => sqlx::query("DELETE FROM api_keys WHERE name = $1 AND id <> $2")
                     .bind(a)
                     .bind(""),
@@ -397,6 +403,7 @@ impl Store {
             let parent = match c.kind {
                 "model" => Some("DELETE FROM models WHERE name = $1"),
                 "provider" => Some("DELETE FROM providers WHERE name = $1"),
+                "limit" => Some("DELETE FROM limits WHERE name = $1"),
                 _ => None,
             };
             if let Some(sql) = parent {
@@ -482,11 +489,38 @@ impl Store {
                         .execute(&mut *tx)
                         .await?;
                 }
+                "limit" => {
+                    let l = new.limits.get(a).ok_or_else(missing)?;
+                    let sql = if create {
+                        "INSERT INTO limits (scope, spec, created_at_ms, updated_at_ms, name) VALUES ($1, $2, $3, $4, $5)"
+                    } else {
+                        "UPDATE limits SET scope = $1, spec = $2, created_at_ms = $3, updated_at_ms = $4 WHERE name = $5"
+                    };
+                    sqlx::query(sql)
+                        .bind(&l.spec.scope)
+                        .bind(json(&l.spec)?)
+                        .bind(l.created_at_ms)
+                        .bind(l.updated_at_ms)
+                        .bind(&l.name)
+                        .execute(&mut *tx)
+                        .await?;
+                    // Counted in another unit, scope or window, past consumption means
+                    // nothing for the new definition: its ledger starts again.
+                    if c.fields
+                        .iter()
+                        .any(|f| matches!(f.as_str(), "scope" | "kind" | "window"))
+                    {
+                        sqlx::query("DELETE FROM limit_ledger WHERE limit_name = $1")
+                            .bind(&l.name)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                }
                 _ => {
                     let k = new.keys.get(a).ok_or_else(missing)?;
                     if create {
                         sqlx::query(
-                            "INSERT INTO api_keys (id, name, key_hash, prefix, enabled, revoked, expires_at_ms, spec, created_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                            "INSERT INTO api_keys (id, name, key_hash, prefix, enabled, revoked, expires_at_ms, spec, created_at_ms, team) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
                         )
                         .bind(&k.id)
                         .bind(&k.name)
@@ -497,16 +531,18 @@ impl Store {
                         .bind(k.spec.expires_at_ms)
                         .bind(json(&k.spec)?)
                         .bind(k.created_at_ms)
+                        .bind(&k.spec.team)
                         .execute(&mut *tx)
                         .await?;
                     } else {
                         sqlx::query(
-                            "UPDATE api_keys SET enabled = $1, revoked = $2, expires_at_ms = $3, spec = $4 WHERE name = $5",
+                            "UPDATE api_keys SET enabled = $1, revoked = $2, expires_at_ms = $3, spec = $4, team = $5 WHERE name = $6",
                         )
                         .bind(i64::from(k.spec.enabled))
                         .bind(i64::from(k.spec.revoked))
                         .bind(k.spec.expires_at_ms)
                         .bind(json(&k.spec)?)
+                        .bind(&k.spec.team)
                         .bind(&k.name)
                         .execute(&mut *tx)
                         .await?;
@@ -556,6 +592,72 @@ impl Store {
             hs,
             count(req.health.len()).saturating_sub(hs),
         ))
+    }
+
+    /// Upsert limit ledger rows in one transaction. `used` and `refused` only grow (a
+    /// row written late, or by another control replica, never lowers them).
+    pub async fn save_ledger(&self, rows: &[crate::limits::LedgerRow], now: i64) -> Result<(), Error> {
+        let t = Instant::now();
+        let mut tx = self.pool.begin().await?;
+        for r in rows {
+            sqlx::query(
+                "INSERT INTO limit_ledger (limit_name, window_start_ms, instance_id, worker_id, used, refused, ceiling, expires_at_ms, updated_at_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                 ON CONFLICT (limit_name, window_start_ms, instance_id) DO UPDATE SET worker_id = excluded.worker_id, \
+                 used = CASE WHEN excluded.used > limit_ledger.used THEN excluded.used ELSE limit_ledger.used END, \
+                 refused = CASE WHEN excluded.refused > limit_ledger.refused THEN excluded.refused ELSE limit_ledger.refused END, \
+                 ceiling = excluded.ceiling, expires_at_ms = excluded.expires_at_ms, updated_at_ms = excluded.updated_at_ms",
+            )
+            .bind(&r.limit)
+            .bind(r.window_start_ms)
+            .bind(&r.instance_id)
+            .bind(&r.worker_id)
+            .bind(to_i64(r.used))
+            .bind(to_i64(r.refused))
+            .bind(to_i64(r.ceiling))
+            .bind(r.expires_at_ms)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        self.metrics.observe_db(t.elapsed());
+        Ok(())
+    }
+
+    /// Ledger rows of windows that started at or after `since_ms`.
+    pub async fn load_ledger(&self, since_ms: i64) -> Result<Vec<crate::limits::LedgerRow>, Error> {
+        let rows = sqlx::query(
+            "SELECT limit_name, window_start_ms, instance_id, worker_id, used, refused, ceiling, expires_at_ms \
+             FROM limit_ledger WHERE window_start_ms >= $1",
+        )
+        .bind(since_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        let u = |v: i64| u64::try_from(v).unwrap_or(0);
+        rows.iter()
+            .map(|r| {
+                Ok(crate::limits::LedgerRow {
+                    limit: r.try_get("limit_name")?,
+                    window_start_ms: r.try_get("window_start_ms")?,
+                    instance_id: r.try_get("instance_id")?,
+                    worker_id: r.try_get("worker_id")?,
+                    used: u(r.try_get("used")?),
+                    refused: u(r.try_get("refused")?),
+                    ceiling: u(r.try_get("ceiling")?),
+                    expires_at_ms: r.try_get("expires_at_ms")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Delete ledger rows of windows that started before `before_ms`.
+    pub async fn prune_ledger(&self, before_ms: i64) -> Result<u64, Error> {
+        Ok(sqlx::query("DELETE FROM limit_ledger WHERE window_start_ms < $1")
+            .bind(before_ms)
+            .execute(&self.pool)
+            .await?
+            .rows_affected())
     }
 
     pub async fn save_worker(&self, w: &WorkerState) -> Result<(), Error> {
@@ -609,7 +711,7 @@ impl Store {
 /// Row counts of the multi-row report INSERTs: full chunks of the first, then the rest
 /// in powers of two. Each table then has eight statement texts, which stay in sqlx's
 /// per-connection statement cache, instead of one per batch size. 100 usage rows bind
-/// 2,400 values: far below SQLite's limit (32,766 since 3.32; the bundled SQLite is
+/// 2,500 values: far below SQLite's limit (32,766 since 3.32; the bundled SQLite is
 /// newer) and Postgres's 65,535.
 const CHUNK_ROWS: [usize; 8] = [100, 64, 32, 16, 8, 4, 2, 1];
 
@@ -634,7 +736,7 @@ impl ReportSql {
     /// `VALUES` names its columns `column1`, `column2`, ... on SQLite and on Postgres
     /// alike; the `WHERE` also keeps SQLite from reading `ON CONFLICT` as a join constraint.
     fn new(kind: DbKind) -> ReportSql {
-        const USAGE: &str = "id, ts_ms, request_id, worker_id, key_id, key_name, model, backend, provider, credential, endpoint, status, stream, retries, latency_us, ttfb_us, prompt_tokens, completion_tokens, total_tokens, cached_tokens, reasoning_tokens, outcome, cache_write_tokens, cost_nano";
+        const USAGE: &str = "id, ts_ms, request_id, worker_id, key_id, key_name, model, backend, provider, credential, endpoint, status, stream, retries, latency_us, ttfb_us, prompt_tokens, completion_tokens, total_tokens, cached_tokens, reasoning_tokens, outcome, cache_write_tokens, cost_nano, team";
         const HEALTH: &str =
             "id, ts_ms, worker_id, kind, model, backend, provider, credential, healthy, reason";
         let (nu, nh) = (USAGE.split(", ").count(), HEALTH.split(", ").count());
@@ -759,6 +861,7 @@ fn bind_usage<'q>(q: AnyQuery<'q>, u: &'q pb::UsageRecord, report_worker: &'q st
         .bind(&u.outcome)
         .bind(to_i64(u.cache_write_tokens))
         .bind(u.cost_nano.map(to_i64))
+        .bind(&u.team)
 }
 
 fn bind_health<'q>(q: AnyQuery<'q>, h: &'q pb::HealthEvent, report_worker: &'q str) -> AnyQuery<'q> {
@@ -875,6 +978,21 @@ pub(crate) async fn load_state(conn: &mut AnyConnection, keyring: &Keyring) -> R
             },
         );
     }
+    for r in sqlx::query("SELECT name, spec, created_at_ms, updated_at_ms FROM limits")
+        .fetch_all(&mut *conn)
+        .await?
+    {
+        let name: String = r.try_get("name")?;
+        s.limits.insert(
+            name.clone(),
+            Limit {
+                spec: unjson("limit", &r.try_get::<String, _>("spec")?)?,
+                name,
+                created_at_ms: r.try_get("created_at_ms")?,
+                updated_at_ms: r.try_get("updated_at_ms")?,
+            },
+        );
+    }
     Ok(s)
 }
 
@@ -931,6 +1049,16 @@ fn stamp(old: &ConfigState, new: &mut ConfigState, now: i64) {
     for (name, k) in new.keys.iter_mut() {
         k.created_at_ms = old.keys.get(name).map_or(now, |o| o.created_at_ms);
     }
+    for (name, l) in new.limits.iter_mut() {
+        let ol = old.limits.get(name);
+        set(
+            ol.map(|o| (o.created_at_ms, o.updated_at_ms)),
+            ol.is_some_and(|o| o.spec == l.spec),
+            &mut l.created_at_ms,
+            &mut l.updated_at_ms,
+            now,
+        );
+    }
 }
 
 #[cfg(test)]
@@ -946,13 +1074,13 @@ mod tests {
             (pg.usage.len(), pg.health.len()),
             (CHUNK_ROWS.len(), CHUNK_ROWS.len())
         );
-        // 24 columns: the last placeholder of a full chunk is 100 * 24.
-        assert!(pg.usage[0].contains("v.column24 FROM (VALUES ($1, "));
-        assert!(pg.usage[0].contains(", $2400)) AS v WHERE NOT EXISTS"));
+        // 25 columns: the last placeholder of a full chunk is 100 * 25.
+        assert!(pg.usage[0].contains("v.column25 FROM (VALUES ($1, "));
+        assert!(pg.usage[0].contains(", $2500)) AS v WHERE NOT EXISTS"));
         assert!(pg.health[7]
             .ends_with("VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (id) DO NOTHING"));
         let lite = ReportSql::get(DbKind::Sqlite);
-        assert_eq!(lite.usage[0].matches('?').count(), 2400);
+        assert_eq!(lite.usage[0].matches('?').count(), 2500);
         assert!(!lite.usage[0].contains('$'));
         let ids = ["a", "b", "a", "c", "b"];
         let firsts: Vec<_> = first_of_each_id(&ids, |s| s).into_iter().copied().collect();

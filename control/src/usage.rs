@@ -29,6 +29,8 @@ const UNPRICED_EXPR: &str = "CASE WHEN cost_nano IS NULL THEN 1 ELSE 0 END";
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GroupBy {
     Key,
+    /// The key's team when the request ran (`""` = keys without a team).
+    Team,
     Model,
     Backend,
     Provider,
@@ -43,6 +45,7 @@ impl GroupBy {
     pub fn parse(s: &str) -> Result<GroupBy, Error> {
         Ok(match s {
             "key" => GroupBy::Key,
+            "team" => GroupBy::Team,
             "model" => GroupBy::Model,
             "backend" => GroupBy::Backend,
             "provider" => GroupBy::Provider,
@@ -52,7 +55,7 @@ impl GroupBy {
             "" | "none" => GroupBy::None,
             other => {
                 return Err(Error::InvalidArgument(format!(
-                "group_by must be key, model, backend, provider, worker, credential, day or none (got {other:?})"
+                "group_by must be key, team, model, backend, provider, worker, credential, day or none (got {other:?})"
             )))
             }
         })
@@ -66,6 +69,7 @@ impl GroupBy {
         Some(
             match self {
                 GroupBy::Key => "key_name",
+                GroupBy::Team => "team",
                 GroupBy::Model => "model",
                 GroupBy::Backend => "backend",
                 GroupBy::Provider => "provider",
@@ -106,6 +110,7 @@ pub struct UsageQuery {
     pub group_by: GroupBy,
     pub key_name: Option<String>,
     pub model: Option<String>,
+    pub team: Option<String>,
 }
 
 impl UsageQuery {
@@ -116,6 +121,7 @@ impl UsageQuery {
             group_by: GroupBy::parse(&r.group_by)?,
             key_name: Some(r.key_name.clone()).filter(|s| !s.is_empty()),
             model: Some(r.model.clone()).filter(|s| !s.is_empty()),
+            team: Some(r.team.clone()).filter(|s| !s.is_empty()),
         };
         if q.to_ms <= q.from_ms {
             return Err(Error::InvalidArgument("to must be after from".into()));
@@ -190,6 +196,10 @@ fn filters(q: &UsageQuery, ts_col: &str) -> (String, Vec<String>) {
     if let Some(m) = &q.model {
         binds.push(m.clone());
         sql.push_str(&format!(" AND model = ${}", binds.len() + 2));
+    }
+    if let Some(t) = &q.team {
+        binds.push(t.clone());
+        sql.push_str(&format!(" AND team = ${}", binds.len() + 2));
     }
     (sql, binds)
 }
@@ -322,13 +332,13 @@ pub async fn roll_up(pool: &AnyPool, retention: Duration, now: i64) -> Result<u6
     sqlx::query(&format!(
         "INSERT INTO usage_hourly (hour_ms, key_name, model, backend, provider, worker_id, credential, \
          requests, errors, retries, prompt_tokens, completion_tokens, total_tokens, cached_tokens, reasoning_tokens, \
-         latency_us_sum, latency_us_max, cache_write_tokens, cost_nano, unpriced_requests) \
+         latency_us_sum, latency_us_max, cache_write_tokens, cost_nano, unpriced_requests, team) \
          SELECT (ts_ms / {HOUR_MS}) * {HOUR_MS}, key_name, model, backend, provider, worker_id, credential, \
          COUNT(*), CAST(SUM({ERROR_EXPR}) AS BIGINT), CAST(SUM(retries) AS BIGINT), \
          CAST(SUM(prompt_tokens) AS BIGINT), CAST(SUM(completion_tokens) AS BIGINT), CAST(SUM(total_tokens) AS BIGINT), \
          CAST(SUM(cached_tokens) AS BIGINT), CAST(SUM(reasoning_tokens) AS BIGINT), \
          CAST(SUM(latency_us) AS BIGINT), MAX(latency_us), CAST(SUM(cache_write_tokens) AS BIGINT), \
-         COALESCE(CAST(SUM(cost_nano) AS BIGINT), 0), CAST(SUM({UNPRICED_EXPR}) AS BIGINT) \
+         COALESCE(CAST(SUM(cost_nano) AS BIGINT), 0), CAST(SUM({UNPRICED_EXPR}) AS BIGINT), MAX(team) \
          FROM usage_records WHERE ts_ms < $1 \
          GROUP BY (ts_ms / {HOUR_MS}) * {HOUR_MS}, key_name, model, backend, provider, worker_id, credential \
          ON CONFLICT (hour_ms, key_name, model, backend, provider, worker_id, credential) DO UPDATE SET \
@@ -344,6 +354,7 @@ pub async fn roll_up(pool: &AnyPool, retention: Duration, now: i64) -> Result<u6
          cache_write_tokens = usage_hourly.cache_write_tokens + excluded.cache_write_tokens, \
          cost_nano = usage_hourly.cost_nano + excluded.cost_nano, \
          unpriced_requests = usage_hourly.unpriced_requests + excluded.unpriced_requests, \
+         team = excluded.team, \
          latency_us_max = CASE WHEN excluded.latency_us_max > usage_hourly.latency_us_max \
            THEN excluded.latency_us_max ELSE usage_hourly.latency_us_max END"
     ))

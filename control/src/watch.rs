@@ -11,6 +11,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
+    limits::{self, Allocator},
     metrics::Metrics,
     snapshot::Published,
     store::{now_ms, Store},
@@ -66,6 +67,7 @@ pub struct WorkerSvc {
     pub snapshots: watch::Receiver<Arc<Published>>,
     pub registry: Arc<Registry>,
     pub metrics: Arc<Metrics>,
+    pub limits: Arc<Allocator>,
     pub cancel: CancellationToken,
     pub tasks: TaskTracker,
 }
@@ -204,6 +206,62 @@ impl WorkerApi for WorkerSvc {
             usage_duplicates: ud,
             health_stored: hs,
             health_duplicates: hd,
+        }))
+    }
+
+    /// Authenticated like Report (the service's `WorkerAuth`); under mTLS the
+    /// certificate names the worker. The allocator's lock is sync and held only while
+    /// computing the grants; the ledger is written later by its own task.
+    async fn lease(&self, req: Request<pb::LeaseRequest>) -> Result<Response<pb::LeaseResponse>, Status> {
+        let cert_identity = crate::tls::Peer::of(&req).identity;
+        let req = req.into_inner();
+        let worker_id = cert_identity.unwrap_or(req.worker_id);
+        if !valid_worker_id(&worker_id) {
+            return Err(Status::invalid_argument(
+                "worker_id must be 1..=200 printable characters",
+            ));
+        }
+        if !valid_worker_id(&req.instance_id) {
+            return Err(Status::invalid_argument(
+                "instance_id must be 1..=200 printable characters",
+            ));
+        }
+        if req.claims.len() > limits::MAX_CLAIMS {
+            return Err(Status::invalid_argument(format!(
+                "claims: at most {} per call",
+                limits::MAX_CLAIMS
+            )));
+        }
+        let claims: Vec<limits::RawClaim> = req
+            .claims
+            .into_iter()
+            .map(|c| limits::RawClaim {
+                limit: c.limit,
+                window_start_ms: c.window_start_ms,
+                used: c.used,
+                ceiling: c.ceiling,
+                want: c.want,
+                refused: c.refused,
+            })
+            .collect();
+        let published = self.snapshots.borrow().clone();
+        let now = now_ms();
+        let grants = self
+            .limits
+            .lease(&published.limits, &worker_id, &req.instance_id, &claims, now);
+        self.metrics.lease_calls.inc();
+        self.registry.update(&worker_id, |w| w.last_seen_ms = now);
+        Ok(Response::new(pb::LeaseResponse {
+            grants: grants
+                .into_iter()
+                .map(|g| pb::LeaseGrant {
+                    limit: g.limit,
+                    window_start_ms: g.window_start_ms,
+                    ceiling: g.ceiling,
+                    fleet_used: g.fleet_used,
+                    expires_at_ms: g.expires_at_ms,
+                })
+                .collect(),
         }))
     }
 }

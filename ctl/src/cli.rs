@@ -139,6 +139,9 @@ pub enum Command {
     /// Client API keys (`sk-sy-...`) that callers of the gateway present.
     #[command(subcommand)]
     Keys(KeysCmd),
+    /// Quotas on requests, tokens, concurrency or spend per key, team, model or
+    /// credential, held across the fleet; `limits` lists them with their consumption.
+    Limits(crate::limits::LimitsArgs),
     /// Apply a declarative TOML document (the format `export` prints) and print the diff.
     Apply(ApplyArgs),
     /// Print the whole configuration as TOML that `apply` accepts.
@@ -699,6 +702,10 @@ pub struct KeyCreate {
     /// Let the key pin a backend with the `x-switchyard-backend` header (skipping tiers).
     #[arg(long)]
     pub allow_pin: bool,
+    /// The team the key belongs to: its limits count every key of the team together, and
+    /// `usage`/`spend --by team` group by it.
+    #[arg(long, value_name = "TEAM")]
+    pub team: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -726,6 +733,9 @@ pub struct KeyUpdate {
     /// Take the pin permission away.
     #[arg(long)]
     pub no_allow_pin: bool,
+    /// Move the key to this team (`--team ''`: no team).
+    #[arg(long, value_name = "TEAM")]
+    pub team: Option<String>,
 }
 
 /// Parsed `--expires` value.

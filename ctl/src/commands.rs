@@ -422,7 +422,7 @@ pub async fn providers(ctx: &Ctx, admin: &mut Admin, cmd: ProvidersCmd) -> Resul
     }
 }
 
-fn deleted(ctx: &Ctx, kind: &'static str, name: String, version: u64) -> Result<()> {
+pub(crate) fn deleted(ctx: &Ctx, kind: &'static str, name: String, version: u64) -> Result<()> {
     let v = DeletedView { kind, name, version };
     ctx.show(&v, || {
         format!("removed {} {} (config version {})\n", v.kind, v.name, v.version)
@@ -1101,6 +1101,7 @@ fn keys_table(keys: &[KeyView]) -> String {
                     k.allowed_models.join(",")
                 },
                 key_status(k, now).to_string(),
+                or_dash(&k.team),
                 yes_no(k.allow_pin),
                 if k.expires_at_ms > 0 {
                     time_cell(k.expires_at_ms)
@@ -1112,7 +1113,9 @@ fn keys_table(keys: &[KeyView]) -> String {
         })
         .collect();
     table::render(
-        &["NAME", "PREFIX", "MODELS", "STATUS", "PIN", "EXPIRES", "CREATED"],
+        &[
+            "NAME", "PREFIX", "MODELS", "STATUS", "TEAM", "PIN", "EXPIRES", "CREATED",
+        ],
         &rows,
     )
 }
@@ -1162,6 +1165,7 @@ pub async fn keys(ctx: &Ctx, admin: &mut Admin, cmd: KeysCmd) -> Result<()> {
                 },
             };
             let req = pb::CreateApiKeyRequest {
+                team: c.team.unwrap_or_default(),
                 name: c.name,
                 allowed_models: c.models,
                 expires_at_ms,
@@ -1244,6 +1248,10 @@ pub async fn keys(ctx: &Ctx, admin: &mut Admin, cmd: KeysCmd) -> Result<()> {
             if u.allow_pin || u.no_allow_pin {
                 k.allow_pin = u.allow_pin;
                 mask.push("allow_pin".to_string());
+            }
+            if let Some(t) = u.team {
+                k.team = t;
+                mask.push("team".to_string());
             }
             if mask.is_empty() {
                 return Err(nothing_to_update("keys"));

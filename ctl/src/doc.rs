@@ -57,6 +57,8 @@ pub struct FileDoc {
     pub models: Vec<FileModel>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub keys: Vec<FileKey>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub limits: Vec<FileLimit>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -233,6 +235,33 @@ pub struct FileKey {
     /// May pin a backend with `x-switchyard-backend`. Omitted = false.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow_pin: Option<bool>,
+    /// The key's team. Omitted = none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team: Option<String>,
+}
+
+/// `[[limits]]`: a quota held across the fleet.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileLimit {
+    pub name: String,
+    /// `key:NAME`, `team:NAME`, `model:NAME` or `credential:PROVIDER/NAME`.
+    pub scope: String,
+    /// `requests`, `tokens`, `input_tokens`, `output_tokens`, `concurrency` or `spend`.
+    pub kind: String,
+    /// `minute`, `hour`, `day` or `month`; omitted for `concurrency`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<String>,
+    /// A count; for `spend`, units of the currency (`25`, `0.5` or `"0.50"`).
+    pub amount: toml::Value,
+    /// Omitted = `enforce`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// Omitted = `closed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_outage: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
 }
 
 // ---------------------------------------------------------------------------
@@ -276,6 +305,9 @@ impl FileDoc {
         for k in &self.keys {
             doc.keys.push(k.to_proto()?);
         }
+        for l in &self.limits {
+            doc.limits.push(l.to_proto()?);
+        }
         Ok(doc)
     }
 
@@ -311,6 +343,7 @@ impl FileDoc {
                 .collect(),
             models: doc.models.iter().map(FileModel::from_proto).collect(),
             keys: doc.keys.iter().map(FileKey::from_proto).collect(),
+            limits: doc.limits.iter().map(FileLimit::from_proto).collect(),
         }
     }
 
@@ -666,6 +699,7 @@ impl FileKey {
             enabled: Some(self.enabled.unwrap_or(true)),
             revoked: self.revoked.unwrap_or(false),
             allow_pin: self.allow_pin.unwrap_or(false),
+            team: self.team.clone().unwrap_or_default(),
             ..Default::default()
         })
     }
@@ -679,6 +713,62 @@ impl FileKey {
             enabled: k.enabled.filter(|e| !e),
             revoked: k.revoked.then_some(true),
             allow_pin: k.allow_pin.then_some(true),
+            team: non_empty(&k.team),
+        }
+    }
+}
+
+impl FileLimit {
+    fn to_proto(&self) -> Result<pb::Limit> {
+        let at = format!("limits.{}", self.name);
+        let text = match &self.amount {
+            toml::Value::Integer(i) if *i > 0 => i.to_string(),
+            toml::Value::Float(f) if f.is_finite() && *f > 0.0 && self.kind == "spend" => format!("{f}"),
+            toml::Value::String(s) if self.kind == "spend" => s.clone(),
+            other => bail!("{at}.amount: expected a positive whole number, got {other}"),
+        };
+        let amount = if self.kind == "spend" {
+            crate::limits::parse_money(&text).ok_or_else(|| {
+                anyhow!("{at}.amount: `{text}` is not an amount of money with at most 9 decimals (e.g. 25 or \"0.50\")")
+            })?
+        } else {
+            text.parse::<u64>()
+                .map_err(|_| anyhow!("{at}.amount: `{text}` is not a whole number"))?
+        };
+        Ok(pb::Limit {
+            name: self.name.clone(),
+            scope: self.scope.clone(),
+            kind: self.kind.clone(),
+            window: self.window.clone().unwrap_or_default(),
+            amount,
+            mode: self.mode.clone().unwrap_or_else(|| "enforce".into()),
+            on_outage: self.on_outage.clone().unwrap_or_else(|| "closed".into()),
+            description: self.description.clone().unwrap_or_default(),
+            ..Default::default()
+        })
+    }
+
+    fn from_proto(l: &pb::Limit) -> FileLimit {
+        let amount = if l.kind == "spend" {
+            let (int, frac) = (l.amount / 1_000_000_000, l.amount % 1_000_000_000);
+            if frac == 0 {
+                toml::Value::Integer(i64::try_from(int).unwrap_or(i64::MAX))
+            } else {
+                // A string: exact to the nano-unit, where a float might not be.
+                toml::Value::String(format!("{int}.{}", format!("{frac:09}").trim_end_matches('0')))
+            }
+        } else {
+            toml::Value::Integer(i64::try_from(l.amount).unwrap_or(i64::MAX))
+        };
+        FileLimit {
+            name: l.name.clone(),
+            scope: l.scope.clone(),
+            kind: l.kind.clone(),
+            window: non_empty(&l.window),
+            amount,
+            mode: Some(l.mode.clone()).filter(|m| !m.is_empty() && m != "enforce"),
+            on_outage: Some(l.on_outage.clone()).filter(|o| !o.is_empty() && o != "closed"),
+            description: non_empty(&l.description),
         }
     }
 }
@@ -976,5 +1066,65 @@ allow_pin = true
         );
         let out = FileDoc::from_proto(&doc, false).to_toml("").unwrap();
         assert!(!out.contains("probe"), "{out}");
+    }
+
+    #[test]
+    fn limits_read_fill_defaults_and_round_trip() {
+        let text = r#"
+[[keys]]
+name = "alice"
+team = "research"
+
+[[limits]]
+name = "research-budget"
+scope = "team:research"
+kind = "spend"
+window = "month"
+amount = "25.50"
+
+[[limits]]
+name = "alice-rpm"
+scope = "key:alice"
+kind = "requests"
+window = "minute"
+amount = 100
+mode = "observe"
+on_outage = "open"
+
+[[limits]]
+name = "alice-conc"
+scope = "key:alice"
+kind = "concurrency"
+amount = 4
+"#;
+        let doc = parse(text, "f").unwrap().into_proto(&env()).unwrap();
+        assert_eq!(doc.keys[0].team, "research");
+        let l = &doc.limits;
+        assert_eq!(
+            (l[0].amount, l[0].mode.as_str(), l[0].on_outage.as_str()),
+            (25_500_000_000, "enforce", "closed")
+        );
+        assert_eq!(
+            (l[1].amount, l[1].mode.as_str(), l[1].on_outage.as_str()),
+            (100, "observe", "open")
+        );
+        assert_eq!((l[2].window.as_str(), l[2].amount), ("", 4));
+        let back = FileDoc::from_proto(&doc, false);
+        assert_eq!(back.limits[0].amount, toml::Value::String("25.5".into()));
+        assert_eq!(back.limits[0].mode, None, "defaults are omitted");
+        let again = parse(&back.to_toml("").unwrap(), "f")
+            .unwrap()
+            .into_proto(&env())
+            .unwrap();
+        assert_eq!(again, doc);
+        let err = parse(
+            "[[limits]]\nname=\"x\"\nscope=\"key:a\"\nkind=\"requests\"\nwindow=\"day\"\namount=1.5\n",
+            "f",
+        )
+        .unwrap()
+        .into_proto(&env())
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("limits.x.amount:"), "{err}");
     }
 }

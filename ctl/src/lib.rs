@@ -9,6 +9,7 @@ pub mod cli;
 pub mod client;
 pub mod commands;
 pub mod doc;
+pub mod limits;
 pub mod price;
 pub mod secret;
 pub mod table;
@@ -142,6 +143,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Models(c) => commands::models(&ctx, admin, c).await,
         Command::Backends(c) => commands::backends(&ctx, admin, c).await,
         Command::Keys(c) => commands::keys(&ctx, admin, c).await,
+        Command::Limits(a) => limits::limits(&ctx, admin, a).await,
         Command::Apply(a) => commands::apply(&ctx, admin, a, document.unwrap_or_default()).await,
         Command::Export(a) => commands::export(&ctx, admin, a).await,
         Command::Workers(c) => commands::workers(&ctx, admin, c).await,

@@ -197,6 +197,7 @@ pub fn demo_document(mock_openai_base: &str) -> FileDoc {
             ..Default::default()
         }],
         keys: Vec::new(),
+        limits: Vec::new(),
     }
 }
 
@@ -271,6 +272,7 @@ async fn ensure_client_key(admin: &mut Admin, state: &UpState, pin: bool) -> Res
     admin
         .client
         .create_api_key(pb::CreateApiKeyRequest {
+            team: Default::default(),
             name: KEY_NAME.into(),
             allowed_models: Vec::new(),
             expires_at_ms: 0,

@@ -18,6 +18,8 @@ use crate::{
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum GroupBy {
     Key,
+    /// The key's team when the request ran.
+    Team,
     Model,
     Backend,
     Provider,
@@ -32,6 +34,7 @@ impl GroupBy {
     fn as_str(self) -> &'static str {
         match self {
             GroupBy::Key => "key",
+            GroupBy::Team => "team",
             GroupBy::Model => "model",
             GroupBy::Backend => "backend",
             GroupBy::Provider => "provider",
@@ -56,7 +59,7 @@ pub struct UsageArgs {
     #[arg(long)]
     pub to: Option<String>,
     /// Group rows by this field.
-    #[arg(long = "by", value_enum, default_value_t = GroupBy::Key)]
+    #[arg(long = "by", visible_alias = "group-by", value_enum, default_value_t = GroupBy::Key)]
     pub by: GroupBy,
     /// Only this client key.
     #[arg(long)]
@@ -64,6 +67,9 @@ pub struct UsageArgs {
     /// Only this public model.
     #[arg(long)]
     pub model: Option<String>,
+    /// Only the keys of this team.
+    #[arg(long)]
+    pub team: Option<String>,
 }
 
 /// What requests cost (their tokens at the price of the snapshot each ran under).
@@ -78,8 +84,8 @@ pub struct SpendArgs {
     /// End of the window, RFC 3339, exclusive. Default: now.
     #[arg(long)]
     pub to: Option<String>,
-    /// Group rows by this field (teams do not exist yet: group by key).
-    #[arg(long = "by", value_enum, default_value_t = SpendBy::Key)]
+    /// Group rows by this field.
+    #[arg(long = "by", visible_alias = "group-by", value_enum, default_value_t = SpendBy::Key)]
     pub by: SpendBy,
     /// Only this client key.
     #[arg(long)]
@@ -87,11 +93,15 @@ pub struct SpendArgs {
     /// Only this public model.
     #[arg(long)]
     pub model: Option<String>,
+    /// Only the keys of this team.
+    #[arg(long)]
+    pub team: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum SpendBy {
     Key,
+    Team,
     Model,
     Backend,
     Provider,
@@ -103,6 +113,7 @@ impl SpendBy {
     fn group(self) -> GroupBy {
         match self {
             SpendBy::Key => GroupBy::Key,
+            SpendBy::Team => GroupBy::Team,
             SpendBy::Model => GroupBy::Model,
             SpendBy::Backend => GroupBy::Backend,
             SpendBy::Provider => GroupBy::Provider,
@@ -194,6 +205,7 @@ struct Window<'a> {
     by: GroupBy,
     key: Option<String>,
     model: Option<String>,
+    team: Option<String>,
 }
 
 async fn query(admin: &mut Admin, w: Window<'_>) -> Result<UsageView> {
@@ -213,6 +225,7 @@ async fn query(admin: &mut Admin, w: Window<'_>) -> Result<UsageView> {
     let r = admin
         .client
         .query_usage(pb::QueryUsageRequest {
+            team: w.team.unwrap_or_default(),
             from_ms,
             to_ms,
             group_by: w.by.as_str().into(),
@@ -259,6 +272,7 @@ pub async fn usage(ctx: &Ctx, admin: &mut Admin, a: UsageArgs) -> Result<()> {
             by: a.by,
             key: a.key,
             model: a.model,
+            team: a.team,
         },
     )
     .await?;
@@ -317,6 +331,7 @@ pub async fn spend(ctx: &Ctx, admin: &mut Admin, a: SpendArgs) -> Result<()> {
             by: a.by.group(),
             key: a.key,
             model: a.model,
+            team: a.team,
         },
     )
     .await?;

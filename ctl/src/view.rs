@@ -145,6 +145,8 @@ pub struct KeyView {
     pub description: String,
     /// May pin a backend with `x-switchyard-backend`.
     pub allow_pin: bool,
+    /// Empty = no team.
+    pub team: String,
     pub created_at_ms: i64,
     /// 0 = never.
     pub expires_at_ms: i64,
@@ -340,6 +342,7 @@ impl From<&pb::ApiKey> for KeyView {
             revoked: k.revoked,
             description: k.description.clone(),
             allow_pin: k.allow_pin,
+            team: k.team.clone(),
             created_at_ms: k.created_at_ms,
             expires_at_ms: k.expires_at_ms,
         }

@@ -85,6 +85,7 @@ pub fn snapshot(
         providers,
         models,
         keys,
+        limits: vec![],
     }
 }
 

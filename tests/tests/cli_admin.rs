@@ -1199,3 +1199,126 @@ async fn provider_egress_flags() {
         "{p}"
     );
 }
+
+#[tokio::test]
+async fn limits_create_list_update_delete_and_teams() {
+    let env = Env::start().await.unwrap();
+    env.run(&["keys", "create", "alice", "--team", "research"])
+        .await
+        .ok();
+    let k = env.run(&["keys", "get", "alice", "-o", "json"]).await.json();
+    assert_eq!(k["team"], "research");
+    let out = env
+        .run(&[
+            "limits",
+            "create",
+            "alice-rpm",
+            "--scope",
+            "key:alice",
+            "--kind",
+            "requests",
+            "--window",
+            "minute",
+            "--amount",
+            "100",
+        ])
+        .await;
+    assert_eq!(
+        out.ok(),
+        "created limit alice-rpm: key:alice 100 requests per minute (enforce)\n"
+    );
+    let out = env
+        .run(&[
+            "limits",
+            "create",
+            "research-budget",
+            "--scope",
+            "team:research",
+            "--kind",
+            "spend",
+            "--window",
+            "month",
+            "--amount",
+            "25.50",
+            "--mode",
+            "observe",
+            "--on-outage",
+            "open",
+        ])
+        .await;
+    assert_eq!(
+        out.ok(),
+        "created limit research-budget: team:research 25.500000 spend per month (observe)\n"
+    );
+    // The list shows money like `spend` does, and every column.
+    let table = env.run(&["limits"]).await.ok().to_string();
+    let head = table.lines().next().unwrap();
+    for col in ["NAME", "SCOPE", "KIND", "WINDOW", "AMOUNT", "USED", "%", "MODE"] {
+        assert!(head.contains(col), "{table}");
+    }
+    let budget = table.lines().find(|l| l.starts_with("research-budget")).unwrap();
+    assert!(
+        budget.contains("25.500000") && budget.contains("0.000000") && budget.contains("0%"),
+        "{table}"
+    );
+    let ls = env.run(&["limits", "list", "-o", "json"]).await.json();
+    let b = ls
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["name"] == "research-budget")
+        .unwrap();
+    assert_eq!(b["amount"], 25_500_000_000u64);
+    assert_eq!(b["on_outage"], "open");
+
+    // Update: the amount is read in the limit's own unit.
+    let out = env
+        .run(&["limits", "update", "research-budget", "--amount", "30"])
+        .await;
+    assert!(out.ok().contains("30.000000 spend"), "{}", out.stdout);
+    let err = env
+        .run(&["limits", "update", "alice-rpm", "--amount", "1.5"])
+        .await
+        .fails(2)
+        .to_string();
+    assert!(err.contains("--amount") && err.contains("whole number"), "{err}");
+    let err = env
+        .run(&["limits", "update", "alice-rpm"])
+        .await
+        .fails(2)
+        .to_string();
+    assert!(err.contains("nothing to update"), "{err}");
+    // The control plane's validation names the field.
+    let err = env
+        .run(&[
+            "limits",
+            "create",
+            "x",
+            "--scope",
+            "key:nobody",
+            "--kind",
+            "requests",
+            "--window",
+            "day",
+            "--amount",
+            "1",
+        ])
+        .await
+        .fails(1)
+        .to_string();
+    assert!(err.contains("limit.scope") && err.contains("nobody"), "{err}");
+
+    // Usage and spend take --by team and --team.
+    env.run(&["usage", "--by", "team"]).await.ok();
+    env.run(&["spend", "--group-by", "team", "--team", "research"])
+        .await
+        .ok();
+
+    let out = env.run(&["limits", "delete", "alice-rpm"]).await;
+    assert!(out.ok().starts_with("removed limit alice-rpm"), "{}", out.stdout);
+    let ls = env.run(&["limits", "-o", "json"]).await.json();
+    assert_eq!(ls.as_array().unwrap().len(), 1);
+    env.run(&["keys", "update", "alice", "--team", ""]).await.ok();
+    let k = env.run(&["keys", "get", "alice", "-o", "json"]).await.json();
+    assert_eq!(k["team"], "");
+}

@@ -35,6 +35,7 @@ async fn example_file_applies_round_trips_and_never_leaks_secrets() {
         "{diff}"
     );
     assert!(diff.contains("+ key team-a\n"), "{diff}");
+    assert!(diff.contains("+ limit team-a-monthly\n"), "{diff}");
     assert!(diff.contains("(dry run, nothing changed)"), "{diff}");
     assert!(!diff.contains("sk-sy-"), "a dry run creates no key: {diff}");
     assert_eq!(env.run(&["export"]).await.ok(), before);
@@ -87,6 +88,23 @@ async fn example_file_applies_round_trips_and_never_leaks_secrets() {
     assert_eq!(m["strategy"], "least_connections");
     assert_eq!(m["affinity"], "header:x-session-id");
     assert_eq!(m["max_retries"], 3);
+    // Limits: the spend amount in currency units became nano-units; teams are on keys.
+    let ls = env.run(&["limits", "-o", "json"]).await.json();
+    let budget = ls
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["name"] == "team-a-monthly")
+        .unwrap();
+    assert_eq!(budget["amount"], 200_000_000_000u64);
+    assert_eq!(
+        (budget["kind"].as_str(), budget["window"].as_str()),
+        (Some("spend"), Some("month"))
+    );
+    let table = env.run(&["limits"]).await.ok().to_string();
+    assert!(table.contains("200.000000"), "money shown like spend: {table}");
+    let k = env.run(&["keys", "get", "team-a", "-o", "json"]).await.json();
+    assert_eq!(k["team"], "team-a");
 
     // Applying the same file again changes nothing.
     let out = env.run_with(&["apply", "-f", example], &vars, None).await;

@@ -407,6 +407,10 @@ async fn cluster_behind_haproxy() -> Result<()> {
     )
     .await?;
 
+    // 1b. Limits across the fleet (issue 18): an RPM, a TPM and a spend limit, each on its
+    // own key, driven through HAProxy at twice the limit for the rest of a minute.
+    limits_fleet_accuracy(&control, &c.lb).await?;
+
     // 2. kill -9 one worker under steady load through HAProxy. The load starts only once
     // haproxy itself has all three workers UP: before that it sends every new connection
     // to the ones it has seen pass a check (at 500 ms intervals), and a kill of the only
@@ -588,6 +592,187 @@ async fn cluster_behind_haproxy() -> Result<()> {
     .await?;
     assert!(mock.request_count() > before);
     Ok(())
+}
+
+/// Fleet accuracy of limits leased to three workers behind HAProxy: one key with a
+/// requests-per-minute limit, one with tokens per minute, one with a spend budget per
+/// minute, each driven at about twice its limit for the rest of the current calendar
+/// minute (started with at least 40 s left). What the fleet admitted must be within
+/// [95 %, 105 %] of the limit (the upper bound holds by construction: control never
+/// leases more than remains). Prints `FIGURE limits ...` lines.
+async fn limits_fleet_accuracy(control: &str, lb: &str) -> Result<()> {
+    use switchyard_proto::v1::{self as pb, admin_client::AdminClient};
+    // The mock's default usage: 12 prompt + 48 completion tokens a request; priced at
+    // 1000 and 2000 nano-units a token, 108,000 a request.
+    const TOKENS: u64 = 60;
+    const COST: u64 = 12 * 1_000 + 48 * 2_000;
+    const RPM: u64 = 240;
+    let certs = CERTS.get().context("certificates")?;
+    let tls = switchyard_proto::channel::ClientTls {
+        ca: Some(certs.join("ca.pem")),
+        cert: Some(certs.join("admin.pem")),
+        key: Some(certs.join("admin-key.pem")),
+    };
+    let ch = switchyard_proto::channel::endpoint(control, &tls)?
+        .connect()
+        .await?;
+    let token: tonic::metadata::MetadataValue<_> = format!("Bearer {ADMIN_TOKEN}").parse()?;
+    let mut admin = AdminClient::with_interceptor(ch, move |mut r: tonic::Request<()>| {
+        r.metadata_mut().insert("authorization", token.clone());
+        Ok(r)
+    });
+    admin
+        .create_model(pb::CreateModelRequest {
+            model: Some(pb::Model {
+                name: "lm".into(),
+                price: Some(pb::Price {
+                    input: Some(1_000),
+                    output: Some(2_000),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        })
+        .await?;
+    admin
+        .create_backend(pb::CreateBackendRequest {
+            backend: Some(pb::Backend {
+                model: "lm".into(),
+                provider: "mock".into(),
+                upstream_model: "up-lm".into(),
+                ..Default::default()
+            }),
+        })
+        .await?;
+    let cases = [
+        ("rpm", "requests", RPM, 1),
+        ("tpm", "tokens", RPM * TOKENS, TOKENS),
+        ("spend", "spend", RPM * COST, COST),
+    ];
+    let mut keys = Vec::new();
+    for (name, kind, amount, _) in cases {
+        let k = admin
+            .create_api_key(pb::CreateApiKeyRequest {
+                name: format!("lim-{name}"),
+                ..Default::default()
+            })
+            .await?
+            .into_inner()
+            .plaintext;
+        admin
+            .create_limit(pb::CreateLimitRequest {
+                limit: Some(pb::Limit {
+                    name: format!("fleet-{name}"),
+                    scope: format!("key:lim-{name}"),
+                    kind: kind.into(),
+                    window: "minute".into(),
+                    amount,
+                    ..Default::default()
+                }),
+            })
+            .await?;
+        keys.push(k);
+    }
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
+    // The config reaches every worker: a request through the balancer for each key is
+    // answered 200 or 429 (the key and model are known). An admitted one counts in the
+    // window it fell in.
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    let mut probes = Vec::new();
+    for k in &keys {
+        let p = wait_for("the limits' keys served", Duration::from_secs(10), || async {
+            let s = limited_chat(&http, lb, k).await?;
+            Ok((s.is_success() || s == reqwest::StatusCode::TOO_MANY_REQUESTS)
+                .then(|| (s.is_success(), now_ms() / 60_000)))
+        })
+        .await?;
+        probes.push(p);
+    }
+    // Start with at least 40 s left in the minute; stop half a second before it ends.
+    if 60_000 - now_ms() % 60_000 < 40_000 {
+        tokio::time::sleep(Duration::from_millis(60_000 - now_ms() % 60_000 + 50)).await;
+    }
+    let window_end = now_ms() / 60_000 * 60_000 + 60_000;
+    let stop_at = Instant::now() + Duration::from_millis(window_end - now_ms() - 500);
+    let per_key_rate = 2.0 * RPM as f64 / 60.0; // requests a second, at twice the limit
+    let clients = 6;
+    let mut tasks = Vec::new();
+    for (ki, k) in keys.iter().enumerate() {
+        for c in 0..clients {
+            let http = reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .pool_max_idle_per_host(1)
+                .build()?;
+            let (k, lb) = (k.clone(), lb.to_string());
+            let period = Duration::from_secs_f64(clients as f64 / per_key_rate);
+            tasks.push(tokio::spawn(async move {
+                // Spread the clients' ticks over one period.
+                let mut tick = tokio::time::interval_at(
+                    tokio::time::Instant::now() + period.mul_f64(c as f64 / clients as f64),
+                    period,
+                );
+                let (mut ok, mut refused) = (0u64, 0u64);
+                while Instant::now() < stop_at {
+                    tick.tick().await; // pacing the load (the limit is per time), not synchronisation
+                    match limited_chat(&http, &lb, &k).await {
+                        Ok(s) if s.is_success() => ok += 1,
+                        Ok(s) if s == reqwest::StatusCode::TOO_MANY_REQUESTS => refused += 1,
+                        Ok(s) => return Err(anyhow!("status {s}")),
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok::<_, anyhow::Error>((ki, ok, refused))
+            }));
+        }
+    }
+    let mut admitted = [0u64; 3];
+    let mut refused = [0u64; 3];
+    for t in tasks {
+        let (ki, ok, no) = t.await??;
+        admitted[ki] += ok;
+        refused[ki] += no;
+    }
+    for (i, (ok, minute)) in probes.into_iter().enumerate() {
+        if ok && minute == window_end / 60_000 - 1 {
+            admitted[i] += 1;
+        }
+    }
+    for (i, (name, _, amount, unit)) in cases.iter().enumerate() {
+        let got = admitted[i] * unit;
+        let ratio = got as f64 / *amount as f64;
+        eprintln!(
+            "FIGURE limits {name} admitted/limit={ratio:.3} ({} of {amount}, {} requests admitted, {} refused)",
+            got, admitted[i], refused[i]
+        );
+        assert!(
+            (0.95..=1.05).contains(&ratio),
+            "limits {name}: the fleet admitted {got} of {amount} ({ratio:.3})"
+        );
+    }
+    Ok(())
+}
+
+/// A chat request to model `lm` that sets `max_tokens` to what the mock answers (48), as
+/// a client that cares about its token budget does: the limits' estimate is then close to
+/// the real usage (without it, 1024 output tokens are reserved until the request settles).
+async fn limited_chat(http: &reqwest::Client, base: &str, key: &str) -> Result<reqwest::StatusCode> {
+    let r = http
+        .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth(key)
+        .json(&serde_json::json!({"model": "lm", "max_tokens": 48,
+            "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await?;
+    let status = r.status();
+    r.bytes().await?;
+    Ok(status)
 }
 
 /// The servers of backend `workers` that haproxy reports UP, from `show stat` on its

@@ -704,6 +704,7 @@ fn doc() -> pb::ConfigDocument {
     c.strategy = "failover".into();
     c.backends = vec![backend("", "anthropic")];
     pb::ConfigDocument {
+        limits: Default::default(),
         providers: vec![p, anth],
         models: vec![m, c],
         keys: vec![pb::ApiKey {

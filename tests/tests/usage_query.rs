@@ -31,6 +31,7 @@ fn rec(
     p: u64,
 ) -> pb::UsageRecord {
     pb::UsageRecord {
+        team: Default::default(),
         id: uuid::Uuid::now_v7().to_string(),
         ts_ms,
         request_id: "r".into(),
@@ -109,6 +110,7 @@ store_test!(usage_sums_groups_percentiles_rollup, |db: TestDb| async move {
     assert_eq!(r.usage_stored, 0);
 
     let q = |group_by: &str, key: &str| pb::QueryUsageRequest {
+        team: Default::default(),
         from_ms: 0,
         to_ms: 0,
         group_by: group_by.into(),

@@ -61,6 +61,7 @@ fn event(u: Usage) -> UsageEvent {
         request_id: "0193a1b2-0000-7000-8000-000000000000".into(),
         key_id: "key-id".into(),
         key_name: "team-a".into(),
+        team: None,
         model: "gpt-4o".into(),
         backend: "openai-main".into(),
         provider: "openai".into(),

@@ -70,6 +70,7 @@ fn snapshot(version: u64) -> pb::Snapshot {
         })
         .collect();
     pb::Snapshot {
+        limits: Default::default(),
         version,
         hash: format!("{version:064x}"),
         created_at_ms: 0,

@@ -107,6 +107,8 @@ pub struct UsageEvent {
     pub request_id: String,
     pub key_id: Arc<str>,
     pub key_name: Arc<str>,
+    /// The key's team when the request ran (`None`: none).
+    pub team: Option<Arc<str>>,
     pub model: Arc<str>,
     pub backend: Arc<str>,
     pub provider: Arc<str>,

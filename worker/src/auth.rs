@@ -98,6 +98,7 @@ mod tests {
             model_names: Vec::new(),
             aliases: Default::default(),
             keys: Default::default(),
+            limits: Vec::new(),
         };
         for (plain, enabled) in keys {
             let digest: [u8; 32] = Sha256::digest(plain.as_bytes()).into();
@@ -111,6 +112,8 @@ mod tests {
                     enabled: *enabled,
                     expires_at_ms: 0,
                     may_pin: false,
+                    team: None,
+                    limits: None,
                 },
             );
         }

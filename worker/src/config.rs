@@ -14,6 +14,7 @@ use http::{HeaderName, HeaderValue};
 
 use crate::{
     balance::{Endpoint, EndpointState, Selector},
+    limits::{LimitSet, LimitState},
     metrics::{BackendHandles, ModelHandles},
 };
 
@@ -53,6 +54,8 @@ pub struct Routing {
     pub aliases: Aliases,
     /// Client keys by SHA-256 digest of the plaintext.
     pub keys: FxHashMap<[u8; 32], ClientKey>,
+    /// Every limit's live state (the lease task claims for them; `/metrics`).
+    pub limits: Vec<Arc<LimitState>>,
 }
 
 #[derive(Debug)]
@@ -121,6 +124,8 @@ pub struct Credential {
     pub identity: Arc<str>,
     /// Makes and reads the gateway's response ids for this credential (`respid`).
     pub id_key: crate::respid::IdKey,
+    /// The provider account's own limits (`credential:PROVIDER/NAME`); `None`: none.
+    pub limits: Option<LimitSet>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,6 +150,8 @@ pub struct Model {
     /// Backends reachable from each client dialect (`ProviderKind::index`): those of
     /// the dialect's kind, then the other kind's, reached by translation.
     pub routes: [Option<ModelRoute>; 2],
+    /// The model's limits (`model:NAME`), every key together; `None`: none.
+    pub limits: Option<LimitSet>,
 }
 
 #[derive(Debug)]
@@ -197,6 +204,11 @@ pub struct ClientKey {
     pub expires_at_ms: i64,
     /// May pin a backend with `x-switchyard-backend` (off unless granted).
     pub may_pin: bool,
+    /// The key's team (`None`: none).
+    pub team: Option<Arc<str>>,
+    /// The key's own limits and its team's, resolved once per snapshot; `None`: none, and
+    /// its requests do no limit work at all.
+    pub limits: Option<LimitSet>,
 }
 
 impl ClientKey {
@@ -249,10 +261,16 @@ pub fn glob_match(p: &[u8], s: &[u8]) -> bool {
     p[pi..].iter().all(|&b| b == b'*')
 }
 
-/// Live endpoint states by identity, carried from one routing table into the next.
-/// Identities are shared `Arc<str>`s (a clone is a count) and come from the operator's
-/// config, not from clients, so Fx hashing has nothing to fear.
-pub type States = FxHashMap<Arc<str>, Arc<EndpointState>>;
+/// Live endpoint states by identity, and limit states by name, carried from one
+/// routing table into the next. Identities are shared `Arc<str>`s (a clone is a count)
+/// and come from the operator's config, not from clients, so Fx hashing has nothing to
+/// fear.
+#[derive(Debug, Default)]
+pub struct States {
+    pub endpoints: FxHashMap<Arc<str>, Arc<EndpointState>>,
+    /// Kept only while the limit's definition is unchanged (`convert`).
+    pub limits: FxHashMap<Arc<str>, Arc<LimitState>>,
+}
 
 impl Routing {
     /// Every live endpoint state by identity, to carry over into the next snapshot.
@@ -264,7 +282,7 @@ impl Routing {
                 .flat_map(|m| m.routes.iter().flatten())
                 .map(|r| r.native)
                 .sum::<usize>();
-        let mut out = States::with_capacity_and_hasher(n, Default::default());
+        let mut out = FxHashMap::with_capacity_and_hasher(n, Default::default());
         for p in &self.providers {
             for c in &p.credentials {
                 out.insert(c.identity.clone(), c.state.clone());
@@ -277,7 +295,14 @@ impl Routing {
                 }
             }
         }
-        out
+        States {
+            endpoints: out,
+            limits: self
+                .limits
+                .iter()
+                .map(|l| (l.def.name.clone(), l.clone()))
+                .collect(),
+        }
     }
 }
 

@@ -18,6 +18,7 @@ use crate::{
         Affinity, Aliases, Backend, ClientKey, Credential, HealthProbe, Model, ModelRoute, ProbeKind,
         Provider, ProviderKind, Routing, States,
     },
+    limits::{Kind, LimitDef, LimitSet, LimitState, Mode, Outage, Scope},
     metrics::{BackendHandles, ModelHandles},
     upstream::Connector,
 };
@@ -169,8 +170,10 @@ pub fn build(
     connector: &Connector,
     breaker: BreakerConfig,
 ) -> Result<Routing, ConvertError> {
+    let limits = limits(snap, prev)?;
     let state_for = |identity: &str| {
-        prev.get(identity)
+        prev.endpoints
+            .get(identity)
             .cloned()
             .unwrap_or_else(|| EndpointState::new(breaker))
     };
@@ -297,6 +300,7 @@ pub fn build(
                     state: state.clone(),
                 });
                 credentials.push(Credential {
+                    limits: limits.credential(&p.name, &c.name),
                     name: c.name.as_str().into(),
                     id_key: crate::respid::IdKey::new(&p.name, &c.name, c.secret.as_bytes()),
                     auth_value,
@@ -443,6 +447,7 @@ pub fn build(
             route_for(anthropic, openai_other, strategy),
         ];
         let model = Model {
+            limits: limits.set(&limits.models, &m.name, None),
             metrics: Arc::new(ModelHandles::new(model_name.clone())),
             name: model_name,
             max_retries: retry.max_retries.unwrap_or(2),
@@ -484,6 +489,12 @@ pub fn build(
                 enabled: k.enabled.unwrap_or(true) && !k.revoked,
                 expires_at_ms: k.expires_at_ms,
                 may_pin: k.allow_pin,
+                team: (!k.team.is_empty()).then(|| k.team.as_str().into()),
+                limits: limits.set(
+                    &limits.keys,
+                    &k.name,
+                    (!k.team.is_empty()).then_some((&limits.teams, k.team.as_str())),
+                ),
             },
         );
     }
@@ -510,6 +521,7 @@ pub fn build(
         model_names,
         aliases,
         keys,
+        limits: limits.all,
     })
 }
 
@@ -562,6 +574,142 @@ fn egress(p: &pb::Provider, url: &url::Url, path: &str) -> Result<crate::upstrea
         )
     };
     Ok(Egress { proxy, tls })
+}
+
+/// Limit states by the name of what they apply to.
+type ByName = FxHashMap<String, Vec<Arc<LimitState>>>;
+
+/// The snapshot's limits, validated, with their live states, by what they apply to.
+struct Limits {
+    all: Vec<Arc<LimitState>>,
+    keys: ByName,
+    teams: ByName,
+    models: ByName,
+    credentials: FxHashMap<(String, String), Vec<Arc<LimitState>>>,
+}
+
+impl Limits {
+    /// `name`'s limits in `map`, and those of `and` (a key's team), as one set.
+    fn set(&self, map: &ByName, name: &str, and: Option<(&ByName, &str)>) -> Option<LimitSet> {
+        let own = map.get(name).map(Vec::as_slice).unwrap_or_default();
+        let more = and
+            .and_then(|(m, n)| m.get(n))
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        if own.is_empty() && more.is_empty() {
+            return None;
+        }
+        Some(own.iter().chain(more).cloned().collect())
+    }
+
+    fn credential(&self, provider: &str, name: &str) -> Option<LimitSet> {
+        self.credentials
+            .get(&(provider.to_string(), name.to_string()))
+            .map(|v| v.iter().cloned().collect())
+    }
+}
+
+/// Validate the snapshot's limits (errors name `limits[i].field`) and give each its live
+/// state: the previous one while the definition is unchanged, else a new one.
+fn limits(snap: &pb::Snapshot, prev: &States) -> Result<Limits, ConvertError> {
+    use switchyard_common::window::Window;
+    let mut out = Limits {
+        all: Vec::with_capacity(snap.limits.len()),
+        keys: FxHashMap::default(),
+        teams: FxHashMap::default(),
+        models: FxHashMap::default(),
+        credentials: FxHashMap::default(),
+    };
+    if snap.limits.is_empty() {
+        return Ok(out);
+    }
+    let keys: FxHashSet<&str> = snap.keys.iter().map(|k| k.name.as_str()).collect();
+    let models: FxHashSet<&str> = snap.models.iter().map(|m| m.name.as_str()).collect();
+    let creds: FxHashSet<(&str, &str)> = snap
+        .providers
+        .iter()
+        .flat_map(|p| {
+            p.credentials
+                .iter()
+                .map(move |c| (p.name.as_str(), c.name.as_str()))
+        })
+        .collect();
+    let mut names = FxHashSet::default();
+    for (i, l) in snap.limits.iter().enumerate() {
+        let at = |f: &str| format!("limits[{i}].{f}");
+        if l.name.is_empty() {
+            return Err(err(at("name"), "empty name"));
+        }
+        if !names.insert(l.name.as_str()) {
+            return Err(err(at("name"), format!("duplicate limit name `{}`", l.name)));
+        }
+        let scope = Scope::parse(&l.scope).ok_or_else(|| {
+            err(
+                at("scope"),
+                format!(
+                    "`{}` is not key:NAME, team:NAME, model:NAME or credential:PROVIDER/NAME",
+                    l.scope
+                ),
+            )
+        })?;
+        let exists = match &scope {
+            Scope::Key(k) => keys.contains(k.as_str()),
+            Scope::Team(_) => true,
+            Scope::Model(m) => models.contains(m.as_str()),
+            Scope::Credential { provider, name } => creds.contains(&(provider.as_str(), name.as_str())),
+        };
+        if !exists {
+            return Err(err(
+                at("scope"),
+                format!("`{}` names nothing in the snapshot", l.scope),
+            ));
+        }
+        let kind =
+            Kind::parse(&l.kind).ok_or_else(|| err(at("kind"), format!("unknown kind `{}`", l.kind)))?;
+        let window = match (kind, l.window.as_str()) {
+            (Kind::Concurrency, "") => None,
+            (Kind::Concurrency, _) => return Err(err(at("window"), "must be empty for concurrency")),
+            (_, w) => Some(
+                Window::parse(w)
+                    .ok_or_else(|| err(at("window"), format!("`{w}` is not one of {}", Window::ALL)))?,
+            ),
+        };
+        let mode = match l.mode.as_str() {
+            "" | "enforce" => Mode::Enforce,
+            "observe" => Mode::Observe,
+            m => return Err(err(at("mode"), format!("unknown mode `{m}`"))),
+        };
+        let on_outage = match l.on_outage.as_str() {
+            "" | "closed" => Outage::Closed,
+            "open" => Outage::Open,
+            o => return Err(err(at("on_outage"), format!("unknown on_outage `{o}`"))),
+        };
+        let def = LimitDef {
+            name: l.name.as_str().into(),
+            scope,
+            kind,
+            window,
+            amount: l.amount,
+            mode,
+            on_outage,
+        };
+        let state = match prev.limits.get(l.name.as_str()) {
+            Some(s) if s.def == def => s.clone(),
+            _ => Arc::new(LimitState::new(def)),
+        };
+        let target = match &state.def.scope {
+            Scope::Key(k) => out.keys.entry(k.clone()).or_default(),
+            Scope::Team(t) => out.teams.entry(t.clone()).or_default(),
+            Scope::Model(m) => out.models.entry(m.clone()).or_default(),
+            Scope::Credential { provider, name } => out
+                .credentials
+                .entry((provider.clone(), name.clone()))
+                .or_default(),
+        };
+        target.push(state.clone());
+        out.all.push(state);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -745,6 +893,104 @@ mod tests {
             .filter(|_| p.cred_selector.pick(&p.cred_endpoints, &ctx).unwrap().index == 0)
             .count();
         assert!((2_700..=3_300).contains(&heavy), "{heavy}");
+    }
+
+    fn limit(name: &str, scope: &str, kind: &str, window: &str, amount: u64) -> pb::Limit {
+        pb::Limit {
+            name: name.into(),
+            scope: scope.into(),
+            kind: kind.into(),
+            window: window.into(),
+            amount,
+            ..Default::default()
+        }
+    }
+
+    fn key(name: &str, team: &str, hash: &str) -> pb::ApiKey {
+        pb::ApiKey {
+            name: name.into(),
+            team: team.into(),
+            key_hash: hash.repeat(32),
+            ..Default::default()
+        }
+    }
+
+    /// Each key gets its own limits and its team's, the model and the credential theirs;
+    /// a key with none has `None` (no work per request). States carry over a swap while
+    /// the definition is the same.
+    #[test]
+    fn limits_resolve_per_key_team_model_and_credential() {
+        let mut s = snap();
+        s.keys = vec![key("a", "red", "aa"), key("b", "red", "bb"), key("c", "", "cc")];
+        s.limits = vec![
+            limit("a-rpm", "key:a", "requests", "minute", 10),
+            limit("red-tpm", "team:red", "tokens", "minute", 1_000),
+            limit("m-conc", "model:m", "concurrency", "", 4),
+            limit("cred-rpm", "credential:p/k", "requests", "minute", 100),
+            limit("ghost-team", "team:blue", "spend", "month", 5),
+        ];
+        let c = Connector::new().unwrap();
+        let r = build(&s, &States::default(), &c, BreakerConfig::default()).unwrap();
+        let names = |set: &Option<LimitSet>| -> Vec<String> {
+            set.iter()
+                .flat_map(|s| s.iter())
+                .map(|l| l.def.name.to_string())
+                .collect()
+        };
+        let k = |n: &str| r.keys.values().find(|k| &*k.name == n).unwrap();
+        assert_eq!(names(&k("a").limits), ["a-rpm", "red-tpm"]);
+        assert_eq!(names(&k("b").limits), ["red-tpm"]);
+        assert!(k("c").limits.is_none() && k("c").team.is_none());
+        assert_eq!(k("a").team.as_deref(), Some("red"));
+        assert_eq!(names(&r.models["m"].limits), ["m-conc"]);
+        assert_eq!(names(&r.providers[0].credentials[0].limits), ["cred-rpm"]);
+        assert_eq!(r.limits.len(), 5);
+        // The team's state is one, shared by its keys.
+        let team = |n: &str| {
+            k(n).limits
+                .as_ref()
+                .unwrap()
+                .iter()
+                .find(|l| &*l.def.name == "red-tpm")
+                .unwrap()
+                .clone()
+        };
+        assert!(Arc::ptr_eq(&team("a"), &team("b")));
+        // Across a swap: unchanged definitions keep their state, a changed one starts anew.
+        let mut next = s.clone();
+        next.limits[0].amount = 20;
+        let r2 = build(&next, &r.states(), &c, BreakerConfig::default()).unwrap();
+        let by = |r: &Routing, n: &str| r.limits.iter().find(|l| &*l.def.name == n).unwrap().clone();
+        assert!(Arc::ptr_eq(&by(&r, "red-tpm"), &by(&r2, "red-tpm")));
+        assert!(!Arc::ptr_eq(&by(&r, "a-rpm"), &by(&r2, "a-rpm")));
+        assert_eq!(by(&r2, "a-rpm").def.amount, 20);
+    }
+
+    #[test]
+    fn limit_errors_name_the_field() {
+        let cases = [
+            (limit("x", "key:nobody", "requests", "minute", 1), "limits[0].scope: `key:nobody` names nothing in the snapshot"),
+            (limit("x", "model:none", "requests", "minute", 1), "limits[0].scope: `model:none` names nothing in the snapshot"),
+            (limit("x", "credential:p/zz", "requests", "minute", 1), "limits[0].scope: `credential:p/zz` names nothing in the snapshot"),
+            (limit("x", "user:u", "requests", "minute", 1), "limits[0].scope: `user:u` is not key:NAME, team:NAME, model:NAME or credential:PROVIDER/NAME"),
+            (limit("x", "team:t", "bytes", "minute", 1), "limits[0].kind: unknown kind `bytes`"),
+            (limit("x", "team:t", "requests", "week", 1), "limits[0].window: `week` is not one of minute, hour, day, month"),
+            (limit("x", "team:t", "requests", "", 1), "limits[0].window: `` is not one of minute, hour, day, month"),
+            (limit("x", "team:t", "concurrency", "minute", 1), "limits[0].window: must be empty for concurrency"),
+            (pb::Limit { mode: "warn".into(), ..limit("x", "team:t", "requests", "day", 1) }, "limits[0].mode: unknown mode `warn`"),
+            (pb::Limit { on_outage: "maybe".into(), ..limit("x", "team:t", "requests", "day", 1) }, "limits[0].on_outage: unknown on_outage `maybe`"),
+        ];
+        for (l, want) in cases {
+            let mut s = snap();
+            s.limits = vec![l];
+            assert_eq!(build_err(&s), want);
+        }
+        let mut s = snap();
+        s.limits = vec![
+            limit("x", "team:t", "requests", "day", 1),
+            limit("x", "team:u", "requests", "day", 1),
+        ];
+        assert_eq!(build_err(&s), "limits[1].name: duplicate limit name `x`");
     }
 
     /// An endpoint keeps its live state across a swap unless what makes it the same

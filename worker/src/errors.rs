@@ -57,6 +57,9 @@ pub enum ProxyError {
     /// field), or an upstream answer that cannot be translated back (502).
     #[error("{0}")]
     Translate(crate::translate::TranslateError),
+    /// A limit refused the request (429 with `Retry-After`).
+    #[error("{0}")]
+    RateLimited(crate::limits::Refused),
 }
 
 impl ProxyError {
@@ -81,6 +84,7 @@ impl ProxyError {
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Self::NoConfig | Self::NoBackend(_) | Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             Self::Translate(e) => StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_GATEWAY),
+            Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -105,6 +109,7 @@ impl ProxyError {
             Self::ShuttingDown => "shutting_down",
             Self::Translate(e) if e.status() == 400 => "untranslatable",
             Self::Translate(_) => "translate_answer",
+            Self::RateLimited(_) => "rate_limited",
         }
     }
 
@@ -122,6 +127,7 @@ impl ProxyError {
             400 | 404 | 405 | 408 | 413 => "invalid_request_error",
             401 => "authentication_error",
             403 => "permission_error",
+            429 => "rate_limit_exceeded",
             502 | 504 => "upstream_error",
             _ => "service_unavailable",
         }
@@ -134,6 +140,7 @@ impl ProxyError {
             403 => "permission_error",
             404 => "not_found_error",
             413 => "request_too_large",
+            429 => "rate_limit_error",
             502 | 504 => "api_error",
             _ => "overloaded_error",
         }
@@ -143,6 +150,7 @@ impl ProxyError {
         match self {
             Self::BadKey | Self::MissingKey => "invalid_api_key",
             Self::UnknownModel(_) => "model_not_found",
+            Self::RateLimited(_) => "rate_limit_exceeded",
             _ => self.label(),
         }
     }
@@ -204,6 +212,10 @@ impl ProxyError {
         *resp.status_mut() = self.status();
         resp.headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Self::RateLimited(r) = &self {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(r.retry_after_s));
+        }
         if matches!(self, Self::BodyTimeout) {
             // The rest of the body may still be on its way: the connection cannot carry
             // another request, so hyper closes it after this answer.
@@ -248,6 +260,25 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&e.body(Dialect::Anthropic)).unwrap();
         assert_eq!(v["type"], "error");
         assert_eq!(v["error"]["type"], "not_found_error");
+        // A limit's refusal: 429 with Retry-After, rate_limit_* in either dialect.
+        let r = ProxyError::RateLimited(crate::limits::Refused {
+            kind: crate::limits::Kind::Requests,
+            window: Some(switchyard_common::window::Window::Minute),
+            who: "this key",
+            retry_after_s: 42,
+        });
+        let v: serde_json::Value = serde_json::from_slice(&r.body(Dialect::OpenAi)).unwrap();
+        assert_eq!(v["error"]["type"], "rate_limit_exceeded");
+        assert_eq!(v["error"]["code"], "rate_limit_exceeded");
+        assert!(v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("requests per minute"));
+        let v: serde_json::Value = serde_json::from_slice(&r.body(Dialect::Anthropic)).unwrap();
+        assert_eq!(v["error"]["type"], "rate_limit_error");
+        let resp = r.into_response(Dialect::OpenAi);
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(resp.headers()["retry-after"], "42");
         let ev = ProxyError::Timeout.stream_event(Dialect::Anthropic);
         assert!(ev.starts_with(b"event: error\ndata: {"));
         assert!(ev.ends_with(b"\n\n"));

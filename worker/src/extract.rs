@@ -1,5 +1,6 @@
 //! Reading the few fields the router needs from a JSON request body (`model`, `stream`,
-//! `user`, `stream_options.include_usage`) in one linear pass, and rewriting `model` by
+//! `user`, `stream_options.include_usage`, and `max_tokens` / `max_completion_tokens` /
+//! `max_output_tokens` for the limits' estimate) in one linear pass, and rewriting `model` by
 //! splicing bytes: the rest of the body is never re-serialised, so every other byte
 //! reaches the upstream unchanged, and the body is never copied (`Parts`).
 //!
@@ -29,6 +30,10 @@ pub struct RequestHead {
     pub stream_options_range: Option<Range<usize>>,
     /// Byte offset of the closing `}` of the top-level object.
     pub object_end: usize,
+    /// The largest of `max_tokens`, `max_completion_tokens` and `max_output_tokens` that
+    /// is a non-negative integer (the limits' output estimate, `limits::Estimate`); other
+    /// values are the upstream's to refuse.
+    pub max_output: Option<u64>,
 }
 
 /// Deepest nesting accepted, counting the top-level object as 1: serde_json's default
@@ -44,13 +49,18 @@ enum Field {
     Stream,
     StreamOptions,
     User,
+    /// `max_tokens`, `max_completion_tokens` (Chat), `max_output_tokens` (Responses).
+    MaxOutput,
 }
 
-const WATCHED: [(&str, Field); 4] = [
+const WATCHED: [(&str, Field); 7] = [
     ("model", Field::Model),
     ("stream", Field::Stream),
     ("stream_options", Field::StreamOptions),
     ("user", Field::User),
+    ("max_tokens", Field::MaxOutput),
+    ("max_completion_tokens", Field::MaxOutput),
+    ("max_output_tokens", Field::MaxOutput),
 ];
 
 /// A key longer than this (decoded) is none of the watched keys; escaped keys are decoded
@@ -598,6 +608,18 @@ pub fn scan(body: &[u8]) -> Result<RequestHead, String> {
                 }
                 head.stream_options_range = Some(v);
             }
+            Field::MaxOutput => {
+                // What serde_json's `as_u64` reads: plain digits that fit (a sign, a
+                // fraction or an exponent make it a float).
+                if let Some(n) = raw
+                    .iter()
+                    .all(u8::is_ascii_digit)
+                    .then(|| std::str::from_utf8(raw).ok()?.parse::<u64>().ok())
+                    .flatten()
+                {
+                    head.max_output = Some(head.max_output.map_or(n, |m| m.max(n)));
+                }
+            }
         }
         Ok(())
     })?;
@@ -772,6 +794,11 @@ mod scan_tests {
         let so = get("stream_options");
         let usage = so.and_then(|s| s.get("include_usage")).and_then(Value::as_bool);
         prop_assert_eq!(h.include_usage, usage, "{}", shown);
+        let max_output = ["max_tokens", "max_completion_tokens", "max_output_tokens"]
+            .iter()
+            .filter_map(|n| get(n).and_then(Value::as_u64))
+            .max();
+        prop_assert_eq!(h.max_output, max_output, "{}", shown);
         match (&h.model_range, get("model")) {
             (Some(r), Some(m)) => {
                 prop_assert_eq!(
@@ -796,6 +823,7 @@ mod scan_tests {
     #[derive(Clone, Debug)]
     enum J {
         Lit(&'static str),
+        Num(u64),
         Str(String),
         Arr(Vec<J>),
         Obj(Vec<(String, J)>),
@@ -867,7 +895,8 @@ mod scan_tests {
         prop_oneof![
             4 => prop::sample::select(vec![
                 "model", "stream", "stream_options", "user", "include_usage", "messages",
-                "mode", "modelx", "Model", "x",
+                "mode", "modelx", "Model", "x", "max_tokens", "max_completion_tokens",
+                "max_output_tokens",
             ])
             .prop_map(str::to_string),
             1 => text(),
@@ -905,6 +934,14 @@ mod scan_tests {
                 .prop_map(|l| ("stream".to_string(), J::Lit(l))),
             2 => so.prop_map(|o| ("stream_options".to_string(), o)),
             1 => text().prop_map(|t| ("user".to_string(), J::Str(t))),
+            2 => (
+                prop::sample::select(vec!["max_tokens", "max_completion_tokens", "max_output_tokens"]),
+                prop_oneof![
+                    prop::sample::select(LITS.to_vec()).prop_map(J::Lit),
+                    (0u64..100_000).prop_map(J::Num),
+                ],
+            )
+                .prop_map(|(k, v)| (k.to_string(), v)),
             4 => (key(), value()),
         ]
     }
@@ -965,6 +1002,7 @@ mod scan_tests {
         fn value(&mut self, j: &J) {
             match j {
                 J::Lit(l) => self.out.push_str(l),
+                J::Num(n) => self.out.push_str(&n.to_string()),
                 J::Str(s) => self.string(s),
                 J::Arr(items) => {
                     self.out.push('[');

@@ -29,6 +29,8 @@ pub mod extract;
 pub mod fuzzing;
 pub mod health;
 pub mod journal;
+pub mod lease;
+pub mod limits;
 pub mod metrics;
 pub mod ops;
 pub mod paths;
@@ -251,6 +253,8 @@ pub struct Shared {
     /// Wakes the reporter from its quiet sleep (health flips, snapshot swaps; the usage
     /// queue pokes it too). Nobody waits on it without a reporter.
     activity: Arc<tokio::sync::Notify>,
+    /// Wakes the lease task (`lease`): a snapshot with limits, a slice running low.
+    pub lease_wake: tokio::sync::Notify,
     connector: upstream::Connector,
     breaker: BreakerConfig,
     draining: AtomicBool,
@@ -262,6 +266,14 @@ pub struct Shared {
 impl Shared {
     pub fn draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
+    }
+
+    /// What limit admission needs: the refusal metrics and the lease task's wake-up.
+    pub fn limit_env(&self) -> limits::Env<'_> {
+        limits::Env {
+            metrics: Some(&self.metrics),
+            wake: Some(&self.lease_wake),
+        }
     }
 
     /// Log a health flip (warn) and hand it to the health sink. `target` is built only
@@ -302,6 +314,9 @@ impl Shared {
         let routing = Arc::new(convert::build(snap, &states, &self.connector, self.breaker)?);
         self.routing.store(Some(routing.clone()));
         self.activity.notify_one();
+        if !routing.limits.is_empty() {
+            self.lease_wake.notify_one();
+        }
         let token = self.shutdown.child_token();
         if let Some(old) = self.probes.lock().replace(token.clone()) {
             old.cancel();
@@ -429,6 +444,7 @@ pub async fn start(cfg: Config) -> Result<Running, Error> {
         worker_id: cfg.worker_id.clone(),
         tasks: TaskTracker::new(),
         activity,
+        lease_wake: tokio::sync::Notify::new(),
         connector: upstream::Connector::new().map_err(Error::Tls)?,
         breaker: cfg.breaker,
         draining: AtomicBool::new(false),
@@ -461,6 +477,19 @@ pub async fn start(cfg: Config) -> Result<Running, Error> {
         let s = shared.clone();
         let c = shutdown.child_token();
         shared.tasks.spawn(async move { watch::run(s, wc, c).await });
+    }
+    if let Some(url) = &cfg.control_url {
+        let lc = lease::LeaseConfig {
+            control_url: url.clone(),
+            worker_token: cfg.worker_token.clone(),
+            tls: cfg.control_tls.clone(),
+            worker_id: cfg.worker_id.clone(),
+            // New per start: control keeps consumption per instance.
+            instance_id: uuid::Uuid::new_v4().to_string(),
+        };
+        let s = shared.clone();
+        let c = shutdown.child_token();
+        shared.tasks.spawn(async move { lease::run(s, lc, c).await });
     }
     if let Some((rc, rx)) = reporter {
         let s = shared.clone();

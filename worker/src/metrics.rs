@@ -104,6 +104,14 @@ pub struct Metrics {
     pub reporter_idle: Gauge<i64, AtomicI64>,
     /// Mirrors `strip::OVERSIZE_EVENTS` (read at each render).
     strip_oversize: Counter<u64, AtomicU64>,
+    /// Requests refused by a limit, by limit name (bounded by config).
+    limit_refusals: Family<Labels, Counter>,
+    /// Requests an `observe` limit would have refused.
+    limit_observed_over: Family<Labels, Counter>,
+    /// Per limit: this instance's use in the current window, and the ceiling it holds.
+    limit_used: Family<Labels, Gauge>,
+    limit_ceiling: Family<Labels, Gauge>,
+    limit_granted: Family<Labels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -201,8 +209,43 @@ impl Metrics {
             "SSE events longer than the stripper's bound (strip::MAX_HELD_EVENT) passed to the client without the injected usage removed",
             strip_oversize.clone(),
         );
+        let limit_refusals = Family::<Labels, Counter>::default();
+        registry.register(
+            "limit_refusals",
+            "Requests refused (429) by a limit, by limit name",
+            limit_refusals.clone(),
+        );
+        let limit_observed_over = Family::<Labels, Counter>::default();
+        registry.register(
+            "limit_observed_over",
+            "Requests an observe-mode limit admitted beyond what it would have allowed, by limit name",
+            limit_observed_over.clone(),
+        );
+        let limit_used = Family::<Labels, Gauge>::default();
+        registry.register(
+            "limit_used",
+            "This worker's consumption of a limit in its current window (in flight, for concurrency)",
+            limit_used.clone(),
+        );
+        let limit_ceiling = Family::<Labels, Gauge>::default();
+        registry.register(
+            "limit_ceiling",
+            "How far this worker's consumption of a limit may go under its current lease (0: none held)",
+            limit_ceiling.clone(),
+        );
+        let limit_granted = Family::<Labels, Gauge>::default();
+        registry.register(
+            "limit_granted",
+            "1 while this worker holds an unexpired lease on the limit from control",
+            limit_granted.clone(),
+        );
         Self {
             registry,
+            limit_granted,
+            limit_refusals,
+            limit_observed_over,
+            limit_used,
+            limit_ceiling,
             reports_pending,
             reporter_idle,
             strip_oversize,
@@ -247,6 +290,21 @@ impl Metrics {
         .clone()
     }
 
+    /// The refusal counter of limit `name` (resolved once per limit state).
+    pub fn limit_refusals(&self, name: &str) -> Counter {
+        (*self
+            .limit_refusals
+            .get_or_create(&vec![("limit", name.to_string())]))
+        .clone()
+    }
+
+    pub fn limit_observed_over(&self, name: &str) -> Counter {
+        (*self
+            .limit_observed_over
+            .get_or_create(&vec![("limit", name.to_string())]))
+        .clone()
+    }
+
     pub fn status_class(status: u16) -> &'static str {
         match status {
             100..=199 => "1xx",
@@ -261,7 +319,17 @@ impl Metrics {
     pub fn render(&self, routing: Option<&Routing>, now_ms: u64) -> String {
         self.backend_healthy.clear();
         self.credential_healthy.clear();
+        self.limit_used.clear();
+        self.limit_ceiling.clear();
+        self.limit_granted.clear();
         if let Some(r) = routing {
+            for l in &r.limits {
+                let labels = vec![("limit", l.def.name.to_string())];
+                let (used, ceiling, granted) = l.gauges(crate::unix_ms());
+                self.limit_used.get_or_create(&labels).set(used as i64);
+                self.limit_ceiling.get_or_create(&labels).set(ceiling as i64);
+                self.limit_granted.get_or_create(&labels).set(i64::from(granted));
+            }
             self.config_version.set(r.version as i64);
             for m in r.models.values() {
                 for route in m.routes.iter().flatten() {

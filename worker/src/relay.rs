@@ -38,6 +38,8 @@ pub struct Finish {
     pub request_id: String,
     pub key_id: Arc<str>,
     pub key_name: Arc<str>,
+    /// The key's team (`None`: none).
+    pub team: Option<Arc<str>>,
     pub model: Arc<str>,
     pub backend: Arc<str>,
     pub provider: Arc<str>,
@@ -54,6 +56,8 @@ pub struct Finish {
     pub start: Instant,
     pub ttfb: Option<Duration>,
     pub error: Option<&'static str>,
+    /// The limits' reservations (`limits::Held`; empty without limits).
+    pub limits: crate::limits::Held,
     /// Booked (or handed over): nothing left for `Drop` to do.
     settled: bool,
 }
@@ -74,6 +78,7 @@ impl Finish {
             request_id,
             key_id: e.clone(),
             key_name: e.clone(),
+            team: None,
             model: e.clone(),
             backend: e.clone(),
             provider: e.clone(),
@@ -88,6 +93,7 @@ impl Finish {
             start: Instant::now(),
             ttfb: None,
             error: None,
+            limits: crate::limits::Held::default(),
             settled: false,
         }
     }
@@ -101,6 +107,7 @@ impl Finish {
             request_id: std::mem::take(&mut self.request_id),
             key_id: self.key_id.clone(),
             key_name: self.key_name.clone(),
+            team: self.team.take(),
             model: self.model.clone(),
             backend: self.backend.clone(),
             provider: self.provider.clone(),
@@ -115,6 +122,7 @@ impl Finish {
             start: self.start,
             ttfb: self.ttfb,
             error: self.error,
+            limits: self.limits.hand_over(),
             settled: false,
         }
     }
@@ -128,6 +136,7 @@ impl Finish {
         if std::mem::replace(&mut self.settled, true) {
             return;
         }
+        self.limits.settle(usage.as_ref(), self.price.as_ref());
         let latency = self.start.elapsed();
         let m = &self.shared.metrics;
         m.inflight.dec();
@@ -173,6 +182,7 @@ impl Finish {
                 request_id: std::mem::take(&mut self.request_id),
                 key_id: self.key_id.clone(),
                 key_name: self.key_name.clone(),
+                team: self.team.take(),
                 model: self.model.clone(),
                 backend: self.backend.clone(),
                 provider: self.provider.clone(),

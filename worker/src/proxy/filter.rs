@@ -1,6 +1,7 @@
 //! Request filter phase: who is asking (`auth`), whether the path may go upstream at all
 //! (`paths`, before the body is read), and the body read under its limits and scanned
-//! once (`extract`). Everything after it routes on what this phase read.
+//! once (`extract`); then the key's quotas (`limits`: its own and its team's) admit the
+//! request or refuse it with a 429. Everything after it routes on what this phase read.
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -52,12 +53,21 @@ pub async fn request_filter<'a>(
     let key = auth::authenticate(routing, req.headers(), crate::unix_ms(), memo)?;
     fin.key_id = key.id.clone();
     fin.key_name = key.name.clone();
+    fin.team.clone_from(&key.team);
     let default_path = path_filter(routing, kind, req.uri().path())?;
     let (parts, body) = req.into_parts();
     let bytes = crate::body::read_body(body, shared.max_body_bytes, &shared.body_limits).await?;
     let head = extract::scan(&bytes).map_err(ProxyError::BadRequest)?;
     fin.stream = head.stream;
     let nominated = paths::connection_nominated(&parts.headers);
+    // Limits phase (the key's own and its team's): before any upstream attempt. A key
+    // without limits does nothing here.
+    if let Some(set) = &key.limits {
+        let est = crate::limits::Estimate::of(bytes.len(), head.max_output);
+        fin.limits
+            .admit(0, set, est, crate::unix_ms(), &shared.limit_env())
+            .map_err(ProxyError::RateLimited)?;
+    }
     Ok(Inbound {
         parts,
         body: bytes,

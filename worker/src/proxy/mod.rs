@@ -4,8 +4,8 @@
 //! | phase | file | what it does |
 //! |---|---|---|
 //! | dispatch | `mod.rs` ([`handle`]) | local answers (`/health`, `/ready`, `/metrics`, `/v1/models`); the client's dialect from the path |
-//! | request filter | `filter.rs` | authenticate, allowed path, read and scan the body → [`filter::Inbound`] |
-//! | route | `route.rs` | model → its route for the dialect ([`route::Plan`]); per attempt: pin or tier → strategy → backend → credential, retry budget → a [`route::Target`] |
+//! | request filter | `filter.rs` | authenticate, allowed path, read and scan the body → [`filter::Inbound`]; the key's limits admit or refuse (429) |
+//! | route | `route.rs` | model → its route for the dialect ([`route::Plan`]), the model's limits; per attempt: pin or tier → strategy → backend → credential, retry budget → a [`route::Target`] |
 //! | upstream request | `upstream_request.rs` | the body and head for the target's provider (model rewrite, `include_usage`); a backend of the other kind gets the translated request (`translate.rs`) |
 //! | attempt | `attempt.rs` | send under the per-try deadline; hold an SSE answer back until its first event → an [`attempt::Attempt`] |
 //! | classify + record | `classify.rs` | [`classify::classify`]`(attempt) -> Verdict`, and the one place that books a verdict (breaker, health, metrics, exclusions, kept answer, retry or not) |
@@ -172,10 +172,17 @@ async fn proxy(
     // (the client hung up) before an answer is built. An answer takes it over
     // (`Finish::hand_over` in `respond::response_head`).
     let mut fin = Finish::new(shared.clone(), request_id.clone(), req.uri().path().to_string());
-    let mut resp = match forward(&shared, req, kind, dialect, &mut fin, memo).await {
+    let result = forward(&shared, req, kind, dialect, &mut fin, memo).await;
+    // The remaining-quota headers of the key's (and model's) enforced limits, refused or
+    // not, replacing an upstream's of the same names.
+    let quota = fin.limits.quota();
+    let mut resp = match result {
         Ok(r) => r,
         Err(e) => respond::error(fin, e, dialect, &request_id),
     };
+    if let Some((q, now)) = quota {
+        q.write(dialect, now, resp.headers_mut());
+    }
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         resp.headers_mut().insert(&X_REQUEST_ID, v);
     }

@@ -133,6 +133,14 @@ pub fn plan<'a>(
         .and_then(|v| v.to_str().ok())
         .and_then(|name| route.backends.iter().position(|b| &*b.name == name))
         .filter(|&i| route.backends[i].state.is_available(shared.clock.now_ms()));
+    // The model's limits (every key together), once the model is known; a refusal
+    // releases what the key's limits reserved.
+    if let Some(set) = &model.limits {
+        let est = crate::limits::Estimate::of(req.body.len(), head.max_output);
+        fin.limits
+            .admit(1, set, est, crate::unix_ms(), &shared.limit_env())
+            .map_err(ProxyError::RateLimited)?;
+    }
     Ok(Plan {
         model,
         route,
@@ -229,6 +237,21 @@ pub fn next_target<'a>(ctx: &mut Ctx<'a>) -> Option<Target<'a>> {
             };
             cp.index
         };
+        // The provider account's own limits (`credential:PROVIDER/NAME`): a credential
+        // without headroom is skipped (the next one, then the next backend), so load
+        // spreads under the provider's limits instead of meeting its 429s.
+        if let Some(set) = &provider.credentials[ci].limits {
+            let est = crate::limits::Estimate::of(ctx.req.body.len(), ctx.req.head.max_output);
+            if let Err(r) =
+                ctx.fin
+                    .limits
+                    .admit_credential(set, est, crate::unix_ms(), &ctx.shared.limit_env())
+            {
+                tries.excluded_c.push((backend.provider, ci));
+                tries.last_err.get_or_insert(ProxyError::RateLimited(r));
+                continue;
+            }
+        }
         if tries.attempts > 0 && !ctx.shared.budget.try_retry(now) {
             warn!(request_id = %ctx.fin.request_id, model = %plan.model.name, "retry budget exhausted");
             return None;

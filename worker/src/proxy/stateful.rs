@@ -69,6 +69,7 @@ async fn forward(
     let key = auth::authenticate(&routing, req.headers(), crate::unix_ms(), memo)?;
     fin.key_id = key.id.clone();
     fin.key_name = key.name.clone();
+    fin.team.clone_from(&key.team);
     let path = req.uri().path();
     let not_found = || ProxyError::NotFound(path.to_string());
     if !paths::well_formed(path) {

@@ -47,6 +47,7 @@ pub fn shared() -> Arc<Shared> {
         worker_id: "test".into(),
         tasks: tokio_util::task::TaskTracker::new(),
         activity: Arc::new(tokio::sync::Notify::new()),
+        lease_wake: tokio::sync::Notify::new(),
         connector: upstream::Connector::new().unwrap(),
         breaker: BreakerConfig::default(),
         draining: AtomicBool::new(false),

@@ -108,6 +108,9 @@ fn usage_fields(ev: &UsageEvent, id: &str, f: &mut impl Fields) {
     if let Some(c) = ev.cost_nano {
         f.present_varint(24, c);
     }
+    if let Some(t) = &ev.team {
+        f.str(25, t);
+    }
 }
 
 /// What a message's fields go to: their encoded length, or the buffer. One field list
@@ -173,6 +176,7 @@ mod tests {
     /// before batches were written directly).
     fn record(ev: &UsageEvent, id: &str) -> pb::UsageRecord {
         pb::UsageRecord {
+            team: ev.team.as_deref().unwrap_or_default().to_string(),
             id: id.to_string(),
             ts_ms: ev.ts_ms,
             request_id: ev.request_id.clone(),
@@ -237,6 +241,7 @@ mod tests {
                 request_id: strs[0].clone(),
                 key_id: a(1),
                 key_name: a(2),
+                team: (!strs[3].is_empty()).then(|| a(3)),
                 model: a(3),
                 backend: a(4),
                 provider: a(5),

@@ -1000,6 +1000,7 @@ mod tests {
             request_id: "r".into(),
             key_id: "".into(),
             key_name: "".into(),
+            team: None,
             model: "m".into(),
             backend: "b".into(),
             provider: "p".into(),

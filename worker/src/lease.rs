@@ -1,0 +1,275 @@
+//! The lease client: an owned, cancellable task that keeps this worker instance's
+//! slices of the limits (`limits`) renewed with control's `WorkerApi.Lease`.
+//!
+//! While the snapshot has limits it sends one claim per limit every [`PERIOD`]
+//! (`used`, `ceiling`, `refused`, absolute in the window, and `want`: the consumption of
+//! the last second × the period × 4, plus what was refused since the last claim), and at
+//! once when an admission finds a slice's headroom below half of it (`Shared::lease_wake`,
+//! poked once per grant by the request that crosses that edge: no wake-up per request).
+//! Grants are applied to the limits' atomics. Control unreachable: it backs off (up to
+//! [`MAX_BACKOFF`]) and the grants run out, after which each limit follows its
+//! `on_outage`. Without limits it sleeps until a snapshot brings some.
+use std::{sync::Arc, time::Duration};
+
+use rustc_hash::FxHashMap;
+use switchyard_proto as pb;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::{
+    limits::{Grant, Kind, LimitState},
+    Secret, Shared,
+};
+
+/// How often slices are renewed while limits apply.
+pub const PERIOD: Duration = Duration::from_millis(250);
+/// The shortest gap between two claims (pokes coming faster wait for it).
+pub const MIN_GAP: Duration = Duration::from_millis(20);
+/// The longest wait between tries while control cannot be reached.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone)]
+pub struct LeaseConfig {
+    pub control_url: String,
+    pub worker_token: Option<Secret>,
+    pub tls: switchyard_proto::channel::ClientTls,
+    pub worker_id: String,
+    /// New at every start (control keeps consumption per instance).
+    pub instance_id: String,
+}
+
+/// One limit's consumption a second or so ago (for `want`).
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    window: i64,
+    at_ms: i64,
+    used: u64,
+}
+
+/// The claim for `l` at `now_ms`, and the `used` it reports.
+fn claim(l: &LimitState, now_ms: i64, samples: &mut FxHashMap<Arc<str>, Sample>) -> pb::LeaseClaim {
+    let v = l.claim_view(now_ms);
+    let s = samples.entry(l.def.name.clone()).or_insert(Sample {
+        window: v.window_start_ms,
+        at_ms: now_ms,
+        used: v.used,
+    });
+    if s.window != v.window_start_ms {
+        *s = Sample {
+            window: v.window_start_ms,
+            at_ms: now_ms,
+            used: 0,
+        };
+    }
+    let period = PERIOD.as_millis() as u64;
+    let want = if l.def.kind == Kind::Concurrency {
+        // In flight now, and what was turned away.
+        let active = v.used > 0 || v.refused_amount > 0;
+        if active {
+            v.used + v.refused_amount + 1
+        } else {
+            0
+        }
+    } else {
+        let span = (now_ms - s.at_ms).max(1) as u64;
+        let delta = v.used.saturating_sub(s.used);
+        // Enough for four periods at the last second's rate: a slice outlasts a renewal
+        // that is slow to come back (a loaded control) rather than refusing meanwhile.
+        let rate_want = delta.saturating_mul(period * 4) / span.max(period);
+        let active = delta > 0 || v.refused_amount > 0;
+        if active {
+            rate_want.saturating_add(v.refused_amount).max(min_want(l))
+        } else {
+            0
+        }
+    };
+    if now_ms - s.at_ms >= 1_000 {
+        *s = Sample {
+            window: v.window_start_ms,
+            at_ms: now_ms,
+            used: v.used,
+        };
+    }
+    pb::LeaseClaim {
+        limit: l.def.name.to_string(),
+        window_start_ms: v.window_start_ms,
+        used: v.used,
+        ceiling: v.ceiling,
+        want,
+        refused: v.refused,
+    }
+}
+
+/// The least a limit with traffic asks for: a request or two's worth.
+fn min_want(l: &LimitState) -> u64 {
+    let m = match l.def.kind {
+        Kind::Requests | Kind::Concurrency => 4,
+        Kind::Tokens | Kind::InputTokens | Kind::OutputTokens => 2 * crate::limits::DEFAULT_OUTPUT_ESTIMATE,
+        Kind::Spend => l.def.amount / 1_000,
+    };
+    m.clamp(1, l.def.amount.max(1))
+}
+
+/// The task: runs until `cancel`.
+pub async fn run(shared: Arc<Shared>, cfg: LeaseConfig, cancel: CancellationToken) {
+    let mut client: Option<pb::worker_api_client::WorkerApiClient<tonic::transport::Channel>> = None;
+    let mut samples: FxHashMap<Arc<str>, Sample> = FxHashMap::default();
+    let mut backoff = Duration::ZERO;
+    let mut failing = false;
+    loop {
+        let limits: Vec<Arc<LimitState>> = shared
+            .routing
+            .load_full()
+            .map(|r| r.limits.clone())
+            .unwrap_or_default();
+        if limits.is_empty() {
+            samples.clear();
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = shared.lease_wake.notified() => continue,
+            }
+        }
+        let now = crate::unix_ms();
+        let claims: Vec<pb::LeaseClaim> = limits.iter().map(|l| claim(l, now, &mut samples)).collect();
+        samples.retain(|k, _| limits.iter().any(|l| l.def.name == *k));
+        // (window, used) of each claim, in the order of `limits`.
+        let sent: Vec<(i64, u64)> = claims.iter().map(|c| (c.window_start_ms, c.used)).collect();
+        if client.is_none() {
+            match switchyard_proto::channel::endpoint(&cfg.control_url, &cfg.tls) {
+                Ok(ep) => {
+                    let ch = ep
+                        .connect_timeout(Duration::from_secs(2))
+                        .timeout(Duration::from_secs(2))
+                        .tcp_nodelay(true)
+                        .connect_lazy();
+                    client = Some(pb::worker_api_client::WorkerApiClient::new(ch));
+                }
+                Err(e) => {
+                    // A configuration error (the URL, the TLS files): say so, retry slowly.
+                    warn!(control = %cfg.control_url, error = %e, "cannot set up the lease client");
+                }
+            }
+        }
+        let result = match &mut client {
+            None => Err("no client".to_string()),
+            Some(c) => {
+                let mut req = tonic::Request::new(pb::LeaseRequest {
+                    worker_id: cfg.worker_id.clone(),
+                    instance_id: cfg.instance_id.clone(),
+                    claims,
+                });
+                if let Some(t) = &cfg.worker_token {
+                    if let Ok(v) = format!("Bearer {}", t.expose()).parse() {
+                        req.metadata_mut().insert("authorization", v);
+                    }
+                }
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    r = c.lease(req) => r.map(tonic::Response::into_inner).map_err(|s| format!("{}: {}", s.code(), s.message())),
+                }
+            }
+        };
+        match result {
+            Ok(resp) => {
+                if std::mem::take(&mut failing) {
+                    info!(control = %cfg.control_url, "leasing limits from control again");
+                }
+                backoff = Duration::ZERO;
+                for g in &resp.grants {
+                    let Some(i) = limits.iter().position(|l| *l.def.name == *g.limit) else {
+                        continue;
+                    };
+                    let l = &limits[i];
+                    // A grant for a newer window than claimed: nothing used in it yet.
+                    let claimed = match sent[i] {
+                        (w, used) if w == g.window_start_ms => used,
+                        _ => 0,
+                    };
+                    l.apply_grant(
+                        &Grant {
+                            window_start_ms: g.window_start_ms,
+                            ceiling: g.ceiling,
+                            fleet_used: g.fleet_used,
+                            expires_at_ms: g.expires_at_ms,
+                        },
+                        claimed,
+                    );
+                }
+            }
+            Err(e) => {
+                if !std::mem::replace(&mut failing, true) {
+                    warn!(control = %cfg.control_url, error = %e, "cannot lease limits from control; each limit follows its on_outage once its grant expires");
+                }
+                backoff = (backoff * 2).clamp(PERIOD, MAX_BACKOFF);
+                // A broken channel is rebuilt (certificates re-read) on the next try.
+                client = None;
+            }
+        }
+        // Pokes wait for the minimum gap, then cut the period short (not a backoff).
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(MIN_GAP) => {}
+        }
+        let wait = PERIOD.saturating_sub(MIN_GAP) + backoff;
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+            _ = shared.lease_wake.notified(), if backoff.is_zero() => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::limits::{LimitDef, Mode, Outage, Scope};
+
+    fn state(kind: Kind, amount: u64) -> LimitState {
+        LimitState::new(LimitDef {
+            name: "l".into(),
+            scope: Scope::Team("t".into()),
+            kind,
+            window: (kind != Kind::Concurrency).then_some(switchyard_common::window::Window::Minute),
+            amount,
+            mode: Mode::Enforce,
+            on_outage: Outage::Closed,
+        })
+    }
+
+    /// No traffic: want 0 (an idle worker holds no more than its last small slice).
+    /// Traffic: four times what a period consumes at the last second's rate, at least a
+    /// minimum; what was refused is asked for on top.
+    #[test]
+    fn want_follows_the_rate() {
+        let l = state(Kind::Requests, 10_000);
+        let mut samples = FxHashMap::default();
+        let t0 = 60_000 * 100;
+        assert_eq!(claim(&l, t0, &mut samples).want, 0);
+        l.apply_grant(
+            &Grant {
+                window_start_ms: t0,
+                ceiling: 1_000,
+                fleet_used: 0,
+                expires_at_ms: t0 + 5_000,
+            },
+            0,
+        );
+        let env = crate::limits::Env {
+            metrics: None,
+            wake: None,
+        };
+        // 100 requests over the next second: 100/s → 4 × 25 = 100.
+        let shared_l = Arc::new(l);
+        let set: crate::limits::LimitSet = Arc::from(vec![shared_l.clone()]);
+        for _ in 0..100 {
+            let mut h = crate::limits::Held::default();
+            h.admit(0, &set, crate::limits::Estimate::default(), t0 + 10, &env)
+                .unwrap();
+        }
+        let c = claim(&shared_l, t0 + 1_000, &mut samples);
+        assert_eq!((c.used, c.want, c.ceiling), (100, 100, 1_000));
+        // A quiet second later: nothing wanted.
+        assert_eq!(claim(&shared_l, t0 + 2_000, &mut samples).want, 0);
+    }
+}
