@@ -8,10 +8,15 @@
 //!
 //! - committed(instance) = max(used, honoured ceiling, granted ceiling) while its grant
 //!   is unexpired, else its `used`; remaining = amount − Σ committed (saturating);
-//! - slice = min(want, ⌈remaining / 2⌉), where remaining leaves out the claimant's own
-//!   old lease and counts its `max(used, honoured)`. No instance gets more than half of
-//!   what is left, so none hoards and the last units are spread; the rounding up lets a
-//!   trickle through to the very last unit.
+//! - slice = min(want, ⌈remaining / 2⌉), where remaining = amount − the others'
+//!   commitments − the claimant's `used`. While another instance contends (a live grant
+//!   with a slice unspent, or a want of its own), no instance gets more than half of what
+//!   is left, so none hoards and the last units are spread; the rounding up lets a
+//!   trickle through to the very last unit. An instance alone may take all of it (up to
+//!   its want), so a lone worker reaches the limit even with large token estimates.
+//!   Counting only `used` (not the ceiling it still honours) is safe: the others'
+//!   grants were made counting that ceiling, and it stays in this instance's commitment
+//!   until its next claim.
 //!
 //! Hence Σ committed never exceeds the amount for instances that honour their ceilings,
 //! and an instance that stops claiming gives back its unused slice when its grant
@@ -68,6 +73,8 @@ pub struct Holding {
     /// The ceiling last granted.
     pub granted: u64,
     pub expires_at_ms: i64,
+    /// What the last claim wanted.
+    pub want: u64,
 }
 
 impl Holding {
@@ -84,6 +91,11 @@ impl Holding {
     pub fn live(&self, now_ms: i64) -> bool {
         now_ms < self.expires_at_ms
     }
+
+    /// Competing for what remains: a live grant with some of it unspent, or a want.
+    pub fn contending(&self, now_ms: i64) -> bool {
+        self.live(now_ms) && (self.granted > self.used || self.want > 0)
+    }
 }
 
 /// One claim, already moved to the meter's window.
@@ -95,12 +107,12 @@ pub struct Claim {
     pub refused: u64,
 }
 
-/// The slice an instance is leased: at most `want`, and at most half (rounded up) of
-/// what remains once everyone else's commitments and the claimant's own `base`
-/// (`max(used, honoured)`) are counted.
-pub fn slice(amount: u64, others_committed: u64, base: u64, want: u64) -> u64 {
-    let remaining = amount.saturating_sub(others_committed).saturating_sub(base);
-    want.min(remaining.div_ceil(2))
+/// The slice an instance is leased: at most `want`, and of what remains once everyone
+/// else's commitments and the claimant's own `used` are counted, at most half (rounded
+/// up) while another instance contends, else all of it.
+pub fn slice(amount: u64, others_committed: u64, used: u64, want: u64, alone: bool) -> u64 {
+    let remaining = amount.saturating_sub(others_committed).saturating_sub(used);
+    want.min(if alone { remaining } else { remaining.div_ceil(2) })
 }
 
 /// The holdings of every instance for one limit in one window: the pure core.
@@ -153,20 +165,28 @@ impl Meter {
     ) -> u64 {
         let absolute_max = self.absolute_max;
         let others = self.committed_except(instance, now_ms);
+        let alone = !self
+            .instances
+            .iter()
+            .any(|(id, h)| id.as_str() != instance && h.contending(now_ms));
         let h = self.instances.entry(instance.to_string()).or_default();
         if h.worker_id != worker_id {
             h.worker_id = worker_id.to_string();
         }
+        // `used` is the instance's latest count: a token reservation settled lower than
+        // its estimate lowers it. (Claims of one instance come one at a time; the ledger
+        // still keeps the largest value it was sent.) `refused` only grows.
+        h.used = c.used;
         if absolute_max {
-            h.used = h.used.max(c.used);
             h.refused = h.refused.max(c.refused);
         } else {
-            h.used = c.used;
             h.refused = c.refused;
         }
         h.honoured = c.ceiling;
-        let base = h.used.max(h.honoured);
-        let ceiling = h.used.saturating_add(slice(amount, others, base, c.want));
+        h.want = c.want;
+        let ceiling = h
+            .used
+            .saturating_add(slice(amount, others, h.used, c.want, alone));
         h.granted = ceiling;
         h.expires_at_ms = now_ms.saturating_add(ttl_ms);
         ceiling
@@ -515,13 +535,19 @@ mod tests {
 
     #[test]
     fn slices_are_at_most_half_of_what_remains() {
-        assert_eq!(slice(100, 0, 0, 1000), 50);
-        assert_eq!(slice(100, 0, 0, 10), 10);
-        assert_eq!(slice(100, 60, 20, 1000), 10);
-        assert_eq!(slice(100, 99, 0, 1000), 1, "the last unit still goes out");
-        assert_eq!(slice(100, 100, 0, 1000), 0);
-        assert_eq!(slice(100, 150, 0, 1000), 0, "overspent: nothing");
-        assert_eq!(slice(100, 0, 0, 0), 0, "no want, no slice");
+        assert_eq!(slice(100, 0, 0, 1000, false), 50);
+        assert_eq!(slice(100, 0, 0, 10, false), 10);
+        assert_eq!(slice(100, 60, 20, 1000, false), 10);
+        assert_eq!(slice(100, 99, 0, 1000, false), 1, "the last unit still goes out");
+        assert_eq!(slice(100, 100, 0, 1000, false), 0);
+        assert_eq!(slice(100, 150, 0, 1000, false), 0, "overspent: nothing");
+        assert_eq!(slice(100, 0, 0, 0, false), 0, "no want, no slice");
+        assert_eq!(slice(100, 60, 20, 1000, true), 20, "alone: all that remains");
+        assert_eq!(
+            slice(100, 60, 20, 5, true),
+            5,
+            "alone: still no more than its want"
+        );
     }
 
     #[test]
@@ -673,8 +699,9 @@ mod tests {
     }
 
     proptest! {
-        /// Σ committed never exceeds the amount; no instance is granted more than half
-        /// (rounded up) of what remained; an instance's grant never lets it pass the amount.
+        /// Σ committed never exceeds the amount; while another instance contends, no
+        /// instance is granted more than half (rounded up) of what remained; an instance's
+        /// grant never lets it pass the amount.
         #[test]
         fn the_fleet_never_commits_more_than_the_amount(
             amount in 1u64..500,
@@ -690,10 +717,11 @@ mod tests {
                 w.used = (w.used + s.spend).min(honoured.max(w.used));
                 let id = format!("i{}", s.instance);
                 let others = m.committed_except(&id, now);
-                let base = w.used.max(honoured);
-                let remaining = amount.saturating_sub(others).saturating_sub(base);
+                let alone = !m.instances.iter().any(|(i, h)| *i != id && h.contending(now));
+                let remaining = amount.saturating_sub(others).saturating_sub(w.used);
                 let c = m.claim(amount, &id, "w", Claim { used: w.used, ceiling: honoured, want: s.want, refused: 0 },  now, GRANT_TTL_MS);
-                prop_assert!(c - w.used <= remaining.div_ceil(2), "slice {} of remaining {}", c - w.used, remaining);
+                let most = if alone { remaining } else { remaining.div_ceil(2) };
+                prop_assert!(c - w.used <= most, "slice {} of remaining {} (alone: {})", c - w.used, remaining, alone);
                 prop_assert!(c - w.used <= s.want);
                 if !s.lost {
                     w.ceiling = c;
@@ -720,7 +748,7 @@ mod tests {
             if later >= GRANT_TTL_MS {
                 prop_assert_eq!(idle.committed(later), used);
             }
-            prop_assert!(idle.committed(later) <= used + want.min((amount - used).div_ceil(2)));
+            prop_assert!(idle.committed(later) <= used + want.min(amount - used));
         }
     }
 }

@@ -416,12 +416,13 @@ store_test!(
             "instance_id",
         );
 
-        // First claims: nothing used yet. Each instance gets at most half of what remains.
-        let first = lease(&mut w, "i1", vec![claim("research-day", 0, 0, 0, 10_000)]).await?;
+        // First claims: nothing used yet. Alone, an instance gets what it wants of what
+        // remains; once another contends, at most half of what remains.
+        let first = lease(&mut w, "i1", vec![claim("research-day", 0, 0, 0, 500)]).await?;
         let g1 = &first.grants[0];
         let day = g1.window_start_ms;
         assert_eq!(day % 86_400_000, 0, "a day window starts at 00:00 UTC");
-        assert_eq!(g1.ceiling, 500, "half of 1000");
+        assert_eq!(g1.ceiling, 500, "its want, alone");
         assert!(g1.expires_at_ms > day);
         let g2 = lease(&mut w, "i2", vec![claim("research-day", day, 0, 0, 10_000)])
             .await?
