@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Installs what the tests need from outside Cargo, only if it is missing:
-# Debian packages (haproxy for the cluster test, prometheus for promtool) and a Python
-# venv with the official openai and anthropic SDKs for the SDK compatibility tests.
+# Debian packages (haproxy for the cluster test, prometheus for promtool, chromium for the
+# console test) and a Python venv with the official openai and anthropic SDKs for the SDK
+# compatibility tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v haproxy >/dev/null 2>&1 || need_apt+=(haproxy)
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing Debian packages: ${need_apt[*]}" >&2
@@ -34,5 +36,18 @@ if [ ! -x .tools/codex/node_modules/.bin/codex ]; then
       || echo "warning: could not install @openai/codex; the Codex test will fail" >&2
   else
     echo "warning: npm is missing; the Codex test will fail" >&2
+  fi
+fi
+
+# playwright-core (the driver only: it downloads no browser; the test points it at
+# /usr/bin/chromium) for the console test, in .tools/playwright.
+if [ ! -d .tools/playwright/node_modules/playwright-core ]; then
+  if command -v npm >/dev/null 2>&1; then
+    echo "installing playwright-core into .tools/playwright" >&2
+    mkdir -p .tools/playwright
+    npm install --prefix .tools/playwright --no-audit --no-fund --silent playwright-core@1 >/dev/null \
+      || echo "warning: could not install playwright-core; the console test will fail" >&2
+  else
+    echo "warning: npm is missing; the console test will fail" >&2
   fi
 fi
