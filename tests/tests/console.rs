@@ -599,6 +599,11 @@ async fn grafana_dashboard_queries_name_exported_metrics() -> Result<()> {
     let keys = env.apply(&ok, &sick).await?;
     env.in_sync().await?;
     assert_eq!(env.send(0, &keys["ka"], "m-oa", true).await?, 200);
+    // An upstream error (the next answer of `ok` is a 503), for the families that count
+    // failures and retries.
+    ok.push(Behavior::error(503));
+    env.send(0, &keys["ka"], "m-oa", false).await?;
+    assert!(ok.stats().by_status.get(&503).is_some(), "{:?}", ok.stats());
     let get = |url: String| {
         let http = env.http.clone();
         async move { Ok::<_, anyhow::Error>(http.get(url).send().await?.error_for_status()?.text().await?) }

@@ -164,7 +164,7 @@ pub fn bar_chart(label: &str, starts: &[i64], series: &[Series], fmt: &dyn Fn(u6
             );
         }
         // A label every few buckets.
-        if i % (n / 6).max(1) == 0 {
+        if i % (n / 6).max(1) == 0 && x < W - 30.0 {
             let _ = write!(
                 svg,
                 "<text x=\"{x:.1}\" y=\"{ly}\" class=\"axis\">{c}</text>",
