@@ -603,7 +603,7 @@ async fn grafana_dashboard_queries_name_exported_metrics() -> Result<()> {
     // failures and retries.
     ok.push(Behavior::error(503));
     env.send(0, &keys["ka"], "m-oa", false).await?;
-    assert!(ok.stats().by_status.get(&503).is_some(), "{:?}", ok.stats());
+    assert!(ok.stats().by_status.contains_key(&503), "{:?}", ok.stats());
     let get = |url: String| {
         let http = env.http.clone();
         async move { Ok::<_, anyhow::Error>(http.get(url).send().await?.error_for_status()?.text().await?) }

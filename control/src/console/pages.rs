@@ -284,20 +284,19 @@ pub async fn traffic(c: &Console, window: &str, by: &str) -> Result<String, Erro
     let now = now_ms();
     // Whole buckets, so that the table and the charts sum the same records.
     let from = (now - wms).div_euclid(bucket) * bucket;
-    let q = usage::UsageQuery {
+    // Built as the Admin RPC builds it, so the totals are QueryUsage's.
+    let q = usage::UsageQuery::from_proto(&switchyard_proto::v1::QueryUsageRequest {
         from_ms: from,
-        to_ms: i64::MAX,
-        group_by: by.group_by(),
-        key_name: None,
-        model: None,
-    };
+        group_by: by.as_str().into(),
+        ..Default::default()
+    })?;
     let rows = usage::query_usage(c.store.pool(), &q).await?;
     let ttfb = query::ttfb(c.store.pool(), from, i64::MAX, by).await?;
     let sums = query::buckets(c.store.pool(), from, i64::MAX, bucket, by).await?;
 
     let mut b = window_links("/console/traffic", wname, &format!("&by={}", by.as_str()));
     b.push_str("<p class=\"choice\">By: ");
-    for x in By::ALL {
+    for x in By::available() {
         let cls = if x == by { " class=\"active\"" } else { "" };
         let _ = write!(
             b,

@@ -16,20 +16,28 @@ const ERROR_EXPR: &str = "CASE WHEN status >= 400 OR outcome <> 'ok' THEN 1 ELSE
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum By {
     Key,
+    Team,
     Model,
     Backend,
     Provider,
 }
 
 impl By {
-    pub const ALL: [By; 4] = [By::Key, By::Model, By::Backend, By::Provider];
+    const ALL: [By; 5] = [By::Key, By::Team, By::Model, By::Backend, By::Provider];
 
+    /// The groupings QueryUsage knows (`team` only once usage records carry one).
+    pub fn available() -> impl Iterator<Item = By> {
+        By::ALL
+            .into_iter()
+            .filter(|b| usage::GroupBy::parse(b.as_str()).is_ok())
+    }
     pub fn parse(s: &str) -> Option<By> {
-        By::ALL.into_iter().find(|b| b.as_str() == s)
+        By::available().find(|b| b.as_str() == s)
     }
     pub fn as_str(self) -> &'static str {
         match self {
             By::Key => "key",
+            By::Team => "team",
             By::Model => "model",
             By::Backend => "backend",
             By::Provider => "provider",
@@ -38,17 +46,10 @@ impl By {
     fn column(self) -> &'static str {
         match self {
             By::Key => "key_name",
+            By::Team => "team",
             By::Model => "model",
             By::Backend => "backend",
             By::Provider => "provider",
-        }
-    }
-    pub fn group_by(self) -> usage::GroupBy {
-        match self {
-            By::Key => usage::GroupBy::Key,
-            By::Model => usage::GroupBy::Model,
-            By::Backend => usage::GroupBy::Backend,
-            By::Provider => usage::GroupBy::Provider,
         }
     }
 }
