@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests need from outside Cargo, only if it is missing:
 # Debian packages (haproxy for the cluster test, prometheus for promtool, tinyproxy for
-# the egress-proxy test in tests/security) and a Python venv with the official openai and
-# anthropic SDKs for the SDK compatibility tests.
+# the egress-proxy test in tests/security, chromium for the console test) and a Python
+# venv with the official openai and anthropic SDKs for the SDK compatibility tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +10,7 @@ need_apt=()
 command -v haproxy >/dev/null 2>&1 || need_apt+=(haproxy)
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 command -v tinyproxy >/dev/null 2>&1 || need_apt+=(tinyproxy)
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing Debian packages: ${need_apt[*]}" >&2
@@ -49,5 +50,18 @@ if [ ! -x .tools/claude/node_modules/.bin/claude ]; then
       || echo "warning: could not install @anthropic-ai/claude-code; the Claude Code test will fail" >&2
   else
     echo "warning: npm is missing; the Claude Code test will fail" >&2
+  fi
+fi
+
+# playwright-core (the driver only: it downloads no browser; the test points it at
+# /usr/bin/chromium) for the console test, in .tools/playwright.
+if [ ! -d .tools/playwright/node_modules/playwright-core ]; then
+  if command -v npm >/dev/null 2>&1; then
+    echo "installing playwright-core into .tools/playwright" >&2
+    mkdir -p .tools/playwright
+    npm install --prefix .tools/playwright --no-audit --no-fund --silent playwright-core@1 >/dev/null \
+      || echo "warning: could not install playwright-core; the console test will fail" >&2
+  else
+    echo "warning: npm is missing; the console test will fail" >&2
   fi
 fi

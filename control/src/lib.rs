@@ -13,6 +13,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 pub mod admin;
 pub mod apply;
 pub mod auth;
+pub mod console;
 pub mod convert;
 pub mod crypto;
 pub mod http;
@@ -281,6 +282,12 @@ pub async fn start(cfg: Config) -> Result<Running, Error> {
         transport,
         insecure: cfg.insecure,
     };
+    let console = Arc::new(console::Console::new(
+        store.clone(),
+        snap_rx.clone(),
+        registry.clone(),
+        cfg.admin_token.as_ref(),
+    ));
     let worker = watch::WorkerSvc {
         store: store.clone(),
         snapshots: snap_rx,
@@ -359,7 +366,7 @@ pub async fn start(cfg: Config) -> Result<Running, Error> {
     }
     if let Some(listener) = http {
         let c = cancel.clone();
-        let router = http::router(metrics.clone());
+        let router = http::router(metrics.clone(), console);
         tasks.spawn(async move {
             if let Err(e) = axum::serve(listener, router)
                 .with_graceful_shutdown(c.clone().cancelled_owned())
