@@ -65,12 +65,19 @@ impl Env {
         let mut ws = Vec::new();
         for i in 0..workers {
             let mut cmd = Command::new(bin_path("switchyard-worker"));
-            cmd.args(["--listen", "127.0.0.1:0", "--control", &format!("http://{grpc}")])
-                .args(["--worker-id", &format!("w{i}")])
-                .arg("--state-dir")
-                .arg(dir.path().join(format!("w{i}")))
-                .env("SWITCHYARD_WORKER_TOKEN", WORKER_TOKEN)
-                .env("RUST_LOG", "info");
+            cmd.args([
+                "--listen",
+                "127.0.0.1:0",
+                "--ops-listen",
+                "127.0.0.1:0",
+                "--control",
+                &format!("http://{grpc}"),
+            ])
+            .args(["--worker-id", &format!("w{i}")])
+            .arg("--state-dir")
+            .arg(dir.path().join(format!("w{i}")))
+            .env("SWITCHYARD_WORKER_TOKEN", WORKER_TOKEN)
+            .env("RUST_LOG", "info");
             ws.push(Proc::spawn(&format!("w{i}"), cmd).await?);
         }
         Ok(Env {
@@ -608,7 +615,7 @@ async fn grafana_dashboard_queries_name_exported_metrics() -> Result<()> {
         let http = env.http.clone();
         async move { Ok::<_, anyhow::Error>(http.get(url).send().await?.error_for_status()?.text().await?) }
     };
-    let mut names = exported_names(&get(format!("{}/metrics", env.workers[0].url("http"))).await?);
+    let mut names = exported_names(&get(format!("{}/metrics", env.workers[0].url("ops"))).await?);
     names.extend(exported_names(
         &get(format!("{}/metrics", env.control_http())).await?,
     ));
