@@ -481,3 +481,50 @@ print("ALL OK")
     );
     Ok(())
 }
+
+/// Claude Code itself (the real CLI, installed by scripts/ensure-deps.sh into
+/// `.tools/claude`) answers through `up --demo`, whose backend is OpenAI-kind: print mode,
+/// streamed and translated both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_demo_answers_claude_code() -> Result<()> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let claude = root.join(".tools/claude/node_modules/.bin/claude");
+    if !claude.exists() {
+        bail!(
+            "{} is missing: run scripts/ensure-deps.sh (installs @anthropic-ai/claude-code)",
+            claude.display()
+        );
+    }
+    let dir = tempfile::tempdir()?;
+    let p = start_up(&dir.path().join("data"), &["--demo"], &[]).await?;
+    printed_curl(&p).await?;
+    let key = printed_value(&p, "Client API key").context("no key printed")?;
+    let home = tempfile::tempdir()?;
+    let run = Command::new(&claude)
+        .args(["--bare", "-p", "Say hello", "--model", "demo"])
+        .current_dir(home.path())
+        .env("HOME", home.path())
+        .env("CLAUDE_CONFIG_DIR", home.path().join(".claude"))
+        .env("ANTHROPIC_BASE_URL", format!("http://{}", p.addr("http")))
+        .env("ANTHROPIC_API_KEY", &key)
+        .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
+        .env("DISABLE_AUTOUPDATER", "1")
+        .env("DISABLE_TELEMETRY", "1")
+        .env_remove("ANTHROPIC_AUTH_TOKEN")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(90), run).await??;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("canned reply from switchyard-mock"),
+        "claude -p through up --demo failed ({}):\n{stdout}\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        p.stderr_text()
+    );
+    Ok(())
+}

@@ -33,6 +33,9 @@
 //!
 //! Anthropic → OpenAI (for an Anthropic client on an OpenAI-kind backend) is the reverse,
 //! plus: `thinking.budget_tokens` < 4096 → `low`, < 16384 → `medium`, else `high`;
+//! `thinking {type: adaptive}` (the model decides) → no `reasoning_effort` (the backend's
+//! default); `output_config.effort` `low`/`medium`/`high` → that `reasoning_effort`
+//! (`max` → `high`; it wins over a budget's), other `output_config` members refused;
 //! `stream: true` adds `stream_options.include_usage: true` (so usage can be read);
 //! `tool_result.is_error: true` prefixes the result with `Error: ` (OpenAI has no flag);
 //! images in a `tool_result` (OpenAI tool messages carry text only) go, after the turn's

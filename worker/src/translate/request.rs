@@ -1058,7 +1058,9 @@ pub(super) fn messages_to_chat_value(mut m: Obj, opts: &TranslateOptions) -> Res
                 )?;
                 out.insert("reasoning_effort".into(), budget_effort(b).into());
             }
-            "disabled" => {}
+            // The model decides how much to think: the backend's own default reasoning
+            // (an `output_config.effort` below sets it).
+            "adaptive" | "disabled" => {}
             _ => {
                 return Err(unsupported(
                     "thinking.type",
@@ -1070,6 +1072,24 @@ pub(super) fn messages_to_chat_value(mut m: Obj, opts: &TranslateOptions) -> Res
     }
     if let Some(c) = take(&mut m, "context_management") {
         context_management(c)?;
+    }
+    if let Some(c) = take(&mut m, "output_config") {
+        let mut c = as_object(c, "output_config")?;
+        if let Some(e) = take(&mut c, "effort") {
+            let e = as_string(e, "output_config.effort")?;
+            let effort = match e.as_str() {
+                "low" | "medium" | "high" => e,
+                "max" => "high".to_string(),
+                _ => {
+                    return Err(unsupported(
+                        "output_config.effort",
+                        format!("`{e}` cannot be translated"),
+                    ))
+                }
+            };
+            out.insert("reasoning_effort".into(), effort.into());
+        }
+        reject_rest(&c, "output_config")?;
     }
     only_if(&mut m, "service_tier", |v| v == "auto")?;
     reject_rest(&m, "")?;

@@ -411,7 +411,17 @@ fn translate_anthropic_request_fixture() {
         ("metadata", json!({"user_id": "a", "other": 1}), "metadata.other"),
         ("mcp_servers", json!([]), "mcp_servers"),
         ("container", json!("c"), "container"),
-        ("thinking", json!({"type": "adaptive"}), "thinking.type"),
+        ("thinking", json!({"type": "sometimes"}), "thinking.type"),
+        (
+            "output_config",
+            json!({"effort": "extreme"}),
+            "output_config.effort",
+        ),
+        (
+            "output_config",
+            json!({"format": {"type": "json_schema"}}),
+            "output_config.format",
+        ),
         (
             "context_management",
             json!({"edits": [{"type": "clear_thinking_20251015"}, {"type": "clear_tool_uses_20250919"}]}),
@@ -427,6 +437,12 @@ fn translate_anthropic_request_fixture() {
         b[k] = v;
         assert_eq!(refused_param(to_chat(b)), param, "{k}");
     }
+    // Claude Code with a model it does not know: adaptive thinking, the effort it wants.
+    let mut b = base();
+    b["thinking"] = json!({"type": "adaptive"});
+    assert_eq!(to_chat(b.clone()).unwrap().0, to_chat(base()).unwrap().0);
+    b["output_config"] = json!({"effort": "high"});
+    assert_eq!(to_chat(b).unwrap().0["reasoning_effort"], "high");
     // Claude Code's thinking-clearing edit is harmless: the request translates as without it.
     let mut b = base();
     b["context_management"] = json!({"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]});
