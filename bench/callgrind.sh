@@ -11,6 +11,8 @@
 #   STREAM_DELAY_MS=5 paces them as in (c) paced).
 #   LIMITS=1: three enforced limits on the bench key (requests and tokens per minute, and
 #   concurrency), with amounts too large to refuse: the cost of the limits phase (issue 18).
+#   TRANSLATE=1: the backends are Anthropic-kind (the same mock's /v1/messages), so every
+#   OpenAI Chat request is translated there and back (issue 17's translated row).
 #   SUT=nginx: count nginx instead (one process, the bench's nginx row configuration: keep-alive
 #   upstream, proxy_buffering off, buffered access log), through the same mock and requests.
 set -euo pipefail
@@ -60,18 +62,20 @@ else  # the switchyard row: control, the bench config through the CLI, the worke
 start control $BIN/switchyard-control --data-dir $W --grpc-listen 127.0.0.1:0 --http-listen 127.0.0.1:0
 G=$(wl control grpc)
 export SWITCHYARD_CONTROL_URL=http://$G BA=a BB=b
+KIND=openai; BASE=http://$M/v1
+if [[ ${TRANSLATE:-0} == 1 ]]; then KIND=anthropic; BASE=http://$M; fi  # OpenAI clients, Anthropic backends
 cat > $W/c.toml <<T
 [[providers]]
 name = "mock-a"
-kind = "openai"
-base_url = "http://$M/v1"
+kind = "$KIND"
+base_url = "$BASE"
 [[providers.credentials]]
 name = "a1"
 secret_env = "BA"
 [[providers]]
 name = "mock-b"
-kind = "openai"
-base_url = "http://$M/v1"
+kind = "$KIND"
+base_url = "$BASE"
 [[providers.credentials]]
 name = "b1"
 secret_env = "BB"
