@@ -96,7 +96,7 @@ if [[ ${LIMITS:-0} == 1 ]]; then
   $BIN/switchyard limits create bench-tpm --scope key:bench --kind tokens --window minute --amount 1000000000000 >/dev/null
   $BIN/switchyard limits create bench-conc --scope key:bench --kind concurrency --amount 100000 >/dev/null
 fi
-start worker valgrind --tool=callgrind --callgrind-out-file=$W/cg.out --dump-instr=no $BIN/switchyard-worker --listen 127.0.0.1:0 --control http://$G --state-dir $W/wk --worker-id bench --threads ${THREADS:-1}
+start worker valgrind --tool=callgrind --callgrind-out-file=$W/cg.out --dump-instr=no $BIN/switchyard-worker --listen 127.0.0.1:0 --ops-listen 127.0.0.1:0 --control http://$G --state-dir $W/wk --worker-id bench --threads ${THREADS:-1}
 H=$(wl worker http)
 fi
 run(){ python3 - "$H" "$KEY" "$1" "${STREAM:-0}" <<'P'

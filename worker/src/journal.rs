@@ -244,15 +244,18 @@ impl Segment {
             }
             return Read::End;
         }
-        out.clear();
         let mut check = Check::new(self.key, self.seq, at, len);
         let words = len.div_ceil(8);
-        for k in 0..words {
+        // Whole words into a buffer sized once (a fixed 8-byte copy each), then cut to the
+        // record's length: no capacity check per word.
+        out.clear();
+        out.resize(words * 8, 0);
+        for (k, dst) in out.chunks_exact_mut(8).enumerate() {
             let b = self.words[at + 2 + k].load(Ordering::Relaxed).to_ne_bytes();
             check.word(u64::from_le_bytes(b));
-            let take = (len - k * 8).min(8);
-            out.extend_from_slice(&b[..take]);
+            dst.copy_from_slice(&b);
         }
+        out.truncate(len);
         let ok = check.finish() == u64::from_le(self.words[at + 1].load(Ordering::Relaxed));
         Read::Record {
             next: at + 2 + words,
