@@ -643,6 +643,26 @@ mod tests {
     }
 
     #[test]
+    fn a_concurrency_claim_gets_what_it_wants() {
+        let a = Allocator::default();
+        let l = limit("conc", LimitKind::Concurrency, None, 100_000);
+        let limits = BTreeMap::from([(l.name.clone(), l)]);
+        let claim = |used, ceiling, want| RawClaim {
+            limit: "conc".into(),
+            used,
+            ceiling,
+            want,
+            ..Default::default()
+        };
+        let now = 1_800_000_000_000;
+        assert_eq!(a.lease(&limits, "w", "i", &[claim(0, 0, 0)], now)[0].ceiling, 0);
+        assert_eq!(
+            a.lease(&limits, "w", "i", &[claim(0, 0, 2)], now + 20)[0].ceiling,
+            2
+        );
+    }
+
+    #[test]
     fn concurrency_holdings_follow_the_level_and_are_forgotten() {
         let a = Allocator::default();
         let l = limit("conc", LimitKind::Concurrency, None, 4);

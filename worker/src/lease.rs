@@ -3,7 +3,8 @@
 //!
 //! While the snapshot has limits it sends one claim per limit every [`PERIOD`]
 //! (`used`, `ceiling`, `refused`, absolute in the window, and `want`: the consumption of
-//! the last second × the period × 4, plus what was refused since the last claim), and at
+//! the last second × the period × 4, plus what was refused since the last claim, at least
+//! a minimum slice while there was demand within [`KEEP_ASKING`], else 0), and at
 //! once when an admission finds a slice's headroom below half of it (`Shared::lease_wake`,
 //! poked once per grant by the request that crosses that edge: no wake-up per request).
 //! Grants are applied to the limits' atomics. Control unreachable: it backs off (up to
@@ -27,6 +28,11 @@ pub const PERIOD: Duration = Duration::from_millis(250);
 pub const MIN_GAP: Duration = Duration::from_millis(20);
 /// The longest wait between tries while control cannot be reached.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// A limit with demand (a request admitted or refused) within this long keeps asking for
+/// at least its minimum slice, so a client that waits out a `Retry-After` finds the slice
+/// its refusal asked for still held; after it, an idle worker asks for nothing and its
+/// slice goes back to the fleet.
+pub const KEEP_ASKING: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
 pub struct LeaseConfig {
@@ -44,6 +50,8 @@ struct Sample {
     window: i64,
     at_ms: i64,
     used: u64,
+    /// The last claim that found demand (consumption or a refusal) since the one before.
+    active_ms: i64,
 }
 
 /// The claim for `l` at `now_ms`, and the `used` it reports.
@@ -53,19 +61,24 @@ fn claim(l: &LimitState, now_ms: i64, samples: &mut FxHashMap<Arc<str>, Sample>)
         window: v.window_start_ms,
         at_ms: now_ms,
         used: v.used,
+        active_ms: i64::MIN,
     });
     if s.window != v.window_start_ms {
         *s = Sample {
             window: v.window_start_ms,
             at_ms: now_ms,
             used: 0,
+            active_ms: s.active_ms,
         };
     }
+    let keep = KEEP_ASKING.as_millis() as i64;
     let period = PERIOD.as_millis() as u64;
     let want = if l.def.kind == Kind::Concurrency {
         // In flight now, and what was turned away.
-        let active = v.used > 0 || v.refused_amount > 0;
-        if active {
+        if v.used > 0 || v.refused_amount > 0 {
+            s.active_ms = now_ms;
+        }
+        if now_ms.saturating_sub(s.active_ms) < keep {
             v.used + v.refused_amount + 1
         } else {
             0
@@ -76,8 +89,10 @@ fn claim(l: &LimitState, now_ms: i64, samples: &mut FxHashMap<Arc<str>, Sample>)
         // Enough for four periods at the last second's rate: a slice outlasts a renewal
         // that is slow to come back (a loaded control) rather than refusing meanwhile.
         let rate_want = delta.saturating_mul(period * 4) / span.max(period);
-        let active = delta > 0 || v.refused_amount > 0;
-        if active {
+        if delta > 0 || v.refused_amount > 0 {
+            s.active_ms = now_ms;
+        }
+        if now_ms.saturating_sub(s.active_ms) < keep {
             rate_want.saturating_add(v.refused_amount).max(min_want(l))
         } else {
             0
@@ -88,6 +103,7 @@ fn claim(l: &LimitState, now_ms: i64, samples: &mut FxHashMap<Arc<str>, Sample>)
             window: v.window_start_ms,
             at_ms: now_ms,
             used: v.used,
+            active_ms: s.active_ms,
         };
     }
     pb::LeaseClaim {
@@ -269,7 +285,53 @@ mod tests {
         }
         let c = claim(&shared_l, t0 + 1_000, &mut samples);
         assert_eq!((c.used, c.want, c.ceiling), (100, 100, 1_000));
-        // A quiet second later: nothing wanted.
-        assert_eq!(claim(&shared_l, t0 + 2_000, &mut samples).want, 0);
+        // A quiet second later: the minimum (a client waiting out a Retry-After finds its
+        // slice still there); once quiet for KEEP_ASKING, nothing.
+        assert_eq!(claim(&shared_l, t0 + 2_000, &mut samples).want, 4);
+        let later = t0 + 1_000 + KEEP_ASKING.as_millis() as i64;
+        assert_eq!(claim(&shared_l, later, &mut samples).want, 0);
+    }
+
+    /// A concurrency limit with no grant yet: the refused request is asked for, and the
+    /// grant admits the next one.
+    #[test]
+    fn a_refused_concurrency_request_is_asked_for() {
+        let l = Arc::new(state(Kind::Concurrency, 100_000));
+        let mut samples = FxHashMap::default();
+        let t0 = 60_000 * 100;
+        let env = crate::limits::Env {
+            metrics: None,
+            wake: None,
+        };
+        let set: crate::limits::LimitSet = Arc::from(vec![l.clone()]);
+        let c = claim(&l, t0, &mut samples);
+        assert_eq!(c.want, 0);
+        l.apply_grant(
+            &Grant {
+                window_start_ms: c.window_start_ms,
+                ceiling: 0,
+                fleet_used: 0,
+                expires_at_ms: t0 + 5_000,
+            },
+            0,
+        );
+        let mut h = crate::limits::Held::default();
+        assert!(h
+            .admit(0, &set, crate::limits::Estimate::default(), t0 + 10, &env)
+            .is_err());
+        let c = claim(&l, t0 + 20, &mut samples);
+        assert_eq!(c.want, 2, "{c:?}");
+        l.apply_grant(
+            &Grant {
+                window_start_ms: c.window_start_ms,
+                ceiling: 2,
+                fleet_used: 0,
+                expires_at_ms: t0 + 5_000,
+            },
+            0,
+        );
+        let mut h = crate::limits::Held::default();
+        h.admit(0, &set, crate::limits::Estimate::default(), t0 + 30, &env)
+            .unwrap();
     }
 }
