@@ -706,26 +706,44 @@ static ANTHROPIC: [[HeaderName; 3]; 2] = [
 impl Quota {
     /// Write the headers in the client's dialect, replacing an upstream's of the same
     /// names (the operator's provider-account limits are not the key's).
+    ///
+    /// Every value is written into one buffer and each header takes a slice of it (one
+    /// allocation, not one per value), and the map grows at most once.
     pub fn write(&self, dialect: Dialect, now_ms: i64, h: &mut HeaderMap) {
+        use std::fmt::Write as _;
         let names = match dialect {
             Dialect::OpenAi => &OPENAI,
             Dialect::Anthropic => &ANTHROPIC,
         };
-        for (names, v) in names.iter().zip([self.requests, self.tokens]) {
+        let mut buf = bytes::BytesMut::with_capacity(128);
+        let mut spans: [(usize, usize); 6] = [(0, 0); 6];
+        let mut nums = itoa::Buffer::new();
+        for (i, v) in [self.requests, self.tokens].into_iter().enumerate() {
             let Some((amount, rem, reset_ms)) = v else {
                 continue;
             };
-            h.insert(&names[0], HeaderValue::from(amount));
-            h.insert(&names[1], HeaderValue::from(rem));
-            let reset = match dialect {
-                Dialect::OpenAi => go_duration((reset_ms - now_ms).max(0) as u64),
-                Dialect::Anthropic => humantime::format_rfc3339_seconds(
-                    std::time::UNIX_EPOCH + std::time::Duration::from_millis(reset_ms.max(0) as u64),
-                )
-                .to_string(),
-            };
-            if let Ok(v) = HeaderValue::from_str(&reset) {
-                h.insert(&names[2], v);
+            for (j, n) in [amount, rem].into_iter().enumerate() {
+                let at = buf.len();
+                buf.extend_from_slice(nums.format(n).as_bytes());
+                spans[i * 3 + j] = (at, buf.len());
+            }
+            let at = buf.len();
+            match dialect {
+                Dialect::OpenAi => go_duration_into(&mut buf, (reset_ms - now_ms).max(0) as u64),
+                Dialect::Anthropic => {
+                    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(reset_ms.max(0) as u64);
+                    let _ = write!(buf, "{}", humantime::format_rfc3339_seconds(t));
+                }
+            }
+            spans[i * 3 + 2] = (at, buf.len());
+        }
+        let all = buf.freeze();
+        h.reserve(6);
+        for (k, &(a, b)) in spans.iter().enumerate() {
+            if b > a {
+                if let Ok(v) = HeaderValue::from_maybe_shared(all.slice(a..b)) {
+                    h.insert(&names[k / 3][k % 3], v);
+                }
             }
         }
     }
@@ -734,15 +752,26 @@ impl Quota {
 /// A duration as OpenAI writes its resets (Go's format, whole seconds rounded up:
 /// `1s`, `6m0s`, `1h2m3s`).
 pub fn go_duration(ms: u64) -> String {
+    let mut b = bytes::BytesMut::new();
+    go_duration_into(&mut b, ms);
+    String::from_utf8_lossy(&b).into_owned()
+}
+
+/// [`go_duration`] appended to `out`, with no formatting machinery.
+fn go_duration_into(out: &mut bytes::BytesMut, ms: u64) {
     let s = ms.div_ceil(1000).max(1);
     let (h, m, s) = (s / 3600, (s / 60) % 60, s % 60);
+    let mut n = itoa::Buffer::new();
     if h > 0 {
-        format!("{h}h{m}m{s}s")
-    } else if m > 0 {
-        format!("{m}m{s}s")
-    } else {
-        format!("{s}s")
+        out.extend_from_slice(n.format(h).as_bytes());
+        out.extend_from_slice(b"h");
     }
+    if h > 0 || m > 0 {
+        out.extend_from_slice(n.format(m).as_bytes());
+        out.extend_from_slice(b"m");
+    }
+    out.extend_from_slice(n.format(s).as_bytes());
+    out.extend_from_slice(b"s");
 }
 
 #[cfg(test)]
