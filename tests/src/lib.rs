@@ -25,6 +25,14 @@ use tokio::{
     process::{Child, Command},
 };
 
+/// The repository's root (where `.venv`, `.tools` and `deploy/` are).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
 /// Path of a workspace binary built next to the running test executable.
 pub fn bin_path(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");

@@ -4,20 +4,14 @@
 //! an OpenAI-kind backend (translated both ways), streamed, with its tokens booked.
 #![allow(clippy::unwrap_used)]
 
-use std::{path::PathBuf, time::Duration};
+use std::time::Duration;
 
 use anyhow::{bail, Result};
 use switchyard_mock::{MockOptions, MockServer};
+use switchyard_tests::repo_root;
 use switchyard_tests::worker::{backend, key, model, provider, snapshot, start_with_snapshot};
 
 const KEY: &str = "sk-sy-claude-code-key-0123456789";
-
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
 
 /// Claude Code asks for its own model names (a main one and a small one for titles and
 /// such); the model answers them all through a `*` alias.

@@ -18,19 +18,13 @@ use std::{
 };
 
 use anyhow::{anyhow, bail, Context, Result};
+use switchyard_tests::repo_root;
 use switchyard_tests::{bin_path, stable_port, wait_for, DbKind, Proc, TestDb};
 use tokio::process::{Child, Command};
 
 const ADMIN_TOKEN: &str = "cluster-admin-token-0123456789";
 /// The directory `switchyard certs init` wrote (as compose's one-shot `certs` service does).
 static CERTS: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
 
 /// The `command:` array of a service in docker-compose.yml (one-line JSON-style arrays).
 fn compose_command(service: &str) -> Result<Vec<String>> {

@@ -4,20 +4,14 @@
 //! booked.
 #![allow(clippy::unwrap_used)]
 
-use std::{path::PathBuf, time::Duration};
+use std::time::Duration;
 
 use anyhow::{bail, Result};
 use switchyard_mock::{MockOptions, MockServer};
+use switchyard_tests::repo_root;
 use switchyard_tests::worker::{backend, key, model, provider, snapshot, start_with_snapshot};
 
 const KEY: &str = "sk-sy-codex-key-0123456789";
-
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn codex_exec_answers_through_the_worker() -> Result<()> {

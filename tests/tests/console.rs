@@ -21,6 +21,7 @@ use std::{
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 use switchyard_mock::{Behavior, MockOptions, MockServer, Usage};
+use switchyard_tests::repo_root;
 use switchyard_tests::{bin_path, stable_port, wait_for, DbKind, Proc, TestDb};
 use tokio::process::Command;
 
@@ -34,10 +35,6 @@ const USAGE: Usage = Usage {
     reasoning_tokens: 50,
     cache_write_tokens: 0,
 };
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 struct Env {
     dir: tempfile::TempDir,

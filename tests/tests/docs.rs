@@ -23,6 +23,7 @@ use std::{
 use anyhow::{anyhow, bail, Context, Result};
 use regex::Regex;
 use switchyard_mock::{MockOptions, MockServer};
+use switchyard_tests::repo_root;
 use switchyard_tests::{bin_path, wait_for, Proc};
 use tokio::process::Command;
 
@@ -32,10 +33,6 @@ const WORKER_TOKEN: &str = "docs-test-worker-token-0123456789";
 const PASS_SECRET: &str = "sk-docs-test-from-pass-0000009999";
 /// The line above a fence that marks a block as not run.
 const SKIP_MARK: &str = "(not run by the docs test";
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 // ---------------------------------------------------------------------------
 // Markdown

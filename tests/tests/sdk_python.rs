@@ -4,18 +4,10 @@
 //! (scripts/ensure-deps.sh).
 #![allow(clippy::unwrap_used)]
 
-use std::path::PathBuf;
-
 use anyhow::{bail, Result};
 use switchyard_mock::{MockOptions, MockServer};
+use switchyard_tests::repo_root;
 use switchyard_tests::worker::{backend, key, model, provider, snapshot, start_with_snapshot};
-
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_sdks_work_against_the_worker() -> Result<()> {

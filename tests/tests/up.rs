@@ -442,10 +442,7 @@ provider = "oa"
 /// answers in Anthropic's list format. Needs the repo's `.venv` (scripts/ensure-deps.sh).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_demo_answers_the_anthropic_sdk() -> Result<()> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf();
+    let root = switchyard_tests::repo_root();
     let python = root.join(".venv/bin/python");
     if !python.exists() {
         bail!("{} is missing: run scripts/ensure-deps.sh", python.display());
@@ -487,10 +484,7 @@ print("ALL OK")
 /// streamed and translated both ways.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_demo_answers_claude_code() -> Result<()> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf();
+    let root = switchyard_tests::repo_root();
     let claude = root.join(".tools/claude/node_modules/.bin/claude");
     if !claude.exists() {
         bail!(
