@@ -40,7 +40,16 @@ function extract() {
 function watch(page, sink) {
   page.on('console', (m) => { if (m.type() === 'error') sink.push(`console: ${m.text()}`); });
   page.on('pageerror', (e) => sink.push(`pageerror: ${e.message}`));
-  page.on('requestfailed', (r) => sink.push(`requestfailed: ${r.url()} ${r.failure() && r.failure().errorText}`));
+  page.on('requestfailed', (r) => {
+    const why = r.failure() && r.failure().errorText;
+    // The browser cancels an icon fetch still in flight when the page navigates on (a
+    // race, not a fault); a missing icon is still caught below by its status.
+    if (why === 'net::ERR_ABORTED' && r.resourceType() !== 'document' && r.url().endsWith('/favicon.svg')) return;
+    sink.push(`requestfailed: ${r.url()} ${why}`);
+  });
+  page.on('response', (r) => {
+    if (r.status() >= 400 && r.request().resourceType() !== 'document') sink.push(`response ${r.status()}: ${r.url()}`);
+  });
 }
 
 (async () => {
