@@ -402,7 +402,7 @@ def cmd_slow(a: argparse.Namespace) -> None:
 
 # --- report ---------------------------------------------------------------------------------
 
-ROWS = ["direct", "nginx", "nginx-nolog", "switchyard"]
+ROWS = ["direct", "nginx", "nginx-nolog", "switchyard", "switchyard-limits", "switchyard-translated"]
 
 
 def loadavg() -> str:
@@ -629,6 +629,29 @@ def cmd_table(a: argparse.Namespace) -> None:
                   f"({how}, at 10 MB) | {f(flat, 2)}×; {f(n_copies, 3 if counted is not None else 2)} | "
                   f"{verdict(None if flat is None or n_copies is None else flat < 1.5 and n_copies < (1.1 if counted is not None else 1.5))} |"]
         o.append("")
+        # The variants, each against the plain switchyard row of the same run.
+        lim = med("switchyard-limits", "saturation", "cpu_us_per_req")
+        tr = med("switchyard-translated", "saturation", "cpu_us_per_req")
+        if lim or tr:
+            o += ["## Variants against the switchyard row (same run)", "",
+                  "| variant | measured | verdict |", "|---|---:|---|"]
+        if lim:
+            lr = lim / sy_cpu if sy_cpu else None
+            o.append(f"| three enforced limits (issue 18): CPU/req ≤ 1.05× without limits | "
+                     f"{ratio(lim, sy_cpu)} ({ratio(lim, ng)} nginx) | {verdict(None if lr is None else lr <= 1.05)} |")
+        if tr:
+            tt = med("switchyard-translated", "stream_paced", "ttfb_ms")
+            tb = med("switchyard-translated", "stream_burst", "total_ms")
+            sb = med("switchyard", "stream_burst", "total_ms")
+            o += [f"| translated (issue 17), OpenAI Chat ⇄ Anthropic Messages: CPU/req | "
+                  f"{ratio(tr, sy_cpu)} of passthrough ({ratio(tr, ng)} nginx) | – |",
+                  f"| translated: added TTFB, paced stream, over direct (over passthrough) | "
+                  f"{f((tt - d_ttfb) * 1000 if tt and d_ttfb else None, 0)} µs "
+                  f"({f((tt - sy_ttfb) * 1000 if tt and sy_ttfb else None, 0)} µs) | – |",
+                  f"| translated: burst stream total, over passthrough | "
+                  f"{f((tb - sb) * 1000 if tb and sb else None, 0)} µs | – |"]
+        if lim or tr:
+            o.append("")
     Path(a.md).write_text("\n".join(o))
     print("\n".join(o))
 

@@ -21,7 +21,11 @@ fi
 SAT_CONNECTIONS="${SAT_CONNECTIONS:-50}"
 EQUAL_RATE="${EQUAL_RATE:-10000}"   # (a2): one rate for every row, below what all sustain
 FIXED_RATE="${FIXED_RATE:-200}"
-ROWS="${ROWS:-direct nginx nginx-nolog switchyard}"  # which rows to run
+ROWS="${ROWS:-direct nginx nginx-nolog switchyard switchyard-limits switchyard-translated}"  # which rows to run
+# switchyard-limits: the same worker setup with three enforced limits on the key (issue 18's condition);
+# switchyard-translated: the same OpenAI requests to Anthropic-kind backends, translated there and
+# back (issue 17's translated row). Each runs its own control and worker, idle while other rows run,
+# and only (a), (b) and (c): (a2) and (d) are the plain switchyard row's.
 SCENARIOS="${SCENARIOS:-saturation equalrate fixed200 stream slow micro}"
 SUT_CPU="${SUT_CPU:-1}"                          # system under test
 LOAD_CPU="${LOAD_CPU:-0}"                        # load generator + mock
@@ -30,7 +34,7 @@ TOOLS_DIR="${TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/switchyard-bench}"
 RESULTS_DIR="${RESULTS_DIR:-$BENCH/results}"
 NO_BUILD="${NO_BUILD:-0}"                        # 1: use binaries already in the target dir
 KEEP_AWAKE="${KEEP_AWAKE:-0}"   # 1: SCHED_IDLE spinners keep both CPUs out of idle during (b) and (c)
-LIMITS="${LIMITS:-0}"           # 1: three enforced limits on the bench key (rpm, tpm, concurrency; never refusing)
+LIMITS="${LIMITS:-0}"           # 1: the switchyard row's key also gets the three limits (as switchyard-limits)
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 BIN="${BIN_DIR:-$CARGO_TARGET_DIR/release}"   # BIN_DIR: use binaries built elsewhere
 
@@ -82,11 +86,11 @@ if [[ "$NO_BUILD" != 1 ]]; then
   log "building release binaries in $CARGO_TARGET_DIR"
   # One cargo invocation for all of them: built apart, each set of packages gets its own
   # feature resolution and the shared dependencies (tokio, hyper, ...) are compiled twice.
-  if [[ " $ROWS " == *" switchyard "* ]] && (cd "$ROOT" && cargo build --release -p switchyard-mock \
+  if [[ " $ROWS " == *" switchyard"* ]] && (cd "$ROOT" && cargo build --release -p switchyard-mock \
        -p switchyard-worker -p switchyard-control -p switchyard-ctl >&2); then
     :
   else
-    [[ " $ROWS " == *" switchyard "* ]] && { SY_BUILD_OK=0; log "Switchyard binaries do not build; the switchyard row will be skipped"; }
+    [[ " $ROWS " == *" switchyard"* ]] && { SY_BUILD_OK=0; log "Switchyard binaries do not build; the switchyard row will be skipped"; }
     (cd "$ROOT" && cargo build --release -p switchyard-mock >&2) || die "the mock does not build"
   fi
 fi
@@ -121,7 +125,7 @@ wait_http() {  # wait_http URL [SECONDS] [HEADER]: until it answers 200
 import sys, urllib.request
 k, v = sys.argv[2].split(": ", 1)
 req = urllib.request.Request(sys.argv[1], headers={k: v, "content-type": "application/json"},
-                             data=b'{"model":"bench-model","messages":[]}')
+                             data=b'{"model":"bench-model","messages":[{"role":"user","content":"hi"}]}')
 try:
     sys.exit(0 if urllib.request.urlopen(req, timeout=2).status == 200 else 1)
 except Exception:
@@ -146,7 +150,7 @@ MOCK_URL="http://$MOCK_ADDR"
 log "mock on $MOCK_URL"
 
 # --- rows ---------------------------------------------------------------------------------------
-declare -A URL PID KEY EXTRA
+declare -A URL PID KEY EXTRA OPS_URL
 URL[direct]="$MOCK_URL"; PID[direct]=$PID_mock; KEY[direct]=""
 
 start_nginx() {  # start_nginx ROW: nginx (buffered access log, like the worker's) or nginx-nolog
@@ -198,31 +202,39 @@ EOF
 }
 
 # Control (SQLite in the work dir) + worker, configured through the `switchyard` CLI.
+# start_switchyard ROW: switchyard, switchyard-limits (three enforced limits on the key) or
+# switchyard-translated (Anthropic-kind backends: every OpenAI request translated there and back).
 start_switchyard() {
-  [[ "$SY_BUILD_OK" == 1 ]] || { SKIPPED+="switchyard (build failed); "; return 1; }
+  local row=$1 sfx="" kind=openai base="$MOCK_URL/v1" limits=$LIMITS
+  case $row in
+    switchyard-limits) sfx=_limits; limits=1 ;;
+    switchyard-translated) sfx=_translated; kind=anthropic; base="$MOCK_URL" ;;
+  esac
+  [[ "$SY_BUILD_OK" == 1 ]] || { SKIPPED+="$row (build failed); "; return 1; }
   for b in switchyard-control switchyard-worker switchyard; do
-    [[ -x "$BIN/$b" ]] || { SKIPPED+="switchyard ($b not built); "; return 1; }
+    [[ -x "$BIN/$b" ]] || { SKIPPED+="$row ($b not built); "; return 1; }
   done
-  mkdir -p "$WORK/control" "$WORK/worker"
-  start control "$CONTROL_CPU" "$BIN/switchyard-control" --data-dir "$WORK/control" \
+  local dir="$WORK/sy$sfx"
+  mkdir -p "$dir/control" "$dir/worker"
+  start "control$sfx" "$CONTROL_CPU" "$BIN/switchyard-control" --data-dir "$dir/control" \
     --grpc-listen 127.0.0.1:0 --http-listen 127.0.0.1:0
-  local grpc; grpc="$(wait_listening control grpc)" || { SKIPPED+="switchyard (control did not start); "; return 1; }
+  local grpc; grpc="$(wait_listening "control$sfx" grpc)" || { SKIPPED+="$row (control did not start); "; return 1; }
   export SWITCHYARD_CONTROL_URL="http://$grpc"
   export BENCH_UPSTREAM_KEY_A="sk-upstream-a" BENCH_UPSTREAM_KEY_B="sk-upstream-b"
-  cat >"$WORK/switchyard.toml" <<EOF
+  cat >"$dir/switchyard.toml" <<EOF
 # Two providers on the same mock, one model over both backends.
 [[providers]]
 name = "mock-a"
-kind = "openai"
-base_url = "$MOCK_URL/v1"
+kind = "$kind"
+base_url = "$base"
 [[providers.credentials]]
 name = "a1"
 secret_env = "BENCH_UPSTREAM_KEY_A"
 
 [[providers]]
 name = "mock-b"
-kind = "openai"
-base_url = "$MOCK_URL/v1"
+kind = "$kind"
+base_url = "$base"
 [[providers.credentials]]
 name = "b1"
 secret_env = "BENCH_UPSTREAM_KEY_B"
@@ -237,25 +249,30 @@ upstream_model = "mock-model"
 provider = "mock-b"
 upstream_model = "mock-model"
 EOF
-  "$BIN/switchyard" apply -f "$WORK/switchyard.toml" >"$WORK/apply.out" 2>&1 \
-    || { SKIPPED+="switchyard (apply failed: $(tail -1 "$WORK/apply.out")); "; return 1; }
+  "$BIN/switchyard" apply -f "$dir/switchyard.toml" >"$dir/apply.out" 2>&1 \
+    || { SKIPPED+="$row (apply failed: $(tail -1 "$dir/apply.out")); "; return 1; }
   local key
-  key="$("$BIN/switchyard" -o json keys create bench 2>"$WORK/keys.err" \
+  key="$("$BIN/switchyard" -o json keys create bench 2>"$dir/keys.err" \
          | python3 -c 'import json,sys; print(json.load(sys.stdin)["plaintext"])')" \
-    || { SKIPPED+="switchyard (keys create failed: $(tail -1 "$WORK/keys.err")); "; return 1; }
-  if [[ "$LIMITS" == 1 ]]; then  # issue 18's bench (a) condition: amounts too large to refuse
+    || { SKIPPED+="$row (keys create failed: $(tail -1 "$dir/keys.err")); "; return 1; }
+  if [[ "$limits" == 1 ]]; then  # issue 18's bench (a) condition: amounts too large to refuse
     { "$BIN/switchyard" limits create bench-rpm --scope key:bench --kind requests --window minute --amount 1000000000 \
       && "$BIN/switchyard" limits create bench-tpm --scope key:bench --kind tokens --window minute --amount 1000000000000 \
       && "$BIN/switchyard" limits create bench-conc --scope key:bench --kind concurrency --amount 100000; } \
-      >"$WORK/limits.out" 2>&1 || { SKIPPED+="switchyard (limits create failed: $(tail -1 "$WORK/limits.out")); "; return 1; }
+      >"$dir/limits.out" 2>&1 || { SKIPPED+="$row (limits create failed: $(tail -1 "$dir/limits.out")); "; return 1; }
   fi
-  start worker "$SUT_CPU" "$BIN/switchyard-worker" --listen 127.0.0.1:0 --ops-listen 127.0.0.1:0 \
-    --control "http://$grpc" --state-dir "$WORK/worker" --worker-id bench --drain-timeout 2s
-  local http; http="$(wait_listening worker http)" || { SKIPPED+="switchyard (worker did not start); "; return 1; }
-  OPS_URL="http://$(wait_listening worker ops)"
-  URL[switchyard]="http://$http"; PID[switchyard]=$PID_worker; KEY[switchyard]="$key"; EXTRA[switchyard]=$PID_control
-  wait_http "${URL[switchyard]}/v1/chat/completions" 30 "authorization: Bearer $key" \
-    || { SKIPPED+="switchyard (worker never answered 200 on /v1/chat/completions); "; return 1; }
+  # A worker from before the ops listener (an older build compared with BIN_DIR) serves
+  # /metrics on its main port.
+  local ops=(); "$BIN/switchyard-worker" --help 2>/dev/null | grep -q -- --ops-listen && ops=(--ops-listen 127.0.0.1:0)
+  start "worker$sfx" "$SUT_CPU" "$BIN/switchyard-worker" --listen 127.0.0.1:0 "${ops[@]}" \
+    --control "http://$grpc" --state-dir "$dir/worker" --worker-id "bench$sfx" --drain-timeout 2s
+  local http; http="$(wait_listening "worker$sfx" http)" || { SKIPPED+="$row (worker did not start); "; return 1; }
+  OPS_URL[$row]="http://$http"
+  [[ ${#ops[@]} -gt 0 ]] && OPS_URL[$row]="http://$(wait_listening "worker$sfx" ops)"
+  local wpid="PID_worker$sfx" cpid="PID_control$sfx"
+  URL[$row]="http://$http"; PID[$row]=${!wpid}; KEY[$row]="$key"; EXTRA[$row]=${!cpid}
+  wait_http "${URL[$row]}/v1/chat/completions" 30 "authorization: Bearer $key" \
+    || { SKIPPED+="$row (worker never answered 200 on /v1/chat/completions); "; return 1; }
 }
 
 ACTIVE=()
@@ -263,7 +280,8 @@ for row in $ROWS; do
   case $row in
     direct) ACTIVE+=(direct) ;;
     nginx|nginx-nolog) if start_nginx "$row"; then ACTIVE+=("$row"); else log "skipping $row row: $SKIPPED"; fi ;;
-    switchyard) if start_switchyard; then ACTIVE+=(switchyard); else log "skipping switchyard row: $SKIPPED"; fi ;;
+    switchyard|switchyard-limits|switchyard-translated)
+      if start_switchyard "$row"; then ACTIVE+=("$row"); else log "skipping $row row: $SKIPPED"; fi ;;
     *) die "unknown row $row" ;;
   esac
 done
@@ -280,6 +298,7 @@ oha_run() {  # oha_run ROW SCENARIO REP OHA-ARGS...
     "${auth[@]}" -d "$BODY" "$@" "${URL[$row]}/v1/chat/completions"
 }
 has() { [[ " $SCENARIOS " == *" $1 "* ]]; }
+variant() { [[ $1 == switchyard-* ]]; }  # switchyard-limits, switchyard-translated: (a), (b), (c) only
 # KEEP_AWAKE=1: one SCHED_IDLE busy loop per CPU while the latency scenarios run. It only runs
 # when nothing else wants the CPU, and any wake-up preempts it at once, so a CPU never halts
 # and a wake-up is a context switch, not the hypervisor rescheduling a halted vCPU. Same for
@@ -301,7 +320,7 @@ asleep() {
 }
 settle() {  # settle ROW: wait until the row's processes are idle (deadline 60 s); for the
   # worker also until control has acknowledged every usage record (switchyard_reports_pending 0)
-  local m=(); [[ "$1" == switchyard ]] && m=(--metrics-url "$OPS_URL/metrics" --zero-metric switchyard_reports_pending)
+  local m=(); [[ -n "${OPS_URL[$1]:-}" ]] && m=(--metrics-url "${OPS_URL[$1]}/metrics" --zero-metric switchyard_reports_pending)
   python3 "$LIB" settle --pid "${PID[$1]}" ${EXTRA[$1]:+--pid "${EXTRA[$1]}"} "${m[@]}"
 }
 
@@ -318,6 +337,7 @@ done
 # from the saturation runs.
 if has slow; then
   for row in "${ACTIVE[@]}"; do
+    variant "$row" && continue
     settle "$row"
     log "$row: $SLOW_STREAMS concurrent slow streams"
     mock_ctl /_mock/default '{"stream_chunks":600,"chunk_delay_ms":1000}'
@@ -337,7 +357,7 @@ for rep in $(seq 1 "$REPS"); do
       log "rep $rep: $row saturation ($SAT_DURATION, $SAT_CONNECTIONS connections)"
       oha_run "$row" saturation "$rep" -z "$SAT_DURATION" -c "$SAT_CONNECTIONS"
     fi
-    if has equalrate; then
+    if has equalrate && ! variant "$row"; then
       settle "$row"
       log "rep $rep: $row equal rate $EQUAL_RATE req/s ($SAT_DURATION, $SAT_CONNECTIONS connections)"
       oha_run "$row" equalrate "$rep" -z "$SAT_DURATION" -c "$SAT_CONNECTIONS" -q "$EQUAL_RATE" --latency-correction
