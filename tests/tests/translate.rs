@@ -278,3 +278,79 @@ async fn a_model_fails_over_across_vendors_for_either_dialect() -> Result<()> {
     }
     Ok(())
 }
+
+/// A Responses API client on an Anthropic backend: the translated answer's ids are gateway
+/// ids (streamed or not), a stateful call on one says nothing is stored, and a
+/// `previous_response_id` naming one is refused by name, with no upstream request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn translated_responses_carry_gateway_ids() -> Result<()> {
+    let m = MockServer::start(MockOptions::default()).await?;
+    let snap = snapshot(
+        1,
+        vec![provider("an", "anthropic", &m.url(), &[("k", "sk-ant-up")])],
+        vec![model(
+            "resp-on-claude",
+            "round_robin",
+            vec![backend("an", "an", "claude-up", 1, 0)],
+        )],
+        vec![key("main", KEY, &[])],
+    );
+    let (w, _d) = start_with_snapshot(&snap, &[]).await?;
+    let base = w.url("http");
+    let c = reqwest::Client::new();
+    let r = c
+        .post(format!("{base}/v1/responses"))
+        .bearer_auth(KEY)
+        .json(&json!({"model": "resp-on-claude", "input": "hi"}))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await?;
+    let id = v["id"].as_str().unwrap().to_string();
+    assert!(id.starts_with("resp_sy1"), "{v}");
+    assert_eq!(m.requests().pop().unwrap().path, "/v1/messages");
+
+    // Streamed: every event's response id is the gateway's too.
+    let text = c
+        .post(format!("{base}/v1/responses"))
+        .bearer_auth(KEY)
+        .json(&json!({"model": "resp-on-claude", "input": "hi", "stream": true}))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let mut ids = 0;
+    for line in text.lines().filter_map(|l| l.strip_prefix("data: ")) {
+        let ev: Value = serde_json::from_str(line)?;
+        if let Some(rid) = ev["response"]["id"].as_str() {
+            assert!(rid.starts_with("resp_sy1"), "{rid} in {text}");
+            ids += 1;
+        }
+    }
+    assert!(ids >= 2, "created and completed carry the id: {text}");
+
+    // Nothing is stored on that side: said so, without asking the upstream.
+    let before = m.request_count();
+    let r = c
+        .get(format!("{base}/v1/responses/{id}"))
+        .bearer_auth(KEY)
+        .send()
+        .await?;
+    assert_eq!(r.status(), 404);
+    let v: Value = r.json().await?;
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("translation"),
+        "{v}"
+    );
+    let r = c
+        .post(format!("{base}/v1/responses"))
+        .bearer_auth(KEY)
+        .json(&json!({"model": "resp-on-claude", "input": "more", "previous_response_id": id}))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await?;
+    assert_eq!(v["error"]["param"], "previous_response_id", "{v}");
+    assert_eq!(m.request_count(), before);
+    Ok(())
+}

@@ -27,7 +27,7 @@ pub fn response_head(
     let transform = if let Some(pair) = t.pair {
         // A backend of the other kind: the client sees the answer in its own dialect.
         Some(Transform::Translate(Box::new(
-            super::translate::AnswerTranslator::new(ctx, pair, &answer),
+            super::translate::AnswerTranslator::new(ctx, t, pair, &answer),
         )))
     } else if ctx.plan.inject_usage && answer.sse && success {
         Some(Transform::strip_usage())

@@ -79,7 +79,14 @@ async fn forward(
     // An id this client key was not given reads as one that does not exist.
     let d = respid::decode(&routing, &key.id, id).ok_or_else(not_found)?;
     let provider = &routing.providers[d.provider];
-    if provider.kind != ProviderKind::OpenAi || !provider.enabled {
+    if provider.kind != ProviderKind::OpenAi {
+        // A Responses answer translated from an Anthropic backend (`proxy::translate`).
+        return Err(ProxyError::NotFound(format!(
+            "{path}: this response was answered through translation by an Anthropic backend, \
+             which stores nothing; stored responses need an OpenAI-kind backend"
+        )));
+    }
+    if !provider.enabled {
         return Err(not_found());
     }
     let cred = &provider.credentials[d.credential];

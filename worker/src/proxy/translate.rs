@@ -22,6 +22,12 @@
 //!
 //! `max_tokens`, which Anthropic requires, is the model's `default_max_tokens`, else
 //! [`DEFAULT_MAX_TOKENS`], for an OpenAI client that sets none.
+//!
+//! A Responses API answer translated from an Anthropic backend carries gateway response
+//! ids (`respid`) like any other, naming the credential that answered: nothing is stored
+//! there, so a stateful call on one is told so (`proxy::stateful`), and a
+//! `previous_response_id` naming one reaches that backend and is refused by name by the
+//! translation, instead of going to another account that never saw it.
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -219,7 +225,7 @@ pub async fn complete(
         (Some(pair), Some(d)) => pair.answer(&buf, &d.ctx).map_err(ProxyError::Translate),
         _ => Err(ProxyError::Upstream("no translation for this answer")),
     });
-    let (out, usage) = match result {
+    let (mut out, usage) = match result {
         Ok(x) => x,
         Err(e) => {
             warn!(request_id = %ctx.fin.request_id, backend = %t.backend.name, error = %e,
@@ -227,6 +233,13 @@ pub async fn complete(
             return Err(e);
         }
     };
+    if let Some(mut ids) = id_rewriter(ctx, t) {
+        let mut o = ids.feed(Bytes::from(out)).to_vec();
+        if let Some(rest) = ids.finish() {
+            o.extend_from_slice(&rest);
+        }
+        out = o;
+    }
     let retries = ctx.fin.retries;
     let mut f = ctx.fin.hand_over();
     f.backend = t.backend.name.clone();
@@ -246,6 +259,14 @@ pub async fn complete(
     h.insert(&X_RETRIES, retries_header(retries));
     *resp.headers_mut() = h;
     Ok(resp)
+}
+
+/// A Responses API client's answer: the translator's response ids go out as gateway ids
+/// of the credential that answered.
+fn id_rewriter(ctx: &Ctx<'_>, t: &Target<'_>) -> Option<crate::respid::Rewriter> {
+    ctx.plan
+        .response_ids
+        .then(|| crate::respid::Rewriter::new(t.provider, t.ci, ctx.req.key.id.clone()))
 }
 
 async fn read_whole(
@@ -280,6 +301,8 @@ pub struct AnswerTranslator {
     dialect: Dialect,
     mode: Mode,
     out: Vec<u8>,
+    /// A Responses API client: the translated answer's response ids made gateway ids.
+    ids: Option<crate::respid::Rewriter>,
 }
 
 enum Mode {
@@ -312,8 +335,8 @@ impl std::fmt::Debug for AnswerTranslator {
 }
 
 impl AnswerTranslator {
-    /// The translator for `answer` from a target that needs `pair`.
-    pub fn new(ctx: &Ctx<'_>, pair: Pair, answer: &Answer) -> Self {
+    /// The translator for `answer` from `t`, a target that needs `pair`.
+    pub fn new(ctx: &Ctx<'_>, t: &Target<'_>, pair: Pair, answer: &Answer) -> Self {
         let rctx = ctx
             .plan
             .xlate
@@ -344,11 +367,34 @@ impl AnswerTranslator {
             dialect: pair.client_dialect(),
             mode,
             out: Vec::new(),
+            ids: id_rewriter(ctx, t),
         }
     }
 
     /// What the client gets of the next upstream chunk.
     pub fn feed(&mut self, b: Bytes) -> Bytes {
+        let out = self.translate(b);
+        match &mut self.ids {
+            Some(ids) if !out.is_empty() => ids.feed(out),
+            _ => out,
+        }
+    }
+
+    /// The upstream's answer ended: the rest (a stream's last events, or the whole
+    /// translated body).
+    pub fn finish(&mut self) -> Option<Bytes> {
+        let rest = self.translate_rest();
+        let Some(ids) = &mut self.ids else {
+            return rest;
+        };
+        let mut out = rest.map(|b| ids.feed(b).to_vec()).unwrap_or_default();
+        if let Some(held) = ids.finish() {
+            out.extend_from_slice(&held);
+        }
+        (!out.is_empty()).then(|| Bytes::from(out))
+    }
+
+    fn translate(&mut self, b: Bytes) -> Bytes {
         let dialect = self.dialect;
         match &mut self.mode {
             Mode::Stream { t, failed, .. } => {
@@ -375,9 +421,7 @@ impl AnswerTranslator {
         }
     }
 
-    /// The upstream's answer ended: the rest (a stream's last events, or the whole
-    /// translated body).
-    pub fn finish(&mut self) -> Option<Bytes> {
+    fn translate_rest(&mut self) -> Option<Bytes> {
         let dialect = self.dialect;
         self.out.clear();
         match &mut self.mode {
@@ -428,10 +472,11 @@ impl AnswerTranslator {
     /// Nothing is held back (what the translator keeps of an event counts as held until
     /// the upstream's end).
     pub fn is_empty(&self) -> bool {
-        match &self.mode {
+        let translated = match &self.mode {
             Mode::Stream { finished, failed, .. } => *finished || *failed,
             Mode::Whole { finished, .. } => *finished,
-        }
+        };
+        translated && self.ids.as_ref().is_none_or(|ids| ids.is_empty())
     }
 
     /// The usage the translator read (`None`: none to book from it, e.g. an error).
@@ -546,6 +591,7 @@ mod tests {
                 finished: false,
             },
             out: Vec::new(),
+            ids: None,
         };
         let start = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"c\",\"content\":[],\"stop_reason\":null,\"usage\":{\"input_tokens\":10,\"output_tokens\":1,\"cache_read_input_tokens\":5,\"cache_creation_input_tokens\":2}}}\n\nevent: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n";
         let delta = "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hello\"}}\n\n";
