@@ -106,7 +106,11 @@ pub struct Settings {
     pub export_timeout: Duration,
 }
 
-fn env_num<T: FromStr>(get: &impl Fn(&str) -> Option<String>, name: &'static str, default: T) -> Result<T, Error> {
+fn env_num<T: FromStr>(
+    get: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+    default: T,
+) -> Result<T, Error> {
     match get(name).filter(|v| !v.trim().is_empty()) {
         None => Ok(default),
         Some(v) => v.trim().parse().map_err(|_| Error::Env {
@@ -141,7 +145,8 @@ impl Settings {
                 })
             }
         }
-        if set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_none() && set("OTEL_EXPORTER_OTLP_ENDPOINT").is_none() {
+        if set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_none() && set("OTEL_EXPORTER_OTLP_ENDPOINT").is_none()
+        {
             return Ok(None);
         }
         let (pname, proto) = match set("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") {
@@ -339,6 +344,19 @@ pub struct Tracer {
 }
 
 impl Tracer {
+    /// A tracer whose spans go to the returned receiver instead of an exporter (tests, and
+    /// embedders with their own export).
+    pub fn detached(sampler: Sampler, capacity: usize) -> (Arc<Tracer>, mpsc::Receiver<SpanData>) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let tracer = Tracer {
+            tx,
+            sampler,
+            scope: InstrumentationScope::builder("detached").build(),
+            counters: Counters::default(),
+        };
+        (Arc::new(tracer), rx)
+    }
+
     /// The decision for a request with these headers, made once at its start:
     /// `Some` (sampled) gives the server span's identity; `None`, nothing is recorded.
     pub fn start_server(&self, headers: &http::HeaderMap) -> Option<ServerContext> {
@@ -527,9 +545,11 @@ mod tests {
         assert!(settings(&[ep]).unwrap().is_some());
         assert_eq!(settings(&[ep, ("OTEL_SDK_DISABLED", "true")]).unwrap(), None);
         assert_eq!(settings(&[ep, ("OTEL_TRACES_EXPORTER", "none")]).unwrap(), None);
-        assert!(settings(&[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://x:1/v1/traces")])
-            .unwrap()
-            .is_some());
+        assert!(
+            settings(&[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://x:1/v1/traces")])
+                .unwrap()
+                .is_some()
+        );
     }
 
     #[test]
@@ -572,7 +592,11 @@ mod tests {
         assert_eq!(p.span_id, 0x00f067aa0ba902b7);
         assert!(p.sampled);
         assert_eq!(traceparent(p.trace_id, p.span_id).to_str().unwrap(), v);
-        assert!(!parse_traceparent(&v.as_bytes()[..54].iter().chain(b"0").copied().collect::<Vec<_>>()).unwrap().sampled);
+        assert!(
+            !parse_traceparent(&v.as_bytes()[..54].iter().chain(b"0").copied().collect::<Vec<_>>())
+                .unwrap()
+                .sampled
+        );
         for bad in [
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
