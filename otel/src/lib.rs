@@ -486,7 +486,8 @@ async fn export(
             _ = tokio::time::sleep(s.delay) => {}
         }
         // Shutting down: what is queued goes out in one last round of at most 5 s.
-        let last = tokio::time::Instant::now() + s.export_timeout.min(Duration::from_secs(5));
+        let final_round = || tokio::time::Instant::now() + s.export_timeout.min(Duration::from_secs(5));
+        let mut last = final_round();
         loop {
             while batch.len() < s.max_batch {
                 match rx.try_recv() {
@@ -501,19 +502,30 @@ async fn export(
                 true => last.saturating_duration_since(tokio::time::Instant::now()),
                 false => s.export_timeout,
             };
-            send(&exporter, &mut batch, timeout, &counters).await;
+            // A shutdown does not wait out a slow export: the batch is dropped (counted)
+            // and the last round begins.
+            let spans = std::mem::replace(&mut batch, Vec::with_capacity(s.max_batch.min(1024)));
+            let n = spans.len() as u64;
+            tokio::select! {
+                biased;
+                _ = send(&exporter, spans, timeout, &counters) => {}
+                _ = cancel.cancelled(), if !stopping => {
+                    counters.dropped.inc_by(n);
+                    stopping = true;
+                    last = final_round();
+                }
+            }
         }
     }
 }
 
 async fn send(
     exporter: &opentelemetry_otlp::SpanExporter,
-    batch: &mut Vec<SpanData>,
+    spans: Vec<SpanData>,
     timeout: Duration,
     counters: &Counters,
 ) {
-    let n = batch.len() as u64;
-    let spans = std::mem::take(batch);
+    let n = spans.len() as u64;
     match tokio::time::timeout(timeout, exporter.export(spans)).await {
         Ok(Ok(())) => {
             counters.exported.inc_by(n);

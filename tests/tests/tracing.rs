@@ -438,7 +438,7 @@ async fn a_collector_that_never_answers_neither_slows_nor_fails_requests() -> Re
         )],
         vec![key("tracer", KEY, &[])],
     );
-    let (w, _dir) = start_worker(
+    let (mut w, _dir) = start_worker(
         &snap,
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{hole_addr}")),
@@ -483,6 +483,16 @@ async fn a_collector_that_never_answers_neither_slows_nor_fails_requests() -> Re
     assert_eq!(
         metric(&c, &ops, "switchyard_trace_spans_exported_total").await?,
         0.0
+    );
+    // Shutting down does not wait out the stuck export (30 s): the queued spans get one
+    // last round of at most 5 s.
+    let t0 = Instant::now();
+    let status = w.terminate(Duration::from_secs(20)).await?;
+    assert!(status.success(), "{status:?}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "shutdown took {:?}",
+        t0.elapsed()
     );
     held.abort();
     Ok(())
