@@ -360,8 +360,10 @@ impl Tracer {
     /// The decision for a request with these headers, made once at its start:
     /// `Some` (sampled) gives the server span's identity; `None`, nothing is recorded.
     pub fn start_server(&self, headers: &http::HeaderMap) -> Option<ServerContext> {
+        static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+        static TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracestate");
         let parent = headers
-            .get("traceparent")
+            .get(&TRACEPARENT)
             .and_then(|v| parse_traceparent(v.as_bytes()));
         let trace_id = parent.map_or_else(new_trace_id, |p| p.trace_id);
         if !self.sampler.sample(trace_id, parent.as_ref()) {
@@ -369,7 +371,7 @@ impl Tracer {
         }
         let trace_state = match parent {
             Some(_) => headers
-                .get("tracestate")
+                .get(&TRACESTATE)
                 .filter(|v| v.len() <= 512 && !v.is_empty())
                 .cloned(),
             None => None,
