@@ -333,8 +333,15 @@ async fn grpc_export_span_tree_genai_attributes_and_context() -> Result<()> {
         assert!(!all.contains(needle), "{needle} was exported");
     }
     let ops = w.url("ops");
-    let exported = metric(&c, &ops, "switchyard_trace_spans_exported_total").await?;
-    assert!(exported >= 7.0, "exported {exported}");
+    // The receiver writes a batch before it answers: the counter follows a moment later.
+    wait_for("7 spans counted as exported", Duration::from_secs(10), || {
+        let (c, ops) = (c.clone(), ops.clone());
+        async move {
+            let n = metric(&c, &ops, "switchyard_trace_spans_exported_total").await?;
+            Ok((n >= 7.0).then_some(()))
+        }
+    })
+    .await?;
     assert_eq!(
         metric(&c, &ops, "switchyard_trace_spans_dropped_total").await?,
         0.0
