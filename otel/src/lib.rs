@@ -163,6 +163,16 @@ impl Settings {
                 })
             }
         };
+        let endpoint =
+            set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").or_else(|| set("OTEL_EXPORTER_OTLP_ENDPOINT"));
+        if protocol == Protocol::Grpc && endpoint.is_some_and(|e| e.starts_with("https:")) {
+            return Err(Error::Env {
+                name: pname,
+                msg: "gRPC export is plaintext only (a collector on the host or in the pod); \
+                      use http/protobuf for an https endpoint"
+                    .into(),
+            });
+        }
         let ratio = match set("OTEL_TRACES_SAMPLER_ARG") {
             None => 1.0,
             Some(a) => match a.parse::<f64>() {
@@ -481,6 +491,7 @@ async fn export(
 ) {
     let mut batch = Vec::with_capacity(s.max_batch.min(1024));
     let mut stopping = false;
+    let mut failing = false;
     while !stopping {
         tokio::select! {
             biased;
@@ -510,7 +521,7 @@ async fn export(
             let n = spans.len() as u64;
             tokio::select! {
                 biased;
-                _ = send(&exporter, spans, timeout, &counters) => {}
+                _ = send(&exporter, spans, timeout, &counters, &mut failing) => {}
                 _ = cancel.cancelled(), if !stopping => {
                     counters.dropped.inc_by(n);
                     stopping = true;
@@ -521,25 +532,32 @@ async fn export(
     }
 }
 
+/// Export one batch; `failing` says whether the last one failed, so that a collector
+/// going away and coming back is logged once each (warn), not once per batch.
 async fn send(
     exporter: &opentelemetry_otlp::SpanExporter,
     spans: Vec<SpanData>,
     timeout: Duration,
     counters: &Counters,
+    failing: &mut bool,
 ) {
     let n = spans.len() as u64;
-    match tokio::time::timeout(timeout, exporter.export(spans)).await {
+    let error = match tokio::time::timeout(timeout, exporter.export(spans)).await {
         Ok(Ok(())) => {
             counters.exported.inc_by(n);
+            if std::mem::replace(failing, false) {
+                tracing::info!("trace export works again");
+            }
+            return;
         }
-        Ok(Err(e)) => {
-            counters.dropped.inc_by(n);
-            tracing::debug!(error = %e, spans = n, "trace export failed");
-        }
-        Err(_) => {
-            counters.dropped.inc_by(n);
-            tracing::debug!(spans = n, "trace export timed out");
-        }
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => format!("no answer within {timeout:?}"),
+    };
+    counters.dropped.inc_by(n);
+    if !std::mem::replace(failing, true) {
+        tracing::warn!(%error, spans = n, "trace export failed; spans are dropped (counted) until it works again");
+    } else {
+        tracing::debug!(%error, spans = n, "trace export failed");
     }
 }
 
@@ -596,6 +614,9 @@ mod tests {
         ] {
             assert!(settings(&[ep, bad]).is_err(), "{bad:?}");
         }
+        let tls = ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4317");
+        assert!(settings(&[tls, ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")]).is_err());
+        assert!(settings(&[tls]).unwrap().is_some());
     }
 
     #[test]
