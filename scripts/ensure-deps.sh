@@ -2,7 +2,8 @@
 # Installs what the tests need from outside Cargo, only if it is missing:
 # Debian packages (haproxy for the cluster test, prometheus for promtool, tinyproxy for
 # the egress-proxy test in tests/security, chromium for the console test) and a Python
-# venv with the official openai and anthropic SDKs for the SDK compatibility tests.
+# venv with the official openai and anthropic SDKs for the SDK compatibility tests (and
+# grpcio with opentelemetry-proto for the OTLP receiver of the traces test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,10 +22,11 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   fi
 fi
 
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import openai, anthropic' 2>/dev/null; then
-  echo "creating .venv with the openai and anthropic SDKs" >&2
+# grpcio and opentelemetry-proto: the OTLP receiver of the traces test (tests/otlp_receiver.py).
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import openai, anthropic, grpc, opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc' 2>/dev/null; then
+  echo "creating .venv with the openai and anthropic SDKs, grpcio and opentelemetry-proto" >&2
   python3 -m venv .venv
-  .venv/bin/pip install -q --disable-pip-version-check openai anthropic >/dev/null
+  .venv/bin/pip install -q --disable-pip-version-check openai anthropic grpcio opentelemetry-proto >/dev/null
 fi
 
 # The Codex CLI (npm `@openai/codex`, its native binary comes in a platform package) for

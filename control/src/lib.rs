@@ -97,6 +97,9 @@ pub struct Config {
     /// Raw usage records older than this are rolled up into hourly aggregates;
     /// `None` keeps raw records forever.
     pub usage_retention: Option<std::time::Duration>,
+    /// Trace export of the Admin RPCs (`switchyard_otel`); `None`: off (the binary
+    /// reads the `OTEL_*` environment variables).
+    pub traces: Option<switchyard_otel::Settings>,
 }
 
 impl Default for Config {
@@ -113,6 +116,7 @@ impl Default for Config {
             master_key: None,
             old_master_keys: Vec::new(),
             usage_retention: Some(std::time::Duration::from_secs(30 * 24 * 3600)),
+            traces: None,
         }
     }
 }
@@ -297,6 +301,22 @@ pub async fn start(cfg: Config) -> Result<Running, Error> {
         cancel: cancel.clone(),
         tasks: tasks.clone(),
     };
+    // Admin RPCs get a server span each when traces are on (the worker RPCs are
+    // long-lived streams or the workers' own background calls: not traced).
+    let tracer = match &cfg.traces {
+        None => None,
+        Some(s) => Some(
+            switchyard_otel::start(
+                s,
+                "switchyard-control",
+                &grpc_addr.to_string(),
+                metrics.traces.clone(),
+                &tasks,
+                cancel.clone(),
+            )
+            .map_err(|e| Error::Config(e.to_string()))?,
+        ),
+    };
     let (health_reporter, health_svc) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<AdminServer<admin::AdminSvc>>()
@@ -331,6 +351,10 @@ pub async fn start(cfg: Config) -> Result<Running, Error> {
         },
     );
     let server = tonic::transport::Server::builder()
+        .layer(switchyard_otel::grpc::TraceLayer::new(
+            tracer,
+            "/switchyard.v1.Admin/",
+        ))
         .add_service(health_svc)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -105,6 +105,9 @@ fn config(a: Args) -> Result<Config, switchyard_control::Error> {
             .map(|s| MasterKey::parse_list(&s))
             .transpose()?
             .unwrap_or_default(),
+        // Off unless an OTLP endpoint is set (README "Observability").
+        traces: switchyard_otel::Settings::from_env()
+            .map_err(|e| switchyard_control::Error::Config(format!("traces: {e}")))?,
     })
 }
 

@@ -22,6 +22,8 @@ pub struct Metrics {
     pub nacks: Counter<u64, AtomicU64>,
     pub lease_calls: Counter<u64, AtomicU64>,
     db_seconds: Histogram,
+    /// Trace spans exported and dropped (`switchyard_otel`).
+    pub traces: switchyard_otel::Counters,
 }
 
 impl Default for Metrics {
@@ -47,7 +49,9 @@ impl Metrics {
                 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
             ]),
             registry: Registry::default(),
+            traces: switchyard_otel::Counters::default(),
         };
+        m.traces.register(&mut registry);
         registry.register(
             "workers_connected",
             "Workers with an open watch stream",

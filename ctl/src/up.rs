@@ -489,6 +489,10 @@ pub async fn run(a: UpArgs) -> Result<()> {
     let master_key = switchyard_control::MasterKey::parse(1, &master_key)
         .map_err(|e| crate::UsageError(format!("--master-key: {e}")))?;
 
+    // Traces, for both (README "Observability"): off unless an OTLP endpoint is set.
+    let traces =
+        switchyard_otel::Settings::from_env().map_err(|e| crate::UsageError(format!("traces: {e}")))?;
+
     // 1. Control plane.
     let control = switchyard_control::start(switchyard_control::Config {
         database_url: a.database_url.clone().filter(|s| !s.is_empty()),
@@ -500,6 +504,7 @@ pub async fn run(a: UpArgs) -> Result<()> {
         insecure: false,
         master_key: Some(master_key),
         old_master_keys: Vec::new(),
+        traces: traces.clone(),
         ..Default::default()
     })
     .await
@@ -581,6 +586,7 @@ pub async fn run(a: UpArgs) -> Result<()> {
     wcfg.drain_timeout = a.drain_timeout;
     let (access_log, _access_guard) = switchyard_worker::accesslog::spawn(std::io::stderr())?;
     wcfg.access_log = Some(access_log);
+    wcfg.traces = traces;
     let mut worker = match switchyard_worker::start(wcfg).await {
         Ok(w) => w,
         Err(e) => {

@@ -10,7 +10,8 @@
 //! Around them: `convert` (proto snapshot → routing table), `watch` (control
 //! client and last-known-good file, sealed under a state key), `health` (active probes
 //! and `GET /health`), `ops` (the ops listener: detailed `/health`, `/metrics`),
-//! `errors` (the dialect error mapping), `server` (accept loop and graceful drain).
+//! `errors` (the dialect error mapping), `server` (accept loop and graceful drain),
+//! `trace` (a sampled request's spans, built when it settles).
 //! `translate` holds the OpenAI ⇄ Anthropic translators, not yet on the request path.
 //!
 //! Embedding: `start(Config)` binds, loads the state file, starts the watch client and
@@ -41,6 +42,7 @@ pub mod respid;
 pub mod server;
 pub mod strip;
 pub mod toplevel;
+pub mod trace;
 pub mod translate;
 pub mod upstream;
 pub mod watch;
@@ -131,6 +133,9 @@ pub struct Config {
     pub health_sink: Option<Arc<dyn account::HealthSink>>,
     /// Receives the per-request access log line (must not block); `None`: no access log.
     pub access_log: Option<AccessLog>,
+    /// Trace export (`trace`, `switchyard_otel`); `None`: off (the binary reads the
+    /// `OTEL_*` environment variables).
+    pub traces: Option<switchyard_otel::Settings>,
 }
 
 /// Where the per-request access log line goes (the binary: `accesslog::spawn`). The line
@@ -178,6 +183,7 @@ impl Config {
             usage_sink: None,
             health_sink: None,
             access_log: None,
+            traces: None,
         }
     }
 }
@@ -193,6 +199,8 @@ pub enum Error {
     State(#[from] watch::StateError),
     #[error("TLS client setup: {0}")]
     Tls(rustls::Error),
+    #[error("traces: {0}")]
+    Traces(#[from] switchyard_otel::Error),
 }
 
 /// The monotonic millisecond clock every `balance` call is given (`balance::now_ms`).
@@ -238,6 +246,8 @@ pub struct Shared {
     pub usage_sink: Option<Arc<dyn UsageSink>>,
     pub health_sink: Option<Arc<dyn account::HealthSink>>,
     pub access_log: Option<AccessLog>,
+    /// Where sampled requests' spans go (`trace`); `None`: tracing is off.
+    pub tracer: Option<Arc<switchyard_otel::Tracer>>,
     pub max_body_bytes: usize,
     /// Limits on a request body's arrival, for `body::read_body`.
     pub body_limits: body::BodyLimits,
@@ -427,6 +437,18 @@ pub async fn start(cfg: Config) -> Result<Running, Error> {
         activity = rx.activity();
         reporter = Some((rc, rx));
     }
+    let tasks = TaskTracker::new();
+    let tracer = match &cfg.traces {
+        None => None,
+        Some(s) => Some(switchyard_otel::start(
+            s,
+            "switchyard-worker",
+            &cfg.worker_id,
+            metrics.traces.clone(),
+            &tasks,
+            shutdown.child_token(),
+        )?),
+    };
     let shared = Arc::new(Shared {
         routing: ArcSwapOption::empty(),
         clock: Clock { _private: () },
@@ -435,6 +457,7 @@ pub async fn start(cfg: Config) -> Result<Running, Error> {
         usage_sink,
         health_sink: cfg.health_sink.clone(),
         access_log: cfg.access_log.clone(),
+        tracer,
         max_body_bytes: cfg.max_body_bytes,
         body_limits: cfg.body_limits,
         retry_after_cap: cfg.retry_after_cap,
@@ -442,7 +465,7 @@ pub async fn start(cfg: Config) -> Result<Running, Error> {
         drains: TaskTracker::new(),
         drain_stop: CancellationToken::new(),
         worker_id: cfg.worker_id.clone(),
-        tasks: TaskTracker::new(),
+        tasks,
         activity,
         lease_wake: tokio::sync::Notify::new(),
         connector: upstream::Connector::new().map_err(Error::Tls)?,

@@ -211,6 +211,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         bytes: args.abort_drain_bytes,
     };
     cfg.access_log = Some(access_log);
+    // Traces: off unless an OTLP endpoint is set (README "Observability").
+    cfg.traces = switchyard_otel::Settings::from_env().context("traces (OTEL_* environment)")?;
+    if let Some(t) = &cfg.traces {
+        tracing::info!(protocol = ?t.protocol, sampler = ?t.sampler, "exporting traces over OTLP");
+    }
     cfg.breaker.failure_threshold = args.eject_after.max(1);
     cfg.breaker.base_ejection_ms = args.ejection_time.as_millis() as u64;
     cfg.breaker.max_ejection_ms = cfg.breaker.max_ejection_ms.max(cfg.breaker.base_ejection_ms);

@@ -112,6 +112,8 @@ pub struct Metrics {
     limit_used: Family<Labels, Gauge>,
     limit_ceiling: Family<Labels, Gauge>,
     limit_granted: Family<Labels, Gauge>,
+    /// Trace spans exported and dropped (`switchyard_otel`).
+    pub traces: switchyard_otel::Counters,
 }
 
 impl Default for Metrics {
@@ -239,8 +241,11 @@ impl Metrics {
             "1 while this worker holds an unexpired lease on the limit from control",
             limit_granted.clone(),
         );
+        let traces = switchyard_otel::Counters::default();
+        traces.register(&mut registry);
         Self {
             registry,
+            traces,
             limit_granted,
             limit_refusals,
             limit_observed_over,

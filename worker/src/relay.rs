@@ -58,6 +58,8 @@ pub struct Finish {
     pub error: Option<&'static str>,
     /// The limits' reservations (`limits::Held`; empty without limits).
     pub limits: crate::limits::Held,
+    /// The request's trace, if it is sampled (`trace`; `None` costs nothing).
+    pub trace: Option<Box<crate::trace::ReqTrace>>,
     /// Booked (or handed over): nothing left for `Drop` to do.
     settled: bool,
 }
@@ -94,6 +96,7 @@ impl Finish {
             ttfb: None,
             error: None,
             limits: crate::limits::Held::default(),
+            trace: None,
             settled: false,
         }
     }
@@ -123,6 +126,7 @@ impl Finish {
             ttfb: self.ttfb,
             error: self.error,
             limits: self.limits.hand_over(),
+            trace: self.trace.take(),
             settled: false,
         }
     }
@@ -175,6 +179,9 @@ impl Finish {
                     log.write(l);
                 });
             }
+        }
+        if let Some(t) = self.trace.take() {
+            t.finish(self, outcome, usage.as_ref());
         }
         if let Some(sink) = &self.shared.usage_sink {
             sink.record(UsageEvent {

@@ -172,6 +172,10 @@ async fn proxy(
     // (the client hung up) before an answer is built. An answer takes it over
     // (`Finish::hand_over` in `respond::response_head`).
     let mut fin = Finish::new(shared.clone(), request_id.clone(), req.uri().path().to_string());
+    // The one per-request branch of tracing: off, `tracer` is `None` and nothing else runs.
+    if let Some(tracer) = &shared.tracer {
+        fin.trace = crate::trace::ReqTrace::start(tracer, req.headers(), kind);
+    }
     let result = forward(&shared, req, kind, dialect, &mut fin, memo).await;
     // The remaining-quota headers of the key's (and model's) enforced limits, refused or
     // not, replacing an upstream's of the same names.
@@ -231,12 +235,18 @@ async fn forward(
         tries: classify::Tries::default(),
     };
     while let Some(target) = route::next_target(&mut ctx) {
+        if let Some(t) = ctx.fin.trace.as_deref_mut() {
+            t.attempt_start(&target);
+        }
         let (head, body) = upstream_request::build(&ctx, &target);
         // The backend's and credential's in-flight counts, for this attempt (and the
         // relayed body, if it is the answer).
         let guards = [target.backend.state.start(), target.cred.state.start()];
         let mut attempt = attempt::send(&target.provider.client, target.header_timeout, head, body).await;
         let verdict = classify::classify(&attempt);
+        if let Some(t) = ctx.fin.trace.as_deref_mut() {
+            t.attempt_end(&attempt, verdict);
+        }
         match classify::record(&mut ctx, &target, &mut attempt, verdict) {
             classify::Next::Try => {}
             classify::Next::Stop => break,

@@ -111,7 +111,7 @@ async fn forward(
         .client
         .head(&parts.method, &upstream_path, headers.len() * 48 + 64);
     let nominated = paths::connection_nominated(headers);
-    upstream_request::forward_headers(&mut up, headers, &nominated, provider, cred);
+    upstream_request::forward_headers(&mut up, headers, &nominated, provider, cred, None);
     // Attempt.
     let guard = cred.state.start();
     let answer = match attempt::send(

@@ -38,6 +38,7 @@ pub fn shared() -> Arc<Shared> {
         usage_sink: None,
         health_sink: None,
         access_log: None,
+        tracer: None,
         max_body_bytes: 1 << 20,
         body_limits: crate::body::BodyLimits::default(),
         retry_after_cap: std::time::Duration::from_secs(600),

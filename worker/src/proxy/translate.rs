@@ -181,7 +181,14 @@ pub fn build(ctx: &Ctx<'_>, t: &Target<'_>) -> (upstream::RequestHead, extract::
         .head(&http::Method::POST, path, headers.len() * 48 + 96);
     let own_api =
         |n: &http::HeaderName| n.as_str().starts_with("anthropic-") || n.as_str().starts_with("openai-");
-    super::upstream_request::client_headers(&mut up, headers, &ctx.req.nominated, provider, own_api);
+    super::upstream_request::client_headers(
+        &mut up,
+        headers,
+        &ctx.req.nominated,
+        provider,
+        ctx.fin.trace.as_deref(),
+        own_api,
+    );
     for (n, v) in &provider.static_headers {
         up.header(n, v);
     }

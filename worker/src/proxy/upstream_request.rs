@@ -59,21 +59,30 @@ pub fn build(ctx: &Ctx<'_>, t: &Target<'_>) -> (upstream::RequestHead, extract::
         upstream_path(provider.kind, &req.parts.uri),
         headers.len() * 48 + 64,
     );
-    forward_headers(&mut up, headers, &req.nominated, provider, t.cred);
+    forward_headers(
+        &mut up,
+        headers,
+        &req.nominated,
+        provider,
+        t.cred,
+        ctx.fin.trace.as_deref(),
+    );
     (up, body)
 }
 
 /// The client's headers that go upstream (never its credentials, the hop-by-hop and
 /// `Connection`-nominated ones, nor account-selecting ones the provider does not allow),
-/// the provider's static headers and the credential.
+/// the provider's static headers and the credential. A sampled request (`trace`) sends
+/// its own trace context instead of the client's.
 pub fn forward_headers(
     up: &mut upstream::RequestHead,
     headers: &http::HeaderMap,
     nominated: &[http::HeaderName],
     provider: &Provider,
     cred: &Credential,
+    trace: Option<&crate::trace::ReqTrace>,
 ) {
-    client_headers(up, headers, nominated, provider, |_| false);
+    client_headers(up, headers, nominated, provider, trace, |_| false);
     for (n, v) in &provider.static_headers {
         up.header(n, v);
     }
@@ -81,8 +90,29 @@ pub fn forward_headers(
 }
 
 /// The client's headers that go upstream (see [`forward_headers`]), less those `skip`
-/// names (a translated request drops the client dialect's own headers).
+/// names (a translated request drops the client dialect's own headers). A sampled
+/// request (`trace`) replaces the client's `traceparent` and `tracestate` with its own
+/// (the attempt's span as the parent); otherwise they go upstream as the client sent them.
 pub fn client_headers(
+    up: &mut upstream::RequestHead,
+    headers: &http::HeaderMap,
+    nominated: &[http::HeaderName],
+    provider: &Provider,
+    trace: Option<&crate::trace::ReqTrace>,
+    skip: impl Fn(&http::HeaderName) -> bool,
+) {
+    match trace {
+        None => copy_headers(up, headers, nominated, provider, skip),
+        Some(t) => {
+            copy_headers(up, headers, nominated, provider, |n| {
+                skip(n) || crate::trace::is_context_header(n)
+            });
+            t.inject(up);
+        }
+    }
+}
+
+fn copy_headers(
     up: &mut upstream::RequestHead,
     headers: &http::HeaderMap,
     nominated: &[http::HeaderName],

@@ -1,0 +1,131 @@
+//! A tower layer that gives each gRPC call under a path prefix a SERVER span
+//! (`rpc.system=grpc`, `rpc.service`, `rpc.method`, `rpc.grpc.status_code`), continuing
+//! the caller's `traceparent`. Without a tracer it passes calls through untouched.
+//!
+//! The status is the `grpc-status` header of a trailers-only answer (how tonic answers a
+//! handler's `Err(Status)`), else 0: a unary handler that answered with a message
+//! succeeded. The span ends when the response head is ready, not when its body is sent.
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::{Instant, SystemTime},
+};
+
+use futures::future::Either;
+use opentelemetry::{
+    trace::{SpanKind, Status},
+    KeyValue,
+};
+
+use crate::{Span, Tracer};
+
+/// Traces the calls whose path starts with `prefix` (e.g. `/switchyard.v1.Admin/`).
+#[derive(Debug, Clone)]
+pub struct TraceLayer {
+    tracer: Option<Arc<Tracer>>,
+    prefix: &'static str,
+}
+
+impl TraceLayer {
+    pub fn new(tracer: Option<Arc<Tracer>>, prefix: &'static str) -> Self {
+        Self { tracer, prefix }
+    }
+}
+
+impl<S> tower::Layer<S> for TraceLayer {
+    type Service = TraceService<S>;
+    fn layer(&self, inner: S) -> TraceService<S> {
+        TraceService {
+            inner,
+            tracer: self.tracer.clone(),
+            prefix: self.prefix,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TraceService<S> {
+    inner: S,
+    tracer: Option<Arc<Tracer>>,
+    prefix: &'static str,
+}
+
+type Boxed<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+
+impl<S, B, RB> tower::Service<http::Request<B>> for TraceService<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<RB>>,
+    S::Future: Send + 'static,
+    S::Error: 'static,
+    RB: 'static,
+{
+    type Response = http::Response<RB>;
+    type Error = S::Error;
+    type Future = Either<S::Future, Boxed<http::Response<RB>, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let Some(tracer) = self.tracer.clone() else {
+            return Either::Left(self.inner.call(req));
+        };
+        let path = req.uri().path();
+        if !path.starts_with(self.prefix) {
+            return Either::Left(self.inner.call(req));
+        }
+        let Some(cx) = tracer.start_server(req.headers()) else {
+            return Either::Left(self.inner.call(req));
+        };
+        let (service, method) = path
+            .trim_start_matches('/')
+            .split_once('/')
+            .map(|(s, m)| (s.to_string(), m.to_string()))
+            .unwrap_or_default();
+        let start = SystemTime::now();
+        let t0 = Instant::now();
+        let fut = self.inner.call(req);
+        Either::Right(Box::pin(async move {
+            let res = fut.await;
+            let code: i64 = match &res {
+                Ok(r) => r
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0),
+                // The service failed outright (tonic maps that to UNKNOWN).
+                Err(_) => 2,
+            };
+            // Server-side errors per the RPC conventions: UNKNOWN, DEADLINE_EXCEEDED,
+            // UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS.
+            let status = if matches!(code, 2 | 4 | 12 | 13 | 14 | 15) {
+                Status::error(format!("grpc status {code}"))
+            } else {
+                Status::Unset
+            };
+            tracer.submit(Span {
+                trace_id: cx.trace_id,
+                span_id: cx.span_id,
+                parent_span_id: cx.parent.unwrap_or(0),
+                parent_is_remote: cx.parent.is_some(),
+                kind: SpanKind::Server,
+                name: format!("{service}/{method}").into(),
+                start,
+                end: start + t0.elapsed(),
+                attributes: vec![
+                    KeyValue::new("rpc.system", "grpc"),
+                    KeyValue::new("rpc.service", service),
+                    KeyValue::new("rpc.method", method),
+                    KeyValue::new("rpc.grpc.status_code", code),
+                ],
+                status,
+                trace_state: cx.trace_state,
+            });
+            res
+        }))
+    }
+}
