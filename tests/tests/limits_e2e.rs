@@ -159,13 +159,14 @@ impl Env {
     /// Start the worker once the config is in place, and wait until it serves the
     /// latest version.
     async fn start_worker(&mut self) -> Result<()> {
+        self.start_worker_with(&[]).await
+    }
+
+    async fn start_worker_with(&mut self, args: &[&str]) -> Result<()> {
         let dir = tempfile::tempdir()?;
-        let w = start_worker(
-            dir.path(),
-            &self.control.url("grpc"),
-            &["--worker-token", WORKER_TOKEN],
-        )
-        .await?;
+        let mut all = vec!["--worker-token", WORKER_TOKEN];
+        all.extend_from_slice(args);
+        let w = start_worker(dir.path(), &self.control.url("grpc"), &all).await?;
         let want = version(&mut self.admin).await?;
         let url = w.url("ops");
         wait_for("the worker's config", Duration::from_secs(15), || {
@@ -576,6 +577,40 @@ async fn concurrency_holds_under_parallel_streams() -> Result<()> {
     })
     .await?;
     env.until_slot(&k).await?;
+    Ok(())
+}
+
+/// Limits with room to spare refuse nothing: a worker holding no slice yet (new, or idle
+/// for the key: it keeps none, not to hoard the fleet's quota) admits its first request
+/// and then a burst of parallel ones, each refused only for the worker's spent slice
+/// waiting for the grant its refusal asked for (`--limit-wait`; generous here, as a loaded
+/// test machine may take a while to answer a lease). No refusal is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_to_spare_refuses_nothing() -> Result<()> {
+    let mut env = Env::start().await?;
+    let k = env.key("roomy", "").await?;
+    env.limit(limit("roomy-rph", "key:roomy", "requests", "hour", 1_000_000))
+        .await?;
+    env.limit(limit("roomy-conc", "key:roomy", "concurrency", "", 10_000))
+        .await?;
+    env.limit(limit("m-tph", "model:m", "tokens", "hour", 1_000_000_000))
+        .await?;
+    env.start_worker_with(&["--limit-wait", "10s"]).await?;
+    let (s, _, b) = env.post(&k, "/v1/chat/completions", CHAT).await?;
+    assert_eq!(s, StatusCode::OK, "the first request: {b}");
+    let burst = (0..40).map(|_| env.post(&k, "/v1/chat/completions", CHAT));
+    for r in futures::future::join_all(burst).await {
+        let (s, _, b) = r?;
+        assert_eq!(s, StatusCode::OK, "a burst of 40: {b}");
+    }
+    for l in ["roomy-rph", "roomy-conc", "m-tph"] {
+        let series = format!(r#"switchyard_limit_refusals_total{{limit="{l}"}}"#);
+        assert_eq!(env.metric(&series).await?, 0.0, "{l}");
+    }
+    assert_eq!(
+        env.metric(r#"switchyard_limit_used{limit="roomy-rph"}"#).await?,
+        41.0
+    );
     Ok(())
 }
 

@@ -266,6 +266,8 @@ mod tests {
             window: Some(switchyard_common::window::Window::Minute),
             who: "this key",
             retry_after_s: 42,
+            slice: false,
+            limit: "k".into(),
         });
         let v: serde_json::Value = serde_json::from_slice(&r.body(Dialect::OpenAi)).unwrap();
         assert_eq!(v["error"]["type"], "rate_limit_exceeded");

@@ -4,7 +4,9 @@
 //! While the snapshot has limits it sends one claim per limit every [`PERIOD`]
 //! (`used`, `ceiling`, `refused`, absolute in the window, and `want`: the consumption of
 //! the last second × the period × 4, plus what was refused since the last claim, at least
-//! a minimum slice while there was demand within [`KEEP_ASKING`], else 0), and at
+//! a minimum slice while there was demand within [`KEEP_ASKING`], else 0; for
+//! concurrency the level now plus what was refused, and never below the ceiling held
+//! while there was demand), and at
 //! once when an admission finds a slice's headroom below half of it (`Shared::lease_wake`,
 //! poked once per grant by the request that crosses that edge: no wake-up per request).
 //! Grants are applied to the limits' atomics. Control unreachable: it backs off (up to
@@ -79,7 +81,11 @@ fn claim(l: &LimitState, now_ms: i64, samples: &mut FxHashMap<Arc<str>, Sample>)
             s.active_ms = now_ms;
         }
         if now_ms.saturating_sub(s.active_ms) < keep {
-            v.used + v.refused_amount + 1
+            // The level now, what was turned away, and one more; and while there is
+            // demand, never less than the ceiling held: the level at the instant of a
+            // claim says little of the peak between claims (asking for it alone made the
+            // ceiling follow each dip, and the next burst was refused).
+            (v.used + v.refused_amount + 1).max(v.ceiling)
         } else {
             0
         }
@@ -211,6 +217,8 @@ pub async fn run(shared: Arc<Shared>, cfg: LeaseConfig, cancel: CancellationToke
                         claimed,
                     );
                 }
+                // Requests waiting for a slice re-try their admission.
+                shared.lease_granted.notify_waiters();
             }
             Err(e) => {
                 if !std::mem::replace(&mut failing, true) {
@@ -274,6 +282,7 @@ mod tests {
         let env = crate::limits::Env {
             metrics: None,
             wake: None,
+            count_slice: true,
         };
         // 100 requests over the next second: 100/s → 4 × 25 = 100.
         let shared_l = Arc::new(l);
@@ -302,6 +311,7 @@ mod tests {
         let env = crate::limits::Env {
             metrics: None,
             wake: None,
+            count_slice: true,
         };
         let set: crate::limits::LimitSet = Arc::from(vec![l.clone()]);
         let c = claim(&l, t0, &mut samples);

@@ -123,6 +123,9 @@ pub struct Config {
     /// The longest cool-down an upstream `Retry-After` can put on a credential. Default
     /// 10 minutes.
     pub retry_after_cap: Duration,
+    /// How long a request refused only for this worker's spent slice of a limit waits
+    /// for the next grant (`limits::wait_for_grant`). Default 250 ms; 0 refuses at once.
+    pub limit_wait: Duration,
     /// How much of an upstream answer is still read, for its usage, after its client went
     /// away (`relay::AbortDrain`). Default 10 s and 1 MiB.
     pub abort_drain: relay::AbortDrain,
@@ -178,6 +181,7 @@ impl Config {
             body_limits: body::BodyLimits::default(),
             send_timeout: Duration::from_secs(60),
             retry_after_cap: Duration::from_secs(600),
+            limit_wait: Duration::from_millis(250),
             abort_drain: relay::AbortDrain::default(),
             breaker: BreakerConfig::default(),
             usage_sink: None,
@@ -253,6 +257,8 @@ pub struct Shared {
     pub body_limits: body::BodyLimits,
     /// Cap on the cool-down from an upstream `Retry-After`.
     pub retry_after_cap: Duration,
+    /// See [`Config::limit_wait`].
+    pub limit_wait: Duration,
     pub abort_drain: relay::AbortDrain,
     /// The abort drains in progress (`relay::AbortDrain`), waited for on shutdown...
     pub drains: TaskTracker,
@@ -265,6 +271,9 @@ pub struct Shared {
     activity: Arc<tokio::sync::Notify>,
     /// Wakes the lease task (`lease`): a snapshot with limits, a slice running low.
     pub lease_wake: tokio::sync::Notify,
+    /// Wakes the requests waiting for a grant (`limits::wait_for_grant`): the lease task
+    /// applied an answer.
+    pub lease_granted: tokio::sync::Notify,
     connector: upstream::Connector,
     breaker: BreakerConfig,
     draining: AtomicBool,
@@ -283,6 +292,8 @@ impl Shared {
         limits::Env {
             metrics: Some(&self.metrics),
             wake: Some(&self.lease_wake),
+            // A request that may wait for a grant is counted once it is finally refused.
+            count_slice: self.limit_wait.is_zero(),
         }
     }
 
@@ -461,6 +472,7 @@ pub async fn start(cfg: Config) -> Result<Running, Error> {
         max_body_bytes: cfg.max_body_bytes,
         body_limits: cfg.body_limits,
         retry_after_cap: cfg.retry_after_cap,
+        limit_wait: cfg.limit_wait,
         abort_drain: cfg.abort_drain,
         drains: TaskTracker::new(),
         drain_stop: CancellationToken::new(),
@@ -468,6 +480,7 @@ pub async fn start(cfg: Config) -> Result<Running, Error> {
         tasks,
         activity,
         lease_wake: tokio::sync::Notify::new(),
+        lease_granted: tokio::sync::Notify::new(),
         connector: upstream::Connector::new().map_err(Error::Tls)?,
         breaker: cfg.breaker,
         draining: AtomicBool::new(false),

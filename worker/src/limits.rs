@@ -309,10 +309,14 @@ impl LimitState {
     fn refuse(&self, amt: u64, env: &Env<'_>, retry_after_s: u64) -> Refused {
         self.refused.fetch_add(1, Ordering::Relaxed);
         self.refused_amount.fetch_add(amt.max(1), Ordering::Relaxed);
-        self.refusals.get_or_init(|| env.refusals(&self.def.name)).inc();
-        if retry_after_s == 1 {
-            // Only this instance's slice is out: ask for more now. (The fleet out, or
-            // control away: asking sooner changes nothing.)
+        // Only this instance's slice is out (a new one is asked for below).
+        let slice = retry_after_s == 1;
+        if !slice || env.count_slice {
+            self.refusals.get_or_init(|| env.refusals(&self.def.name)).inc();
+        }
+        if slice {
+            // Ask for more now. (The fleet out, or control away: asking sooner changes
+            // nothing.)
             self.low(env);
         }
         Refused {
@@ -320,6 +324,8 @@ impl LimitState {
             window: self.def.window,
             who: self.def.scope.who(),
             retry_after_s,
+            slice,
+            limit: self.def.name.clone(),
         }
     }
 
@@ -472,12 +478,59 @@ impl Estimate {
 }
 
 /// A refusal: which kind of limit, and when to retry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refused {
     pub kind: Kind,
     pub window: Option<Window>,
     pub who: &'static str,
     pub retry_after_s: u64,
+    /// Only this worker's slice is spent, not the fleet's quota (as far as it knows): a
+    /// new slice was asked for, and the request may wait for it ([`wait_for_grant`]).
+    pub slice: bool,
+    /// The limit's name (`/metrics`).
+    pub limit: Arc<str>,
+}
+
+/// A request refused for its worker's spent slice only (`Refused::slice`) waits for the
+/// grant its refusal asked for, up to `Shared::limit_wait` (`--limit-wait`, 250 ms by
+/// default: a lease round trip is a few ms), and `again` re-tries its admission at each
+/// grant. Without it, a worker that was idle (an idle worker holds no slice, so as not
+/// to hoard the fleet's quota) or whose traffic jumped would refuse requests that the
+/// fleet has quota for. Any other refusal, or none to wait for, is final at once; a
+/// final slice refusal is counted in `/metrics` here, once. Boxed: only refused requests
+/// take it, so the request's own future does not carry it.
+pub fn wait_for_grant<'a, T: Send + 'a>(
+    shared: &'a crate::Shared,
+    first: Refused,
+    mut again: impl FnMut() -> Result<T, Refused> + Send + 'a,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, Refused>> + Send + 'a>> {
+    Box::pin(async move {
+        let mut last = first;
+        if last.slice && !shared.limit_wait.is_zero() {
+            let deadline = tokio::time::Instant::now() + shared.limit_wait;
+            loop {
+                let granted = shared.lease_granted.notified();
+                tokio::pin!(granted);
+                // Registered before the re-try, so a grant landing in between is not missed.
+                granted.as_mut().enable();
+                match again() {
+                    Ok(t) => return Ok(t),
+                    Err(r) if r.slice => last = r,
+                    Err(r) => {
+                        last = r;
+                        break;
+                    }
+                }
+                if tokio::time::timeout_at(deadline, granted).await.is_err() {
+                    break;
+                }
+            }
+        }
+        if last.slice && !shared.limit_env().count_slice {
+            shared.metrics.limit_refusals(&last.limit).inc();
+        }
+        Err(last)
+    })
 }
 
 impl std::fmt::Display for Refused {
@@ -496,6 +549,9 @@ impl std::fmt::Display for Refused {
 pub struct Env<'a> {
     pub metrics: Option<&'a crate::metrics::Metrics>,
     pub wake: Option<&'a tokio::sync::Notify>,
+    /// Count a slice-only refusal in `/metrics` where it happens (else the caller counts
+    /// it if it stays refused: [`wait_for_grant`]).
+    pub count_slice: bool,
 }
 
 impl Env<'_> {
@@ -532,6 +588,13 @@ impl Held {
         now_ms: i64,
         env: &Env<'_>,
     ) -> Result<(), Refused> {
+        if slot > 0 && !self.owns {
+            // A re-try after a refusal, which released the key's reservations too: take
+            // them again first.
+            if let Some(key) = self.sets[0].clone() {
+                self.admit(0, &key, est, now_ms, env)?;
+            }
+        }
         if !self.owns {
             self.est = est;
             self.ts_ms = now_ms;
@@ -573,6 +636,11 @@ impl Held {
                 }
             }
         }
+        // A credential without headroom is skipped, not waited for: counted here.
+        let env = &Env {
+            count_slice: true,
+            ..*env
+        };
         for (i, l) in set.iter().enumerate() {
             if let Err(r) = l.reserve(l.amount_of(self.est), now_ms, env) {
                 for l in &set[..i] {
@@ -813,6 +881,7 @@ mod tests {
     const ENV: Env<'static> = Env {
         metrics: None,
         wake: None,
+        count_slice: true,
     };
 
     fn admit(set: &LimitSet, est: Estimate, now: i64) -> Result<Held, Refused> {
@@ -1079,6 +1148,7 @@ mod tests {
         let env = Env {
             metrics: None,
             wake: Some(&n),
+            count_slice: true,
         };
         for _ in 0..5 {
             Held::default()

@@ -77,6 +77,10 @@ struct Args {
     /// connection is closed and the request booked as client_aborted.
     #[arg(long, env = "SWITCHYARD_SEND_TIMEOUT", default_value = "60s", value_parser = positive_duration)]
     send_timeout: Duration,
+    /// How long a request refused only because this worker's slice of a limit is spent
+    /// waits for the new slice it asked control for (0: refuse at once).
+    #[arg(long, env = "SWITCHYARD_LIMIT_WAIT", default_value = "250ms", value_parser = humantime::parse_duration)]
+    limit_wait: Duration,
     /// Longest cool-down an upstream's `Retry-After` may put on a credential.
     #[arg(long, env = "SWITCHYARD_RETRY_AFTER_CAP", default_value = "10m", value_parser = humantime::parse_duration)]
     retry_after_cap: Duration,
@@ -206,6 +210,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     cfg.send_timeout = args.send_timeout;
     cfg.retry_after_cap = args.retry_after_cap;
+    cfg.limit_wait = args.limit_wait;
     cfg.abort_drain = switchyard_worker::relay::AbortDrain {
         time: args.abort_drain,
         bytes: args.abort_drain_bytes,

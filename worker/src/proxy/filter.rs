@@ -64,9 +64,17 @@ pub async fn request_filter<'a>(
     // without limits does nothing here.
     if let Some(set) = &key.limits {
         let est = crate::limits::Estimate::of(bytes.len(), head.max_output);
-        fin.limits
+        if let Err(r) = fin
+            .limits
             .admit(0, set, est, crate::unix_ms(), &shared.limit_env())
+        {
+            let held = &mut fin.limits;
+            crate::limits::wait_for_grant(shared, r, move || {
+                held.admit(0, set, est, crate::unix_ms(), &shared.limit_env())
+            })
+            .await
             .map_err(ProxyError::RateLimited)?;
+        }
     }
     Ok(Inbound {
         parts,

@@ -224,7 +224,20 @@ async fn forward(
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let routing: Arc<Routing> = shared.routing.load_full().ok_or(ProxyError::NoConfig)?;
     let req = filter::request_filter(shared, &routing, req, kind, fin, memo).await?;
-    let plan = route::plan(shared, &routing, &req, fin)?;
+    let plan = match route::plan(shared, &routing, &req, fin) {
+        // The model's limits refused it for this worker's spent slice only: wait for
+        // the next one (`limits::wait_for_grant`), planning again at each grant.
+        Err(ProxyError::RateLimited(r)) => {
+            let (routing, req, fin) = (&routing, &req, &mut *fin);
+            crate::limits::wait_for_grant(shared, r, move || match route::plan(shared, routing, req, fin) {
+                Err(ProxyError::RateLimited(r)) => Err(r),
+                other => Ok(other),
+            })
+            .await
+            .map_err(ProxyError::RateLimited)??
+        }
+        plan => plan?,
+    };
     let mut ctx = Ctx {
         shared,
         routing: &routing,
