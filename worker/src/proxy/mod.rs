@@ -3,7 +3,7 @@
 //!
 //! | phase | file | what it does |
 //! |---|---|---|
-//! | dispatch | `mod.rs` ([`handle`]) | local answers (`/health`, `/ready`, `/metrics`, `/v1/models`); the client's dialect from the path |
+//! | dispatch | `mod.rs` ([`handle`]) | local answers (`/health` with counts only, `/ready`, `/v1/models`; `/metrics` is the ops listener's, `crate::ops`); the client's dialect from the path |
 //! | request filter | `filter.rs` | authenticate, allowed path, read and scan the body → [`filter::Inbound`]; the key's limits admit or refuse (429) |
 //! | route | `route.rs` | model → its route for the dialect ([`route::Plan`]), the model's limits; per attempt: pin or tier → strategy → backend → credential, retry budget → a [`route::Target`] |
 //! | upstream request | `upstream_request.rs` | the body and head for the target's provider (model rewrite, `include_usage`); a backend of the other kind gets the translated request (`translate.rs`) |
