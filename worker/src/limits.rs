@@ -604,6 +604,9 @@ impl Held {
                 for l in &set[..i] {
                     l.release(l.amount_of(self.est), now_ms, now_ms);
                 }
+                // This set holds nothing now: a re-try's refusal must not release the
+                // set a previous refusal kept here (for the headers) a second time.
+                self.sets[slot] = None;
                 self.rollback(now_ms);
                 // Kept for the remaining-quota headers of the refusal.
                 self.sets[slot] = Some(set.clone());
@@ -1028,6 +1031,39 @@ mod tests {
         assert!(h.quota_at(now).is_some());
         h.settle_at(None, None, now);
         assert_eq!((key.used(), model.used()), (0, 0));
+    }
+
+    /// A request waiting for a grant re-tries the model's set (`wait_for_grant`): each
+    /// re-try takes the key's set again, and a second refusal releases only what that
+    /// re-try reserved, not the model's set a second time (another request's
+    /// reservation must survive it).
+    #[test]
+    fn a_retried_model_refusal_releases_nothing_twice() {
+        let now = 2 * MIN;
+        let key = state(Kind::Requests, 10);
+        let room = state(Kind::Concurrency, 10);
+        let spent = state(Kind::Requests, 10);
+        grant(&key, now, 10, 0);
+        grant(&room, now, 10, 0);
+        grant(&spent, now, 0, 0);
+        let ks: LimitSet = Arc::from(vec![key.clone()]);
+        let ms: LimitSet = Arc::from(vec![room.clone(), spent.clone()]);
+        // Another request holds one of the model's concurrency slots.
+        let other: LimitSet = Arc::from(vec![room.clone()]);
+        let _other = admit(&other, Estimate::default(), now).unwrap();
+        assert_eq!(room.used(), 1);
+        let mut h = Held::default();
+        h.admit(0, &ks, Estimate::default(), now, &ENV).unwrap();
+        for _ in 0..3 {
+            assert!(h.admit(1, &ms, Estimate::default(), now, &ENV).is_err());
+            assert_eq!((key.used(), room.used(), spent.used()), (0, 1, 0));
+        }
+        // The grant comes: the re-try takes both sets once.
+        grant(&spent, now, 10, 0);
+        h.admit(1, &ms, Estimate::default(), now, &ENV).unwrap();
+        assert_eq!((key.used(), room.used(), spent.used()), (1, 2, 1));
+        h.settle_at(None, None, now);
+        assert_eq!((key.used(), room.used(), spent.used()), (1, 1, 1));
     }
 
     /// A credential without headroom is skipped; the next credential's reservation
