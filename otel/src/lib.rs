@@ -273,6 +273,25 @@ pub fn traceparent(trace_id: u128, span_id: u64) -> http::HeaderValue {
     http::HeaderValue::from_str(&s).unwrap_or_else(|_| http::HeaderValue::from_static(""))
 }
 
+/// The client's `tracestate`: several header lines are one list, joined with `,` (W3C);
+/// empty or over 512 bytes in all, none.
+fn trace_state(all: http::header::GetAll<'_, http::HeaderValue>) -> Option<http::HeaderValue> {
+    let mut it = all.iter().filter(|v| !v.is_empty());
+    let first = it.next()?;
+    let Some(second) = it.next() else {
+        return (first.len() <= 512).then(|| first.clone());
+    };
+    let mut joined = first.as_bytes().to_vec();
+    for v in std::iter::once(second).chain(it) {
+        if joined.len() + 1 + v.len() > 512 {
+            return None;
+        }
+        joined.push(b',');
+        joined.extend_from_slice(v.as_bytes());
+    }
+    http::HeaderValue::from_bytes(&joined).ok()
+}
+
 /// A random non-zero trace id.
 pub fn new_trace_id() -> u128 {
     loop {
@@ -372,18 +391,19 @@ impl Tracer {
     pub fn start_server(&self, headers: &http::HeaderMap) -> Option<ServerContext> {
         static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
         static TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracestate");
-        let parent = headers
-            .get(&TRACEPARENT)
-            .and_then(|v| parse_traceparent(v.as_bytes()));
+        // Two `traceparent`s: which one is the caller's is unknown, so neither is
+        // continued (W3C: the trace restarts).
+        let mut tps = headers.get_all(&TRACEPARENT).iter();
+        let parent = match (tps.next(), tps.next()) {
+            (Some(v), None) => parse_traceparent(v.as_bytes()),
+            _ => None,
+        };
         let trace_id = parent.map_or_else(new_trace_id, |p| p.trace_id);
         if !self.sampler.sample(trace_id, parent.as_ref()) {
             return None;
         }
         let trace_state = match parent {
-            Some(_) => headers
-                .get(&TRACESTATE)
-                .filter(|v| v.len() <= 512 && !v.is_empty())
-                .cloned(),
+            Some(_) => trace_state(headers.get_all(&TRACESTATE)),
             None => None,
         };
         Some(ServerContext {
@@ -645,6 +665,39 @@ mod tests {
         }
         // A later version may append fields.
         assert!(parse_traceparent(b"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-xyz").is_some());
+    }
+
+    /// W3C: two `traceparent` headers restart the trace (neither is continued);
+    /// several `tracestate` lines are one list.
+    #[test]
+    fn duplicated_traceparent_restarts_and_tracestate_lines_join() {
+        let (tracer, _rx) = Tracer::detached(Sampler::new(true, 1.0), 1);
+        let a = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let b = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let mut h = http::HeaderMap::new();
+        h.append("traceparent", http::HeaderValue::from_static(a));
+        h.append("tracestate", http::HeaderValue::from_static("congo=t61rcWkgMzE"));
+        h.append("tracestate", http::HeaderValue::from_static("rojo=00f067aa0ba902b7"));
+        let cx = tracer.start_server(&h).unwrap();
+        assert_eq!(cx.trace_id, 0x4bf92f3577b34da6a3ce929d0e0e4736);
+        assert_eq!(cx.parent, Some(0x00f067aa0ba902b7));
+        assert_eq!(
+            cx.trace_state.unwrap().to_str().unwrap(),
+            "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"
+        );
+        h.append("traceparent", http::HeaderValue::from_static(b));
+        let cx = tracer.start_server(&h).unwrap();
+        assert_ne!(cx.trace_id, 0x4bf92f3577b34da6a3ce929d0e0e4736);
+        assert_ne!(cx.trace_id, 0x0af7651916cd43dd8448eb211c80319c);
+        assert_eq!((cx.parent, cx.trace_state), (None, None));
+        // Over 512 bytes together: dropped.
+        let mut h = http::HeaderMap::new();
+        h.append("traceparent", http::HeaderValue::from_static(a));
+        let long = http::HeaderValue::from_str(&format!("k={}", "v".repeat(300))).unwrap();
+        h.append("tracestate", long.clone());
+        assert_eq!(tracer.start_server(&h).unwrap().trace_state, Some(long.clone()));
+        h.append("tracestate", long);
+        assert_eq!(tracer.start_server(&h).unwrap().trace_state, None);
     }
 
     #[test]

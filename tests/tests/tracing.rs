@@ -307,7 +307,33 @@ async fn grpc_export_span_tree_genai_attributes_and_context() -> Result<()> {
         .send()
         .await?;
     assert_eq!(r.status(), 200);
-    assert_eq!(upstream_traceparents(&m), vec![tp]);
+    assert_eq!(upstream_traceparents(&m), vec![tp.clone()]);
+
+    // 4. Two `traceparent`s (W3C: which is the caller's is unknown): neither is continued;
+    // a new trace, and only the worker's own goes upstream.
+    m.reset();
+    let r = c
+        .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth(KEY)
+        .header("traceparent", format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"))
+        .header("traceparent", &tp)
+        .json(&json!({"model": "gpt-x", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200);
+    let seen = m.requests();
+    let sent: Vec<&str> = seen[0]
+        .headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case("traceparent"))
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    let fresh = sent[0].split('-').nth(1).unwrap().to_string();
+    assert!(fresh != CLIENT_TRACE && fresh != unsampled, "{sent:?}");
+    let got = trace(&file, &fresh, |s| !of_kind(s, SERVER).is_empty()).await?;
+    assert_eq!(of_kind(&got, SERVER)[0]["parent_span_id"], "", "a root span: {got:#?}");
+
     // One more sampled request: once its spans are in, the one before would be too.
     m.reset();
     let r = c
@@ -334,11 +360,11 @@ async fn grpc_export_span_tree_genai_attributes_and_context() -> Result<()> {
     }
     let ops = w.url("ops");
     // The receiver writes a batch before it answers: the counter follows a moment later.
-    wait_for("7 spans counted as exported", Duration::from_secs(10), || {
+    wait_for("9 spans counted as exported", Duration::from_secs(10), || {
         let (c, ops) = (c.clone(), ops.clone());
         async move {
             let n = metric(&c, &ops, "switchyard_trace_spans_exported_total").await?;
-            Ok((n >= 7.0).then_some(()))
+            Ok((n >= 9.0).then_some(()))
         }
     })
     .await?;
