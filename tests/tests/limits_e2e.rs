@@ -611,6 +611,27 @@ async fn room_to_spare_refuses_nothing() -> Result<()> {
         env.metric(r#"switchyard_limit_used{limit="roomy-rph"}"#).await?,
         41.0
     );
+    // Nor does the fleet's count (`limits list`): once a claim reports the 41 requests,
+    // the same claim reports no refusal.
+    let admin = env.admin.clone();
+    let fleet = wait_for("a claim with the 41 requests", Duration::from_secs(15), || {
+        let mut admin = admin.clone();
+        async move {
+            let all = admin
+                .list_limits(pb::ListLimitsRequest {})
+                .await?
+                .into_inner()
+                .limits;
+            let rph = all
+                .iter()
+                .find(|s| s.limit.as_ref().is_some_and(|l| l.name == "roomy-rph"));
+            Ok(rph.is_some_and(|s| s.used >= 41).then_some(all))
+        }
+    })
+    .await?;
+    for s in fleet {
+        assert_eq!(s.refused, 0, "{s:?}");
+    }
     Ok(())
 }
 

@@ -307,12 +307,11 @@ impl LimitState {
 
     #[cold]
     fn refuse(&self, amt: u64, env: &Env<'_>, retry_after_s: u64) -> Refused {
-        self.refused.fetch_add(1, Ordering::Relaxed);
         self.refused_amount.fetch_add(amt.max(1), Ordering::Relaxed);
         // Only this instance's slice is out (a new one is asked for below).
         let slice = retry_after_s == 1;
         if !slice || env.count_slice {
-            self.refusals.get_or_init(|| env.refusals(&self.def.name)).inc();
+            self.count_refusal(env);
         }
         if slice {
             // Ask for more now. (The fleet out, or control away: asking sooner changes
@@ -327,6 +326,15 @@ impl LimitState {
             slice,
             limit: self.def.name.clone(),
         }
+    }
+
+    /// A refusal the client gets: in the claims' `refused` (the fleet's count in
+    /// `limits list`) and in `/metrics`. (A slice refusal that may still be admitted by
+    /// a grant is counted by [`wait_for_grant`] only if it stays refused.)
+    #[cold]
+    fn count_refusal(&self, env: &Env<'_>) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        self.refusals.get_or_init(|| env.refusals(&self.def.name)).inc();
     }
 
     /// Undo a reservation of `amt` made at `ts_ms` (same window only).
@@ -497,7 +505,7 @@ pub struct Refused {
 /// grant. Without it, a worker that was idle (an idle worker holds no slice, so as not
 /// to hoard the fleet's quota) or whose traffic jumped would refuse requests that the
 /// fleet has quota for. Any other refusal, or none to wait for, is final at once; a
-/// final slice refusal is counted in `/metrics` here, once. Boxed: only refused requests
+/// final slice refusal is counted here, once (`/metrics` and the claims' `refused`). Boxed: only refused requests
 /// take it, so the request's own future does not carry it.
 pub fn wait_for_grant<'a, T: Send + 'a>(
     shared: &'a crate::Shared,
@@ -526,8 +534,19 @@ pub fn wait_for_grant<'a, T: Send + 'a>(
                 }
             }
         }
-        if last.slice && !shared.limit_env().count_slice {
-            shared.metrics.limit_refusals(&last.limit).inc();
+        let env = shared.limit_env();
+        if last.slice && !env.count_slice {
+            // Counted once, now that it is final (a cold path: the limit by name).
+            let routing = shared.routing.load();
+            match routing
+                .as_deref()
+                .and_then(|r| r.limits.iter().find(|l| l.def.name == last.limit))
+            {
+                Some(l) => l.count_refusal(&env),
+                None => {
+                    shared.metrics.limit_refusals(&last.limit).inc();
+                }
+            }
         }
         Err(last)
     })
