@@ -677,7 +677,10 @@ mod tests {
         let mut h = http::HeaderMap::new();
         h.append("traceparent", http::HeaderValue::from_static(a));
         h.append("tracestate", http::HeaderValue::from_static("congo=t61rcWkgMzE"));
-        h.append("tracestate", http::HeaderValue::from_static("rojo=00f067aa0ba902b7"));
+        h.append(
+            "tracestate",
+            http::HeaderValue::from_static("rojo=00f067aa0ba902b7"),
+        );
         let cx = tracer.start_server(&h).unwrap();
         assert_eq!(cx.trace_id, 0x4bf92f3577b34da6a3ce929d0e0e4736);
         assert_eq!(cx.parent, Some(0x00f067aa0ba902b7));

@@ -332,7 +332,11 @@ async fn grpc_export_span_tree_genai_attributes_and_context() -> Result<()> {
     let fresh = sent[0].split('-').nth(1).unwrap().to_string();
     assert!(fresh != CLIENT_TRACE && fresh != unsampled, "{sent:?}");
     let got = trace(&file, &fresh, |s| !of_kind(s, SERVER).is_empty()).await?;
-    assert_eq!(of_kind(&got, SERVER)[0]["parent_span_id"], "", "a root span: {got:#?}");
+    assert_eq!(
+        of_kind(&got, SERVER)[0]["parent_span_id"],
+        "",
+        "a root span: {got:#?}"
+    );
 
     // One more sampled request: once its spans are in, the one before would be too.
     m.reset();
