@@ -100,6 +100,10 @@ where
                 // The service failed outright (tonic maps that to UNKNOWN).
                 Err(_) => 2,
             };
+            // A method the service does not have (UNIMPLEMENTED): the caller's path is
+            // not a name to put in a span (any caller, authenticated or not, chooses it),
+            // so it is `_OTHER`, as the RPC conventions say for an unknown method.
+            let method = if code == 12 { "_OTHER".to_string() } else { method };
             // Server-side errors per the RPC conventions: UNKNOWN, DEADLINE_EXCEEDED,
             // UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS.
             let status = if matches!(code, 2 | 4 | 12 | 13 | 14 | 15) {
@@ -127,5 +131,73 @@ where
             });
             res
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::{convert::Infallible, future::Ready};
+
+    use tower::{Layer as _, Service as _};
+
+    use super::*;
+    use crate::Sampler;
+
+    /// Answers every call with a trailers-only `grpc-status` of its own.
+    #[derive(Clone)]
+    struct Answers(&'static str);
+
+    impl tower::Service<http::Request<()>> for Answers {
+        type Response = http::Response<()>;
+        type Error = Infallible;
+        type Future = Ready<Result<http::Response<()>, Infallible>>;
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, _: http::Request<()>) -> Self::Future {
+            let r = http::Response::builder()
+                .header("grpc-status", self.0)
+                .body(())
+                .unwrap();
+            std::future::ready(Ok(r))
+        }
+    }
+
+    fn attr(s: &crate::SpanData, k: &str) -> Option<opentelemetry::Value> {
+        s.attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == k)
+            .map(|kv| kv.value.clone())
+    }
+
+    /// A known method's span is named by it; a path the service does not serve
+    /// (UNIMPLEMENTED), whatever the caller put there, is `_OTHER`.
+    #[tokio::test]
+    async fn span_names_the_method_or_other() {
+        let (tracer, mut rx) = Tracer::detached(Sampler::new(false, 1.0), 4);
+        for (status, path, name) in [
+            (
+                "5",
+                "/switchyard.v1.Admin/GetModel",
+                "switchyard.v1.Admin/GetModel",
+            ),
+            (
+                "12",
+                "/switchyard.v1.Admin/x-caller-chosen-0123456789",
+                "switchyard.v1.Admin/_OTHER",
+            ),
+        ] {
+            let mut svc =
+                TraceLayer::new(Some(tracer.clone()), "/switchyard.v1.Admin/").layer(Answers(status));
+            let req = http::Request::builder().uri(path).body(()).unwrap();
+            svc.call(req).await.unwrap();
+            let span = rx.try_recv().unwrap();
+            assert_eq!(span.name, name);
+            assert_eq!(
+                attr(&span, "rpc.method").unwrap().as_str(),
+                name.rsplit('/').next().unwrap()
+            );
+        }
     }
 }
