@@ -516,10 +516,18 @@ pub fn wait_for_grant<'a, T: Send + 'a>(
         let mut last = first;
         if last.slice && !shared.limit_wait.is_zero() {
             let deadline = tokio::time::Instant::now() + shared.limit_wait;
+            // The refusal asked for a grant (`LimitState::low`), which comes a lease round
+            // trip later: a re-try before it would be refused again, and count the
+            // request's demand (`refused_amount`, the next claim's `want`) twice.
+            let granted = shared.lease_granted.notified();
+            tokio::pin!(granted);
+            granted.as_mut().enable();
             loop {
-                let granted = shared.lease_granted.notified();
-                tokio::pin!(granted);
+                if tokio::time::timeout_at(deadline, granted.as_mut()).await.is_err() {
+                    break;
+                }
                 // Registered before the re-try, so a grant landing in between is not missed.
+                granted.set(shared.lease_granted.notified());
                 granted.as_mut().enable();
                 match again() {
                     Ok(t) => return Ok(t),
@@ -528,9 +536,6 @@ pub fn wait_for_grant<'a, T: Send + 'a>(
                         last = r;
                         break;
                     }
-                }
-                if tokio::time::timeout_at(deadline, granted).await.is_err() {
-                    break;
                 }
             }
         }
@@ -1083,6 +1088,45 @@ mod tests {
         assert_eq!((key.used(), room.used(), spent.used()), (1, 2, 1));
         h.settle_at(None, None, now);
         assert_eq!((key.used(), room.used(), spent.used()), (1, 1, 1));
+    }
+
+    /// A request waiting for a grant re-tries only when one is applied: the demand its
+    /// refusal reported (`refused_amount`, the next claim's `want`) is counted once, not
+    /// again by a re-try at once; a grant with room admits it.
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_request_reports_its_demand_once() {
+        let shared = crate::proxy::testing::shared();
+        let now = crate::unix_ms();
+        let l = state(Kind::Concurrency, 10);
+        grant(&l, now, 0, 0);
+        let set: LimitSet = Arc::from(vec![l.clone()]);
+        let mut h = Held::default();
+        let first = h
+            .admit(0, &set, Estimate::default(), now, &shared.limit_env())
+            .unwrap_err();
+        assert!(first.slice);
+        let again = |h: &mut Held| {
+            h.admit(
+                0,
+                &set,
+                Estimate::default(),
+                crate::unix_ms(),
+                &shared.limit_env(),
+            )
+        };
+        // No grant comes: refused at the deadline, its demand reported once.
+        assert!(wait_for_grant(&shared, first.clone(), || again(&mut h))
+            .await
+            .is_err());
+        assert_eq!(l.claim_view(now).refused_amount, 1);
+        // A grant with room comes while it waits: admitted.
+        let waiting = wait_for_grant(&shared, first, || again(&mut h));
+        tokio::pin!(waiting);
+        assert!(futures::poll!(waiting.as_mut()).is_pending());
+        grant(&l, now, 1, 0);
+        shared.lease_granted.notify_waiters();
+        assert!(waiting.await.is_ok());
+        assert_eq!(l.used(), 1);
     }
 
     /// A credential without headroom is skipped; the next credential's reservation
