@@ -5,7 +5,7 @@
 #   scripts/fuzz.sh TARGET [SECONDS]     # default 600 s
 #   scripts/fuzz.sh list                 # the targets
 #
-# Targets: request_scan usage_scan usage_strip upstream_head chunked translate_stream journal.
+# Targets: request_scan usage_scan usage_strip upstream_head chunked translate_stream journal traceparent.
 # Each starts from the committed seeds in fuzz/corpus/TARGET and writes its findings to
 # $FUZZ_OUT/TARGET/default/{crashes,hangs,queue} (FUZZ_OUT defaults to
 # $CARGO_TARGET_DIR/fuzz-out or target/fuzz-out). A crash file found there goes into
@@ -18,7 +18,7 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
-targets="request_scan usage_scan usage_strip upstream_head chunked translate_stream journal"
+targets="request_scan usage_scan usage_strip upstream_head chunked translate_stream journal traceparent"
 target=${1:-}
 secs=${2:-600}
 if [[ "$target" == list ]]; then

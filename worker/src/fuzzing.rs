@@ -381,3 +381,36 @@ pub fn journal(data: &[u8]) {
         }
     }
 }
+
+/// The client's W3C `traceparent` (`switchyard_otel::parse_traceparent`), hostile input
+/// on every traced request: no panic, and it accepts exactly what the specification's
+/// grammar, written again here by its fields, accepts (version: two lower-case hex
+/// digits, not `ff`; 32 and 16 lower-case hex digits, not all zeros; two for the flags;
+/// after them nothing for version `00`, else nothing or a `-` and anything), with the
+/// same ids and sampled flag.
+pub fn traceparent(data: &[u8]) {
+    let got = switchyard_otel::parse_traceparent(data).map(|p| (p.trace_id, p.span_id, p.sampled));
+    let hex = |s: &[u8], n: usize| s.len() == n && s.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'));
+    let num = |s: &[u8]| {
+        s.iter().fold(0u128, |n, &c| {
+            n * 16 + u128::from((c as char).to_digit(16).unwrap_or(0))
+        })
+    };
+    let fields: Vec<&[u8]> = data.splitn(5, |&b| b == b'-').collect();
+    let want = match fields[..] {
+        [v, t, s, f, ref rest @ ..]
+            if hex(v, 2)
+                && v != b"ff"
+                && hex(t, 32)
+                && hex(s, 16)
+                && hex(f, 2)
+                && num(t) != 0
+                && num(s) != 0
+                && (rest.is_empty() || v != b"00") =>
+        {
+            Some((num(t), num(s) as u64, num(f) & 1 == 1))
+        }
+        _ => None,
+    };
+    assert_eq!(got, want, "{:?}", String::from_utf8_lossy(data));
+}

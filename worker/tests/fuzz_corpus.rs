@@ -16,6 +16,7 @@ const TARGETS: &[(&str, Target)] = &[
     ("chunked", switchyard_worker::fuzzing::chunked),
     ("translate_stream", switchyard_worker::fuzzing::translate_stream),
     ("journal", switchyard_worker::fuzzing::journal),
+    ("traceparent", switchyard_worker::fuzzing::traceparent),
 ];
 
 fn fuzz_dir() -> PathBuf {
