@@ -217,6 +217,19 @@ impl Settings {
                 msg: "the queue and the batch must hold at least one span".into(),
             });
         }
+        // A zero delay would spin the export task on a core; a zero timeout would drop
+        // every batch.
+        for (name, d) in [
+            ("OTEL_BSP_SCHEDULE_DELAY", s.delay),
+            ("OTEL_BSP_EXPORT_TIMEOUT", s.export_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(Error::Env {
+                    name,
+                    msg: "must be at least 1 (ms)".into(),
+                });
+            }
+        }
         Ok(Some(s))
     }
 }
@@ -631,6 +644,8 @@ mod tests {
             ("OTEL_TRACES_SAMPLER_ARG", "1.5"),
             ("OTEL_BSP_MAX_QUEUE_SIZE", "lots"),
             ("OTEL_BSP_MAX_QUEUE_SIZE", "0"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "0"),
+            ("OTEL_BSP_EXPORT_TIMEOUT", "0"),
         ] {
             assert!(settings(&[ep, bad]).is_err(), "{bad:?}");
         }
