@@ -484,7 +484,7 @@ pub fn start(
             .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
             .build(),
     }
-    .map_err(|e| Error::Exporter(e.to_string()))?;
+    .map_err(|e| Error::Exporter(redact_userinfo(&e.to_string())))?;
     let mut resource = opentelemetry_sdk::Resource::builder();
     let named = std::env::var_os("OTEL_SERVICE_NAME").is_some()
         || std::env::var("OTEL_RESOURCE_ATTRIBUTES").is_ok_and(|a| a.contains("service.name="));
@@ -565,6 +565,34 @@ async fn export(
     }
 }
 
+/// `s` with the user information of every URL in it (`scheme://user:password@host`)
+/// replaced by `***`: an exporter's error quotes the collector's URL, and a password
+/// given there (basic auth) must not reach the log. A URL's user information holds no
+/// raw `/`, `@`, `"` or white space (the URL standard encodes them), so it ends at the
+/// first `@`.
+fn redact_userinfo(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find("://") {
+        let (head, tail) = rest.split_at(i + 3);
+        out.push_str(head);
+        let end = tail
+            .find(|c: char| c == '/' || c == '"' || c.is_whitespace())
+            .unwrap_or(tail.len());
+        let authority = &tail[..end];
+        match authority.find('@') {
+            Some(at) => {
+                out.push_str("***");
+                out.push_str(&authority[at..]);
+            }
+            None => out.push_str(authority),
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Export one batch; `failing` says whether the last one failed, so that a collector
 /// going away and coming back is logged once each (warn), not once per batch.
 async fn send(
@@ -583,7 +611,7 @@ async fn send(
             }
             return;
         }
-        Ok(Err(e)) => e.to_string(),
+        Ok(Err(e)) => redact_userinfo(&e.to_string()),
         Err(_) => format!("no answer within {timeout:?}"),
     };
     counters.dropped.inc_by(n);
@@ -716,6 +744,30 @@ mod tests {
         assert_eq!(tracer.start_server(&h).unwrap().trace_state, Some(long.clone()));
         h.append("tracestate", long);
         assert_eq!(tracer.start_server(&h).unwrap().trace_state, None);
+    }
+
+    #[test]
+    fn urls_in_errors_lose_their_passwords() {
+        let e = r#"Operation failed: reqwest::Error { kind: Request, url: "http://user:s3cret@127.0.0.1:9/v1/traces", source: x }"#;
+        assert_eq!(
+            redact_userinfo(e),
+            r#"Operation failed: reqwest::Error { kind: Request, url: "http://***@127.0.0.1:9/v1/traces", source: x }"#
+        );
+        for (i, o) in [
+            (
+                "error for url (https://a:b%40c@h)",
+                "error for url (https://***@h)",
+            ),
+            (
+                "https://h:4318/v1/traces and http://u@h2 x",
+                "https://h:4318/v1/traces and http://***@h2 x",
+            ),
+            ("no url here: a@b", "no url here: a@b"),
+            ("://", "://"),
+            ("", ""),
+        ] {
+            assert_eq!(redact_userinfo(i), o, "{i}");
+        }
     }
 
     #[test]

@@ -535,6 +535,58 @@ async fn a_collector_that_never_answers_neither_slows_nor_fails_requests() -> Re
     Ok(())
 }
 
+/// A collector URL with a password in it (basic auth) that fails: the warning names the
+/// collector without the password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_password_never_reaches_the_log() -> Result<()> {
+    const PASSWORD: &str = "collector-pass-5678";
+    // A port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let m = MockServer::start(MockOptions::default()).await?;
+    let snap = snapshot(
+        1,
+        vec![provider(
+            "oa",
+            "openai",
+            &m.openai_base(),
+            &[("cred-a", SECRET_A)],
+        )],
+        vec![model(
+            "gpt-x",
+            "round_robin",
+            vec![backend("b", "oa", "real", 1, 0)],
+        )],
+        vec![key("tracer", KEY, &[])],
+    );
+    let (w, _dir) = start_worker(
+        &snap,
+        &[
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                format!("http://tracer:{PASSWORD}@{closed}"),
+            ),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".into()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "10".into()),
+        ],
+    )
+    .await?;
+    let r = client()
+        .post(format!("{}/v1/chat/completions", w.url("http")))
+        .bearer_auth(KEY)
+        .json(&json!({"model": "gpt-x", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200);
+    let log = wait_for("the export warning", Duration::from_secs(10), || {
+        let log = w.stderr_text();
+        async move { Ok(log.contains("trace export failed").then_some(log)) }
+    })
+    .await?;
+    assert!(!log.contains(PASSWORD), "{log}");
+    assert!(log.contains(&format!("***@{closed}")), "{log}");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn control_traces_admin_rpcs() -> Result<()> {
     use pb::v1::admin_client::AdminClient;
