@@ -107,6 +107,31 @@ async fn start_worker(snap: &pb::Snapshot, env: &[(&str, String)]) -> Result<(Pr
     Ok((Proc::spawn("worker", cmd).await?, dir))
 }
 
+/// A mock upstream and a snapshot with one model (`gpt-x`) on one OpenAI backend.
+async fn one_backend() -> Result<(MockServer, pb::Snapshot)> {
+    let m = MockServer::start(MockOptions {
+        name: "up".into(),
+        ..Default::default()
+    })
+    .await?;
+    let snap = snapshot(
+        1,
+        vec![provider(
+            "oa",
+            "openai",
+            &m.openai_base(),
+            &[("cred-a", SECRET_A)],
+        )],
+        vec![model(
+            "gpt-x",
+            "round_robin",
+            vec![backend("b", "oa", "real", 1, 0)],
+        )],
+        vec![key("tracer", KEY, &[])],
+    );
+    Ok((m, snap))
+}
+
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
@@ -455,26 +480,7 @@ async fn a_collector_that_never_answers_neither_slows_nor_fails_requests() -> Re
             conns.push(s);
         }
     });
-    let m = MockServer::start(MockOptions {
-        name: "up".into(),
-        ..Default::default()
-    })
-    .await?;
-    let snap = snapshot(
-        1,
-        vec![provider(
-            "oa",
-            "openai",
-            &m.openai_base(),
-            &[("cred-a", SECRET_A)],
-        )],
-        vec![model(
-            "gpt-x",
-            "round_robin",
-            vec![backend("b", "oa", "real", 1, 0)],
-        )],
-        vec![key("tracer", KEY, &[])],
-    );
+    let (_m, snap) = one_backend().await?;
     let (mut w, _dir) = start_worker(
         &snap,
         &[
@@ -542,22 +548,7 @@ async fn a_collector_password_never_reaches_the_log() -> Result<()> {
     const PASSWORD: &str = "collector-pass-5678";
     // A port nothing listens on.
     let closed = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-    let m = MockServer::start(MockOptions::default()).await?;
-    let snap = snapshot(
-        1,
-        vec![provider(
-            "oa",
-            "openai",
-            &m.openai_base(),
-            &[("cred-a", SECRET_A)],
-        )],
-        vec![model(
-            "gpt-x",
-            "round_robin",
-            vec![backend("b", "oa", "real", 1, 0)],
-        )],
-        vec![key("tracer", KEY, &[])],
-    );
+    let (_m, snap) = one_backend().await?;
     let (w, _dir) = start_worker(
         &snap,
         &[
