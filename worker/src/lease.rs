@@ -301,6 +301,41 @@ mod tests {
         assert_eq!(claim(&shared_l, later, &mut samples).want, 0);
     }
 
+    /// A concurrency limit asks for the ceiling it holds while it sees demand (the level
+    /// at a claim's instant is no guide to the next burst), and for nothing once idle for
+    /// `KEEP_ASKING`.
+    #[test]
+    fn a_concurrency_limit_keeps_its_ceiling_while_in_demand() {
+        let l = Arc::new(state(Kind::Concurrency, 100_000));
+        let mut samples = FxHashMap::default();
+        let t0 = 60_000 * 100;
+        let env = crate::limits::Env {
+            metrics: None,
+            wake: None,
+            count_slice: true,
+        };
+        let c = claim(&l, t0, &mut samples);
+        l.apply_grant(
+            &Grant {
+                window_start_ms: c.window_start_ms,
+                ceiling: 10,
+                fleet_used: 0,
+                expires_at_ms: t0 + 60_000,
+            },
+            0,
+        );
+        let set: crate::limits::LimitSet = Arc::from(vec![l.clone()]);
+        let mut h = crate::limits::Held::default();
+        h.admit(0, &set, crate::limits::Estimate::default(), t0 + 10, &env)
+            .unwrap();
+        let c = claim(&l, t0 + 250, &mut samples);
+        assert_eq!((c.used, c.want), (1, 10), "{c:?}");
+        h.settle_at(None, None, t0 + 300);
+        assert_eq!(claim(&l, t0 + 500, &mut samples).want, 10);
+        let later = t0 + 250 + KEEP_ASKING.as_millis() as i64;
+        assert_eq!(claim(&l, later, &mut samples).want, 0);
+    }
+
     /// A concurrency limit with no grant yet: the refused request is asked for, and the
     /// grant admits the next one.
     #[test]
