@@ -402,7 +402,8 @@ def cmd_slow(a: argparse.Namespace) -> None:
 
 # --- report ---------------------------------------------------------------------------------
 
-ROWS = ["direct", "nginx", "nginx-nolog", "switchyard", "switchyard-limits", "switchyard-translated"]
+ROWS = ["direct", "nginx", "nginx-nolog", "switchyard", "switchyard-base", "switchyard-limits",
+        "switchyard-translated"]
 
 
 def loadavg() -> str:
@@ -632,9 +633,13 @@ def cmd_table(a: argparse.Namespace) -> None:
         # The variants, each against the plain switchyard row of the same run.
         lim = med("switchyard-limits", "saturation", "cpu_us_per_req")
         tr = med("switchyard-translated", "saturation", "cpu_us_per_req")
-        if lim or tr:
+        bw = med("switchyard-base", "saturation", "cpu_us_per_req")
+        if lim or tr or bw:
             o += ["## Variants against the switchyard row (same run)", "",
                   "| variant | measured | verdict |", "|---|---:|---|"]
+        if bw:
+            o.append(f"| this build against the base worker (`BASE_WORKER`): CPU/req | "
+                     f"{ratio(sy_cpu, bw)} (base {ratio(bw, ng)} nginx, this build {ratio(sy_cpu, ng)} nginx) | – |")
         if lim:
             lr = lim / sy_cpu if sy_cpu else None
             o.append(f"| three enforced limits (issue 18): CPU/req ≤ 1.05× without limits | "
@@ -650,7 +655,7 @@ def cmd_table(a: argparse.Namespace) -> None:
                   f"({f((tt - sy_ttfb) * 1000 if tt and sy_ttfb else None, 0)} µs) | – |",
                   f"| translated: burst stream total, over passthrough | "
                   f"{f((tb - sb) * 1000 if tb and sb else None, 0)} µs | – |"]
-        if lim or tr:
+        if lim or tr or bw:
             o.append("")
     Path(a.md).write_text("\n".join(o))
     print("\n".join(o))

@@ -26,6 +26,10 @@ ROWS="${ROWS:-direct nginx nginx-nolog switchyard switchyard-limits switchyard-t
 # switchyard-translated: the same OpenAI requests to Anthropic-kind backends, translated there and
 # back (issue 17's translated row). Each runs its own control and worker, idle while other rows run,
 # and only (a), (b) and (c): (a2) and (d) are the plain switchyard row's.
+# BASE_WORKER=PATH adds a switchyard-base row: the switchyard row's setup with another worker
+# binary (an older build, with this build's control and CLI), to compare two builds in one run.
+BASE_WORKER="${BASE_WORKER:-}"
+[[ -n "$BASE_WORKER" && " $ROWS " != *" switchyard-base "* ]] && ROWS="$ROWS switchyard-base"
 SCENARIOS="${SCENARIOS:-saturation equalrate fixed200 stream slow micro}"
 SUT_CPU="${SUT_CPU:-1}"                          # system under test
 LOAD_CPU="${LOAD_CPU:-0}"                        # load generator + mock
@@ -205,15 +209,17 @@ EOF
 # start_switchyard ROW: switchyard, switchyard-limits (three enforced limits on the key) or
 # switchyard-translated (Anthropic-kind backends: every OpenAI request translated there and back).
 start_switchyard() {
-  local row=$1 sfx="" kind=openai base="$MOCK_URL/v1" limits=$LIMITS
+  local row=$1 sfx="" kind=openai base="$MOCK_URL/v1" limits=$LIMITS worker="$BIN/switchyard-worker"
   case $row in
+    switchyard-base) sfx=_base; worker="$BASE_WORKER" ;;
     switchyard-limits) sfx=_limits; limits=1 ;;
     switchyard-translated) sfx=_translated; kind=anthropic; base="$MOCK_URL" ;;
   esac
   [[ "$SY_BUILD_OK" == 1 ]] || { SKIPPED+="$row (build failed); "; return 1; }
-  for b in switchyard-control switchyard-worker switchyard; do
+  for b in switchyard-control switchyard; do
     [[ -x "$BIN/$b" ]] || { SKIPPED+="$row ($b not built); "; return 1; }
   done
+  [[ -x "$worker" ]] || { SKIPPED+="$row ($worker not built); "; return 1; }
   local dir="$WORK/sy$sfx"
   mkdir -p "$dir/control" "$dir/worker"
   start "control$sfx" "$CONTROL_CPU" "$BIN/switchyard-control" --data-dir "$dir/control" \
@@ -263,8 +269,8 @@ EOF
   fi
   # A worker from before the ops listener (an older build compared with BIN_DIR) serves
   # /metrics on its main port.
-  local ops=(); "$BIN/switchyard-worker" --help 2>/dev/null | grep -q -- --ops-listen && ops=(--ops-listen 127.0.0.1:0)
-  start "worker$sfx" "$SUT_CPU" "$BIN/switchyard-worker" --listen 127.0.0.1:0 "${ops[@]}" \
+  local ops=(); "$worker" --help 2>/dev/null | grep -q -- --ops-listen && ops=(--ops-listen 127.0.0.1:0)
+  start "worker$sfx" "$SUT_CPU" "$worker" --listen 127.0.0.1:0 "${ops[@]}" \
     --control "http://$grpc" --state-dir "$dir/worker" --worker-id "bench$sfx" --drain-timeout 2s
   local http; http="$(wait_listening "worker$sfx" http)" || { SKIPPED+="$row (worker did not start); "; return 1; }
   OPS_URL[$row]="http://$http"
@@ -280,7 +286,7 @@ for row in $ROWS; do
   case $row in
     direct) ACTIVE+=(direct) ;;
     nginx|nginx-nolog) if start_nginx "$row"; then ACTIVE+=("$row"); else log "skipping $row row: $SKIPPED"; fi ;;
-    switchyard|switchyard-limits|switchyard-translated)
+    switchyard|switchyard-base|switchyard-limits|switchyard-translated)
       if start_switchyard "$row"; then ACTIVE+=("$row"); else log "skipping $row row: $SKIPPED"; fi ;;
     *) die "unknown row $row" ;;
   esac
