@@ -433,7 +433,9 @@ impl Transform {
 }
 
 impl RelayBody {
-    pub fn new(spec: RelaySpec) -> Self {
+    /// The body, boxed (as `ProxyBody::Relay` holds it): built in its box rather than
+    /// moved into one, since every move of it is a copy.
+    pub fn new(spec: RelaySpec) -> Box<Self> {
         // Fields are moved from `spec` straight into the body (no destructuring into
         // locals): `inner` holds its connection inline, and every move is a copy.
         let mut scanner = UsageScanner::new(spec.sse, spec.success);
@@ -445,23 +447,28 @@ impl RelayBody {
         } else {
             Outcome::ClientError
         };
-        Self {
-            first: spec.first,
-            inner: Some(spec.inner),
-            sse: spec.sse,
-            dialect: spec.dialect,
-            idle: spec.idle,
-            last_chunk: Instant::now(),
-            idle_sleep: None,
-            total: spec.total.map(|d| Box::pin(tokio::time::sleep_until(d))),
-            ended: false,
-            scanner,
-            finish: Some(spec.finish),
-            outcome,
-            backend_state: spec.backend_state,
-            transform: spec.transform,
-            guards: Some(spec.guards),
-        }
+        // Allocated first and written into: `Box::new(value)` built it on the stack and
+        // copied it.
+        Box::write(
+            Box::new_uninit(),
+            Self {
+                first: spec.first,
+                inner: Some(spec.inner),
+                sse: spec.sse,
+                dialect: spec.dialect,
+                idle: spec.idle,
+                last_chunk: Instant::now(),
+                idle_sleep: None,
+                total: spec.total.map(|d| Box::pin(tokio::time::sleep_until(d))),
+                ended: false,
+                scanner,
+                finish: Some(spec.finish),
+                outcome,
+                backend_state: spec.backend_state,
+                transform: spec.transform,
+                guards: Some(spec.guards),
+            },
+        )
     }
 
     fn end(&mut self, outcome: Option<Outcome>) {

@@ -151,7 +151,7 @@ async fn forward(
         guards: [Some(guard), None],
         finish: f,
     });
-    let mut resp = Response::new(ProxyBody::Relay(Box::new(relay)));
+    let mut resp = Response::new(ProxyBody::Relay(relay));
     *resp.status_mut() = answer.head.status;
     let mut h = answer.head.headers;
     // The ids in the body change length.
