@@ -476,12 +476,14 @@ impl RelayBody {
         if let Some(o) = outcome {
             self.outcome = o;
         }
-        if let Some(f) = self.finish.take() {
+        if let Some(f) = self.finish.as_mut() {
             let usage = match self.transform.as_ref().and_then(Transform::usage) {
                 Some(u) => Some(u),
                 None => self.scanner.finish(outcome.is_none()),
             };
-            f.done(self.outcome, usage);
+            // Booked where it lies: moving a `Finish` out to book it is a copy.
+            f.settle(self.outcome, usage);
+            self.finish = None;
         }
     }
 

@@ -2,11 +2,7 @@
 //! (`paths`, before the body is read), and the body read under its limits and scanned
 //! once (`extract`); then the key's quotas (`limits`: its own and its team's) admit the
 //! request or refuse it with a 429. Everything after it routes on what this phase read.
-use std::sync::Arc;
-
 use bytes::Bytes;
-use http::Request;
-use hyper::body::Incoming;
 
 use crate::{
     auth,
@@ -41,22 +37,37 @@ impl Inbound<'_> {
     }
 }
 
-/// Authenticate, check the path, read and scan the body.
-pub async fn request_filter<'a>(
-    shared: &Shared,
-    routing: &'a Arc<Routing>,
-    req: Request<Incoming>,
+/// Before the body is read: who is asking (the key, booked in `fin`), and whether the
+/// path may go upstream (`Ok(true)`: one of the kind's default paths).
+pub fn head_filter<'a>(
+    routing: &'a Routing,
+    parts: &http::request::Parts,
     kind: ProviderKind,
     fin: &mut Finish,
     memo: &auth::KeyMemo,
-) -> Result<Inbound<'a>, ProxyError> {
-    let key = auth::authenticate(routing, req.headers(), crate::unix_ms(), memo)?;
+) -> Result<(&'a ClientKey, bool), ProxyError> {
+    let key = auth::authenticate(routing, &parts.headers, crate::unix_ms(), memo)?;
     fin.key_id = key.id.clone();
     fin.key_name = key.name.clone();
     fin.team.clone_from(&key.team);
-    let default_path = path_filter(routing, kind, req.uri().path())?;
-    let (parts, body) = req.into_parts();
-    let bytes = crate::body::read_body(body, shared.max_body_bytes, &shared.body_limits).await?;
+    let default_path = path_filter(routing, kind, parts.uri.path())?;
+    Ok((key, default_path))
+}
+
+/// Once the body is read ([`head_filter`] passed): scan it, and let the key's limits
+/// admit the request.
+///
+/// The body is read by the caller (`proxy::forward`) between the two halves, not here:
+/// an async phase would hold the request in its own future and hand its result over by
+/// copies, on every request.
+pub fn body_filter<'a>(
+    shared: &Shared,
+    parts: http::request::Parts,
+    bytes: Bytes,
+    kind: ProviderKind,
+    (key, default_path): (&'a ClientKey, bool),
+    fin: &mut Finish,
+) -> Result<Inbound<'a>, ProxyError> {
     let head = extract::scan(&bytes).map_err(ProxyError::BadRequest)?;
     fin.stream = head.stream;
     let nominated = paths::connection_nominated(&parts.headers);

@@ -4,7 +4,7 @@
 //! | phase | file | what it does |
 //! |---|---|---|
 //! | dispatch | `mod.rs` ([`handle`]) | local answers (`/health`, `/ready`, `/metrics`, `/v1/models`); the client's dialect from the path |
-//! | request filter | `filter.rs` | authenticate, allowed path, read and scan the body → [`filter::Inbound`]; the key's limits admit or refuse (429) |
+//! | request filter | `filter.rs` | authenticate, allowed path ([`filter::head_filter`]); the body read (in [`forward`] itself: no future of its own); scan it → [`filter::Inbound`], the key's limits admit or refuse (429) ([`filter::body_filter`]) |
 //! | route | `route.rs` | model → its route for the dialect ([`route::Plan`]), the model's limits; per attempt: pin or tier → strategy → backend → credential, retry budget → a [`route::Target`] |
 //! | upstream request | `upstream_request.rs` | the body and head for the target's provider (model rewrite, `include_usage`); a backend of the other kind gets the translated request (`translate.rs`) |
 //! | attempt | `attempt.rs` | send under the per-try deadline; hold an SSE answer back until its first event → an [`attempt::Attempt`] |
@@ -61,7 +61,9 @@ pub async fn handle(
         (&Method::GET, "/health") => crate::health::health_response(&shared, crate::health::Detail::Counts),
         (&Method::GET, "/ready") => ready_response(&shared),
         (&Method::GET, "/v1/models") => models_response(&shared, req.headers(), &memo),
-        (m, p) if stateful::is_stateful(m, p) => stateful::handle(shared, req, &memo).await,
+        // Boxed: a rare path, whose state would otherwise make every request's future
+        // (moved into its box by the server, `server::serve`) larger.
+        (m, p) if stateful::is_stateful(m, p) => Box::pin(stateful::handle(shared, req, &memo)).await,
         (&Method::POST, _) if is_messages => proxy(shared, req, ProviderKind::Anthropic, &memo).await,
         (&Method::POST, p) if p.starts_with("/v1/") => proxy(shared, req, ProviderKind::OpenAi, &memo).await,
         (_, p) => {
@@ -219,7 +221,11 @@ async fn forward(
     memo: &auth::KeyMemo,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let routing: Arc<Routing> = shared.routing.load_full().ok_or(ProxyError::NoConfig)?;
-    let req = filter::request_filter(shared, &routing, req, kind, fin, memo).await?;
+    // The request filter, around the body's read.
+    let (parts, body) = req.into_parts();
+    let asker = filter::head_filter(&routing, &parts, kind, fin, memo)?;
+    let bytes = crate::body::read_body(body, shared.max_body_bytes, &shared.body_limits).await?;
+    let req = filter::body_filter(shared, parts, bytes, kind, asker, fin)?;
     let plan = route::plan(shared, &routing, &req, fin)?;
     let mut ctx = Ctx {
         shared,
@@ -243,7 +249,9 @@ async fn forward(
             classify::Next::Relay => {
                 if let attempt::Attempt::Answered(answer) = attempt {
                     if translate::completes(&target, &answer) {
-                        return translate::complete(&mut ctx, &target, answer, guards).await;
+                        // Boxed: translated answers only; unboxed, their read-whole
+                        // state would make every request's future larger.
+                        return Box::pin(translate::complete(&mut ctx, &target, answer, guards)).await;
                     }
                     return Ok(respond::response_head(&mut ctx, &target, answer, guards));
                 }
