@@ -136,7 +136,12 @@ impl Finish {
         if std::mem::replace(&mut self.settled, true) {
             return;
         }
-        self.limits.settle(usage.as_ref(), self.price.as_ref());
+        // One wall-clock read for the limits, the access line and the usage record.
+        let wall = std::time::SystemTime::now();
+        let ts_ms = wall
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        self.limits.settle_at(usage.as_ref(), self.price.as_ref(), ts_ms);
         let latency = self.start.elapsed();
         let m = &self.shared.metrics;
         m.inflight.dec();
@@ -171,14 +176,14 @@ impl Finish {
             if tracing::enabled!(target: ACCESS_TARGET, tracing::Level::INFO) {
                 LINE.with_borrow_mut(|l| {
                     l.clear();
-                    self.access_line(l, std::time::SystemTime::now(), latency, outcome);
+                    self.access_line(l, wall, latency, outcome);
                     log.write(l);
                 });
             }
         }
         if let Some(sink) = &self.shared.usage_sink {
             sink.record(UsageEvent {
-                ts_ms: crate::unix_ms(),
+                ts_ms,
                 request_id: std::mem::take(&mut self.request_id),
                 key_id: self.key_id.clone(),
                 key_name: self.key_name.clone(),
