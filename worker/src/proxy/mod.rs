@@ -185,10 +185,16 @@ async fn proxy(
     if let Some((q, now)) = quota {
         q.write(dialect, now, resp.headers_mut());
     }
-    if let Ok(v) = HeaderValue::from_str(&request_id) {
+    if let Some(v) = request_id_header(request_id) {
         resp.headers_mut().insert(&X_REQUEST_ID, v);
     }
     resp
+}
+
+/// The `x-request-id` answer header, made from the id's own bytes (`HeaderValue::from_str`
+/// would copy them into a new allocation): the same check of every byte.
+pub(crate) fn request_id_header(id: String) -> Option<HeaderValue> {
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(id)).ok()
 }
 
 /// The per-request context every phase after the request filter reads and writes: the
