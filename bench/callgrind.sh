@@ -13,6 +13,9 @@
 #   concurrency), with amounts too large to refuse: the cost of the limits phase (issue 18).
 #   TRANSLATE=1: the backends are Anthropic-kind (the same mock's /v1/messages), so every
 #   OpenAI Chat request is translated there and back (issue 17's translated row).
+#   WORKER_EXTRA_FLAGS (default "--ops-listen 127.0.0.1:0"): the worker's flags beyond the
+#   listen, control, state and thread ones; set it empty for a worker older than the ops
+#   listener (base 8c2930e's), which has no --ops-listen.
 #   SUT=nginx: count nginx instead (one process, the bench's nginx row configuration: keep-alive
 #   upstream, proxy_buffering off, buffered access log), through the same mock and requests.
 set -euo pipefail
@@ -96,7 +99,7 @@ if [[ ${LIMITS:-0} == 1 ]]; then
   $BIN/switchyard limits create bench-tpm --scope key:bench --kind tokens --window minute --amount 1000000000000 >/dev/null
   $BIN/switchyard limits create bench-conc --scope key:bench --kind concurrency --amount 100000 >/dev/null
 fi
-start worker valgrind --tool=callgrind --callgrind-out-file=$W/cg.out --dump-instr=no $BIN/switchyard-worker --listen 127.0.0.1:0 --ops-listen 127.0.0.1:0 --control http://$G --state-dir $W/wk --worker-id bench --threads ${THREADS:-1}
+start worker valgrind --tool=callgrind --callgrind-out-file=$W/cg.out --dump-instr=no $BIN/switchyard-worker --listen 127.0.0.1:0 ${WORKER_EXTRA_FLAGS---ops-listen 127.0.0.1:0} --control http://$G --state-dir $W/wk --worker-id bench --threads ${THREADS:-1}
 H=$(wl worker http)
 fi
 run(){ python3 - "$H" "$KEY" "$1" "${STREAM:-0}" <<'P'

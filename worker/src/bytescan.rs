@@ -46,10 +46,14 @@ pub fn quote_or_backslash(s: &[u8], from: usize, window: usize) -> Option<(usize
 }
 
 /// Whether `s` holds the byte `b`, read 8 bytes at a time (for short slices, where a
-/// memchr call costs more than the bytes); the last partial word is padded with a byte
-/// other than `b`.
+/// memchr call costs more than the bytes). A last partial word is read as the slice's
+/// last 8 bytes (some read twice, which changes no answer), and a slice shorter than a
+/// word byte by byte: copying a partial word into a padded one was a memcpy call.
 #[inline]
 pub fn has_byte(s: &[u8], b: u8) -> bool {
+    let Some(last) = s.last_chunk::<8>() else {
+        return s.contains(&b);
+    };
     let mut words = s.chunks_exact(8);
     let mut acc = 0u64;
     for c in words.by_ref() {
@@ -57,18 +61,16 @@ pub fn has_byte(s: &[u8], b: u8) -> bool {
         w.copy_from_slice(c);
         acc |= eq_mask(u64::from_le_bytes(w), b);
     }
-    let rest = words.remainder();
-    if !rest.is_empty() {
-        let mut w = [!b; 8];
-        w[..rest.len()].copy_from_slice(rest);
-        acc |= eq_mask(u64::from_le_bytes(w), b);
+    if !words.remainder().is_empty() {
+        acc |= eq_mask(u64::from_le_bytes(*last), b);
     }
     acc != 0
 }
 
 /// Whether every byte of `v` is printable ASCII (`0x21..=0x7E`) other than `"`, `=` and
-/// `\\`: a value that an access line can carry unquoted. 8 bytes at a time; the last
-/// partial word is padded with a plain byte.
+/// `\\`: a value that an access line can carry unquoted. 8 bytes at a time; a last
+/// partial word is read as the value's last 8 bytes, a value shorter than a word byte by
+/// byte (as in [`has_byte`]).
 #[inline]
 pub fn plain_token(v: &[u8]) -> bool {
     let mut words = v.chunks_exact(8);
@@ -80,17 +82,19 @@ pub fn plain_token(v: &[u8]) -> bool {
             | eq_mask(w, b'=')
             | eq_mask(w, b'\\')
     };
+    let Some(last) = v.last_chunk::<8>() else {
+        return v
+            .iter()
+            .all(|&b| b.is_ascii_graphic() && b != b'"' && b != b'=' && b != b'\\');
+    };
     let mut acc = 0u64;
     for c in words.by_ref() {
         let mut b = [0u8; 8];
         b.copy_from_slice(c);
         acc |= bad(u64::from_le_bytes(b));
     }
-    let rest = words.remainder();
-    if !rest.is_empty() {
-        let mut b = [b'a'; 8];
-        b[..rest.len()].copy_from_slice(rest);
-        acc |= bad(u64::from_le_bytes(b));
+    if !words.remainder().is_empty() {
+        acc |= bad(u64::from_le_bytes(*last));
     }
     acc == 0
 }

@@ -222,7 +222,12 @@ impl Clock {
 /// A v7 UUID from the thread-local RNG. `Uuid::now_v7` asks the kernel for randomness on
 /// every call (a `getrandom` syscall), which the request path cannot afford.
 pub fn fast_uuid_v7() -> uuid::Uuid {
-    let ms = unix_ms().max(0) as u64;
+    fast_uuid_v7_at(unix_ms())
+}
+
+/// [`fast_uuid_v7`] for the Unix ms `ms` (a time the caller already read).
+pub fn fast_uuid_v7_at(ms: i64) -> uuid::Uuid {
+    let ms = ms.max(0) as u64;
     let rnd: [u8; 10] = rand::random();
     uuid::Builder::from_unix_timestamp_millis(ms, &rnd).into_uuid()
 }

@@ -182,11 +182,15 @@ pub struct LimitState {
     roll: parking_lot::Mutex<()>,
     refusals: OnceLock<Counter>,
     observed_over: OnceLock<Counter>,
+    /// `def.amount` as a header value (the remaining-quota headers' limit), built once:
+    /// a request's copy is a reference count.
+    amount_header: HeaderValue,
 }
 
 impl LimitState {
     pub fn new(def: LimitDef) -> Self {
         Self {
+            amount_header: HeaderValue::from(def.amount),
             def,
             window: AtomicI64::new(0),
             used: AtomicU64::new(0),
@@ -750,14 +754,16 @@ impl Held {
         let mut q = Quota::default();
         // The key's and the model's: a credential's limits are the operator's business.
         for l in self.sets[..2].iter().flatten().flat_map(|s| s.iter()) {
-            let slot = match (l.def.mode, l.def.kind, l.def.window) {
-                (Mode::Enforce, Kind::Requests, Some(w)) => (&mut q.requests, w),
-                (Mode::Enforce, Kind::Tokens, Some(w)) => (&mut q.tokens, w),
+            let (i, w) = match (l.def.mode, l.def.kind, l.def.window) {
+                (Mode::Enforce, Kind::Requests, Some(w)) => (0, w),
+                (Mode::Enforce, Kind::Tokens, Some(w)) => (1, w),
                 _ => continue,
             };
             let rem = l.remaining(now_ms);
-            if slot.0.is_none_or(|(_, r, _)| rem < r) {
-                *slot.0 = Some((l.def.amount, rem, slot.1.end_ms(now_ms)));
+            let slot = if i == 0 { &mut q.requests } else { &mut q.tokens };
+            if slot.is_none_or(|(_, r, _)| rem < r) {
+                *slot = Some((l.def.amount, rem, w.end_ms(now_ms)));
+                q.amounts[i] = Some(l.amount_header.clone());
             }
         }
         (q.requests.is_some() || q.tokens.is_some()).then_some(q)
@@ -766,10 +772,12 @@ impl Held {
 
 /// The tightest enforced `requests` and `tokens` limits: (amount, remaining, reset at
 /// unix ms).
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Quota {
     pub requests: Option<(u64, u64, i64)>,
     pub tokens: Option<(u64, u64, i64)>,
+    /// The amounts above as header values (`LimitState::amount_header`).
+    amounts: [Option<HeaderValue>; 2],
 }
 
 static OPENAI: [[HeaderName; 3]; 2] = [
@@ -802,59 +810,95 @@ impl Quota {
     /// Write the headers in the client's dialect, replacing an upstream's of the same
     /// names (the operator's provider-account limits are not the key's).
     ///
-    /// Every value is written into one buffer and each header takes a slice of it (one
-    /// allocation, not one per value), and the map grows at most once.
+    /// On every answer to a key with enforced limits, so each value costs as little as
+    /// it can: the amounts are built once per limit (`LimitState::amount_header`), the
+    /// resets once per second they change in (`RESETS`), and only the two remaining
+    /// counts are written per request, into one buffer that both take a slice of. The
+    /// map has room for the six (`upstream::head_from` sizes it), so it does not grow.
     pub fn write(&self, dialect: Dialect, now_ms: i64, h: &mut HeaderMap) {
-        use std::fmt::Write as _;
-        let names = match dialect {
-            Dialect::OpenAi => &OPENAI,
-            Dialect::Anthropic => &ANTHROPIC,
+        let (names, d) = match dialect {
+            Dialect::OpenAi => (&OPENAI, 0),
+            Dialect::Anthropic => (&ANTHROPIC, 1),
         };
-        let mut buf = bytes::BytesMut::with_capacity(128);
-        let mut spans: [(usize, usize); 6] = [(0, 0); 6];
+        let mut buf = bytes::BytesMut::with_capacity(40);
         let mut nums = itoa::Buffer::new();
+        let mut spans = [(0, 0); 2];
         for (i, v) in [self.requests, self.tokens].into_iter().enumerate() {
-            let Some((amount, rem, reset_ms)) = v else {
+            if let Some((_, rem, _)) = v {
+                let at = buf.len();
+                buf.extend_from_slice(nums.format(rem).as_bytes());
+                spans[i] = (at, buf.len());
+            }
+        }
+        let rems = buf.freeze();
+        h.reserve(6);
+        for (i, v) in [self.requests, self.tokens].into_iter().enumerate() {
+            let Some((amount, _, reset_ms)) = v else {
                 continue;
             };
-            for (j, n) in [amount, rem].into_iter().enumerate() {
-                let at = buf.len();
-                buf.extend_from_slice(nums.format(n).as_bytes());
-                spans[i * 3 + j] = (at, buf.len());
+            let amount = match &self.amounts[i] {
+                Some(a) => a.clone(),
+                None => HeaderValue::from(amount),
+            };
+            h.insert(&names[i][0], amount);
+            if let Ok(rem) = HeaderValue::from_maybe_shared(rems.slice(spans[i].0..spans[i].1)) {
+                h.insert(&names[i][1], rem);
             }
-            let at = buf.len();
+            h.insert(&names[i][2], reset_header(d * 2 + i, dialect, now_ms, reset_ms));
+        }
+    }
+}
+
+thread_local! {
+    /// The last reset value of each (dialect, requests/tokens) header and the key it was
+    /// made for (OpenAI: the whole seconds left; Anthropic: the reset time), so a value is
+    /// formatted at most once a second per thread, not per request.
+    static RESETS: std::cell::RefCell<[(u64, HeaderValue); 4]> =
+        std::cell::RefCell::new(std::array::from_fn(|_| (u64::MAX, HeaderValue::from_static(""))));
+}
+
+/// The reset header's value (`slot`: its `RESETS` entry).
+fn reset_header(slot: usize, dialect: Dialect, now_ms: i64, reset_ms: i64) -> HeaderValue {
+    let key = match dialect {
+        Dialect::OpenAi => go_seconds((reset_ms - now_ms).max(0) as u64),
+        Dialect::Anthropic => reset_ms.max(0) as u64,
+    };
+    RESETS.with_borrow_mut(|cache| {
+        let (k, v) = &mut cache[slot];
+        if *k != key {
+            let mut buf = bytes::BytesMut::with_capacity(24);
             match dialect {
-                Dialect::OpenAi => go_duration_into(&mut buf, (reset_ms - now_ms).max(0) as u64),
+                Dialect::OpenAi => go_duration_secs(&mut buf, key),
                 Dialect::Anthropic => {
-                    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(reset_ms.max(0) as u64);
+                    use std::fmt::Write as _;
+                    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(key);
                     let _ = write!(buf, "{}", humantime::format_rfc3339_seconds(t));
                 }
             }
-            spans[i * 3 + 2] = (at, buf.len());
+            // Digits, letters, `-`, `:`: always a valid value.
+            *v = HeaderValue::from_maybe_shared(buf.freeze())
+                .unwrap_or_else(|_| HeaderValue::from_static("0"));
+            *k = key;
         }
-        let all = buf.freeze();
-        h.reserve(6);
-        for (k, &(a, b)) in spans.iter().enumerate() {
-            if b > a {
-                if let Ok(v) = HeaderValue::from_maybe_shared(all.slice(a..b)) {
-                    h.insert(&names[k / 3][k % 3], v);
-                }
-            }
-        }
-    }
+        v.clone()
+    })
 }
 
 /// A duration as OpenAI writes its resets (Go's format, whole seconds rounded up:
 /// `1s`, `6m0s`, `1h2m3s`).
 pub fn go_duration(ms: u64) -> String {
     let mut b = bytes::BytesMut::new();
-    go_duration_into(&mut b, ms);
+    go_duration_secs(&mut b, go_seconds(ms));
     String::from_utf8_lossy(&b).into_owned()
 }
 
-/// [`go_duration`] appended to `out`, with no formatting machinery.
-fn go_duration_into(out: &mut bytes::BytesMut, ms: u64) {
-    let s = ms.div_ceil(1000).max(1);
+/// The whole seconds OpenAI's reset says for `ms` (rounded up, at least 1).
+fn go_seconds(ms: u64) -> u64 {
+    ms.div_ceil(1000).max(1)
+}
+
+/// `s` seconds in Go's format, appended to `out`.
+fn go_duration_secs(out: &mut bytes::BytesMut, s: u64) {
     let (h, m, s) = (s / 3600, (s / 60) % 60, s % 60);
     let mut n = itoa::Buffer::new();
     if h > 0 {
@@ -1232,6 +1276,24 @@ mod tests {
         q.write(Dialect::Anthropic, now, &mut m);
         assert_eq!(m["anthropic-ratelimit-tokens-limit"], "5000");
         assert_eq!(m["anthropic-ratelimit-requests-reset"], "1970-01-01T00:31:00Z");
+        // The resets are kept per second: a later second, or the next window, has its own.
+        for (at, want) in [
+            (now + 1_500, "5s"),
+            (now + 1_900, "5s"),
+            (now + 5_001, "1s"),
+            (now + 6_001, "1m0s"),
+        ] {
+            let q = h.quota_at(at).unwrap();
+            let mut m = HeaderMap::new();
+            q.write(Dialect::OpenAi, at, &mut m);
+            assert_eq!(m["x-ratelimit-reset-requests"], want, "{at}");
+            assert_eq!(m["x-ratelimit-limit-tokens"], "5000");
+        }
+        let q = h.quota_at(now + 6_001).unwrap();
+        let mut m = HeaderMap::new();
+        q.write(Dialect::Anthropic, now + 6_001, &mut m);
+        assert_eq!(m["anthropic-ratelimit-tokens-reset"], "1970-01-01T00:32:00Z");
+        assert_eq!(m.len(), 6);
         assert_eq!(go_duration(360_000), "6m0s");
         assert_eq!(go_duration(1), "1s");
         assert_eq!(go_duration(3_723_000), "1h2m3s");

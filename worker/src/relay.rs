@@ -140,7 +140,12 @@ impl Finish {
         if std::mem::replace(&mut self.settled, true) {
             return;
         }
-        self.limits.settle(usage.as_ref(), self.price.as_ref());
+        // One wall-clock read for the limits, the access line and the usage record.
+        let wall = std::time::SystemTime::now();
+        let ts_ms = wall
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        self.limits.settle_at(usage.as_ref(), self.price.as_ref(), ts_ms);
         let latency = self.start.elapsed();
         let m = &self.shared.metrics;
         m.inflight.dec();
@@ -175,7 +180,7 @@ impl Finish {
             if tracing::enabled!(target: ACCESS_TARGET, tracing::Level::INFO) {
                 LINE.with_borrow_mut(|l| {
                     l.clear();
-                    self.access_line(l, std::time::SystemTime::now(), latency, outcome);
+                    self.access_line(l, wall, latency, outcome);
                     log.write(l);
                 });
             }
@@ -185,7 +190,7 @@ impl Finish {
         }
         if let Some(sink) = &self.shared.usage_sink {
             sink.record(UsageEvent {
-                ts_ms: crate::unix_ms(),
+                ts_ms,
                 request_id: std::mem::take(&mut self.request_id),
                 key_id: self.key_id.clone(),
                 key_name: self.key_name.clone(),
@@ -440,7 +445,9 @@ impl Transform {
 }
 
 impl RelayBody {
-    pub fn new(spec: RelaySpec) -> Self {
+    /// The body, boxed (as `ProxyBody::Relay` holds it): built in its box rather than
+    /// moved into one, since every move of it is a copy.
+    pub fn new(spec: RelaySpec) -> Box<Self> {
         // Fields are moved from `spec` straight into the body (no destructuring into
         // locals): `inner` holds its connection inline, and every move is a copy.
         let mut scanner = UsageScanner::new(spec.sse, spec.success);
@@ -452,23 +459,28 @@ impl RelayBody {
         } else {
             Outcome::ClientError
         };
-        Self {
-            first: spec.first,
-            inner: Some(spec.inner),
-            sse: spec.sse,
-            dialect: spec.dialect,
-            idle: spec.idle,
-            last_chunk: Instant::now(),
-            idle_sleep: None,
-            total: spec.total.map(|d| Box::pin(tokio::time::sleep_until(d))),
-            ended: false,
-            scanner,
-            finish: Some(spec.finish),
-            outcome,
-            backend_state: spec.backend_state,
-            transform: spec.transform,
-            guards: Some(spec.guards),
-        }
+        // Allocated first and written into: `Box::new(value)` built it on the stack and
+        // copied it.
+        Box::write(
+            Box::new_uninit(),
+            Self {
+                first: spec.first,
+                inner: Some(spec.inner),
+                sse: spec.sse,
+                dialect: spec.dialect,
+                idle: spec.idle,
+                last_chunk: Instant::now(),
+                idle_sleep: None,
+                total: spec.total.map(|d| Box::pin(tokio::time::sleep_until(d))),
+                ended: false,
+                scanner,
+                finish: Some(spec.finish),
+                outcome,
+                backend_state: spec.backend_state,
+                transform: spec.transform,
+                guards: Some(spec.guards),
+            },
+        )
     }
 
     fn end(&mut self, outcome: Option<Outcome>) {
@@ -476,12 +488,14 @@ impl RelayBody {
         if let Some(o) = outcome {
             self.outcome = o;
         }
-        if let Some(f) = self.finish.take() {
+        if let Some(f) = self.finish.as_mut() {
             let usage = match self.transform.as_ref().and_then(Transform::usage) {
                 Some(u) => Some(u),
                 None => self.scanner.finish(outcome.is_none()),
             };
-            f.done(self.outcome, usage);
+            // Booked where it lies: moving a `Finish` out to book it is a copy.
+            f.settle(self.outcome, usage);
+            self.finish = None;
         }
     }
 

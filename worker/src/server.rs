@@ -86,7 +86,13 @@ pub async fn serve(
             // Boxed: the connection task is sized for its largest state, and the request
             // future is large. Unboxed, every open connection (every open stream) kept
             // that space for its whole life; boxed, it is freed once the answer starts.
-            let fut = Box::pin(crate::proxy::handle(s.clone(), req, memo.clone()));
+            // The box is allocated before the future is made, so that the future can be
+            // written straight into it: `Box::pin(future)` made it on the stack and
+            // copied all of it (its unused states too) into the box, on every request.
+            let fut = Box::into_pin(Box::write(
+                Box::new_uninit(),
+                crate::proxy::handle(s.clone(), req, memo.clone()),
+            ));
             async move {
                 let res = fut.await;
                 Ok::<_, Infallible>(res.map(|body| Served {

@@ -1049,8 +1049,11 @@ fn head_from(
         return Ok(Some((n, None)));
     }
     let http10 = r.version == Some(0);
-    // Room for the three `x-switchyard-*` headers the proxy adds before relaying it.
-    let mut headers = http::HeaderMap::with_capacity(r.headers.len() + 3);
+    // Room for what the proxy adds before relaying it (the three `x-switchyard-*`
+    // headers, `x-request-id`, and the six remaining-quota headers of a key with
+    // limits), so the map never grows on the request path: a growth re-allocates and
+    // re-inserts every header.
+    let mut headers = http::HeaderMap::with_capacity(r.headers.len() + 10);
     let mut length: Option<u64> = None;
     // `transfer-encoding` headers seen, and whether together they say exactly `chunked`.
     let mut te_headers = 0u32;

@@ -2,11 +2,7 @@
 //! (`paths`, before the body is read), and the body read under its limits and scanned
 //! once (`extract`); then the key's quotas (`limits`: its own and its team's) admit the
 //! request or refuse it with a 429. Everything after it routes on what this phase read.
-use std::sync::Arc;
-
 use bytes::Bytes;
-use http::Request;
-use hyper::body::Incoming;
 
 use crate::{
     auth,
@@ -41,41 +37,39 @@ impl Inbound<'_> {
     }
 }
 
-/// Authenticate, check the path, read and scan the body.
-pub async fn request_filter<'a>(
-    shared: &Shared,
-    routing: &'a Arc<Routing>,
-    req: Request<Incoming>,
+/// Before the body is read: who is asking (the key, booked in `fin`), and whether the
+/// path may go upstream (`Ok(true)`: one of the kind's default paths).
+pub fn head_filter<'a>(
+    routing: &'a Routing,
+    parts: &http::request::Parts,
     kind: ProviderKind,
     fin: &mut Finish,
     memo: &auth::KeyMemo,
-) -> Result<Inbound<'a>, ProxyError> {
-    let key = auth::authenticate(routing, req.headers(), crate::unix_ms(), memo)?;
+) -> Result<(&'a ClientKey, bool), ProxyError> {
+    let key = auth::authenticate(routing, &parts.headers, crate::unix_ms(), memo)?;
     fin.key_id = key.id.clone();
     fin.key_name = key.name.clone();
     fin.team.clone_from(&key.team);
-    let default_path = path_filter(routing, kind, req.uri().path())?;
-    let (parts, body) = req.into_parts();
-    let bytes = crate::body::read_body(body, shared.max_body_bytes, &shared.body_limits).await?;
+    let default_path = path_filter(routing, kind, parts.uri.path())?;
+    Ok((key, default_path))
+}
+
+/// Once the body is read ([`head_filter`] passed): scan it. The key's limits come next
+/// ([`admit_key`]).
+///
+/// The body is read by the caller (`proxy::forward`) between the two halves, not here:
+/// an async phase would hold the request in its own future and hand its result over by
+/// copies, on every request.
+pub fn body_filter<'a>(
+    parts: http::request::Parts,
+    bytes: Bytes,
+    kind: ProviderKind,
+    (key, default_path): (&'a ClientKey, bool),
+    fin: &mut Finish,
+) -> Result<Inbound<'a>, ProxyError> {
     let head = extract::scan(&bytes).map_err(ProxyError::BadRequest)?;
     fin.stream = head.stream;
     let nominated = paths::connection_nominated(&parts.headers);
-    // Limits phase (the key's own and its team's): before any upstream attempt. A key
-    // without limits does nothing here.
-    if let Some(set) = &key.limits {
-        let est = crate::limits::Estimate::of(bytes.len(), head.max_output);
-        if let Err(r) = fin
-            .limits
-            .admit(0, set, est, crate::unix_ms(), &shared.limit_env())
-        {
-            let held = &mut fin.limits;
-            crate::limits::wait_for_grant(shared, r, move || {
-                held.admit(0, set, est, crate::unix_ms(), &shared.limit_env())
-            })
-            .await
-            .map_err(ProxyError::RateLimited)?;
-        }
-    }
     Ok(Inbound {
         parts,
         body: bytes,
@@ -85,6 +79,18 @@ pub async fn request_filter<'a>(
         default_path,
         nominated,
     })
+}
+
+/// Limits phase (the key's own and its team's), once the body is scanned: before any
+/// upstream attempt. A key without limits does nothing here. Sync, so that the caller
+/// can re-try it when it waits for a slice (`limits::wait_for_grant`).
+pub fn admit_key(shared: &Shared, req: &Inbound<'_>, fin: &mut Finish) -> Result<(), crate::limits::Refused> {
+    let Some(set) = &req.key.limits else {
+        return Ok(());
+    };
+    let est = crate::limits::Estimate::of(req.body.len(), req.head.max_output);
+    fin.limits
+        .admit(0, set, est, crate::unix_ms(), &shared.limit_env())
 }
 
 /// Only inference paths, or ones an operator opened on a provider, go upstream with the

@@ -4,7 +4,7 @@
 //! | phase | file | what it does |
 //! |---|---|---|
 //! | dispatch | `mod.rs` ([`handle`]) | local answers (`/health` with counts only, `/ready`, `/v1/models`; `/metrics` is the ops listener's, `crate::ops`); the client's dialect from the path |
-//! | request filter | `filter.rs` | authenticate, allowed path, read and scan the body → [`filter::Inbound`]; the key's limits admit or refuse (429) |
+//! | request filter | `filter.rs` | authenticate, allowed path ([`filter::head_filter`]); the body read (in [`forward`] itself: no future of its own); scan it → [`filter::Inbound`] ([`filter::body_filter`]); the key's limits admit, wait for a slice, or refuse (429) ([`filter::admit_key`]) |
 //! | route | `route.rs` | model → its route for the dialect ([`route::Plan`]), the model's limits; per attempt: pin or tier → strategy → backend → credential, retry budget → a [`route::Target`] |
 //! | upstream request | `upstream_request.rs` | the body and head for the target's provider (model rewrite, `include_usage`); a backend of the other kind gets the translated request (`translate.rs`) |
 //! | attempt | `attempt.rs` | send under the per-try deadline; hold an SSE answer back until its first event → an [`attempt::Attempt`] |
@@ -61,7 +61,9 @@ pub async fn handle(
         (&Method::GET, "/health") => crate::health::health_response(&shared, crate::health::Detail::Counts),
         (&Method::GET, "/ready") => ready_response(&shared),
         (&Method::GET, "/v1/models") => models_response(&shared, req.headers(), &memo),
-        (m, p) if stateful::is_stateful(m, p) => stateful::handle(shared, req, &memo).await,
+        // Boxed: a rare path, whose state would otherwise make every request's future
+        // (moved into its box by the server, `server::serve`) larger.
+        (m, p) if stateful::is_stateful(m, p) => Box::pin(stateful::handle(shared, req, &memo)).await,
         (&Method::POST, _) if is_messages => proxy(shared, req, ProviderKind::Anthropic, &memo).await,
         (&Method::POST, p) if p.starts_with("/v1/") => proxy(shared, req, ProviderKind::OpenAi, &memo).await,
         (_, p) => {
@@ -187,10 +189,16 @@ async fn proxy(
     if let Some((q, now)) = quota {
         q.write(dialect, now, resp.headers_mut());
     }
-    if let Ok(v) = HeaderValue::from_str(&request_id) {
+    if let Some(v) = request_id_header(request_id) {
         resp.headers_mut().insert(&X_REQUEST_ID, v);
     }
     resp
+}
+
+/// The `x-request-id` answer header, made from the id's own bytes (`HeaderValue::from_str`
+/// would copy them into a new allocation): the same check of every byte.
+pub(crate) fn request_id_header(id: String) -> Option<HeaderValue> {
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(id)).ok()
 }
 
 /// The per-request context every phase after the request filter reads and writes: the
@@ -223,10 +231,20 @@ async fn forward(
     memo: &auth::KeyMemo,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let routing: Arc<Routing> = shared.routing.load_full().ok_or(ProxyError::NoConfig)?;
-    let req = filter::request_filter(shared, &routing, req, kind, fin, memo).await?;
+    // The request filter, around the body's read.
+    let (parts, body) = req.into_parts();
+    let asker = filter::head_filter(&routing, &parts, kind, fin, memo)?;
+    let bytes = crate::body::read_body(body, shared.max_body_bytes, &shared.body_limits).await?;
+    let req = filter::body_filter(parts, bytes, kind, asker, fin)?;
+    // The key's limits, then the model's (in `plan`): a refusal for this worker's spent
+    // slice only waits for the next one (`limits::wait_for_grant`), re-trying at each grant.
+    if let Err(r) = filter::admit_key(shared, &req, fin) {
+        let (req, fin) = (&req, &mut *fin);
+        crate::limits::wait_for_grant(shared, r, move || filter::admit_key(shared, req, fin))
+            .await
+            .map_err(ProxyError::RateLimited)?;
+    }
     let plan = match route::plan(shared, &routing, &req, fin) {
-        // The model's limits refused it for this worker's spent slice only: wait for
-        // the next one (`limits::wait_for_grant`), planning again at each grant.
         Err(ProxyError::RateLimited(r)) => {
             let (routing, req, fin) = (&routing, &req, &mut *fin);
             crate::limits::wait_for_grant(shared, r, move || match route::plan(shared, routing, req, fin) {
@@ -266,7 +284,9 @@ async fn forward(
             classify::Next::Relay => {
                 if let attempt::Attempt::Answered(answer) = attempt {
                     if translate::completes(&target, &answer) {
-                        return translate::complete(&mut ctx, &target, answer, guards).await;
+                        // Boxed: translated answers only; unboxed, their read-whole
+                        // state would make every request's future larger.
+                        return Box::pin(translate::complete(&mut ctx, &target, answer, guards)).await;
                     }
                     return Ok(respond::response_head(&mut ctx, &target, answer, guards));
                 }

@@ -72,7 +72,7 @@ pub fn response_head(
         guards: guards.map(Some),
         finish: f,
     });
-    let mut resp = Response::new(ProxyBody::Relay(Box::new(relay)));
+    let mut resp = Response::new(ProxyBody::Relay(relay));
     *resp.status_mut() = answer.head.status;
     // The upstream's header map is relayed as it is (the upstream client keeps hop-by-hop
     // headers out of it).

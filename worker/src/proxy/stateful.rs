@@ -52,7 +52,7 @@ pub async fn handle(
         Ok(r) => r,
         Err(e) => super::respond::error(fin, e, Dialect::OpenAi, &request_id),
     };
-    if let Ok(v) = http::HeaderValue::from_str(&request_id) {
+    if let Some(v) = super::request_id_header(request_id) {
         resp.headers_mut().insert(&X_REQUEST_ID, v);
     }
     resp
@@ -158,7 +158,7 @@ async fn forward(
         guards: [Some(guard), None],
         finish: f,
     });
-    let mut resp = Response::new(ProxyBody::Relay(Box::new(relay)));
+    let mut resp = Response::new(ProxyBody::Relay(relay));
     *resp.status_mut() = answer.head.status;
     let mut h = answer.head.headers;
     // The ids in the body change length.

@@ -254,7 +254,10 @@ impl UsageSink for ReportSink {
             let kept = ENCODED.with_borrow_mut(|buf| {
                 buf.clear();
                 let mut id = uuid::Uuid::encode_buffer();
-                let id = crate::fast_uuid_v7().hyphenated().encode_lower(&mut id);
+                // The record's id is of its time (one clock read less per request).
+                let id = crate::fast_uuid_v7_at(ev.ts_ms)
+                    .hyphenated()
+                    .encode_lower(&mut id);
                 encode::encode_record(&ev, id, buf);
                 j.append(buf)
             });
