@@ -476,13 +476,20 @@ impl Tail {
         }
     }
 
-    /// Retire what may go, and make sure writers have a next segment to move to.
+    /// Retire what may go, and make sure writers have a next segment to move to: one
+    /// spare, prepared for the segment they are in, no more. (A spare was once made for
+    /// the newest segment whatever it was, so each call chained another: a worker soon
+    /// held `MAX_LIVE` segments, 64 MiB of touched page cache, in its RSS and on disk.)
     pub fn maintain(&mut self) {
         self.retire();
         let Some(newest) = self.live.back() else {
             return;
         };
-        if newest.seg.next.get().is_some() || self.live.len() >= MAX_LIVE {
+        let writing = self.journal.current.load();
+        if newest.seg.next.get().is_some()
+            || !Arc::ptr_eq(&newest.seg, &*writing)
+            || self.live.len() >= MAX_LIVE
+        {
             return;
         }
         match Segment::create(&self.dir, self.next_seq) {
@@ -770,6 +777,26 @@ mod tests {
         replayed.sort();
         assert_eq!(replayed.len(), want.len());
         assert!(replayed == want, "replay differs from the committed records");
+    }
+
+    /// One spare segment ahead of the one written, however often the reporter
+    /// maintains; the next is made once writers move into the spare.
+    #[test]
+    fn one_spare_segment_ahead() {
+        let dir = tempfile::tempdir().unwrap();
+        let (j, mut tail) = open(dir.path());
+        for _ in 0..10 {
+            tail.maintain();
+        }
+        assert_eq!(segment_files(dir.path()).len(), 2, "the first and its spare");
+        let big = vec![7u8; 4000];
+        while j.current.load().seq == 1 {
+            assert!(j.append(&big));
+        }
+        for _ in 0..10 {
+            tail.maintain();
+        }
+        assert_eq!(segment_files(dir.path()).len(), 3, "1 (unread), 2 and its spare");
     }
 
     /// Acknowledged records are not replayed; a finished segment whose batches are all
