@@ -403,7 +403,7 @@ def cmd_slow(a: argparse.Namespace) -> None:
 # --- report ---------------------------------------------------------------------------------
 
 ROWS = ["direct", "nginx", "nginx-nolog", "switchyard", "switchyard-base", "switchyard-limits",
-        "switchyard-translated"]
+        "switchyard-translated", "switchyard-traced"]
 
 
 def loadavg() -> str:
@@ -634,12 +634,17 @@ def cmd_table(a: argparse.Namespace) -> None:
         lim = med("switchyard-limits", "saturation", "cpu_us_per_req")
         tr = med("switchyard-translated", "saturation", "cpu_us_per_req")
         bw = med("switchyard-base", "saturation", "cpu_us_per_req")
-        if lim or tr or bw:
+        tc = med("switchyard-traced", "saturation", "cpu_us_per_req")
+        if lim or tr or bw or tc:
             o += ["## Variants against the switchyard row (same run)", "",
                   "| variant | measured | verdict |", "|---|---:|---|"]
         if bw:
             o.append(f"| this build against the base worker (`BASE_WORKER`): CPU/req | "
                      f"{ratio(sy_cpu, bw)} (base {ratio(bw, ng)} nginx, this build {ratio(sy_cpu, ng)} nginx) | – |")
+        if tc:
+            tcr = tc / sy_cpu if sy_cpu else None
+            o.append(f"| traces sampled at 1% (issue 20): CPU/req ≤ 1.03× without | "
+                     f"{ratio(tc, sy_cpu)} ({ratio(tc, ng)} nginx) | {verdict(None if tcr is None else tcr <= 1.03)} |")
         if lim:
             lr = lim / sy_cpu if sy_cpu else None
             o.append(f"| three enforced limits (issue 18): CPU/req ≤ 1.05× without limits | "
@@ -655,7 +660,7 @@ def cmd_table(a: argparse.Namespace) -> None:
                   f"({f((tt - sy_ttfb) * 1000 if tt and sy_ttfb else None, 0)} µs) | – |",
                   f"| translated: burst stream total, over passthrough | "
                   f"{f((tb - sb) * 1000 if tb and sb else None, 0)} µs | – |"]
-        if lim or tr or bw:
+        if lim or tr or bw or tc:
             o.append("")
     Path(a.md).write_text("\n".join(o))
     print("\n".join(o))

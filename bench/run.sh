@@ -26,6 +26,10 @@ ROWS="${ROWS:-direct nginx nginx-nolog switchyard switchyard-limits switchyard-t
 # switchyard-translated: the same OpenAI requests to Anthropic-kind backends, translated there and
 # back (issue 17's translated row). Each runs its own control and worker, idle while other rows run,
 # and only (a), (b) and (c): (a2) and (d) are the plain switchyard row's.
+# switchyard-traced: the switchyard row's setup with OpenTelemetry traces sampled at 1%
+# (OTEL_TRACES_SAMPLER_ARG), exported over OTLP/HTTP to tests/otlp_receiver.py (when the
+# repo's .venv has it, else to a closed port: every span dropped and counted). Opt-in:
+# add it to ROWS (issue 20's "sampled at 1%" condition).
 # BASE_WORKER=PATH adds a switchyard-base row: the switchyard row's setup with another worker
 # binary (an older build, with this build's control and CLI), to compare two builds in one run.
 BASE_WORKER="${BASE_WORKER:-}"
@@ -212,6 +216,7 @@ start_switchyard() {
   local row=$1 sfx="" kind=openai base="$MOCK_URL/v1" limits=$LIMITS worker="$BIN/switchyard-worker"
   case $row in
     switchyard-base) sfx=_base; worker="$BASE_WORKER" ;;
+    switchyard-traced) sfx=_traced ;;
     switchyard-limits) sfx=_limits; limits=1 ;;
     switchyard-translated) sfx=_translated; kind=anthropic; base="$MOCK_URL" ;;
   esac
@@ -270,7 +275,17 @@ EOF
   # A worker from before the ops listener (an older build compared with BIN_DIR) serves
   # /metrics on its main port.
   local ops=(); "$worker" --help 2>/dev/null | grep -q -- --ops-listen && ops=(--ops-listen 127.0.0.1:0)
-  start "worker$sfx" "$SUT_CPU" "$worker" --listen 127.0.0.1:0 "${ops[@]}" \
+  local otel=()
+  if [[ $row == switchyard-traced ]]; then
+    local collector; collector="127.0.0.1:$(free_port)"
+    if [[ -x "$ROOT/.venv/bin/python" ]]; then
+      start otlp "$CONTROL_CPU" "$ROOT/.venv/bin/python" "$ROOT/tests/otlp_receiver.py" "$WORK/spans.jsonl"
+      collector="$(wait_listening otlp http)" || { SKIPPED+="$row (the OTLP receiver did not start); "; return 1; }
+    fi
+    otel=(env OTEL_EXPORTER_OTLP_ENDPOINT="http://$collector" OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf
+          OTEL_TRACES_SAMPLER=parentbased_traceidratio OTEL_TRACES_SAMPLER_ARG="${TRACE_RATIO:-0.01}")
+  fi
+  start "worker$sfx" "$SUT_CPU" "${otel[@]}" "$worker" --listen 127.0.0.1:0 "${ops[@]}" \
     --control "http://$grpc" --state-dir "$dir/worker" --worker-id "bench$sfx" --drain-timeout 2s
   local http; http="$(wait_listening "worker$sfx" http)" || { SKIPPED+="$row (worker did not start); "; return 1; }
   OPS_URL[$row]="http://$http"
@@ -286,7 +301,7 @@ for row in $ROWS; do
   case $row in
     direct) ACTIVE+=(direct) ;;
     nginx|nginx-nolog) if start_nginx "$row"; then ACTIVE+=("$row"); else log "skipping $row row: $SKIPPED"; fi ;;
-    switchyard|switchyard-base|switchyard-limits|switchyard-translated)
+    switchyard|switchyard-base|switchyard-limits|switchyard-translated|switchyard-traced)
       if start_switchyard "$row"; then ACTIVE+=("$row"); else log "skipping $row row: $SKIPPED"; fi ;;
     *) die "unknown row $row" ;;
   esac
