@@ -501,7 +501,12 @@ pub async fn start(cfg: Config) -> Result<Running, Error> {
             Ok(None) => {}
             // A sealed file the key does not open is a setup error: starting without it
             // would silently drop the fallback that serves while control is down.
-            Err(e) if e.is_key() => return Err(Error::State(e)),
+            Err(e) if e.is_key() => {
+                // The tasks started so far (trace export, probes) stop with the worker
+                // that never was: an embedder's failed `start` leaves nothing running.
+                shutdown.cancel();
+                return Err(Error::State(e));
+            }
             Err(e) => warn!(error = %e, "could not read the last-known-good snapshot"),
         }
     }
