@@ -249,6 +249,13 @@ mod tests {
     use super::*;
     use crate::limits::{LimitDef, Mode, Outage, Scope};
 
+    /// Admission without metrics or a lease task to wake.
+    const ENV: crate::limits::Env<'static> = crate::limits::Env {
+        metrics: None,
+        wake: None,
+        count_slice: true,
+    };
+
     fn state(kind: Kind, amount: u64) -> LimitState {
         LimitState::new(LimitDef {
             name: "l".into(),
@@ -279,17 +286,12 @@ mod tests {
             },
             0,
         );
-        let env = crate::limits::Env {
-            metrics: None,
-            wake: None,
-            count_slice: true,
-        };
         // 100 requests over the next second: 100/s → 4 × 25 = 100.
         let shared_l = Arc::new(l);
         let set: crate::limits::LimitSet = Arc::from(vec![shared_l.clone()]);
         for _ in 0..100 {
             let mut h = crate::limits::Held::default();
-            h.admit(0, &set, crate::limits::Estimate::default(), t0 + 10, &env)
+            h.admit(0, &set, crate::limits::Estimate::default(), t0 + 10, &ENV)
                 .unwrap();
         }
         let c = claim(&shared_l, t0 + 1_000, &mut samples);
@@ -309,11 +311,6 @@ mod tests {
         let l = Arc::new(state(Kind::Concurrency, 100_000));
         let mut samples = FxHashMap::default();
         let t0 = 60_000 * 100;
-        let env = crate::limits::Env {
-            metrics: None,
-            wake: None,
-            count_slice: true,
-        };
         let c = claim(&l, t0, &mut samples);
         l.apply_grant(
             &Grant {
@@ -326,7 +323,7 @@ mod tests {
         );
         let set: crate::limits::LimitSet = Arc::from(vec![l.clone()]);
         let mut h = crate::limits::Held::default();
-        h.admit(0, &set, crate::limits::Estimate::default(), t0 + 10, &env)
+        h.admit(0, &set, crate::limits::Estimate::default(), t0 + 10, &ENV)
             .unwrap();
         let c = claim(&l, t0 + 250, &mut samples);
         assert_eq!((c.used, c.want), (1, 10), "{c:?}");
@@ -343,11 +340,6 @@ mod tests {
         let l = Arc::new(state(Kind::Concurrency, 100_000));
         let mut samples = FxHashMap::default();
         let t0 = 60_000 * 100;
-        let env = crate::limits::Env {
-            metrics: None,
-            wake: None,
-            count_slice: true,
-        };
         let set: crate::limits::LimitSet = Arc::from(vec![l.clone()]);
         let c = claim(&l, t0, &mut samples);
         assert_eq!(c.want, 0);
@@ -362,7 +354,7 @@ mod tests {
         );
         let mut h = crate::limits::Held::default();
         assert!(h
-            .admit(0, &set, crate::limits::Estimate::default(), t0 + 10, &env)
+            .admit(0, &set, crate::limits::Estimate::default(), t0 + 10, &ENV)
             .is_err());
         let c = claim(&l, t0 + 20, &mut samples);
         assert_eq!(c.want, 2, "{c:?}");
@@ -376,7 +368,7 @@ mod tests {
             0,
         );
         let mut h = crate::limits::Held::default();
-        h.admit(0, &set, crate::limits::Estimate::default(), t0 + 30, &env)
+        h.admit(0, &set, crate::limits::Estimate::default(), t0 + 30, &ENV)
             .unwrap();
     }
 }
