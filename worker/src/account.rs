@@ -439,6 +439,9 @@ fn usage_of(
 /// refuses it.
 fn usage_in_document(doc: &[u8], complete: bool) -> Option<UsageObject> {
     if complete {
+        if let Some(u) = trailing_usage_fast(doc) {
+            return Some(u);
+        }
         if let Some(u) = trailing_usage(doc).and_then(UsageObject::parse) {
             return Some(u);
         }
@@ -480,6 +483,70 @@ fn trailing_usage(doc: &[u8]) -> Option<&[u8]> {
     }
     Some(&doc[start..end])
 }
+
+/// The usual case of [`trailing_usage`] and [`UsageObject::parse`] in one forward pass
+/// over the usage object, for a complete document (valid JSON, as the client reads it):
+/// the last `"usage"` key within the document's last [`TRAILING_WINDOW`] bytes is found
+/// with memmem, its object read by [`UsageObject::parse_prefix`], and only a `}` may
+/// follow it. That is exact for valid JSON: an unescaped quote is a string's delimiter,
+/// and one followed by `usage"` opens a string (a closing quote is followed by a
+/// delimiter), which the `:` after it makes a key; its value ending where the
+/// document's last `}` follows makes it a member of the outermost object, and its last.
+/// `None` for anything else (another member order, a nested or escaped key, a strict
+/// grammar's refusal): the walks then decide, as before.
+fn trailing_usage_fast(doc: &[u8]) -> Option<UsageObject> {
+    // The last key in the last `NEAR_WINDOW` bytes (a usage object is 150 to 300), else
+    // in the rest of the window: the search costs what it reads.
+    let last_key = |from: usize, to: usize| {
+        let window = &doc[from..to];
+        let mut k = None;
+        let mut at = 0;
+        while let Some(j) = USAGE_KEY.find(&window[at..]) {
+            k = Some(from + at + j);
+            at += j + 1;
+        }
+        k
+    };
+    let near = doc.len().saturating_sub(NEAR_WINDOW);
+    let k = match last_key(near, doc.len()) {
+        Some(k) => k,
+        // The keys that start before `near`: the rest of the window.
+        None if near > 0 => last_key(
+            doc.len().saturating_sub(TRAILING_WINDOW),
+            near + USAGE_KEY_LEN - 1,
+        )?,
+        None => return None,
+    };
+    // The opening quote is not escaped (an even run of backslashes before it).
+    let backslashes = doc[..k].iter().rev().take_while(|&&c| c == b'\\').count();
+    if backslashes % 2 == 1 {
+        return None;
+    }
+    let colon = skip_ws(doc, k + USAGE_KEY_LEN);
+    if doc.get(colon) != Some(&b':') {
+        return None;
+    }
+    let start = skip_ws(doc, colon + 1);
+    let (u, len) = UsageObject::parse_prefix(doc.get(start..)?)?;
+    let close = skip_ws(doc, start + len);
+    (doc.get(close) == Some(&b'}') && skip_ws(doc, close + 1) == doc.len()).then_some(u)
+}
+
+/// For the fuzz target (`fuzzing::usage_scan`): on a document serde_json accepts, the
+/// one-pass reading, where it answers, agrees with the walks.
+pub(crate) fn check_trailing_fast(doc: &[u8]) {
+    if let Some(fast) = trailing_usage_fast(doc) {
+        let walked = top_level_members(doc)
+            .and_then(|m| usage_of(m.usage, m.message, m.response.and_then(|r| member(r, b"usage"))));
+        assert_eq!(Some(fast), walked, "the one-pass usage reading disagrees with the walk");
+    }
+}
+
+/// How far from a document's end [`trailing_usage_fast`] looks for its `usage` key, and
+/// how far it looks first.
+const TRAILING_WINDOW: usize = 4096;
+const NEAR_WINDOW: usize = 320;
+const USAGE_KEY_LEN: usize = b"\"usage\"".len();
 
 /// Index just past the last non-whitespace byte before `end`.
 fn rskip_ws(doc: &[u8], mut end: usize) -> usize {
@@ -717,7 +784,7 @@ fn skip_value(doc: &[u8], mut i: usize) -> Option<usize> {
 }
 
 /// A `usage` object. Members of another type than expected read as absent.
-#[derive(Default)]
+#[derive(Debug, Default, PartialEq, Eq)]
 struct UsageObject {
     prompt_tokens: Option<u64>,
     completion_tokens: Option<u64>,
@@ -792,6 +859,77 @@ impl UsageObject {
         Some(u)
     }
 
+    /// The object at the start of `v` read in one pass, strictly (JSON's grammar: no
+    /// stray comma), and the length it spans. Keys are compared as written: one with a
+    /// backslash gives `None` (the general walk unescapes it), as does a count that is
+    /// not a plain unsigned integer below 2^64 (the walk reads it as absent). Other
+    /// values are skipped whole (`skip_value`). `None` sends the caller to the walk.
+    fn parse_prefix(v: &[u8]) -> Option<(Self, usize)> {
+        if v.first() != Some(&b'{') {
+            return None;
+        }
+        let mut u = Self::default();
+        let mut i = skip_ws(v, 1);
+        if v.get(i) == Some(&b'}') {
+            return Some((u, i + 1));
+        }
+        loop {
+            if v.get(i) != Some(&b'"') {
+                return None;
+            }
+            // The usual keys by their text (exact: the quote after a name's last letter
+            // closes the key); any other key by a scan, which refuses escapes.
+            let (field, after) = match known_key(v, i + 1) {
+                Some(known) => known,
+                None => (Field::Other, plain_key(v, i + 1)?.1),
+            };
+            let colon = skip_ws(v, after);
+            if v.get(colon) != Some(&b':') {
+                return None;
+            }
+            let j = skip_ws(v, colon + 1);
+            let slot = match field {
+                Field::PromptTokens => Slot::Count(&mut u.prompt_tokens),
+                Field::CompletionTokens => Slot::Count(&mut u.completion_tokens),
+                Field::TotalTokens => Slot::Count(&mut u.total_tokens),
+                Field::InputTokens => Slot::Count(&mut u.input_tokens),
+                Field::OutputTokens => Slot::Count(&mut u.output_tokens),
+                Field::CacheReadInputTokens => Slot::Count(&mut u.cache_read_input_tokens),
+                Field::CacheCreationInputTokens => Slot::Count(&mut u.cache_creation_input_tokens),
+                Field::PromptTokensDetails => Slot::Detail(&mut u.cached_tokens, b"cached_tokens"),
+                Field::CompletionTokensDetails => Slot::Detail(&mut u.reasoning_tokens, b"reasoning_tokens"),
+                Field::InputTokensDetails => Slot::Detail(&mut u.input_cached_tokens, b"cached_tokens"),
+                Field::OutputTokensDetails => Slot::Detail(&mut u.output_reasoning_tokens, b"reasoning_tokens"),
+                Field::Other => Slot::Skip,
+            };
+            let end = match slot {
+                Slot::Count(c) => {
+                    let (n, end) = plain_count(v, j)?;
+                    *c = Some(n);
+                    end
+                }
+                Slot::Detail(c, name) => match compact_detail(v, j, name) {
+                    Some((n, end)) => {
+                        *c = Some(n);
+                        end
+                    }
+                    None => {
+                        let end = skip_value(v, j)?;
+                        *c = detail(&v[j..end], name);
+                        end
+                    }
+                },
+                Slot::Skip => skip_value(v, j)?,
+            };
+            i = skip_ws(v, end);
+            match v.get(i)? {
+                b',' => i = skip_ws(v, i + 1),
+                b'}' => return Some((u, i + 1)),
+                _ => return None,
+            }
+        }
+    }
+
     /// Merge into `u` (OpenAI fields, or Anthropic's `message_start`/`message_delta`).
     /// Returns whether any count was present.
     fn apply(&self, u: &mut Usage) -> bool {
@@ -828,6 +966,115 @@ impl UsageObject {
         u.total_tokens = u.prompt_tokens.saturating_add(u.completion_tokens);
         found
     }
+}
+
+/// The members of a usage object that count.
+#[derive(Clone, Copy)]
+enum Field {
+    PromptTokens,
+    CompletionTokens,
+    TotalTokens,
+    InputTokens,
+    OutputTokens,
+    CacheReadInputTokens,
+    CacheCreationInputTokens,
+    PromptTokensDetails,
+    CompletionTokensDetails,
+    InputTokensDetails,
+    OutputTokensDetails,
+    Other,
+}
+
+/// The key whose text starts at `v[i]` (after its opening quote) when it is one of the
+/// usage object's counted members written without escapes, and the index past its
+/// closing quote. Compared by their fixed texts, the closing quote included: a scan for
+/// the quote and a comparison of the key cost three times more.
+fn known_key(v: &[u8], i: usize) -> Option<(Field, usize)> {
+    let r = v.get(i..)?;
+    macro_rules! key {
+        ($text:literal, $f:expr) => {
+            if r.starts_with($text) {
+                return Some(($f, i + $text.len()));
+            }
+        };
+    }
+    match r.first()? {
+        b'p' => {
+            key!(b"prompt_tokens\"", Field::PromptTokens);
+            key!(b"prompt_tokens_details\"", Field::PromptTokensDetails);
+        }
+        b'c' => {
+            key!(b"completion_tokens\"", Field::CompletionTokens);
+            key!(b"completion_tokens_details\"", Field::CompletionTokensDetails);
+            key!(b"cache_read_input_tokens\"", Field::CacheReadInputTokens);
+            key!(b"cache_creation_input_tokens\"", Field::CacheCreationInputTokens);
+        }
+        b't' => key!(b"total_tokens\"", Field::TotalTokens),
+        b'i' => {
+            key!(b"input_tokens\"", Field::InputTokens);
+            key!(b"input_tokens_details\"", Field::InputTokensDetails);
+        }
+        b'o' => {
+            key!(b"output_tokens\"", Field::OutputTokens);
+            key!(b"output_tokens_details\"", Field::OutputTokensDetails);
+        }
+        _ => {}
+    }
+    None
+}
+
+/// Where [`UsageObject::parse_prefix`] puts a member's value.
+enum Slot<'a> {
+    Count(&'a mut Option<u64>),
+    /// A details object and the member of it that counts.
+    Detail(&'a mut Option<u64>, &'static [u8]),
+    Skip,
+}
+
+/// The key whose text starts at `v[i]` (after its opening quote) and the index past its
+/// closing quote, when it holds neither a backslash nor a control byte.
+fn plain_key(v: &[u8], i: usize) -> Option<(&[u8], usize)> {
+    // 8 bytes at a time (`bytescan`); the byte loop when a non-ASCII or control byte
+    // comes first, or fewer than 8 bytes are left.
+    if let Some((end, odd)) = crate::bytescan::quote_or_backslash(v, i, 64) {
+        if !odd {
+            return (v[end] == b'"').then(|| (&v[i..end], end + 1));
+        }
+    }
+    let rest = v.get(i..)?;
+    let n = rest.iter().position(|&c| c == b'"' || c == b'\\' || c < 0x20)?;
+    (rest[n] == b'"').then(|| (&rest[..n], i + n + 1))
+}
+
+/// A details object written compactly with the one member `name` and a count
+/// (`{"cached_tokens":0}`) at `v[j]`: the count and the index past the object. What
+/// [`detail`] reads of it, without delimiting it first.
+fn compact_detail(v: &[u8], j: usize, name: &[u8]) -> Option<(u64, usize)> {
+    let r = v
+        .get(j..)?
+        .strip_prefix(b"{\"")?
+        .strip_prefix(name)?
+        .strip_prefix(b"\":")?;
+    let (n, end) = plain_count(v, v.len() - r.len())?;
+    (v.get(end) == Some(&b'}')).then_some((n, end + 1))
+}
+
+/// The unsigned integer at `v[i]` and the index past it, when the value is one below
+/// 2^64 (digits up to a delimiter: what `json_u64` reads of what `skip_value` delimits).
+fn plain_count(v: &[u8], i: usize) -> Option<(u64, usize)> {
+    let mut n = 0u64;
+    let mut j = i;
+    while let Some(&c) = v.get(j) {
+        if !c.is_ascii_digit() {
+            break;
+        }
+        n = n.checked_mul(10)?.checked_add(u64::from(c - b'0'))?;
+        j += 1;
+    }
+    let delimited = v
+        .get(j)
+        .is_none_or(|c| matches!(c, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'));
+    (j > i && j - i <= 20 && delimited).then_some((n, j))
 }
 
 fn sse_line(line: &[u8], usage: &mut Usage, seen: &mut bool) {
@@ -1310,6 +1557,46 @@ pub(crate) mod tests {
                 s.observe(&c);
             }
             proptest::prop_assert_eq!(s.finish(true), want, "{}", text);
+        }
+
+        /// The one-pass reading of a trailing usage object, where it answers, reads what
+        /// the walks read (and so what serde_json reads: the test above), on documents
+        /// with any white space, member order, key escapes, duplicates and odd counts;
+        /// and it answers for the usual compact and pretty-printed answers.
+        #[test]
+        fn trailing_fast_reads_what_the_walks_read(seed in 1u64.., stream in proptest::bool::ANY) {
+            let mut r = crate::toplevel::testgen::Rng(seed);
+            let doc = crate::toplevel::testgen::document(&mut r, stream);
+            let text = crate::toplevel::testgen::serialise(&doc, &mut r, stream);
+            let text = text.as_bytes();
+            let walked = || {
+                trailing_usage(text).and_then(UsageObject::parse).or_else(|| {
+                    let m = top_level_members(text)?;
+                    usage_of(m.usage, m.message, m.response.and_then(|r| member(r, b"usage")))
+                })
+            };
+            if let Some(fast) = trailing_usage_fast(text) {
+                proptest::prop_assert_eq!(Some(fast), walked(), "{}", String::from_utf8_lossy(text));
+            }
+            for plain in [serde_json::to_vec(&doc).unwrap(), serde_json::to_vec_pretty(&doc).unwrap()] {
+                let usage_last = doc.get("usage").is_some_and(|u| {
+                    u.is_object() && u.as_object().unwrap().values().all(|v| v.is_object() || v.as_u64().is_some())
+                });
+                // serde_json writes members sorted: `usage` is last when nothing sorts after it.
+                let last = doc.as_object().is_some_and(|m| m.keys().all(|k| k.as_str() <= "usage"));
+                let fast = trailing_usage_fast(&plain);
+                if usage_last && last {
+                    proptest::prop_assert!(fast.is_some(), "{}", String::from_utf8_lossy(&plain));
+                }
+                if fast.is_some() {
+                    let m = top_level_members(&plain).unwrap();
+                    proptest::prop_assert_eq!(fast, m.usage.and_then(UsageObject::parse));
+                }
+            }
+            // Cut short anywhere: never a panic.
+            for n in (0..text.len()).step_by(7) {
+                let _ = trailing_usage_fast(&text[..n]);
+            }
         }
 
         /// Streams of such chunks, cut into reads anywhere: the scanner counts what

@@ -238,6 +238,7 @@ pub fn usage_scan(data: &[u8]) {
     // A JSON body has one right reading too (a long one, and a Responses API event's
     // `response.usage`, are read as they pass).
     if !sse && serde_json::from_slice::<serde_json::Value>(&body[1..]).is_ok() {
+        crate::account::check_trailing_fast(&body[1..]);
         assert_eq!(
             format!("{whole:?}"),
             format!("{pieces:?}"),
