@@ -538,7 +538,11 @@ pub(crate) fn check_trailing_fast(doc: &[u8]) {
     if let Some(fast) = trailing_usage_fast(doc) {
         let walked = top_level_members(doc)
             .and_then(|m| usage_of(m.usage, m.message, m.response.and_then(|r| member(r, b"usage"))));
-        assert_eq!(Some(fast), walked, "the one-pass usage reading disagrees with the walk");
+        assert_eq!(
+            Some(fast),
+            walked,
+            "the one-pass usage reading disagrees with the walk"
+        );
     }
 }
 
@@ -899,7 +903,9 @@ impl UsageObject {
                 Field::PromptTokensDetails => Slot::Detail(&mut u.cached_tokens, b"cached_tokens"),
                 Field::CompletionTokensDetails => Slot::Detail(&mut u.reasoning_tokens, b"reasoning_tokens"),
                 Field::InputTokensDetails => Slot::Detail(&mut u.input_cached_tokens, b"cached_tokens"),
-                Field::OutputTokensDetails => Slot::Detail(&mut u.output_reasoning_tokens, b"reasoning_tokens"),
+                Field::OutputTokensDetails => {
+                    Slot::Detail(&mut u.output_reasoning_tokens, b"reasoning_tokens")
+                }
                 Field::Other => Slot::Skip,
             };
             let end = match slot {

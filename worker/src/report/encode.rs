@@ -81,7 +81,10 @@ pub(crate) fn encode_record(ev: &UsageEvent, record_id: &[u8], buf: &mut BytesMu
     // instructions a record on the request path.
     let start = buf.len();
     buf.resize(start + usage_bound(ev, record_id), 0);
-    let mut out = Out { b: &mut buf[start..], n: 0 };
+    let mut out = Out {
+        b: &mut buf[start..],
+        n: 0,
+    };
     usage_fields(ev, record_id, &mut out);
     let n = out.n;
     buf.truncate(start + n);
