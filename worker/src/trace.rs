@@ -179,12 +179,17 @@ impl ReqTrace {
         let now = Instant::now();
         let end = self.at(now);
         let op = operation(&fin.endpoint);
-        // The attempt that answered (the last one, if it was relayed or kept).
-        let answered = self
-            .attempts
-            .iter()
-            .rev()
-            .find(|a| a.status != 0 && a.status == fin.status);
+        // The attempt whose answer went to the client: the response head names its
+        // backend and credential in `fin` (only then), and of attempts on the same pair
+        // the later one's answer replaced a kept one. A status alone could name another
+        // attempt that answered the same status and was not relayed (a 401 that took a
+        // credential out, before the error the client got).
+        let answered = self.attempts.iter().rev().find(|a| {
+            a.status != 0
+                && !fin.backend.is_empty()
+                && a.backend == fin.backend
+                && a.credential == fin.credential
+        });
         for (i, a) in self.attempts.iter().enumerate() {
             let mut attrs = vec![
                 KeyValue::new("gen_ai.operation.name", op),
@@ -380,8 +385,12 @@ mod tests {
             );
             let a = crate::proxy::attempt::Attempt::Answered(testing::answer(503, b"{}"));
             tr.attempt_end(&a, classify::classify(&a));
+            let (backend, credential) = (tr.attempts[0].backend.clone(), tr.attempts[0].credential.clone());
             drop(ctx);
             fin.status = 503;
+            // The kept 503 is relayed: the response head names its attempt.
+            fin.backend = backend.clone();
+            fin.credential = credential;
             fin.done(
                 Outcome::UpstreamError,
                 Some(Usage {
@@ -414,6 +423,10 @@ mod tests {
             assert_eq!(attr(&server, "gen_ai.usage.input_tokens"), Some(3i64.into()));
             assert_eq!(attr(&server, "gen_ai.usage.output_tokens"), Some(4i64.into()));
             assert_eq!(attr(&server, "error.type"), Some("upstream_error".into()));
+            assert_eq!(
+                attr(&server, "switchyard.backend"),
+                Some(backend.to_string().into())
+            );
             assert!(server.start_time <= attempt.start_time && attempt.end_time <= server.end_time);
             // No credential secret among the attributes (the snapshot's are `sk-k1`, `sk-k2`).
             for s in [&attempt, &server] {
@@ -424,6 +437,48 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// An attempt whose answer was not relayed (a 401 that took its credential out) is
+    /// not the server span's answer, whatever status the client got.
+    #[test]
+    fn an_answer_not_relayed_is_not_the_requests() {
+        let shared = testing::shared();
+        let routing = testing::routing(&shared, &testing::snapshot());
+        let (tracer, mut rx) = Tracer::detached(Sampler::new(true, 0.0), 16);
+        let headers = [("authorization", "Bearer sk-test"), ("traceparent", CLIENT)];
+        let mut fin = Finish::new(shared.clone(), "r".into(), "/v1/chat/completions".into());
+        let req = testing::inbound(
+            &routing,
+            "/v1/chat/completions",
+            r#"{"model":"m","messages":[]}"#,
+            &headers,
+        );
+        fin.trace = ReqTrace::start(&tracer, &req.parts.headers, ProviderKind::OpenAi);
+        let plan = route::plan(&shared, &routing, &req, &mut fin).unwrap();
+        let mut ctx = Ctx {
+            shared: &shared,
+            routing: &routing,
+            fin: &mut fin,
+            dialect: Dialect::OpenAi,
+            req,
+            plan,
+            tries: Tries::default(),
+        };
+        let t = route::next_target(&mut ctx).unwrap();
+        let tr = ctx.fin.trace.as_deref_mut().unwrap();
+        tr.attempt_start(&t);
+        let a = crate::proxy::attempt::Attempt::Answered(testing::answer(401, b"{}"));
+        tr.attempt_end(&a, classify::classify(&a));
+        drop(ctx);
+        // The request ends in an error of the same status, no answer relayed.
+        fin.status = 401;
+        fin.done(Outcome::UpstreamError, None);
+        let attempt = rx.try_recv().unwrap();
+        let server = rx.try_recv().unwrap();
+        assert_eq!(attr(&attempt, "http.response.status_code"), Some(401i64.into()));
+        assert_eq!(attr(&server, "switchyard.backend"), None);
+        assert_eq!(attr(&server, "switchyard.credential"), None);
     }
 
     #[test]
