@@ -5,6 +5,7 @@
 //! The status is the `grpc-status` header of a trailers-only answer (how tonic answers a
 //! handler's `Err(Status)`), else 0: a unary handler that answered with a message
 //! succeeded. The span ends when the response head is ready, not when its body is sent.
+//! A call refused as UNAUTHENTICATED gets no span.
 use std::{
     future::Future,
     pin::Pin,
@@ -100,6 +101,13 @@ where
                 // The service failed outright (tonic maps that to UNKNOWN).
                 Err(_) => 2,
             };
+            // A caller that did not authenticate (UNAUTHENTICATED) gets no span: it would
+            // choose the trace it joins and whether it is sampled, and fill the export
+            // queue that authenticated calls share. The status is counted and logged
+            // where authentication is checked.
+            if code == 16 {
+                return res;
+            }
             // A method the service does not have (UNIMPLEMENTED): the caller's path is
             // not a name to put in a span (any caller, authenticated or not, chooses it),
             // so it is `_OTHER`, as the RPC conventions say for an unknown method.
@@ -198,6 +206,33 @@ mod tests {
                 attr(&span, "rpc.method").unwrap().as_str(),
                 name.rsplit('/').next().unwrap()
             );
+        }
+    }
+
+    /// A caller refused as unauthenticated makes no span, even with a sampled
+    /// `traceparent` of its own; an authenticated one continues its trace.
+    #[tokio::test]
+    async fn unauthenticated_calls_make_no_span() {
+        let (tracer, mut rx) = Tracer::detached(Sampler::new(true, 0.0), 4);
+        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        for (status, spans) in [("16", 0), ("0", 1)] {
+            let mut svc =
+                TraceLayer::new(Some(tracer.clone()), "/switchyard.v1.Admin/").layer(Answers(status));
+            let req = http::Request::builder()
+                .uri("/switchyard.v1.Admin/ListModels")
+                .header("traceparent", parent)
+                .body(())
+                .unwrap();
+            svc.call(req).await.unwrap();
+            let mut got = 0;
+            while let Ok(span) = rx.try_recv() {
+                assert_eq!(
+                    span.span_context.trace_id().to_string(),
+                    "4bf92f3577b34da6a3ce929d0e0e4736"
+                );
+                got += 1;
+            }
+            assert_eq!(got, spans, "grpc-status {status}");
         }
     }
 }

@@ -631,11 +631,16 @@ async fn control_traces_admin_rpcs() -> Result<()> {
     let denied = "22222222222222222222222222222222";
     let e = admin.get_model(call("wrong-token", denied)).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unauthenticated);
+    // A call after the refused one: once its span is in, the refused one's would be too
+    // (one queue, exported in order).
+    let after = "33333333333333333333333333333333";
+    let e = admin.get_model(call(admin_token, after)).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound);
 
     for (trace_id, method, code) in [
         (CLIENT_TRACE, "ListModels", 0),
         (missing, "GetModel", 5),
-        (denied, "GetModel", 16),
+        (after, "GetModel", 5),
     ] {
         let got = trace(&file, trace_id, |s| !s.is_empty()).await?;
         assert_eq!(got.len(), 1, "{got:#?}");
@@ -651,6 +656,8 @@ async fn control_traces_admin_rpcs() -> Result<()> {
     }
     let all = std::fs::read_to_string(&file)?;
     assert!(!all.contains(admin_token) && !all.contains("wrong-token"));
+    // An unauthenticated caller chose its trace and sampling: no span for it.
+    assert!(!all.contains(denied), "a span for an unauthenticated call");
     // The workers' RPCs and the health service are not traced.
     assert!(spans(&file)
         .iter()
