@@ -287,22 +287,55 @@ pub fn traceparent(trace_id: u128, span_id: u64) -> http::HeaderValue {
 }
 
 /// The client's `tracestate`: several header lines are one list, joined with `,` (W3C);
-/// empty or over 512 bytes in all, none.
+/// empty, none. Over [`MAX_TRACE_STATE`] bytes in all, it is cut as W3C Trace Context
+/// says: entries over 128 bytes go first, then entries from the end, until it fits.
 fn trace_state(all: http::header::GetAll<'_, http::HeaderValue>) -> Option<http::HeaderValue> {
     let mut it = all.iter().filter(|v| !v.is_empty());
     let first = it.next()?;
     let Some(second) = it.next() else {
-        return (first.len() <= 512).then(|| first.clone());
+        if first.len() <= MAX_TRACE_STATE {
+            return Some(first.clone());
+        }
+        return truncated_trace_state(all.iter());
     };
     let mut joined = first.as_bytes().to_vec();
     for v in std::iter::once(second).chain(it) {
-        if joined.len() + 1 + v.len() > 512 {
-            return None;
+        if joined.len() + 1 + v.len() > MAX_TRACE_STATE {
+            return truncated_trace_state(all.iter());
         }
         joined.push(b',');
         joined.extend_from_slice(v.as_bytes());
     }
     http::HeaderValue::from_bytes(&joined).ok()
+}
+
+/// The most of a client's `tracestate` passed on (W3C: at least 512 should be).
+const MAX_TRACE_STATE: usize = 512;
+
+/// W3C's truncation of a `tracestate` list over [`MAX_TRACE_STATE`] bytes: its entries
+/// (white space around them trimmed, empty ones left out) without those over 128 bytes,
+/// then without the last ones until the rest fits. Nothing left: none.
+fn truncated_trace_state<'a>(
+    lines: impl Iterator<Item = &'a http::HeaderValue>,
+) -> Option<http::HeaderValue> {
+    let mut entries: Vec<&[u8]> = lines
+        .flat_map(|v| v.as_bytes().split(|&c| c == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|e| !e.is_empty() && e.len() <= 128)
+        .collect();
+    let mut len = entries
+        .iter()
+        .map(|e| e.len() + 1)
+        .sum::<usize>()
+        .saturating_sub(1);
+    while len > MAX_TRACE_STATE {
+        let e = entries.pop()?;
+        len = len.saturating_sub(e.len() + 1);
+    }
+    if entries.is_empty() {
+        return None;
+    }
+    http::HeaderValue::from_bytes(&entries.join(&b',')).ok()
 }
 
 /// A random non-zero trace id.
@@ -332,7 +365,8 @@ pub struct ServerContext {
     pub trace_id: u128,
     pub span_id: u64,
     pub parent: Option<u64>,
-    /// The client's `tracestate`, passed on as is (at most 512 bytes, else dropped).
+    /// The client's `tracestate`, passed on as is (at most 512 bytes, else cut by
+    /// entries as W3C says).
     pub trace_state: Option<http::HeaderValue>,
 }
 
@@ -736,14 +770,33 @@ mod tests {
         assert_ne!(cx.trace_id, 0x4bf92f3577b34da6a3ce929d0e0e4736);
         assert_ne!(cx.trace_id, 0x0af7651916cd43dd8448eb211c80319c);
         assert_eq!((cx.parent, cx.trace_state), (None, None));
-        // Over 512 bytes together: dropped.
-        let mut h = http::HeaderMap::new();
-        h.append("traceparent", http::HeaderValue::from_static(a));
-        let long = http::HeaderValue::from_str(&format!("k={}", "v".repeat(300))).unwrap();
-        h.append("tracestate", long.clone());
-        assert_eq!(tracer.start_server(&h).unwrap().trace_state, Some(long.clone()));
-        h.append("tracestate", long);
-        assert_eq!(tracer.start_server(&h).unwrap().trace_state, None);
+        // Over 512 bytes together: cut as W3C says, entries over 128 bytes first, then
+        // from the end; nothing left, none.
+        let state = |lines: &[String]| {
+            let mut h = http::HeaderMap::new();
+            h.append("traceparent", http::HeaderValue::from_static(a));
+            for l in lines {
+                h.append("tracestate", http::HeaderValue::from_str(l).unwrap());
+            }
+            tracer
+                .start_server(&h)
+                .unwrap()
+                .trace_state
+                .map(|v| v.to_str().unwrap().to_string())
+        };
+        let long = format!("k={}", "v".repeat(300));
+        assert_eq!(state(std::slice::from_ref(&long)), Some(long.clone()));
+        assert_eq!(state(&[long.clone(), long.clone()]), None);
+        let e = |k: usize| format!("k{k}={}", "x".repeat(100));
+        let five: Vec<String> = (0..5).map(e).collect();
+        assert_eq!(state(&five), Some((0..4).map(e).collect::<Vec<_>>().join(",")));
+        let mixed = [format!("a=1,{long}, b=2"), e(7), e(8), e(9), e(10)];
+        assert_eq!(
+            state(&mixed),
+            Some(format!("a=1,b=2,{},{},{},{}", e(7), e(8), e(9), e(10)))
+        );
+        let fits = format!("{},{}", e(1), e(2));
+        assert_eq!(state(std::slice::from_ref(&fits)), Some(fits.clone()));
     }
 
     #[test]
