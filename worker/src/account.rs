@@ -1280,6 +1280,42 @@ pub(crate) mod tests {
         assert_eq!(p.cost(&huge), u64::MAX);
     }
 
+    /// The one-pass reading answers only for a `"usage"` key that follows a member
+    /// separator or an object's opening brace. A quote right after a value (a missing
+    /// comma, a string's closing quote, or nothing at all before it) is not a key's: such
+    /// a document is not JSON, serde_json and both walks read no usage of it, and the
+    /// fast path must leave it to them rather than bill the counts it finds.
+    #[test]
+    fn trailing_fast_refuses_a_key_that_follows_no_separator() {
+        for doc in [
+            &br#"{"a":{"b":1}"usage":{"prompt_tokens":5}}"#[..],
+            br#"{"a":"x"usage":{"prompt_tokens":5}}"#,
+            br#"{"a":[1]"usage":{"prompt_tokens":5}}"#,
+            br#"{"a":1 "usage":{"prompt_tokens":5}}"#,
+            br#"garbage"usage":{"prompt_tokens":5}}"#,
+            br#""usage":{"prompt_tokens":5}}"#,
+        ] {
+            let text = String::from_utf8_lossy(doc);
+            assert!(
+                serde_json::from_slice::<serde_json::Value>(doc).is_err(),
+                "{text}"
+            );
+            assert_eq!(trailing_usage(doc).and_then(UsageObject::parse), None, "{text}");
+            assert!(top_level_members(doc).is_none(), "{text}");
+            assert_eq!(trailing_usage_fast(doc), None, "{text}");
+            assert!(usage_in_document(doc, true).is_none(), "{text}");
+        }
+        // The same member after a separator or a brace still reads in one pass.
+        for doc in [
+            &br#"{"a":{"b":1},"usage":{"prompt_tokens":5}}"#[..],
+            br#"{"a":"x" , "usage":{"prompt_tokens":5}}"#,
+            br#"{ "usage":{"prompt_tokens":5}}"#,
+        ] {
+            let fast = trailing_usage_fast(doc).and_then(|u| u.prompt_tokens);
+            assert_eq!(fast, Some(5), "{}", String::from_utf8_lossy(doc));
+        }
+    }
+
     /// A details object read in place says what the walk says, and anything but the
     /// compact one-member form takes the walk.
     #[test]
