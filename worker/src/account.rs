@@ -517,9 +517,11 @@ fn trailing_usage_fast(doc: &[u8]) -> Option<UsageObject> {
         )?,
         None => return None,
     };
-    // The opening quote is not escaped (an even run of backslashes before it).
-    let backslashes = doc[..k].iter().rev().take_while(|&&c| c == b'\\').count();
-    if backslashes % 2 == 1 {
+    // The opening quote follows a member separator or an object's opening brace (as in
+    // `trailing_usage`): so it is not escaped, and is a key's, not a quote right after a
+    // value in a document that is not JSON (`{"a":1"usage":{..}}`), which the walks refuse.
+    let p = rskip_ws(doc, k);
+    if p == 0 || !matches!(doc[p - 1], b',' | b'{') {
         return None;
     }
     let colon = skip_ws(doc, k + USAGE_KEY_LEN);
