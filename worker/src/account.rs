@@ -488,12 +488,13 @@ fn trailing_usage(doc: &[u8]) -> Option<&[u8]> {
 /// over the usage object, for a complete document (valid JSON, as the client reads it):
 /// the last `"usage"` key within the document's last [`TRAILING_WINDOW`] bytes is found
 /// with memmem, its object read by [`UsageObject::parse_prefix`], and only a `}` may
-/// follow it. That is exact for valid JSON: an unescaped quote is a string's delimiter,
-/// and one followed by `usage"` opens a string (a closing quote is followed by a
-/// delimiter), which the `:` after it makes a key; its value ending where the
-/// document's last `}` follows makes it a member of the outermost object, and its last.
-/// `None` for anything else (another member order, a nested or escaped key, a strict
-/// grammar's refusal): the walks then decide, as before.
+/// follow it. That is exact for valid JSON: a quote after a `,` or `{` (white space
+/// between) opens a string, which the `:` after it makes a key; its value ending where
+/// the document's last `}` follows makes it a member of the outermost object, and its
+/// last. A key after anything else is in no JSON document (a review found the fast path
+/// reading `{"a":1"usage":{..}}`, which the walks and serde_json refuse). `None` for
+/// anything else (another member order, a nested or escaped key, a strict grammar's
+/// refusal): the walks then decide, as before.
 fn trailing_usage_fast(doc: &[u8]) -> Option<UsageObject> {
     // The last key in the last `NEAR_WINDOW` bytes (a usage object is 150 to 300), else
     // in the rest of the window: the search costs what it reads.
