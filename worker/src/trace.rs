@@ -309,13 +309,7 @@ mod tests {
     use switchyard_otel::{Sampler, SpanData, Value};
 
     use super::*;
-    use crate::{
-        errors::Dialect,
-        proxy::{
-            classify::{self, Tries},
-            route, testing, upstream_request, Ctx,
-        },
-    };
+    use crate::proxy::{classify, route, testing, upstream_request};
 
     const CLIENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
@@ -351,16 +345,7 @@ mod tests {
                 fin.trace = ReqTrace::start(&tracer, &req.parts.headers, ProviderKind::OpenAi);
                 assert!(fin.trace.is_some());
             }
-            let plan = route::plan(&shared, &routing, &req, &mut fin).unwrap();
-            let mut ctx = Ctx {
-                shared: &shared,
-                routing: &routing,
-                fin: &mut fin,
-                dialect: Dialect::OpenAi,
-                req,
-                plan,
-                tries: Tries::default(),
-            };
+            let mut ctx = testing::ctx(&shared, &routing, &mut fin, req);
             let t = route::next_target(&mut ctx).unwrap();
             if let Some(tr) = ctx.fin.trace.as_deref_mut() {
                 tr.attempt_start(&t);
@@ -455,16 +440,7 @@ mod tests {
             &headers,
         );
         fin.trace = ReqTrace::start(&tracer, &req.parts.headers, ProviderKind::OpenAi);
-        let plan = route::plan(&shared, &routing, &req, &mut fin).unwrap();
-        let mut ctx = Ctx {
-            shared: &shared,
-            routing: &routing,
-            fin: &mut fin,
-            dialect: Dialect::OpenAi,
-            req,
-            plan,
-            tries: Tries::default(),
-        };
+        let mut ctx = testing::ctx(&shared, &routing, &mut fin, req);
         let t = route::next_target(&mut ctx).unwrap();
         let tr = ctx.fin.trace.as_deref_mut().unwrap();
         tr.attempt_start(&t);

@@ -274,9 +274,8 @@ pub fn next_target<'a>(ctx: &mut Ctx<'a>) -> Option<Target<'a>> {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
-    use super::super::{classify::Tries, testing, upstream_request, Ctx};
+    use super::super::{testing, upstream_request};
     use super::*;
-    use crate::errors::Dialect;
 
     #[test]
     fn plan_finds_the_route_and_asks_streams_for_their_usage() {
@@ -348,16 +347,7 @@ mod tests {
             r#"{"model":"m","stream":true,"messages":[]}"#,
             &[("authorization", "Bearer sk-test"), ("x-custom", "1")],
         );
-        let plan = plan(&shared, &routing, &req, &mut fin).unwrap();
-        let mut ctx = Ctx {
-            shared: &shared,
-            routing: &routing,
-            fin: &mut fin,
-            dialect: Dialect::OpenAi,
-            req,
-            plan,
-            tries: Tries::default(),
-        };
+        let mut ctx = testing::ctx(&shared, &routing, &mut fin, req);
         let t = next_target(&mut ctx).unwrap();
         assert_eq!(ctx.tries.attempts, 1);
         // The upstream request phase: the backend's model and `include_usage` spliced in,

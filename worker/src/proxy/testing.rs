@@ -142,3 +142,23 @@ pub fn inbound<'a>(
         key: &routing.keys[&digest],
     }
 }
+
+/// The context the phases after the request filter share, for `req` as an OpenAI client
+/// sends it, with its plan made (`route::plan`) and no attempt yet.
+pub fn ctx<'a>(
+    shared: &'a Arc<Shared>,
+    routing: &'a Arc<Routing>,
+    fin: &'a mut crate::relay::Finish,
+    req: super::filter::Inbound<'a>,
+) -> super::Ctx<'a> {
+    let plan = super::route::plan(shared, routing, &req, fin).unwrap();
+    super::Ctx {
+        shared,
+        routing,
+        fin,
+        dialect: crate::errors::Dialect::OpenAi,
+        req,
+        plan,
+        tries: super::classify::Tries::default(),
+    }
+}

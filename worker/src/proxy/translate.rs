@@ -663,16 +663,7 @@ mod tests {
             r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#,
             &[],
         );
-        let plan = route::plan(&shared, &routing, &req, &mut fin).unwrap();
-        let mut ctx = Ctx {
-            shared: &shared,
-            routing: &routing,
-            fin: &mut fin,
-            dialect: Dialect::OpenAi,
-            req,
-            plan,
-            tries: Tries::default(),
-        };
+        let mut ctx = testing::ctx(&shared, &routing, &mut fin, req);
         for _ in 0..5 {
             let t = route::next_target(&mut ctx).unwrap();
             assert_eq!((&*t.backend.name, t.pair), ("a", None));
