@@ -888,7 +888,7 @@ impl UsageObject {
             // closes the key); any other key by a scan, which refuses escapes.
             let (field, after) = match known_key(v, i + 1) {
                 Some(known) => known,
-                None => (Field::Other, plain_key(v, i + 1)?.1),
+                None => (Field::Other, plain_key(v, i + 1)?),
             };
             let colon = skip_ws(v, after);
             if v.get(colon) != Some(&b':') {
@@ -1040,19 +1040,19 @@ enum Slot<'a> {
     Skip,
 }
 
-/// The key whose text starts at `v[i]` (after its opening quote) and the index past its
-/// closing quote, when it holds neither a backslash nor a control byte.
-fn plain_key(v: &[u8], i: usize) -> Option<(&[u8], usize)> {
+/// The index past the closing quote of the key whose text starts at `v[i]` (after its
+/// opening quote), when it holds neither a backslash nor a control byte.
+fn plain_key(v: &[u8], i: usize) -> Option<usize> {
     // 8 bytes at a time (`bytescan`); the byte loop when a non-ASCII or control byte
     // comes first, or fewer than 8 bytes are left.
     if let Some((end, odd)) = crate::bytescan::quote_or_backslash(v, i, 64) {
         if !odd {
-            return (v[end] == b'"').then(|| (&v[i..end], end + 1));
+            return (v[end] == b'"').then_some(end + 1);
         }
     }
     let rest = v.get(i..)?;
     let n = rest.iter().position(|&c| c == b'"' || c == b'\\' || c < 0x20)?;
-    (rest[n] == b'"').then(|| (&rest[..n], i + n + 1))
+    (rest[n] == b'"').then_some(i + n + 1)
 }
 
 /// A details object written compactly with the one member `name` and a count

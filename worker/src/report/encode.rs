@@ -34,9 +34,8 @@ impl OpenBatch {
     pub fn new(worker_id: &str) -> Self {
         let id = uuid::Uuid::now_v7().to_string();
         let mut buf = BytesMut::with_capacity(4096);
-        let mut w = Write(&mut buf);
-        w.str(REQ_WORKER_ID, worker_id);
-        w.str(REQ_BATCH_ID, &id);
+        put_str(&mut buf, REQ_WORKER_ID, worker_id);
+        put_str(&mut buf, REQ_BATCH_ID, &id);
         Self { id, usage: 0, buf }
     }
 
@@ -222,24 +221,12 @@ impl Fields for Out<'_> {
     }
 }
 
-struct Write<'a>(&'a mut BytesMut);
-
-impl Fields for Write<'_> {
-    fn bytes(&mut self, tag: u32, v: &[u8]) {
-        if !v.is_empty() {
-            encode_key(tag, WireType::LengthDelimited, self.0);
-            encode_varint(v.len() as u64, self.0);
-            self.0.extend_from_slice(v);
-        }
-    }
-    fn varint(&mut self, tag: u32, v: u64) {
-        if v != 0 {
-            self.present_varint(tag, v);
-        }
-    }
-    fn present_varint(&mut self, tag: u32, v: u64) {
-        encode_key(tag, WireType::Varint, self.0);
-        encode_varint(v, self.0);
+/// A string field of the batch's header, left out when empty (as proto3 and prost do).
+fn put_str(buf: &mut BytesMut, tag: u32, v: &str) {
+    if !v.is_empty() {
+        encode_key(tag, WireType::LengthDelimited, buf);
+        encode_varint(v.len() as u64, buf);
+        buf.extend_from_slice(v.as_bytes());
     }
 }
 
